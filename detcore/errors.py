@@ -1,0 +1,31 @@
+"""Error types for mistakes a user can fix.
+
+Every user-facing error says what was received, what was expected and how to fix it.
+The CLIs print these as one line on stderr and exit non-zero; anything else is a bug and
+keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class DetcoreError(Exception):
+    """Base class of errors caused by user input (configs, data, checkpoints, options)."""
+
+
+class ConfigError(DetcoreError):
+    """A config file, a `_base_` chain or a `--cfg-options` override is wrong."""
+
+
+class RegistryError(DetcoreError):
+    """A registry name is unknown or registered twice."""
+
+
+class DataError(DetcoreError):
+    """A dataset, an annotation file or an image is missing or malformed."""
+
+
+class CheckpointError(DetcoreError):
+    """A checkpoint is missing, not a checkpoint, truncated or of another architecture."""
+
+
+class TrainingError(DetcoreError):
+    """Training cannot go on (for example a non-finite loss)."""

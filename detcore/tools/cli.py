@@ -1,0 +1,62 @@
+"""The ``detcore`` command: one subcommand per module in ``detcore.tools``.
+
+Each tool module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Modules are
+imported only when their subcommand runs, so ``detcore --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from detcore.errors import DetcoreError
+
+# subcommand -> (module, one-line help)
+COMMANDS = {
+    "config": ("detcore.tools.config_tool", "print the fully resolved config"),
+    "train": ("detcore.tools.train", "train a detector (single process or under torchrun)"),
+    "test": ("detcore.tools.test", "run a checkpoint over the test split and evaluate"),
+    "infer": ("detcore.tools.infer", "run a checkpoint over image files or a folder"),
+    "eval": ("detcore.tools.eval_tool", "evaluate a COCO results file with pycocotools"),
+    "shapes": ("detcore.tools.shapes", "write the embedded synthetic shapes dataset"),
+    "convert": ("detcore.tools.convert", "convert VOC, Cityscapes or VIA annotations to COCO json"),
+    "demo": ("detcore.tools.demo", "annotate a video file or a webcam stream"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    argv = sys.argv[1:]
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if chosen is None or name == chosen:
+            importlib.import_module(module).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except DetcoreError as exc:
+        print(f"detcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"detcore {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
