@@ -1,0 +1,190 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is one file holding ``meta`` (resolved config text, class names, epoch,
+iteration, total batch, world size, versions, git commit, creation time, architecture) and
+``state_dict``; resume checkpoints add ``optimizer``, ``scheduler``, ``scaler``, ``rng`` and
+``loop`` (sampler position). Everything is plain types and tensors.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import logging
+import os
+import pickle
+import subprocess
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from detcore.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the detcore source tree, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    import detcore
+
+    return {"detlaunch": detcore.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def make_meta(*, config_text: str, classes: list[str] | tuple[str, ...], arch: str | None, epoch: int = 0,
+              iteration: int = 0, total_batch: int | None = None, world_size: int = 1, **extra: Any) -> dict:
+    return {
+        "format": FORMAT_VERSION, "config": config_text, "classes": list(classes), "arch": arch, "epoch": int(epoch),
+        "iter": int(iteration), "total_batch": total_batch, "world_size": int(world_size), "versions": versions(),
+        "git_commit": git_commit(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """Save to a temporary file in the same folder, fsync it, rename over ``path``, fsync the folder.
+
+    A crash at any point leaves either the old file or the new one, never a torn file.
+    Raises CheckpointError (e.g. disk full) after removing the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free space or "
+                                  f"choose another --work-dir (the previous checkpoint is untouched)") from exc
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel (or the module itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any], **state: Any) -> Path:
+    """Write ``{meta, state_dict, **state}`` atomically; ``state`` holds optimizer, scheduler, rng, ..."""
+    payload = {"meta": dict(meta), "state_dict": unwrap(model).state_dict(),
+               **{k: v for k, v in state.items() if v is not None}}
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a detcore checkpoint with ``weights_only=True``; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; pass an existing .pth file "
+                              f"(a work dir's last_checkpoint names the newest)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
+                              f"could run code: {first[:200]}); only load checkpoints you trust, re-saved as "
+                              f"plain tensors") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint: "
+                              f"{str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointError(f"{path} is not a detcore checkpoint (no state_dict); expected a file written by "
+                              f"detcore train or a plain model state dict")
+    data.setdefault("meta", {})
+    return data
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A model state dict from a detcore checkpoint or a plain ``state_dict`` file (torchvision's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found; weights are never downloaded, give a local path")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure here means "not a weights file"
+        raise CheckpointError(f"{path} is not a loadable weights file ({str(exc).splitlines()[0][:160]})") from None
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    return data
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    missing: list[str] = field(default_factory=list)
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *, strict_arch: bool = True,
+                 min_match: float = 0.5) -> LoadReport:
+    """Load every compatible tensor of ``source`` into ``model`` and report the rest by name.
+
+    Tensors whose shape differs (e.g. a classifier for another number of classes) are
+    skipped and named. A checkpoint of another architecture (its ``meta.arch`` differs, or
+    fewer than ``min_match`` of the model's tensors are found) is a CheckpointError.
+    """
+    model = unwrap(model)
+    if isinstance(source, Mapping):
+        ckpt, where = dict(source), "checkpoint"
+    else:
+        where = str(source)
+        try:
+            ckpt = load_checkpoint(source)
+        except CheckpointError:
+            ckpt = {"state_dict": read_state_dict(source), "meta": {}}
+    arch, theirs = ckpt.get("meta", {}).get("arch"), ckpt["state_dict"]
+    ours_arch = getattr(model, "arch", None)
+    if strict_arch and arch and ours_arch and arch != ours_arch:
+        raise CheckpointError(f"{where} holds a {arch} but the config builds a {ours_arch}; use a checkpoint of "
+                              f"the same architecture or change model.type")
+    own = model.state_dict()
+    report = LoadReport()
+    compatible = {}
+    for key, tensor in theirs.items():
+        if key not in own:
+            report.skipped.append((key, "not in model"))
+        elif own[key].shape != tensor.shape:
+            report.skipped.append((key, f"shape {tuple(tensor.shape)} != {tuple(own[key].shape)}"))
+        else:
+            compatible[key] = tensor
+    matched = sum(1 for k in own if k in compatible or k.endswith("num_batches_tracked"))
+    if own and matched / len(own) < min_match:
+        raise CheckpointError(f"{where} matches only {len(compatible)} of the model's {len(own)} tensors: it is a "
+                              f"checkpoint of another architecture or backbone; check model.backbone and model.type")
+    model.load_state_dict(compatible, strict=False)
+    report.loaded = sorted(compatible)
+    report.missing = sorted(k for k in own if k not in compatible and not k.endswith("num_batches_tracked"))
+    if report.skipped:
+        logger.warning("load_from %s: skipped %d tensor(s): %s", where, len(report.skipped),
+                       ", ".join(f"{k} ({why})" for k, why in report.skipped[:10]) +
+                       (" ..." if len(report.skipped) > 10 else ""))
+    return report

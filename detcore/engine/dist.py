@@ -1,0 +1,85 @@
+"""Process-group set-up that works single-process, under torchrun, Slurm and Ray Train.
+
+A launcher may have initialised the default process group already (Ray Train does); then
+it is used as it is. Otherwise ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` from
+the environment decide (torchrun and the launcher's backends set them).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join (or create) the default process group; pick the device for this rank."""
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s", backend, rank, world,
+                    os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+    else:
+        rank, world = 0, 1
+    dev = torch.device(f"cuda:{local_rank % max(1, torch.cuda.device_count())}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of scalars over all ranks (identity when not distributed)."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+class MainRankFilter(logging.Filter):
+    """Lets INFO and below through on rank 0 only; warnings and errors pass on every rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or get_rank() == 0

@@ -1,0 +1,66 @@
+"""Batch inference over a loader, sharded across ranks, and COCO evaluation on rank 0."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detcore.engine.dist import get_rank
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, *, progress: bool = False,
+                  keep_images: int = 0) -> tuple[list[tuple[int, dict]], list[tuple[torch.Tensor, dict]]]:
+    """``[(image_id, output), ...]`` for this rank's shard, plus the first ``keep_images`` inputs."""
+    model.eval()
+    outputs: list[tuple[int, dict]] = []
+    kept: list[tuple[torch.Tensor, dict]] = []
+    bar = tqdm(loader, desc="inference", unit="batch", disable=not progress or get_rank() != 0)
+    for images, targets in bar:
+        preds = model([img.to(device) for img in images])
+        for img, target, pred in zip(images, targets, preds):
+            pred = {k: v.cpu() for k, v in pred.items()}
+            outputs.append((int(target["image_id"]), pred))
+            if len(kept) < keep_images:
+                kept.append((img, pred))
+    return outputs, kept
+
+
+def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``{"bbox": {"AP": ..}, "bbox_per_class": {"cat": ..}}`` -> ``{"bbox_AP": .., "bbox_AP_cat": ..}``."""
+    flat: dict[str, float] = {}
+    for metric, values in results.items():
+        if not isinstance(values, dict):
+            continue
+        if metric.endswith("_per_class"):
+            base = metric[: -len("_per_class")]
+            flat.update({f"{base}_AP_{name}": float(v) for name, v in values.items()})
+        else:
+            flat.update({f"{metric}_{k}": float(v) for k, v in values.items()})
+    return flat
+
+
+def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
+                    classes: Sequence[str], num_images: int = 0, progress: bool = False,
+                    ) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings."""
+    from detcore.apis.visualize import draw_result
+    from detcore.evaluation import evaluate_coco, gather_predictions, results_to_coco
+
+    outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images)
+    dataset = loader.dataset
+    local = results_to_coco(outputs, dataset)
+    everything = gather_predictions(local)
+    drawn = [draw_result(img, pred, classes) for img, pred in kept]
+    if get_rank() != 0:
+        return {}, drawn
+    results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True, class_names=classes)
+    flat = flatten_metrics(results)
+    logger.info("evaluation: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items() if "_AP_" not in k))
+    return flat, drawn

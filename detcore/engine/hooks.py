@@ -1,0 +1,141 @@
+"""Trainer hooks: LR schedule, logging, evaluation and checkpointing are each a small class.
+
+A hook sees the trainer through ``self.trainer`` and may implement any of the five lifecycle
+methods; ``state_dict``/``load_state_dict`` carry its state through a resume. Users add
+their own with ``custom_hooks: [{type: MyHook, ...}]`` (registered in HOOKS).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detcore.registry import HOOKS
+
+if TYPE_CHECKING:
+    from detcore.engine.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """Lifecycle: before_train, (before_step, after_step)*, after_train. ``trainer.iter`` counts done steps."""
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@HOOKS.register()
+class LRSchedulerHook(HookBase):
+    def after_step(self) -> None:
+        self.trainer.scheduler.step()
+
+
+@HOOKS.register()
+class LoggerHook(HookBase):
+    """Text log, ``metrics.jsonl`` and TensorBoard scalars every ``interval`` iterations (rank 0)."""
+
+    def __init__(self, interval: int = 10) -> None:
+        self.interval = max(1, int(interval))
+        self._window: list[dict[str, float]] = []
+        self._t0 = time.perf_counter()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        self._window.append(dict(t.step_stats))
+        if t.iter % self.interval and t.iter != t.max_iters:
+            return
+        mean = {k: sum(s[k] for s in self._window) / len(self._window) for k in self._window[-1]}
+        self._window.clear()
+        images = mean.pop("batch_images", 0.0)
+        mean["throughput"] = images / mean["iter_time"] if mean.get("iter_time") else 0.0
+        mean["lr"] = t.optimizer.param_groups[0]["lr"]
+        mean["memory_mb"] = t.memory_mb()
+        eta = (t.max_iters - t.iter) * mean.get("iter_time", 0.0)
+        t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean}, prefix="train")
+        terms = " ".join(f"{k}={v:.4f}" for k, v in mean.items() if k.startswith("loss"))
+        logger.info("iter %d/%d epoch %d lr %.5f %s data %.3fs iter %.3fs %.1f img/s eta %ds", t.iter, t.max_iters,
+                    t.epoch, mean["lr"], terms, mean.get("data_time", 0), mean.get("iter_time", 0),
+                    mean["throughput"], int(eta))
+
+
+@HOOKS.register()
+class EvalHook(HookBase):
+    """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged."""
+
+    def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4) -> None:
+        self.interval = int(interval)
+        self.metrics = [metric] if isinstance(metric, str) else list(metric)
+        self.num_images = num_images
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.val_loader is None or not (t.at_boundary(self.interval) or t.iter == t.max_iters):
+            return
+        results = t.evaluate(self.metrics, num_images=self.num_images)
+        if t.dist.is_main and results:
+            flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")
+            t.last_metrics = flat
+
+
+@HOOKS.register()
+class CheckpointHook(HookBase):
+    """Save every ``interval`` runner units and at the end; keep the last ``max_keep``.
+
+    ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``last_checkpoint`` names the
+    newest complete file and is itself replaced atomically after that file is on disk.
+    """
+
+    def __init__(self, interval: int = 1, max_keep: int = 3, save_best: str | None = None) -> None:
+        self.interval = int(interval)
+        self.max_keep = int(max_keep)
+        self.save_best = save_best
+        self.best: float = -math.inf
+        self.saved: list[str] = []
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if not (t.at_boundary(self.interval) or t.iter == t.max_iters or t.stop_requested()):
+            return
+        name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
+        if t.dist.is_main:
+            path = t.save(name)
+            if name not in self.saved:
+                self.saved.append(name)
+            while self.max_keep > 0 and len(self.saved) > self.max_keep:
+                Path(t.work_dir, self.saved.pop(0)).unlink(missing_ok=True)
+            value = t.last_metrics.get(self.save_best) if self.save_best else None
+            if value is not None and value > self.best:
+                self.best = float(value)
+                os.link(path, tmp := Path(t.work_dir, f".best.{os.getpid()}.tmp"))
+                os.replace(tmp, Path(t.work_dir, f"best_{self.save_best}.pth"))
+                logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best if math.isfinite(self.best) else None, "saved": list(self.saved)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best") if state.get("best") is not None else -math.inf
+        self.saved = list(state.get("saved", []))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")

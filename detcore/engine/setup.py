@@ -1,0 +1,121 @@
+"""Seeding and data-loader construction for the trainer and the test runner.
+
+Augmentations draw from a random stream seeded by ``(seed, epoch, sample index)`` rather than
+from whatever state a loader worker happens to be in. That is what makes a resumed run
+(which skips part of an epoch) see exactly the same augmented batches as an uninterrupted one,
+whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from detcore.engine.dist import DistInfo
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+class SeededSamples(Dataset):
+    """Wraps a dataset so sample ``(epoch, index)`` is produced under its own RNG seed."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        sample_seed = (self.seed * 1_000_003 + epoch * 100_003 + index) % 2 ** 63
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                random.seed(sample_seed)
+                np.random.seed(sample_seed % 2 ** 32)
+                return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+class EpochTaggedBatches:
+    """Forwards a batch sampler, tagging each index with the current epoch for SeededSamples."""
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.inner = batch_sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch, skip_batches=skip_batches)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self):
+        epoch = self.epoch
+        for batch in self.inner:
+            yield [(epoch, i) for i in batch]
+
+
+def _split_cfg(cfg: Mapping[str, Any], split: str) -> dict:
+    data = cfg.get("data") or {}
+    if split not in data:
+        from detcore.errors import ConfigError
+
+        raise ConfigError(f"{cfg.get('filename', 'config')}: data.{split} is missing; add a dataset for the "
+                          f"{split} split")
+    split_cfg = dict(data[split])
+    if cfg.get("classes") is not None and "classes" not in split_cfg:
+        split_cfg["classes"] = list(cfg["classes"])
+    return split_cfg
+
+
+def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed: int, *, train: bool) -> DataLoader:
+    from detcore.data import build_dataloader, build_dataset
+
+    data = cfg["data"]
+    split_cfg = _split_cfg(cfg, split)
+    if not train:
+        split_cfg.setdefault("test_mode", True)
+    dataset = build_dataset(split_cfg)
+    per_gpu = int(data.get("samples_per_gpu", 2)) if train else int(data.get("test_samples_per_gpu", 1))
+    workers = int(data.get("workers_per_gpu", 2))
+    loader = build_dataloader(dataset, per_gpu, workers, shuffle=train, seed=seed, rank=dist.rank,
+                              world_size=dist.world_size, test_mode=not train)
+    if not train:
+        return loader
+    return DataLoader(SeededSamples(dataset, seed), batch_sampler=EpochTaggedBatches(loader.batch_sampler),
+                      collate_fn=loader.collate_fn, num_workers=workers, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=dist.device.type == "cuda")
+
+
+def build_loaders(cfg: Mapping[str, Any], dist: DistInfo, seed: int, validate: bool):
+    """``(train_loader, val_loader or None, class names)`` for the trainer."""
+    from detcore.errors import ConfigError
+
+    train_loader = build_split_loader(cfg, "train", dist, seed, train=True)
+    classes = tuple(train_loader.dataset.dataset.CLASSES)
+    num_classes = (cfg.get("model") or {}).get("num_classes")
+    if num_classes is not None and num_classes != len(classes):
+        raise ConfigError(f"model.num_classes is {num_classes} but the dataset has {len(classes)} classes "
+                          f"{list(classes)}; set model.num_classes={len(classes)} or change classes")
+    val_loader = build_split_loader(cfg, "val", dist, seed, train=False) if validate and "val" in cfg["data"] else None
+    return train_loader, val_loader, classes

@@ -1,0 +1,294 @@
+"""The trainer: a small iteration loop with typed hooks, exact resume and DDP.
+
+Epoch-based runners are iteration loops underneath (``max_iters = max_epochs *
+iters_per_epoch``); the sampler position is ``(epoch, batch within epoch)`` and is saved with
+every RNG state, so a resumed run continues with the same next batch and the same losses.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import resource
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from detcore.checkpoint import atomic_torch_save, load_checkpoint, load_weights, make_meta, save_checkpoint, unwrap
+from detcore.config import dump_config
+from detcore.engine import hooks as H
+from detcore.engine.dist import DistInfo, all_reduce_mean, barrier, init_distributed
+from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
+from detcore.engine.setup import build_loaders, seed_everything
+from detcore.errors import CheckpointError, ConfigError, TrainingError
+from detcore.models import build_detector
+from detcore.registry import HOOKS
+
+logger = logging.getLogger(__name__)
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask the running trainer to checkpoint after the current iteration and stop (preemption)."""
+    _STOP.set()
+
+
+class TrainingInterrupted(Exception):
+    """Raised after the checkpoint that follows :func:`request_stop`."""
+
+
+class Trainer:
+    def __init__(self, cfg: Mapping[str, Any], work_dir: str | os.PathLike, *, resume: str | None = None,
+                 load_from: str | None = None, validate: bool = True, amp: bool = False, seed: int = 0,
+                 deterministic: bool = False, device: str | None = None) -> None:
+        self.cfg = dict(cfg)
+        self.work_dir = Path(work_dir)
+        self.dist: DistInfo = init_distributed(device)
+        self.seed, self.deterministic = seed, deterministic
+        seed_everything(seed, deterministic)
+        if self.dist.is_main:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.yaml").write_text(dump_config(self.cfg))
+        barrier()
+        self.train_loader, self.val_loader, self.classes = build_loaders(self.cfg, self.dist, seed, validate)
+        self.model = build_detector(self.cfg["model"]).to(self.dist.device)
+        self.arch = self.model.arch
+        if load_from or self.cfg.get("load_from"):
+            load_weights(self.model, load_from or self.cfg["load_from"])
+        runner = dict(self.cfg.get("runner") or {"type": "EpochBasedRunner", "max_epochs": 12})
+        self.by_epoch = runner.get("type", "EpochBasedRunner") == "EpochBasedRunner"
+        self.iters_per_epoch = len(self.train_loader.batch_sampler)
+        if self.iters_per_epoch == 0:
+            raise ConfigError("the training split yields no batch; lower data.samples_per_gpu or add images")
+        key = "max_epochs" if self.by_epoch else "max_iters"
+        if key not in runner:
+            raise ConfigError(f"runner.{key} is required for {runner.get('type')}")
+        units = int(runner[key])
+        self.max_iters = units * self.iters_per_epoch if self.by_epoch else units
+        self.optimizer = build_optimizer(self.model, self.cfg.get("optimizer") or {"type": "SGD", "lr": 0.02})
+        self.scheduler = build_scheduler(self.optimizer, lr_factor_fn(
+            self.cfg.get("lr_config"), iters_per_epoch=self.iters_per_epoch, by_epoch=self.by_epoch, max_units=units))
+        self.amp = bool(amp and self.dist.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.grad_clip = (self.cfg.get("optimizer_config") or {}).get("grad_clip")
+        if self.dist.distributed:
+            self.model = DistributedDataParallel(
+                self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
+        self.iter, self.last_metrics, self.step_stats = 0, {}, {}
+        self.hooks = self._build_hooks(validate)
+        self.tb = self._tensorboard() if self.dist.is_main else None
+        if resume:
+            self.resume(resume)
+
+    # ---- set-up -----------------------------------------------------------------------
+    def _build_hooks(self, validate: bool) -> list[H.HookBase]:
+        ckpt = dict(self.cfg.get("checkpoint_config") or {})
+        evaluation = dict(self.cfg.get("evaluation") or {})
+        hooks: list[H.HookBase] = [H.LRSchedulerHook(), H.LoggerHook(**(self.cfg.get("log_config") or {}))]
+        if validate and self.val_loader is not None:
+            hooks.append(H.EvalHook(**evaluation))
+        hooks.append(H.CheckpointHook(**ckpt))
+        for hook_cfg in self.cfg.get("custom_hooks") or []:
+            hooks.append(HOOKS.build(hook_cfg))
+        for hook in hooks:
+            hook.trainer = self
+        return hooks
+
+    def _tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.work_dir / "tb"))
+        writer.add_text("config", "```\n" + dump_config(self.cfg) + "\n```", 0)
+        return writer
+
+    # ---- the loop ---------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        return self.iter // self.iters_per_epoch
+
+    def at_boundary(self, interval: int) -> bool:
+        """True when ``interval`` runner units (epochs or iterations) have just completed."""
+        if interval <= 0:
+            return False
+        if self.by_epoch:
+            return self.iter % self.iters_per_epoch == 0 and self.epoch % interval == 0
+        return self.iter % interval == 0
+
+    def stop_requested(self) -> bool:
+        return _STOP.is_set()
+
+    def train(self) -> dict:
+        logger.info("training %s for %d iterations (%d per epoch) on %s, world size %d, work dir %s", self.arch,
+                    self.max_iters, self.iters_per_epoch, self.dist.device, self.dist.world_size, self.work_dir)
+        for hook in self.hooks:
+            hook.before_train()
+        self.model.train()
+        while self.iter < self.max_iters:
+            epoch, skip = self.epoch, self.iter % self.iters_per_epoch
+            self.train_loader.batch_sampler.set_epoch(epoch, skip_batches=skip)
+            data = iter(self.train_loader)
+            for _ in range(self.iters_per_epoch - skip):
+                self._step(data)
+                if self.iter >= self.max_iters:
+                    break
+                if _STOP.is_set():
+                    break
+            if _STOP.is_set() and self.iter < self.max_iters:
+                raise TrainingInterrupted(f"stopped on request at iteration {self.iter}; resume to continue")
+        for hook in self.hooks:
+            hook.after_train()
+        if self.tb is not None:
+            self.tb.close()
+        return self.last_metrics
+
+    def _step(self, data) -> None:
+        for hook in self.hooks:
+            hook.before_step()
+        t0 = time.perf_counter()
+        images, targets = next(data)
+        t1 = time.perf_counter()
+        images = [img.to(self.dist.device, non_blocking=True) for img in images]
+        targets = [{k: v.to(self.dist.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        with torch.autocast(self.dist.device.type, enabled=self.amp):
+            losses = self.model(images, targets)
+        loss = sum(losses.values())
+        values = all_reduce_mean({k: v.detach().item() for k, v in losses.items()}, self.dist.device)
+        values["loss"] = sum(values.values())
+        if not all(math.isfinite(v) for v in values.values()):
+            terms = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise TrainingError(f"non-finite loss at iteration {self.iter + 1}: {terms}; lower optimizer.lr or "
+                                f"enable optimizer_config.grad_clip (the last good checkpoint is kept)")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iter += 1
+        t2 = time.perf_counter()
+        self.step_stats = {**values, "data_time": t1 - t0, "iter_time": t2 - t0,
+                           "batch_images": float(len(images) * self.dist.world_size)}
+        for hook in self.hooks:
+            hook.after_step()
+
+    # ---- evaluation, logging ----------------------------------------------------------
+    def evaluate(self, metrics: list[str], num_images: int = 0) -> dict:
+        from detcore.engine.evaluator import evaluate_loader
+
+        results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
+                                         classes=self.classes, num_images=num_images if self.tb else 0)
+        self.model.train()
+        if self.tb is not None:
+            for i, img in enumerate(drawn):
+                self.tb.add_image(f"val/prediction_{i}", img, self.iter)
+        return results
+
+    def log_metrics(self, record: dict, prefix: str) -> None:
+        if not self.dist.is_main:
+            return
+        H.append_jsonl(self.work_dir / "metrics.jsonl", record)
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("iter", "epoch", "mode"):
+                    self.tb.add_scalar(f"{prefix}/{k}", v, self.iter)
+            self.tb.flush()
+
+    def memory_mb(self) -> float:
+        if self.dist.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def save(self, name: str) -> Path:
+        total_batch = self.train_loader.batch_size_total if hasattr(self.train_loader, "batch_size_total") else None
+        meta = make_meta(config_text=dump_config(self.cfg), classes=self.classes, arch=self.arch, epoch=self.epoch,
+                         iteration=self.iter, world_size=self.dist.world_size,
+                         total_batch=total_batch or self.cfg["data"]["samples_per_gpu"] * self.dist.world_size,
+                         seed=self.seed, scaling=self.cfg.get("_scaling"))
+        path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
+                               scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                               rng=rng_state(), loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
+                               hooks=[h.state_dict() for h in self.hooks])
+        pointer = self.work_dir / "last_checkpoint"
+        tmp = pointer.with_name(f".last_checkpoint.{os.getpid()}.tmp")
+        tmp.write_text(name + "\n")
+        os.replace(tmp, pointer)
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def resume(self, resume: str) -> None:
+        path = latest_checkpoint(self.work_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            logger.info("no checkpoint in %s: starting fresh", self.work_dir)
+            return
+        ckpt = load_checkpoint(path)
+        missing = [k for k in ("optimizer", "scheduler", "loop", "rng") if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{path} holds weights only (no {', '.join(missing)}); use --load-from to "
+                                  f"fine-tune from it instead of --resume")
+        load_weights(self.model, ckpt)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt.get("scaler", {}))
+        self.iter = int(ckpt["loop"]["iter"])
+        old_ipe = int(ckpt["loop"]["iters_per_epoch"])
+        if old_ipe != self.iters_per_epoch:
+            self.iter = self.iter * self.iters_per_epoch // old_ipe
+            logger.warning("world size or batch changed since %s: %d -> %d iterations per epoch; continuing at "
+                           "iteration %d (epoch %d)", path, old_ipe, self.iters_per_epoch, self.iter, self.epoch)
+        for hook, state in zip(self.hooks, ckpt.get("hooks", [])):
+            hook.load_state_dict(state)
+        if self.dist.world_size == ckpt["meta"].get("world_size", 1):
+            set_rng_state(ckpt["rng"])
+        logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
+    """The file named by ``work_dir/last_checkpoint`` if it exists and loads, else the newest good one."""
+    work_dir = Path(work_dir)
+    pointer = work_dir / "last_checkpoint"
+    candidates = []
+    if pointer.is_file():
+        candidates.append(work_dir / pointer.read_text().strip())
+    candidates += sorted((p for p in work_dir.glob("*.pth") if p.name.startswith(("iter_", "epoch_"))),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            if path.is_file() and "loop" in load_checkpoint(path):
+                return path
+        except CheckpointError as exc:
+            logger.warning("skipping unreadable checkpoint: %s", exc)
+    return None
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": {"key": torch.from_numpy(np_state[1].copy()), "pos": np_state[2],
+                                                    "has_gauss": np_state[3], "cached": np_state[4]},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+__all__ = ["Trainer", "TrainingInterrupted", "request_stop", "latest_checkpoint", "atomic_torch_save"]

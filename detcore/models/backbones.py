@@ -1,0 +1,136 @@
+"""Backbones: feature extractors returning an ordered dict of feature maps.
+
+Each builder returns a :class:`Body` whose ``out_channels_list`` names the channels of the
+maps it returns, finest first. The layer names inside a body match torchvision's detection
+models (``body.layer1...`` for ResNet, ``body.0...`` for MobileNetV3), so torchvision's
+checkpoints load by key.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import misc as misc_ops
+
+from detcore.errors import ConfigError
+from detcore.registry import BACKBONES
+
+RESNET_DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+
+
+class Body(IntermediateLayerGetter):
+    """torchvision's IntermediateLayerGetter plus the channel count of each returned map."""
+
+    def __init__(self, model: nn.Module, return_layers: dict[str, str], out_channels_list: list[int]) -> None:
+        super().__init__(model, return_layers)
+        self.out_channels_list = list(out_channels_list)
+
+
+def norm_layer(norm: str, num_groups: int = 32):
+    """``frozen_bn`` (the detection default for pretrained backbones), ``bn`` or ``gn``."""
+    if norm == "frozen_bn":
+        return misc_ops.FrozenBatchNorm2d
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "gn":
+        return lambda channels: nn.GroupNorm(min(num_groups, channels), channels)
+    raise ConfigError(f"model.backbone.norm must be one of frozen_bn, bn, gn; got {norm!r}")
+
+
+def load_local_weights(module: nn.Module, weights: str | None, where: str) -> None:
+    """Load a state dict from a local file (never a download). ``None`` leaves random init."""
+    if weights is None:
+        return
+    from detcore.checkpoint import read_state_dict  # local import: checkpoint imports models lazily
+
+    path = Path(weights).expanduser()
+    state = read_state_dict(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if len(missing) == len(list(module.state_dict())):
+        raise ConfigError(f"{where}: weights file {path} matches none of the backbone's parameters; "
+                          f"expected a torchvision classification state dict")
+
+
+def _freeze(modules: Sequence[nn.Module]) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+@BACKBONES.register()
+def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
+           returned_layers: Sequence[int] = (1, 2, 3, 4), weights: str | None = None) -> Body:
+    """torchvision ResNet-18/34/50/101 trunk; ``returned_layers`` are 1..4 (C2..C5)."""
+    if depth not in RESNET_DEPTHS:
+        raise ConfigError(f"model.backbone.depth must be one of {sorted(RESNET_DEPTHS)}, got {depth!r}")
+    if not 0 <= trainable_layers <= 5:
+        raise ConfigError(f"model.backbone.trainable_layers must be in 0..5, got {trainable_layers}")
+    if not returned_layers or not set(returned_layers) <= {1, 2, 3, 4}:
+        raise ConfigError(f"model.backbone.returned_layers must be a non-empty subset of 1..4, got {returned_layers}")
+    net = RESNET_DEPTHS[depth](weights=None, norm_layer=norm_layer(norm))
+    load_local_weights(net, weights, "model.backbone.weights")
+    trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        trainable.append("bn1")
+    for name, param in net.named_parameters():
+        if all(not name.startswith(layer) for layer in trainable):
+            param.requires_grad_(False)
+    channels = {1: 64, 2: 128, 3: 256, 4: 512}
+    expansion = 4 if depth >= 50 else 1
+    return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
+    return Body(net, return_layers, [channels[k] * expansion for k in returned_layers])
+
+
+@BACKBONES.register()
+def MobileNetV3(norm: str = "frozen_bn", trainable_layers: int = 3, returned_layers: Sequence[int] | None = None,
+                weights: str | None = None) -> Body:
+    """torchvision MobileNetV3-Large features, split at its strided blocks as torchvision does."""
+    net = mobilenet_v3_large(weights=None, norm_layer=norm_layer(norm), dilated=False)
+    load_local_weights(net, weights, "model.backbone.weights")
+    features = net.features
+    stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    num_stages = len(stage_indices)
+    if not 0 <= trainable_layers <= num_stages:
+        raise ConfigError(f"model.backbone.trainable_layers must be in 0..{num_stages}, got {trainable_layers}")
+    freeze_before = len(features) if trainable_layers == 0 else stage_indices[num_stages - trainable_layers]
+    _freeze(features[:freeze_before])
+    returned = list(returned_layers) if returned_layers is not None else [num_stages - 2, num_stages - 1]
+    if min(returned) < 0 or max(returned) >= num_stages:
+        raise ConfigError(f"model.backbone.returned_layers must be in 0..{num_stages - 1}, got {returned}")
+    return_layers = {f"{stage_indices[k]}": str(v) for v, k in enumerate(returned)}
+    return Body(features, return_layers, [features[stage_indices[k]].out_channels for k in returned])
+
+
+class _TinyTrunk(nn.Sequential):
+    """Conv-norm-ReLU stages, each halving the resolution; stage k has stride 2**(k+1)."""
+
+    def __init__(self, channels: Sequence[int], norm: str) -> None:
+        make_norm = norm_layer(norm, num_groups=8)
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        in_ch = 3
+        for i, ch in enumerate(channels):
+            layers[f"stage{i}"] = nn.Sequential(
+                nn.Conv2d(in_ch, ch, 3, stride=2, padding=1, bias=False), make_norm(ch), nn.ReLU(inplace=True),
+                nn.Conv2d(ch, ch, 3, padding=1, bias=False), make_norm(ch), nn.ReLU(inplace=True),
+            )
+            in_ch = ch
+        super().__init__(layers)
+
+
+@BACKBONES.register()
+def TinyNet(channels: Sequence[int] = (16, 32, 64, 128), norm: str = "gn",
+            returned_layers: Sequence[int] | None = None, weights: str | None = None) -> Body:
+    """A small CPU-friendly trunk for tests and the shapes demo (strides 2, 4, 8, 16, ...)."""
+    if not channels or any(int(c) <= 0 for c in channels):
+        raise ConfigError(f"model.backbone.channels must be a list of positive ints, got {channels!r}")
+    trunk = _TinyTrunk([int(c) for c in channels], norm)
+    load_local_weights(trunk, weights, "model.backbone.weights")
+    returned = list(returned_layers) if returned_layers is not None else list(range(1, len(channels)))
+    if min(returned) < 0 or max(returned) >= len(channels):
+        raise ConfigError(f"model.backbone.returned_layers must be in 0..{len(channels) - 1}, got {returned}")
+    return Body(trunk, {f"stage{k}": str(i) for i, k in enumerate(returned)}, [int(channels[k]) for k in returned])
+

@@ -1,0 +1,203 @@
+"""Detectors composed from config on torchvision's detection models.
+
+Each builder returns the torchvision model itself (``FasterRCNN``, ``MaskRCNN``,
+``RetinaNet``, ``FCOS``), so the state-dict keys of the standard architectures match
+torchvision's and its COCO checkpoints load with ``load_from``. Labels are 1..K for K
+foreground classes in every detector (0 is background), so every model is built with
+``num_classes + 1`` outputs; torchvision's COCO weights correspond to ``num_classes: 90``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from torch import nn
+from torchvision.models.detection import FCOS as TvFCOS
+from torchvision.models.detection import FasterRCNN as TvFasterRCNN
+from torchvision.models.detection import MaskRCNN as TvMaskRCNN
+from torchvision.models.detection import RetinaNet as TvRetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from detcore.errors import ConfigError
+from detcore.registry import BACKBONES, DETECTORS, HEADS, NECKS
+from detcore.models.necks import BackboneWithNeck
+
+for _head in (RPNHead, RetinaNetHead, FCOSHead, TwoMLPHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor):
+    HEADS.add(_head)
+
+# Options passed through to torchvision's constructors, by config section.
+RPN_KEYS = ("pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test",
+            "nms_thresh", "fg_iou_thresh", "bg_iou_thresh", "batch_size_per_image", "positive_fraction",
+            "score_thresh")
+ROI_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "fg_iou_thresh", "bg_iou_thresh",
+            "batch_size_per_image", "positive_fraction")
+RETINANET_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "fg_iou_thresh", "bg_iou_thresh",
+                  "topk_candidates")
+FCOS_KEYS = ("center_sampling_radius", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
+TRANSFORM_KEYS = ("min_size", "max_size", "image_mean", "image_std")
+
+
+def _section(cfg: Mapping[str, Any], name: str, allowed: Sequence[str], prefix: str) -> dict:
+    section = dict(cfg.get(name) or {})
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model.{name}: unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+    return {prefix + k: v for k, v in section.items()}
+
+
+def _transform_kwargs(cfg: Mapping[str, Any]) -> dict:
+    out = {k: cfg[k] for k in TRANSFORM_KEYS if k in cfg}
+    out.setdefault("min_size", 800)
+    out.setdefault("max_size", 1333)
+    return out
+
+
+def _backbone(cfg: Mapping[str, Any]) -> BackboneWithNeck:
+    if "backbone" not in cfg or "neck" not in cfg:
+        raise ConfigError("model needs a backbone and a neck, e.g. backbone: {type: ResNet, depth: 50} "
+                          "and neck: {type: FPN, out_channels: 256}")
+    body = BACKBONES.build(cfg["backbone"])
+    neck = NECKS.build(cfg["neck"], in_channels_list=body.out_channels_list)
+    return BackboneWithNeck(body, neck)
+
+
+def _num_levels(backbone: BackboneWithNeck, images: int = 64) -> int:
+    """Number of feature maps the neck returns, found by running a small dummy image."""
+    import torch
+
+    with torch.no_grad():
+        was_training = backbone.training
+        backbone.eval()
+        n = len(backbone(torch.zeros(1, 3, images, images)))
+        backbone.train(was_training)
+    return n
+
+
+def build_anchor_generator(cfg: Mapping[str, Any] | None, num_levels: int, default: Mapping[str, Any]) -> AnchorGenerator:
+    """``sizes`` (one list per level) or MMDetection's ``base_sizes`` + ``scales_per_octave``."""
+    cfg = dict(default if cfg is None else cfg)
+    if "sizes" in cfg:
+        sizes = [tuple(int(s) for s in (lvl if isinstance(lvl, (list, tuple)) else [lvl])) for lvl in cfg["sizes"]]
+    elif "base_sizes" in cfg:
+        n = int(cfg.get("scales_per_octave", 1))
+        sizes = [tuple(int(b * 2 ** (k / n)) for k in range(n)) for b in cfg["base_sizes"]]
+    else:
+        raise ConfigError("model.anchor_generator needs sizes (one list per level) or base_sizes")
+    if len(sizes) != num_levels:
+        raise ConfigError(f"model.anchor_generator has {len(sizes)} levels of sizes but the neck returns "
+                          f"{num_levels} feature maps; give one entry per level")
+    ratios = cfg.get("aspect_ratios", [0.5, 1.0, 2.0])
+    if ratios and not isinstance(ratios[0], (list, tuple)):
+        ratios = [ratios] * num_levels
+    return AnchorGenerator(tuple(sizes), tuple(tuple(float(r) for r in lvl) for lvl in ratios))
+
+
+def _check_classes(num_classes: Any) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ConfigError(f"model.num_classes must be a positive integer (foreground classes), got {num_classes!r}")
+    return num_classes + 1
+
+
+def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> tuple[dict, dict, int]:
+    levels = _num_levels(backbone)
+    body_maps = len(backbone.body.out_channels_list)
+    anchors = build_anchor_generator(cfg.get("anchor_generator"), levels,
+                                     {"sizes": [[32 * 2 ** i] for i in range(levels)]})
+    channels = backbone.out_channels
+    roi = dict(cfg.get("roi_head") or {})
+    resolution = int(roi.pop("roi_size", 7))
+    representation = int(roi.pop("representation_size", 1024))
+    rpn = dict(cfg.get("rpn") or {})
+    rpn_head_cfg = rpn.pop("head", {"type": "RPNHead"})
+    box_head_cfg = roi.pop("box_head", {"type": "TwoMLPHead"})
+    box_predictor_cfg = roi.pop("box_predictor", {"type": "FastRCNNPredictor"})
+    mask_cfg = {k: roi.pop(k) for k in ("mask_head", "mask_predictor", "mask_layers", "mask_roi_size") if k in roi}
+    parts = {
+        "rpn_anchor_generator": anchors,
+        "rpn_head": HEADS.build(rpn_head_cfg, in_channels=channels, num_anchors=anchors.num_anchors_per_location()[0]),
+        "box_roi_pool": MultiScaleRoIAlign([str(i) for i in range(body_maps)], resolution, sampling_ratio=2),
+        "box_head": HEADS.build(box_head_cfg, in_channels=channels * resolution ** 2, representation_size=representation),
+        "box_predictor": HEADS.build(box_predictor_cfg, in_channels=representation, num_classes=n_out),
+        **_section({"rpn": rpn}, "rpn", RPN_KEYS, "rpn_"),
+        **_section({"roi_head": roi}, "roi_head", ROI_KEYS, "box_"),
+    }
+    return parts, mask_cfg, body_maps
+
+
+@DETECTORS.register()
+def FasterRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvFasterRCNN:
+    n_out = _check_classes(num_classes)
+    body = _backbone({"backbone": backbone, "neck": neck})
+    parts, mask_cfg, _ = _two_stage_parts(cfg, body, n_out)
+    if mask_cfg:
+        raise ConfigError(f"model.roi_head: {sorted(mask_cfg)} are Mask R-CNN options; use type: MaskRCNN")
+    _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "FasterRCNN")
+    return TvFasterRCNN(body, num_classes=None, **parts, **_transform_kwargs(cfg))
+
+
+@DETECTORS.register()
+def MaskRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvMaskRCNN:
+    n_out = _check_classes(num_classes)
+    body = _backbone({"backbone": backbone, "neck": neck})
+    parts, mask_cfg, body_maps = _two_stage_parts(cfg, body, n_out)
+    _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "MaskRCNN")
+    layers = tuple(mask_cfg.get("mask_layers", (256, 256, 256, 256)))
+    mask_head = HEADS.build(mask_cfg.get("mask_head", {"type": "MaskRCNNHeads"}),
+                            in_channels=body.out_channels, layers=layers, dilation=1)
+    mask_predictor = HEADS.build(mask_cfg.get("mask_predictor", {"type": "MaskRCNNPredictor"}),
+                                 in_channels=layers[-1], dim_reduced=layers[-1], num_classes=n_out)
+    mask_pool = MultiScaleRoIAlign([str(i) for i in range(body_maps)], int(mask_cfg.get("mask_roi_size", 14)), 2)
+    return TvMaskRCNN(body, num_classes=None, mask_roi_pool=mask_pool, mask_head=mask_head,
+                      mask_predictor=mask_predictor, **parts, **_transform_kwargs(cfg))
+
+
+def _single_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, default_anchors: dict,
+                        default_head: str) -> dict:
+    levels = _num_levels(backbone)
+    anchors = build_anchor_generator(cfg.get("anchor_generator"), levels, default_anchors)
+    head = HEADS.build(cfg.get("head") or {"type": default_head}, in_channels=backbone.out_channels,
+                       num_anchors=anchors.num_anchors_per_location()[0], num_classes=n_out)
+    return {"anchor_generator": anchors, "head": head}
+
+
+def _reject_unknown(cfg: Mapping[str, Any], allowed: Sequence[str], name: str) -> None:
+    unknown = sorted(set(cfg) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model ({name}): unknown option(s) {unknown}; allowed besides num_classes, backbone, "
+                          f"neck: {', '.join(allowed)}")
+
+
+@DETECTORS.register()
+def RetinaNet(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvRetinaNet:
+    n_out = _check_classes(num_classes)
+    body = _backbone({"backbone": backbone, "neck": neck})
+    _reject_unknown(cfg, ("anchor_generator", "head", "test_cfg", *TRANSFORM_KEYS), "RetinaNet")
+    parts = _single_stage_parts(cfg, body, n_out, {"base_sizes": [32, 64, 128, 256, 512], "scales_per_octave": 3},
+                                "RetinaNetHead")
+    return TvRetinaNet(body, num_classes=n_out, **parts, **_section(cfg, "test_cfg", RETINANET_KEYS, ""),
+                       **_transform_kwargs(cfg))
+
+
+@DETECTORS.register()
+def FCOS(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvFCOS:
+    n_out = _check_classes(num_classes)
+    body = _backbone({"backbone": backbone, "neck": neck})
+    _reject_unknown(cfg, ("anchor_generator", "head", "test_cfg", *TRANSFORM_KEYS), "FCOS")
+    parts = _single_stage_parts(cfg, body, n_out, {"sizes": [[8], [16], [32], [64], [128]], "aspect_ratios": [1.0]},
+                                "FCOSHead")
+    return TvFCOS(body, num_classes=n_out, **parts, **_section(cfg, "test_cfg", FCOS_KEYS, ""),
+                  **_transform_kwargs(cfg))
+
+
+def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Build a detector from ``model:`` config; the model's ``arch`` records its type."""
+    if not isinstance(model_cfg, Mapping):
+        raise ConfigError(f"model must be a mapping with a type, got {model_cfg!r}")
+    model = DETECTORS.build(model_cfg)
+    model.arch = model_cfg.get("type")
+    return model

@@ -1,0 +1,70 @@
+"""``detcore train CONFIG``: the worker every launcher backend runs (also under plain torchrun)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from detcore.config import load_config
+
+logger = logging.getLogger(__name__)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. optimizer.lr=0.01 data.samples_per_gpu=4 (prefix new keys with +)")
+    p.add_argument("--work-dir", help="where logs, checkpoints and TensorBoard go (default work_dirs/<config name>)")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="path to a YAML config")
+    add_common(p)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
+                   help="continue from the newest checkpoint in the work dir (auto) or from PATH")
+    p.add_argument("--load-from", help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
+    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume on CPU)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def default_work_dir(config: str) -> Path:
+    return Path("work_dirs") / Path(config).stem
+
+
+def setup_logging(work_dir: Path, filename: str) -> None:
+    """Rank 0 logs INFO to the console and to ``work_dir/filename``; other ranks only warnings."""
+    from detcore.engine.dist import MainRankFilter
+
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.addFilter(MainRankFilter())
+    if int(os.environ.get("RANK", 0)) == 0:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(work_dir / filename)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.addFilter(MainRankFilter())
+        root.addHandler(fh)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detcore.engine.trainer import Trainer, TrainingInterrupted
+
+    cfg = load_config(args.config, args.cfg_options)
+    work_dir = Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config))
+    cfg["work_dir"] = str(work_dir)
+    setup_logging(work_dir, "train.log")
+    trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
+                      validate=not args.no_validate, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
+                      device=args.device)
+    try:
+        metrics = trainer.train()
+    except TrainingInterrupted as exc:
+        logger.warning("%s", exc)
+        return 3
+    if metrics:
+        logger.info("final metrics: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "_AP_" not in k))
+    return 0
