@@ -1,0 +1,283 @@
+"""COCO-format detection datasets on pycocotools.
+
+``CocoDataset`` reads an MMDetection-style split config (``ann_file``, ``img_prefix``,
+``classes``, ``pipeline``, ...) and returns ``(image, target)`` pairs that torchvision's
+detection models accept.
+
+Bad-box policy: a box partially outside its image is clipped to the image; a box with a
+non-positive width or height, or one entirely outside the image, is skipped, counted in
+``dataset.skipped`` and reported in one warning per annotation file. Boxes that are not four
+finite numbers, unknown category ids, duplicate ids and missing or corrupt files raise
+:class:`~detcore.errors.DataError` naming the file and the record.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from detcore.data.transforms import Pipeline, build_pipeline
+from detcore.errors import DataError
+from detcore.registry import DATASETS
+
+logger = logging.getLogger(__name__)
+
+
+def load_coco_json(path: str | Path) -> dict:
+    """Read a COCO json file; a missing file or invalid json raises DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"annotation file {path} does not exist; check ann_file (or the --ann path)")
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"annotation file {path} is not valid json: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"annotation file {path} cannot be read: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"annotation file {path} is not a COCO detection file: expected an object "
+                        f"with an 'images' list, 'annotations' and 'categories'")
+    return data
+
+
+def coco_from_dict(data: dict) -> COCO:
+    """Build a pycocotools ``COCO`` index from an in-memory dict without its prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_coco(path: str | Path) -> COCO:
+    """``COCO(path)`` with DataError for missing/invalid files and no prints."""
+    data = load_coco_json(path)
+    data.setdefault("annotations", [])
+    data.setdefault("categories", [])
+    return coco_from_dict(data)
+
+
+def _check_ids(records: list, kind: str, path: Path, required: Sequence[str]) -> dict[int, int]:
+    """Map id -> position; DataError on a missing field or a duplicate id."""
+    seen: dict[int, int] = {}
+    for pos, rec in enumerate(records):
+        if not isinstance(rec, dict) or any(k not in rec for k in required):
+            raise DataError(f"{path}: {kind}[{pos}] must be an object with {', '.join(required)}; got {rec!r:.200}")
+        rid = rec["id"]
+        if rid in seen:
+            raise DataError(f"{path}: duplicate {kind[:-1]} id {rid} ({kind}[{seen[rid]}] and {kind}[{pos}]); "
+                            f"ids must be unique")
+        seen[rid] = pos
+    return seen
+
+
+def validate_coco(data: dict, path: Path) -> None:
+    """Raise DataError for structural problems: ids, references, box shapes, image sizes."""
+    for key in ("annotations", "categories"):
+        if not isinstance(data.get(key, []), list):
+            raise DataError(f"{path}: '{key}' must be a list")
+    images = _check_ids(data["images"], "images", path, ("id", "file_name", "width", "height"))
+    cats = _check_ids(data.get("categories", []), "categories", path, ("id", "name"))
+    anns = _check_ids(data.get("annotations", []), "annotations", path, ("id", "image_id", "category_id"))
+    for img in data["images"]:
+        w, h = img["width"], img["height"]
+        if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+            raise DataError(f"{path}: image id {img['id']} ({img['file_name']}) has width={w!r}, height={h!r}; "
+                            f"expected positive integers")
+    del anns
+    for pos, ann in enumerate(data.get("annotations", [])):
+        where = f"{path}: annotation id {ann['id']} (annotations[{pos}])"
+        if ann["image_id"] not in images:
+            raise DataError(f"{where} refers to image id {ann['image_id']}, which is not in 'images'")
+        if ann["category_id"] not in cats:
+            raise DataError(f"{where} has unknown category id {ann['category_id']}; "
+                            f"known ids: {sorted(cats)}")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+            raise DataError(f"{where} has bbox {box!r}; expected [x, y, width, height] of 4 finite numbers")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What evaluation needs to map predictions back: sizes are (height, width)."""
+
+    image_id: int
+    file_name: str
+    orig_size: tuple[int, int]
+    img_shape: tuple[int, int] | None  # after a deterministic pipeline; None if it is random
+
+
+@DATASETS.register()
+class CocoDataset(torch.utils.data.Dataset):
+    """A COCO json + image folder as ``(image, target)`` pairs for torchvision detectors.
+
+    Labels are ``1..K`` in ``classes`` order (all categories by id when ``classes`` is None);
+    0 is background. ``self.cat_ids[k - 1]`` is the COCO category id of label ``k``.
+    Crowd annotations never enter ``target``; they stay in ``self.coco`` for evaluation.
+    """
+
+    def __init__(self, ann_file: str | Path, img_prefix: str | Path, classes: Sequence[str] | None = None,
+                 pipeline: Sequence[Mapping[str, Any]] | Callable = (), filter_empty_gt: bool = True,
+                 test_mode: bool = False, with_mask: bool = False) -> None:
+        self.ann_file = Path(ann_file)
+        self.img_prefix = Path(img_prefix)
+        self.test_mode = test_mode
+        self.with_mask = with_mask
+        self.pipeline: Pipeline = pipeline if isinstance(pipeline, Pipeline) else build_pipeline(pipeline)
+        data = load_coco_json(self.ann_file)
+        validate_coco(data, self.ann_file)
+        data.setdefault("annotations", [])
+        data.setdefault("categories", [])
+        self.coco = coco_from_dict(data)
+        self.cat_ids, self.CLASSES = self._select_classes(classes)
+        self.cat2label = {cat_id: k + 1 for k, cat_id in enumerate(self.cat_ids)}
+        self.skipped: Counter[str] = Counter()
+        self._first_skipped: dict[str, str] = {}
+        self._targets = {img_id: self._index_image(img_id) for img_id in self.coco.imgs}
+        self._report_skipped()
+        keep_empty = test_mode or not filter_empty_gt
+        self.img_ids = [img["id"] for img in data["images"] if keep_empty or len(self._targets[img["id"]][1])]
+        if not self.img_ids:
+            raise DataError(
+                f"no images left after filtering in {self.ann_file}: {len(data['images'])} images, none with a "
+                f"usable non-crowd box of classes {list(self.CLASSES)}; check classes (names must match the "
+                f"file's categories), or set filter_empty_gt=False / test_mode=True")
+
+    # --- indexing -------------------------------------------------------------------------------
+    def _select_classes(self, classes: Sequence[str] | None) -> tuple[list[int], tuple[str, ...]]:
+        cats = sorted(self.coco.cats.values(), key=lambda c: c["id"])
+        if classes is None:
+            if not cats:
+                raise DataError(f"{self.ann_file} has no categories; add a 'categories' list")
+            return [c["id"] for c in cats], tuple(c["name"] for c in cats)
+        if isinstance(classes, str):
+            classes = [classes]
+        by_name: dict[str, int] = {}
+        for c in cats:
+            by_name.setdefault(c["name"], c["id"])
+        unknown = [name for name in classes if name not in by_name]
+        if unknown:
+            raise DataError(f"classes {unknown} are not categories of {self.ann_file}; "
+                            f"its categories are {sorted(by_name)}")
+        if len(set(classes)) != len(classes):
+            raise DataError(f"classes {list(classes)} names a category twice; list each once")
+        return [by_name[name] for name in classes], tuple(classes)
+
+    def _index_image(self, img_id: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Clipped xyxy boxes, labels and annotation ids of the usable annotations of one image."""
+        info = self.coco.imgs[img_id]
+        w, h = info["width"], info["height"]
+        boxes, labels, ann_ids = [], [], []
+        for ann in self.coco.imgToAnns.get(img_id, []):
+            if ann.get("iscrowd", 0) or ann["category_id"] not in self.cat2label:
+                continue
+            x, y, bw, bh = ann["bbox"]
+            if bw <= 0 or bh <= 0:
+                self._skip("non-positive width or height", ann)
+                continue
+            x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+            if x2 <= x1 or y2 <= y1:
+                self._skip("entirely outside the image", ann)
+                continue
+            if self.with_mask and "segmentation" not in ann:
+                raise DataError(f"{self.ann_file}: annotation id {ann['id']} of image id {img_id} has no "
+                                f"'segmentation', but with_mask=True; add masks or set with_mask=False")
+            boxes.append((x1, y1, x2, y2))
+            labels.append(self.cat2label[ann["category_id"]])
+            ann_ids.append(ann["id"])
+        return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64), ann_ids)
+
+    def _skip(self, reason: str, ann: dict) -> None:
+        if not self.skipped[reason]:
+            self._first_skipped[reason] = f"annotation id {ann['id']} of image id {ann['image_id']}, bbox {ann['bbox']}"
+        self.skipped[reason] += 1
+
+    def _report_skipped(self) -> None:
+        if self.skipped:
+            parts = [f"{n} with {reason} (first: {self._first_skipped[reason]})" for reason, n in self.skipped.items()]
+            logger.warning("%s: skipped %d annotations with unusable boxes: %s", self.ann_file,
+                           sum(self.skipped.values()), "; ".join(parts))
+
+    # --- access ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.img_ids)
+
+    def get_aspect_ratio(self, i: int) -> float:
+        """Width / height of image ``i`` from the json (no decoding)."""
+        info = self.coco.imgs[self.img_ids[i]]
+        return info["width"] / info["height"]
+
+    def get_img_info(self, image_id: int) -> ImageInfo:
+        """Sizes of an image id: ``orig_size`` from the json, ``img_shape`` after the pipeline."""
+        info = self.coco.imgs.get(image_id)
+        if info is None:
+            raise DataError(f"image id {image_id} is not in {self.ann_file}")
+        h, w = info["height"], info["width"]
+        return ImageInfo(image_id, info["file_name"], (h, w), self.pipeline.output_size(h, w))
+
+    def load_image(self, image_id: int) -> tv_tensors.Image:
+        """Decode an image as float32 RGB in 0..1; DataError names a missing or corrupt file."""
+        info = self.coco.imgs[image_id]
+        path = self.img_prefix / info["file_name"]
+        if not path.is_file():
+            raise DataError(f"image file {path} (image id {image_id} in {self.ann_file}) does not exist; "
+                            f"check img_prefix")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"image file {path} (image id {image_id} in {self.ann_file}) is corrupt or not an "
+                            f"image: {exc}") from None
+        if rgb.size != (info["width"], info["height"]):
+            raise DataError(f"image file {path} is {rgb.size[0]}x{rgb.size[1]} but {self.ann_file} says "
+                            f"{info['width']}x{info['height']} (image id {image_id}); fix the json or the file")
+        return tv_tensors.Image(F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True))
+
+    def load_masks(self, image_id: int, ann_ids: list[int]) -> np.ndarray:
+        """uint8 masks [N, H, W] of the given annotations (polygons, RLE or uncompressed RLE)."""
+        info = self.coco.imgs[image_id]
+        masks = np.zeros((len(ann_ids), info["height"], info["width"]), dtype=np.uint8)
+        for k, ann_id in enumerate(ann_ids):
+            try:
+                masks[k] = self.coco.annToMask(self.coco.anns[ann_id])
+            except Exception as exc:  # pycocotools raises TypeError/ValueError/IndexError on bad segms
+                raise DataError(f"{self.ann_file}: annotation id {ann_id} of image id {image_id} has a malformed "
+                                f"segmentation ({type(exc).__name__}: {exc}); expected polygons or RLE") from None
+        return masks
+
+    def __getitem__(self, i: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image_id = self.img_ids[i]
+        image = self.load_image(image_id)
+        h, w = image.shape[-2:]
+        boxes, labels, ann_ids = self._targets[image_id]
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes.copy()), format="XYXY", canvas_size=(h, w)),
+            "labels": torch.from_numpy(labels.copy()),
+            "image_id": image_id,
+            "orig_size": (h, w),
+        }
+        if self.with_mask:
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(self.load_masks(image_id, ann_ids)))
+        image, target = self.pipeline(image, target)
+        target["img_shape"] = tuple(image.shape[-2:])
+        return image, target
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.ann_file}, {len(self)} images, classes={list(self.CLASSES)}, "
+                f"test_mode={self.test_mode}, with_mask={self.with_mask})")
