@@ -1,0 +1,278 @@
+"""COCO evaluation with pycocotools: model outputs -> COCO results -> COCOeval metrics.
+
+Sizes flow like this: a detector returns boxes (and masks) in the coordinates of the image
+tensor it was given, i.e. ``target["img_shape"]``. ``results_to_coco`` maps them back to the
+file's size ``orig_size``. Both come from the output dict when present (``output["img_shape"]``,
+``output["orig_size"]``, which the trainer can copy from the targets), else from
+``dataset.get_img_info(image_id)``: ``orig_size`` from the json and ``img_shape`` from the
+dataset's pipeline when its output size is deterministic (a test pipeline).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detcore.data.coco import coco_from_dict, load_coco
+from detcore.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm")
+
+
+# --- model outputs -> COCO results ------------------------------------------------------------
+def _sizes(image_id: int, output: Mapping[str, Any], dataset: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    orig, shape = output.get("orig_size"), output.get("img_shape")
+    if orig is None or shape is None:
+        info = dataset.get_img_info(image_id)
+        orig = orig if orig is not None else info.orig_size
+        shape = shape if shape is not None else info.img_shape
+    if shape is None:
+        raise DataError(f"image id {image_id}: the dataset pipeline has a random output size, so img_shape is "
+                        f"unknown; put output['img_shape'] = target['img_shape'] before results_to_coco")
+    return (int(orig[0]), int(orig[1])), (int(shape[0]), int(shape[1]))
+
+
+def _encode_masks(masks: torch.Tensor, orig: tuple[int, int]) -> list[dict]:
+    """[N, 1, H, W] probabilities -> RLEs at the original size (bilinear resize, then >= 0.5)."""
+    rles = []
+    for chunk in masks.float().split(16):
+        if tuple(chunk.shape[-2:]) != orig:
+            chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
+        binary = (chunk[:, 0] >= 0.5).to(torch.uint8).numpy()
+        for m in binary:
+            rle = mask_utils.encode(np.asfortranarray(m))
+            rle["counts"] = rle["counts"].decode("ascii")
+            rles.append(rle)
+    return rles
+
+
+def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any) -> list[dict]:
+    """Convert ``[(image_id, output), ...]`` of torchvision detectors to COCO result dicts.
+
+    ``output``: ``boxes`` [N, 4] xyxy in the model's input image, ``scores`` [N], ``labels`` [N]
+    in 1..K, optionally ``masks`` [N, 1, H, W] probabilities, ``img_shape``/``orig_size``.
+    ``dataset`` supplies ``cat_ids`` (label k -> ``cat_ids[k-1]``) and ``get_img_info(image_id)``.
+    """
+    cat_ids = list(dataset.cat_ids)
+    results: list[dict] = []
+    for image_id, output in outputs:
+        image_id = int(image_id)
+        orig, shape = _sizes(image_id, output, dataset)
+        boxes = torch.as_tensor(output["boxes"]).detach().float().cpu().reshape(-1, 4).clone()
+        scores = torch.as_tensor(output["scores"]).detach().float().cpu().tolist()
+        labels = torch.as_tensor(output["labels"]).detach().cpu().tolist()
+        if labels and (min(labels) < 1 or max(labels) > len(cat_ids)):
+            raise DataError(f"image id {image_id}: predicted labels {sorted(set(labels))} are outside 1..{len(cat_ids)};"
+                            f" the model's num_classes must be the dataset's {len(cat_ids)} classes + 1")
+        boxes[:, 0::2] = (boxes[:, 0::2] * (orig[1] / shape[1])).clamp(0, orig[1])
+        boxes[:, 1::2] = (boxes[:, 1::2] * (orig[0] / shape[0])).clamp(0, orig[0])
+        rles = None
+        if output.get("masks") is not None and len(labels):
+            masks = torch.as_tensor(output["masks"]).detach().cpu()
+            rles = _encode_masks(masks.reshape(len(labels), 1, *masks.shape[-2:]), orig)
+        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
+            res = {"image_id": image_id, "category_id": cat_ids[label - 1],
+                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            if rles is not None:
+                res["segmentation"] = rles[k]
+            results.append(res)
+    return results
+
+
+# --- COCOeval ---------------------------------------------------------------------------------
+def _load_results(results: Sequence[dict] | str | Path) -> tuple[list[dict], str]:
+    if isinstance(results, (str, Path)):
+        path = Path(results)
+        if not path.is_file():
+            raise DataError(f"results file {path} does not exist")
+        try:
+            data = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"results file {path} is not valid json: {exc}") from None
+        return data, f"results file {path}"
+    return list(results), "results"
+
+
+def _check_results(results: Any, name: str, coco_gt: COCO, gt_name: str, metrics: Sequence[str]) -> None:
+    if not isinstance(results, list):
+        raise DataError(f"{name}: expected a json list of result objects, got {type(results).__name__}")
+    needed = {"bbox": "bbox", "segm": "segmentation"}
+    for pos, res in enumerate(results):
+        if not isinstance(res, dict) or not {"image_id", "category_id", "score"} <= res.keys():
+            raise DataError(f"{name}: result #{pos} must be an object with image_id, category_id, score; "
+                            f"got {res!r:.200}")
+        if res["image_id"] not in coco_gt.imgs:
+            raise DataError(f"{name}: result #{pos} has image_id {res['image_id']!r}, which is not an image of "
+                            f"{gt_name}; results and ground truth must come from the same annotation file")
+        if res["category_id"] not in coco_gt.cats:
+            raise DataError(f"{name}: result #{pos} has category_id {res['category_id']!r}, which is not a category "
+                            f"of {gt_name} (known: {sorted(coco_gt.cats)})")
+        for metric in metrics:
+            if needed[metric] not in res:
+                raise DataError(f"{name}: result #{pos} has no '{needed[metric]}', needed for metric {metric!r}")
+
+
+def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
+    """``coco_gt.loadRes`` on a private copy; an empty list gives an empty results set."""
+    if not results:
+        return coco_from_dict({"images": list(coco_gt.dataset["images"]), "annotations": [],
+                               "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))})
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(copy.deepcopy(results))
+
+
+def _per_class_ap(coco_eval: COCOeval) -> list[float]:
+    """AP@[.5:.95] per category (all areas, 100 dets); -1 where pycocotools has no data."""
+    precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
+    out = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out.append(float(np.mean(p)) if p.size else -1.0)
+    return out
+
+
+def _categories(coco_gt: COCO, cat_ids: Sequence[int] | None, class_names: Sequence[str] | None,
+                gt_name: str) -> list[int]:
+    """Category ids to evaluate: ``cat_ids``; else the GT categories named ``class_names`` (in
+    that order) when every name is one; else all GT categories by id."""
+    all_ids = sorted(coco_gt.getCatIds())
+    if cat_ids is not None:
+        unknown = [c for c in cat_ids if c not in coco_gt.cats]
+        if unknown:
+            raise ConfigError(f"cat_ids {unknown} are not categories of {gt_name} (known: {all_ids})")
+        chosen = list(cat_ids)
+    elif class_names is not None:
+        by_name: dict[str, int] = {}
+        for c in all_ids:
+            by_name.setdefault(coco_gt.cats[c]["name"], c)
+        chosen = [by_name[n] for n in class_names] if all(n in by_name for n in class_names) else all_ids
+    else:
+        chosen = all_ids
+    if class_names is not None and len(class_names) != len(chosen):
+        raise ConfigError(f"class_names has {len(class_names)} names ({list(class_names)}) but {len(chosen)} "
+                          f"categories are evaluated; pass one name per category or cat_ids")
+    return chosen
+
+
+def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, metrics: Sequence[str] = ("bbox",),
+                  classwise: bool = True, class_names: Sequence[str] | None = None, *,
+                  cat_ids: Sequence[int] | None = None, img_ids: Sequence[int] | None = None) -> dict[str, dict]:
+    """Run pycocotools COCOeval for each metric (``bbox``, ``segm``).
+
+    Returns ``{metric: {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl}}`` with
+    pycocotools' values (-1 where it has nothing to measure) and, if ``classwise``,
+    ``{metric}_per_class: {name: AP}``. Categories: ``cat_ids`` if given; else, when every one of
+    ``class_names`` is a GT category name, those categories in that order (a dataset's class
+    subset); else all GT categories, with ``class_names`` as their display names. ``img_ids``
+    restricts the images. Empty results evaluate to 0 (-1 where pycocotools would give -1).
+    """
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    bad = [m for m in metrics if m not in IOU_TYPES]
+    if bad or not metrics:
+        raise ConfigError(f"unknown metric(s) {bad or metrics}; expected a list of {list(IOU_TYPES)}")
+    gt_name = f"ground truth {gt}" if not isinstance(gt, COCO) else "the ground truth"
+    coco_gt = gt if isinstance(gt, COCO) else load_coco(gt)
+    res_list, res_name = _load_results(results)
+    _check_results(res_list, res_name, coco_gt, gt_name, metrics)
+    if "segm" in metrics:
+        missing = next((a for a in coco_gt.dataset.get("annotations", []) if "segmentation" not in a), None)
+        if missing is not None:
+            raise DataError(f"{gt_name}: annotation id {missing.get('id')} has no segmentation; "
+                            f"metric 'segm' needs masks in the ground truth")
+    cat_ids = _categories(coco_gt, cat_ids, class_names, gt_name)
+    names = list(class_names) if class_names is not None else [coco_gt.cats[c]["name"] for c in cat_ids]
+    out: dict[str, dict] = {}
+    for metric in metrics:
+        coco_dt = _results_coco(coco_gt, res_list)
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType=metric)
+        coco_eval.params.catIds = cat_ids
+        if img_ids is not None:
+            coco_eval.params.imgIds = list(img_ids)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            summary = io.StringIO()
+            with contextlib.redirect_stdout(summary):
+                coco_eval.summarize()
+        logger.debug("pycocotools (%s): %s", metric, log.getvalue().strip())
+        logger.info("COCO %s metrics:\n%s", metric, summary.getvalue().rstrip())
+        out[metric] = {key: float(v) for key, v in zip(METRIC_KEYS, coco_eval.stats)}
+        if classwise:
+            out[f"{metric}_per_class"] = dict(zip(names, _per_class_ap(coco_eval)))
+    return out
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value < 0 else f"{value:.3f}"
+
+
+def format_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """Plain-text tables: the summary metrics per IoU type, then per-class AP if present."""
+    types = [m for m in IOU_TYPES if m in metrics]
+    lines = ["  ".join(["metric".ljust(6)] + [k.rjust(6) for k in METRIC_KEYS])]
+    for m in types:
+        lines.append("  ".join([m.ljust(6)] + [_fmt(metrics[m][k]).rjust(6) for k in METRIC_KEYS]))
+    per_class = [m for m in types if f"{m}_per_class" in metrics]
+    if per_class:
+        names = list(dict.fromkeys(n for m in per_class for n in metrics[f"{m}_per_class"]))
+        width = max([len("class")] + [len(n) for n in names])
+        lines += ["", "  ".join(["class".ljust(width)] + [f"{m} AP".rjust(7) for m in per_class])]
+        for name in names:
+            row = [_fmt(metrics[f"{m}_per_class"].get(name, -1.0)).rjust(7) for m in per_class]
+            lines.append("  ".join([name.ljust(width)] + row))
+    lines.append("(n/a: nothing in the ground truth to measure, -1 in pycocotools)")
+    return "\n".join(lines)
+
+
+# --- distributed ------------------------------------------------------------------------------
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _union(parts: Iterable[list]) -> list:
+    seen: dict[int, Any] = {}
+    for part in parts:
+        for image_id, payload in part:
+            seen.setdefault(int(image_id), payload)
+    return [(image_id, seen[image_id]) for image_id in sorted(seen)]
+
+
+def gather_predictions(local: list[tuple[int, Any]], dst: int | None = 0) -> list[tuple[int, Any]]:
+    """Union of every rank's ``[(image_id, payload), ...]`` by ``all_gather_object``.
+
+    Each image id appears once (the lowest rank's payload wins), sorted by image id. Rank ``dst``
+    gets the union and the other ranks ``[]``; ``dst=None`` gives it to every rank. Tensors are
+    moved to the CPU first; converting outputs with ``results_to_coco`` per rank and gathering
+    ``(image_id, results)`` pairs keeps the traffic small. With NCCL, call
+    ``torch.cuda.set_device`` first. Not distributed: the local list, deduplicated and sorted.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _union([local])
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, _to_cpu(list(local)))
+    if dst is not None and dist.get_rank() != dst:
+        return []
+    return _union(parts)
