@@ -14,7 +14,6 @@ import os
 import pickle
 import subprocess
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,7 +43,7 @@ def versions() -> dict[str, str]:
 
     import detcore
 
-    return {"detlaunch": detcore.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"detlaunch": str(detcore.__version__), "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
 
 
 def make_meta(*, config_text: str, classes: list[str] | tuple[str, ...], arch: str | None, epoch: int = 0,
@@ -111,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
                               f"could run code: {first[:200]}); only load checkpoints you trust, re-saved as "
                               f"plain tensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a torn or foreign file
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint: "
                               f"{str(exc).splitlines()[0][:160]})") from None
     if not isinstance(data, dict) or "state_dict" not in data:
@@ -177,8 +176,10 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         else:
             compatible[key] = tensor
     matched = sum(1 for k in own if k in compatible or k.endswith("num_batches_tracked"))
-    if own and matched / len(own) < min_match:
-        raise CheckpointError(f"{where} matches only {len(compatible)} of the model's {len(own)} tensors: it is a "
+    foreign = [k for k, why in report.skipped if why == "not in model"]
+    if (own and matched / len(own) < min_match) or len(foreign) > 0.1 * max(1, len(theirs)):
+        raise CheckpointError(f"{where} matches only {len(compatible)} of the model's {len(own)} tensors and has "
+                              f"{len(foreign)} the model lacks (e.g. {', '.join(foreign[:2]) or '-'}): it is a "
                               f"checkpoint of another architecture or backbone; check model.backbone and model.type")
     model.load_state_dict(compatible, strict=False)
     report.loaded = sorted(compatible)

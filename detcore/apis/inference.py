@@ -67,7 +67,7 @@ def load_image(img: ImageLike) -> torch.Tensor:
             img = np.stack([img] * 3, axis=-1)
         if img.ndim != 3 or img.shape[2] not in (3, 4):
             raise DataError(f"image array must be HxWx3 (RGB), got shape {img.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(img[..., :3])).permute(2, 0, 1)
         return t.float() / 255 if t.dtype == torch.uint8 else t.float()
     if isinstance(img, torch.Tensor):
         if img.dim() != 3 or img.shape[0] != 3:

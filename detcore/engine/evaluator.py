@@ -46,17 +46,24 @@ def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def gather_coco_results(outputs: list[tuple[int, dict]], dataset: Any) -> list[dict]:
+    """COCO results of every rank's outputs, each image exactly once, on rank 0 (``[]`` elsewhere)."""
+    from detcore.evaluation import gather_predictions, results_to_coco
+
+    per_image = [(image_id, results_to_coco([(image_id, out)], dataset)) for image_id, out in outputs]
+    return [r for _, results in gather_predictions(per_image) for r in results]
+
+
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
                     classes: Sequence[str], num_images: int = 0, progress: bool = False,
                     ) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings."""
     from detcore.apis.visualize import draw_result
-    from detcore.evaluation import evaluate_coco, gather_predictions, results_to_coco
+    from detcore.evaluation import evaluate_coco
 
     outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images)
     dataset = loader.dataset
-    local = results_to_coco(outputs, dataset)
-    everything = gather_predictions(local)
+    everything = gather_coco_results(outputs, dataset)
     drawn = [draw_result(img, pred, classes) for img, pred in kept]
     if get_rank() != 0:
         return {}, drawn

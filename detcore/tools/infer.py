@@ -1,0 +1,62 @@
+"""``detcore infer CONFIG CHECKPOINT INPUTS...``: detect objects in image files or folders."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from detcore.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="YAML config, or 'none' to use the one saved in the checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file (.pth)")
+    p.add_argument("inputs", nargs="+", help="image files or folders of images")
+    p.add_argument("--out-dir", required=True, help="where annotated images (and results.json) go")
+    p.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")
+    p.add_argument("--json", action="store_true", help="also write results.json and print a summary as JSON")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"input {path} does not exist; give image files or folders")
+    if not files:
+        raise DataError(f"no images found in {', '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    from detcore.apis import inference_detector, init_detector, show_result
+
+    model = init_detector(None if args.config.lower() == "none" else args.config, args.checkpoint, args.device)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in tqdm(collect_images(args.inputs), desc="infer", unit="img"):
+        result = inference_detector(model, str(path))
+        show_result(str(path), result, score_thr=args.score_thr, out_file=out_dir / f"{path.stem}.png")
+        keep = result["scores"] >= args.score_thr
+        records.append({"file": str(path), "detections": [
+            {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lbl), "class": n}
+            for b, s, lbl, n, k in zip(result["boxes"], result["scores"], result["labels"], result["class_names"], keep)
+            if k]})
+    if args.json:
+        (out_dir / "results.json").write_text(json.dumps(records, indent=2))
+        print(json.dumps({"images": len(records), "detections": sum(len(r["detections"]) for r in records),
+                          "out_dir": str(out_dir)}))
+    else:
+        print(f"annotated {len(records)} image(s) into {out_dir}")
+    return 0

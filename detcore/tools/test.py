@@ -1,0 +1,88 @@
+"""``detcore test CONFIG CHECKPOINT``: batch inference over the test split, a COCO results file, metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from detcore.config import load_config
+from detcore.tools.train import add_common, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("config", help="path to a YAML config")
+    p.add_argument("checkpoint", help="checkpoint file (.pth)")
+    add_common(p)
+    p.add_argument("--out", help="write the COCO results json here")
+    p.add_argument("--eval", nargs="*", default=None, metavar="METRIC", help="bbox and/or segm (default: config's)")
+    p.add_argument("--show-dir", help="draw predictions of every image into this folder")
+    p.add_argument("--score-thr", type=float, default=0.3, help="score threshold for --show-dir (default 0.3)")
+    p.add_argument("--split", default="test", help="data split to run on (default test)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detcore.apis.visualize import draw_result
+    from detcore.checkpoint import load_checkpoint, load_weights
+    from detcore.engine.dist import init_distributed
+    from detcore.engine.evaluator import flatten_metrics, gather_coco_results, run_inference
+    from detcore.engine.setup import build_split_loader
+    from detcore.evaluation import evaluate_coco
+    from detcore.models import build_detector
+
+    cfg = load_config(args.config, args.cfg_options)
+    ckpt = load_checkpoint(args.checkpoint)
+    work_dir = Path(args.work_dir) if args.work_dir else None
+    if work_dir is not None:
+        setup_logging(work_dir, "test.log")
+    dist = init_distributed(args.device)
+    loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
+    model = build_detector(cfg["model"]).to(dist.device)
+    load_weights(model, ckpt)
+    outputs, _ = run_inference(model, loader, dist.device, progress=True)
+    dataset = loader.dataset
+    results = gather_coco_results(outputs, dataset)
+    if args.show_dir:
+        _draw(outputs, dataset, Path(args.show_dir), args.score_thr, draw_result)
+    if dist.rank != 0:
+        return 0
+    out = Path(args.out) if args.out else (work_dir / "results.json" if work_dir else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(results))
+        os.replace(tmp, out)
+        logger.info("wrote %d detections to %s", len(results), out)
+    metrics = args.eval if args.eval is not None else (cfg.get("evaluation") or {}).get("metric", ["bbox"])
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if metrics:
+        names = list(ckpt["meta"].get("classes") or dataset.CLASSES)
+        evaluated = evaluate_coco(dataset.coco, results, metrics=tuple(metrics), classwise=True, class_names=names)
+        flat = flatten_metrics(evaluated)
+        if work_dir is not None:
+            (work_dir / "test_metrics.json").write_text(json.dumps(flat, indent=2))
+        if args.json:
+            print(json.dumps({m: evaluated[m] for m in metrics}))
+        else:
+            from detcore.evaluation import format_table
+
+            print(format_table(evaluated))
+    return 0
+
+
+def _draw(outputs, dataset, show_dir: Path, score_thr: float, draw_result) -> None:
+    from torchvision.io import write_png
+
+    show_dir.mkdir(parents=True, exist_ok=True)
+    by_id = dict(outputs)
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        pred = by_id.get(int(target["image_id"]))
+        if pred is not None:
+            write_png(draw_result(image, pred, dataset.CLASSES, score_thr), str(show_dir / f"{int(target['image_id'])}.png"))
