@@ -135,14 +135,14 @@ def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
         return coco_gt.loadRes(copy.deepcopy(results))
 
 
-def _per_class_ap(coco_eval: COCOeval) -> list[float]:
-    """AP@[.5:.95] per category (all areas, 100 dets); -1 where pycocotools has no data."""
-    precision = coco_eval.eval["precision"]  # [T, R, K, A, M]
-    out = []
-    for k in range(precision.shape[2]):
+def _per_class_ap(coco_eval: COCOeval) -> dict[int, float]:
+    """{category id: AP@[.5:.95]} (all areas, 100 dets); -1 where pycocotools has no data."""
+    precision = coco_eval.eval["precision"]  # [T, R, K, A, M], K in params.catIds order (sorted by evaluate)
+    out = {}
+    for k, cat_id in enumerate(coco_eval.params.catIds):
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
-        out.append(float(np.mean(p)) if p.size else -1.0)
+        out[cat_id] = float(np.mean(p)) if p.size else -1.0
     return out
 
 
@@ -215,7 +215,8 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
         logger.info("COCO %s metrics:\n%s", metric, summary.getvalue().rstrip())
         out[metric] = {key: float(v) for key, v in zip(METRIC_KEYS, coco_eval.stats)}
         if classwise:
-            out[f"{metric}_per_class"] = dict(zip(names, _per_class_ap(coco_eval)))
+            per_cat = _per_class_ap(coco_eval)
+            out[f"{metric}_per_class"] = {name: per_cat[c] for name, c in zip(names, cat_ids)}
     return out
 
 
