@@ -92,13 +92,12 @@ def validate_coco(data: dict, path: Path) -> None:
             raise DataError(f"{path}: '{key}' must be a list")
     images = _check_ids(data["images"], "images", path, ("id", "file_name", "width", "height"))
     cats = _check_ids(data.get("categories", []), "categories", path, ("id", "name"))
-    anns = _check_ids(data.get("annotations", []), "annotations", path, ("id", "image_id", "category_id"))
+    _check_ids(data.get("annotations", []), "annotations", path, ("id", "image_id", "category_id"))
     for img in data["images"]:
         w, h = img["width"], img["height"]
         if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
             raise DataError(f"{path}: image id {img['id']} ({img['file_name']}) has width={w!r}, height={h!r}; "
                             f"expected positive integers")
-    del anns
     for pos, ann in enumerate(data.get("annotations", [])):
         where = f"{path}: annotation id {ann['id']} (annotations[{pos}])"
         if ann["image_id"] not in images:
@@ -129,6 +128,8 @@ class CocoDataset(torch.utils.data.Dataset):
     Labels are ``1..K`` in ``classes`` order (all categories by id when ``classes`` is None);
     0 is background. ``self.cat_ids[k - 1]`` is the COCO category id of label ``k``.
     Crowd annotations never enter ``target``; they stay in ``self.coco`` for evaluation.
+    ``pipeline`` is a list of transform configs (``build_pipeline``) or a ready callable
+    ``(image, target) -> (image, target)``.
     """
 
     def __init__(self, ann_file: str | Path, img_prefix: str | Path, classes: Sequence[str] | None = None,
@@ -138,7 +139,12 @@ class CocoDataset(torch.utils.data.Dataset):
         self.img_prefix = Path(img_prefix)
         self.test_mode = test_mode
         self.with_mask = with_mask
-        self.pipeline: Pipeline = pipeline if isinstance(pipeline, Pipeline) else build_pipeline(pipeline)
+        if isinstance(pipeline, Pipeline):
+            self.pipeline = pipeline
+        elif callable(pipeline):
+            self.pipeline = Pipeline([pipeline])
+        else:
+            self.pipeline = build_pipeline(pipeline)
         data = load_coco_json(self.ann_file)
         validate_coco(data, self.ann_file)
         data.setdefault("annotations", [])
