@@ -42,7 +42,7 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_init_from_checkpoint_meta_and_inputs_of_every_kind(checkpoint: Path, image_file: Path) -> None:
     model = init_detector(None, checkpoint)
     assert model.class_names == ["cat", "dog"] and not model.training
-    arr = np.asarray(Image.open(image_file).convert("RGB"))
+    arr = np.array(Image.open(image_file).convert("RGB"))
     by_path = inference_detector(model, str(image_file))
     by_array = inference_detector(model, arr)
     by_tensor = inference_detector(model, torch.from_numpy(arr).permute(2, 0, 1))
