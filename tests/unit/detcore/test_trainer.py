@@ -1,0 +1,75 @@
+"""Trainer pieces on a tiny CPU job: one-step training with a user module, LR schedules, failure modes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from detcore.config import load_config
+from detcore.engine.optim import lr_factor_fn
+from detcore.engine.trainer import Trainer, latest_checkpoint
+from detcore.errors import CheckpointError, TrainingError
+from detcore.tools.cli import main as detcore_main
+
+ROOT = Path(__file__).resolve().parents[3]
+SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+FAST = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1"]
+
+
+def test_custom_imports_example_trains_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # user modules are importable from the working directory
+    code = detcore_main(["train", "configs/examples/faster_rcnn_tiny_augfpn_shapes.yaml", "--work-dir", str(tmp_path),
+                         "--no-validate", "--cfg-options", "runner.max_iters=1", *FAST])
+    assert code == 0
+    ckpt = torch.load(tmp_path / "iter_1.pth", weights_only=True)
+    assert "backbone.fpn.context.weight" in ckpt["state_dict"]  # the user's AugFPN was built
+
+
+def test_step_schedule_with_linear_warmup_table() -> None:
+    f = lr_factor_fn({"policy": "step", "step": [8, 11], "gamma": 0.1, "warmup": "linear", "warmup_iters": 500,
+                      "warmup_ratio": 0.001}, iters_per_epoch=100, by_epoch=True, max_units=12)
+    assert f(0) == pytest.approx(0.001)
+    assert f(250) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert f(500) == 1.0 and f(799) == 1.0
+    assert f(800) == pytest.approx(0.1) and f(1100) == pytest.approx(0.01)
+    cos = lr_factor_fn({"policy": "cosine", "min_lr_ratio": 0.1}, iters_per_epoch=10, by_epoch=False, max_units=100)
+    assert cos(0) == 1.0 and cos(50) == pytest.approx(0.55) and cos(100) == pytest.approx(0.1)
+
+
+def test_non_finite_loss_stops_with_iteration_and_terms(tmp_path: Path) -> None:
+    cfg = load_config(SHAPES, ["runner.max_iters=4", "checkpoint_config.interval=2", *FAST])
+    trainer = Trainer(cfg, tmp_path, validate=False)
+    real_forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def forward(images, targets=None):
+        losses = real_forward(images, targets)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
+        return losses
+
+    trainer.model.forward = forward
+    with pytest.raises(TrainingError, match=r"non-finite loss at iteration 3: .*loss_classifier=nan"):
+        trainer.train()
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter_2.pth"
+
+
+def test_resume_picks_newest_good_checkpoint_and_refuses_weights_only(tmp_path: Path) -> None:
+    cfg = load_config(SHAPES, ["runner.max_iters=2", "checkpoint_config.interval=1", *FAST])
+    Trainer(cfg, tmp_path, validate=False).train()
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter_2.pth"
+    (tmp_path / "iter_2.pth").write_bytes(b"torn")  # e.g. a disk error after the pointer was written
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter_1.pth"
+    weights_only = tmp_path / "weights.pth"
+    data = torch.load(tmp_path / "iter_1.pth", weights_only=True)
+    torch.save({"meta": data["meta"], "state_dict": data["state_dict"]}, weights_only)
+    with pytest.raises(CheckpointError, match="holds weights only.*--load-from"):
+        Trainer(cfg, tmp_path / "other", validate=False, resume=str(weights_only))
+
+
+def test_num_classes_must_match_dataset(tmp_path: Path) -> None:
+    cfg = load_config(SHAPES, ["model.num_classes=5", *FAST])
+    with pytest.raises(Exception, match=r"model.num_classes is 5 but the dataset has 3 classes"):
+        Trainer(cfg, tmp_path, validate=False)
