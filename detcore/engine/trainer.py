@@ -11,6 +11,7 @@ import math
 import os
 import random
 import resource
+import signal
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detcore.checkpoint import atomic_torch_save, load_checkpoint, load_weights, make_meta, save_checkpoint, unwrap
+from detcore.checkpoint import load_checkpoint, load_weights, make_meta, save_checkpoint, unwrap
 from detcore.config import dump_config
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_mean, barrier, init_distributed
@@ -34,9 +35,32 @@ logger = logging.getLogger(__name__)
 _STOP = threading.Event()
 
 
-def request_stop() -> None:
-    """Ask the running trainer to checkpoint after the current iteration and stop (preemption)."""
+def request_stop(*_: Any) -> None:
+    """Ask the running trainer to checkpoint after the current iteration and stop (preemption).
+
+    Safe to call from a signal handler. In a distributed run the request is shared through the
+    per-iteration all-reduce, so every rank stops after the same iteration.
+    """
     _STOP.set()
+
+
+def install_stop_signals(names: str) -> list[str]:
+    """Make each signal in ``names`` (e.g. ``"USR2,TERM"``) call :func:`request_stop`.
+
+    Backends set ``DETCORE_STOP_SIGNALS`` so a preempted worker checkpoints and exits with
+    code 3 (``EXIT_STOPPED``) instead of losing the iterations since its last checkpoint.
+    """
+    installed = []
+    for name in filter(None, (n.strip().upper() for n in names.split(","))):
+        sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
+        if sig is None:
+            raise ConfigError(f"DETCORE_STOP_SIGNALS: unknown signal {name!r}; use names like USR2,TERM")
+        signal.signal(sig, request_stop)
+        installed.append(sig.name)
+    return installed
+
+
+EXIT_STOPPED = 3  # exit code of `detcore train` after a requested stop (checkpoint saved)
 
 
 class TrainingInterrupted(Exception):
@@ -80,7 +104,7 @@ class Trainer:
         if self.dist.distributed:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
-        self.iter, self.last_metrics, self.step_stats = 0, {}, {}
+        self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
         self.hooks = self._build_hooks(validate)
         self.tb = self._tensorboard() if self.dist.is_main else None
         if resume:
@@ -121,7 +145,8 @@ class Trainer:
         return self.iter % interval == 0
 
     def stop_requested(self) -> bool:
-        return _STOP.is_set()
+        """True on every rank once any rank was asked to stop (agreed at the last all-reduce)."""
+        return self._stop_now
 
     def train(self) -> dict:
         logger.info("training %s for %d iterations (%d per epoch) on %s, world size %d, work dir %s", self.arch,
@@ -135,11 +160,9 @@ class Trainer:
             data = iter(self.train_loader)
             for _ in range(self.iters_per_epoch - skip):
                 self._step(data)
-                if self.iter >= self.max_iters:
+                if self.iter >= self.max_iters or self._stop_now:
                     break
-                if _STOP.is_set():
-                    break
-            if _STOP.is_set() and self.iter < self.max_iters:
+            if self._stop_now and self.iter < self.max_iters:
                 raise TrainingInterrupted(f"stopped on request at iteration {self.iter}; resume to continue")
         for hook in self.hooks:
             hook.after_train()
@@ -158,7 +181,10 @@ class Trainer:
         with torch.autocast(self.dist.device.type, enabled=self.amp):
             losses = self.model(images, targets)
         loss = sum(losses.values())
-        values = all_reduce_mean({k: v.detach().item() for k, v in losses.items()}, self.dist.device)
+        values = {k: v.detach().item() for k, v in losses.items()}
+        values["stop_request"] = 1.0 if _STOP.is_set() else 0.0
+        values = all_reduce_mean(values, self.dist.device)
+        self._stop_now = values.pop("stop_request") > 0
         values["loss"] = sum(values.values())
         if not all(math.isfinite(v) for v in values.values()):
             terms = ", ".join(f"{k}={v}" for k, v in values.items())
@@ -291,4 +317,4 @@ def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-__all__ = ["Trainer", "TrainingInterrupted", "request_stop", "latest_checkpoint", "atomic_torch_save"]
+__all__ = ["Trainer", "TrainingInterrupted", "request_stop", "install_stop_signals", "latest_checkpoint", "EXIT_STOPPED"]

@@ -51,12 +51,14 @@ def setup_logging(work_dir: Path, filename: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcore.engine.trainer import Trainer, TrainingInterrupted
+    from detcore.engine.trainer import EXIT_STOPPED, Trainer, TrainingInterrupted, install_stop_signals
 
     cfg = load_config(args.config, args.cfg_options)
     work_dir = Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config))
     cfg["work_dir"] = str(work_dir)
     setup_logging(work_dir, "train.log")
+    if os.environ.get("DETCORE_STOP_SIGNALS"):
+        logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ["DETCORE_STOP_SIGNALS"])))
     trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
                       validate=not args.no_validate, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
                       device=args.device)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)
-        return 3
+        return EXIT_STOPPED
     if metrics:
         logger.info("final metrics: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "_AP_" not in k))
     return 0
