@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from detcore.errors import DetcoreError
@@ -40,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of a user error as one line (a DataLoader worker wraps it in a traceback)."""
+    text = str(exc).strip()
+    if "Traceback" in text:
+        text = re.sub(r"^[\w.]*Error: ", "", text.splitlines()[-1])
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
@@ -51,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except DetcoreError as exc:
-        print(f"detcore {args.command}: error: {exc}", file=sys.stderr)
+        print(f"detcore {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"detcore {args.command}: interrupted", file=sys.stderr)

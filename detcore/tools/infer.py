@@ -41,11 +41,12 @@ def collect_images(inputs: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from detcore.apis import inference_detector, init_detector, show_result
 
+    images = collect_images(args.inputs)
     model = init_detector(None if args.config.lower() == "none" else args.config, args.checkpoint, args.device)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    for path in tqdm(collect_images(args.inputs), desc="infer", unit="img"):
+    for path in tqdm(images, desc="infer", unit="img"):
         result = inference_detector(model, str(path))
         show_result(str(path), result, score_thr=args.score_thr, out_file=out_dir / f"{path.stem}.png")
         keep = result["scores"] >= args.score_thr

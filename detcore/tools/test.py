@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options)
     ckpt = load_checkpoint(args.checkpoint)
     work_dir = Path(args.work_dir) if args.work_dir else None
-    if work_dir is not None:
-        setup_logging(work_dir, "test.log")
     dist = init_distributed(args.device)
-    loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     model = build_detector(cfg["model"]).to(dist.device)
     load_weights(model, ckpt)
+    loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
+    if work_dir is not None:
+        setup_logging(work_dir, "test.log")
     outputs, _ = run_inference(model, loader, dist.device, progress=True)
     dataset = loader.dataset
     results = gather_coco_results(outputs, dataset)

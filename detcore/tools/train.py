@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from detcore.config import load_config
+from detcore.errors import DetcoreError
 
 logger = logging.getLogger(__name__)
 
@@ -50,23 +52,38 @@ def setup_logging(work_dir: Path, filename: str) -> None:
         root.addHandler(fh)
 
 
+def remove_new_work_dir(work_dir: Path) -> None:
+    """Undo a work dir this run created when set-up failed, so no half-made state is left."""
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == work_dir.resolve():
+            handler.close()
+            logging.getLogger().removeHandler(handler)
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from detcore.engine.trainer import EXIT_STOPPED, Trainer, TrainingInterrupted, install_stop_signals
 
     cfg = load_config(args.config, args.cfg_options)
     work_dir = Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config))
     cfg["work_dir"] = str(work_dir)
+    created = not work_dir.exists()
     setup_logging(work_dir, "train.log")
     if os.environ.get("DETCORE_STOP_SIGNALS"):
         logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ["DETCORE_STOP_SIGNALS"])))
-    trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
-                      validate=not args.no_validate, amp=args.amp, seed=args.seed, deterministic=args.deterministic,
-                      device=args.device)
     try:
+        trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
+                          validate=not args.no_validate, amp=args.amp, seed=args.seed,
+                          deterministic=args.deterministic, device=args.device)
         metrics = trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)
         return EXIT_STOPPED
+    except DetcoreError:
+        # A run that fails before its first checkpoint (bad config, data or weights) leaves nothing behind.
+        if created and int(os.environ.get("RANK", 0)) == 0 and not any(work_dir.glob("*.pth")):
+            remove_new_work_dir(work_dir)
+        raise
     if metrics:
         logger.info("final metrics: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "_AP_" not in k))
     return 0
