@@ -1,0 +1,285 @@
+"""The experiment store: one SQLite row per experiment under ``$LAUNCHER_HOME``.
+
+WAL mode, a 30 s busy timeout and one statement per write (each its own short transaction),
+so many supervisors, CLIs and backends can write at once without losing an update. Terminal
+states are sticky: a status write never moves a succeeded/failed/cancelled row back, except
+through :meth:`ExperimentStore.reset_for_resume`.
+
+Reading never imports anything heavy; ``launcher list`` over 10,000 rows stays well under
+0.3 s. Reconciling rows with their backend happens in :mod:`launcher.reconcile`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from launcher.errors import LauncherError
+from launcher.state import JobState
+
+if TYPE_CHECKING:
+    from launcher.spec import JobSpec, JobStatus
+
+SCHEMA_VERSION = 1
+_TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    config_hash TEXT NOT NULL DEFAULT '',
+    mode TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    backend_job_id TEXT NOT NULL DEFAULT '',
+    backend_extra TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    restarts INTEGER NOT NULL DEFAULT 0,
+    resources TEXT NOT NULL DEFAULT '{}',
+    world_size INTEGER NOT NULL,
+    total_batch INTEGER,
+    lr REAL,
+    scaling TEXT NOT NULL DEFAULT '',
+    ports TEXT NOT NULL DEFAULT '[]',
+    work_dir TEXT NOT NULL,
+    sweep TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    updated REAL NOT NULL,
+    last_iter INTEGER,
+    last_loss REAL,
+    last_ap REAL,
+    last_metrics TEXT NOT NULL DEFAULT '{}',
+    spec TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
+CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
+"""
+
+_LIST_COLUMNS = ("id", "name", "config", "config_hash", "mode", "backend", "backend_job_id", "backend_extra", "state",
+                 "exit_code", "reason", "restarts", "resources", "world_size", "total_batch", "lr", "ports",
+                 "work_dir", "sweep", "created", "started", "ended", "updated", "last_iter", "last_loss", "last_ap")
+_ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec")
+
+
+def launcher_home() -> Path:
+    """``$LAUNCHER_HOME``, else ``$XDG_DATA_HOME/detlaunch``, else ``~/.local/share/detlaunch``."""
+    if os.environ.get("LAUNCHER_HOME"):
+        return Path(os.environ["LAUNCHER_HOME"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data).expanduser().resolve() / "detlaunch"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One stored row. JSON columns stay text until asked for (``list`` stays cheap)."""
+
+    id: str
+    name: str
+    config: str
+    config_hash: str
+    mode: str
+    backend: str
+    backend_job_id: str
+    backend_extra: str
+    state: JobState
+    exit_code: int | None
+    reason: str
+    restarts: int
+    resources: str
+    world_size: int
+    total_batch: int | None
+    lr: float | None
+    ports: str
+    work_dir: str
+    sweep: str | None
+    created: float
+    started: float | None
+    ended: float | None
+    updated: float
+    last_iter: int | None
+    last_loss: float | None
+    last_ap: float | None
+    scaling: str = ""
+    last_metrics: str = "{}"
+    spec: str = field(default="{}", repr=False)
+
+    @property
+    def extra(self) -> dict[str, str]:
+        return json.loads(self.backend_extra or "{}")
+
+    @property
+    def port_list(self) -> list[int]:
+        return json.loads(self.ports or "[]")
+
+    @property
+    def spec_dict(self) -> dict:
+        return json.loads(self.spec or "{}")
+
+    def to_json(self) -> dict:
+        """The record as ``--json`` prints it."""
+        out = {k: getattr(self, k) for k in _LIST_COLUMNS}
+        out["state"] = self.state.value
+        out["backend_extra"] = self.extra
+        out["resources"] = json.loads(self.resources or "{}")
+        out["ports"] = self.port_list
+        out["scaling"] = json.loads(self.scaling) if self.scaling else None
+        out["last_metrics"] = json.loads(self.last_metrics or "{}")
+        return out
+
+
+def experiment_from_spec(spec: JobSpec, state: JobState, now: float | None = None, sweep: str | None = None) -> dict:
+    """The column values of a new row for ``spec`` (pure)."""
+    from launcher.spec import spec_to_dict
+
+    now = time.time() if now is None else now
+    d = spec_to_dict(spec)
+    scaling = spec.scaling
+    return {
+        "id": spec.id, "name": spec.name, "config": spec.config, "config_hash": spec.config_hash,
+        "mode": spec.mode.value, "backend": spec.backend, "state": state.value,
+        "resources": json.dumps(d["resources"], sort_keys=True), "world_size": spec.world_size,
+        "total_batch": scaling.total_batch if scaling else None, "lr": scaling.lr if scaling else None,
+        "scaling": json.dumps(scaling.to_dict()) if scaling else "", "work_dir": spec.work_dir,
+        "sweep": sweep, "created": now, "updated": now, "spec": json.dumps(d, sort_keys=True),
+    }
+
+
+class ExperimentStore:
+    """The SQLite store. One connection per instance; open one per process (or thread)."""
+
+    def __init__(self, home: str | os.PathLike | None = None) -> None:
+        self.home = Path(home) if home is not None else launcher_home()
+        self.path = self.home / "experiments.db"
+        self._conn: sqlite3.Connection | None = None
+
+    # ---- connection -------------------------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # ---- rows -------------------------------------------------------------------------------
+    def insert(self, values: Mapping[str, Any]) -> None:
+        cols = list(values)
+        unknown = set(cols) - set(_ALL_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown experiment columns {sorted(unknown)}")
+        try:
+            self.conn.execute(f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                              [values[c] for c in cols])
+        except sqlite3.IntegrityError:
+            raise LauncherError(f"experiment id {values.get('id')!r} already exists; submit again") from None
+
+    def delete(self, exp_id: str) -> None:
+        self.conn.execute("DELETE FROM experiments WHERE id = ?", (exp_id,))
+
+    def get(self, exp_id: str) -> Experiment:
+        """The row whose id is ``exp_id`` or starts with it (a unique prefix of at least 3 digits)."""
+        rows = self.conn.execute(f"SELECT {', '.join(_ALL_COLUMNS)} FROM experiments WHERE id = ?",
+                                 (exp_id,)).fetchall()
+        if not rows and len(exp_id) >= 3 and all(c in "0123456789abcdef" for c in exp_id):
+            rows = self.conn.execute(f"SELECT {', '.join(_ALL_COLUMNS)} FROM experiments WHERE id LIKE ? LIMIT 3",
+                                     (exp_id + "%",)).fetchall()
+        if not rows:
+            raise LauncherError(f"no experiment {exp_id!r} in {self.path}; `launcher list` shows the ids")
+        if len(rows) > 1:
+            ids = ", ".join(r["id"] for r in rows)
+            raise LauncherError(f"experiment id prefix {exp_id!r} is ambiguous ({ids}, ...); type more digits")
+        return _row(rows[0])
+
+    def list(self, state: JobState | None = None, backend: str | None = None, sweep: str | None = None,
+             ids: Iterable[str] | None = None, active: bool = False) -> list[Experiment]:
+        """Rows (without the spec) filtered by state, backend, sweep, ids, or only non-terminal (``active``)."""
+        sql, args = self.select_sql(", ".join(_LIST_COLUMNS), state, backend, sweep, ids, active)
+        return [_row(r) for r in self.conn.execute(sql, args)]
+
+    @staticmethod
+    def select_sql(columns: str, state: JobState | None = None, backend: str | None = None, sweep: str | None = None,
+                   ids: Iterable[str] | None = None, active: bool = False) -> tuple[str, list]:
+        """``SELECT columns FROM experiments WHERE <filters> ORDER BY created, id`` and its parameters."""
+        where, args = [], []
+        if active:
+            where.append(f"state NOT IN ({', '.join('?' * len(_TERMINAL))})")
+            args.extend(_TERMINAL)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if backend is not None:
+            where.append("backend = ?")
+            args.append(backend)
+        if sweep is not None:
+            where.append("sweep = ?")
+            args.append(sweep)
+        if ids is not None:
+            ids = list(ids)
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args.extend(ids)
+        sql = f"SELECT {columns} FROM experiments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return sql + " ORDER BY created, id", args
+
+    # ---- updates ----------------------------------------------------------------------------
+    def set_backend_job(self, exp_id: str, job_id: str, extra: Mapping[str, str] | None = None) -> None:
+        self.conn.execute("UPDATE experiments SET backend_job_id = ?, backend_extra = ?, updated = ? WHERE id = ?",
+                          (job_id, json.dumps(dict(extra or {}), sort_keys=True), time.time(), exp_id))
+
+    def record_status(self, exp_id: str, status: JobStatus) -> bool:
+        """Write a backend's status unless the row is already terminal; True when a row changed."""
+        now = time.time()
+        started = status.started or (now if status.state is JobState.RUNNING else None)
+        ended = (status.ended or now) if status.state.is_terminal() else None
+        cur = self.conn.execute(
+            "UPDATE experiments SET state = ?, exit_code = COALESCE(?, exit_code), "
+            "reason = CASE WHEN ? = '' THEN reason ELSE ? END, restarts = MAX(restarts, ?), "
+            "ports = CASE WHEN ? = '[]' THEN ports ELSE ? END, started = COALESCE(started, ?), "
+            "ended = COALESCE(?, ended), updated = ? "
+            f"WHERE id = ? AND state NOT IN ({', '.join('?' * len(_TERMINAL))})",
+            (status.state.value, status.exit_code, status.reason, status.reason, status.restarts,
+             json.dumps(list(status.ports)), json.dumps(list(status.ports)), started, ended, now, exp_id, *_TERMINAL))
+        return cur.rowcount > 0
+
+    def record_metrics(self, exp_id: str, last_iter: int | None, loss: float | None, ap: float | None,
+                       metrics: Mapping[str, Any]) -> None:
+        self.conn.execute("UPDATE experiments SET last_iter = ?, last_loss = ?, last_ap = ?, last_metrics = ?, "
+                          "updated = ? WHERE id = ?",
+                          (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), time.time(), exp_id))
+
+    def reset_for_resume(self, exp_id: str, spec: JobSpec, state: JobState) -> None:
+        """Put a finished row back to ``state`` with a (possibly re-scaled) spec; keeps restarts and metrics."""
+        values = experiment_from_spec(spec, state)
+        self.conn.execute(
+            "UPDATE experiments SET state = ?, exit_code = NULL, reason = '', ended = NULL, started = NULL, "
+            "world_size = ?, total_batch = ?, lr = ?, scaling = ?, resources = ?, spec = ?, config_hash = ?, "
+            "updated = ? WHERE id = ?",
+            (state.value, values["world_size"], values["total_batch"], values["lr"], values["scaling"],
+             values["resources"], values["spec"], values["config_hash"], time.time(), exp_id))
+
+
+def _row(row: sqlite3.Row) -> Experiment:
+    d = dict(row)
+    d["state"] = JobState(d["state"])
+    return Experiment(**d)
