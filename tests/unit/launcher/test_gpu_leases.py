@@ -1,0 +1,87 @@
+"""GPU (and sweep-slot) leases: the pure choice, the lease file, reclaiming dead keepers, no collisions."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launcher.backends.local import LocalBackend, detect_gpus
+from launcher.errors import LauncherError
+from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units
+from launcher.procinfo import current_process, process_start
+
+INV = ("0", "1", "2", "3")
+
+
+def test_choose_units_policy():
+    assert choose_units(INV, {}, 2, "a") == ("0", "1")
+    held = {"0": Lease("a", 1, 1), "2": Lease("b", 2, 2)}
+    assert choose_units(INV, held, 2, "c") == ("1", "3")
+    assert choose_units(INV, held, 3, "c") is None
+    assert choose_units(INV, held, 1, "a") == ("0",)  # idempotent: a keeps its GPU
+    assert choose_units(INV, held, 2, "a") == ("0", "1")
+    assert choose_units(INV, held, 0, "c") == ()
+
+
+def test_fake_inventory_and_cpu_only_error(tmp_path):
+    assert detect_gpus({"LAUNCHER_FAKE_GPUS": "3"}) == ("0", "1", "2")
+    assert detect_gpus({"LAUNCHER_FAKE_GPUS": "0", "CUDA_VISIBLE_DEVICES": "0"}) == ()
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,5"}) == ("2", "5")
+    with pytest.raises(LauncherError, match="number of fake GPUs"):
+        detect_gpus({"LAUNCHER_FAKE_GPUS": "two"})
+
+
+def test_acquire_release_and_reclaim_dead_keeper(tmp_path):
+    book = LeaseBook(tmp_path)
+    pid, start = current_process()
+    assert book.acquire(GPU_POOL, INV, 3, "job-a", pid, start) == ("0", "1", "2")
+    assert book.acquire(GPU_POOL, INV, 2, "job-b", pid, start) is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_start = process_start(dead.pid) or 1
+    dead.wait()
+    assert book.acquire(GPU_POOL, INV, 1, "job-dead", dead.pid, dead_start) == ("3",)
+    # job-dead's keeper is gone: its GPU is reclaimed by the next caller
+    assert book.acquire(GPU_POOL, INV, 1, "job-b", pid, start) == ("3",)
+    book.release("job-a")
+    assert book.acquire(GPU_POOL, INV, 3, "job-c", pid, start) == ("0", "1", "2")
+    assert {u: l.holder for u, l in book.held()[GPU_POOL].items()} == {"0": "job-c", "1": "job-c", "2": "job-c",
+                                                                         "3": "job-b"}
+
+
+def test_pid_reuse_is_not_liveness(tmp_path):
+    book = LeaseBook(tmp_path)
+    pid, start = current_process()
+    assert book.acquire(GPU_POOL, INV, 4, "old", pid, start + 1) == INV  # same pid, other start tick
+    assert book.acquire(GPU_POOL, INV, 4, "new", pid, start) == INV
+
+
+def _grab(args):
+    home, holder, barrier = args
+    barrier.wait()
+    pid, start = os.getppid(), process_start(os.getppid())  # the test process keeps every lease alive
+    return holder, LeaseBook(home).acquire(GPU_POOL, tuple(str(i) for i in range(60)), 1, holder, pid, start)
+
+
+def test_100_simultaneous_allocations_never_collide(tmp_path):
+    ctx = mp.get_context("fork")
+    barrier = ctx.Manager().Barrier(100)
+    with ctx.Pool(100) as pool:
+        results = pool.map(_grab, [(str(tmp_path), f"job{i}", barrier) for i in range(100)])
+    granted = [units for _, units in results if units is not None]
+    assert len(granted) == 60  # 60 GPUs, 100 askers: exactly 60 succeed
+    flat = [u for units in granted for u in units]
+    assert len(set(flat)) == 60
+    held = LeaseBook(tmp_path).held()[GPU_POOL]
+    assert sorted(held, key=int) == [str(i) for i in range(60)]
+    assert {l.holder for l in held.values()} == {h for h, units in results if units is not None}
+
+
+def test_gpus_on_cpu_only_node_is_one_line_error(tmp_path):
+    from launcher.spec import JobSpec, Resources
+
+    spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir="/w", cwd="/", resources=Resources(nproc=2, gpus=2))
+    with pytest.raises(LauncherError, match=r"^asked for 2 GPUs but this node has 0 "):
+        LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec)
