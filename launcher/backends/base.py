@@ -1,0 +1,200 @@
+"""The one interface every backend implements, and the pieces they share.
+
+A backend is a small object with six methods (TorchX's scheduler API is the model):
+
+``dryrun(spec) -> DryRun``
+    Pure: render exactly what would run (command lines, environment, files such as an sbatch
+    script, resources, scaling). No cluster calls, no processes, no files written. It may raise
+    :class:`~launcher.errors.LauncherError` for a request the backend can never meet.
+``submit(spec) -> JobHandle``
+    Dry run, then execute. Must not return before the job is durably handed over (a
+    supervisor started, an sbatch accepted). May raise LauncherError (nothing is left behind:
+    the caller deletes the experiment row and the work dir it created).
+``status(handle) -> JobStatus``
+    The backend's view right now (squeue/sacct, Ray job status, local pid and status files).
+    Called by :mod:`launcher.reconcile` whenever a non-terminal row is read.
+``logs(handle, rank=0, follow=False) -> Iterator[str]``
+    Lines of one rank's stdout/stderr; with ``follow``, keeps yielding until the job ends.
+``cancel(handle) -> None``
+    Idempotent; stops every process of the job and frees what it held.
+``list() -> list[JobHandle]``
+    The jobs the backend itself knows about (for finding orphans).
+
+A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backend class:
+
+``Options``
+    A frozen dataclass of its own options (or None), stored in ``JobSpec.backend_options``.
+``add_arguments(group: argparse._ArgumentGroup) -> None``
+    Its ``submit``/``sweep`` options, each prefixed with the backend's name
+    (``--slurm-partition``) or otherwise unique. Keep module-level imports light: the CLI
+    imports every backend module to build ``submit --help``.
+``options_from_args(args: argparse.Namespace) -> Options | None``
+``create(home: pathlib.Path) -> Backend``
+
+Shared helpers for all backends: :func:`worker_args`, :func:`worker_command`,
+:func:`shim_command`, :func:`thread_env`, :func:`import_path_env`; the scaling rule is
+:func:`launcher.scaling.scale_for_world` (already applied in ``spec.scaling``); store updates
+go through :class:`launcher.store.ExperimentStore` (``record_status``, ``record_metrics``) or,
+for backends that only answer ``status``, through :func:`launcher.reconcile.refresh`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, Protocol, runtime_checkable
+
+from launcher.scaling import ScaledSchedule
+from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources
+
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a submit would do, as a value. ``render()`` is what ``--dry-run`` prints."""
+
+    backend: str
+    commands: tuple[tuple[str, ...], ...]
+    env: tuple[tuple[str, str], ...]
+    resources: Resources
+    world_size: int
+    scaling: ScaledSchedule | None
+    work_dir: str
+    cwd: str
+    files: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        lines = [f"backend: {self.backend}", f"work dir: {self.work_dir}", f"cwd: {self.cwd}",
+                 f"resources: {_resources_text(self.resources)} (world size {self.world_size})"]
+        if self.scaling is not None:
+            lines.append(f"scaling: {self.scaling.describe()}")
+            if self.scaling.lr is not None:
+                lines.append(f"scaled lr: {self.scaling.lr:g}")
+        lines.append("environment:")
+        lines += [f"  {k}={shlex.quote(v)}" for k, v in self.env]
+        for i, cmd in enumerate(self.commands):
+            lines.append("command:" if len(self.commands) == 1 else f"command {i + 1}:")
+            lines.append("  " + shlex.join(cmd))
+        for name, text in self.files:
+            lines.append(f"file {name}:")
+            lines += ["  " + line for line in text.splitlines()]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "commands": [list(c) for c in self.commands], "env": dict(self.env),
+                "resources": _resources_dict(self.resources), "world_size": self.world_size,
+                "scaling": self.scaling.to_dict() if self.scaling else None,
+                "lr": self.scaling.lr if self.scaling else None, "work_dir": self.work_dir, "cwd": self.cwd,
+                "files": dict(self.files), "notes": list(self.notes)}
+
+
+def _resources_dict(r: Resources) -> dict:
+    return {k: getattr(r, k) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb", "time_min")}
+
+
+def _resources_text(r: Resources) -> str:
+    return " ".join(f"{k}={v}" for k, v in _resources_dict(r).items() if v is not None)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def dryrun(self, spec: JobSpec) -> DryRun: ...
+
+    def submit(self, spec: JobSpec) -> JobHandle: ...
+
+    def status(self, handle: JobHandle) -> JobStatus: ...
+
+    def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]: ...
+
+    def cancel(self, handle: JobHandle) -> None: ...
+
+    def list(self) -> list[JobHandle]: ...
+
+
+# ---- shared rendering helpers ------------------------------------------------------------
+
+def worker_args(spec: JobSpec) -> tuple[str, ...]:
+    """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``.
+
+    ``train CONFIG --work-dir D [--resume auto|PATH] [--seed N] [--cfg-options USER... SCALING...]``
+    or ``test CONFIG CHECKPOINT --work-dir D --out D/results.json [--eval M...] [--cfg-options ...]``.
+    ``--cfg-options`` comes last because it takes every following word.
+    """
+    overrides = list(spec.overrides) + (list(spec.scaling.overrides) if spec.scaling else [])
+    if spec.mode is Mode.TEST:
+        args = ["test", spec.config, str(spec.checkpoint), "--work-dir", spec.work_dir,
+                "--out", os.path.join(spec.work_dir, "results.json")]
+        if spec.eval_metrics:
+            args += ["--eval", *spec.eval_metrics]
+    else:
+        args = ["train", spec.config, "--work-dir", spec.work_dir]
+        if spec.resume != "never":
+            args += ["--resume", spec.resume]
+        if spec.seed is not None:
+            args += ["--seed", str(spec.seed)]
+    if overrides:
+        args += ["--cfg-options", *overrides]
+    return tuple(args)
+
+
+def worker_command(spec: JobSpec, python: str = sys.executable) -> tuple[str, ...]:
+    """``python -m detcore.tools.cli ...``: the plain worker command line."""
+    return (python, "-m", spec.worker_module, *worker_args(spec))
+
+
+def shim_command(spec: JobSpec, log_dir: str | None, attempts_file: str | None,
+                 python: str | None = None) -> tuple[str, ...]:
+    """The worker behind :mod:`launcher.worker` (per-rank logs, attempt records, resume on restart).
+
+    With ``python=None`` the result starts at ``-m`` (for ``torchrun -m`` style launchers that add
+    the interpreter themselves, drop the leading ``-m`` too).
+    """
+    head: list[str] = [python] if python else []
+    head += ["-m", "launcher.worker"]
+    if log_dir:
+        head += ["--log-dir", log_dir]
+    if attempts_file:
+        head += ["--attempts-file", attempts_file]
+    return (*head, "--", spec.worker_module, *worker_args(spec))
+
+
+def thread_env(cores: int, workers_on_node: int) -> dict[str, str]:
+    """Intra-op threads per worker so ``workers_on_node`` workers share ``cores`` without oversubscribing."""
+    threads = str(max(1, cores // max(1, workers_on_node)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def import_path_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``PYTHONPATH`` with the checkout holding ``launcher`` and ``detcore`` first (no-op when installed)."""
+    parts = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if REPO_ROOT in parts:
+        return {"PYTHONPATH": os.pathsep.join(parts)}
+    return {"PYTHONPATH": os.pathsep.join([REPO_ROOT, *parts])}
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """A JSON object from a file written atomically, or None when it is missing."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def write_json_atomic(path: str | os.PathLike, data: Mapping) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(dict(data), f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
