@@ -1,0 +1,142 @@
+"""The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard.
+
+Only the chosen subcommand's parser is built in full, and backend modules are imported only
+for ``submit``/``sweep`` (each adds its own option group through ``add_arguments``), so
+``launcher list`` starts without importing torch, yaml or any backend library. User errors
+print one line on stderr and exit 2; job outcomes map to exit statuses (see ``submit -h``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from detcore.errors import DetcoreError
+
+EXIT_HELP = ("exit status without --detach: 0 succeeded, 1 failed, 3 cancelled; 2 for a usage or config error; "
+             "130 when you stop following (the job keeps running)")
+
+COMMANDS = {
+    "submit": "submit one training (or --test) job",
+    "list": "list experiments",
+    "status": "show one experiment",
+    "logs": "print (or follow) a rank's log",
+    "cancel": "stop experiments and everything they started",
+    "resume": "run a finished, failed or cancelled experiment again from its newest checkpoint",
+    "sweep": "one experiment per combination of --grid values",
+    "tensorboard": "one TensorBoard over several experiments",
+}
+
+
+def _add_backend_groups(p: argparse.ArgumentParser) -> None:
+    from launcher.backends import BACKENDS, backend_module
+    from launcher.errors import LauncherError
+
+    for name in BACKENDS:
+        try:
+            module = backend_module(name)
+        except LauncherError:
+            continue  # not installed or not written yet; --backend NAME then says so
+        module.add_arguments(p.add_argument_group(f"{name} backend options"))
+
+
+def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
+    p.add_argument("config", help="path to a YAML config")
+    p.add_argument("--backend", default="local", help="local (default), slurm or ray")
+    res = p.add_mutually_exclusive_group()
+    res.add_argument("--nproc", type=int, help="CPU worker processes per node (default 1)")
+    res.add_argument("--gpus", type=int, help="GPUs per node, one worker each")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (Slurm/Ray; default 1)")
+    p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
+    p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
+    p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit in minutes (Slurm)")
+    p.add_argument("--name", help="experiment name (default: the config's file name)")
+    p.add_argument("--work-dir", help="work dir (default work_dirs/NAME-ID)" if not sweep else
+                   "folder under which each combination gets its own work dir (default work_dirs/)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. optimizer.lr=0.01 (prefix new keys with +)")
+    p.add_argument("--max-restarts", type=int, default=2,
+                   help="restart the worker group up to K times after a worker dies, resuming from the newest "
+                        "checkpoint (default 2; a worker's user error, exit code 2, is never restarted)")
+    p.add_argument("--seed", type=int, help="random seed passed to the trainer")
+    p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
+    p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of text")
+    p.add_argument("--worker-module", default="detcore.tools.cli", help=argparse.SUPPRESS)
+    if not sweep:
+        p.add_argument("--resume", default="auto", metavar="auto|never|PATH",
+                       help="auto (default): continue from the work dir's newest checkpoint, or start fresh; "
+                            "never; or a checkpoint file")
+        p.add_argument("--test", metavar="CHECKPOINT", help="a test job: evaluate CHECKPOINT on the test split")
+        p.add_argument("--eval", nargs="+", default=[], metavar="METRIC", help="with --test: bbox and/or segm")
+    else:
+        p.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2",
+                       help="a config key and its values; repeat for more keys (every combination runs)")
+        p.add_argument("--max-parallel", type=int, help="at most P of the sweep's jobs run at once")
+    _add_backend_groups(p)
+
+
+def build_parser(chosen: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher", description="detlaunch: run detcore jobs locally, on Slurm or "
+                                                                  "on Ray, and manage them as experiments")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           epilog=EXIT_HELP if name in ("submit", "sweep", "resume") else None)
+        if chosen is not None and name != chosen:
+            continue
+        if name in ("submit", "sweep"):
+            _add_job_arguments(p, sweep=name == "sweep")
+        elif name == "list":
+            p.add_argument("--state", help="only this state (queued, pending, running, ..., cancelled)")
+            p.add_argument("--backend", help="only this backend")
+            p.add_argument("--sweep", help="only this sweep's experiments")
+            p.add_argument("--json", action="store_true", help="one JSON array of records")
+        elif name == "status":
+            p.add_argument("id", help="experiment id (a unique prefix is enough)")
+            p.add_argument("--json", action="store_true", help="print the record as JSON")
+        elif name == "logs":
+            p.add_argument("id", help="experiment id")
+            p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+            p.add_argument("--rank", type=int, default=0, help="which rank's log (default 0)")
+        elif name == "cancel":
+            p.add_argument("ids", nargs="+", metavar="ID", help="experiment ids")
+        elif name == "resume":
+            p.add_argument("id", help="experiment id")
+            res = p.add_mutually_exclusive_group()
+            res.add_argument("--nproc", type=int, help="new number of CPU workers (scaling is recomputed)")
+            res.add_argument("--gpus", type=int, help="new number of GPUs (scaling is recomputed)")
+            p.add_argument("--max-restarts", type=int, help="new restart budget")
+            p.add_argument("--detach", action="store_true", help="return at once")
+            p.add_argument("--json", action="store_true", help="print the record as JSON")
+        elif name == "tensorboard":
+            p.add_argument("ids", nargs="*", metavar="ID", help="experiments to show (default: all)")
+            p.add_argument("--port", type=int, default=6006, help="port (default 6006)")
+            p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+            p.add_argument("--dry-run", action="store_true", help="print the TensorBoard command and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser(chosen).parse_args(argv)
+    os.umask(os.umask(0) | 0o022)  # nothing the launcher writes is group- or world-writable
+    from launcher import commands
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except DetcoreError as exc:
+        print(f"launcher {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"launcher {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `launcher list | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

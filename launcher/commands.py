@@ -1,0 +1,310 @@
+"""What each ``launcher`` subcommand does (argument parsing lives in :mod:`launcher.cli`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from typing import TYPE_CHECKING
+
+from launcher.errors import LauncherError
+from launcher.state import JobState
+from launcher.store import Experiment, ExperimentStore
+
+if TYPE_CHECKING:
+    from launcher.spec import Resources
+
+EXIT_BY_STATE = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 3}
+
+
+def _store() -> ExperimentStore:
+    return ExperimentStore()
+
+
+def _resources(args: argparse.Namespace) -> Resources:
+    from launcher.spec import Resources
+
+    gpus = args.gpus or 0
+    nproc = args.nproc if args.nproc is not None else (gpus or 1)
+    return Resources(nproc=nproc, gpus=gpus, nodes=getattr(args, "nodes", 1),
+                     cpus_per_task=getattr(args, "cpus_per_task", None), mem_gb=getattr(args, "mem_gb", None),
+                     time_min=getattr(args, "time_min", None))
+
+
+def _request(args: argparse.Namespace, module):
+    from launcher.jobs import SubmitRequest
+
+    resources = _resources(args)
+    if hasattr(module, "resources_from_args"):
+        resources = module.resources_from_args(args, resources)
+    return SubmitRequest(config=args.config, backend=args.backend, overrides=tuple(args.cfg_options),
+                         resources=resources, name=args.name, work_dir=args.work_dir,
+                         resume=getattr(args, "resume", "auto"), checkpoint=getattr(args, "test", None),
+                         eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
+                         seed=args.seed, backend_options=module.options_from_args(args),
+                         worker_module=args.worker_module)
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, sort_keys=True, default=str))
+
+
+def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Namespace) -> int:
+    """Follow ``exp`` (rank 0's log unless --json) and return its exit status."""
+    from launcher.follow import follow_experiment
+    from launcher.reconcile import refresh
+
+    try:
+        if args.json:
+            while not exp.state.is_terminal():
+                time.sleep(1.0)
+                exp = refresh(store, [store.get(exp.id)])[0]
+            _print_json(exp.to_json())
+        else:
+            exp = follow_experiment(store, backend, exp.id)
+            tail = f" ({exp.reason})" if exp.reason else ""
+            print(f"launcher: experiment {exp.id} {exp.state.value}{tail}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"launcher: stopped following; {exp.id} keeps running (`launcher cancel {exp.id}` stops it)",
+              file=sys.stderr)
+        return 130
+    return EXIT_BY_STATE.get(exp.state, 1)
+
+
+# ---- submit / sweep / resume ------------------------------------------------------------------
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from launcher.backends import backend_module
+    from launcher.jobs import build_spec, submit_spec
+
+    module = backend_module(args.backend)
+    backend = module.create(_store().home)
+    spec = build_spec(_request(args, module))
+    dry = backend.dryrun(spec)
+    if args.dry_run:
+        print(json.dumps(dry.to_json(), sort_keys=True) if args.json else dry.render())
+        return 0
+    if spec.scaling is not None:
+        print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
+    store = _store()
+    exp = submit_spec(store, backend, spec)
+    if args.json and args.detach:
+        _print_json(exp.to_json())
+    elif not args.json:
+        print(exp.id, flush=True)
+    return 0 if args.detach else _wait(store, backend, exp, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from launcher.backends import backend_module
+    from launcher.jobs import resume_spec
+    from launcher.reconcile import refresh
+    from launcher.spec import spec_from_dict
+
+    store = _store()
+    exp = refresh(store, [store.get(args.id)])[0]
+    if not exp.state.is_terminal():
+        raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
+    module = backend_module(exp.backend)
+    backend = module.create(store.home)
+    old = spec_from_dict(exp.spec_dict, getattr(module, "Options", None))
+    resources = None
+    if args.nproc is not None or args.gpus is not None:
+        resources = dataclasses.replace(old.resources, nproc=args.gpus or args.nproc, gpus=args.gpus or 0)
+    spec, note = resume_spec(old, resources=resources, max_restarts=args.max_restarts)
+    backend.dryrun(spec)
+    print(f"launcher: {note}", file=sys.stderr)
+    store.reset_for_resume(spec.id, spec, JobState.PENDING)
+    try:
+        handle = backend.submit(spec)
+    except BaseException as exc:
+        from launcher.spec import JobStatus
+
+        store.record_status(spec.id, JobStatus(JobState.FAILED, reason=f"resume failed: {exc}"))
+        raise
+    store.set_backend_job(spec.id, handle.job_id, dict(handle.extra))
+    exp = store.get(spec.id)
+    if args.json and args.detach:
+        _print_json(exp.to_json())
+    elif not args.json:
+        print(exp.id, flush=True)
+    return 0 if args.detach else _wait(store, backend, exp, args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from launcher.backends import backend_module
+    from launcher.jobs import build_spec, default_name, submit_spec
+    from launcher.reconcile import handle_of, refresh
+    from launcher.spec import SlotPool, new_experiment_id
+    from launcher.sweep import combination_name, expand_grid, parse_grid
+
+    module = backend_module(args.backend)
+    backend = module.create(_store().home)
+    combos = expand_grid(parse_grid(args.grid))
+    sweep_id = new_experiment_id()
+    slots = SlotPool(sweep_id, args.max_parallel) if args.max_parallel is not None else None
+    base = dataclasses.replace(_request(args, module), work_dir=None, slots=slots)
+    base_name = args.name or default_name(args.config)
+    specs = []
+    for combo in combos:
+        name = combination_name(base_name, combo)
+        work_dir = os.path.join(args.work_dir, name) if args.work_dir else None
+        specs.append(build_spec(dataclasses.replace(base, overrides=base.overrides + combo, name=name,
+                                                    work_dir=work_dir)))
+    dries = [backend.dryrun(s) for s in specs]
+    if args.dry_run:
+        if args.json:
+            _print_json([d.to_json() for d in dries])
+        else:
+            print("\n\n".join(d.render() for d in dries))
+        return 0
+    store = _store()
+    submitted: list[Experiment] = []
+    try:
+        for spec in specs:
+            submitted.append(submit_spec(store, backend, spec, sweep=sweep_id))
+    except BaseException:
+        for exp in submitted:
+            backend.cancel(handle_of(exp))
+        refresh(store, [store.get(e.id) for e in submitted])
+        raise
+    print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
+          + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
+    if args.json and args.detach:
+        _print_json([e.to_json() for e in submitted])
+    elif not args.json:
+        for exp in submitted:
+            print(f"{exp.id}  {exp.name}", flush=True)
+    if args.detach:
+        return 0
+    return _wait_sweep(store, [e.id for e in submitted], args.json)
+
+
+def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
+    from tqdm import tqdm
+
+    from launcher.reconcile import refresh
+
+    bar = tqdm(total=len(ids), desc="sweep", unit="job", file=sys.stderr, disable=not sys.stderr.isatty())
+    try:
+        while True:
+            exps = refresh(store, store.list(ids=ids))
+            done = sum(e.state.is_terminal() for e in exps)
+            bar.n = done
+            bar.set_postfix_str(" ".join(f"{s.value}={n}" for s in JobState
+                                         if (n := sum(e.state is s for e in exps))))
+            bar.refresh()
+            if done == len(ids):
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("launcher: stopped following; the sweep keeps running", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    if as_json:
+        _print_json([e.to_json() for e in exps])
+    else:
+        from launcher.listing import table_lines
+
+        print("\n".join(table_lines(store, ids=ids)))
+    return 0 if all(e.state is JobState.SUCCEEDED for e in exps) else 1
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store()
+    state = JobState.parse(args.state) if args.state else None
+    active = store.list(backend=args.backend, sweep=args.sweep, active=True)
+    if active:
+        from launcher.reconcile import refresh
+
+        refresh(store, active)
+    if args.json:
+        _print_json([e.to_json() for e in store.list(state=state, backend=args.backend, sweep=args.sweep)])
+    else:
+        from launcher.listing import table_lines
+
+        sys.stdout.write("\n".join(table_lines(store, state, args.backend, args.sweep)) + "\n")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launcher.reconcile import refresh
+
+    store = _store()
+    exp = refresh(store, [store.get(args.id)])[0]
+    exp = store.get(exp.id)
+    if args.json:
+        _print_json(exp.to_json())
+        return 0
+    rec = exp.to_json()
+    for key in ("id", "name", "state", "reason", "exit_code", "restarts", "backend", "backend_job_id", "mode",
+                "config", "config_hash", "work_dir", "world_size", "total_batch", "lr", "ports", "resources",
+                "last_iter", "last_loss", "last_ap"):
+        print(f"{key}: {rec[key]}")
+    if rec["scaling"]:
+        from launcher.scaling import ScaledSchedule
+
+        print(f"scaling: {ScaledSchedule.from_dict(rec['scaling']).describe()}")
+    for key in ("created", "started", "ended"):
+        if rec[key]:
+            print(f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec[key]))}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from launcher.backends import get_backend
+    from launcher.reconcile import handle_of
+
+    store = _store()
+    exp = store.get(args.id)
+    backend = get_backend(exp.backend, store.home)
+    try:
+        for line in backend.logs(handle_of(exp), args.rank, args.follow):
+            print(line, flush=args.follow)
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from launcher.backends import get_backend
+    from launcher.reconcile import handle_of, refresh
+
+    store = _store()
+    for exp_id in args.ids:
+        exp = refresh(store, [store.get(exp_id)])[0]
+        if exp.state.is_terminal():
+            print(f"{exp.id}: already {exp.state.value}")
+            continue
+        backend = get_backend(exp.backend, store.home)
+        backend.cancel(handle_of(exp))
+        exp = refresh(store, [exp])[0]
+        print(f"{exp.id}: {exp.state.value}")
+    return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from launcher.tensorboard import tensorboard_command
+
+    store = _store()
+    exps = [store.get(i) for i in args.ids] if args.ids else store.list()
+    cmd = tensorboard_command(exps, args.host, args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"launcher: warning: TensorBoard on {args.host} is reachable from other machines", file=sys.stderr)
+    print(f"TensorBoard for {len(exps)} experiment(s) at http://{args.host}:{args.port}/", flush=True)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    try:
+        return subprocess.call(list(cmd))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,131 @@
+"""From a request to a stored, running experiment: the flow every backend shares.
+
+``build_spec`` loads the config once (through detcore's ``load_config``, so a bad config or
+override fails here with detcore's message), computes the scaling for the world size and
+resolves every path. ``submit_spec`` inserts the row, hands the spec to the backend and
+removes the row again if the backend refuses: a user error never leaves a half-made
+experiment. ``resume_spec`` rebuilds a finished experiment's spec for another run in the
+same work dir, recomputing the scaling when the world size changed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import LauncherError
+from launcher.scaling import scale_for_world
+from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id
+from launcher.store import Experiment, ExperimentStore, experiment_from_spec
+
+EVAL_METRICS = ("bbox", "segm")
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What the user typed, before anything is resolved."""
+
+    config: str
+    backend: str = "local"
+    overrides: tuple[str, ...] = ()
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    name: str | None = None
+    work_dir: str | None = None
+    resume: str = "auto"
+    checkpoint: str | None = None
+    eval_metrics: tuple[str, ...] = ()
+    max_restarts: int = 0
+    seed: int | None = None
+    backend_options: Any = None
+    worker_module: str = "detcore.tools.cli"
+    slots: SlotPool | None = None
+
+
+def default_name(config: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", Path(config).stem).lstrip("._-=+")[:80] or "job"
+
+
+def config_hash(cfg: dict) -> str:
+    from detcore.config import dump_config
+
+    view = {k: v for k, v in cfg.items() if k != "filename"}
+    return hashlib.sha256(dump_config(view).encode()).hexdigest()[:16]
+
+
+def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = None) -> JobSpec:
+    """Validate ``req`` and resolve it into a :class:`JobSpec` (no files written, nothing started)."""
+    from detcore.config import load_config
+
+    cwd = os.path.abspath(cwd or os.getcwd())
+    exp_id = exp_id or new_experiment_id()
+    config = os.path.join(cwd, req.config)
+    if not os.path.isfile(config):
+        raise LauncherError(f"config {req.config!r} not found (looked in {cwd}); pass the path to a .yaml config")
+    cfg = load_config(config, req.overrides, import_custom=False)
+    mode = Mode.TEST if req.checkpoint else Mode.TRAIN
+    checkpoint = None
+    if req.checkpoint:
+        checkpoint = os.path.join(cwd, req.checkpoint)
+        if not os.path.isfile(checkpoint):
+            raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test")
+    bad = [m for m in req.eval_metrics if m not in EVAL_METRICS]
+    if bad:
+        raise LauncherError(f"--eval {' '.join(bad)}: unknown metric; choose from {' '.join(EVAL_METRICS)}")
+    resume = req.resume
+    if resume not in ("auto", "never"):
+        resume = os.path.join(cwd, resume)
+        if not os.path.isfile(resume):
+            raise LauncherError(f"--resume {req.resume!r}: expected auto, never or an existing checkpoint file")
+    name = req.name or default_name(config)
+    work_dir = os.path.join(cwd, req.work_dir) if req.work_dir else os.path.join(cwd, "work_dirs", f"{name}-{exp_id}")
+    if os.path.exists(work_dir) and not os.path.isdir(work_dir):
+        raise LauncherError(f"work dir {work_dir} exists and is not a folder; pass another --work-dir")
+    scaling = None
+    if mode is Mode.TRAIN:
+        samples = (cfg.get("data") or {}).get("samples_per_gpu", 2)
+        scaling = scale_for_world(cfg, req.resources.world_size, samples)
+    return JobSpec(id=exp_id, name=name, config=config, work_dir=os.path.normpath(work_dir), cwd=cwd, mode=mode,
+                   overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
+                   resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
+                   max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
+                   worker_module=req.worker_module, slots=req.slots)
+
+
+def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None) -> Experiment:
+    """Record ``spec`` as a pending experiment and hand it to ``backend``; undo the row if that fails."""
+    store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep))
+    try:
+        handle = backend.submit(spec)
+    except BaseException:
+        store.delete(spec.id)
+        raise
+    store.set_backend_job(spec.id, handle.job_id, dict(handle.extra))
+    return store.get(spec.id)
+
+
+def request_from_spec(spec: JobSpec) -> SubmitRequest:
+    """The request that rebuilds ``spec`` (same name, work dir, overrides)."""
+    return SubmitRequest(config=spec.config, backend=spec.backend, overrides=spec.overrides, resources=spec.resources,
+                         name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
+                         eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
+                         backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None)
+
+
+def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,
+                backend_options: Any = None) -> tuple[JobSpec, str]:
+    """A spec continuing ``old`` in its work dir (``--resume auto``), and a line saying what changed."""
+    req = request_from_spec(old)
+    req = dataclasses.replace(req, resume="auto" if old.mode is Mode.TRAIN else old.resume,
+                              resources=resources or old.resources,
+                              max_restarts=old.max_restarts if max_restarts is None else max_restarts,
+                              backend_options=backend_options if backend_options is not None else old.backend_options)
+    new = build_spec(req, cwd=old.cwd, exp_id=old.id)
+    note = f"resuming {old.id} in {old.work_dir} from its newest checkpoint"
+    if new.world_size != old.world_size and new.scaling is not None:
+        note += (f"; world size changed {old.world_size} -> {new.world_size}, scaling recomputed: "
+                 f"{new.scaling.describe()}")
+    return new, note
