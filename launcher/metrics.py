@@ -66,6 +66,6 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
     if train:
         values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch")})
     if val:
-        values.update({k: v for k, v in val.items() if k.endswith(("_AP", "_AP50", "_AP75")) or k in AP_KEYS})
+        values.update({k: v for k, v in val.items() if isinstance(v, (int, float)) and k not in ("iter", "epoch")})
     return LastMetrics(iter=(train or val or {}).get("iter"), epoch=(train or val or {}).get("epoch"),
                        loss=train.get("loss") if train else None, ap=ap, values=values)

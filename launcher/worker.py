@@ -4,7 +4,8 @@ Every local worker runs through this shim, in the worker process itself (no extr
 
 1. Its stdout and stderr are appended to ``D/rank{RANK}.log`` (every attempt appends).
 2. One JSON line per attempt goes to ``F``: rank, attempt (``TORCHELASTIC_RESTART_COUNT``),
-   ``MASTER_ADDR``/``MASTER_PORT``, pid. The supervisor reads restarts and ports from it.
+   ``MASTER_ADDR``/``MASTER_PORT``, pid, ``CUDA_VISIBLE_DEVICES``. The supervisor reads
+   restarts and ports from it.
 3. On a restart (attempt > 0) the worker continues from the newest checkpoint: a ``--resume``
    value becomes ``auto``, or ``--resume auto`` is added for a ``train`` command.
 4. Under torchrun's shared agent store, the store is namespaced per attempt
@@ -55,7 +56,8 @@ def _redirect_output(log_dir: str, rank: int) -> None:
 def _record_attempt(path: str, rank: int, attempt: int) -> None:
     record = {"rank": rank, "attempt": attempt, "pid": os.getpid(), "time": time.time(),
               "master_addr": os.environ.get("MASTER_ADDR"), "master_port": int(os.environ.get("MASTER_PORT") or 0),
-              "world_size": int(os.environ.get("WORLD_SIZE") or 1)}
+              "world_size": int(os.environ.get("WORLD_SIZE") or 1),
+              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())

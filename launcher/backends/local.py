@@ -38,6 +38,7 @@ from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, spec_from_dic
 MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 CANCEL_GRACE_S = 20.0
+RUN_FILES = ("spec.json", "status.json", "cancel", "attempts.jsonl")  # one run's state in jobs/<id>/
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,14 @@ class LocalBackend:
     def submit(self, spec: JobSpec) -> JobHandle:
         self.dryrun(spec)
         job_dir = self.job_dir(spec.id)
-        job_dir.mkdir(parents=True, mode=0o700)
+        created = not job_dir.exists()
+        if not created:  # a resume: the previous run must be over; its supervisor.log is kept
+            previous = read_json(job_dir / "status.json")
+            if previous is not None and not JobState(previous["state"]).is_terminal():
+                raise LauncherError(f"experiment {spec.id} still has a {previous['state']} run; cancel it first")
+            for name in RUN_FILES:
+                (job_dir / name).unlink(missing_ok=True)
+        job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         try:
             write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
             opts = spec.backend_options or Options()
@@ -163,7 +171,11 @@ class LocalBackend:
             book.transfer(spec.id, proc.pid, start)
         except BaseException:
             LeaseBook(self.home).release(spec.id)
-            shutil.rmtree(job_dir, ignore_errors=True)
+            if created:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            else:
+                for name in RUN_FILES:
+                    (job_dir / name).unlink(missing_ok=True)
             raise
         return JobHandle(spec.id, self.name, str(proc.pid), (("supervisor_start", str(start)),
                                                               ("job_dir", str(job_dir))))

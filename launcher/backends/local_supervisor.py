@@ -185,7 +185,7 @@ class Supervisor:
             self._failures.append(reason)
             logger.info("worker failure %d: %s", len(self._failures), reason)
             if code in NO_RESTART_EXIT_CODES and not self.stop_reason:
-                self.stop_reason = f"{reason} (a user error: not restarted)"
+                self.stop_reason = f"{reason} (a user error: the group was stopped, not restarted)"
             elif len(self._failures) <= self.spec.max_restarts:
                 self.set(JobState.RESTARTING, reason=f"restart {len(self._failures)} of at most "
                                                      f"{self.spec.max_restarts} after {reason}")
