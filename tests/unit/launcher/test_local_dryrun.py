@@ -1,0 +1,100 @@
+"""What a local submit would run, as a value: exact argv, environment, scaling; and the worker shim's rules."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.base import worker_args
+from launcher.backends.local import LocalBackend, Options
+from launcher.errors import LauncherError
+from launcher.jobs import SubmitRequest, build_spec
+from launcher.spec import Resources
+from launcher.worker import restart_argv
+
+ROOT = Path(__file__).resolve().parents[3]
+SHAPES = "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+
+
+def spec_for(**kw):
+    req = SubmitRequest(config=SHAPES, **kw)
+    return build_spec(req, cwd=str(ROOT), exp_id="0123abcd")
+
+
+def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
+    spec = spec_for(resources=Resources(nproc=2), overrides=("runner.max_iters=8",), max_restarts=1,
+                    backend_options=Options())
+    dry = LocalBackend(tmp_path, cores=8, gpus=()).dryrun(spec)
+    work = str(ROOT / "work_dirs" / "faster_rcnn_tiny_shapes-0123abcd")
+    job = str(tmp_path / "jobs" / "0123abcd")
+    assert dry.commands == ((
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "0123abcd", "--max-restarts", "1",
+        "--log-dir", f"{job}/torchelastic",
+        "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--attempts-file", f"{job}/attempts.jsonl", "--",
+        "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--resume", "auto", "--cfg-options",
+        "runner.max_iters=8", "optimizer.lr=0.04", "runner.max_iters=4", "lr_config.step=[120, 140]",
+        "checkpoint_config.interval=50", "evaluation.interval=150", "lr_config.warmup_iters=25",
+        "+_scaling={world_size: 2, samples_per_gpu: 4, total_batch: 8, base_batch_size: 4, base_lr: 0.02, lr: 0.04, "
+        "scale_schedule: true}"),)
+    env = dict(dry.env)
+    assert env["OMP_NUM_THREADS"] == "4" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"
+    assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    text = dry.render()
+    assert "scaled lr: 0.04" in text and "127.0.0.1:0" in text
+    assert dry.to_json()["lr"] == 0.04
+
+
+def test_threads_never_below_one_and_gpu_note(tmp_path):
+    dry = LocalBackend(tmp_path, cores=2, gpus=("0", "1", "2", "3")).dryrun(spec_for(resources=Resources(nproc=2, gpus=2)))
+    assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
+    assert any("CUDA_VISIBLE_DEVICES" in n for n in dry.notes)
+    dry = LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec_for(resources=Resources(nproc=8)))
+    assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
+
+
+def test_test_mode_and_resume_policies(tmp_path):
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(b"x")
+    spec = spec_for(checkpoint=str(ckpt), eval_metrics=("bbox",), resources=Resources(nproc=2))
+    assert spec.scaling is None
+    args = worker_args(spec)
+    assert args[:3] == ("test", str(ROOT / SHAPES), str(ckpt))
+    assert args[args.index("--out") + 1] == f"{spec.work_dir}/results.json" and args[-2:] == ("--eval", "bbox")
+    assert "--resume" not in worker_args(spec_for(resume="never"))
+    assert worker_args(spec_for(resume=str(ckpt), seed=7))[4:8] == ("--resume", str(ckpt), "--seed", "7")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(resources=Resources(nodes=2)), "one node"),
+    (dict(resources=Resources(nproc=2, gpus=2)), "asked for 2 GPUs but this node has 0"),
+])
+def test_local_refuses(tmp_path, kw, match):
+    with pytest.raises(LauncherError, match=match):
+        LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec_for(**kw))
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(config="configs/nope.yaml"), "not found"),
+    (dict(overrides=("optimizer.lrr=1",)), "closest existing key is 'optimizer.lr'"),
+    (dict(resume="missing.pth"), "auto, never or an existing checkpoint"),
+    (dict(checkpoint="missing.pth"), "checkpoint 'missing.pth' not found"),
+    (dict(name="a;b"), "may only hold"),
+])
+def test_build_spec_user_errors(kw, match):
+    from detcore.errors import DetcoreError
+
+    kw = {"config": SHAPES, **kw}
+    with pytest.raises(DetcoreError, match=match):
+        build_spec(SubmitRequest(**kw), cwd=str(ROOT), exp_id="0123abcd")
+
+
+def test_shim_resumes_on_restart_only():
+    train = ["train", "c.yaml", "--work-dir", "w", "--resume", "/x.pth", "--cfg-options", "a=1"]
+    assert restart_argv(train, 0) == train
+    assert restart_argv(train, 1)[4:6] == ["--resume", "auto"]
+    fresh = ["train", "c.yaml", "--work-dir", "w"]
+    assert restart_argv(fresh, 2) == fresh + ["--resume", "auto"]
+    test = ["test", "c.yaml", "m.pth", "--work-dir", "w"]
+    assert restart_argv(test, 1) == test

@@ -1,0 +1,43 @@
+"""Reading a row reconciles it with the local backend: a dead supervisor is reported, not shown as running."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from launcher.backends.base import write_json_atomic
+from launcher.procinfo import current_process, process_start
+from launcher.reconcile import refresh
+from launcher.spec import JobSpec, JobState
+from launcher.store import ExperimentStore, experiment_from_spec
+
+
+def _row(store, tmp_path, exp_id, pid, start, status):
+    spec = JobSpec(id=exp_id, name="x", config="/c.yaml", work_dir=str(tmp_path / exp_id), cwd="/")
+    store.insert(experiment_from_spec(spec, JobState.RUNNING))
+    store.set_backend_job(exp_id, str(pid), {"supervisor_start": str(start)})
+    job_dir = tmp_path / "home" / "jobs" / exp_id
+    job_dir.mkdir(parents=True)
+    if status is not None:
+        write_json_atomic(job_dir / "status.json", status)
+
+
+def test_dead_supervisor_is_failed_and_finished_one_is_read_from_its_file(tmp_path):
+    store = ExperimentStore(tmp_path / "home")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_start = process_start(dead.pid) or 1
+    dead.wait()
+    _row(store, tmp_path, "0000dead", dead.pid, dead_start, {"state": "running", "restarts": 1})
+    _row(store, tmp_path, "000000ff", dead.pid, dead_start,
+         {"state": "succeeded", "exit_code": 0, "restarts": 1, "ports": [41000], "reason": "finished after 1 restart"})
+    me, my_start = current_process()
+    _row(store, tmp_path, "0000a11e", me, my_start, {"state": "running", "ports": [42000]})
+    rows = {e.id: e for e in refresh(store, store.list())}
+    assert rows["0000dead"].state is JobState.FAILED and "supervisor" in rows["0000dead"].reason
+    assert rows["0000dead"].restarts == 1 and rows["0000dead"].ended is not None
+    ok = rows["000000ff"]
+    assert (ok.state, ok.exit_code, ok.restarts, ok.port_list) == (JobState.SUCCEEDED, 0, 1, [41000])
+    assert rows["0000a11e"].state is JobState.RUNNING and rows["0000a11e"].port_list == [42000]
+    # terminal rows are not touched again, whatever the backend says later
+    (tmp_path / "home" / "jobs" / "000000ff" / "status.json").write_text(json.dumps({"state": "failed"}))
+    assert {e.id: e for e in refresh(store, store.list())}["000000ff"].state is JobState.SUCCEEDED
