@@ -1,0 +1,284 @@
+"""The local backend with real processes: the launcher CLI, torchrun's elastic agent, detcore's trainer.
+
+Every test gets its own LAUNCHER_HOME and work dirs under tmp_path; the shapes data is
+generated once per session into a small cache (40 training, 8 validation images).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
+MARKER = "DETLAUNCH_EXPERIMENT_ID"
+# Tiny runs: 2 images per worker, so 2 workers make the config's base batch of 4 (no schedule scaling).
+DATA = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "data.train.num_train=40", "data.train.num_val=8",
+        "data.val.num_train=40", "data.val.num_val=8", "log_config.interval=1", "evaluation.interval=1000"]
+
+
+def tiny(iters: int, ckpt_every: int = 2) -> list[str]:
+    return ["--cfg-options", f"runner.max_iters={iters}", f"checkpoint_config.interval={ckpt_every}", *DATA]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def env_for(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_FAKE_GPUS"}
+    env.update(LAUNCHER_HOME=str(home), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def launcher(home: Path, *args: str, cwd: Path | None = None, timeout: float = 600, check: bool = True,
+             **extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd or home.parent, env=env_for(home, **extra),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launcher {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def record(home: Path, exp_id: str) -> dict:
+    return json.loads(launcher(home, "status", exp_id, "--json").stdout)
+
+
+def wait_until(home: Path, exp_id: str, predicate, timeout: float = 400, poll: float = 1.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = record(home, exp_id)
+        if predicate(rec):
+            return rec
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting on {exp_id}: {rec}")
+        time.sleep(poll)
+
+
+def done(rec: dict) -> bool:
+    return rec["state"] in ("succeeded", "failed", "cancelled")
+
+
+def job_processes(exp_ids) -> list[psutil.Process]:
+    """Every live process that belongs to one of these experiments (supervisor, torchrun, workers)."""
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get(MARKER) in exp_ids and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def train_iters(work_dir: str) -> list[int]:
+    lines = (Path(work_dir) / "metrics.jsonl").read_text().splitlines()
+    return sorted({json.loads(x)["iter"] for x in lines if x.strip() and json.loads(x)["mode"] == "train"})
+
+
+def attempts(home: Path, exp_id: str) -> list[dict]:
+    path = home / "jobs" / exp_id / "attempts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_two_process_gloo_training_end_to_end(home):
+    proc = launcher(home, "submit", SHAPES, "--nproc", "2", "--name", "e2e", *tiny(4))
+    exp_id = proc.stdout.splitlines()[0].strip()
+    assert "world size 2 x 2 per worker = total batch 4" in proc.stderr
+    assert "iter" in proc.stdout  # rank 0's log was streamed
+    rec = record(home, exp_id)
+    assert rec["state"] == "succeeded" and rec["exit_code"] == 0 and rec["restarts"] == 0
+    assert (rec["world_size"], rec["total_batch"], rec["lr"]) == (2, 4, 0.02)
+    assert rec["last_iter"] == 4 and rec["last_loss"] > 0 and rec["last_ap"] is not None
+    assert len(rec["ports"]) == 1 and rec["ports"][0] > 0
+    work = Path(rec["work_dir"])
+    assert train_iters(str(work)) == [1, 2, 3, 4]
+    assert (work / "last_checkpoint").read_text().strip() == "iter_4.pth" and (work / "iter_4.pth").is_file()
+    assert {a["rank"] for a in attempts(home, exp_id)} == {0, 1}
+    assert (work / "logs" / "rank1.log").is_file() and (work / "tb").is_dir()
+    assert "_scaling" in (work / "config.yaml").read_text()  # the decision reaches the trainer (checkpoint meta)
+    listed = json.loads(launcher(home, "list", "--json").stdout)
+    assert [(e["id"], e["state"]) for e in listed] == [(exp_id, "succeeded")]
+    table = launcher(home, "list").stdout
+    assert exp_id in table and "succeeded" in table
+    assert "saved checkpoint" in launcher(home, "logs", exp_id).stdout
+    assert not job_processes({exp_id})
+    assert not any(os.stat(p).st_mode & 0o002 for p in [work, *work.rglob("*"), *home.rglob("*")])
+
+
+def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
+    subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach", "--json",
+                              "--name", f"many{i}", *tiny(2)], cwd=home.parent, env=env_for(home),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+    ids = []
+    for p in subs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        ids.append(json.loads(out)["id"])
+    recs = [wait_until(home, i, done, timeout=900, poll=3.0) for i in ids]
+    assert [r["state"] for r in recs] == ["succeeded"] * 8, [r["reason"] for r in recs]
+    assert all(r["last_iter"] == 2 and r["restarts"] == 0 for r in recs)
+    ports = [r["ports"] for r in recs]
+    assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 8, ports
+    assert not job_processes(set(ids))
+
+
+PROBE = r'''
+"""A light worker: join the gloo group through torchrun's store, all-reduce, record the port."""
+import json, os, sys, time
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+assert t.item() == dist.get_world_size()
+out = sys.argv[sys.argv.index("--work-dir") + 1]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, f"probe{dist.get_rank()}.json"), "w") as f:
+    json.dump({"port": int(os.environ["MASTER_PORT"]), "sum": t.item()}, f)
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def test_sixteen_jobs_started_together_never_share_a_port(home, tmp_path):
+    (tmp_path / "probe_worker.py").write_text(PROBE)
+    extra = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach",
+                              "--max-restarts", "0", "--worker-module", "probe_worker", "--name", f"probe{i}"],
+                             cwd=tmp_path, env={**env_for(home), **extra}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for i in range(16)]
+    ids = []
+    for p in subs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        ids.append(out.strip())
+    recs = [wait_until(home, i, done, timeout=900, poll=3.0) for i in ids]
+    assert [r["state"] for r in recs] == ["succeeded"] * 16, [r["reason"] for r in recs]
+    ports = {r["ports"][0] for r in recs}
+    assert len(ports) == 16
+    for r in recs:  # both ranks of each job met on that job's own port
+        probes = [json.loads((Path(r["work_dir"]) / f"probe{k}.json").read_text()) for k in (0, 1)]
+        assert [p["port"] for p in probes] == r["ports"] * 2 and all(p["sum"] == 2 for p in probes)
+
+
+def test_sigkill_of_a_worker_restarts_and_finishes_the_full_run(home):
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "1",
+                      *tiny(14)).stdout.strip()
+    rec = wait_until(home, exp_id, lambda r: (Path(r["work_dir"]) / "iter_2.pth").exists() or done(r), poll=0.5)
+    assert not done(rec), rec
+    victim = [a for a in attempts(home, exp_id) if a["rank"] == 1][-1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    rec = wait_until(home, exp_id, done)
+    assert rec["state"] == "succeeded", rec["reason"]
+    assert rec["restarts"] == 1 and "rank 1 killed by SIGKILL" in rec["reason"]
+    assert rec["last_iter"] == 14 and train_iters(rec["work_dir"])[-1] == 14
+    assert (Path(rec["work_dir"]) / "last_checkpoint").read_text().strip() == "iter_14.pth"
+    assert sorted({a["attempt"] for a in attempts(home, exp_id)}) == [0, 1]
+    resumed = (Path(rec["work_dir"]) / "logs" / "rank0.log").read_text()
+    assert "resumed from" in resumed  # the second attempt continued from the newest checkpoint
+
+
+def test_cancel_leaves_no_process_behind_and_is_idempotent(home):
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", *tiny(10_000, 1000)).stdout.strip()
+    wait_until(home, exp_id, lambda r: len(attempts(home, exp_id)) == 2 and r["state"] == "running", poll=0.5)
+    assert len(job_processes({exp_id})) >= 4  # supervisor, torchrun, 2 workers
+    t0 = time.monotonic()
+    out = launcher(home, "cancel", exp_id).stdout
+    assert f"{exp_id}: cancelled" in out and time.monotonic() - t0 < 40
+    assert not job_processes({exp_id})
+    rec = record(home, exp_id)
+    assert rec["state"] == "cancelled" and rec["ended"] is not None
+    assert f"{exp_id}: already cancelled" in launcher(home, "cancel", exp_id).stdout
+
+
+def test_job_outlives_the_submitting_process_and_is_reported_right(home):
+    sub = subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", *tiny(6)],
+                           cwd=home.parent, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True, start_new_session=True)
+    exp_id = sub.stdout.readline().strip()  # the id comes first, then rank 0's log
+    wait_until(home, exp_id, lambda r: r["state"] == "running", poll=0.5)
+    os.killpg(sub.pid, signal.SIGKILL)  # the submitting command and its terminal session are gone
+    sub.wait()
+    rec = wait_until(home, exp_id, done)
+    assert rec["state"] == "succeeded" and rec["last_iter"] == 6, rec["reason"]
+
+
+def test_sweep_of_three_respects_max_parallel(home):
+    proc = launcher(home, "sweep", SHAPES, "--grid", "optimizer.lr=0.01,0.02,0.03", "--max-parallel", "2",
+                    "--nproc", "1", "--max-restarts", "0", *tiny(2))
+    assert "3 experiments, at most 2 at a time" in proc.stderr
+    recs = json.loads(launcher(home, "list", "--json").stdout)
+    assert len(recs) == 3 and all(r["state"] == "succeeded" for r in recs), [r["reason"] for r in recs]
+    assert len({r["work_dir"] for r in recs}) == 3 and len({r["sweep"] for r in recs}) == 1
+    # one worker x 2 images = total batch 2 against a base of 4: each grid LR is halved
+    assert sorted(r["lr"] for r in recs) == [0.005, 0.01, 0.015]
+    for r in recs:
+        assert yaml.safe_load((Path(r["work_dir"]) / "config.yaml").read_text())["optimizer"]["lr"] == r["lr"]
+    spans = [(r["started"], r["ended"]) for r in recs]
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2
+
+
+def test_dry_run_starts_nothing(home, tmp_path):
+    before = {p.pid for p in psutil.process_iter()}
+    out = launcher(home, "submit", SHAPES, "--nproc", "2", "--dry-run", *tiny(4)).stdout
+    assert "torch.distributed.run" in out and "--rdzv-endpoint 127.0.0.1:0" in out and "scaled lr: 0.02" in out
+    sweep = launcher(home, "sweep", SHAPES, "--grid", "optimizer.lr=0.01,0.02", "--dry-run", "--json").stdout
+    assert len(json.loads(sweep)) == 2
+    assert not (tmp_path / "work_dirs").exists() and not (home / "jobs").exists()
+    assert json.loads(launcher(home, "list", "--json").stdout) == []
+    new = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
+           and "torch.distributed.run" in " ".join(p.info["cmdline"] or [])]
+    assert not new
+
+
+def test_gpu_leases_queue_and_no_wait_with_fake_gpus(home):
+    fake = {"LAUNCHER_FAKE_GPUS": "2"}
+    first = launcher(home, "submit", SHAPES, "--gpus", "2", "--detach", *tiny(4), **fake).stdout.strip()
+    wait_until(home, first, lambda r: r["state"] == "running", poll=0.5)
+    busy = launcher(home, "submit", SHAPES, "--gpus", "2", "--no-wait", *tiny(4), check=False, **fake)
+    assert busy.returncode == 2 and "only 0 of 2 are free" in busy.stderr
+    second = launcher(home, "submit", SHAPES, "--gpus", "1", "--detach", *tiny(2), **fake).stdout.strip()
+    queued = wait_until(home, second, lambda r: r["state"] in ("queued", "running") or done(r), poll=0.3)
+    first_now = record(home, first)
+    assert queued["state"] == "queued" or done(first_now), (queued, first_now)
+    assert "queued" in launcher(home, "list", "--state", "queued").stdout or done(first_now)
+    a, b = wait_until(home, first, done), wait_until(home, second, done)
+    assert a["state"] == b["state"] == "succeeded", (a["reason"], b["reason"])
+    assert b["started"] >= a["ended"] - 1.0
+    assert {x["cuda_visible_devices"] for x in attempts(home, first)} == {"0,1"}
+    assert {x["cuda_visible_devices"] for x in attempts(home, second)} == {"0"}
+    assert not (home / "leases.json").exists() or json.loads((home / "leases.json").read_text()) == {}
+
+
+def test_a_worker_user_error_fails_fast_without_restarts(home):
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2", *tiny(4),
+                      "model.type=NoSuchDetector").stdout.strip()
+    rec = wait_until(home, exp_id, done)
+    # the supervisor stops the group on exit code 2; torchrun may already have begun one restart by then
+    assert rec["state"] == "failed" and rec["restarts"] <= 1
+    assert "exited with code 2" in rec["reason"] and "user error" in rec["reason"]
+    assert "NoSuchDetector" in rec["reason"]
+    assert not job_processes({exp_id})
+
+
+def test_resume_at_another_world_size_recomputes_scaling(home):
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", *tiny(8)).stdout.strip()
+    wait_until(home, exp_id, lambda r: (Path(r["work_dir"]) / "iter_2.pth").exists() or done(r), poll=0.5)
+    launcher(home, "cancel", exp_id)
+    assert record(home, exp_id)["state"] == "cancelled"
+    proc = launcher(home, "resume", exp_id, "--nproc", "1")
+    # 1 worker x 2 images against the base batch of 4: half the LR, twice the iterations (same epochs)
+    assert "world size changed 2 -> 1, scaling recomputed" in proc.stderr and "lr 0.02 -> 0.01" in proc.stderr
+    rec = record(home, exp_id)
+    assert rec["state"] == "succeeded" and (rec["world_size"], rec["lr"]) == (1, 0.01), rec["reason"]
+    assert rec["last_iter"] == 16
+    assert "resumed from" in (Path(rec["work_dir"]) / "logs" / "rank0.log").read_text()
