@@ -1,0 +1,147 @@
+"""1. Training throughput: ``detcore train`` against a plain torchvision-style loop (goal: ratio >= 1.0).
+
+Both sides run as fresh processes with the same thread count (OMP/MKL_NUM_THREADS and
+``torch.set_num_threads``), the same generated shapes images, batch size, loader workers,
+optimizer settings and number of iterations; runs alternate detcore/plain to spread drift.
+The figure is steady-state images/s after ``warmup`` iterations:
+
+* detcore: from the wall times of its log lines at iterations ``warmup`` and ``iters``
+  (everything per iteration: data, step, hooks, logging; TensorBoard on), and, as a second
+  figure, from ``iter_time`` in ``metrics.jsonl`` (data + step, the trainer's own number);
+* plain: from ``time.perf_counter()`` after each iteration of the loop, and from its own
+  data + step times.
+
+Two models: the shapes tiny Faster R-CNN (the plain loop builds the same torchvision
+``FasterRCNN`` through ``detcore.models.build_detector``) and torchvision's
+``fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=4)``
+against ``benchmarks/configs/faster_rcnn_mobilenet_v3_320_shapes.yaml`` (checked here to have
+the same parameters, name by name and shape by shape).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from benchmarks import jobs
+from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured
+
+TITLE = "training throughput: detcore train vs a plain torchvision-style loop"
+GOAL = Goal("ratio", ">=", 1.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str             # plain_train --model
+    label: str
+    config: object
+    batch: int
+    input_size: int | None  # model.min_size = model.max_size, None: the config's own
+    warmup: int
+    iters: int
+    log_interval: int
+
+
+def cases(ctx: Context) -> list[Case]:
+    return [
+        Case("shapes", "shapes tiny Faster R-CNN", jobs.SHAPES_CONFIG, batch=4, input_size=None,
+             warmup=ctx.pick(5, 20), iters=ctx.pick(25, 120), log_interval=ctx.pick(5, 10)),
+        Case("mobilenet", "fasterrcnn_mobilenet_v3_large_320_fpn", jobs.MOBILENET_CONFIG, batch=2,
+             input_size=ctx.pick(128, 320), warmup=ctx.pick(3, 5), iters=ctx.pick(9, 30),
+             log_interval=ctx.pick(3, 5)),
+    ]
+
+
+def same_architecture(case: Case) -> bool:
+    """True when detcore's model from the config has torchvision's parameter names and shapes."""
+    if case.key != "mobilenet":
+        return True  # the plain loop builds it with detcore's own builder
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    from detcore.config import load_config
+    from detcore.models import build_detector
+
+    cfg = load_config(case.config)
+    ours = {k: tuple(v.shape) for k, v in build_detector(cfg["model"]).state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=cfg["model"]["num_classes"] + 1).state_dict().items()}
+    return ours == theirs
+
+
+def _overrides(case: Case, workers: int) -> list[str]:
+    out = [f"runner.max_iters={case.iters}", f"log_config.interval={case.log_interval}", jobs.NO_CHECKPOINTS,
+           f"data.samples_per_gpu={case.batch}", f"data.workers_per_gpu={workers}"]
+    if case.input_size:
+        out += [f"model.min_size={case.input_size}", f"model.max_size={case.input_size}"]
+    return out
+
+
+def run_detcore(ctx: Context, case: Case, threads: int, workers: int, timeout: float) -> jobs.Throughput:
+    work = ctx.workdir(f"train_{case.key}_detcore")
+    cmd = [sys.executable, *jobs.detcore_train_args(case.config, work / "run", _overrides(case, workers))]
+    jobs.run(cmd, work / "stdout.log", jobs.bench_env(threads), timeout, f"detcore train ({case.label})")
+    return jobs.detcore_throughput(work / "run", case.warmup, case.iters, case.batch)
+
+
+def run_plain(ctx: Context, case: Case, threads: int, workers: int, timeout: float) -> tuple[float, float]:
+    from benchmarks.plain_train import throughput
+
+    work = ctx.workdir(f"train_{case.key}_plain")
+    out = work / "plain.json"
+    overrides = [o for o in _overrides(case, workers) if o.startswith("model.")]
+    cmd = [sys.executable, "-m", "benchmarks.plain_train", "--model", case.key, "--config", str(case.config),
+           "--iters", str(case.iters), "--batch", str(case.batch), "--workers", str(workers),
+           "--threads", str(threads), "--out", str(out)]
+    if overrides:
+        cmd += ["--cfg-options", *overrides]
+    jobs.run(cmd, work / "stdout.log", jobs.bench_env(threads), timeout, f"plain loop ({case.label})")
+    return throughput(json.loads(out.read_text()), case.warmup)
+
+
+def run(ctx: Context) -> Result:
+    from detcore.config import load_config
+    from detcore.data.shapes import ensure_shapes
+
+    threads = os.cpu_count() or 1
+    workers = int(load_config(jobs.SHAPES_CONFIG)["data"]["workers_per_gpu"])
+    repeats = ctx.pick(1, 3)
+    timeout = ctx.pick(300, 900)
+    train = load_config(jobs.SHAPES_CONFIG)["data"]["train"]
+    ensure_shapes(num_train=train["num_train"], num_val=train["num_val"], size=train["size"], seed=train["seed"])
+
+    rows: list[Row] = []
+    details: dict = {}
+    for case in cases(ctx):
+        same = same_architecture(case)
+        ours_wall, ours_step, data_share, plain_wall, plain_step = [], [], [], [], []
+        for r in range(repeats):
+            order = ("detcore", "plain") if r % 2 == 0 else ("plain", "detcore")
+            for side in order:
+                log(f"train_throughput: {case.label} {side} run {r + 1}/{repeats}")
+                if side == "detcore":
+                    t = run_detcore(ctx, case, threads, workers, timeout)
+                    ours_wall.append(t.wall)
+                    ours_step.append(t.iter_time)
+                    data_share.append(t.data_share)
+                else:
+                    w, s = run_plain(ctx, case, threads, workers, timeout)
+                    plain_wall.append(w)
+                    plain_step.append(s)
+        arch = "" if same else "; WARNING: detcore's model differs from torchvision's"
+        rows += [
+            compared(f"{case.label}: detcore train", ours_wall, plain_wall, "img/s", GOAL,
+                     note=f"wall time per iteration incl. hooks/logging; ratio vs plain loop{arch}"),
+            measured(f"{case.label}: plain loop", plain_wall, "img/s", note="torchvision reference-style loop"),
+            compared(f"{case.label}: detcore data+step (iter_time)", ours_step, plain_step, "img/s",
+                     note="metrics.jsonl iter_time vs the loop's own data+step time; excludes hooks"),
+        ]
+        details[case.key] = {"same_architecture_as_torchvision": same, "detcore_data_time_share": data_share,
+                             "batch": case.batch, "input_size": case.input_size, "warmup": case.warmup,
+                             "iters": case.iters, "log_interval": case.log_interval}
+        if case.key == "shapes":
+            ctx.shared["shapes_train_images_per_s"] = ours_wall
+            ctx.shared["shapes_data_time_share"] = data_share
+    settings = {"threads": threads, "loader_workers": workers, "repeats": repeats,
+                "cases": [{k: str(v) if k == "config" else v for k, v in c.__dict__.items()} for c in cases(ctx)]}
+    return Result(rows, settings, details)
