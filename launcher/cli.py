@@ -30,13 +30,12 @@ COMMANDS = {
 
 def _add_backend_groups(p: argparse.ArgumentParser) -> None:
     from launcher.backends import BACKENDS, backend_module
-    from launcher.errors import LauncherError
 
     for name in BACKENDS:
         try:
             module = backend_module(name)
-        except LauncherError:
-            continue  # not installed or not written yet; --backend NAME then says so
+        except Exception:  # not installed, not written yet or broken: --backend NAME then says why
+            continue
         module.add_arguments(p.add_argument_group(f"{name} backend options"))
 
 

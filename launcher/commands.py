@@ -136,8 +136,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from launcher.backends import backend_module
-    from launcher.jobs import build_spec, default_name, submit_spec
-    from launcher.reconcile import handle_of, refresh
+    from launcher.jobs import build_spec, default_name, submit_specs
     from launcher.spec import SlotPool, new_experiment_id
     from launcher.sweep import combination_name, expand_grid, parse_grid
 
@@ -154,7 +153,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         work_dir = os.path.join(args.work_dir, name) if args.work_dir else None
         specs.append(build_spec(dataclasses.replace(base, overrides=base.overrides + combo, name=name,
                                                     work_dir=work_dir)))
-    dries = [backend.dryrun(s) for s in specs]
+    dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:
             _print_json([d.to_json() for d in dries])
@@ -162,15 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print("\n\n".join(d.render() for d in dries))
         return 0
     store = _store()
-    submitted: list[Experiment] = []
-    try:
-        for spec in specs:
-            submitted.append(submit_spec(store, backend, spec, sweep=sweep_id))
-    except BaseException:
-        for exp in submitted:
-            backend.cancel(handle_of(exp))
-        refresh(store, [store.get(e.id) for e in submitted])
-        raise
+    submitted = submit_specs(store, backend, specs, sweep=sweep_id)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
           + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
     if args.json and args.detach:

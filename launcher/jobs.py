@@ -107,6 +107,36 @@ def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | Non
     return store.get(spec.id)
 
 
+def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: str | None = None) -> list[Experiment]:
+    """Submit a sweep: through the backend's optional ``submit_array(specs)`` (one array job) when it
+    has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
+    or the jobs already started are cancelled (one by one), and the error is raised."""
+    if hasattr(backend, "submit_array"):
+        for spec in specs:
+            store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep))
+        try:
+            handles = backend.submit_array(specs)
+        except BaseException:
+            for spec in specs:
+                store.delete(spec.id)
+            raise
+        for handle in handles:
+            store.set_backend_job(handle.experiment_id, handle.job_id, dict(handle.extra))
+        return [store.get(spec.id) for spec in specs]
+    done: list[Experiment] = []
+    try:
+        for spec in specs:
+            done.append(submit_spec(store, backend, spec, sweep=sweep))
+    except BaseException:
+        from launcher.reconcile import handle_of, refresh
+
+        for exp in done:
+            backend.cancel(handle_of(exp))
+        refresh(store, [store.get(e.id) for e in done])
+        raise
+    return done
+
+
 def request_from_spec(spec: JobSpec) -> SubmitRequest:
     """The request that rebuilds ``spec`` (same name, work dir, overrides)."""
     return SubmitRequest(config=spec.config, backend=spec.backend, overrides=spec.overrides, resources=spec.resources,

@@ -20,6 +20,10 @@ A backend is a small object with six methods (TorchX's scheduler API is the mode
 ``list() -> list[JobHandle]``
     The jobs the backend itself knows about (for finding orphans).
 
+Optional, for sweeps: ``dryrun_array(specs) -> DryRun`` and ``submit_array(specs) ->
+list[JobHandle]`` (one handle per spec, in order) submit a whole sweep as one array job;
+without them ``launcher sweep`` submits the specs one by one.
+
 A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backend class:
 
 ``Options``
@@ -29,6 +33,9 @@ A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backen
     (``--slurm-partition``) or otherwise unique. Keep module-level imports light: the CLI
     imports every backend module to build ``submit --help``.
 ``options_from_args(args: argparse.Namespace) -> Options | None``
+``resources_from_args(args, resources: Resources) -> Resources`` (optional)
+    Adjust the generic resources (``--nproc --gpus --nodes --cpus-per-task --mem-gb --time``,
+    which backends must not redefine) from the backend's own options.
 ``create(home: pathlib.Path) -> Backend``
 
 Shared helpers for all backends: :func:`worker_args`, :func:`worker_command`,
