@@ -1,0 +1,399 @@
+"""The Slurm backend: detcore jobs as Slurm jobs through submitit, one task per GPU (or CPU worker).
+
+``submit`` is the dry run executed: the script :func:`~launcher.backends.slurm_script.render_sbatch`
+renders (submitit's own template) is written to the job folder ``$LAUNCHER_HOME/slurm/<id>/``
+next to submitit's pickled :class:`~launcher.backends.slurm_task.SlurmTask`, and handed to
+``sbatch``. submitit then does what it does best inside the job: its runner unpickles the
+task on every rank, installs the USR2 handler, and on preemption or an approaching time limit
+checkpoints (through ``SlurmTask.checkpoint``) and requeues the job, which resumes from the
+newest checkpoint. The launcher calls ``sbatch`` itself (instead of ``SlurmExecutor.submit``)
+so that the submitted script is byte for byte the dry run and sbatch's refusal reaches the
+user as one line.
+
+Every call to Slurm (``sbatch``, ``squeue``, ``sacct``, ``scancel``) goes through
+:meth:`SlurmBackend._run`, the one subprocess seam; unit tests replace it with recorded
+output. State lives in Slurm and the job folder, never in this process, so a job submitted by
+a launcher that has exited is fully manageable. Clients need ``SLURM_CONF`` where the
+cluster requires it (for the test cluster: ``source /tmp/detlaunch-slurm/env.sh``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from launcher.backends.base import REPO_ROOT, DryRun, read_json, shim_command, write_json_atomic
+from launcher.backends.slurm_script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
+                                            defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
+                                            resolve)
+from launcher.backends.slurm_state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
+                                           sbatch_error_line, scancel_error_is_harmless, squeue_command)
+from launcher.errors import LauncherError
+from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources
+
+__all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
+           "MANAGED_OPTIONS"]
+
+COMMAND_TIMEOUT_S = 120.0
+STATUS_TTL_S = 2.0
+CANCEL_WAIT_S = 30.0
+SCRIPT_NAME = "submission.sh"
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--partition", "--slurm-partition", dest="slurm_partition", metavar="P",
+                       help="slurm: partition (default: slurm.partition in launcher.yaml, else the cluster's)")
+    group.add_argument("--account", "--slurm-account", dest="slurm_account", metavar="A", help="slurm: account")
+    group.add_argument("--qos", "--slurm-qos", dest="slurm_qos", metavar="Q", help="slurm: quality of service")
+    group.add_argument("--constraint", "--slurm-constraint", dest="slurm_constraint", metavar="C",
+                       help="slurm: node features, e.g. 'a100|h100'")
+    group.add_argument("--exclude", "--slurm-exclude", dest="slurm_exclude", metavar="NODES",
+                       help="slurm: nodes not to use, e.g. gpu[01-03]")
+    group.add_argument("--gpus-per-node", dest="slurm_gpus_per_node", type=int, metavar="G",
+                       help="slurm: GPUs per node, one task each (same as --gpus)")
+    group.add_argument("--tasks-per-node", dest="slurm_tasks_per_node", type=int, metavar="T",
+                       help="slurm: CPU worker tasks per node (same as --nproc)")
+    group.add_argument("--signal-delay", dest="slurm_signal_delay", type=int, metavar="S",
+                       help="slurm: USR2 comes S seconds before the time limit; the job checkpoints and requeues "
+                            "(default 120)")
+    group.add_argument("--max-timeouts", dest="slurm_max_timeouts", type=int, metavar="N",
+                       help="slurm: requeue after reaching the time limit at most N times (default 20; "
+                            "preemptions are not counted)")
+    group.add_argument("--array-parallelism", dest="slurm_array_parallelism", type=int, metavar="P",
+                       help="slurm sweep: at most P array tasks run at once (default: --max-parallel, else all)")
+    group.add_argument("--slurm-option", dest="slurm_options", action="append", default=[], metavar="KEY=VALUE",
+                       help="slurm: any other sbatch option, e.g. mail-user=me@example.org, or a flag: exclusive")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    return Options(partition=getattr(args, "slurm_partition", None), account=getattr(args, "slurm_account", None),
+                   qos=getattr(args, "slurm_qos", None), constraint=getattr(args, "slurm_constraint", None),
+                   exclude=getattr(args, "slurm_exclude", None),
+                   signal_delay_s=getattr(args, "slurm_signal_delay", None),
+                   max_timeouts=getattr(args, "slurm_max_timeouts", None),
+                   array_parallelism=getattr(args, "slurm_array_parallelism", None),
+                   extra=tuple(parse_slurm_option(o) for o in getattr(args, "slurm_options", None) or ()))
+
+
+def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resources:
+    """``--gpus-per-node`` / ``--tasks-per-node``: Slurm's names for ``--gpus`` / ``--nproc``."""
+    gpn, tpn = getattr(args, "slurm_gpus_per_node", None), getattr(args, "slurm_tasks_per_node", None)
+    if gpn is not None:
+        if getattr(args, "gpus", None) not in (None, gpn) or getattr(args, "nproc", None) is not None:
+            raise LauncherError("--gpus-per-node is --gpus under another name; pass only one of --gpus-per-node, "
+                                "--gpus and --nproc")
+        return dataclasses.replace(resources, gpus=gpn, nproc=tpn if tpn is not None else gpn)
+    if tpn is not None:
+        if getattr(args, "nproc", None) not in (None, tpn):
+            raise LauncherError("--tasks-per-node is --nproc under another name; pass only one of them")
+        return dataclasses.replace(resources, nproc=tpn)
+    return resources
+
+
+def create(home: Path) -> "SlurmBackend":
+    return SlurmBackend(home, load_defaults(defaults_paths(home, os.environ)))
+
+
+class SlurmError(LauncherError):
+    """A Slurm command failed; the message is its error output in one line."""
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def __init__(self, home: Path, defaults: SlurmDefaults | None = None, python: str | None = None,
+                 repo_root: str = REPO_ROOT) -> None:
+        self.home = Path(home)
+        self.defaults = defaults or SlurmDefaults()
+        self.python = python or self.defaults.python or sys.executable
+        self.repo_root = repo_root
+        self._status_cache: dict[str, tuple[float, JobStatus]] = {}
+
+    # ---- the one subprocess seam ----------------------------------------------------------
+    def _run(self, cmd: Sequence[str]) -> str:
+        """Run a Slurm client command; its stdout, or SlurmError with its stderr in one line."""
+        try:
+            proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                                  stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise SlurmError(f"{cmd[0]} not found: run the launcher on a Slurm login node (or put Slurm's client "
+                             f"commands on PATH)") from None
+        except subprocess.TimeoutExpired:
+            raise SlurmError(f"{cmd[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s; is slurmctld up?") from None
+        if proc.returncode != 0:
+            raise SlurmError(f"{cmd[0]} failed: {sbatch_error_line(proc.stderr or proc.stdout)}")
+        return proc.stdout
+
+    # ---- rendering ----------------------------------------------------------------------------
+    def job_folder(self, key: str) -> Path:
+        return self.home / "slurm" / key
+
+    def _requests(self, specs: Sequence[JobSpec]) -> SlurmRequest:
+        requests = [resolve(s, self.defaults) for s in specs]
+        if any(r != requests[0] for r in requests[1:]):
+            raise LauncherError("a Slurm array runs every task with the same resources and Slurm options; these "
+                                "experiments differ, so submit them one by one")
+        return requests[0]
+
+    def _array_parallelism(self, specs: Sequence[JobSpec]) -> int | None:
+        opts = specs[0].backend_options if isinstance(specs[0].backend_options, Options) else Options()
+        if opts.array_parallelism is not None:
+            return opts.array_parallelism
+        return specs[0].slots.size if specs[0].slots else None
+
+    def script(self, specs: Sequence[JobSpec], folder: Path) -> tuple[SlurmRequest, str]:
+        request = self._requests(specs)
+        name = specs[0].name if len(specs) == 1 else array_name(specs)
+        text = render_sbatch(request, name, str(folder), self.python, self.repo_root,
+                             array_size=len(specs) if len(specs) > 1 else 0,
+                             array_parallelism=self._array_parallelism(specs))
+        return request, text
+
+    def _worker(self, spec: JobSpec) -> tuple[str, ...]:
+        return shim_command(spec, log_dir=os.path.join(spec.work_dir, "logs"), attempts_file=None,
+                            python=self.python)
+
+    def dryrun(self, spec: JobSpec) -> DryRun:
+        return self.dryrun_array([spec])
+
+    def dryrun_array(self, specs: Sequence[JobSpec]) -> DryRun:
+        """One DryRun for a single job or a whole array (``launcher sweep``): the sbatch script as a file."""
+        key = specs[0].id if len(specs) == 1 else f"array-{specs[0].id}"
+        folder = self.job_folder(key)
+        request, text = self.script(specs, folder)
+        spec = specs[0]
+        env = {"RANK": "<SLURM_PROCID>", "WORLD_SIZE": str(spec.world_size), "LOCAL_RANK": "<SLURM_LOCALID>",
+               "MASTER_ADDR": "<first node of SLURM_JOB_NODELIST>",
+               "MASTER_PORT": "<20000 + SLURM_JOB_ID % 12000>", "PYTHONPATH": f"{self.repo_root}:$PYTHONPATH"}
+        if spec.mode is Mode.TRAIN:
+            env["DETCORE_STOP_SIGNALS"] = "USR2"
+        if spec.resources.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = "<GPU number LOCAL_RANK of the node>"
+        timeouts = f"at most {request.max_timeouts} time-limit requeues" if request.time_min else \
+            "no --time given: every requeue counts as a preemption (unlimited)"
+        notes = [f"sbatch {folder / SCRIPT_NAME}; each task runs the command below through submitit "
+                 f"(launcher.backends.slurm_task)",
+                 f"USR2 {request.signal_delay_s} s before the time limit or on preemption: checkpoint, requeue, "
+                 f"resume from the newest checkpoint ({timeouts})",
+                 "MASTER_PORT is unique per job and array task while fewer than 12000 jobs are submitted during "
+                 "its run"]
+        if len(specs) > 1:
+            notes.append(f"one job array of {len(specs)} tasks; task i runs experiment {', '.join(s.id for s in specs)}"
+                         f" (in that order), each in its own work dir")
+        if spec.max_restarts:
+            notes.append("--max-restarts does not apply on Slurm: a failed worker fails the job; preemptions and "
+                         "time limits requeue it")
+        return DryRun(backend=self.name, commands=tuple(self._worker(s) for s in specs), env=tuple(sorted(env.items())),
+                      resources=spec.resources, world_size=spec.world_size, scaling=spec.scaling,
+                      work_dir=spec.work_dir, cwd=spec.cwd, files=((f"sbatch script {SCRIPT_NAME}", text),),
+                      notes=tuple(notes))
+
+    # ---- submit -------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobHandle:
+        return self._submit([spec])[0]
+
+    def submit_array(self, specs: Sequence[JobSpec]) -> list[JobHandle]:
+        """Submit ``specs`` as ONE Slurm job array (task i runs ``specs[i]``); one handle per experiment."""
+        if not specs:
+            raise LauncherError("an array needs at least one experiment")
+        if len(specs) == 1:
+            return [self.submit(specs[0])]
+        return self._submit(list(specs))
+
+    def _task(self, spec: JobSpec, request: SlurmRequest):
+        from launcher.backends.slurm_task import SlurmTask
+
+        # PYTHONPATH is set by the script's setup lines; the rest of the environment is the submitter's (--export=ALL)
+        return SlurmTask(spec.id, self._worker(spec), spec.cwd, {},
+                         os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
+                         stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0))
+
+    def _submit(self, specs: list[JobSpec]) -> list[JobHandle]:
+        from submitit.core.utils import DelayedSubmission, JobPaths
+
+        array = len(specs) > 1
+        key = f"array-{specs[0].id}" if array else specs[0].id
+        folder = self.job_folder(key)
+        request, text = self.script(specs, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise LauncherError(f"job folder {folder} already exists; submit again for a new id") from None
+        job_id = None
+        try:
+            pickles = []
+            for i, spec in enumerate(specs):
+                delayed = DelayedSubmission(self._task(spec, request))
+                # No --time: no submitit time-limit budget either (1e6 min); every requeue counts as a preemption.
+                delayed.set_timeout(request.time_min or 10 ** 6, request.max_timeouts)
+                path = folder / f".{uuid.uuid4().hex}.pkl"
+                delayed.dump(path)
+                pickles.append(path)
+            write_json_atomic(folder / "manifest.json", {"experiments": [s.id for s in specs], "array": array,
+                                                         "work_dirs": [s.work_dir for s in specs]})
+            (folder / SCRIPT_NAME).write_text(text)
+            try:
+                job_id = parse_sbatch(self._run(["sbatch", "--parsable", str(folder / SCRIPT_NAME)]))
+            except SlurmError as exc:
+                raise LauncherError(f"sbatch refused the job: {str(exc).removeprefix('sbatch failed: ')}") from None
+            ids = [f"{job_id}_{i}" for i in range(len(specs))] if array else [job_id]
+            for path, task_job in zip(pickles, ids):
+                os.replace(path, JobPaths(folder, job_id=task_job).submitted_pickle)
+            manifest = read_json(folder / "manifest.json") or {}
+            write_json_atomic(folder / "manifest.json", {**manifest, "job_id": job_id})
+        except BaseException:
+            if job_id is not None:
+                self._scancel(job_id)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return [JobHandle(spec.id, self.name, jid, (("folder", str(folder)), ("work_dir", spec.work_dir)))
+                for spec, jid in zip(specs, ids)]
+
+    # ---- status -------------------------------------------------------------------------------
+    def status(self, handle: JobHandle) -> JobStatus:
+        from launcher.backends.slurm_task import master_port
+
+        job_id = handle.job_id
+        cached = self._status_cache.get(job_id)
+        if cached and time.monotonic() - cached[0] < STATUS_TTL_S:
+            return cached[1]
+        try:
+            queue = parse_squeue(self._run(squeue_command(job_id)))
+        except SlurmError as exc:
+            if "invalid job id" not in str(exc).lower():
+                raise
+            queue = []
+        records = []
+        if not queue or queue[0].state == "COMPLETING":
+            records = parse_sacct(self._run(sacct_command(job_id)))
+        st = job_status(job_id, queue, records, master_port)
+        if st.state in (JobState.RUNNING, JobState.PREEMPTED):
+            self._record_progress(handle)
+        if st.state is JobState.FAILED:
+            detail = self._failure_detail(handle)
+            if detail:
+                st = dataclasses.replace(st, reason=f"{st.reason}: {detail}")
+        self._status_cache[job_id] = (time.monotonic(), st)
+        return st
+
+    def _record_progress(self, handle: JobHandle) -> None:
+        """Newest iteration/loss/AP of a running job into its store row (``launcher list`` shows progress).
+
+        There is no supervisor process on this side for Slurm jobs, so the status query does it.
+        """
+        from launcher.metrics import read_last_metrics
+        from launcher.store import ExperimentStore
+
+        work_dir = handle.get("work_dir")
+        if not work_dir:
+            return
+        m = read_last_metrics(work_dir)
+        if m.empty:
+            return
+        store = ExperimentStore(self.home)
+        try:
+            store.record_metrics(handle.experiment_id, m.iter, m.loss, m.ap, m.values)
+        finally:
+            store.close()
+
+    def _failure_detail(self, handle: JobHandle) -> str:
+        """The last line of the error submitit recorded for rank 0 (e.g. which rank's worker failed)."""
+        folder = handle.get("folder")
+        if not folder:
+            return ""
+        from submitit.core.utils import JobPaths
+
+        path = JobPaths(folder, job_id=handle.job_id, task_id=0).result_pickle
+        try:
+            with open(path, "rb") as f:
+                outcome, payload = pickle.load(f)  # ("error", traceback text) written by submitit's runner
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError, TypeError):
+            return ""
+        if outcome != "error" or not isinstance(payload, str):
+            return ""
+        lines = [line for line in payload.strip().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
+
+    # ---- logs ---------------------------------------------------------------------------------
+    def log_path(self, handle: JobHandle, rank: int) -> Path:
+        work_dir = handle.get("work_dir")
+        if not work_dir:
+            raise LauncherError(f"experiment {handle.experiment_id} has no work dir recorded for its Slurm job")
+        return Path(work_dir) / "logs" / f"rank{rank}.log"
+
+    def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
+        from launcher.backends.local import follow_file
+
+        path = self.log_path(handle, rank)
+        if not follow and not path.exists():
+            fallback = self._submitit_log(handle, rank)
+            if fallback is None:
+                raise LauncherError(f"no log for rank {rank} yet ({path}); the job has not started that rank "
+                                    f"(`launcher status {handle.experiment_id}`)")
+            path = fallback
+        finished = None
+        if follow:
+            last = [0.0, False]
+
+            def finished() -> bool:  # ask Slurm at most every 5 s while following
+                if time.monotonic() - last[0] >= 5.0:
+                    last[0], last[1] = time.monotonic(), self.status(handle).state.is_terminal()
+                return last[1]
+        yield from follow_file(path, finished)
+
+    def _submitit_log(self, handle: JobHandle, rank: int) -> Path | None:
+        """submitit's own stderr log of the task, when the worker never started (e.g. a broken environment)."""
+        folder = handle.get("folder")
+        if not folder:
+            return None
+        from submitit.core.utils import JobPaths
+
+        path = JobPaths(folder, job_id=handle.job_id, task_id=rank).stderr
+        return path if path.exists() and path.stat().st_size else None
+
+    # ---- cancel / list ------------------------------------------------------------------------
+    def _scancel(self, job_id: str) -> None:
+        try:
+            self._run(["scancel", job_id])
+        except SlurmError as exc:
+            if not scancel_error_is_harmless(str(exc)):
+                raise
+
+    def cancel(self, handle: JobHandle) -> None:
+        """scancel the job (idempotent) and wait until Slurm reports it ended (at most 30 s)."""
+        self._scancel(handle.job_id)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while True:
+            self._status_cache.pop(handle.job_id, None)
+            if self.status(handle).state.is_terminal() or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
+    def list(self) -> list[JobHandle]:
+        """The launcher's jobs Slurm still has in its queue (pending or running), one handle per experiment."""
+        out = self._run(["squeue", "-h", "-r", "--me", "-O", "JobArrayID:|,Comment:|"])
+        handles = []
+        for line in out.splitlines():
+            job_id, _, rest = line.partition("|")
+            comment = rest.rstrip("|").strip()
+            if not comment.startswith("detlaunch:"):
+                continue
+            folder = self.job_folder(comment.removeprefix("detlaunch:"))
+            manifest = read_json(folder / "manifest.json") or {}
+            ids, dirs = manifest.get("experiments") or [], manifest.get("work_dirs") or []
+            index = int(job_id.split("_")[1]) if "_" in job_id and job_id.split("_")[1].isdigit() else 0
+            if index < len(ids):
+                handles.append(JobHandle(ids[index], self.name, job_id.strip(),
+                                         (("folder", str(folder)), ("work_dir", dirs[index] if index < len(dirs)
+                                                                    else ""))))
+        return handles

@@ -1,0 +1,176 @@
+"""Reading Slurm's answers: ``squeue``/``sacct``/``sbatch`` output into launcher states (pure).
+
+The commands are built here too, so a unit test can feed recorded output for exactly the
+command the backend runs. ``squeue`` knows a job while it is pending or running (and
+``RestartCnt``, the number of requeues); ``sacct -D`` keeps every attempt of a requeued job
+(one ``REQUEUED`` record per requeue, then the current one), and the final state.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from launcher.errors import LauncherError
+from launcher.spec import JobState, JobStatus
+
+QUEUE_FIELDS = ("JobArrayID", "JobID", "State", "Reason", "RestartCnt", "NodeList", "StartTime")
+ACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Start", "End", "NodeList")
+
+RUNNING_STATES = {"RUNNING": JobState.RUNNING, "CONFIGURING": JobState.RUNNING, "COMPLETING": JobState.RUNNING,
+                  "STAGE_OUT": JobState.RUNNING, "RESIZING": JobState.RUNNING, "SIGNALING": JobState.RUNNING}
+WAITING_STATES = {"PENDING", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD"}
+REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SPECIAL_EXIT"}
+FAILED_STATES = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"}
+FAILURE_TEXT = {"TIMEOUT": "reached its time limit and was not requeued", "NODE_FAIL": "lost a node",
+                "OUT_OF_MEMORY": "ran out of memory (raise --mem-gb)", "BOOT_FAIL": "its node failed to boot",
+                "DEADLINE": "missed its deadline", "PREEMPTED": "was preempted and not requeued",
+                "REVOKED": "was revoked"}
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    job_id: str      # as Slurm names it: 123 or 123_4 for an array task
+    raw_id: str      # the unique numeric id (a pending array task shows its array's id)
+    state: str
+    reason: str
+    restarts: int
+    nodes: str
+    start: float | None = None
+
+
+@dataclass(frozen=True)
+class AcctRecord:
+    job_id: str
+    raw_id: str
+    state: str       # first word only ("CANCELLED by 0" -> CANCELLED)
+    exit_code: int | None
+    signal: int | None
+    start: float | None
+    end: float | None
+    nodes: str
+
+
+def squeue_command(job_id: str) -> list[str]:
+    return ["squeue", "-h", "-j", job_id, "-O", ",".join(f"{f}:|" for f in QUEUE_FIELDS)]
+
+
+def sacct_command(job_id: str) -> list[str]:
+    return ["sacct", "-n", "-P", "-D", "-X", "-j", job_id, "-o", ",".join(ACCT_FIELDS)]
+
+
+def parse_sbatch(output: str) -> str:
+    """The job id from ``sbatch --parsable`` (``123`` or ``123;cluster``)."""
+    for line in output.splitlines():
+        m = re.fullmatch(r"\s*(\d+)(;\S+)?\s*", line)
+        if m:
+            return m.group(1)
+    raise LauncherError(f"could not read a job id from sbatch's answer {output.strip()[:200]!r}")
+
+
+def parse_squeue(text: str) -> list[QueueRow]:
+    rows = []
+    for line in text.splitlines():
+        cells = line.split("|")
+        if len(cells) < len(QUEUE_FIELDS) or not cells[0].strip():
+            continue
+        job_id, raw, state, reason, restarts, nodes, start = (c.strip() for c in cells[:len(QUEUE_FIELDS)])
+        rows.append(QueueRow(job_id, raw, state.split()[0] if state else "", "" if reason == "None" else reason,
+                             int(restarts) if restarts.isdigit() else 0, "" if nodes == "(null)" else nodes,
+                             _slurm_time(start)))
+    return rows
+
+
+def _slurm_time(text: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # Unknown, None, empty
+        return None
+
+
+def parse_sacct(text: str) -> list[AcctRecord]:
+    records = []
+    for line in text.splitlines():
+        cells = line.split("|")
+        if len(cells) < len(ACCT_FIELDS) or not cells[0].strip() or "." in cells[0]:
+            continue
+        job_id, raw, state, exit_code, start, end, nodes = (c.strip() for c in cells[:len(ACCT_FIELDS)])
+        code, _, sig = exit_code.partition(":")
+        records.append(AcctRecord(job_id, raw, state.split()[0] if state else "",
+                                  int(code) if code.isdigit() else None, int(sig) if sig.isdigit() else None,
+                                  _slurm_time(start), _slurm_time(end), "" if nodes == "None assigned" else nodes))
+    return records
+
+
+def _ports(raw_id: str, port_of) -> tuple[int, ...]:
+    return (port_of(int(raw_id)),) if raw_id.isdigit() else ()
+
+
+def job_status(job_id: str, queue: Sequence[QueueRow], records: Sequence[AcctRecord], port_of) -> JobStatus:
+    """The launcher's view of Slurm job ``job_id`` from its squeue row (if any) and sacct records.
+
+    ``port_of(raw_id) -> port`` gives the rendezvous port (shown once the job has its own id).
+    A requeued job waiting to start again is PREEMPTED with its restart count; Slurm's
+    failure states are FAILED with the reason in words.
+    """
+    row = next((q for q in queue if q.job_id == job_id), queue[0] if len(queue) == 1 else None)
+    mine = [r for r in records if r.job_id == job_id] or list(records)
+    restarts = max([row.restarts if row else 0, sum(r.state in REQUEUE_STATES for r in mine[:-1])])
+    last = mine[-1] if mine else None
+    if row is not None and not (row.state == "COMPLETING" and last is not None and last.state not in RUNNING_STATES):
+        if row.state in RUNNING_STATES:
+            reason = f"running again after {restarts} requeue(s)" if restarts else ""
+            return JobStatus(JobState.RUNNING, restarts=restarts, reason=reason, ports=_ports(row.raw_id, port_of),
+                             started=row.start)
+        if row.state in REQUEUE_STATES or (row.state in WAITING_STATES and restarts):
+            why = f"; Slurm: {row.reason}" if row.reason else ""
+            return JobStatus(JobState.PREEMPTED, restarts=restarts,
+                             reason=f"requeued after a preemption or time-limit signal (restart {restarts}), "
+                                    f"waiting to start again{why}")
+        if row.state in WAITING_STATES:
+            ports = _ports(row.raw_id, port_of) if "_" not in row.job_id else ()
+            return JobStatus(JobState.PENDING, reason=f"Slurm: {row.reason}" if row.reason else "", ports=ports)
+        last = AcctRecord(row.job_id, row.raw_id, row.state, None, None, None, None, row.nodes)
+    if last is None:
+        return JobStatus(JobState.FAILED, reason=f"Slurm knows no job {job_id} (neither squeue nor sacct lists it)")
+    return _from_record(last, restarts, port_of)
+
+
+def _from_record(rec: AcctRecord, restarts: int, port_of) -> JobStatus:
+    ports = _ports(rec.raw_id, port_of)
+    common = dict(restarts=restarts, ports=ports, started=rec.start, ended=rec.end)
+    if rec.state in RUNNING_STATES:
+        return JobStatus(JobState.RUNNING, restarts=restarts, ports=ports, started=rec.start)
+    if rec.state == "PENDING":
+        return JobStatus(JobState.PREEMPTED if restarts else JobState.PENDING, restarts=restarts)
+    if rec.state in REQUEUE_STATES - {"PREEMPTED"}:
+        return JobStatus(JobState.PREEMPTED, restarts=max(restarts, 1),
+                         reason="requeued after a preemption or time-limit signal, waiting to start again")
+    if rec.state == "COMPLETED":
+        return JobStatus(JobState.SUCCEEDED, exit_code=0, **common)
+    if rec.state == "CANCELLED":
+        return JobStatus(JobState.CANCELLED, exit_code=rec.exit_code, reason="cancelled (scancel)", **common)
+    code = f" (exit {rec.exit_code}" + (f", signal {rec.signal})" if rec.signal else ")") \
+        if rec.exit_code is not None else ""
+    what = FAILURE_TEXT.get(rec.state, "failed")
+    return JobStatus(JobState.FAILED, exit_code=rec.exit_code, reason=f"Slurm job {rec.job_id} {what}{code}", **common)
+
+
+def scancel_error_is_harmless(message: str) -> bool:
+    """scancel's complaint about a job that already ended (cancelling is idempotent)."""
+    text = message.lower()
+    return "invalid job id" in text or "already completing or completed" in text or "job has already finished" in text
+
+
+def sbatch_error_line(stderr: str) -> str:
+    """sbatch's error output as one line (``sbatch: error:`` prefixes and the --help hint dropped)."""
+    parts = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line or line.startswith("Try \"sbatch --help\""):
+            continue
+        line = re.sub(r"^(sbatch|squeue|sacct|scancel|srun): (error: )?", "", line)
+        if line not in parts:
+            parts.append(line)
+    return "; ".join(parts) or "no error message"

@@ -1,0 +1,268 @@
+"""What runs inside a Slurm job: one rank of a detcore job, checkpointed and requeued on USR2.
+
+Every task of the job step (``srun``, one per GPU or CPU worker) runs submitit's job runner,
+which unpickles a :class:`SlurmTask` and calls it. The task
+
+1. derives its rank environment from Slurm's variables (:func:`task_env`: ``RANK`` =
+   ``SLURM_PROCID``, ``WORLD_SIZE`` = ``SLURM_NTASKS``, ``LOCAL_RANK`` = ``SLURM_LOCALID``,
+   ``MASTER_ADDR`` = the first node of ``SLURM_JOB_NODELIST``, ``MASTER_PORT`` =
+   :func:`master_port` of the numeric ``SLURM_JOB_ID``, one GPU per task);
+2. runs the worker as a *child process* (``python -m launcher.worker -- detcore.tools.cli
+   train ... --resume auto``, output appended to ``WORK_DIR/logs/rank{R}.log``) with
+   ``DETCORE_STOP_SIGNALS=USR2`` and waits for it.
+
+Preemption and time limits. The job is submitted with ``--signal=USR2@DELAY`` and
+``--requeue``; Slurm sends USR2 to every process of the step DELAY seconds before the time
+limit, on preemption (``preempt_send_user_signal``) or on ``scancel --signal=USR2``. Then:
+
+- the worker on every rank finishes its iteration; the ranks agree through the per-iteration
+  all-reduce, rank 0 saves a checkpoint and every worker exits with 3 (``EXIT_STOPPED``);
+- submitit's USR2 handler calls :meth:`SlurmTask.checkpoint` on rank 0 only. It sends USR2
+  to its worker once more as soon as the worker catches it (the worker ignores USR2 until
+  detcore installs its handler, so an early signal neither kills it nor gets lost), waits
+  until the worker has exited, and returns a fresh :class:`SlurmTask`; submitit pickles it and runs
+  ``scontrol requeue``. Slurm kills the other ranks (they wait for that) and starts the job
+  again later with the same job id (so the same port) and ``SLURM_RESTART_COUNT`` + 1; the
+  worker resumes from the newest checkpoint (``--resume auto``).
+- If the worker had already finished (exit 0) when the signal came, ``checkpoint`` raises
+  :class:`WorkerFinished`, which ends the wait in ``__call__`` and the job completes normally
+  instead of being requeued for nothing.
+
+Why a child process rather than calling detcore in this process: the signal handler that
+must wait for the checkpoint runs in this process's main thread, which would otherwise be
+busy inside the training step; a child also keeps torch's state (process groups, CUDA) out
+of the process that submitit pickles and requeues. The wait uses ``os.waitid(WNOWAIT)``,
+which holds no lock, so the handler can poll the same child (``Popen.wait`` holds a lock
+the handler would deadlock on).
+
+Known limit: a USR2 that arrives in the first fraction of a second of a task, before
+submitit installs its handler, kills that task (the job then fails instead of requeueing).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from typing import Mapping, Sequence
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+PORT_BASE = 20000
+PORT_SPAN = 12000
+EXIT_STOPPED = 3  # detcore.engine.trainer.EXIT_STOPPED (not imported here: that module imports torch)
+STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"
+MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
+REQUEUE_WAIT_S = 120.0
+
+
+def master_port(job_id: int) -> int:
+    """The rendezvous port of the Slurm job whose numeric ``SLURM_JOB_ID`` is ``job_id``.
+
+    ``20000 + job_id % 12000``: ports 20000-31999, below Linux's ephemeral range (32768+)
+    and above Ray's worker ports (10002-19999). Slurm numbers jobs in submission order and
+    gives each array task its own job id, so two jobs share a port only when their ids differ
+    by a multiple of 12,000, that is when one of them is still running after 12,000 more jobs
+    were submitted to the cluster (and then only if both have the same first node). A
+    requeued job keeps its id, hence its port. A port held by some other program on the first
+    node is not detected: the rendezvous then fails with "address already in use" in the log.
+    """
+    if job_id < 0:
+        raise ValueError(f"a Slurm job id is a non-negative integer, got {job_id}")
+    return PORT_BASE + job_id % PORT_SPAN
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a Slurm node list such as ``gpu[03-05,07],cpu1``."""
+    from submitit.slurm.slurm import _parse_node_list
+
+    nodes = _parse_node_list(nodelist)
+    if not nodes:
+        raise ValueError(f"empty SLURM_JOB_NODELIST {nodelist!r}")
+    return nodes[0]
+
+
+def task_gpu(visible: str | None, local_rank: int) -> str:
+    """The one GPU (a ``CUDA_VISIBLE_DEVICES`` value) for the task with ``local_rank``.
+
+    Slurm shows every task of a node all of the node's GPUs (``--gpus-per-node``); task i
+    takes the i-th. A task that was given exactly one GPU keeps it.
+    """
+    ids = [v.strip() for v in (visible or "").split(",") if v.strip()]
+    if not ids:
+        return str(local_rank)
+    if len(ids) == 1:
+        return ids[0]
+    return ids[local_rank % len(ids)]
+
+
+def task_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
+    """The torch.distributed variables of this Slurm task, from Slurm's own (pure)."""
+    ntasks = int(environ.get("SLURM_NTASKS", "1"))
+    nnodes = int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1")
+    local_rank = int(environ.get("SLURM_LOCALID", "0"))
+    nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or socket.gethostname()
+    out = {"RANK": environ.get("SLURM_PROCID", "0"), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": str(local_rank),
+           "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nnodes))), "MASTER_ADDR": first_node(nodelist),
+           "MASTER_PORT": str(master_port(int(environ["SLURM_JOB_ID"])))}
+    if gpus_per_node:
+        out["CUDA_VISIBLE_DEVICES"] = task_gpu(environ.get("CUDA_VISIBLE_DEVICES"), local_rank)
+    return out
+
+
+class WorkerFinished(Exception):
+    """The worker had exited 0 when the preemption signal came: finish instead of requeueing."""
+
+
+class WorkerFailed(RuntimeError):
+    """The worker of this rank failed (its log says why)."""
+
+
+def _ignore_usr2() -> None:  # in the child, before exec: USR2 is ignored until detcore installs its handler
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _exit_status(proc: subprocess.Popen) -> int | None:
+    """The exit status of ``proc`` if it has exited (``-N`` for signal N), without reaping it."""
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped this very moment by the waiting frame: treat as stopped (requeue)
+        return proc.returncode if proc.returncode is not None else EXIT_STOPPED
+    if info is None or info.si_pid == 0:
+        return None
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class SlurmTask(Checkpointable):
+    """One rank of an experiment in a Slurm job; picklable plain data plus the running child."""
+
+    def __init__(self, experiment_id: str, command: Sequence[str], cwd: str, env: Mapping[str, str], log_dir: str,
+                 gpus_per_node: int = 0, stoppable: bool = True, stop_timeout_s: float = 100.0) -> None:
+        self.experiment_id = experiment_id
+        self.command = tuple(command)
+        self.cwd = cwd
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.gpus_per_node = gpus_per_node
+        self.stoppable = stoppable
+        self.stop_timeout_s = stop_timeout_s
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_proc"] = None
+        return state
+
+    def fresh(self) -> "SlurmTask":
+        return SlurmTask(self.experiment_id, self.command, self.cwd, self.env, self.log_dir, self.gpus_per_node,
+                         self.stoppable, self.stop_timeout_s)
+
+    def _note(self, rank: int, text: str) -> None:
+        """A ``[launcher]`` line in this rank's log (the worker appends to the same file)."""
+        os.makedirs(self.log_dir, exist_ok=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(os.path.join(self.log_dir, f"rank{rank}.log"), "a") as f:
+            f.write(f"{stamp} [launcher] {text}\n")
+
+    def __call__(self) -> int:
+        from submitit.core.utils import UncompletedJobError
+
+        dist = task_env(os.environ, self.gpus_per_node)
+        env = {**os.environ, **self.env, **dist, MARKER_ENV: self.experiment_id, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        if self.stoppable:
+            env[STOP_SIGNALS_ENV] = "USR2"
+        rank = int(dist["RANK"])
+        job = os.environ["SLURM_JOB_ID"]
+        if os.environ.get("SLURM_ARRAY_JOB_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')} (id {job})"
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        self._note(rank, f"slurm job {job} attempt {attempt} on {socket.gethostname()}: rank {rank}/{dist['WORLD_SIZE']}"
+                         f" MASTER_ADDR={dist['MASTER_ADDR']} MASTER_PORT={dist['MASTER_PORT']}")
+        self._proc = subprocess.Popen(list(self.command), cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                                      preexec_fn=_ignore_usr2)
+        try:
+            try:
+                os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            code = self._proc.wait()
+        except WorkerFinished:
+            self._note(rank, "worker finished as the preemption signal came; not requeued")
+            return 0
+        except UncompletedJobError as exc:  # submitit decided not to requeue (e.g. out of time-limit requeues)
+            self._note(rank, f"not requeued: {exc}")
+            raise
+        if code == 0:
+            self._note(rank, "worker finished")
+            return 0
+        if rank != 0 and code in (EXIT_STOPPED, -signal.SIGTERM, -signal.SIGKILL):
+            # Rank 0 checkpointed and is requeueing the job (or Slurm is ending it): Slurm kills this task.
+            self._note(rank, f"worker stopped ({describe_exit(code)}); waiting for rank 0 to requeue the job")
+            time.sleep(REQUEUE_WAIT_S)
+            raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
+                               f"{REQUEUE_WAIT_S:.0f} s")
+        self._note(rank, f"worker failed with {describe_exit(code)}")
+        raise WorkerFailed(f"rank {rank}: worker failed with {describe_exit(code)}; see "
+                           f"{os.path.join(self.log_dir, f'rank{rank}.log')}")
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        """Called by submitit on rank 0 on USR2: stop the worker after a checkpoint, then requeue."""
+        proc = self._proc
+        if proc is not None:
+            code = self._stop_worker(proc)
+            self._note(0, f"preemption/time-limit signal: worker stopped with {describe_exit(code)}; requeueing")
+            if code == 0:
+                raise WorkerFinished()
+        return DelayedSubmission(self.fresh())
+
+    def _stop_worker(self, proc: subprocess.Popen) -> int:
+        """Make the worker checkpoint and exit (or terminate a test run); its exit status.
+
+        Slurm's USR2 reached the worker too, unless the worker had not yet installed its
+        handler (it ignores USR2 until then). So USR2 is sent once more as soon as the worker
+        catches it, and never while it does not: a Python process that is already exiting
+        has restored the default action, which would kill it mid-exit.
+        """
+        deadline = time.monotonic() + self.stop_timeout_s
+        forwarded = killed = False
+        if not self.stoppable:
+            proc.terminate()  # a test run has nothing to checkpoint; it reruns after the requeue
+        while True:
+            code = _exit_status(proc)
+            if code is not None:
+                return code
+            if self.stoppable and not forwarded and usr2_disposition(proc.pid) == "caught":
+                proc.send_signal(signal.SIGUSR2)
+                forwarded = True
+            if time.monotonic() >= deadline and not killed:
+                proc.kill()
+                killed = True
+            time.sleep(0.1)
+
+
+def usr2_disposition(pid: int) -> str:
+    """``caught``, ``ignored`` or ``default``: what process ``pid`` does with USR2 (Linux /proc)."""
+    bit = 1 << (signal.SIGUSR2 - 1)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return "default"
+    if int(fields.get("SigCgt", "0").strip(), 16) & bit:
+        return "caught"
+    if int(fields.get("SigIgn", "0").strip(), 16) & bit:
+        return "ignored"
+    return "default"
