@@ -1,0 +1,217 @@
+"""Slurm's answers (recorded from the test cluster, Slurm 22.05.8) into launcher states, through the `_run` seam."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.slurm import SlurmBackend, SlurmError
+from launcher.backends.slurm_script import SlurmDefaults
+from launcher.backends.slurm_state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sbatch_error_line)
+from launcher.backends.slurm_task import master_port
+from launcher.errors import LauncherError
+from launcher.spec import JobHandle, JobSpec, JobState, Resources
+
+# squeue -h -j ID -O JobArrayID:|,JobID:|,State:|,Reason:|,RestartCnt:|,NodeList:|,StartTime:|
+SQ_RUNNING = "16|16|RUNNING|None|0|n1|2026-11-24T16:23:12|\n"
+SQ_RUNNING_AGAIN = "13|13|RUNNING|None|1|n1|2026-11-24T16:17:44|\n"
+SQ_PENDING = "17|17|PENDING|Priority|0||N/A|\n"
+SQ_REQUEUED = "4|4|PENDING|BeginTime|1||2026-11-24T16:12:00|\n"
+SQ_COMPLETING = "4|4|COMPLETING|None|1|n1|2026-11-24T16:11:31|\n"
+SQ_ARRAY = "9_2|9|PENDING|JobArrayTaskLimit|0|||\n9_0|10|RUNNING|None|0|n1|2026-11-24T16:13:04|\n"
+SQ_TOO_BIG = "5|5|PENDING|PartitionNodeLimit|0||N/A|\n"
+# sacct -n -P -D -X -j ID -o JobID,JobIDRaw,State,ExitCode,Start,End,NodeList
+SA_COMPLETED = "12|12|COMPLETED|0:0|2026-11-24T16:15:47|2026-11-24T16:16:39|n1\n"
+SA_REQUEUED_COMPLETED = ("13|13|REQUEUED|0:0|2026-11-24T16:17:16|2026-11-24T16:17:43|n1\n"
+                         "13|13|COMPLETED|0:0|2026-11-24T16:17:44|2026-11-24T16:19:12|n1\n")
+SA_REQUEUED_CANCELLED = ("4|4|REQUEUED|0:0|2026-11-24T16:11:27|2026-11-24T16:11:29|n1\n"
+                         "4|4|CANCELLED by 0|0:0|2026-11-24T16:11:31|2026-11-24T16:11:33|n1\n")
+SA_FAILED = "16|16|FAILED|15:0|2026-11-24T16:23:12|2026-11-24T16:23:12|n1\n"
+SA_TIMEOUT = "21|21|TIMEOUT|0:0|2026-11-24T17:00:00|2026-11-24T17:12:00|n1\n"
+SA_OOM = "22|22|OUT_OF_MEMORY|0:125|2026-11-24T17:00:00|2026-11-24T17:01:00|n[1-2]\n"
+SA_ARRAY_CANCELLED_PENDING = "9_2|9|CANCELLED by 0|0:0|2026-11-24T16:13:06|2026-11-24T16:13:06|None assigned\n"
+SA_WITH_STEPS = ("30|30|COMPLETED|0:0|2026-11-24T16:15:47|2026-11-24T16:16:39|n1\n"
+                 "30.batch|30.batch|COMPLETED|0:0|2026-11-24T16:15:47|2026-11-24T16:16:39|n1\n")
+
+
+def status(job_id: str, squeue: str = "", sacct: str = ""):
+    return job_status(job_id, parse_squeue(squeue), parse_sacct(sacct), master_port)
+
+
+def test_running_pending_and_requeued_jobs():
+    st = status("16", SQ_RUNNING)
+    assert st.state is JobState.RUNNING and st.restarts == 0 and st.ports == (20016,) and st.started is not None
+    st = status("13", SQ_RUNNING_AGAIN)
+    assert st.state is JobState.RUNNING and st.restarts == 1 and "after 1 requeue" in st.reason
+    st = status("17", SQ_PENDING)
+    assert st.state is JobState.PENDING and st.reason == "Slurm: Priority" and st.ports == (20017,)
+    st = status("4", SQ_REQUEUED)
+    assert st.state is JobState.PREEMPTED and st.restarts == 1
+    assert "requeued" in st.reason and "BeginTime" in st.reason
+    st = status("5", SQ_TOO_BIG)
+    assert st.state is JobState.PENDING and "PartitionNodeLimit" in st.reason
+
+
+def test_finished_jobs_from_sacct():
+    st = status("12", sacct=SA_COMPLETED)
+    assert st.state is JobState.SUCCEEDED and st.exit_code == 0 and st.restarts == 0 and st.ended > st.started
+    st = status("13", sacct=SA_REQUEUED_COMPLETED)
+    assert st.state is JobState.SUCCEEDED and st.restarts == 1 and st.ports == (20013,)
+    st = status("4", sacct=SA_REQUEUED_CANCELLED)
+    assert st.state is JobState.CANCELLED and st.restarts == 1
+    st = status("16", sacct=SA_FAILED)
+    assert st.state is JobState.FAILED and st.exit_code == 15 and "failed (exit 15)" in st.reason
+    assert "time limit" in status("21", sacct=SA_TIMEOUT).reason
+    oom = status("22", sacct=SA_OOM)
+    assert oom.state is JobState.FAILED and "--mem-gb" in oom.reason and "signal 125" in oom.reason
+    assert status("30", sacct=SA_WITH_STEPS).state is JobState.SUCCEEDED
+
+
+def test_completing_job_is_what_sacct_says():
+    assert status("4", SQ_COMPLETING, SA_REQUEUED_CANCELLED).state is JobState.CANCELLED
+    assert status("4", SQ_COMPLETING, "").state is JobState.RUNNING
+
+
+def test_array_tasks_have_their_own_ids_and_ports():
+    rows = parse_squeue(SQ_ARRAY)
+    pending = job_status("9_2", rows, [], master_port)
+    assert pending.state is JobState.PENDING and pending.ports == ()  # its own id comes when it starts
+    running = job_status("9_0", rows, [], master_port)
+    assert running.state is JobState.RUNNING and running.ports == (20010,)
+    assert status("9_2", sacct=SA_ARRAY_CANCELLED_PENDING).state is JobState.CANCELLED
+
+
+def test_unknown_job_is_failed_with_a_reason():
+    st = status("99")
+    assert st.state is JobState.FAILED and "knows no job 99" in st.reason
+
+
+def test_sbatch_answers():
+    assert parse_sbatch("123\n") == "123" and parse_sbatch("124;detlaunch\n") == "124"
+    with pytest.raises(LauncherError, match="could not read a job id"):
+        parse_sbatch("Submitted batch job\n")
+    err = ("sbatch: error: Memory specification can not be satisfied\n"
+           "sbatch: error: Batch job submission failed: Requested node configuration is not available\n")
+    assert sbatch_error_line(err) == ("Memory specification can not be satisfied; Batch job submission failed: "
+                                      "Requested node configuration is not available")
+    assert sbatch_error_line("sbatch: unrecognized option '--foo=bar'\nTry \"sbatch --help\" for more "
+                             "information\n") == "unrecognized option '--foo=bar'"
+
+
+class RecordedSlurm(SlurmBackend):
+    """The backend with `_run` answering from recorded output (or raising a recorded error)."""
+
+    def __init__(self, home: Path, answers: dict[str, object]):
+        super().__init__(home, SlurmDefaults(), python="/py", repo_root="/repo")
+        self.answers = answers
+        self.calls: list[list[str]] = []
+
+    def _run(self, cmd):
+        self.calls.append(list(cmd))
+        answer = self.answers.get(cmd[0], "")
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def handle(job_id: str, folder: Path, work_dir: Path) -> JobHandle:
+    return JobHandle("0123abcd", "slurm", job_id, (("folder", str(folder)), ("work_dir", str(work_dir))))
+
+
+def test_status_asks_squeue_then_sacct_and_explains_failures(tmp_path):
+    folder = tmp_path / "slurm" / "0123abcd"
+    folder.mkdir(parents=True)
+    with open(folder / "16_0_result.pkl", "wb") as f:  # what submitit's runner writes when the task raised
+        pickle.dump(("error", "Traceback (most recent call last):\n  ...\nWorkerFailed: rank 0: worker failed "
+                              "with exit code 1; see /w/logs/rank0.log\n"), f)
+    b = RecordedSlurm(tmp_path, {"squeue": SlurmError("squeue failed: slurm_load_jobs error: Invalid job id "
+                                                      "specified"), "sacct": SA_FAILED})
+    st = b.status(handle("16", folder, tmp_path / "w"))
+    assert st.state is JobState.FAILED
+    assert st.reason.endswith("WorkerFailed: rank 0: worker failed with exit code 1; see /w/logs/rank0.log")
+    assert [c[0] for c in b.calls] == ["squeue", "sacct"] and b.calls[0][:4] == ["squeue", "-h", "-j", "16"]
+    b = RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING})
+    assert b.status(handle("16", folder, tmp_path / "w")).state is JobState.RUNNING
+    assert [c[0] for c in b.calls] == ["squeue"]  # a running job costs one call
+    b = RecordedSlurm(tmp_path, {"squeue": SlurmError("squeue failed: Unable to contact slurm controller")})
+    with pytest.raises(SlurmError, match="Unable to contact"):
+        b.status(handle("16", folder, tmp_path / "w"))
+
+
+def test_running_status_records_progress_in_the_store(tmp_path):
+    from launcher.store import ExperimentStore, experiment_from_spec
+
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "metrics.jsonl").write_text('{"mode": "train", "iter": 7, "loss": 0.5}\n')
+    store = ExperimentStore(tmp_path)
+    spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(work), cwd="/", backend="slurm",
+                   resources=Resources(nproc=2))
+    store.insert(experiment_from_spec(spec, JobState.PENDING))
+    RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING}).status(handle("16", tmp_path, work))
+    exp = store.get("0123abcd")
+    assert (exp.last_iter, exp.last_loss) == (7, 0.5)
+
+
+def test_cancel_is_idempotent_and_waits_for_the_end(tmp_path):
+    b = RecordedSlurm(tmp_path, {"scancel": "", "squeue": [SQ_COMPLETING, ""], "sacct": ["", SA_REQUEUED_CANCELLED]})
+    b.cancel(handle("4", tmp_path, tmp_path))
+    assert b.calls[0] == ["scancel", "4"]
+    assert [c[0] for c in b.calls].count("squeue") == 2
+    # an already finished job: scancel complains, cancel does not
+    done = RecordedSlurm(tmp_path, {"scancel": SlurmError("scancel failed: Kill job error on job id 12: Job/step "
+                                                          "already completing or completed"), "sacct": SA_COMPLETED})
+    done.cancel(handle("12", tmp_path, tmp_path))
+    gone = RecordedSlurm(tmp_path, {"scancel": SlurmError("scancel failed: Invalid job id specified"),
+                                    "sacct": SA_COMPLETED})
+    gone.cancel(handle("12", tmp_path, tmp_path))
+    broken = RecordedSlurm(tmp_path, {"scancel": SlurmError("scancel failed: Access/permission denied")})
+    with pytest.raises(SlurmError, match="permission denied"):
+        broken.cancel(handle("12", tmp_path, tmp_path))
+
+
+def test_refused_submission_leaves_nothing(tmp_path):
+    spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
+                   backend="slurm", resources=Resources(nproc=1, gpus=1))
+    b = RecordedSlurm(tmp_path, {"sbatch": SlurmError("sbatch failed: Invalid generic resource (gres) "
+                                                      "specification")})
+    with pytest.raises(LauncherError) as err:
+        b.submit(spec)
+    assert str(err.value) == "sbatch refused the job: Invalid generic resource (gres) specification"
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "slurm" / "0123abcd").exists() and not (tmp_path / "w").exists()
+
+
+def test_submission_writes_script_and_pickles(tmp_path):
+    spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
+                   backend="slurm", resources=Resources(nproc=2))
+    b = RecordedSlurm(tmp_path, {"sbatch": "42\n"})
+    h = b.submit(spec)
+    folder = tmp_path / "slurm" / "0123abcd"
+    assert h.job_id == "42" and h.get("folder") == str(folder) and h.get("work_dir") == spec.work_dir
+    assert b.calls == [["sbatch", "--parsable", str(folder / "submission.sh")]]
+    assert (folder / "submission.sh").read_text() == dict(b.dryrun(spec).files)["sbatch script submission.sh"]
+    assert (folder / "42_submitted.pkl").is_file() and not list(folder.glob(".*.pkl"))
+    specs = [JobSpec(id=f"0000000{i}", name=f"x-{i}", config="/c.yaml", work_dir=str(tmp_path / f"w{i}"),
+                     cwd=str(tmp_path), backend="slurm") for i in range(3)]
+    handles = RecordedSlurm(tmp_path, {"sbatch": "50\n"}).submit_array(specs)
+    assert [h.job_id for h in handles] == ["50_0", "50_1", "50_2"]
+    assert [h.experiment_id for h in handles] == [s.id for s in specs]
+    assert sorted(p.name for p in (tmp_path / "slurm" / "array-00000000").glob("*.pkl")) == \
+        ["50_0_submitted.pkl", "50_1_submitted.pkl", "50_2_submitted.pkl"]
+
+
+def test_list_finds_launcher_jobs_by_comment(tmp_path):
+    specs = [JobSpec(id=f"0000000{i}", name=f"x-{i}", config="/c.yaml", work_dir=str(tmp_path / f"w{i}"),
+                     cwd=str(tmp_path), backend="slurm") for i in range(2)]
+    RecordedSlurm(tmp_path, {"sbatch": "50\n"}).submit_array(specs)
+    single = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
+                     backend="slurm")
+    RecordedSlurm(tmp_path, {"sbatch": "42\n"}).submit(single)
+    out = "50_1|detlaunch:array-00000000|\n42|detlaunch:0123abcd|\n43|(null)|\n44|someone else|\n"
+    handles = RecordedSlurm(tmp_path, {"squeue": out}).list()
+    assert [(h.experiment_id, h.job_id, h.get("work_dir")) for h in handles] == [
+        ("00000001", "50_1", str(tmp_path / "w1")), ("0123abcd", "42", str(tmp_path / "w"))]

@@ -1,0 +1,122 @@
+"""Inside a Slurm job: rank environment and port policy (pure), and the checkpoint handshake with a real child."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launcher.backends import slurm_task
+from launcher.backends.slurm_task import (PORT_BASE, PORT_SPAN, SlurmTask, WorkerFinished, first_node, master_port,
+                                          task_env, task_gpu, usr2_disposition)
+
+SLURM_ENV = {"SLURM_JOB_ID": "12345", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_PROCID": "5",
+             "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}
+
+
+def test_master_port_is_fixed_range_and_distinct_for_concurrent_jobs():
+    assert master_port(12345) == 20000 + 12345 % 12000 == 20345
+    ports = [master_port(j) for j in range(1_000_000, 1_000_000 + PORT_SPAN)]
+    assert len(set(ports)) == PORT_SPAN  # any 12,000 consecutive job ids (array tasks included) get distinct ports
+    assert min(ports) == PORT_BASE and max(ports) == PORT_BASE + PORT_SPAN - 1 < 32768  # below the ephemeral range
+    assert master_port(7) == master_port(7 + PORT_SPAN)  # the documented bound
+    with pytest.raises(ValueError):
+        master_port(-1)
+
+
+def test_rank_environment_from_slurm_variables():
+    env = task_env(SLURM_ENV, gpus_per_node=4)
+    assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "gpu07",
+                   "MASTER_PORT": "20345", "CUDA_VISIBLE_DEVICES": "1"}
+    cpu = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n1,n2"}, gpus_per_node=0)
+    assert cpu["MASTER_ADDR"] == "n1" and "CUDA_VISIBLE_DEVICES" not in cpu
+    assert first_node("cpu-a[3,5-6],gpu1") == "cpu-a3"
+
+
+def test_each_task_gets_one_gpu():
+    assert task_gpu("4,5,6,7", 2) == "6"  # Slurm lists the node's GPUs to every task
+    assert task_gpu("3", 2) == "3"  # a task bound to one GPU keeps it
+    assert task_gpu(None, 1) == "1"
+
+
+def test_exit_code_matches_detcore():
+    """The task knows detcore's stop exit code without importing the trainer (and torch) into the job runner."""
+    import ast
+    from pathlib import Path
+
+    import detcore
+
+    tree = ast.parse((Path(detcore.__file__).parent / "engine" / "trainer.py").read_text())
+    values = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+              and any(getattr(t, "id", None) == "EXIT_STOPPED" for t in node.targets)]
+    assert values == [slurm_task.EXIT_STOPPED]
+
+
+# A stand-in worker: ignores nothing itself, installs a USR2 handler after STARTUP seconds (like detcore after
+# loading torch and the config), then "trains" until USR2 and exits 3, or exits 0 after FINISH seconds.
+WORKER = """
+import signal, sys, time
+startup, finish = float(sys.argv[1]), float(sys.argv[2])
+time.sleep(startup)
+stop = []
+signal.signal(signal.SIGUSR2, lambda *a: stop.append(1))
+print("handler installed", flush=True)
+end = time.time() + finish
+while time.time() < end:
+    if stop:
+        time.sleep(0.3)  # finish the iteration, save a checkpoint
+        sys.exit(3)
+    time.sleep(0.05)
+sys.exit(0)
+"""
+
+
+def start_worker(startup: float, finish: float) -> tuple[SlurmTask, subprocess.Popen]:
+    task = SlurmTask("0123abcd", (), "/", {}, "/tmp", stop_timeout_s=20)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(startup), str(finish)], stdout=subprocess.PIPE,
+                            text=True, preexec_fn=slurm_task._ignore_usr2)
+    task._proc = proc
+    return task, proc
+
+
+def test_signal_before_the_worker_listens_is_neither_fatal_nor_lost(tmp_path):
+    task, proc = start_worker(startup=1.0, finish=60)
+    task.log_dir = str(tmp_path)
+    os.kill(proc.pid, signal.SIGUSR2)  # Slurm's signal during start-up: ignored, not fatal
+    time.sleep(0.2)
+    assert proc.poll() is None and usr2_disposition(proc.pid) == "ignored"
+    t0 = time.monotonic()
+    delayed = task.checkpoint()  # forwards USR2 once the handler is installed, waits for the exit
+    assert time.monotonic() - t0 < 10
+    assert proc.wait() == 3
+    assert isinstance(delayed.function, SlurmTask) and delayed.function is not task
+    assert "worker stopped with exit code 3; requeueing" in (tmp_path / "rank0.log").read_text()
+
+
+def test_worker_that_already_finished_is_not_requeued(tmp_path):
+    task, proc = start_worker(startup=0.0, finish=0.5)
+    task.log_dir = str(tmp_path)
+    assert proc.stdout.readline() == "handler installed\n"
+    time.sleep(1.0)
+    with pytest.raises(WorkerFinished):
+        task.checkpoint()
+
+
+def test_a_worker_that_never_stops_is_killed(tmp_path):
+    task = SlurmTask("0123abcd", (), "/", {}, str(tmp_path), stop_timeout_s=1.0)
+    task._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                  preexec_fn=slurm_task._ignore_usr2)
+    t0 = time.monotonic()
+    task.checkpoint()
+    assert time.monotonic() - t0 < 5 and task._proc.wait() == -signal.SIGKILL
+
+
+def test_task_pickles_without_its_process():
+    task, proc = start_worker(startup=0.0, finish=0.1)
+    copy = pickle.loads(pickle.dumps(task))
+    assert copy._proc is None and copy.experiment_id == "0123abcd"
+    proc.wait()
