@@ -252,8 +252,8 @@ class RssSampler:
                     rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
-                old = self.peaks.get(pid, (role, 0))[1]
-                self.peaks[pid] = (role, max(old, rss))
+                first_role, old = self.peaks.get(pid, (role, 0))
+                self.peaks[pid] = (first_role, max(old, rss))  # a pid keeps the role it was first seen with
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "RssSampler":
@@ -277,18 +277,20 @@ def descendants(pid: int) -> list:
         return []
 
 
-def role_of(proc) -> str:
-    """Name a process of a training job by its command line."""
+def role_of(proc) -> str | None:
+    """Name a process of a training job by its command line; None when it is gone."""
     try:
-        cmd = " ".join(proc.cmdline())
-    except Exception:
-        return "gone"
-    if "local_supervisor" in cmd:
+        argv = proc.cmdline()
+    except Exception:  # psutil.NoSuchProcess / ZombieProcess / AccessDenied
+        return None
+    if not argv:
+        return None
+    if "launcher.backends.local_supervisor" in argv:
         return "launcher supervisor"
-    if "launcher.worker" in cmd or "detcore.tools.cli" in cmd:
-        return "worker"
-    if "torch.distributed.run" in cmd or "torchrun" in cmd:
+    if "torch.distributed.run" in argv or any(Path(a).name == "torchrun" for a in argv[:2]):
         return "torchrun agent"
-    if "launcher" in cmd:
+    if "launcher.worker" in argv or "detcore.tools.cli" in argv:
+        return "worker"
+    if "launcher" in argv:
         return "launcher cli"
     return "other"

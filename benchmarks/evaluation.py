@@ -1,0 +1,167 @@
+"""5. Evaluation: ``detcore eval`` against pycocotools' COCOeval called directly (goal: ratio <= 1.05,
+identical numbers).
+
+A synthetic COCO ground truth (``images`` images of 640x480, 80 categories, 1-12 objects each,
+areas from small to large) and a results file with ``dets`` detections per image (jittered
+copies of ground-truth boxes with mostly right labels, plus random boxes, random scores) are
+generated deterministically (numpy seed 0) into the run's temp dir. Then, as fresh processes,
+alternating:
+
+* ``python -m detcore.tools.cli eval --ann GT --results DT --metric bbox --json``
+* ``python -m benchmarks.evaluation pycocotools GT DT``: ``COCO(GT)``, ``loadRes(DT)``,
+  ``COCOeval(..., "bbox")``, ``evaluate/accumulate/summarize`` and nothing else (no torch).
+
+The figure is each command's wall time, start to exit (what a user waits for). The twelve
+summary numbers of the two must be equal to the last bit; the row says so. A third figure
+is the wall time of a process that only imports ``detcore eval``'s module: the fixed part of
+its cost, which a larger results file amortises.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import jobs
+from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured
+
+TITLE = "evaluation: detcore eval vs pycocotools COCOeval on a large synthetic results file"
+GOAL = Goal("ratio", "<=", 1.05)
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+NUM_CATEGORIES = 80
+WIDTH, HEIGHT = 640, 480
+
+
+def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``gt.json`` and ``dt.json``; the same bytes for the same arguments."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cats = [{"id": c + 1, "name": f"class{c + 1:02d}", "supercategory": "synthetic"} for c in range(NUM_CATEGORIES)]
+    imgs, anns, results = [], [], []
+    ann_id = 0
+    for image_id in range(1, images + 1):
+        imgs.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "width": WIDTH, "height": HEIGHT})
+        n = int(rng.integers(1, 13))
+        side = np.exp(rng.uniform(np.log(8), np.log(300), size=(n, 2)))  # small (< 32^2) to large (> 96^2)
+        xy = rng.uniform(0, 1, size=(n, 2)) * (np.array([WIDTH, HEIGHT]) - side)
+        labels = rng.integers(1, NUM_CATEGORIES + 1, size=n)
+        for (x, y), (w, h), c in zip(xy, side, labels):
+            ann_id += 1
+            anns.append({"id": ann_id, "image_id": image_id, "category_id": int(c), "iscrowd": 0,
+                         "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2), round(float(h), 2)],
+                         "area": round(float(w * h), 2)})
+        # detections: jittered ground truth (a few per object), the rest random
+        k = min(dets, 3 * n)
+        src = rng.integers(0, n, size=k)
+        jitter = rng.normal(0, 0.08, size=(k, 4)) * np.concatenate([side[src], side[src]], axis=1)
+        boxes = np.concatenate([xy[src], side[src]], axis=1) + jitter
+        det_labels = np.where(rng.uniform(size=k) < 0.8, labels[src], rng.integers(1, NUM_CATEGORIES + 1, size=k))
+        r = dets - k
+        rside = np.exp(rng.uniform(np.log(8), np.log(300), size=(r, 2)))
+        rxy = rng.uniform(0, 1, size=(r, 2)) * (np.array([WIDTH, HEIGHT]) - rside)
+        boxes = np.concatenate([boxes, np.concatenate([rxy, rside], axis=1)])
+        det_labels = np.concatenate([det_labels, rng.integers(1, NUM_CATEGORIES + 1, size=r)])
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], 1.0)
+        scores = np.concatenate([rng.uniform(0.3, 1.0, size=k), rng.uniform(0.0, 0.6, size=r)])
+        for b, c, s in zip(boxes.round(2).tolist(), det_labels.tolist(), scores.round(4).tolist()):
+            results.append({"image_id": image_id, "category_id": c, "bbox": b, "score": s})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gt, dt = out_dir / "gt.json", out_dir / "dt.json"
+    gt.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    dt.write_text(json.dumps(results))
+    return gt, dt
+
+
+def run_detcore(gt: Path, dt: Path, timeout: float) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "detcore.tools.cli", "--log-level", "WARNING", "eval", "--ann", str(gt),
+           "--results", str(dt), "--metric", "bbox", "--json"]
+    return _timed(cmd, timeout, "detcore eval", lambda out: json.loads(out)["bbox"])
+
+
+def run_pycocotools(gt: Path, dt: Path, timeout: float) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "benchmarks.evaluation", "pycocotools", str(gt), str(dt)]
+    return _timed(cmd, timeout, "pycocotools", json.loads)
+
+
+def import_time(timeout: float) -> float:
+    """Wall time of a process that only imports what ``detcore eval`` imports (the CLI's fixed cost)."""
+    cmd = [sys.executable, "-c", "import detcore.tools.eval_tool"]
+    return _timed(cmd, timeout, "import detcore.tools.eval_tool", lambda out: {})[0]
+
+
+def _timed(cmd: list[str], timeout: float, what: str, parse) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=jobs.bench_env(), cwd=str(jobs.REPO_ROOT),
+                         timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise jobs.JobFailed(f"{what} exited {out.returncode}: {out.stderr.strip()[-800:]}")
+    return elapsed, parse(out.stdout)
+
+
+def run(ctx: Context) -> Result:
+    images, dets = ctx.pick((500, 100), (5000, 100))
+    repeats = ctx.pick(2, 3)
+    timeout = 1800.0
+    log(f"evaluation: generating {images} images x {dets} detections")
+    t0 = time.perf_counter()
+    gt, dt = generate(ctx.workdir("evaluation"), images, dets)
+    gen_s = time.perf_counter() - t0
+    ours, theirs, imports, mismatches = [], [], [], []
+    for r in range(repeats):
+        for side in (("detcore", "pycocotools") if r % 2 == 0 else ("pycocotools", "detcore")):
+            log(f"evaluation: {side} run {r + 1}/{repeats}")
+            if side == "detcore":
+                t, ours_stats = run_detcore(gt, dt, timeout)
+                ours.append(t)
+            else:
+                t, their_stats = run_pycocotools(gt, dt, timeout)
+                theirs.append(t)
+        imports.append(import_time(timeout))
+        diff = {k: (ours_stats[k], their_stats[k]) for k in METRIC_KEYS if ours_stats[k] != their_stats[k]}
+        if diff:
+            mismatches.append(diff)
+    identical = not mismatches
+    rows = [
+        compared(f"detcore eval, {images:,} images x {dets} dets", ours, theirs, "s", GOAL,
+                 note="fresh process, start to exit; ratio vs pycocotools below"),
+        measured("pycocotools COCOeval directly", theirs, "s", note="fresh process; COCO, loadRes, COCOeval"),
+        measured("  python -c 'import detcore.tools.eval_tool'", imports, "s",
+                 note="the fixed start-up cost inside the detcore eval figure (torch, torchvision imports)"),
+        Row("12 summary numbers identical", 1.0 if identical else 0.0, "", met=identical,
+            note=f"AP={their_stats['AP']:.6f} AR100={their_stats['AR100']:.6f}" if identical
+            else f"differ: {mismatches[0]}"),
+    ]
+    settings = {"images": images, "detections_per_image": dets, "categories": NUM_CATEGORIES, "repeats": repeats,
+                "gt_bytes": gt.stat().st_size, "results_bytes": dt.stat().st_size}
+    details = {"generate_s": gen_s, "identical": identical, "mismatches": mismatches, "stats": their_stats}
+    return Result(rows, settings, details)
+
+
+def pycocotools_main(gt: str, dt: str) -> int:
+    """The baseline: pycocotools as its README shows it; prints the 12 stats as JSON."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(gt)
+        coco_dt = coco_gt.loadRes(dt)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    print(json.dumps({k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "pycocotools":
+        print("usage: python -m benchmarks.evaluation pycocotools GT.json DT.json", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(pycocotools_main(sys.argv[2], sys.argv[3]))

@@ -1,0 +1,47 @@
+"""4. Scaling on CPU: 2 gloo workers with 1 thread each against 1 worker with 1 thread (goal: >= 1.7x).
+
+Both run ``detcore train`` on the shapes config under ``torchrun --standalone`` (nproc 1 and 2)
+with ``OMP_NUM_THREADS=MKL_NUM_THREADS=1``, the same per-worker batch (``samples_per_gpu``),
+the same number of iterations, and ``workers_per_gpu=0`` so each worker really is one
+busy thread (its data is loaded in the training process; loader processes would compete
+for the same cores). The figure is steady-state images/s of the whole job (all ranks'
+images) from rank 0's log-line times between iterations ``warmup`` and ``iters``.
+The limit is 2 (and less on a machine with fewer free cores than workers).
+"""
+from __future__ import annotations
+
+from benchmarks import jobs
+from benchmarks.harness import Context, Goal, Result, compared, log, measured
+
+TITLE = "scaling: 2 gloo workers x 1 thread vs 1 worker x 1 thread"
+GOAL = Goal("ratio", ">=", 1.7)
+
+
+def one_run(ctx: Context, nproc: int, batch: int, warmup: int, iters: int, interval: int, timeout: float) -> float:
+    work = ctx.workdir(f"scaling_{nproc}")
+    overrides = [f"runner.max_iters={iters}", f"log_config.interval={interval}", jobs.NO_CHECKPOINTS,
+                 f"data.samples_per_gpu={batch}", "data.workers_per_gpu=0"]
+    cmd = jobs.torchrun_command(nproc, jobs.detcore_train_args(jobs.SHAPES_CONFIG, work / "run", overrides))
+    jobs.run(cmd, work / "torchrun.log", jobs.bench_env(threads=1), timeout, f"torchrun --nproc-per-node {nproc}")
+    return jobs.detcore_throughput(work / "run", warmup, iters, batch * nproc).wall
+
+
+def run(ctx: Context) -> Result:
+    from detcore.config import load_config
+
+    batch = int(load_config(jobs.SHAPES_CONFIG)["data"]["samples_per_gpu"])
+    warmup, iters, interval = ctx.pick((5, 20, 5), (10, 60, 10))
+    repeats = ctx.pick(1, 3)
+    timeout = ctx.pick(300, 600)
+    one, two = [], []
+    for r in range(repeats):
+        for nproc in ((1, 2) if r % 2 == 0 else (2, 1)):
+            log(f"scaling: {nproc} worker(s), run {r + 1}/{repeats}")
+            (one if nproc == 1 else two).append(one_run(ctx, nproc, batch, warmup, iters, interval, timeout))
+    rows = [
+        compared("2 workers x 1 thread (gloo)", two, one, "img/s", GOAL, note="ratio vs 1 worker below; limit 2"),
+        measured("1 worker x 1 thread", one, "img/s"),
+    ]
+    settings = {"config": str(jobs.SHAPES_CONFIG), "per_worker_batch": batch, "threads_per_worker": 1,
+                "loader_workers": 0, "warmup": warmup, "iters": iters, "log_interval": interval, "repeats": repeats}
+    return Result(rows, settings)
