@@ -7,12 +7,9 @@ Every local worker runs through this shim, in the worker process itself (no extr
    ``MASTER_ADDR``/``MASTER_PORT``, pid, ``CUDA_VISIBLE_DEVICES``. The supervisor reads
    restarts and ports from it.
 3. On a restart (attempt > 0) the worker continues from the newest checkpoint: a ``--resume``
-   value becomes ``auto``, or ``--resume auto`` is added for a ``train`` command.
-4. Under torchrun's shared agent store, the store is namespaced per attempt
-   (``/worker/attempt_N``). This torch build hands restarted workers the agent's store with
-   the previous attempt's keys still in it, so a restarted gloo group reads stale peer
-   addresses and fails or hangs; the prefix restores torch's older per-attempt behaviour.
-5. Then ``MODULE`` runs as ``__main__`` with ``ARGS`` (``runpy``), exactly as ``python -m``.
+   value becomes ``auto``, or ``--resume auto`` is added for a ``train`` command. (detcore
+   itself namespaces torchrun's store per attempt, see ``detcore.engine.dist.attempt_store``.)
+4. Then ``MODULE`` runs as ``__main__`` with ``ARGS`` (``runpy``), exactly as ``python -m``.
 """
 from __future__ import annotations
 
@@ -65,26 +62,6 @@ def _record_attempt(path: str, rank: int, attempt: int) -> None:
         os.close(fd)
 
 
-def _namespace_agent_store(attempt: int) -> None:
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return
-    import importlib
-
-    rdzv = importlib.import_module("torch.distributed.rendezvous")
-    create = getattr(rdzv, "_create_c10d_store", None)
-    if create is None or getattr(create, "_launcher_namespaced", False):
-        return
-    from torch.distributed import PrefixStore
-
-    def create_namespaced(hostname, port, rank, world_size, timeout, use_libuv=True):
-        store = create(hostname, port, rank, world_size, timeout, use_libuv)
-        agent = os.environ.get("MASTER_ADDR") == hostname and os.environ.get("MASTER_PORT") == str(port)
-        return PrefixStore(f"/worker/attempt_{attempt}", store) if agent else store
-
-    create_namespaced._launcher_namespaced = True  # type: ignore[attr-defined]
-    rdzv._create_c10d_store = create_namespaced
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv or argv.index("--") == len(argv) - 1:
@@ -101,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
         _redirect_output(args.log_dir, rank)
     if args.attempts_file:
         _record_attempt(args.attempts_file, rank, attempt)
-    _namespace_agent_store(attempt)
     sys.argv = [module, *restart_argv(worker_args, attempt)]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

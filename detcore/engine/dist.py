@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,7 +43,12 @@ def init_distributed(device: str | None = None) -> DistInfo:
         backend = "nccl" if use_cuda else "gloo"
         if use_cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        store = attempt_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
         rank, world = dist.get_rank(), dist.get_world_size()
         logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s", backend, rank, world,
                     os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
@@ -52,6 +58,23 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def attempt_store() -> dist.Store | None:
+    """Under torchrun, the agent's store namespaced by restart attempt (None elsewhere).
+
+    torchrun keeps one key-value store for the whole job and, in this torch release, hands a
+    restarted worker group the same store with the previous attempt's keys still in it, so the
+    new gloo group can read stale peer addresses and fail ("Connection refused") or hang.
+    Prefixing the keys with the attempt number (what older torch releases did themselves)
+    gives every attempt a clean rendezvous.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                           int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"/worker/attempt_{attempt}", client)
 
 
 def is_distributed() -> bool:
