@@ -1,8 +1,8 @@
 """``python -m benchmarks [--quick] [--only NAME ...] [--out-dir DIR]``: run, print the table, write JSON.
 
 Each benchmark writes ``DIR/<name>.json`` (machine, settings, rows with median and spread,
-ratios and goals); the whole run also writes ``DIR/summary.md`` (the table in Markdown with
-the command and machine). A benchmark that fails is reported as an error row and the
+ratios and goals); ``DIR/summary.md`` is then rewritten from all the JSON files in DIR (the
+latest result of each benchmark, as one Markdown table). A benchmark that fails is reported as an error row and the
 others still run; the exit status is 1 when any failed, else 0 (goals missed are not errors).
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import shutil
 import sys
 import tempfile
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}")
     p.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),
                    help="where <name>.json and summary.md go (default benchmarks/results)")
+    p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     args = p.parse_args(argv)
     for name in args.only or []:
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(error, file=sys.stderr)
                 rows = [Row(name, None, note=f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")]
             elapsed = time.perf_counter() - t0
-            write_result(out_dir / f"{name}.json", name, module.TITLE, result, machine, elapsed, args.quick, error)
+            write_result(out_dir / f"{name}.json", name, module.TITLE, result, machine, elapsed, args.quick, error,
+                         args.note)
             log(f"{name}: done in {elapsed:.1f} s")
             results.append((name, rows))
     finally:
@@ -88,29 +91,42 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     total = time.perf_counter() - t_all
-    table = format_table(results)
-    print(table)
-    print(f"\n{'quick' if args.quick else 'full'} run, {total:.0f} s; JSON in {out_dir}")
-    write_summary(out_dir / "summary.md", results, machine, args, total)
+    print(format_table([(name, [r.to_json() for r in rows]) for name, rows in results]))
+    summary = write_summary(out_dir)
+    print(f"\n{'quick' if args.quick else 'full'} run, {total:.0f} s; JSON in {out_dir}, table of the latest "
+          f"results in {summary}")
     return 1 if failed else 0
 
 
-def write_summary(path: Path, results: list[tuple[str, list[Row]]], machine: dict, args: argparse.Namespace,
-                  total_s: float) -> None:
-    cmd = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --only {' '.join(args.only)}"
-                                                                         if args.only else "")
-    gpu = machine["gpu"] if machine["gpu"] != "none" else "no GPU"
-    text = (f"# Benchmark results\n\n`{cmd}` ({'quick' if args.quick else 'full'} settings), "
-            f"{time.strftime('%Y-%m-%d %H:%M')}, {total_s:.0f} s.\n\n"
-            f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores, {machine['memory_gb']} GB, "
-            f"{gpu}; Python {machine['python']}, torch {machine['torch']}, torchvision {machine['torchvision']}; "
-            f"load average at start {', '.join(f'{x:.2f}' for x in machine['load_average_at_start'])}; "
-            f"commit {machine['git_commit']}.\n\n"
-            "Values are medians over repeated runs; the spread is min..max; the ratio is measured in the same "
-            "run (in brackets: min..max of the per-pair ratios of interleaved runs).\n\n"
-            + format_table(results, markdown=True) + "\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+def write_summary(out_dir: Path) -> Path:
+    """``out_dir/summary.md``: the latest result of every benchmark found there, as one Markdown table."""
+    docs = []
+    for name in BENCHMARKS:
+        path = out_dir / f"{name}.json"
+        if path.is_file():
+            docs.append(json.loads(path.read_text()))
+    lines = ["# Benchmark results", "",
+             "Written by `python -m benchmarks` from the JSON files beside this one (the latest run of each "
+             "benchmark). Values are medians over repeated runs; the spread is min..max (n runs, or n processes "
+             "for memory); the ratio is measured in the same run, in brackets the min..max of the per-pair "
+             "ratios of interleaved runs.", ""]
+    machines = {json.dumps({k: v for k, v in d["machine"].items() if k not in ("load_average_at_start", "git_commit")},
+                           sort_keys=True) for d in docs}
+    for m in sorted(machines):
+        m = json.loads(m)
+        gpu = m["gpu"] if m["gpu"] != "none" else "no GPU"
+        lines.append(f"Machine: {m['cpu_model']}, {m['usable_cores']} usable cores, {m['memory_gb']} GB, {gpu}; "
+                     f"{m['os']}; Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}.")
+    lines += ["", "| benchmark | command | finished | took | load average (1 min) at start -> end | commit | note |",
+              "|---|---|---|---|---|---|---|"]
+    for d in docs:
+        load = f"{d['machine']['load_average_at_start'][0]:.2f} -> {d.get('load_average_at_end', [float('nan')])[0]:.2f}"
+        lines.append(f"| {d['benchmark']} | `{d['command']}` | {d['finished']} | {d['elapsed_s']:.0f} s | {load} | "
+                     f"{d['machine'].get('git_commit')} | {d.get('note') or ''} |")
+    lines += ["", format_table([(d["benchmark"], d["rows"]) for d in docs], markdown=True), ""]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
 
 
 if __name__ == "__main__":

@@ -67,11 +67,6 @@ class Summary:
     n: int
     samples: tuple[float, ...]
 
-    def spread_text(self, digits: int = 3) -> str:
-        if self.n < 2:
-            return "n=1"
-        return f"{_fmt(self.min, digits)}..{_fmt(self.max, digits)} (n={self.n})"
-
 
 def summarize(samples: Sequence[float]) -> Summary:
     """Median, min/max and quartiles (``statistics.quantiles``, inclusive) of ``samples``."""
@@ -260,7 +255,7 @@ def machine_description() -> dict:
 # ---- output ----------------------------------------------------------------------------------
 
 def write_result(path: Path, name: str, title: str, result: Result | None, machine: dict, elapsed_s: float,
-                 quick: bool, error: str | None = None) -> None:
+                 quick: bool, error: str | None = None, note: str = "") -> None:
     """``path`` gets one JSON document for benchmark ``name`` (written to a temp file, then renamed)."""
     doc = {
         "benchmark": name,
@@ -269,7 +264,9 @@ def write_result(path: Path, name: str, title: str, result: Result | None, machi
         "command": "python -m benchmarks" + (" --quick" if quick else "") + f" --only {name}",
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(elapsed_s, 2),
+        "note": note,
         "machine": machine,
+        "load_average_at_end": list(os.getloadavg()),
         "settings": result.settings if result else {},
         "rows": [r.to_json() for r in result.rows] if result else [],
         "details": result.details if result else {},
@@ -302,20 +299,23 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def format_table(results: Sequence[tuple[str, Sequence[Row]]], markdown: bool = False) -> str:
-    """One table over all benchmarks: figure, value, spread, ratio, goal, met, note."""
+def format_table(results: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], markdown: bool = False) -> str:
+    """One table over all benchmarks from rows as :meth:`Row.to_json` gives them."""
     header = ["benchmark", "figure", "value", "spread (min..max)", "ratio", "goal", "met", "note"]
     lines = []
     for bench, rows in results:
         for r in rows:
-            value = f"{_fmt(r.value)} {r.unit}".strip() if r.value is not None else "-"
-            spread = r.summary.spread_text() if r.summary else ""
-            ratio = _fmt(r.ratio)
-            if r.ratio_summary is not None:
-                ratio += f" ({_fmt(r.ratio_summary.min)}..{_fmt(r.ratio_summary.max)})"
-            met = {True: "yes", False: "NO", None: ""}[r.met]
-            lines.append([bench, r.name, value, spread, ratio if r.ratio is not None else "", str(r.goal or ""), met,
-                          r.note])
+            value = f"{_fmt(r['value'])} {r['unit']}".strip() if r["value"] is not None else "-"
+            sp = r.get("spread")
+            spread = "" if sp is None else ("n=1" if sp["n"] < 2 else f"{_fmt(sp['min'])}..{_fmt(sp['max'])} (n={sp['n']})")
+            ratio = ""
+            if r.get("ratio") is not None:
+                ratio = _fmt(r["ratio"])
+                rs = r.get("ratio_spread")
+                if rs:
+                    ratio += f" ({_fmt(rs['min'])}..{_fmt(rs['max'])})"
+            met = {True: "yes", False: "NO", None: ""}[r.get("met")]
+            lines.append([bench, r["name"], value, spread, ratio, r.get("goal") or "", met, r.get("note") or ""])
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
