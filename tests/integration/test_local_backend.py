@@ -14,80 +14,10 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-SHAPES = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
-MARKER = "DETLAUNCH_EXPERIMENT_ID"
-# Tiny runs: 2 images per worker, so 2 workers make the config's base batch of 4 (no schedule scaling).
-DATA = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "data.train.num_train=40", "data.train.num_val=8",
-        "data.val.num_train=40", "data.val.num_val=8", "log_config.interval=1", "evaluation.interval=1000"]
-
-
-def tiny(iters: int, ckpt_every: int = 2) -> list[str]:
-    return ["--cfg-options", f"runner.max_iters={iters}", f"checkpoint_config.interval={ckpt_every}", *DATA]
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    return tmp_path / "home"
-
-
-def env_for(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_FAKE_GPUS"}
-    env.update(LAUNCHER_HOME=str(home), PYTHONPATH=str(ROOT), **extra)
-    return env
-
-
-def launcher(home: Path, *args: str, cwd: Path | None = None, timeout: float = 600, check: bool = True,
-             **extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd or home.parent, env=env_for(home, **extra),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"launcher {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def record(home: Path, exp_id: str) -> dict:
-    return json.loads(launcher(home, "status", exp_id, "--json").stdout)
-
-
-def wait_until(home: Path, exp_id: str, predicate, timeout: float = 400, poll: float = 1.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        rec = record(home, exp_id)
-        if predicate(rec):
-            return rec
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting on {exp_id}: {rec}")
-        time.sleep(poll)
-
-
-def done(rec: dict) -> bool:
-    return rec["state"] in ("succeeded", "failed", "cancelled")
-
-
-def job_processes(exp_ids) -> list[psutil.Process]:
-    """Every live process that belongs to one of these experiments (supervisor, torchrun, workers)."""
-    found = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get(MARKER) in exp_ids and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def train_iters(work_dir: str) -> list[int]:
-    lines = (Path(work_dir) / "metrics.jsonl").read_text().splitlines()
-    return sorted({json.loads(x)["iter"] for x in lines if x.strip() and json.loads(x)["mode"] == "train"})
-
-
-def attempts(home: Path, exp_id: str) -> list[dict]:
-    path = home / "jobs" / exp_id / "attempts.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, done, env_for, job_processes, launcher, record,
+                                          tiny, train_iters, wait_until)
 
 
 def test_two_process_gloo_training_end_to_end(home):
