@@ -189,8 +189,9 @@ class SlurmTask(Checkpointable):
         if os.environ.get("SLURM_ARRAY_JOB_ID"):
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')} (id {job})"
         attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        self._note(rank, f"slurm job {job} attempt {attempt} on {socket.gethostname()}: rank {rank}/{dist['WORLD_SIZE']}"
-                         f" MASTER_ADDR={dist['MASTER_ADDR']} MASTER_PORT={dist['MASTER_PORT']}")
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        self._note(rank, f"slurm job {job} attempt {attempt} on {node}: rank {rank}/{dist['WORLD_SIZE']} "
+                         f"MASTER_ADDR={dist['MASTER_ADDR']} MASTER_PORT={dist['MASTER_PORT']}")
         self._proc = subprocess.Popen(list(self.command), cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                                       preexec_fn=_ignore_usr2)
         try:
