@@ -8,10 +8,12 @@ iteration, total batch, world size, versions, git commit, creation time, archite
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import functools
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -72,10 +74,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
+        # torch's zip writer reports a short write on a full disk as a RuntimeError, not ENOSPC
+        full = isinstance(exc, (OSError, RuntimeError)) and (
+            getattr(exc, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 2 ** 20)
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; free space or "
-                                  f"choose another --work-dir (the previous checkpoint is untouched)") from exc
+        if isinstance(exc, (OSError, RuntimeError)) and (full or isinstance(exc, OSError)):
+            reason = "No space left on device" if full else (exc.strerror or str(exc))
+            raise CheckpointError(f"cannot write checkpoint {path}: {reason}; free space or choose another "
+                                  f"--work-dir (the previous checkpoint is untouched)") from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -1,0 +1,139 @@
+"""Faults survived, nothing lost: SIGKILLs at random points and mid-checkpoint, a full disk, many
+concurrent submissions, and 50 short jobs that leave nothing behind."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from launcher.leases import LeaseBook
+from tests.integration.helpers import detcore
+from tests.integration.launcher_cli import (SHAPES, attempts, done, env_for, job_processes, launcher, record,
+                                          tiny, train_iters, wait_until)
+
+pytestmark = pytest.mark.slow
+
+
+def _loads(path: Path) -> bool:
+    data = torch.load(path, weights_only=True)
+    return "state_dict" in data and "optimizer" in data
+
+
+def _kill_mid_checkpoint(work: Path, pid: int, timeout: float = 300) -> bool:
+    """SIGKILL ``pid`` while a checkpoint's temporary file exists in ``work`` (True if caught mid-write)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(work.glob(".iter_*.tmp")):
+            os.kill(pid, signal.SIGKILL)
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -> None:
+    """Three jobs at once: two killed at seeded random times, one while rank 0 writes a checkpoint."""
+    jobs = []
+    for seed in (1, 2, 3):
+        exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2",
+                          "--name", f"fault{seed}", *tiny(60, 2)).stdout.strip()
+        jobs.append((seed, exp_id))
+    for seed, exp_id in jobs:
+        rng = random.Random(seed)
+        rec = wait_until(home, exp_id, lambda r: (len(attempts(home, r["id"])) == 2 and
+                                                  (Path(r["work_dir"]) / "iter_2.pth").exists()) or done(r), poll=0.2)
+        assert not done(rec), rec
+        rank = rng.choice([0, 1])
+        victim = [a for a in attempts(home, exp_id) if a["rank"] == rank][-1]["pid"]
+        if seed == 3:
+            victim = [a for a in attempts(home, exp_id) if a["rank"] == 0][-1]["pid"]
+            assert _kill_mid_checkpoint(Path(rec["work_dir"]), victim), "never saw a checkpoint being written"
+        else:
+            time.sleep(rng.uniform(0.5, 4.0))
+            os.kill(victim, signal.SIGKILL)
+    for _, exp_id in jobs:
+        rec = wait_until(home, exp_id, done, timeout=900)
+        work = Path(rec["work_dir"])
+        assert rec["state"] == "succeeded" and rec["restarts"] >= 1, rec
+        assert rec["last_iter"] == 60 and train_iters(str(work))[-1] == 60
+        assert (work / "last_checkpoint").read_text().strip() == "iter_60.pth"
+        assert all(_loads(p) for p in work.glob("*.pth"))  # every checkpoint on disk is whole (a killed save
+        # leaves at most its hidden temporary file, never a torn .pth)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 16 MiB tmpfs: room for one checkpoint of the shapes model (~10.7 MB), not two."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {proc.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(small_disk: Path) -> None:
+    work = small_disk / "work"
+    proc = detcore("train", SHAPES, "--work-dir", str(work), "--no-validate", "--cfg-options", "runner.max_iters=4",
+                   "checkpoint_config.interval=1", "checkpoint_config.max_keep=5", "data.samples_per_gpu=2",
+                   "data.workers_per_gpu=0", check=False)
+    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "No space left on device" in errors[0] and "previous checkpoint is untouched" in errors[0]
+    assert (work / "last_checkpoint").read_text().strip() == "iter_1.pth"
+    assert _loads(work / "iter_1.pth") and not list(work.glob(".*.tmp"))
+    assert torch.load(work / "iter_1.pth", weights_only=True)["meta"]["iter"] == 1
+
+
+def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
+    subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "1", "--detach", "--json",
+                              "--name", f"burst{i}", *tiny(1, 1), "evaluation.interval=0"], cwd=home.parent,
+                             env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(32)]
+    ids = []
+    for sub in subs:
+        out, err = sub.communicate(timeout=600)
+        assert sub.returncode == 0, err[-2000:]
+        ids.append(json.loads(out)["id"])
+    assert len(set(ids)) == 32
+    for exp_id in ids:
+        wait_until(home, exp_id, done, timeout=900, poll=2.0)
+    listed = json.loads(launcher(home, "list", "--json").stdout)
+    assert sorted(e["id"] for e in listed) == sorted(ids)
+    assert {e["state"] for e in listed} == {"succeeded"}, [(e["id"], e["state"], e["reason"]) for e in listed]
+    assert sorted(e["name"] for e in listed) == sorted(f"burst{i}" for i in range(32))
+
+
+def test_fifty_short_jobs_leave_nothing_behind(home: Path, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    fds_before = psutil.Process().num_fds()
+    values = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(50))
+    proc = launcher(home, "sweep", SHAPES, "--nproc", "1", "--max-parallel", "3", "--grid", f"optimizer.lr={values}",
+                    "--json", *tiny(1, 1), "evaluation.interval=0", "--detach", timeout=600, TMPDIR=str(scratch))
+    ids = [r["id"] for r in json.loads(proc.stdout)]
+    assert len(ids) == 50
+    for exp_id in ids:
+        wait_until(home, exp_id, done, timeout=1500, poll=2.0)
+    records = [record(home, i) for i in ids]
+    assert {r["state"] for r in records} == {"succeeded"}, [(r["id"], r["reason"]) for r in records if r["state"] != "succeeded"]
+    assert not job_processes(set(ids))  # no supervisor, agent or worker left
+    assert not any(LeaseBook(home).held().values())  # no GPU lease or sweep slot still held
+    for port in {p for r in records for p in r["ports"]}:  # every port the jobs used is free again
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    assert list(scratch.iterdir()) == []  # no temp dirs left by the jobs
+    assert psutil.Process().num_fds() <= fds_before + 2  # the launcher CLI left no open files in us
+    assert all(r["restarts"] == 0 for r in records)
