@@ -31,9 +31,11 @@ class JobFailed(RuntimeError):
     """A subprocess exited non-zero or timed out; the message holds the tail of its log."""
 
 
-def bench_env(threads: int | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every subprocess: this checkout first on PYTHONPATH, thread counts pinned."""
-    env = dict(os.environ)
+def bench_env(threads: int | None = None, extra: Mapping[str, str] | None = None,
+              base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every subprocess: ``base`` (default ours) with this checkout first on
+    PYTHONPATH, thread counts pinned when given, and ``extra`` on top."""
+    env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                                            if p])
     env["PYTHONUNBUFFERED"] = "1"

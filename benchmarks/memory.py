@@ -1,7 +1,7 @@
 """8. Memory: peak resident memory (RSS) per worker of the shapes job, and of the launcher itself.
 
-The shapes job (``iters`` iterations, 2 CPU workers, validation at the end as configured) runs
-twice: under ``launcher submit --backend local --nproc 2`` (following the job, temporary
+The shapes job (``iters`` iterations, 2 CPU workers, validation at the end as configured,
+``auto_scale_lr`` off so both sides run the same iterations at the same LR) runs twice: under ``launcher submit --backend local --nproc 2`` (following the job, temporary
 ``LAUNCHER_HOME``) and under ``torchrun --standalone --nproc-per-node 2 -m detcore.tools.cli
 train``. A thread polls (psutil, every ``interval`` s) every process under the command it
 started and keeps each one's peak RSS, naming it by its command line and parent:
@@ -73,7 +73,9 @@ def run(ctx: Context) -> Result:
     iters = ctx.pick(10, 60)
     interval = 0.05
     timeout = ctx.pick(300.0, 900.0)
-    overrides = [f"runner.max_iters={iters}", f"log_config.interval={max(1, iters // 5)}", jobs.NO_CHECKPOINTS]
+    # auto_scale_lr off: the launcher would otherwise halve the iterations of its 2-worker job
+    overrides = [f"runner.max_iters={iters}", f"log_config.interval={max(1, iters // 5)}", jobs.NO_CHECKPOINTS,
+                 "auto_scale_lr.enable=false"]
     threads = max(1, (os.cpu_count() or 1) // 2)
     runs: dict[str, dict] = {}
 

@@ -91,7 +91,7 @@ def ray_env() -> dict[str, str]:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError:
         raise NotAvailable(f"no Ray head on {RAY_ADDRESS} (start it with cluster/ray/start.sh)") from None
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": RAY_ADDRESS}
+    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": RAY_ADDRESS}  # before `import ray`
 
 
 def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: float) -> Row:
@@ -108,8 +108,7 @@ def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: fl
     for r in range(repeats):
         log(f"startup: {backend} run {r + 1}/{repeats}")
         work = ctx.workdir(f"startup_{backend}")
-        env = {**jobs.bench_env(extra={"LAUNCHER_HOME": str(home)}), **{k: v for k, v in base_env.items()
-                                                                         if k not in ("PYTHONPATH",)}}
+        env = jobs.bench_env(extra={"LAUNCHER_HOME": str(home)}, base=base_env)
         try:
             first, total = time_to_first_iter(launcher_cmd(backend, 2, work / "run", f"bench-startup-{backend}"),
                                               work / "run", env, work / "submit.log", timeout, label)
