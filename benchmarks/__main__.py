@@ -11,6 +11,7 @@ import argparse
 import difflib
 import importlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -35,7 +36,8 @@ BENCHMARKS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="Run the benchmarks, print the table, write results/<name>.json.")
     p.add_argument("--quick", action="store_true", help="small settings (under 5 minutes on 2 cores)")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}")
     p.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(BENCHMARKS[name])
             log(f"{name}: {module.TITLE}")
             t0 = time.perf_counter()
+            load_at_start = list(os.getloadavg())
             result: Result | None = None
             error = None
             try:
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(error, file=sys.stderr)
                 rows = [Row(name, None, note=f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")]
             elapsed = time.perf_counter() - t0
-            write_result(out_dir / f"{name}.json", name, module.TITLE, result, machine, elapsed, args.quick, error,
-                         args.note)
+            write_result(out_dir / f"{name}.json", name, module.TITLE, result,
+                         {**machine, "load_average_at_start": load_at_start}, elapsed, args.quick, error, args.note)
             log(f"{name}: done in {elapsed:.1f} s")
             results.append((name, rows))
     finally:

@@ -14,7 +14,6 @@ Calls alternate ours/raw; the figure is the median per-image latency over ``call
 """
 from __future__ import annotations
 
-import time
 
 from benchmarks import jobs
 from benchmarks.harness import Context, Goal, Result, compared, interleave, log, measured
