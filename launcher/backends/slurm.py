@@ -225,10 +225,8 @@ class SlurmBackend:
         folder = self.job_folder(key)
         request, text = self.script(specs, folder)
         folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            raise LauncherError(f"job folder {folder} already exists; submit again for a new id") from None
+        self._retire(folder)
+        folder.mkdir()
         job_id = None
         try:
             pickles = []
@@ -258,6 +256,21 @@ class SlurmBackend:
             raise
         return [JobHandle(spec.id, self.name, jid, (("folder", str(folder)), ("work_dir", spec.work_dir)))
                 for spec, jid in zip(specs, ids)]
+
+    @staticmethod
+    def _retire(folder: Path) -> None:
+        """Move the folder of an earlier run of the same experiment (``launcher resume``) to ``<id>.<job id>``.
+
+        Its logs stay readable; the new run gets the folder its dry run named. A folder whose
+        sbatch never succeeded (no job id) is removed.
+        """
+        if not folder.exists():
+            return
+        old_job = (read_json(folder / "manifest.json") or {}).get("job_id")
+        if old_job:
+            os.replace(folder, folder.with_name(f"{folder.name}.{old_job}"))
+        else:
+            shutil.rmtree(folder)
 
     # ---- status -------------------------------------------------------------------------------
     def status(self, handle: JobHandle) -> JobStatus:
@@ -345,9 +358,13 @@ class SlurmBackend:
         if follow:
             last = [0.0, False]
 
-            def finished() -> bool:  # ask Slurm at most every 5 s while following
+            def finished() -> bool:  # ask Slurm at most every 5 s while following; a busy slurmctld is no end
                 if time.monotonic() - last[0] >= 5.0:
-                    last[0], last[1] = time.monotonic(), self.status(handle).state.is_terminal()
+                    last[0] = time.monotonic()
+                    try:
+                        last[1] = self.status(handle).state.is_terminal()
+                    except LauncherError:
+                        pass
                 return last[1]
         yield from follow_file(path, finished)
 

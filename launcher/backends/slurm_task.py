@@ -18,9 +18,9 @@ limit, on preemption (``preempt_send_user_signal``) or on ``scancel --signal=USR
 - the worker on every rank finishes its iteration; the ranks agree through the per-iteration
   all-reduce, rank 0 saves a checkpoint and every worker exits with 3 (``EXIT_STOPPED``);
 - submitit's USR2 handler calls :meth:`SlurmTask.checkpoint` on rank 0 only. It sends USR2
-  to its worker once more as soon as the worker catches it (the worker ignores USR2 until
-  detcore installs its handler, so an early signal neither kills it nor gets lost), waits
-  until the worker has exited, and returns a fresh :class:`SlurmTask`; submitit pickles it and runs
+  to its worker once more if the worker catches it (a worker still starting up ignores USR2,
+  so an early signal does not kill it; having trained nothing yet, it is killed at once),
+  waits until the worker has exited, and returns a fresh :class:`SlurmTask`; submitit pickles it and runs
   ``scontrol requeue``. Slurm kills the other ranks (they wait for that) and starts the job
   again later with the same job id (so the same port) and ``SLURM_RESTART_COUNT`` + 1; the
   worker resumes from the newest checkpoint (``--resume auto``).
@@ -159,10 +159,11 @@ class SlurmTask(Checkpointable):
         self.stoppable = stoppable
         self.stop_timeout_s = stop_timeout_s
         self._proc: subprocess.Popen | None = None
+        self._forwarded = False  # USR2 re-sent to the worker (once, also across nested signal handlers)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_proc"] = None
+        state["_proc"], state["_forwarded"] = None, False
         return state
 
     def fresh(self) -> "SlurmTask":
@@ -181,7 +182,9 @@ class SlurmTask(Checkpointable):
 
         dist = task_env(os.environ, self.gpus_per_node)
         env = {**os.environ, **self.env, **dist, MARKER_ENV: self.experiment_id, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        if os.environ.get("SLURM_CPUS_PER_TASK"):  # --cpus-per-task: that many intra-op threads per worker
+            env["OMP_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
+        env.setdefault("OMP_NUM_THREADS", "1")
         if self.stoppable:
             env[STOP_SIGNALS_ENV] = "USR2"
         rank = int(dist["RANK"])
@@ -215,7 +218,11 @@ class SlurmTask(Checkpointable):
             time.sleep(REQUEUE_WAIT_S)
             raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
                                f"{REQUEUE_WAIT_S:.0f} s")
-        self._note(rank, f"worker failed with {describe_exit(code)}")
+        if code in (-signal.SIGTERM, -signal.SIGKILL):
+            self._note(rank, f"worker ended by {describe_exit(code)}: Slurm is ending the job (cancel, time limit "
+                             f"or node failure)")
+        else:
+            self._note(rank, f"worker failed with {describe_exit(code)}")
         raise WorkerFailed(f"rank {rank}: worker failed with {describe_exit(code)}; see "
                            f"{os.path.join(self.log_dir, f'rank{rank}.log')}")
 
@@ -233,24 +240,27 @@ class SlurmTask(Checkpointable):
         """Make the worker checkpoint and exit (or terminate a test run); its exit status.
 
         Slurm's USR2 reached the worker too, unless the worker had not yet installed its
-        handler (it ignores USR2 until then). So USR2 is sent once more as soon as the worker
-        catches it, and never while it does not: a Python process that is already exiting
-        has restored the default action, which would kill it mid-exit.
+        handler. A worker that still ignores USR2 is still starting (detcore installs the handler
+        before it builds the trainer), has nothing to save and is killed at once. Otherwise
+        USR2 is sent once more while the worker catches it, and never after: a Python process
+        that is already exiting has restored the default action, which would kill it mid-exit.
         """
         deadline = time.monotonic() + self.stop_timeout_s
-        forwarded = killed = False
         if not self.stoppable:
             proc.terminate()  # a test run has nothing to checkpoint; it reruns after the requeue
         while True:
             code = _exit_status(proc)
             if code is not None:
                 return code
-            if self.stoppable and not forwarded and usr2_disposition(proc.pid) == "caught":
-                proc.send_signal(signal.SIGUSR2)
-                forwarded = True
-            if time.monotonic() >= deadline and not killed:
+            if self.stoppable:
+                disposition = usr2_disposition(proc.pid)
+                if disposition == "ignored" or time.monotonic() >= deadline:
+                    proc.kill()
+                elif disposition == "caught" and not self._forwarded:
+                    proc.send_signal(signal.SIGUSR2)
+                    self._forwarded = True
+            elif time.monotonic() >= deadline:
                 proc.kill()
-                killed = True
             time.sleep(0.1)
 
 

@@ -185,11 +185,11 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, home,
     assert "Caught signal SIGUSR2" in submitit_log
 
 
-def test_cancel_running_job_is_idempotent(slurm_cluster, home, tmp_path):
+def test_cancel_is_idempotent_and_resume_continues(slurm_cluster, home, tmp_path):
     work = tmp_path / "cancelled"
-    exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "15", "--work-dir", str(work), *tiny(1000))
+    exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "15", "--work-dir", str(work), *tiny(24, 4))
     job = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "running", what="running")["backend_job_id"]
-    wait_iters(work, 1)
+    wait_iters(work, 5)
     out = launcher(slurm_cluster, home, "cancel", exp).stdout
     assert out.strip() == f"{exp}: cancelled"
     assert record(slurm_cluster, home, exp)["state"] == "cancelled"
@@ -202,6 +202,15 @@ def test_cancel_running_job_is_idempotent(slurm_cluster, home, tmp_path):
             break
         assert time.monotonic() < deadline, f"processes of cancelled job {job} still alive: {left}"
         time.sleep(0.5)
+    saved = int((work / "last_checkpoint").read_text().strip().removeprefix("iter_").removesuffix(".pth"))
+    assert 4 <= saved < 24
+    # the same experiment, a new Slurm job, from its newest checkpoint to the end
+    launcher(slurm_cluster, home, "resume", exp, "--detach")
+    rec = wait_for(slurm_cluster, home, exp, done, what="the resumed run's end")
+    assert rec["state"] == "succeeded" and rec["backend_job_id"] != job and rec["last_iter"] == 24, rec["reason"]
+    assert sorted(set(train_iters(work))) == list(range(1, 25))
+    assert f"resumed from {work}/iter_{saved}.pth at iteration {saved}" in (work / "logs" / "rank0.log").read_text()
+    assert (home / "slurm" / f"{exp}.{job}" / "submission.sh").is_file()  # the first run's folder is kept
 
 
 def test_sweep_is_one_job_array_with_its_own_work_dirs_and_ports(slurm_cluster, home, tmp_path):

@@ -83,18 +83,29 @@ def start_worker(startup: float, finish: float) -> tuple[SlurmTask, subprocess.P
     return task, proc
 
 
-def test_signal_before_the_worker_listens_is_neither_fatal_nor_lost(tmp_path):
-    task, proc = start_worker(startup=1.0, finish=60)
+def test_worker_checkpoints_and_stops_then_the_job_requeues(tmp_path):
+    task, proc = start_worker(startup=0.0, finish=60)
     task.log_dir = str(tmp_path)
-    os.kill(proc.pid, signal.SIGUSR2)  # Slurm's signal during start-up: ignored, not fatal
-    time.sleep(0.2)
-    assert proc.poll() is None and usr2_disposition(proc.pid) == "ignored"
+    assert proc.stdout.readline() == "handler installed\n"
+    assert usr2_disposition(proc.pid) == "caught"
     t0 = time.monotonic()
-    delayed = task.checkpoint()  # forwards USR2 once the handler is installed, waits for the exit
+    delayed = task.checkpoint()  # USR2 to the worker (as Slurm does), then wait for its exit
     assert time.monotonic() - t0 < 10
     assert proc.wait() == 3
     assert isinstance(delayed.function, SlurmTask) and delayed.function is not task
     assert "worker stopped with exit code 3; requeueing" in (tmp_path / "rank0.log").read_text()
+
+
+def test_signal_during_worker_start_up_is_not_fatal_and_requeues_at_once(tmp_path):
+    task, proc = start_worker(startup=30.0, finish=60)
+    task.log_dir = str(tmp_path)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGUSR2)  # Slurm's signal while the worker is still importing: ignored, not fatal
+    time.sleep(0.2)
+    assert proc.poll() is None and usr2_disposition(proc.pid) == "ignored"
+    t0 = time.monotonic()
+    task.checkpoint()  # it has trained nothing: no waiting for a checkpoint
+    assert time.monotonic() - t0 < 3 and proc.wait() == -signal.SIGKILL
 
 
 def test_worker_that_already_finished_is_not_requeued(tmp_path):
@@ -108,8 +119,10 @@ def test_worker_that_already_finished_is_not_requeued(tmp_path):
 
 def test_a_worker_that_never_stops_is_killed(tmp_path):
     task = SlurmTask("0123abcd", (), "/", {}, str(tmp_path), stop_timeout_s=1.0)
-    task._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+    worker = "import signal, time; signal.signal(signal.SIGUSR2, lambda *a: None); print(1, flush=True); time.sleep(60)"
+    task._proc = subprocess.Popen([sys.executable, "-c", worker], stdout=subprocess.PIPE,
                                   preexec_fn=slurm_task._ignore_usr2)
+    task._proc.stdout.readline()
     t0 = time.monotonic()
     task.checkpoint()
     assert time.monotonic() - t0 < 5 and task._proc.wait() == -signal.SIGKILL
