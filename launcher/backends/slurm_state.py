@@ -116,11 +116,17 @@ def job_status(job_id: str, queue: Sequence[QueueRow], records: Sequence[AcctRec
     """
     row = next((q for q in queue if q.job_id == job_id), queue[0] if len(queue) == 1 else None)
     mine = [r for r in records if r.job_id == job_id] or list(records)
-    restarts = max([row.restarts if row else 0, sum(r.state in REQUEUE_STATES for r in mine[:-1])])
+    restarts = max(row.restarts if row else 0, len(mine) - 1)  # sacct -D: one record per attempt
     last = mine[-1] if mine else None
-    if row is not None and not (row.state == "COMPLETING" and last is not None and last.state not in RUNNING_STATES):
+    # A COMPLETING job that timed out, failed or lost a node may still be requeued (by submitit's
+    # handler, or by Slurm after a node failure), so only a cancel or a success is final before
+    # it has left the queue: a terminal state written to the store is never taken back.
+    final_while_completing = last is not None and last.state in ("CANCELLED", "COMPLETED")
+    if row is not None and not (row.state == "COMPLETING" and final_while_completing):
         if row.state in RUNNING_STATES:
             reason = f"running again after {restarts} requeue(s)" if restarts else ""
+            if row.state == "COMPLETING":
+                reason = "ending (Slurm: COMPLETING)"
             return JobStatus(JobState.RUNNING, restarts=restarts, reason=reason, ports=_ports(row.raw_id, port_of),
                              started=row.start)
         if row.state in REQUEUE_STATES or (row.state in WAITING_STATES and restarts):

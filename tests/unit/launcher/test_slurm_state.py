@@ -21,7 +21,16 @@ SQ_REQUEUED = "4|4|PENDING|BeginTime|1||2026-11-24T16:12:00|\n"
 SQ_COMPLETING = "4|4|COMPLETING|None|1|n1|2026-11-24T16:11:31|\n"
 SQ_ARRAY = "9_2|9|PENDING|JobArrayTaskLimit|0|||\n9_0|10|RUNNING|None|0|n1|2026-11-24T16:13:04|\n"
 SQ_TOO_BIG = "5|5|PENDING|PartitionNodeLimit|0||N/A|\n"
+SQ_TIMEOUT_COMPLETING = "41|41|COMPLETING|TimeLimit|0|n1|2026-11-24T16:46:40|\n"
+SQ_REQUEUED_TWICE = "41|41|PENDING|BeginTime|2||2026-11-24T17:11:07|\n"
 # sacct -n -P -D -X -j ID -o JobID,JobIDRaw,State,ExitCode,Start,End,NodeList
+SA_TIMEOUT_COMPLETING = "41|41|TIMEOUT|0:15|2026-11-24T16:46:40|2026-11-24T17:02:47|n1\n"
+SA_REQUEUED_NODE_FAIL = ("41|41|REQUEUED|0:15|2026-11-24T16:46:40|2026-11-24T17:02:47|n1\n"
+                         "41|41|NODE_FAIL|0:0|2026-11-24T17:03:28|2026-11-24T17:10:34|n1\n"
+                         "41|41|PENDING|0:0|Unknown|Unknown|None assigned\n")
+SA_REQUEUED_NODE_FAIL_DONE = ("41|41|REQUEUED|0:15|2026-11-24T16:46:40|2026-11-24T17:02:47|n1\n"
+                              "41|41|NODE_FAIL|0:0|2026-11-24T17:03:28|2026-11-24T17:10:34|n1\n"
+                              "41|41|COMPLETED|0:0|2026-11-24T17:11:07|2026-11-24T17:11:38|n1\n")
 SA_COMPLETED = "12|12|COMPLETED|0:0|2026-11-24T16:15:47|2026-11-24T16:16:39|n1\n"
 SA_REQUEUED_COMPLETED = ("13|13|REQUEUED|0:0|2026-11-24T16:17:16|2026-11-24T16:17:43|n1\n"
                          "13|13|COMPLETED|0:0|2026-11-24T16:17:44|2026-11-24T16:19:12|n1\n")
@@ -68,9 +77,17 @@ def test_finished_jobs_from_sacct():
     assert status("30", sacct=SA_WITH_STEPS).state is JobState.SUCCEEDED
 
 
-def test_completing_job_is_what_sacct_says():
+def test_completing_job_is_final_only_when_cancelled_or_completed():
     assert status("4", SQ_COMPLETING, SA_REQUEUED_CANCELLED).state is JobState.CANCELLED
     assert status("4", SQ_COMPLETING, "").state is JobState.RUNNING
+    # Recorded: the time limit killed job 41 while rank 0 was checkpointing; submitit requeued it 10 s later.
+    # While it was COMPLETING, sacct said TIMEOUT: that must not be reported (the store keeps terminal states).
+    st = status("41", SQ_TIMEOUT_COMPLETING, SA_TIMEOUT_COMPLETING)
+    assert st.state is JobState.RUNNING and "COMPLETING" in st.reason
+    st = status("41", SQ_REQUEUED_TWICE, SA_REQUEUED_NODE_FAIL)
+    assert st.state is JobState.PREEMPTED and st.restarts == 2
+    st = status("41", "", SA_REQUEUED_NODE_FAIL_DONE)
+    assert st.state is JobState.SUCCEEDED and st.restarts == 2
 
 
 def test_array_tasks_have_their_own_ids_and_ports():
