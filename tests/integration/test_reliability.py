@@ -97,9 +97,12 @@ def test_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(
 
 
 def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
-    subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "1", "--detach", "--json",
+    """32 separate `launcher submit` processes at the same moment, competing for 2 (fake) GPUs: every
+    job is recorded once; 8 run to success one GPU at a time, the 24 still queued are cancelled."""
+    gpus = {"LAUNCHER_FAKE_GPUS": "2"}
+    subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--gpus", "1", "--detach", "--json",
                               "--name", f"burst{i}", *tiny(1, 1), "evaluation.interval=0"], cwd=home.parent,
-                             env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             env=env_for(home, **gpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(32)]
     ids = []
     for sub in subs:
@@ -107,12 +110,23 @@ def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
         assert sub.returncode == 0, err[-2000:]
         ids.append(json.loads(out)["id"])
     assert len(set(ids)) == 32
+    listed = json.loads(launcher(home, "list", "--json", **gpus).stdout)
+    assert sorted(e["id"] for e in listed) == sorted(ids)
+    assert sum(e["state"] == "queued" for e in listed) >= 24  # at most 2 hold a GPU, the rest wait
+    keep = [e["id"] for e in listed if e["state"] != "queued"]
+    queued = [e["id"] for e in listed if e["state"] == "queued"]
+    keep += queued[: 8 - len(keep)]
+    cancel = [i for i in ids if i not in keep]
+    launcher(home, "cancel", *cancel, **gpus)
     for exp_id in ids:
         wait_until(home, exp_id, done, timeout=900, poll=2.0)
-    listed = json.loads(launcher(home, "list", "--json").stdout)
-    assert sorted(e["id"] for e in listed) == sorted(ids)
-    assert {e["state"] for e in listed} == {"succeeded"}, [(e["id"], e["state"], e["reason"]) for e in listed]
-    assert sorted(e["name"] for e in listed) == sorted(f"burst{i}" for i in range(32))
+    final = {e["id"]: e for e in json.loads(launcher(home, "list", "--json", **gpus).stdout)}
+    assert len(final) == 32 and sorted(e["name"] for e in final.values()) == sorted(f"burst{i}" for i in range(32))
+    assert {final[i]["state"] for i in keep} == {"succeeded"}, [(i, final[i]["reason"]) for i in keep]
+    # a queued job may win a GPU between the listing and the cancel and finish first: that is a final state too
+    assert {final[i]["state"] for i in cancel} <= {"cancelled", "succeeded"}
+    assert sum(final[i]["state"] == "cancelled" for i in cancel) >= 20
+    assert not job_processes(set(ids))
 
 
 def test_fifty_short_jobs_leave_nothing_behind(home: Path, tmp_path: Path) -> None:
