@@ -1,0 +1,279 @@
+"""What a Ray job is, as plain data: the options, the trainer plan and the rules over them (all pure).
+
+:func:`trainer_plan` turns a :class:`~launcher.spec.JobSpec` into a :class:`TrainerPlan`: the
+arguments of Ray Train's ``ScalingConfig``, ``RunConfig``, ``FailureConfig``,
+``CheckpointConfig`` and ``TorchConfig``, the ``ray.init`` call and what every Ray Train
+worker runs (:class:`WorkerPlan`). The dry run prints :func:`render_plan`; the detached
+driver (:mod:`launcher.backends.ray_driver`) builds the real Ray objects from the same plan,
+so what is printed is what runs. Nothing here imports Ray, starts a process or opens a socket.
+
+Also here, because they are policy over plain data: address parsing and the loopback rule
+(:func:`parse_address`, :func:`driver_env`), how attempt records become restarts and ports
+(:func:`follow_attempts`), and how a Ray Train error becomes one line (:func:`failure_reason`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from launcher.backends.base import import_path_env, worker_args
+from launcher.errors import LauncherError
+from launcher.spec import JobSpec, Mode
+
+MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
+# Ray rewrites 127.0.0.1 to the machine's routable IP unless this is 0 before `import ray` (see
+# cluster/ray/start.sh); a client that rewrites connects where nothing listens and hangs for minutes.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+DEFAULT_CLIENT_PORT = 10001
+CHECKPOINTS_TO_KEEP = 2
+REPORT_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """Ray-backend options (``--address --gpus-per-worker --max-failures --storage``).
+
+    ``address``: ``auto`` (``RAY_ADDRESS``, else the cluster last started on this machine),
+    ``HOST:PORT`` (the head's GCS port, for drivers on a cluster node) or ``ray://HOST:PORT``
+    (Ray Client). ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given,
+    else none. ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray
+    Train's ``storage_path`` (default ``WORK_DIR/ray``), reachable by every worker. The number of
+    workers and CPUs per worker are the generic ``Resources`` (``--workers`` is ``--nproc``).
+    """
+
+    address: str = "auto"
+    gpus_per_worker: float | None = None
+    max_failures: int | None = None
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_address(self.address)
+        g = self.gpus_per_worker
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0):
+            raise LauncherError(f"--gpus-per-worker must be a number >= 0, got {g!r}")
+        m = self.max_failures
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < -1):
+            raise LauncherError(f"--max-failures must be an integer >= 0 (or -1 for unlimited), got {m!r}")
+        if self.storage is not None and "://" not in self.storage and not os.path.isabs(self.storage):
+            raise LauncherError(f"--storage must be an absolute path or a URI such as s3://bucket/dir, "
+                                f"got {self.storage!r}")
+
+
+@dataclass(frozen=True)
+class Address:
+    """A parsed ``--address``: ``auto``, or a host and port, reached directly or through Ray Client."""
+
+    text: str
+    host: str | None = None
+    port: int | None = None
+    client: bool = False
+
+    @property
+    def is_auto(self) -> bool:
+        return self.host is None
+
+    @property
+    def loopback(self) -> bool:
+        return self.host is not None and is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_address(text: str) -> Address:
+    """``auto``, ``HOST:PORT`` or ``ray://HOST[:PORT]``; a LauncherError naming the forms otherwise."""
+    if text == "auto":
+        return Address(text)
+    client = text.startswith("ray://")
+    rest = text[len("ray://"):] if client else text
+    m = re.fullmatch(r"\[?([A-Za-z0-9_.:-]+?)\]?(?::(\d{1,5}))?", rest)
+    port = int(m.group(2)) if m and m.group(2) else (DEFAULT_CLIENT_PORT if client else None)
+    if not m or port is None or not 0 < port < 65536 or "://" in rest:
+        raise LauncherError(f"--address {text!r}: expected auto, HOST:PORT (the head's GCS port, e.g. "
+                            f"127.0.0.1:6379) or ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.5:10001)")
+    return Address(text, m.group(1), port, client)
+
+
+def resolve_address(text: str, environ: Mapping[str, str], current_cluster: str | None) -> Address:
+    """``auto`` becomes ``RAY_ADDRESS`` or the content of Ray's ``ray_current_cluster`` file (what
+    ``ray.init(address="auto")`` would pick); other addresses are returned parsed."""
+    addr = parse_address(text)
+    if not addr.is_auto:
+        return addr
+    found = (environ.get("RAY_ADDRESS") or "").strip() or (current_cluster or "").strip()
+    if not found or found == "auto":
+        raise LauncherError("--address auto: no Ray cluster found on this machine (RAY_ADDRESS is unset and "
+                            "/tmp/ray/ray_current_cluster is missing); start one with cluster/ray/start.sh or "
+                            "pass --address HOST:PORT")
+    return parse_address(found)
+
+
+def driver_env(address: Address) -> dict[str, str]:
+    """Environment the driver needs before ``import ray``: keep a loopback head on loopback."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    if address.loopback:
+        env[LOOPBACK_ENV] = "0"
+    return env
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What every Ray Train worker runs, in its own process: ``MODULE.main(ARGS)`` (detcore's CLI)
+    with ``cwd``, its output appended to ``LOG_DIR/rank{R}.log``, one JSON line per attempt in
+    ``attempts_file``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_worker`)."""
+
+    module: str
+    args: tuple[str, ...]
+    cwd: str
+    work_dir: str
+    log_dir: str
+    attempts_file: str
+    report_poll_s: float = REPORT_POLL_S
+
+    def to_config(self, run: str) -> dict[str, Any]:
+        """The ``train_loop_config`` handed to Ray (``run`` names this driver run in attempt records)."""
+        d = dataclasses.asdict(self)
+        d["args"] = list(self.args)
+        d["run"] = run
+        return d
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> tuple["WorkerPlan", str]:
+        d = dict(config)
+        run = str(d.pop("run", ""))
+        d["args"] = tuple(d["args"])
+        return cls(**d), run
+
+
+@dataclass(frozen=True)
+class TrainerPlan:
+    """Everything the driver passes to Ray, as plain values."""
+
+    address: str
+    run_name: str
+    storage_path: str
+    num_workers: int
+    use_gpu: bool
+    resources_per_worker: tuple[tuple[str, float], ...]
+    placement_strategy: str
+    max_failures: int
+    checkpoints_to_keep: int
+    torch_backend: str
+    env_vars: tuple[tuple[str, str], ...]
+    worker: WorkerPlan
+
+
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, str]) -> TrainerPlan:
+    """The Ray Train set-up for ``spec`` (pure: ``environ`` only feeds the workers' ``PYTHONPATH``)."""
+    opts = options or Options()
+    r = spec.resources
+    if spec.mode is not Mode.TRAIN:
+        raise LauncherError("the ray backend runs training jobs; run --test jobs with --backend local or slurm")
+    gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1 if r.gpus else 0)
+    per_worker: dict[str, float] = {"CPU": _number(r.cpus_per_task or 1)}
+    if gpus:
+        per_worker["GPU"] = _number(gpus)
+    if r.mem_gb:
+        per_worker["memory"] = int(r.mem_gb * 2 ** 30 / max(1, r.nproc))
+    logs = os.path.join(spec.work_dir, "logs")
+    worker = WorkerPlan(module=spec.worker_module, args=worker_args(spec), cwd=spec.cwd, work_dir=spec.work_dir,
+                        log_dir=logs, attempts_file=os.path.join(logs, "attempts.jsonl"))
+    env = {**import_path_env(environ), "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id}
+    return TrainerPlan(
+        address=opts.address, run_name=f"detlaunch-{spec.id}",
+        storage_path=opts.storage or os.path.join(spec.work_dir, "ray"),
+        num_workers=spec.world_size, use_gpu=bool(gpus), resources_per_worker=tuple(sorted(per_worker.items())),
+        placement_strategy="SPREAD" if r.nodes > 1 else "PACK",
+        max_failures=opts.max_failures if opts.max_failures is not None else spec.max_restarts,
+        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend="nccl" if gpus else "gloo",
+        env_vars=tuple(sorted(env.items())), worker=worker)
+
+
+def render_plan(plan: TrainerPlan) -> str:
+    """The driver's Ray calls as Python text (what ``--dry-run`` shows under ``file ray_driver``)."""
+    res = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in plan.resources_per_worker) + "}"
+    env = "{" + ", ".join(f"{k!r}: {v!r}" for k, v in plan.env_vars) + "}"
+    w = plan.worker
+    return "\n".join([
+        f"ray.init(address={plan.address!r}, runtime_env={{'env_vars': {env}}})",
+        "TorchTrainer(",
+        "    train_loop_per_worker=launcher.backends.ray_worker.train_loop_per_worker,",
+        f"    train_loop_config={{'module': {w.module!r}, 'cwd': {w.cwd!r}, 'work_dir': {w.work_dir!r}, "
+        f"'log_dir': {w.log_dir!r}, "
+        f"'attempts_file': {w.attempts_file!r}, 'report_poll_s': {w.report_poll_s!r}, 'args': [worker command]}},",
+        f"    scaling_config=ScalingConfig(num_workers={plan.num_workers}, use_gpu={plan.use_gpu}, "
+        f"resources_per_worker={res}, placement_strategy={plan.placement_strategy!r}),",
+        f"    run_config=RunConfig(name={plan.run_name!r}, storage_path={plan.storage_path!r},",
+        f"        failure_config=FailureConfig(max_failures={plan.max_failures}),",
+        f"        checkpoint_config=CheckpointConfig(num_to_keep={plan.checkpoints_to_keep})),",
+        f"    torch_config=TorchConfig(backend={plan.torch_backend!r}),",
+        ").fit()",
+    ])
+
+
+# ---- following a run: attempt records -> restarts, ports, failures ----------------------------
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What the attempt records of one driver run say."""
+
+    restarts: int = 0
+    ports: tuple[int, ...] = ()
+    master_addrs: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
+    user_error: str = ""
+
+
+def follow_attempts(records: Iterable[Mapping[str, Any]], run: str) -> RunProgress:
+    """Restarts (the highest attempt rank 0 started), rendezvous ports and addresses, failures
+    (``exit`` records) and the first user error (a worker exit code 2) of driver run ``run``."""
+    restarts, ports, addrs, failures, user_error = 0, set(), set(), [], ""
+    for rec in records:
+        if rec.get("run") != run:
+            continue
+        if rec.get("event") == "exit":
+            reason = f"rank {rec.get('rank')} exited with code {rec.get('exit_code')}"
+            if rec.get("detail"):
+                reason += f": {rec['detail']}"
+            failures.append(reason)
+            if rec.get("exit_code") == 2 and not user_error:
+                user_error = reason
+            continue
+        if rec.get("rank") == 0:
+            restarts = max(restarts, int(rec.get("attempt", 0)))
+        if rec.get("master_port"):
+            ports.add(int(rec["master_port"]))
+        if rec.get("master_addr"):
+            addrs.add(str(rec["master_addr"]))
+    return RunProgress(restarts, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error)
+
+
+_OWN_FAILURE = re.compile(r"WorkerExit: (.+)")
+_EXIT_DETAIL = re.compile(r"Worker exit detail: ([^.]+\.)")
+
+
+def failure_reason(text: str, limit: int = 300) -> str:
+    """One line from a Ray Train error (``WorkerGroupError``/``ControllerError``): the worker's own
+    exit message when there is one, else why Ray says the worker died, else the first line."""
+    m = _OWN_FAILURE.search(text)
+    if m:
+        return m.group(1).strip()[:limit]
+    m = _EXIT_DETAIL.search(text)
+    if m:
+        return f"a Ray Train worker died ({m.group(1).strip()})"[:limit]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else "Ray Train failed without a message")[:limit]

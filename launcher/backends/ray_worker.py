@@ -1,0 +1,273 @@
+"""What each Ray Train worker runs: detcore's trainer in-process, and its checkpoints reported to Ray.
+
+:func:`train_loop_per_worker` is the ``TorchTrainer``'s per-worker function. Ray Train has
+already started this process, set ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``LOCAL_RANK``/
+``WORLD_SIZE`` and initialised the default process group (gloo, or NCCL on GPUs) before it
+runs; detcore's ``init_distributed`` finds that group initialised and uses it as it is. So
+detcore runs in this process (``MODULE.main(ARGS)``, the in-process form of
+``python -m detcore.tools.cli train ...``), not as a child.
+
+Checkpoints stay detcore's own: ``WORK_DIR/iter_N.pth`` and the ``last_checkpoint`` pointer it
+replaces atomically after each save. detcore knows nothing about Ray (it must not import it),
+so this function wraps the run instead of hooking into it:
+
+* detcore trains in a helper thread;
+* Ray's training thread (this function) polls every ``report_poll_s`` seconds. Rank 0 reads
+  ``last_checkpoint`` and the newest metrics and every rank receives that view through
+  ``ray.train.collective.broadcast_from_rank_zero``; when the checkpoint changed, every rank
+  calls ``ray.train.report(metrics, checkpoint=...)`` (rank 0 with a tiny directory holding
+  ``detcore_checkpoint.json``, the pointer; the others without). ``report`` is collective in
+  Ray Train, so all ranks must call it equally often: deciding on rank 0's broadcast view,
+  not on what each rank happens to see on disk, guarantees that.
+* On a restart Ray hands the newest reported pointer back (``ray.train.get_checkpoint()``);
+  the worker then runs detcore with ``--resume auto``, which loads that checkpoint (or a newer
+  one the pointer did not reach Ray in time for) from the work dir.
+
+Each worker appends its stdout/stderr (detcore's log included) to ``LOG_DIR/rank{R}.log`` and
+one JSON line per attempt to the attempts file: rank, attempt, pid, ``MASTER_ADDR``/
+``MASTER_PORT``, the restored pointer. A worker whose detcore run fails writes an ``exit``
+record and raises :class:`WorkerExit`, whose one-line message reaches the driver inside Ray's
+error, and Ray Train restarts the group. A user error (detcore's exit code 2: bad data, bad
+config value) cannot be fixed by restarting, so that worker does not raise: rank 0 sees the
+``exit`` record (the attempts file is in the shared work dir) and tells every rank to return,
+Ray ends the run without a retry, and the driver records it as failed with that one line.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from launcher.backends.ray_plan import WorkerPlan
+from launcher.worker import restart_argv
+
+logger = logging.getLogger(__name__)
+POINTER_FILE = "detcore_checkpoint.json"
+USER_ERROR = 2  # detcore's CLI exit code for a user error
+_ITER = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")
+
+
+class WorkerExit(RuntimeError):
+    """detcore's run on this worker ended with a non-zero exit code (the message is one line)."""
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    """Rank 0's view, broadcast to every rank: the newest checkpoint, whether training ended, and
+    ``stop``: a rank's user error (every rank returns without a retry)."""
+
+    checkpoint: str | None
+    iteration: int | None
+    metrics: tuple[tuple[str, float], ...]
+    done: bool
+    stop: str = ""
+
+
+def checkpoint_iteration(name: str | None) -> int | None:
+    m = _ITER.search(name or "")
+    return int(m.group(1)) if m else None
+
+
+def read_pointer(work_dir: str | os.PathLike) -> str | None:
+    """The checkpoint file name in ``work_dir/last_checkpoint`` (replaced atomically by detcore)."""
+    try:
+        return (Path(work_dir) / "last_checkpoint").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def current_view(work_dir: str, done: bool, stop: str) -> CheckpointView:
+    from launcher.metrics import read_last_metrics
+
+    name = read_pointer(work_dir)
+    m = read_last_metrics(work_dir)
+    metrics = {k: float(v) for k, v in m.values.items() if isinstance(v, (int, float)) and k in ("loss", "lr")}
+    return CheckpointView(name, checkpoint_iteration(name), tuple(sorted(metrics.items())), done, stop)
+
+
+def restored_pointer(checkpoint: Any) -> dict | None:
+    """The ``detcore_checkpoint.json`` inside a Ray checkpoint (None without one)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        path = Path(d) / POINTER_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def append_record(path: str, record: Mapping[str, Any]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(dict(record), sort_keys=True) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str, run: str) -> list[dict]:
+    """The attempt records of driver run ``run`` (a half-written last line is skipped)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("run") == run:
+            out.append(rec)
+    return out
+
+
+def previous_attempts(records: list[dict], rank: int) -> int:
+    """How many times ``rank`` already started (this start's attempt number)."""
+    return sum(1 for r in records if r.get("rank") == rank and r.get("event") == "start")
+
+
+def user_error(records: list[dict]) -> str:
+    """The first user error (exit code 2) a rank recorded, as one line; "" when none."""
+    for r in records:
+        if r.get("event") == "exit" and r.get("exit_code") == USER_ERROR:
+            return f"rank {r.get('rank')}: {r.get('detail') or 'exited with code 2'}"
+    return ""
+
+
+def redirect_output(log_dir: str, rank: int) -> None:
+    """Append this process's stdout and stderr (file descriptors 1 and 2) to ``log_dir/rank{rank}.log``."""
+    os.makedirs(log_dir, exist_ok=True)
+    fd = os.open(os.path.join(log_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def last_log_line(log_dir: str, rank: int) -> str:
+    try:
+        with open(os.path.join(log_dir, f"rank{rank}.log"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+class DetcoreRun(threading.Thread):
+    """``MODULE.main(ARGV)`` in a daemon thread; ``exit_code`` once it has finished."""
+
+    def __init__(self, module: str, argv: Sequence[str]) -> None:
+        super().__init__(name="detcore-train", daemon=True)
+        self.module, self.argv = module, list(argv)
+        self.exit_code: int | None = None
+
+    def run(self) -> None:
+        try:
+            code = importlib.import_module(self.module).main(self.argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:  # a bug: its traceback goes to the rank log
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.exit_code = int(code or 0)
+
+
+def _report(view: CheckpointView, rank: int, work_dir: str) -> None:
+    import ray.train
+
+    metrics: dict[str, Any] = {"iter": view.iteration, "checkpoint": view.checkpoint, **dict(view.metrics)}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    tmp = tempfile.mkdtemp(prefix="detlaunch-pointer-")
+    try:
+        pointer = {"work_dir": work_dir, "checkpoint": view.checkpoint, "iter": view.iteration,
+                   "path": os.path.join(work_dir, view.checkpoint or "")}
+        Path(tmp, POINTER_FILE).write_text(json.dumps(pointer, sort_keys=True) + "\n")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's per-worker function (see the module docstring)."""
+    import ray.train
+    from ray.train.collective import broadcast_from_rank_zero
+
+    plan, run = WorkerPlan.from_config(config)
+    rank = ray.train.get_context().get_world_rank()
+    os.chdir(plan.cwd)  # Ray starts workers in its session folder; relative data paths mean the submit dir
+    redirect_output(plan.log_dir, rank)
+    restored = restored_pointer(ray.train.get_checkpoint())
+    attempt = previous_attempts(read_records(plan.attempts_file, run), rank)
+    append_record(plan.attempts_file, {
+        "event": "start", "run": run, "rank": rank, "attempt": attempt, "pid": os.getpid(), "time": time.time(),
+        "host": socket.gethostname(), "master_addr": os.environ.get("MASTER_ADDR"),
+        "master_port": int(os.environ.get("MASTER_PORT") or 0), "world_size": int(os.environ.get("WORLD_SIZE") or 1),
+        "local_rank": int(os.environ.get("LOCAL_RANK") or 0), "restored": restored})
+    argv = restart_argv(list(plan.args), 1 if (attempt or restored) else 0)
+    if restored:
+        _say(f"Ray Train restored checkpoint {restored.get('checkpoint')} (iteration {restored.get('iter')}); "
+             f"continuing with --resume auto")
+    detcore = DetcoreRun(plan.module, argv)
+    detcore.start()
+    known = restored.get("checkpoint") if restored else None
+    exit_recorded = False
+    while True:
+        detcore.join(plan.report_poll_s)
+        finished = not detcore.is_alive()
+        if finished and detcore.exit_code and not exit_recorded:
+            exit_recorded = True
+            _record_exit(plan, run, rank, detcore.exit_code)
+            if detcore.exit_code != USER_ERROR:
+                _fail(plan, rank, detcore.exit_code)
+        view = None
+        if rank == 0:
+            stop = user_error(read_records(plan.attempts_file, run))
+            view = current_view(plan.work_dir, done=finished and detcore.exit_code == 0, stop=stop)
+        view = broadcast_from_rank_zero(view)
+        if view.checkpoint and view.checkpoint != known:
+            _report(view, rank, plan.work_dir)
+            known = view.checkpoint
+        if view.stop:  # return without raising: Ray ends the run and does not retry it
+            _say(f"stopping without a restart after a user error: {view.stop}")
+            return
+        if view.done:
+            break
+    detcore.join()  # rank 0 has finished, so the others finish their last step now
+    if detcore.exit_code:
+        if not exit_recorded:
+            _record_exit(plan, run, rank, detcore.exit_code)
+        _fail(plan, rank, detcore.exit_code)
+
+
+def _say(text: str) -> None:
+    """One line into this rank's log (straight to the file descriptor: Ray Train tees ``print``)."""
+    os.write(1, f"[detlaunch] {text}\n".encode())
+
+
+def _record_exit(plan: WorkerPlan, run: str, rank: int, code: int) -> None:
+    append_record(plan.attempts_file, {"event": "exit", "run": run, "rank": rank, "exit_code": code,
+                                       "detail": last_log_line(plan.log_dir, rank), "time": time.time(),
+                                       "pid": os.getpid()})
+
+
+def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
+    detail = last_log_line(plan.log_dir, rank)
+    raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))
