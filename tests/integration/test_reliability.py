@@ -2,6 +2,7 @@
 concurrent submissions, and 50 short jobs that leave nothing behind."""
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import random
@@ -148,6 +149,7 @@ def test_fifty_short_jobs_leave_nothing_behind(home: Path, tmp_path: Path) -> No
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
-    assert list(scratch.iterdir()) == []  # no temp dirs left by the jobs
+    # no temp dirs left by the jobs; torch keeps one per-user compile cache there (shared, not per job)
+    assert [p.name for p in scratch.iterdir() if p.name != f"torchinductor_{getpass.getuser()}"] == []
     assert psutil.Process().num_fds() <= fds_before + 2  # the launcher CLI left no open files in us
     assert all(r["restarts"] == 0 for r in records)
