@@ -149,7 +149,7 @@ def assert_resumed_to_the_end(work: Path, rec: dict, iters: int) -> int:
 
 def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, home, tmp_path):
     work = tmp_path / "preempted"
-    iters = 30
+    iters = 20
     exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "15", "--work-dir", str(work), *tiny(iters))
     job = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "running", what="running")["backend_job_id"]
     wait_iters(work, 3)
@@ -161,28 +161,48 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, home,
     assert_resumed_to_the_end(work, rec, iters)
 
 
+def worker_processes(exp_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["environ", "cmdline"]):
+        env, cmd = proc.info["environ"] or {}, proc.info["cmdline"] or []
+        if env.get("DETLAUNCH_EXPERIMENT_ID") == exp_id and "launcher.worker" in cmd:
+            found.append(proc)
+    return found
+
+
 def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, home, tmp_path):
-    """Slurm itself sends USR2 ``--signal-delay`` seconds before the time limit; no signal is sent by the test.
+    """Slurm itself sends USR2 ``--signal-delay`` seconds before the time limit; the test sends no signal.
 
     To keep the test short the running job's limit is lowered so that it ends 40-100 s from now:
     slurmctld checks limits every 30 s and signals at the first check that is less than
-    delay + 30 s before the end, which is then at least 10 s before the kill.
+    delay + 30 s before the end, which is then at least 10 s before the kill. The workers are
+    paused (SIGSTOP) until that check has signalled the job, so that a fast machine cannot finish
+    the run first; they then take the signal, checkpoint and stop.
     """
     work = tmp_path / "time limit"
-    iters = 150  # > 30 s of training after the limit is lowered, even on an idle machine
+    iters = 24
     exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "12", "--signal-delay", "90", "--work-dir",
                  str(work), *tiny(iters))
     job = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "running", what="running")["backend_job_id"]
     wait_iters(work, 3)
+    workers = worker_processes(exp)
+    assert len(workers) == 2
+    for proc in workers:
+        proc.suspend()
     elapsed = time.time() - slurm_cluster.start_time(job)
     slurm_cluster.run("scontrol", "update", f"JobId={job}", f"TimeLimit={math.ceil((elapsed + 40) / 60)}")
-    rec = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "preempted", timeout=90, what="requeued")
+    submitit_log = home / "slurm" / exp / f"{job}_0_log.err"
+    deadline = time.monotonic() + 90
+    while "Caught signal SIGUSR2" not in submitit_log.read_text():
+        assert time.monotonic() < deadline, "Slurm sent no USR2 before the lowered time limit"
+        time.sleep(0.2)
+    for proc in workers:
+        proc.resume()
+    rec = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "preempted", timeout=60, what="requeued")
     assert rec["restarts"] == 1
     slurm_cluster.release(job, TimeLimit="12")  # the requeued run gets the job's full limit again
     rec = wait_for(slurm_cluster, home, exp, done, what="the end")
     assert_resumed_to_the_end(work, rec, iters)
-    submitit_log = next((home / "slurm" / exp).glob(f"{job}_0_log.err")).read_text()
-    assert "Caught signal SIGUSR2" in submitit_log
 
 
 def test_cancel_is_idempotent_and_resume_continues(slurm_cluster, home, tmp_path):
