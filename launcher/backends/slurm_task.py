@@ -231,9 +231,9 @@ class SlurmTask(Checkpointable):
         proc = self._proc
         if proc is not None:
             code = self._stop_worker(proc)
-            self._note(0, f"preemption/time-limit signal: worker stopped with {describe_exit(code)}; requeueing")
             if code == 0:
                 raise WorkerFinished()
+            self._note(0, f"preemption/time-limit signal: worker stopped with {describe_exit(code)}; requeueing")
         return DelayedSubmission(self.fresh())
 
     def _stop_worker(self, proc: subprocess.Popen) -> int:
