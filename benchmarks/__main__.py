@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}")
     p.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),
                    help="where <name>.json and summary.md go (default benchmarks/results)")
+    p.add_argument("--start-clusters", action="store_true",
+                   help="startup: start the local Slurm and Ray test clusters when they are down (cluster/*/start.sh); "
+                        "they are left running")
     p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     args = p.parse_args(argv)
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in BENCHMARKS if not args.only or n in args.only]
     out_dir = Path(args.out_dir)
     tmp = Path(tempfile.mkdtemp(prefix="detlaunch-bench-"))
-    ctx = Context(quick=args.quick, out_dir=out_dir, tmp=tmp)
+    ctx = Context(quick=args.quick, out_dir=out_dir, tmp=tmp, start_clusters=args.start_clusters)
     log(f"{'quick' if args.quick else 'full'} run of {', '.join(names)}; work dirs under {tmp}")
     machine = machine_description()
     results: list[tuple[str, list[Row]]] = []

@@ -150,6 +150,7 @@ class Context:
     quick: bool
     out_dir: Path
     tmp: Path
+    start_clusters: bool = False  # startup may start the local Slurm/Ray test clusters (never stops them)
     shared: dict = field(default_factory=dict)  # figures one benchmark leaves for a later one
 
     def pick(self, quick: Any, full: Any) -> Any:

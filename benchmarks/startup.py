@@ -14,8 +14,9 @@ runs 1 iteration where torchrun runs 2; that changes nothing before the first it
 
 Slurm and Ray (figures only, no goal): the same command with ``--backend slurm`` / ``--backend
 ray``, when the backend exists and its local test cluster answers (``cluster/slurm/start.sh``
-then ``/tmp/detlaunch-slurm/env.sh``; ``cluster/ray/start.sh`` on 127.0.0.1:6379). The
-benchmark never starts or stops a cluster itself: other people's jobs may be using it.
+then ``/tmp/detlaunch-slurm/env.sh``; ``cluster/ray/start.sh`` on 127.0.0.1:6379). Only with
+``--start-clusters`` does the benchmark start a cluster that is down (and it leaves it
+running); it never stops one: other people's jobs may be using it.
 """
 from __future__ import annotations
 
@@ -94,7 +95,13 @@ def ray_env() -> dict[str, str]:
     return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_ADDRESS": RAY_ADDRESS}  # before `import ray`
 
 
+CLUSTER_DIRS = {"slurm": jobs.REPO_ROOT / "cluster" / "slurm", "ray": jobs.REPO_ROOT / "cluster" / "ray"}
+
+
 def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: float) -> Row:
+    """The backend's figure. With ``ctx.start_clusters`` a cluster that is down is started first
+    and left running: its stop script would also stop other people's daemons (``ray stop``
+    stops every Ray process of the user; the Slurm test cluster's directory is shared)."""
     label = f"launcher submit --backend {backend} --nproc 2"
     why = backend_missing(backend)
     if why:
@@ -102,7 +109,22 @@ def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: fl
     try:
         base_env = env_fn()
     except NotAvailable as exc:
-        return not_available(label, str(exc))
+        if not ctx.start_clusters:
+            return not_available(label, f"{exc}; or pass --start-clusters")
+        script = CLUSTER_DIRS[backend] / "start.sh"
+        log(f"startup: starting the {backend} test cluster ({script}); it is left running")
+        out = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            return not_available(label, f"{script} failed: {out.stderr.strip()[-300:]}")
+        try:
+            base_env = env_fn()
+        except NotAvailable as exc2:
+            return not_available(label, f"started the cluster, but: {exc2}")
+        log(f"startup: stop it later with {CLUSTER_DIRS[backend] / 'stop.sh'}")
+    return _cluster_runs(ctx, backend, label, base_env, repeats, timeout)
+
+
+def _cluster_runs(ctx: Context, backend: str, label: str, base_env: dict, repeats: int, timeout: float) -> Row:
     home = ctx.workdir(f"startup_{backend}_home")
     times, totals = [], []
     for r in range(repeats):
