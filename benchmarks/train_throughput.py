@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from benchmarks import jobs
 from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured
@@ -35,7 +36,7 @@ GOAL = Goal("ratio", ">=", 1.0)
 class Case:
     key: str             # plain_train --model
     label: str
-    config: object
+    config: Path
     batch: int
     input_size: int | None  # model.min_size = model.max_size, None: the config's own
     warmup: int
@@ -143,5 +144,5 @@ def run(ctx: Context) -> Result:
             ctx.shared["shapes_train_images_per_s"] = ours_wall
             ctx.shared["shapes_data_time_share"] = data_share
     settings = {"threads": threads, "loader_workers": workers, "repeats": repeats,
-                "cases": [{k: str(v) if k == "config" else v for k, v in c.__dict__.items()} for c in cases(ctx)]}
+                "cases": [{**asdict(c), "config": str(c.config)} for c in cases(ctx)]}
     return Result(rows, settings, details)
