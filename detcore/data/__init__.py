@@ -1,30 +1,46 @@
 """Datasets, pipelines and loaders.
 
-Importing this package registers the built-in dataset types (``CocoDataset``,
-``ShapesDataset``) and transforms in ``detcore.registry``.
+Names are imported on first use (``detcore.data.CocoDataset`` imports ``detcore.data.coco``),
+so tools that need only the annotation-file code (``detcore eval``, the converters) start
+without importing torch. Building a dataset registers the built-in types (``CocoDataset``,
+``ShapesDataset`` and the transforms) in ``detcore.registry`` first.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Mapping
 
-from torch.utils.data import Dataset
-
-from detcore.data import coco, shapes, transforms  # noqa: F401  (registers built-in types)
-from detcore.data.coco import CocoDataset, ImageInfo
-from detcore.data.loader import build_dataloader, collate
-from detcore.data.shapes import ShapesDataset, ensure_shapes, generate_shapes
-from detcore.data.transforms import build_pipeline
-from detcore.errors import ConfigError
-from detcore.registry import DATASETS
+_EXPORTS = {
+    "CocoDataset": "detcore.data.coco", "ImageInfo": "detcore.data.coco",
+    "ShapesDataset": "detcore.data.shapes", "ensure_shapes": "detcore.data.shapes",
+    "generate_shapes": "detcore.data.shapes", "build_pipeline": "detcore.data.transforms",
+    "build_dataloader": "detcore.data.loader", "collate": "detcore.data.loader",
+}
 
 
-def build_dataset(split_cfg: Mapping[str, Any], **overrides: Any) -> Dataset:
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'detcore.data' has no attribute {name!r}")
+
+
+def register_builtin_types() -> None:
+    """Import the modules whose classes register themselves in DATASETS and TRANSFORMS."""
+    for module in ("detcore.data.transforms", "detcore.data.coco", "detcore.data.shapes"):
+        importlib.import_module(module)
+
+
+def build_dataset(split_cfg: Mapping[str, Any], **overrides: Any) -> Any:
     """Build ``data.train|val|test`` (``{type: Name, ...}``) from DATASETS; ``overrides`` win."""
+    from detcore.errors import ConfigError
+    from detcore.registry import DATASETS
+
     if not isinstance(split_cfg, Mapping):
         raise ConfigError(f"a dataset config must be a mapping like {{type: CocoDataset, ann_file: ...}}, "
                           f"got {split_cfg!r:.200}")
+    register_builtin_types()
     return DATASETS.build({**split_cfg, **overrides})
 
 
 __all__ = ["CocoDataset", "ImageInfo", "ShapesDataset", "build_dataset", "build_dataloader", "collate",
-           "build_pipeline", "generate_shapes", "ensure_shapes"]
+           "build_pipeline", "generate_shapes", "ensure_shapes", "register_builtin_types"]

@@ -1,11 +1,7 @@
-"""COCO evaluation with pycocotools: model outputs -> COCO results -> COCOeval metrics.
+"""COCO evaluation with pycocotools: COCO results -> COCOeval metrics.
 
-Sizes flow like this: a detector returns boxes (and masks) in the coordinates of the image
-tensor it was given, i.e. ``target["img_shape"]``. ``results_to_coco`` maps them back to the
-file's size ``orig_size``. Both come from the output dict when present (``output["img_shape"]``,
-``output["orig_size"]``, which the trainer can copy from the targets), else from
-``dataset.get_img_info(image_id)``: ``orig_size`` from the json and ``img_shape`` from the
-dataset's pipeline when its output size is deterministic (a test pipeline).
+Torch-free on purpose, so ``detcore eval`` starts quickly; model outputs become COCO results
+in :mod:`detcore.evaluation.predictions`.
 """
 from __future__ import annotations
 
@@ -15,82 +11,19 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detcore.data.coco import coco_from_dict, load_coco
+from detcore.data.coco_json import coco_from_dict, load_coco
 from detcore.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
-
-
-# --- model outputs -> COCO results ------------------------------------------------------------
-def _sizes(image_id: int, output: Mapping[str, Any], dataset: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    orig, shape = output.get("orig_size"), output.get("img_shape")
-    if orig is None or shape is None:
-        info = dataset.get_img_info(image_id)
-        orig = orig if orig is not None else info.orig_size
-        shape = shape if shape is not None else info.img_shape
-    if shape is None:
-        raise DataError(f"image id {image_id}: the dataset pipeline has a random output size, so img_shape is "
-                        f"unknown; put output['img_shape'] = target['img_shape'] before results_to_coco")
-    return (int(orig[0]), int(orig[1])), (int(shape[0]), int(shape[1]))
-
-
-def _encode_masks(masks: torch.Tensor, orig: tuple[int, int]) -> list[dict]:
-    """[N, 1, H, W] probabilities -> RLEs at the original size (bilinear resize, then >= 0.5)."""
-    rles = []
-    for chunk in masks.float().split(16):
-        if tuple(chunk.shape[-2:]) != orig:
-            chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
-        binary = (chunk[:, 0] >= 0.5).to(torch.uint8).numpy()
-        for m in binary:
-            rle = mask_utils.encode(np.asfortranarray(m))
-            rle["counts"] = rle["counts"].decode("ascii")
-            rles.append(rle)
-    return rles
-
-
-def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any) -> list[dict]:
-    """Convert ``[(image_id, output), ...]`` of torchvision detectors to COCO result dicts.
-
-    ``output``: ``boxes`` [N, 4] xyxy in the model's input image, ``scores`` [N], ``labels`` [N]
-    in 1..K, optionally ``masks`` [N, 1, H, W] probabilities, ``img_shape``/``orig_size``.
-    ``dataset`` supplies ``cat_ids`` (label k -> ``cat_ids[k-1]``) and ``get_img_info(image_id)``.
-    """
-    cat_ids = list(dataset.cat_ids)
-    results: list[dict] = []
-    for image_id, output in outputs:
-        image_id = int(image_id)
-        orig, shape = _sizes(image_id, output, dataset)
-        boxes = torch.as_tensor(output["boxes"]).detach().float().cpu().reshape(-1, 4).clone()
-        scores = torch.as_tensor(output["scores"]).detach().float().cpu().tolist()
-        labels = torch.as_tensor(output["labels"]).detach().cpu().tolist()
-        if labels and (min(labels) < 1 or max(labels) > len(cat_ids)):
-            raise DataError(f"image id {image_id}: predicted labels {sorted(set(labels))} are outside 1..{len(cat_ids)};"
-                            f" the model's num_classes must be the dataset's {len(cat_ids)} classes + 1")
-        boxes[:, 0::2] = (boxes[:, 0::2] * (orig[1] / shape[1])).clamp(0, orig[1])
-        boxes[:, 1::2] = (boxes[:, 1::2] * (orig[0] / shape[0])).clamp(0, orig[0])
-        rles = None
-        if output.get("masks") is not None and len(labels):
-            masks = torch.as_tensor(output["masks"]).detach().cpu()
-            rles = _encode_masks(masks.reshape(len(labels), 1, *masks.shape[-2:]), orig)
-        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
-            res = {"image_id": image_id, "category_id": cat_ids[label - 1],
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
-            if rles is not None:
-                res["segmentation"] = rles[k]
-            results.append(res)
-    return results
 
 
 # --- COCOeval ---------------------------------------------------------------------------------
@@ -240,40 +173,3 @@ def format_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
             lines.append("  ".join([name.ljust(width)] + row))
     lines.append("(n/a: nothing in the ground truth to measure, -1 in pycocotools)")
     return "\n".join(lines)
-
-
-# --- distributed ------------------------------------------------------------------------------
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _union(parts: Iterable[list]) -> list:
-    seen: dict[int, Any] = {}
-    for part in parts:
-        for image_id, payload in part:
-            seen.setdefault(int(image_id), payload)
-    return [(image_id, seen[image_id]) for image_id in sorted(seen)]
-
-
-def gather_predictions(local: list[tuple[int, Any]], dst: int | None = 0) -> list[tuple[int, Any]]:
-    """Union of every rank's ``[(image_id, payload), ...]`` by ``all_gather_object``.
-
-    Each image id appears once (the lowest rank's payload wins), sorted by image id. Rank ``dst``
-    gets the union and the other ranks ``[]``; ``dst=None`` gives it to every rank. Tensors are
-    moved to the CPU first; converting outputs with ``results_to_coco`` per rank and gathering
-    ``(image_id, results)`` pairs keeps the traffic small. With NCCL, call
-    ``torch.cuda.set_device`` first. Not distributed: the local list, deduplicated and sorted.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return _union([local])
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, _to_cpu(list(local)))
-    if dst is not None and dist.get_rank() != dst:
-        return []
-    return _union(parts)
