@@ -178,8 +178,7 @@ class Driver:
         self.set(JobState.PENDING, reason="connecting to Ray")
         try:
             address = resolve_address(self.plan.address, os.environ, current_cluster())
-            if not address.client:
-                check_reachable(address)
+            check_reachable(address)
             self.set(address=address.text)
             return self.fit(address)
         except LauncherError as exc:

@@ -19,7 +19,8 @@ job's ``$LAUNCHER_HOME/ray/<id>/status.json``. So ``status``, ``logs``, ``cancel
 * ``cancel`` touches ``cancel`` and sends the driver SIGINT, Ray Train's graceful abort; if the
   driver has not ended after a grace period it is killed, and any process of the job still
   alive on this node (found by ``DETLAUNCH_EXPERIMENT_ID`` in its environment: the driver's
-  runtime env puts it into every Ray worker of the job) is killed too.
+  runtime env puts it into every Ray worker of the job) is killed too. Ray's cluster-wide
+  singleton actors inherit that variable from the job that created them and are left alone.
 
 Process starts and address checks go through :meth:`RayTrainBackend._start_driver` and
 :meth:`RayTrainBackend._check_address`, the seams unit tests replace.
@@ -50,6 +51,7 @@ __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "
 CANCEL_GRACE_S = 45.0
 LEFTOVER_WAIT_S = 15.0
 RUN_FILES = ("spec.json", "status.json", "cancel")  # one run's state in ray/<id>/; driver.log is kept
+SHARED_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # created by the first Ray Train run, used by all
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -245,8 +247,6 @@ class RayTrainBackend:
 
     # ---- cancel -------------------------------------------------------------------------------
     def cancel(self, handle: JobHandle) -> None:
-        from launcher.backends.local import kill_marked_processes
-
         run_dir = self.run_dir(handle.experiment_id)
         if self.status(handle).state.is_terminal():
             return
@@ -261,9 +261,9 @@ class RayTrainBackend:
                 os.killpg(pid, signal.SIGKILL)
         # Ray ends a finished driver's workers asynchronously; whatever of the job is left here is killed.
         deadline = time.monotonic() + LEFTOVER_WAIT_S
-        while _marked_alive(handle.experiment_id) and time.monotonic() < deadline:
+        while job_processes(handle.experiment_id) and time.monotonic() < deadline:
             time.sleep(0.5)
-        kill_marked_processes(handle.experiment_id)
+        kill_job_processes(handle.experiment_id)
         st = read_json(run_dir / "status.json") or {}
         if not JobState(st.get("state", "pending")).is_terminal():
             write_json_atomic(run_dir / "status.json",
@@ -279,14 +279,30 @@ class RayTrainBackend:
         return handles
 
 
-def _marked_alive(exp_id: str) -> bool:
+def job_processes(exp_id: str) -> list:
+    """This node's processes of the job: those with ``DETLAUNCH_EXPERIMENT_ID=exp_id`` in their environment,
+    except Ray's cluster-wide singleton actors, which inherit the environment of the job that happened to
+    create them and serve every later job (see ``SHARED_ACTORS``)."""
     import psutil
 
+    found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.pid != os.getpid() and proc.environ().get(MARKER_ENV) == exp_id \
-                    and proc.status() != psutil.STATUS_ZOMBIE:
-                return True
+            if proc.pid == os.getpid() or proc.environ().get(MARKER_ENV) != exp_id:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE or " ".join(proc.cmdline()).startswith(SHARED_ACTORS):
+                continue
+            found.append(proc)
         except (psutil.Error, OSError):
             continue
-    return False
+    return found
+
+
+def kill_job_processes(exp_id: str) -> None:
+    import psutil
+
+    for proc in job_processes(exp_id):
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
