@@ -1,0 +1,116 @@
+"""A real local Ray head for the Ray integration tests: ``cluster/ray/start.sh``, stopped at the end.
+
+The head listens on 127.0.0.1 only (``start.sh`` sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``)
+on its own GCS port, Ray Client port, worker-port range and temp dir, so it can run beside a
+developer's head on the default 6379. If it cannot start, the tests fail with start.sh's
+reason; they never skip.
+
+Stopping: ``cluster/ray/stop.sh`` runs ``ray stop --force``, which stops *every* Ray process of
+the user on the machine, other people's heads included. So the fixture stops only the head it
+started: the processes naming its temp dir or GCS address on their command line (GCS, raylet,
+monitors, client server) and everything under them (the raylet's workers). A head that was
+already answering on the port when the tests started is reused and left running.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+START = ROOT / "cluster" / "ray" / "start.sh"
+PORT = int(os.environ.get("DETLAUNCH_TEST_RAY_PORT", "6391"))
+TEMP_DIR = os.environ.get("DETLAUNCH_TEST_RAY_TEMP_DIR", "/tmp/detl-ray-test")  # short: Ray's socket paths
+HEAD_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": os.environ.get("DETLAUNCH_TEST_RAY_CLIENT_PORT", "10093"),
+            "DETLAUNCH_RAY_MIN_WORKER_PORT": "30000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "31999"}
+START_TIMEOUT_S = 240
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str
+    temp_dir: str
+    started_here: bool
+    seconds_to_start: float
+
+
+def start_head(num_cpus: int = 4) -> RayHead:
+    """Start (or find) the test head; pytest.fail with start.sh's output when it cannot."""
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(["bash", str(START), "--port", str(PORT), "--temp-dir", TEMP_DIR, "--num-cpus",
+                               str(num_cpus), "--timeout", "120"], env={**os.environ, **HEAD_ENV},
+                              capture_output=True, text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        stop_head(RayHead(f"127.0.0.1:{PORT}", TEMP_DIR, True, 0.0))
+        pytest.fail(f"cluster/ray/start.sh did not finish within {START_TIMEOUT_S} s:\n{(exc.stderr or '')[-3000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"cannot start the local Ray head (cluster/ray/start.sh exited {proc.returncode}):\n"
+                    f"{proc.stderr[-4000:]}")
+    address = proc.stdout.strip().splitlines()[-1]
+    return RayHead(address, TEMP_DIR, "already running" not in proc.stderr, time.monotonic() - t0)
+
+
+def head_processes(head: RayHead) -> list[psutil.Process]:
+    """The head's own processes (by temp dir or GCS address on the command line) and all their descendants."""
+    mine = re.compile(re.escape(head.temp_dir) + r"(/|\s|$)|--(gcs-)?address=" + re.escape(head.address) + r"(\s|$)")
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if mine.search(" ".join(proc.info["cmdline"] or [])):
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            found.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.Error:
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def train_workers(head: RayHead) -> list[str]:
+    """``ray::RayTrainWorker`` (and Ray Train controller) processes of this head still alive, as text."""
+    out = []
+    for proc in head_processes(head):
+        try:
+            title = " ".join(proc.cmdline())
+            if proc.status() != psutil.STATUS_ZOMBIE and ("RayTrainWorker" in title or "TrainController" in title):
+                out.append(f"{proc.pid} {title}")
+        except psutil.Error:
+            continue
+    return out
+
+
+def stop_head(head: RayHead) -> None:
+    """Stop only this head (see the module docstring): SIGTERM, then SIGKILL what is left after 5 s."""
+    if not head.started_here:
+        return
+    procs = head_processes(head)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[RayHead]:
+    head = start_head()
+    try:
+        yield head
+    finally:
+        stop_head(head)

@@ -1,0 +1,171 @@
+"""The Ray backend on a real local Ray head (``tests/integration/ray_cluster.py``), through the real CLI.
+
+One head serves every test of the module (a head takes ~20-40 s to start here, a Ray Train
+worker group ~30-40 s). Each job is a 2-worker (gloo) Ray Train run of the shapes config: 20
+iterations, a checkpoint every 5, 40 training and 8 validation images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.ray_train import job_processes
+from tests.integration.launcher_cli import DATA, SHAPES, done, env_for, launcher, record, train_iters, wait_until
+from tests.integration.ray_cluster import ray_head, train_workers  # noqa: F401  (ray_head is a fixture)
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ITERS = 20
+LONG = 100  # the cancel test stops this run after its first checkpoint; the resumed run finishes it
+
+
+def job(iters: int = ITERS) -> list[str]:
+    return ["--cfg-options", *DATA, f"runner.max_iters={iters}", f"evaluation.interval={iters}",
+            "checkpoint_config.interval=5"]
+
+
+def ray_args(head, *extra: str) -> list[str]:
+    return ["--backend", "ray", "--address", head.address, "--workers", "2", *extra]
+
+
+def attempts(work_dir: str) -> list[dict]:
+    path = Path(work_dir) / "logs" / "attempts.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def starts(work_dir: str) -> list[dict]:
+    return [a for a in attempts(work_dir) if a["event"] == "start"]
+
+
+def committed_pointer(work_dir: str, exp_id: str) -> dict | None:
+    """The newest detcore checkpoint pointer Ray Train has committed (all ranks reported it): Ray's
+    checkpoint manager snapshot names its directory in Ray's storage, which holds the pointer."""
+    run = Path(work_dir) / "ray" / f"detlaunch-{exp_id}"
+    try:
+        latest = json.loads((run / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
+        return json.loads((run / latest["checkpoint_dir_name"] / "detcore_checkpoint.json").read_text()) \
+            if latest else None
+    except (FileNotFoundError, ValueError):  # not written yet, or replaced while we read
+        return None
+
+
+def wait_for(predicate, what: str, timeout: float = 300, poll: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+def assert_nothing_left(head, exp_id: str) -> None:
+    """No process of the job on this node (the driver, its Ray actors) and no Ray Train worker on the head."""
+    deadline = time.monotonic() + 20  # Ray tears a finished run's actors down asynchronously
+    while (job_processes(exp_id) or train_workers(head)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not job_processes(exp_id), [p.cmdline() for p in job_processes(exp_id)]
+    assert not train_workers(head)
+
+
+def test_unreachable_address_fails_fast_with_one_line(home):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    t0 = time.monotonic()
+    proc = launcher(home, "submit", SHAPES, "--backend", "ray", "--address", f"127.0.0.1:{port}", "--workers", "2",
+                    *job(), check=False, timeout=60)
+    assert proc.returncode == 2 and time.monotonic() - t0 < 30
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (f"launcher submit: error: cannot reach a Ray head (GCS) at 127.0.0.1:{port}: Connection "
+                         f"refused (checked for 5 s); start one with cluster/ray/start.sh or pass --address")
+    assert json.loads(launcher(home, "list", "--json").stdout) == []
+
+
+def test_two_worker_job_runs_to_the_end_and_is_managed_after_its_submitter_exits(home, ray_head):
+    sub = subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, *ray_args(ray_head), "--name", "e2e",
+                            *job()], cwd=home.parent, env=env_for(home), stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    exp_id = sub.stdout.readline().strip()  # the id first, then rank 0's log while the submitter follows it
+    wait_until(home, exp_id, lambda r: r["state"] == "running" or done(r), poll=1.0)
+    os.killpg(sub.pid, signal.SIGKILL)  # the submitting command (and its session) is gone
+    sub.wait()
+    rec = wait_until(home, exp_id, done, timeout=600, poll=2.0)
+    assert rec["state"] == "succeeded" and rec["exit_code"] == 0 and rec["restarts"] == 0, rec["reason"]
+    assert rec["backend"] == "ray" and rec["world_size"] == 2 and rec["last_iter"] == ITERS
+    assert rec["last_ap"] is not None and rec["last_loss"] > 0
+    work = rec["work_dir"]
+    assert train_iters(work) == list(range(1, ITERS + 1))
+    assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{ITERS}.pth"
+    # Ray Train set up the group on loopback: both ranks rendezvoused on 127.0.0.1, on one port
+    ranks = starts(work)
+    assert sorted(a["rank"] for a in ranks) == [0, 1] and {a["world_size"] for a in ranks} == {2}
+    assert {a["master_addr"] for a in ranks} == {"127.0.0.1"}
+    assert len({a["master_port"] for a in ranks}) == 1 and rec["ports"] == [ranks[0]["master_port"]]
+    # detcore's checkpoints were reported to Ray as pointers, the last one to the final checkpoint
+    pointer = committed_pointer(work, exp_id)
+    assert pointer == {"checkpoint": f"iter_{ITERS}.pth", "iter": ITERS, "path": f"{work}/iter_{ITERS}.pth",
+                       "work_dir": work}
+    # managed from other processes: status (above), logs, list
+    logs = launcher(home, "logs", exp_id).stdout
+    assert "saved checkpoint" in logs and f"iter {ITERS}/{ITERS}" in logs
+    assert (Path(work) / "logs" / "rank1.log").is_file()
+    listed = json.loads(launcher(home, "list", "--backend", "ray", "--json").stdout)
+    assert [(e["id"], e["state"]) for e in listed] == [(exp_id, "succeeded")]
+    assert_nothing_left(ray_head, exp_id)
+
+
+def test_killed_worker_restarts_the_group_from_the_newest_checkpoint(home, ray_head):
+    exp_id = launcher(home, "submit", SHAPES, *ray_args(ray_head, "--max-failures", "1"), "--detach",
+                      *job()).stdout.strip()
+    work = record(home, exp_id)["work_dir"]
+    wait_for(lambda: committed_pointer(work, exp_id), "a checkpoint committed by Ray Train")
+    victim = [a for a in starts(work) if a["rank"] == 1][-1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    rec = wait_until(home, exp_id, done, timeout=600, poll=2.0)
+    assert rec["state"] == "succeeded", rec["reason"]
+    assert rec["restarts"] == 1 and rec["last_iter"] == ITERS
+    assert set(train_iters(work)) == set(range(1, ITERS + 1))
+    assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{ITERS}.pth"
+    second = [a for a in starts(work) if a["attempt"] == 1]
+    assert sorted(a["rank"] for a in second) == [0, 1]
+    assert all(a["restored"]["checkpoint"].startswith("iter_") for a in second)  # Ray handed the pointer back
+    assert {a["master_addr"] for a in starts(work)} == {"127.0.0.1"}
+    log = (Path(work) / "logs" / "rank0.log").read_text()
+    assert "Ray Train restored checkpoint iter_" in log and "resumed from" in log
+    assert_nothing_left(ray_head, exp_id)
+
+
+def test_cancel_stops_every_ray_worker_and_resume_finishes_the_run(home, ray_head):
+    exp_id = launcher(home, "submit", SHAPES, *ray_args(ray_head), "--detach", *job(LONG)).stdout.strip()
+    work = record(home, exp_id)["work_dir"]
+    wait_for(lambda: committed_pointer(work, exp_id), "a checkpoint committed by Ray Train", poll=0.2)
+    assert train_workers(ray_head) and job_processes(exp_id)
+    t0 = time.monotonic()
+    out = launcher(home, "cancel", exp_id).stdout
+    assert f"{exp_id}: cancelled" in out and time.monotonic() - t0 < 60
+    assert not job_processes(exp_id) and not train_workers(ray_head)  # no RayTrainWorker left
+    rec = record(home, exp_id)
+    assert rec["state"] == "cancelled" and rec["ended"] is not None and rec["last_iter"] < LONG
+    assert f"{exp_id}: already cancelled" in launcher(home, "cancel", exp_id).stdout
+
+    resumed = launcher(home, "resume", exp_id, timeout=600)
+    assert f"resuming {exp_id}" in resumed.stderr
+    rec = record(home, exp_id)
+    assert rec["state"] == "succeeded" and rec["last_iter"] == LONG, rec["reason"]
+    assert set(train_iters(work)) == set(range(1, LONG + 1))
+    runs = {a["run"] for a in starts(work)}
+    assert len(runs) == 2  # the first run and the resumed one
+    last_run = [a for a in starts(work) if a["run"] == starts(work)[-1]["run"]]
+    assert all(a["restored"] and a["restored"]["checkpoint"].startswith("iter_") for a in last_run)
+    assert "resumed from" in (Path(work) / "logs" / "rank0.log").read_text()
+    assert_nothing_left(ray_head, exp_id)
