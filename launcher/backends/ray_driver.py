@@ -207,6 +207,7 @@ class Driver:
                      configure_logging=True, logging_level=logging.INFO)
         finally:
             watchdog.cancel()
+        signal.signal(signal.SIGTERM, self.on_sigterm)  # ray.init replaced it with sys.exit: keep SIGTERM a cancel
 
     def fit(self, address: Address) -> int:
         import ray
@@ -254,7 +255,8 @@ class Driver:
                 reason += f" (after {self.status['restarts']} restart(s); --max-failures {self.plan.max_failures})"
             return self.finish(JobState.FAILED, 1, reason)
         restarts = self.status["restarts"]
-        return self.finish(JobState.SUCCEEDED, 0, f"finished after {restarts} restart(s)" if restarts else "")
+        return self.finish(JobState.SUCCEEDED, 0, f"finished after {restarts} restart(s)" if restarts
+                           else f"finished on Ray at {address.text}")
 
     def finish(self, state: JobState, rc: int | None, reason: str) -> int:
         self.set(state, exit_code=rc, reason=reason, ended=time.time())
