@@ -287,7 +287,8 @@ class SlurmBackend:
                 raise
             queue = []
         records = []
-        if not queue or queue[0].state == "COMPLETING":
+        # a requeued job waiting to start again: sacct tells why it was requeued (e.g. NODE_FAIL)
+        if not queue or queue[0].state == "COMPLETING" or (queue[0].restarts and queue[0].state == "PENDING"):
             records = parse_sacct(self._run(sacct_command(job_id)))
         st = job_status(job_id, queue, records, master_port)
         if st.state in (JobState.RUNNING, JobState.PREEMPTED):

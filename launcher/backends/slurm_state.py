@@ -131,9 +131,11 @@ def job_status(job_id: str, queue: Sequence[QueueRow], records: Sequence[AcctRec
                              started=row.start)
         if row.state in REQUEUE_STATES or (row.state in WAITING_STATES and restarts):
             why = f"; Slurm: {row.reason}" if row.reason else ""
+            ended = [r for r in mine if r.state not in RUNNING_STATES and r.state != "PENDING"]
+            cause = "a node failure" if ended and ended[-1].state == "NODE_FAIL" else \
+                "a preemption or time-limit signal"
             return JobStatus(JobState.PREEMPTED, restarts=restarts,
-                             reason=f"requeued after a preemption or time-limit signal (restart {restarts}), "
-                                    f"waiting to start again{why}")
+                             reason=f"requeued after {cause} (restart {restarts}), waiting to start again{why}")
         if row.state in WAITING_STATES:
             ports = _ports(row.raw_id, port_of) if "_" not in row.job_id else ()
             return JobStatus(JobState.PENDING, reason=f"Slurm: {row.reason}" if row.reason else "", ports=ports)
