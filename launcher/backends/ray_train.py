@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from launcher.backends.base import DryRun, import_path_env, read_json, worker_command, write_json_atomic
-from launcher.backends.ray_plan import (MARKER_ENV, Address, Options, TrainerPlan, driver_env, render_plan,
-                                        resolve_address, trainer_plan)
+from launcher.backends.ray_plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, driver_env,
+                                        parse_address, render_plan, resolve_address, trainer_plan)
 from launcher.errors import LauncherError
 from launcher.procinfo import is_alive, process_start
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Resources, spec_from_dict, spec_to_dict
@@ -163,9 +163,8 @@ class RayTrainBackend:
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         plan = trainer_plan(spec, spec.backend_options, self.environ)
-        from launcher.backends.ray_plan import parse_address
-
-        env = {**driver_env(parse_address(plan.address)), **import_path_env(self.environ), MARKER_ENV: spec.id}
+        address = parse_address(plan.address)
+        env = {**driver_env(address), **import_path_env(self.environ), MARKER_ENV: spec.id}
         notes = (
             f"driver: {' '.join(self.driver_command(spec))} (detached, output in {self.run_dir(spec.id)}/driver.log)",
             f"each of the {plan.num_workers} Ray Train workers runs the worker command in-process "
@@ -173,9 +172,10 @@ class RayTrainBackend:
             f"{plan.worker.log_dir}/rank{{R}}.log",
             "checkpoints: detcore's own in the work dir; each new one is reported to Ray as a pointer "
             "(ray.train.report), and a restarted worker group resumes with --resume auto",
-            f"an unreachable --address fails within seconds; on loopback {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0'} "
-            f"keeps Ray (and MASTER_ADDR) on 127.0.0.1",
+            "an unreachable --address fails within seconds (a TCP check before ray.init)",
         )
+        if address.loopback:
+            notes += (f"{LOOPBACK_ENV}=0 (before import ray) keeps the driver, Ray and MASTER_ADDR on 127.0.0.1",)
         return DryRun(backend=self.name, commands=(worker_command(spec),), env=tuple(sorted(env.items())),
                       resources=spec.resources, world_size=spec.world_size, scaling=spec.scaling,
                       work_dir=spec.work_dir, cwd=spec.cwd, files=(("ray_driver", render_plan(plan)),), notes=notes)

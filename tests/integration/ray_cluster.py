@@ -80,9 +80,11 @@ def train_workers(head: RayHead) -> list[str]:
     out = []
     for proc in head_processes(head):
         try:
-            title = " ".join(proc.cmdline())
-            if proc.status() != psutil.STATUS_ZOMBIE and ("RayTrainWorker" in title or "TrainController" in title):
-                out.append(f"{proc.pid} {title}")
+            title = " ".join(proc.cmdline()).strip()
+            status = proc.status()
+            if status != psutil.STATUS_ZOMBIE and ("RayTrainWorker" in title or "TrainController" in title):
+                job = proc.environ().get("DETLAUNCH_EXPERIMENT_ID")
+                out.append(f"{proc.pid} {title} ({status}, experiment {job}, parent {proc.ppid()})")
         except psutil.Error:
             continue
     return out
