@@ -46,12 +46,12 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
     jobs = []
     for seed in (1, 2, 3):
         exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2",
-                          "--name", f"fault{seed}", *tiny(60, 2)).stdout.strip()
+                          "--name", f"fault{seed}", *tiny(150, 3)).stdout.strip()
         jobs.append((seed, exp_id))
     for seed, exp_id in jobs:
         rng = random.Random(seed)
         rec = wait_until(home, exp_id, lambda r: (len(attempts(home, r["id"])) == 2 and
-                                                  (Path(r["work_dir"]) / "iter_2.pth").exists()) or done(r), poll=0.2)
+                                                  (Path(r["work_dir"]) / "iter_3.pth").exists()) or done(r), poll=0.2)
         assert not done(rec), rec
         rank = rng.choice([0, 1])
         victim = [a for a in attempts(home, exp_id) if a["rank"] == rank][-1]["pid"]
@@ -65,8 +65,8 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
         rec = wait_until(home, exp_id, done, timeout=900)
         work = Path(rec["work_dir"])
         assert rec["state"] == "succeeded" and rec["restarts"] >= 1, rec
-        assert rec["last_iter"] == 60 and train_iters(str(work))[-1] == 60
-        assert (work / "last_checkpoint").read_text().strip() == "iter_60.pth"
+        assert rec["last_iter"] == 150 and train_iters(str(work))[-1] == 150
+        assert (work / "last_checkpoint").read_text().strip() == "iter_150.pth"
         assert all(_loads(p) for p in work.glob("*.pth"))  # every checkpoint on disk is whole (a killed save
         # leaves at most its hidden temporary file, never a torn .pth)
 
