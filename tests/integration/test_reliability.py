@@ -46,27 +46,29 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
     jobs = []
     for seed in (1, 2, 3):
         exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2",
-                          "--name", f"fault{seed}", *tiny(150, 3)).stdout.strip()
+                          "--name", f"fault{seed}", *tiny(400, 3)).stdout.strip()
         jobs.append((seed, exp_id))
+
+    def ready(r: dict) -> bool:
+        return (len(attempts(home, r["id"])) == 2 and (Path(r["work_dir"]) / "iter_3.pth").exists()) or done(r)
+
+    records = {exp_id: wait_until(home, exp_id, ready, poll=0.2) for _, exp_id in jobs}
+    assert not any(done(r) for r in records.values()), records
     for seed, exp_id in jobs:
         rng = random.Random(seed)
-        rec = wait_until(home, exp_id, lambda r: (len(attempts(home, r["id"])) == 2 and
-                                                  (Path(r["work_dir"]) / "iter_3.pth").exists()) or done(r), poll=0.2)
-        assert not done(rec), rec
-        rank = rng.choice([0, 1])
-        victim = [a for a in attempts(home, exp_id) if a["rank"] == rank][-1]["pid"]
         if seed == 3:
             victim = [a for a in attempts(home, exp_id) if a["rank"] == 0][-1]["pid"]
-            assert _kill_mid_checkpoint(Path(rec["work_dir"]), victim), "never saw a checkpoint being written"
+            assert _kill_mid_checkpoint(Path(records[exp_id]["work_dir"]), victim), "never saw a checkpoint being written"
         else:
-            time.sleep(rng.uniform(0.5, 4.0))
+            time.sleep(rng.uniform(0.1, 1.5))
+            victim = [a for a in attempts(home, exp_id) if a["rank"] == rng.choice([0, 1])][-1]["pid"]
             os.kill(victim, signal.SIGKILL)
     for _, exp_id in jobs:
         rec = wait_until(home, exp_id, done, timeout=900)
         work = Path(rec["work_dir"])
         assert rec["state"] == "succeeded" and rec["restarts"] >= 1, rec
-        assert rec["last_iter"] == 150 and train_iters(str(work))[-1] == 150
-        assert (work / "last_checkpoint").read_text().strip() == "iter_150.pth"
+        assert rec["last_iter"] == 400 and train_iters(str(work))[-1] == 400
+        assert (work / "last_checkpoint").read_text().strip() == "iter_400.pth"
         assert all(_loads(p) for p in work.glob("*.pth"))  # every checkpoint on disk is whole (a killed save
         # leaves at most its hidden temporary file, never a torn .pth)
 
