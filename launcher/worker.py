@@ -40,7 +40,8 @@ def restart_argv(argv: list[str], attempt: int) -> list[str]:
     return out + ["--resume", "auto"]
 
 
-def _redirect_output(log_dir: str, rank: int) -> None:
+def redirect_output(log_dir: str, rank: int) -> None:
+    """Append this process's stdout and stderr (fds 1 and 2) to ``log_dir/rank{rank}.log``."""
     os.makedirs(log_dir, exist_ok=True)
     fd = os.open(os.path.join(log_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     rank = int(os.environ.get("RANK") or 0)
     attempt = attempt_number()
     if args.log_dir:
-        _redirect_output(args.log_dir, rank)
+        redirect_output(args.log_dir, rank)
     if args.attempts_file:
         _record_attempt(args.attempts_file, rank, attempt)
     sys.argv = [module, *restart_argv(worker_args, attempt)]

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from launcher.backends.ray_plan import WorkerPlan
-from launcher.worker import restart_argv
+from launcher.worker import redirect_output, restart_argv
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "detcore_checkpoint.json"
@@ -143,17 +143,6 @@ def user_error(records: list[dict]) -> str:
         if r.get("event") == "exit" and r.get("exit_code") == USER_ERROR:
             return f"rank {r.get('rank')}: {r.get('detail') or 'exited with code 2'}"
     return ""
-
-
-def redirect_output(log_dir: str, rank: int) -> None:
-    """Append this process's stdout and stderr (file descriptors 1 and 2) to ``log_dir/rank{rank}.log``."""
-    os.makedirs(log_dir, exist_ok=True)
-    fd = os.open(os.path.join(log_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
 
 
 def last_log_line(log_dir: str, rank: int) -> str:
