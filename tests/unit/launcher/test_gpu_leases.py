@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from launcher.backends.local import LocalBackend, detect_gpus
 from launcher.errors import LauncherError
-from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units
+from launcher.leases import GPU_POOL, Lease, LeaseBook, blocking_flock, choose_units
 from launcher.procinfo import current_process, process_start
 
 INV = ("0", "1", "2", "3")
@@ -85,3 +88,72 @@ def test_gpus_on_cpu_only_node_is_one_line_error(tmp_path):
     spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir="/w", cwd="/", resources=Resources(nproc=2, gpus=2))
     with pytest.raises(LauncherError, match=r"^asked for 2 GPUs but this node has 0 "):
         LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec)
+
+
+def _hold_lock(path, locked, release):
+    with blocking_flock(path, 5):
+        locked.set()
+        release.wait(30)
+
+
+def test_lock_wait_times_out_with_one_line_naming_the_file(tmp_path):
+    ctx = mp.get_context("fork")
+    locked, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        t0 = time.monotonic()
+        with pytest.raises(LauncherError, match=r"leases\.lock: another launcher process has held this lock for over 0 s"):
+            with blocking_flock(tmp_path / "leases.lock", 0.3):
+                pass
+        assert 0.25 < time.monotonic() - t0 < 5
+        assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the handler is put back
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_lock_waiter_gets_it_when_the_holder_dies(tmp_path):
+    ctx = mp.get_context("fork")
+    locked, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
+    holder.start()
+    assert locked.wait(10)
+    got = threading.Event()
+
+    def waiter():  # a thread: no deadline, it waits in the kernel
+        with blocking_flock(tmp_path / "leases.lock", 60):
+            got.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert not got.wait(0.3)  # still held
+    holder.kill()  # SIGKILL: the kernel drops the lock with the holder's descriptor
+    holder.join(10)
+    t.join(10)
+    assert got.is_set()
+
+
+def test_lock_deadline_keeps_an_outer_timer(tmp_path):
+    ctx = mp.get_context("fork")
+    locked, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
+    holder.start()
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        assert locked.wait(10)
+        threading.Timer(0.3, release.set).start()
+        signal.setitimer(signal.ITIMER_REAL, 5.0)
+        with blocking_flock(tmp_path / "leases.lock", 2):  # waits ~0.3 s under its own 2 s deadline
+            pass
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 3.5 < remaining < 4.9  # the caller's timer runs on, less the time waited
+        assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+        holder.join(10)
