@@ -9,7 +9,8 @@ alternating:
 
 * ``python -m detcore.tools.cli eval --ann GT --results DT --metric bbox --json``
 * ``python -m benchmarks.evaluation pycocotools GT DT``: ``COCO(GT)``, ``loadRes(DT)``,
-  ``COCOeval(..., "bbox")``, ``evaluate/accumulate/summarize`` and nothing else (no torch).
+  ``COCOeval(..., "bbox")``, ``evaluate/accumulate/summarize`` and nothing else (no torch);
+* ``detcore eval ... --backend faster-coco-eval`` (the optional C++ COCOeval), when installed.
 
 The figure is each command's wall time, start to exit (what a user waits for). The twelve
 summary numbers of the two must be equal to the last bit; the row says so. A third figure
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from benchmarks import jobs
-from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured
+from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured, not_available
 
 TITLE = "evaluation: detcore eval vs pycocotools COCOeval on a large synthetic results file"
 GOAL = Goal("ratio", "<=", 1.05)
@@ -75,10 +76,19 @@ def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path
     return gt, dt
 
 
-def run_detcore(gt: Path, dt: Path, timeout: float) -> tuple[float, dict]:
+def run_detcore(gt: Path, dt: Path, timeout: float, backend: str = "pycocotools") -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "detcore.tools.cli", "--log-level", "WARNING", "eval", "--ann", str(gt),
-           "--results", str(dt), "--metric", "bbox", "--json"]
-    return _timed(cmd, timeout, "detcore eval", lambda out: json.loads(out)["bbox"])
+           "--results", str(dt), "--metric", "bbox", "--json", "--backend", backend]
+    return _timed(cmd, timeout, f"detcore eval --backend {backend}", lambda out: json.loads(out)["bbox"])
+
+
+def faster_available() -> str | None:
+    """None when faster-coco-eval is importable, else why not."""
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError as exc:
+        return f"faster-coco-eval is not installed ({exc}); pip install 'detlaunch[fast-eval]'"
+    return None
 
 
 def run_pycocotools(gt: Path, dt: Path, timeout: float) -> tuple[float, dict]:
@@ -102,43 +112,65 @@ def _timed(cmd: list[str], timeout: float, what: str, parse) -> tuple[float, dic
     return elapsed, parse(out.stdout)
 
 
+def _differences(stats: dict, reference: dict) -> dict:
+    return {k: (stats[k], reference[k]) for k in METRIC_KEYS if stats[k] != reference[k]}
+
+
 def run(ctx: Context) -> Result:
     images, dets = ctx.pick((500, 100), (5000, 100))
-    repeats = 2  # each side takes about a minute per run at 5,000 images on 2 cores
+    repeats = 2  # pycocotools takes about a minute per run at 5,000 images on 2 cores
     timeout = 1800.0
     log(f"evaluation: generating {images} images x {dets} detections")
     t0 = time.perf_counter()
     gt, dt = generate(ctx.workdir("evaluation"), images, dets)
     gen_s = time.perf_counter() - t0
-    ours, theirs, imports, mismatches = [], [], [], []
+    no_faster = faster_available()
+    sides = ["detcore", "pycocotools"] + ([] if no_faster else ["faster"])
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    stats: dict[str, dict] = {}
+    imports, mismatches = [], {"detcore": [], "faster": []}
     for r in range(repeats):
-        for side in (("detcore", "pycocotools") if r % 2 == 0 else ("pycocotools", "detcore")):
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # rotate the order between repeats
             log(f"evaluation: {side} run {r + 1}/{repeats}")
-            if side == "detcore":
-                t, ours_stats = run_detcore(gt, dt, timeout)
-                ours.append(t)
+            if side == "pycocotools":
+                t, stats[side] = run_pycocotools(gt, dt, timeout)
             else:
-                t, their_stats = run_pycocotools(gt, dt, timeout)
-                theirs.append(t)
+                t, stats[side] = run_detcore(gt, dt, timeout, "faster-coco-eval" if side == "faster" else "pycocotools")
+            times[side].append(t)
         imports.append(import_time(timeout))
-        diff = {k: (ours_stats[k], their_stats[k]) for k in METRIC_KEYS if ours_stats[k] != their_stats[k]}
-        if diff:
-            mismatches.append(diff)
-    identical = not mismatches
+        for side in mismatches:
+            diff = _differences(stats[side], stats["pycocotools"]) if side in stats else {}
+            if diff:
+                mismatches[side].append(diff)
+    reference = stats["pycocotools"]
     rows = [
-        compared(f"detcore eval, {images:,} images x {dets} dets", ours, theirs, "s", GOAL,
+        compared(f"detcore eval, {images:,} images x {dets} dets", times["detcore"], times["pycocotools"], "s", GOAL,
                  note="fresh process, start to exit; ratio vs pycocotools below"),
-        measured("pycocotools COCOeval directly", theirs, "s", note="fresh process; COCO, loadRes, COCOeval"),
+        measured("pycocotools COCOeval directly", times["pycocotools"], "s",
+                 note="fresh process; COCO, loadRes, COCOeval"),
         measured("  python -c 'import detcore.tools.eval_tool'", imports, "s",
-                 note="the fixed start-up cost inside the detcore eval figure (torch, torchvision imports)"),
-        Row("12 summary numbers identical", 1.0 if identical else 0.0, "", met=identical,
-            note=f"AP={their_stats['AP']:.6f} AR100={their_stats['AR100']:.6f}" if identical
-            else f"differ: {mismatches[0]}"),
+                 note="the fixed start-up cost inside the detcore eval figure (imports: pycocotools, numpy; no torch)"),
+        _identical_row("12 summary numbers identical", mismatches["detcore"], reference),
     ]
+    if no_faster:
+        rows.append(not_available("detcore eval --backend faster-coco-eval", no_faster))
+    else:
+        rows += [
+            compared("detcore eval --backend faster-coco-eval", times["faster"], times["pycocotools"], "s", GOAL,
+                     note="the optional C++ COCOeval; ratio vs pycocotools above"),
+            _identical_row("  its 12 summary numbers identical", mismatches["faster"], reference),
+        ]
     settings = {"images": images, "detections_per_image": dets, "categories": NUM_CATEGORIES, "repeats": repeats,
                 "gt_bytes": gt.stat().st_size, "results_bytes": dt.stat().st_size}
-    details = {"generate_s": gen_s, "identical": identical, "mismatches": mismatches, "stats": their_stats}
+    details = {"generate_s": gen_s, "mismatches": mismatches, "stats": stats}
     return Result(rows, settings, details)
+
+
+def _identical_row(label: str, mismatches: list[dict], reference: dict) -> Row:
+    identical = not mismatches
+    return Row(label, 1.0 if identical else 0.0, "", met=identical,
+               note=f"AP={reference['AP']:.6f} AR100={reference['AR100']:.6f}" if identical
+               else f"differ: {mismatches[0]}")
 
 
 def pycocotools_main(gt: str, dt: str) -> int:

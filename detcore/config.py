@@ -229,6 +229,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("model", "data", "optimizer"):
         if key in cfg and not isinstance(cfg[key], Mapping):
             raise ConfigError(f"{cfg.get('filename', 'config')}: {key} must be a mapping, got {type(cfg[key]).__name__}")
+    evaluation = cfg.get("evaluation")
+    if isinstance(evaluation, Mapping) and "backend" in evaluation:
+        from detcore.evaluation.coco_eval import check_backend
+
+        check_backend(evaluation["backend"], f"{cfg.get('filename', 'config')}: evaluation.backend")
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:

@@ -56,7 +56,7 @@ def gather_coco_results(outputs: list[tuple[int, dict]], dataset: Any) -> list[d
 
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
                     classes: Sequence[str], num_images: int = 0, progress: bool = False,
-                    ) -> tuple[dict[str, float], list[torch.Tensor]]:
+                    backend: str = "pycocotools") -> tuple[dict[str, float], list[torch.Tensor]]:
     """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings."""
     from detcore.apis.visualize import draw_result
     from detcore.evaluation import evaluate_coco
@@ -67,7 +67,8 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
     drawn = [draw_result(img, pred, classes) for img, pred in kept]
     if get_rank() != 0:
         return {}, drawn
-    results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True, class_names=classes)
+    results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True, class_names=classes,
+                            backend=backend)
     flat = flatten_metrics(results)
     logger.info("evaluation: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items() if "_AP_" not in k))
     return flat, drawn

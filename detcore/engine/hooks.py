@@ -79,16 +79,21 @@ class LoggerHook(HookBase):
 class EvalHook(HookBase):
     """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged."""
 
-    def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4) -> None:
+    def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
+                 backend: str = "pycocotools") -> None:
+        from detcore.evaluation.coco_eval import check_backend
+
+        check_backend(backend, "evaluation.backend")  # at start-up, not at the first evaluation
         self.interval = int(interval)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images
+        self.backend = backend
 
     def after_step(self) -> None:
         t = self.trainer
         if t.val_loader is None or not (t.at_boundary(self.interval) or t.iter == t.max_iters):
             return
-        results = t.evaluate(self.metrics, num_images=self.num_images)
+        results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend)
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")

@@ -205,11 +205,12 @@ class Trainer:
             hook.after_step()
 
     # ---- evaluation, logging ----------------------------------------------------------
-    def evaluate(self, metrics: list[str], num_images: int = 0) -> dict:
+    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = "pycocotools") -> dict:
         from detcore.engine.evaluator import evaluate_loader
 
         results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
-                                         classes=self.classes, num_images=num_images if self.tb else 0)
+                                         classes=self.classes, num_images=num_images if self.tb else 0,
+                                         backend=backend)
         self.model.train()
         if self.tb is not None:
             for i, img in enumerate(drawn):

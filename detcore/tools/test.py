@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if metrics:
         names = list(ckpt["meta"].get("classes") or dataset.CLASSES)
-        evaluated = evaluate_coco(dataset.coco, results, metrics=tuple(metrics), classwise=True, class_names=names)
+        backend = (cfg.get("evaluation") or {}).get("backend", "pycocotools")
+        evaluated = evaluate_coco(dataset.coco, results, metrics=tuple(metrics), classwise=True, class_names=names,
+                                  backend=backend)
         flat = flatten_metrics(evaluated)
         if work_dir is not None:
             (work_dir / "test_metrics.json").write_text(json.dumps(flat, indent=2))

@@ -76,6 +76,8 @@ CASES = [
      ["custom_imports", "no_such_mod_q", "allow_failed_imports"]),
     ("num-classes-mismatch", {"c.yaml": f"_base_: {SHAPES}\nmodel: {{num_classes: 5}}\n"}, TRAIN,
      ["model.num_classes is 5", "3 classes"]),
+    ("eval-backend-unknown", {"c.yaml": f"_base_: {SHAPES}\nevaluation: {{backend: fast}}\n"}, TRAIN,
+     ["c.yaml: evaluation.backend", "unknown COCO evaluation backend 'fast'", "faster-coco-eval"]),
     ("rpn-unknown-option", {"c.yaml": f"_base_: {SHAPES}\nmodel: {{rpn: {{nms: 0.3}}}}\n"}, TRAIN,
      ["model.rpn", "'nms'", "nms_thresh"]),
     ("anchor-levels", {"c.yaml": f"_base_: {SHAPES}\nmodel: {{anchor_generator: {{sizes: [[16]]}}}}\n"}, TRAIN,

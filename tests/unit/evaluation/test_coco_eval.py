@@ -84,6 +84,28 @@ def test_cli_json_equals_pycocotools(gt_file, results_file, capsys, monkeypatch)
     assert 0.3 < printed["bbox"]["AP"] < 1.0 and printed["bbox"]["APl"] == -1.0  # 64 px: no large objects
 
 
+def test_in_memory_results_are_left_as_given(gt_file, results_file):
+    results = json.loads(results_file.read_text())
+    before = json.dumps(results)
+    metrics = evaluate_coco(str(gt_file), results, metrics=["bbox", "segm"], classwise=False)
+    assert json.dumps(results) == before  # loadRes adds area/id to its objects, not to the caller's
+    for iou_type in ("bbox", "segm"):
+        assert list(metrics[iou_type].values()) == _pycocotools(gt_file, results_file, iou_type)
+
+
+def test_faster_backend_gives_pycocotools_numbers(gt_file, results_file, capsys, monkeypatch):
+    assert _cli(monkeypatch, "--ann", str(gt_file), "--results", str(results_file), "--metric", "bbox", "segm",
+                "--json", "--backend", "faster-coco-eval") == 0
+    printed = json.loads(capsys.readouterr().out)
+    for iou_type in ("bbox", "segm"):
+        assert list(printed[iou_type].values()) == _pycocotools(gt_file, results_file, iou_type)
+    ours = evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
+    fast = evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"], backend="faster-coco-eval")
+    assert fast["bbox_per_class"] == ours["bbox_per_class"]  # incl. -1 for the class without ground truth
+    empty = evaluate_coco(str(gt_file), [], metrics=["bbox"], classwise=False, backend="faster-coco-eval")
+    assert empty["bbox"] == evaluate_coco(str(gt_file), [], metrics=["bbox"], classwise=False)["bbox"]
+
+
 def test_per_class_and_minus_one(gt_file, results_file, capsys, monkeypatch):
     metrics = evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
     per_class = metrics["bbox_per_class"]
