@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where <name>.json and summary.md go (default benchmarks/results)")
     p.add_argument("--start-clusters", action="store_true",
                    help="startup: start the local Slurm and Ray test clusters when they are down (cluster/*/start.sh); "
-                        "they are left running")
+                        "a cluster started this way is stopped after its runs")
     p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     args = p.parse_args(argv)

@@ -100,8 +100,8 @@ CLUSTER_DIRS = {"slurm": jobs.REPO_ROOT / "cluster" / "slurm", "ray": jobs.REPO_
 
 def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: float) -> Row:
     """The backend's figure. With ``ctx.start_clusters`` a cluster that is down is started first
-    and left running: its stop script would also stop other people's daemons (``ray stop``
-    stops every Ray process of the user; the Slurm test cluster's directory is shared)."""
+    and stopped again after its runs, so its daemons do not share the cores with the benchmarks
+    that follow. A cluster that was already up is used and left alone."""
     label = f"launcher submit --backend {backend} --nproc 2"
     why = backend_missing(backend)
     if why:
@@ -112,15 +112,20 @@ def cluster_figure(ctx: Context, backend: str, env_fn, repeats: int, timeout: fl
         if not ctx.start_clusters:
             return not_available(label, f"{exc}; or pass --start-clusters")
         script = CLUSTER_DIRS[backend] / "start.sh"
-        log(f"startup: starting the {backend} test cluster ({script}); it is left running")
+        log(f"startup: starting the {backend} test cluster ({script}); it is stopped after its runs")
         out = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
-        if out.returncode != 0:
-            return not_available(label, f"{script} failed: {out.stderr.strip()[-300:]}")
         try:
-            base_env = env_fn()
-        except NotAvailable as exc2:
-            return not_available(label, f"started the cluster, but: {exc2}")
-        log(f"startup: stop it later with {CLUSTER_DIRS[backend] / 'stop.sh'}")
+            if out.returncode != 0:
+                return not_available(label, f"{script} failed: {out.stderr.strip()[-300:]}")
+            try:
+                base_env = env_fn()
+            except NotAvailable as exc2:
+                return not_available(label, f"started the cluster, but: {exc2}")
+            return _cluster_runs(ctx, backend, label, base_env, repeats, timeout)
+        finally:
+            stop = CLUSTER_DIRS[backend] / "stop.sh"
+            log(f"startup: stopping the {backend} test cluster ({stop})")
+            subprocess.run([str(stop)], capture_output=True, timeout=300)
     return _cluster_runs(ctx, backend, label, base_env, repeats, timeout)
 
 
