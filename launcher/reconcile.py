@@ -53,15 +53,9 @@ def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends:
         if _differs(exp, st):
             store.record_status(exp.id, st)
             if st.state.is_terminal():
-                _final_metrics(store, exp)
+                store.record_work_dir_metrics(exp.id, exp.work_dir)
             exp = store.get(exp.id)
         out.append(exp)
     return out
 
 
-def _final_metrics(store: ExperimentStore, exp: Experiment) -> None:
-    from launcher.metrics import read_last_metrics
-
-    m = read_last_metrics(exp.work_dir)
-    if not m.empty:
-        store.record_metrics(exp.id, m.iter, m.loss, m.ap, m.values)

@@ -268,6 +268,14 @@ class ExperimentStore:
                           "updated = ? WHERE id = ?",
                           (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), time.time(), exp_id))
 
+    def record_work_dir_metrics(self, exp_id: str, work_dir: str | os.PathLike) -> None:
+        """Copy the last record of ``work_dir/metrics.jsonl`` (if any) into the row."""
+        from launcher.metrics import read_last_metrics
+
+        m = read_last_metrics(work_dir)
+        if not m.empty:
+            self.record_metrics(exp_id, m.iter, m.loss, m.ap, m.values)
+
     def reset_for_resume(self, exp_id: str, spec: JobSpec, state: JobState) -> None:
         """Put a finished row back to ``state`` with a (possibly re-scaled) spec; keeps restarts and metrics."""
         values = experiment_from_spec(spec, state)

@@ -41,21 +41,27 @@ A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backen
 Shared helpers for all backends: :func:`worker_args`, :func:`worker_command`,
 :func:`shim_command`, :func:`thread_env`, :func:`import_path_env`; the scaling rule is
 :func:`launcher.scaling.scale_for_world` (already applied in ``spec.scaling``); store updates
-go through :class:`launcher.store.ExperimentStore` (``record_status``, ``record_metrics``) or,
-for backends that only answer ``status``, through :func:`launcher.reconcile.refresh`.
+go through :func:`mirror_to_store` (a job's own process copying its status file and metrics)
+or, for backends that only answer ``status``, through :func:`launcher.reconcile.refresh`.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol, runtime_checkable
 
 from launcher.scaling import ScaledSchedule
-from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources
+from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources
+
+if TYPE_CHECKING:
+    from launcher.store import ExperimentStore
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -185,6 +191,23 @@ def import_path_env(environ: Mapping[str, str]) -> dict[str, str]:
     if REPO_ROOT in parts:
         return {"PYTHONPATH": os.pathsep.join(parts)}
     return {"PYTHONPATH": os.pathsep.join([REPO_ROOT, *parts])}
+
+
+def mirror_to_store(store: "ExperimentStore", experiment_id: str, status: Mapping | None = None,
+                    work_dir: str | os.PathLike | None = None) -> None:
+    """Copy a ``status.json`` mapping and/or the last metrics of ``work_dir`` into the
+    experiment's store row. The store is a view of those files, which stay the record, so a
+    failure (a locked or vanished database) is logged, not raised."""
+    try:
+        if status is not None:
+            store.record_status(experiment_id, JobStatus(
+                JobState(status["state"]), exit_code=status["exit_code"], restarts=status["restarts"],
+                reason=status["reason"], ports=tuple(status["ports"]), started=status["started"],
+                ended=status["ended"]))
+        if work_dir is not None:
+            store.record_work_dir_metrics(experiment_id, work_dir)
+    except Exception as exc:
+        logger.warning("could not update the experiment store for %s: %s", experiment_id, exc)
 
 
 def read_json(path: str | os.PathLike) -> dict | None:

@@ -30,12 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.backends.base import read_json, write_json_atomic
+from launcher.backends.base import mirror_to_store, read_json, write_json_atomic
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.leases import GPU_POOL, LeaseBook
-from launcher.metrics import read_last_metrics
 from launcher.procinfo import current_process
-from launcher.spec import JobSpec, JobState, JobStatus, spec_from_dict
+from launcher.spec import JobSpec, JobState, spec_from_dict
 from launcher.store import ExperimentStore
 
 logger = logging.getLogger("launcher.supervisor")
@@ -101,22 +100,10 @@ class Supervisor:
             return
         self.status.update(changed)
         write_json_atomic(self.job_dir / "status.json", self.status)
-        st = self.status
-        try:
-            self.store.record_status(self.spec.id, JobStatus(
-                JobState(st["state"]), exit_code=st["exit_code"], restarts=st["restarts"], reason=st["reason"],
-                ports=tuple(st["ports"]), started=st["started"], ended=st["ended"]))
-        except Exception as exc:  # the store is a view; status.json is the record
-            logger.warning("could not update the experiment store: %s", exc)
+        mirror_to_store(self.store, self.spec.id, self.status)
 
     def record_metrics(self) -> None:
-        m = read_last_metrics(self.spec.work_dir)
-        if m.empty:
-            return
-        try:
-            self.store.record_metrics(self.spec.id, m.iter, m.loss, m.ap, m.values)
-        except Exception as exc:
-            logger.warning("could not record metrics: %s", exc)
+        mirror_to_store(self.store, self.spec.id, work_dir=self.spec.work_dir)
 
     def on_sigterm(self, signum, frame) -> None:
         self.cancelled = True

@@ -37,13 +37,12 @@ import threading
 import time
 from pathlib import Path
 
-from launcher.backends.base import read_json, write_json_atomic
+from launcher.backends.base import mirror_to_store, read_json, write_json_atomic
 from launcher.backends.ray_plan import (Address, Options, TrainerPlan, failure_reason, follow_attempts,
                                         resolve_address, trainer_plan)
 from launcher.errors import LauncherError
-from launcher.metrics import read_last_metrics
 from launcher.procinfo import current_process
-from launcher.spec import JobSpec, JobState, JobStatus, spec_from_dict
+from launcher.spec import JobSpec, JobState, spec_from_dict
 from launcher.store import ExperimentStore
 
 logger = logging.getLogger("launcher.ray_driver")
@@ -105,20 +104,10 @@ class Driver:
             self.status.update(changed)
             write_json_atomic(self.run_dir / "status.json", self.status)
             st = dict(self.status)
-        try:
-            self.store.record_status(self.spec.id, JobStatus(
-                JobState(st["state"]), exit_code=st["exit_code"], restarts=st["restarts"], reason=st["reason"],
-                ports=tuple(st["ports"]), started=st["started"], ended=st["ended"]))
-        except Exception as exc:  # the store is a view; status.json is the record
-            logger.warning("could not update the experiment store: %s", exc)
+        mirror_to_store(self.store, self.spec.id, st)
 
     def record_metrics(self) -> None:
-        m = read_last_metrics(self.spec.work_dir)
-        if not m.empty:
-            try:
-                self.store.record_metrics(self.spec.id, m.iter, m.loss, m.ap, m.values)
-            except Exception as exc:
-                logger.warning("could not record metrics: %s", exc)
+        mirror_to_store(self.store, self.spec.id, work_dir=self.spec.work_dir)
 
     def read_attempts(self) -> list[dict]:
         try:

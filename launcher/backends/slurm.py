@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pickle
 import shutil
@@ -305,18 +304,14 @@ class SlurmBackend:
 
         There is no supervisor process on this side for Slurm jobs, so the status query does it.
         """
-        from launcher.metrics import read_last_metrics
         from launcher.store import ExperimentStore
 
         work_dir = handle.get("work_dir")
         if not work_dir:
             return
-        m = read_last_metrics(work_dir)
-        if m.empty:
-            return
         store = ExperimentStore(self.home)
         try:
-            store.record_metrics(handle.experiment_id, m.iter, m.loss, m.ap, m.values)
+            store.record_work_dir_metrics(handle.experiment_id, work_dir)
         finally:
             store.close()
 
