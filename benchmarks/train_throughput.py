@@ -106,7 +106,7 @@ def run(ctx: Context) -> Result:
 
     threads = os.cpu_count() or 1
     workers = int(load_config(jobs.SHAPES_CONFIG)["data"]["workers_per_gpu"])
-    repeats = ctx.pick(1, 3)
+    repeats = ctx.pick(1, 5)
     timeout = ctx.pick(300, 900)
     train = load_config(jobs.SHAPES_CONFIG)["data"]["train"]
     ensure_shapes(num_train=train["num_train"], num_val=train["num_val"], size=train["size"], seed=train["seed"])

@@ -21,10 +21,19 @@ from detcore.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
+def _plain(value: Any) -> Any:
+    return value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else value
+
+
 def collate(batch: Sequence[tuple[Any, dict]]) -> tuple[list[Any], list[dict]]:
-    """``[(image, target), ...] -> ([images], [targets])`` (detectors take lists)."""
-    images = [sample[0] for sample in batch]
-    targets = [sample[1] for sample in batch]
+    """``[(image, target), ...] -> ([images], [targets])`` (detectors take lists).
+
+    Images, boxes and masks leave as plain tensors (torchvision's ``ToPureTensor``, as its
+    detection references end their pipelines): a ``tv_tensors`` subclass would send every
+    operation of the model's box matching and loss through ``__torch_function__``.
+    """
+    images = [_plain(sample[0]) for sample in batch]
+    targets = [{k: _plain(v) for k, v in sample[1].items()} for sample in batch]
     return images, targets
 
 

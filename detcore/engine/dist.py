@@ -96,6 +96,32 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
+class PendingMean:
+    """The result of :func:`all_reduce_mean_async`; ``wait()`` gives the averaged dict."""
+
+    def __init__(self, keys: list[str], tensor: torch.Tensor | None, work, values: dict[str, float]) -> None:
+        self._keys, self._tensor, self._work, self._values = keys, tensor, work, values
+
+    def wait(self) -> dict[str, float]:
+        if self._tensor is None:
+            return self._values
+        self._work.wait()
+        return dict(zip(self._keys, (self._tensor / dist.get_world_size()).tolist()))
+
+
+def all_reduce_mean_async(values: dict[str, float], device: torch.device) -> PendingMean:
+    """Start averaging ``values`` over all ranks and return at once.
+
+    The trainer starts it between forward and backward: the collective joins the queue before
+    DDP's gradient buckets, so the ranks meet once per step (in backward) instead of twice.
+    """
+    if not is_distributed() or not values:
+        return PendingMean([], None, None, values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    return PendingMean(keys, t, dist.all_reduce(t, async_op=True), values)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

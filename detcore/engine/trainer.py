@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detcore.checkpoint import load_checkpoint, load_weights, make_meta, save_checkpoint, unwrap
 from detcore.config import dump_config
 from detcore.engine import hooks as H
-from detcore.engine.dist import DistInfo, all_reduce_mean, barrier, init_distributed
+from detcore.engine.dist import DistInfo, all_reduce_mean_async, barrier, init_distributed
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
@@ -183,15 +183,16 @@ class Trainer:
         loss = sum(losses.values())
         values = {k: v.detach().item() for k, v in losses.items()}
         values["stop_request"] = 1.0 if _STOP.is_set() else 0.0
-        values = all_reduce_mean(values, self.dist.device)
+        pending = all_reduce_mean_async(values, self.dist.device)  # overlaps backward: one meeting per step
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        values = pending.wait()
         self._stop_now = values.pop("stop_request") > 0
         values["loss"] = sum(values.values())
-        if not all(math.isfinite(v) for v in values.values()):
+        if not all(math.isfinite(v) for v in values.values()):  # every rank sees the same mean: all stop here
             terms = ", ".join(f"{k}={v}" for k, v in values.items())
             raise TrainingError(f"non-finite loss at iteration {self.iter + 1}: {terms}; lower optimizer.lr or "
                                 f"enable optimizer_config.grad_clip (the last good checkpoint is kept)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.grad_clip)
