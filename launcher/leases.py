@@ -103,7 +103,7 @@ def _wait_flock(fd: int, path: Path, timeout: float) -> None:
                             f"find it with `fuser -v {path}` and stop it if it hangs") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if outer:  # someone else's timer was running: put back what is left of it
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
 
