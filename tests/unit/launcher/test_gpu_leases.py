@@ -1,6 +1,7 @@
 """GPU (and sweep-slot) leases: the pure choice, the lease file, reclaiming dead keepers, no collisions."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -96,13 +97,24 @@ def _hold_lock(path, locked, release):
         release.wait(30)
 
 
-def test_lock_wait_times_out_with_one_line_naming_the_file(tmp_path):
+@contextlib.contextmanager
+def lock_held_by_child(path):
+    """A forked process holds ``path``'s lock until ``release`` is set (or it is killed)."""
     ctx = mp.get_context("fork")
     locked, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
+    holder = ctx.Process(target=_hold_lock, args=(path, locked, release))
     holder.start()
     try:
         assert locked.wait(10)
+        yield holder, release
+    finally:
+        if holder.is_alive():  # a killed waiter never acknowledges Event.set(), which would then block
+            release.set()
+        holder.join(10)
+
+
+def test_lock_wait_times_out_with_one_line_naming_the_file(tmp_path):
+    with lock_held_by_child(tmp_path / "leases.lock"):
         t0 = time.monotonic()
         with pytest.raises(LauncherError, match=r"leases\.lock: another launcher process has held this lock for over 0 s"):
             with blocking_flock(tmp_path / "leases.lock", 0.3):
@@ -110,50 +122,37 @@ def test_lock_wait_times_out_with_one_line_naming_the_file(tmp_path):
         assert 0.25 < time.monotonic() - t0 < 5
         assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the handler is put back
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    finally:
-        release.set()
-        holder.join(10)
 
 
 def test_lock_waiter_gets_it_when_the_holder_dies(tmp_path):
-    ctx = mp.get_context("fork")
-    locked, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
-    holder.start()
-    assert locked.wait(10)
     got = threading.Event()
 
     def waiter():  # a thread: no deadline, it waits in the kernel
         with blocking_flock(tmp_path / "leases.lock", 60):
             got.set()
 
-    t = threading.Thread(target=waiter)
-    t.start()
-    assert not got.wait(0.3)  # still held
-    holder.kill()  # SIGKILL: the kernel drops the lock with the holder's descriptor
-    holder.join(10)
-    t.join(10)
-    assert got.is_set()
+    with lock_held_by_child(tmp_path / "leases.lock") as (holder, _):
+        t = threading.Thread(target=waiter)
+        t.start()
+        assert not got.wait(0.3)  # still held
+        holder.kill()  # SIGKILL: the kernel drops the lock with the holder's descriptor
+        holder.join(10)
+        t.join(10)
+        assert got.is_set()
 
 
 def test_lock_deadline_keeps_an_outer_timer(tmp_path):
-    ctx = mp.get_context("fork")
-    locked, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "leases.lock", locked, release))
-    holder.start()
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
     try:
-        assert locked.wait(10)
-        threading.Timer(0.3, release.set).start()
-        signal.setitimer(signal.ITIMER_REAL, 5.0)
-        with blocking_flock(tmp_path / "leases.lock", 2):  # waits ~0.3 s under its own 2 s deadline
-            pass
-        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert 3.5 < remaining < 4.9  # the caller's timer runs on, less the time waited
-        assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL and not fired
+        with lock_held_by_child(tmp_path / "leases.lock") as (_, release):
+            threading.Timer(0.3, release.set).start()
+            signal.setitimer(signal.ITIMER_REAL, 5.0)
+            with blocking_flock(tmp_path / "leases.lock", 2):  # waits ~0.3 s under its own 2 s deadline
+                pass
+            remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+            assert 3.5 < remaining < 4.9  # the caller's timer runs on, less the time waited
+            assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL and not fired
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        release.set()
-        holder.join(10)
