@@ -83,11 +83,14 @@ def run_detcore(gt: Path, dt: Path, timeout: float, backend: str = "pycocotools"
 
 
 def faster_available() -> str | None:
-    """None when faster-coco-eval is importable, else why not."""
+    """None when detcore can use faster-coco-eval, else why not."""
+    from detcore.errors import ConfigError
+    from detcore.evaluation.coco_eval import check_backend
+
     try:
-        import faster_coco_eval  # noqa: F401
-    except ImportError as exc:
-        return f"faster-coco-eval is not installed ({exc}); pip install 'detlaunch[fast-eval]'"
+        check_backend("faster-coco-eval")
+    except ConfigError as exc:
+        return str(exc)
     return None
 
 

@@ -81,9 +81,6 @@ class EvalHook(HookBase):
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
                  backend: str = "pycocotools") -> None:
-        from detcore.evaluation.coco_eval import check_backend
-
-        check_backend(backend, "evaluation.backend")  # at start-up, not at the first evaluation
         self.interval = int(interval)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images

@@ -77,6 +77,12 @@ def _check_results(results: Any, name: str, coco_gt: COCO, gt_name: str, metrics
                 raise DataError(f"{name}: result #{pos} has no '{needed[metric]}', needed for metric {metric!r}")
 
 
+def _no_results(coco_gt: COCO) -> dict:
+    """A results dataset without detections: ``loadRes`` refuses an empty list."""
+    return {"images": list(coco_gt.dataset["images"]), "annotations": [],
+            "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))}
+
+
 def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
     """``coco_gt.loadRes(results)``; an empty list gives an empty results set.
 
@@ -85,8 +91,7 @@ def _results_coco(coco_gt: COCO, results: list[dict]) -> COCO:
     copies are enough (nothing nested is changed in place); no ``deepcopy``, which took longer
     than ``loadRes`` itself on 500,000 detections."""
     if not results:
-        return coco_from_dict({"images": list(coco_gt.dataset["images"]), "annotations": [],
-                               "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))})
+        return coco_from_dict(_no_results(coco_gt))
     with contextlib.redirect_stdout(io.StringIO()):
         return coco_gt.loadRes(results)
 
@@ -134,9 +139,7 @@ def _coco_eval(coco_gt: COCO, results: list[dict], metric: str, backend: str) ->
 
     quiet = lambda *args, **kwargs: None  # noqa: E731  (its progress prints; the summary is logged below)
     fast_gt = FasterCOCO(coco_gt.dataset, print_function=quiet)
-    fast_dt = fast_gt.loadRes(results) if results else FasterCOCO(
-        {"images": list(coco_gt.dataset["images"]), "annotations": [],
-         "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))}, print_function=quiet)
+    fast_dt = fast_gt.loadRes(results) if results else FasterCOCO(_no_results(coco_gt), print_function=quiet)
     return COCOeval_faster(fast_gt, fast_dt, iouType=metric, print_function=quiet)
 
 
