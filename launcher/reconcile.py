@@ -57,5 +57,3 @@ def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends:
             exp = store.get(exp.id)
         out.append(exp)
     return out
-
-

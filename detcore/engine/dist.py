@@ -85,17 +85,6 @@ def get_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of scalars over all ranks (identity when not distributed)."""
-    if not is_distributed() or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
-
-
 class PendingMean:
     """The result of :func:`all_reduce_mean_async`; ``wait()`` gives the averaged dict."""
 
