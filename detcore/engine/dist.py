@@ -6,6 +6,7 @@ the environment decide (torchrun and the launcher's backends set them).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -33,8 +34,12 @@ class DistInfo:
         return self.world_size > 1
 
 
+_OWN_GROUP = False  # the default group was created by init_distributed (not by Ray Train or a caller)
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Join (or create) the default process group; pick the device for this rank."""
+    global _OWN_GROUP
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if dist.is_available() and dist.is_initialized():
@@ -49,6 +54,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=int(os.environ["WORLD_SIZE"]))
+        _OWN_GROUP = True
         rank, world = dist.get_rank(), dist.get_world_size()
         logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s", backend, rank, world,
                     os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
@@ -58,6 +64,25 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group :func:`init_distributed` created, while the interpreter is whole.
+
+    A process that exits with its gloo group alive can abort in this torch release (SIGABRT,
+    "terminate called without an active exception"): gloo's threads still hold async work
+    whose tensors are freed during interpreter finalization (pytorch/pytorch#179291). Under
+    Slurm that abort fails the whole job after a finished run. A group someone else created
+    (Ray Train's) is left to its owner. The garbage collection first frees the finished run's
+    objects that hold the group (the trainer and its hooks refer to each other, and the trainer
+    holds the DDP model, whose reducer holds the group); otherwise those free it only during
+    finalization, where the abort happens all the same.
+    """
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def attempt_store() -> dist.Store | None:

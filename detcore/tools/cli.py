@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"detcore {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "detcore.engine.dist" in sys.modules:  # only commands that run torch load it (eval stays torch-free)
+            sys.modules["detcore.engine.dist"].shutdown_distributed()
 
 
 if __name__ == "__main__":
