@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from launcher.errors import LauncherError
+from launcher.leases import blocking_flock
 from launcher.state import JobState
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
 
 SCHEMA_VERSION = 1
+INIT_LOCK_TIMEOUT_S = 60.0
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
 _SCHEMA = """
@@ -168,10 +170,13 @@ class ExperimentStore:
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout=30000")
-            if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Switching a new file to WAL answers "database is locked" at once, without waiting out the
+            # busy timeout, while another process reads it: the check and the creation hold a lock.
+            with blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S):
+                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.executescript(_SCHEMA)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._conn = conn
         return self._conn
