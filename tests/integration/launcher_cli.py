@@ -56,6 +56,12 @@ def done(rec: dict) -> bool:
     return rec["state"] in ("succeeded", "failed", "cancelled")
 
 
+def checkpointed(rec: dict) -> bool:
+    """The job has saved a checkpoint. ``last_checkpoint`` stays once written; a given ``iter_N.pth``
+    is deleted again a few iterations later (``max_keep``), between two polls on a fast machine."""
+    return (Path(rec["work_dir"]) / "last_checkpoint").exists()
+
+
 def job_processes(exp_ids) -> list[psutil.Process]:
     """Every live process that belongs to one of these experiments (supervisor, torchrun, workers)."""
     found = []

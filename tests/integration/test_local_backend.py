@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, done, env_for, job_processes, launcher, record,
-                                          tiny, train_iters, wait_until)
+from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, checkpointed, done, env_for, job_processes,
+                                          launcher, record, tiny, train_iters, wait_until)
 
 
 def test_two_process_gloo_training_end_to_end(home):
@@ -101,17 +101,18 @@ def test_sixteen_jobs_started_together_never_share_a_port(home, tmp_path):
 
 
 def test_sigkill_of_a_worker_restarts_and_finishes_the_full_run(home):
+    # 40 iterations: long enough that the kill lands before the end on a fast machine
     exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "1",
-                      *tiny(14)).stdout.strip()
-    rec = wait_until(home, exp_id, lambda r: (Path(r["work_dir"]) / "iter_2.pth").exists() or done(r), poll=0.5)
+                      *tiny(40)).stdout.strip()
+    rec = wait_until(home, exp_id, lambda r: checkpointed(r) or done(r), poll=0.5)
     assert not done(rec), rec
     victim = [a for a in attempts(home, exp_id) if a["rank"] == 1][-1]
     os.kill(victim["pid"], signal.SIGKILL)
     rec = wait_until(home, exp_id, done)
     assert rec["state"] == "succeeded", rec["reason"]
     assert rec["restarts"] == 1 and "rank 1 killed by SIGKILL" in rec["reason"]
-    assert rec["last_iter"] == 14 and train_iters(rec["work_dir"])[-1] == 14
-    assert (Path(rec["work_dir"]) / "last_checkpoint").read_text().strip() == "iter_14.pth"
+    assert rec["last_iter"] == 40 and train_iters(rec["work_dir"])[-1] == 40
+    assert (Path(rec["work_dir"]) / "last_checkpoint").read_text().strip() == "iter_40.pth"
     assert sorted({a["attempt"] for a in attempts(home, exp_id)}) == [0, 1]
     resumed = (Path(rec["work_dir"]) / "logs" / "rank0.log").read_text()
     assert "resumed from" in resumed  # the second attempt continued from the newest checkpoint
@@ -203,7 +204,7 @@ def test_a_worker_user_error_fails_fast_without_restarts(home):
 def test_resume_at_another_world_size_recomputes_scaling(home):
     # 40 iterations: long enough that the cancel lands before the end on a fast machine
     exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", *tiny(40)).stdout.strip()
-    wait_until(home, exp_id, lambda r: (Path(r["work_dir"]) / "iter_2.pth").exists() or done(r), poll=0.2)
+    wait_until(home, exp_id, lambda r: checkpointed(r) or done(r), poll=0.2)
     launcher(home, "cancel", exp_id)
     assert record(home, exp_id)["state"] == "cancelled"
     proc = launcher(home, "resume", exp_id, "--nproc", "1")

@@ -19,8 +19,8 @@ import torch
 
 from launcher.leases import LeaseBook
 from tests.integration.helpers import detcore
-from tests.integration.launcher_cli import (SHAPES, attempts, done, env_for, job_processes, launcher, record,
-                                          tiny, train_iters, wait_until)
+from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
+                                          record, tiny, train_iters, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
         jobs.append((seed, exp_id))
 
     def ready(r: dict) -> bool:
-        return (len(attempts(home, r["id"])) == 2 and (Path(r["work_dir"]) / "iter_3.pth").exists()) or done(r)
+        return (len(attempts(home, r["id"])) == 2 and checkpointed(r)) or done(r)
 
     records = {exp_id: wait_until(home, exp_id, ready, poll=0.2) for _, exp_id in jobs}
     assert not any(done(r) for r in records.values()), records
