@@ -219,6 +219,10 @@ class SlurmTask(Checkpointable):
             raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
                                f"{REQUEUE_WAIT_S:.0f} s")
         if code in (-signal.SIGTERM, -signal.SIGKILL):
+            peer = peer_failure(self.log_dir, rank)
+            if peer is not None:  # srun ends the whole step when one task fails: name that task, not this one
+                self._note(rank, f"worker ended by {describe_exit(code)} after {peer[0]}")
+                raise WorkerFailed(f"{peer[0]}; see {peer[1]} (rank {rank} was ended by {describe_exit(code)})")
             self._note(rank, f"worker ended by {describe_exit(code)}: Slurm is ending the job (cancel, time limit "
                              f"or node failure)")
         else:
@@ -262,6 +266,32 @@ class SlurmTask(Checkpointable):
             elif time.monotonic() >= deadline:
                 proc.kill()
             time.sleep(0.1)
+
+
+def peer_failure(log_dir: str, rank: int) -> tuple[str, str] | None:
+    """``("rank N: worker failed with ...", its log)`` if another rank's worker failed in this attempt.
+
+    Each task ends its log with a ``[launcher]`` line when its worker exits, before srun ends the
+    other tasks of the step, so the rank that failed first has written its line by then.
+    """
+    try:
+        names = sorted(os.listdir(log_dir), key=lambda n: (len(n), n))
+    except OSError:
+        return None
+    for name in names:
+        if not (name.startswith("rank") and name.endswith(".log")) or name == f"rank{rank}.log":
+            continue
+        path = os.path.join(log_dir, name)
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+                tail = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        notes = [line.split(" [launcher] ", 1)[1] for line in tail.splitlines() if " [launcher] " in line]
+        if notes and notes[-1].startswith("worker failed with "):
+            return f"{name[:-4].replace('rank', 'rank ')}: {notes[-1]}", path
+    return None
 
 
 def usr2_disposition(pid: int) -> str:

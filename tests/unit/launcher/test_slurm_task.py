@@ -133,3 +133,26 @@ def test_task_pickles_without_its_process():
     copy = pickle.loads(pickle.dumps(task))
     assert copy._proc is None and copy.experiment_id == "0123abcd"
     proc.wait()
+
+
+@pytest.mark.parametrize("rank1_notes, expected", [
+    (["slurm job 7 attempt 0 on n1: rank 1/2", "worker failed with signal SIGABRT"],
+     "rank 1: worker failed with signal SIGABRT; see {log_dir}/rank1.log (rank 0 was ended by signal SIGTERM)"),
+    # rank 1 failed in an earlier attempt but has started again in this one: Slurm itself ended the job
+    (["worker failed with exit code 1", "slurm job 7 attempt 1 on n1: rank 1/2"],
+     "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
+])
+def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_notes, expected):
+    """srun ends every task of the step when one fails; the job's reason names the one that failed first."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    (log_dir / "rank1.log").write_text("".join(f"2026-12-01 10:00:0{i} [launcher] {note}\n"
+                                               for i, note in enumerate(rank1_notes)) + "training output\n")
+    for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
+                       "SLURM_JOB_NODELIST": "n1"}.items():
+        monkeypatch.setenv(key, value)
+    worker = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    task = SlurmTask("0123abcd", worker, str(tmp_path), {}, str(log_dir))
+    with pytest.raises(slurm_task.WorkerFailed) as failed:
+        task()
+    assert str(failed.value) == expected.format(log_dir=log_dir)
