@@ -4,7 +4,7 @@
 #   cluster/ray/start.sh [--num-cpus N] [--port P] [--dashboard] [--temp-dir D] [--timeout S]
 #   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0    # in every client (see below)
 #   python -c 'import ray; ray.init(address="127.0.0.1:6379")'
-#   cluster/ray/stop.sh
+#   cluster/ray/stop.sh [--port P] [--temp-dir D]      # stops this head only
 #
 # Prints the cluster address (127.0.0.1:P) on stdout and nothing else; progress and
 # errors go to stderr. Idempotent: if a Ray head already answers on 127.0.0.1:P it
@@ -43,6 +43,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 NUM_CPUS=4
 PORT=6379
 DASHBOARD=0
@@ -87,31 +89,20 @@ die() {
     exit 1
 }
 # cleanup_partial: a failed `ray start` can leave its gcs_server / client server behind
-# (they would then squat on the port). Kill only the processes of the session that this
-# run created (their command line names the session or our GCS address).
+# (they would then squat on the port). Kill only the processes of the head this run tried to
+# start (their command line names its address, GCS port or the session this run created).
 SESSION_BEFORE=""
 cleanup_partial() {
-    local session="" pid cmd pids=()
+    local session="" dir=""
     if [[ -L "$TEMP_ROOT/session_latest" ]]; then
         session="$(basename "$(readlink "$TEMP_ROOT/session_latest")")"
-        [[ "$session" == "$SESSION_BEFORE" ]] && session=""
+        [[ "$session" != "$SESSION_BEFORE" ]] && dir="$TEMP_ROOT/$session"
     fi
-    for pid in /proc/[0-9]*; do
-        pid="${pid#/proc/}"
-        [[ "$pid" == "$$" ]] && continue
-        cmd="$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" || continue
-        [[ "$cmd" == *ray* ]] || continue
-        if { [[ -n "$session" && "$cmd" == *"$session"* ]]; } ||
-           [[ "$cmd" == *"--address=$ADDR "* || "$cmd" == *"--gcs-address=$ADDR "* ||
-              "$cmd" == *"--gcs_server_port=$PORT "* ]]; then
-            pids+=("$pid")
-        fi
-    done
+    local -a pids=()
+    mapfile -t pids < <(head_pids "$ADDR" "$PORT" "$dir")
     (( ${#pids[@]} )) || return 0
     log "cleaning up processes left by the failed start: ${pids[*]}"
-    kill "${pids[@]}" 2>/dev/null || true
-    sleep 1
-    kill -9 "${pids[@]}" 2>/dev/null || true
+    stop_pids "${pids[@]}"
 }
 
 # ---------------------------------------------------------------- checks
@@ -147,14 +138,14 @@ wait_ray() {
 # ---------------------------------------------------------------- already running?
 if port_open "$PORT"; then
     if wait_ray 15; then
-        log "Ray head already running at $ADDR (not restarted; stop it with $HERE/stop.sh)"
+        log "Ray head already running at $ADDR (not restarted; stop it with $HERE/stop.sh --port $PORT${TEMP_DIR:+ --temp-dir $TEMP_DIR})"
         echo "$ADDR"
         exit 0
     fi
     die "127.0.0.1:$PORT is in use but no Ray head answers there: $(ss -ltnpH "sport = :$PORT" 2>/dev/null | awk '{print $NF}' | head -n1). Pick another --port or stop that process."
 fi
 if [[ $DASHBOARD -eq 1 ]] && port_open "$DASHBOARD_PORT"; then
-    die "dashboard port 127.0.0.1:$DASHBOARD_PORT is already in use (another Ray head with --dashboard? $HERE/stop.sh stops all Ray heads; or set DETLAUNCH_RAY_DASHBOARD_PORT)"
+    die "dashboard port 127.0.0.1:$DASHBOARD_PORT is already in use (another Ray head with --dashboard? stop it with $HERE/stop.sh --port ITS_PORT, or set DETLAUNCH_RAY_DASHBOARD_PORT)"
 fi
 if port_open "$CLIENT_PORT"; then
     log "WARNING: 127.0.0.1:$CLIENT_PORT is already in use (another Ray head?): this head's Ray Client server (ray://) will not work; set DETLAUNCH_RAY_CLIENT_PORT. Plain ray.init(address=\"$ADDR\") is not affected."

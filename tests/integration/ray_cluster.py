@@ -5,8 +5,7 @@ on its own GCS port, Ray Client port, worker-port range and temp dir, so it can 
 developer's head on the default 6379. If it cannot start, the tests fail with start.sh's
 reason; they never skip.
 
-Stopping: ``cluster/ray/stop.sh`` runs ``ray stop --force``, which stops *every* Ray process of
-the user on the machine, other people's heads included. So the fixture stops only the head it
+Stopping: ``cluster/ray/stop.sh --port P --temp-dir D`` stops only the head the fixture
 started: the processes naming its temp dir or GCS address on their command line (GCS, raylet,
 monitors, client server) and everything under them (the raylet's workers). A head that was
 already answering on the port when the tests started is reused and left running.
@@ -26,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "cluster" / "ray" / "start.sh"
+STOP = ROOT / "cluster" / "ray" / "stop.sh"
 PORT = int(os.environ.get("DETLAUNCH_TEST_RAY_PORT", "6391"))
 TEMP_DIR = os.environ.get("DETLAUNCH_TEST_RAY_TEMP_DIR", "/tmp/detl-ray-test")  # short: Ray's socket paths
 HEAD_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": os.environ.get("DETLAUNCH_TEST_RAY_CLIENT_PORT", "10093"),
@@ -41,21 +41,22 @@ class RayHead:
     seconds_to_start: float
 
 
-def start_head(num_cpus: int = 4) -> RayHead:
-    """Start (or find) the test head; pytest.fail with start.sh's output when it cannot."""
+def start_head(num_cpus: int = 4, port: int = PORT, temp_dir: str = TEMP_DIR,
+               head_env: dict[str, str] | None = None) -> RayHead:
+    """Start (or find) a head; pytest.fail with start.sh's output when it cannot."""
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(["bash", str(START), "--port", str(PORT), "--temp-dir", TEMP_DIR, "--num-cpus",
-                               str(num_cpus), "--timeout", "120"], env={**os.environ, **HEAD_ENV},
+        proc = subprocess.run(["bash", str(START), "--port", str(port), "--temp-dir", temp_dir, "--num-cpus",
+                               str(num_cpus), "--timeout", "120"], env={**os.environ, **(head_env or HEAD_ENV)},
                               capture_output=True, text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
-        stop_head(RayHead(f"127.0.0.1:{PORT}", TEMP_DIR, True, 0.0))
+        stop_head(RayHead(f"127.0.0.1:{port}", temp_dir, True, 0.0))
         pytest.fail(f"cluster/ray/start.sh did not finish within {START_TIMEOUT_S} s:\n{(exc.stderr or '')[-3000:]}")
     if proc.returncode != 0:
         pytest.fail(f"cannot start the local Ray head (cluster/ray/start.sh exited {proc.returncode}):\n"
                     f"{proc.stderr[-4000:]}")
     address = proc.stdout.strip().splitlines()[-1]
-    return RayHead(address, TEMP_DIR, "already running" not in proc.stderr, time.monotonic() - t0)
+    return RayHead(address, temp_dir, "already running" not in proc.stderr, time.monotonic() - t0)
 
 
 def head_processes(head: RayHead) -> list[psutil.Process]:
@@ -90,23 +91,13 @@ def train_workers(head: RayHead) -> list[str]:
     return out
 
 
-def stop_head(head: RayHead) -> None:
-    """Stop only this head (see the module docstring): SIGTERM, then SIGKILL what is left after 5 s."""
+def stop_head(head: RayHead) -> subprocess.CompletedProcess | None:
+    """Stop only this head, with ``cluster/ray/stop.sh`` (see the module docstring)."""
     if not head.started_here:
-        return
-    procs = head_processes(head)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+        return None
+    port = head.address.rsplit(":", 1)[1]
+    return subprocess.run(["bash", str(STOP), "--port", port, "--temp-dir", head.temp_dir], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
@@ -115,4 +106,5 @@ def ray_head() -> Iterator[RayHead]:
     try:
         yield head
     finally:
-        stop_head(head)
+        stopped = stop_head(head)
+        assert stopped is None or stopped.returncode == 0, f"cluster/ray/stop.sh failed:\n{stopped.stderr[-2000:]}"

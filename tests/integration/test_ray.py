@@ -19,12 +19,16 @@ import pytest
 
 from launcher.backends.ray_train import job_processes
 from tests.integration.launcher_cli import DATA, SHAPES, done, env_for, launcher, record, train_iters, wait_until
-from tests.integration.ray_cluster import ray_head, train_workers  # noqa: F401  (ray_head is a fixture)
+from tests.integration.ray_cluster import head_processes, start_head, stop_head, train_workers
+from tests.integration.ray_cluster import ray_head  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ITERS = 20
 LONG = 50  # the cancel test stops this run after its first checkpoint; the resumed run finishes it
+OTHER_PORT, OTHER_TEMP_DIR = 6397, "/tmp/detl-ray-other"  # a second head beside the fixture's
+OTHER_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10097", "DETLAUNCH_RAY_MIN_WORKER_PORT": "32000",
+             "DETLAUNCH_RAY_MAX_WORKER_PORT": "32499"}
 
 
 def job(iters: int = ITERS) -> list[str]:
@@ -170,3 +174,25 @@ def test_cancel_stops_every_ray_worker_and_resume_finishes_the_run(home, ray_hea
     assert all(a["restored"] and a["restored"]["checkpoint"].startswith("iter_") for a in last_run)
     assert "resumed from" in (Path(work) / "logs" / "rank0.log").read_text()
     assert_nothing_left(ray_head, exp_id)
+
+
+def test_stop_script_stops_its_own_head_and_leaves_the_other(ray_head):
+    """cluster/ray/stop.sh --port P stops that head (workers included) while another head on the machine runs on."""
+    other = start_head(num_cpus=1, port=OTHER_PORT, temp_dir=OTHER_TEMP_DIR, head_env=OTHER_ENV)
+    try:
+        assert other.started_here and head_processes(other)
+        proc = stop_head(other)
+        assert proc.returncode == 0 and "stopped the Ray head at 127.0.0.1:" in proc.stderr, proc.stderr
+        assert not head_processes(other)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", OTHER_PORT), timeout=2).close()
+        again = stop_head(other)  # idempotent
+        assert again.returncode == 0 and "no Ray head at" in again.stderr, again.stderr
+        # the fixture's head still serves: a client connects and sees its 4 CPUs
+        check = subprocess.run([sys.executable, "-c", "import ray; ray.init(address=%r); "
+                                "print(int(ray.cluster_resources()['CPU']))" % ray_head.address],
+                               env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, capture_output=True,
+                               text=True, timeout=120)
+        assert check.stdout.strip().splitlines()[-1] == "4", check.stderr[-2000:]
+    finally:
+        stop_head(other)
