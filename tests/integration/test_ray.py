@@ -25,7 +25,9 @@ from tests.integration.ray_cluster import ray_head  # noqa: F401  (a fixture)
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ITERS = 20
-LONG = 50  # the cancel test stops this run after its first checkpoint; the resumed run finishes it
+# The cancel test stops this run after its first checkpoint and the resumed run finishes it. Ray Train's
+# graceful abort takes 10-15 s here, so the run must last longer than that (50 iterations did not).
+LONG = 300
 OTHER_PORT, OTHER_TEMP_DIR = 6397, "/tmp/detl-ray-other"  # a second head beside the fixture's
 OTHER_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10097", "DETLAUNCH_RAY_MIN_WORKER_PORT": "32000",
              "DETLAUNCH_RAY_MAX_WORKER_PORT": "32499"}
