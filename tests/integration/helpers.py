@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for MASTER_PORT of hand-started ranks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -5,15 +5,11 @@ finished run; under Slurm that failed the whole job). Real gloo processes throug
 """
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.helpers import env
-
-ROOT = Path(__file__).resolve().parents[2]
-SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+from tests.integration.helpers import ROOT, SHAPES, env, free_port
 
 # One rank: `detcore train` through the CLI's main, in this process, then a look at the group.
 TRAIN_RANK = r"""
@@ -41,14 +37,8 @@ TRAIN_ARGS = ["--no-validate", "--cfg-options", "runner.max_iters=3", "checkpoin
               "data.samples_per_gpu=1", "data.workers_per_gpu=0", "data.train.num_train=8", "log_config.interval=1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_train_on_two_gloo_ranks_ends_its_process_group(tmp_path: Path) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     ranks = [subprocess.Popen([sys.executable, "-c", TRAIN_RANK, "train", str(SHAPES), "--work-dir",
                                str(tmp_path / "work"), *TRAIN_ARGS], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,

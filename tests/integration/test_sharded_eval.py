@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +12,11 @@ import torch.multiprocessing as mp
 
 from detcore.data import ShapesDataset, build_dataloader
 from detcore.evaluation import evaluate_coco, gather_predictions, results_to_coco
+from tests.integration.helpers import free_port
 
 WORLD_SIZE = 2
 DATA = {"split": "val", "num_train": 1, "num_val": 9, "size": 64, "seed": 2, "test_mode": True,
         "pipeline": [{"type": "Resize", "scale": [96, 96]}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fake_output(target: dict) -> dict:
@@ -68,7 +62,7 @@ def _worker(rank: int, port: int, cache: str, out_dir: str) -> None:
 
 def test_two_process_sharded_eval_equals_single_process(tmp_path):
     cache = tmp_path / "cache"
-    mp.spawn(_worker, args=(_free_port(), str(cache), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(cache), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
 
     shards = [json.loads((tmp_path / f"local{r}.json").read_text()) for r in range(WORLD_SIZE)]
     sharded = json.loads((tmp_path / "rank0.json").read_text())
