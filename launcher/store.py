@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from launcher.errors import LauncherError
-from launcher.leases import blocking_flock
+from launcher.locking import blocking_flock
 from launcher.state import JobState
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ import pytest
 
 from launcher.backends.local import LocalBackend, detect_gpus
 from launcher.errors import LauncherError
-from launcher.leases import GPU_POOL, Lease, LeaseBook, blocking_flock, choose_units
+from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units
+from launcher.locking import blocking_flock
 from launcher.procinfo import current_process, process_start
 
 INV = ("0", "1", "2", "3")
