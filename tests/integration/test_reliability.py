@@ -61,7 +61,8 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
             assert _kill_mid_checkpoint(Path(records[exp_id]["work_dir"]), victim), "never saw a checkpoint being written"
         else:
             time.sleep(rng.uniform(0.1, 1.5))
-            victim = [a for a in attempts(home, exp_id) if a["rank"] == rng.choice([0, 1])][-1]["pid"]
+            rank = rng.choice([0, 1])  # drawn once: inside the filter it was drawn per row and could match none
+            victim = [a for a in attempts(home, exp_id) if a["rank"] == rank][-1]["pid"]
             os.kill(victim, signal.SIGKILL)
     for _, exp_id in jobs:
         rec = wait_until(home, exp_id, done, timeout=900)
