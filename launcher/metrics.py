@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.tail import tail_lines
+
 TAIL_BYTES = 64 * 1024
 AP_KEYS = ("bbox_AP", "segm_AP", "mAP", "AP")
 
@@ -29,24 +31,11 @@ class LastMetrics:
         return self.iter is None and self.ap is None
 
 
-def _tail_lines(path: Path) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - TAIL_BYTES))
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return lines[1:] if size > TAIL_BYTES else lines
-
-
 def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
     """Newest training iteration/loss and newest evaluation AP in ``work_dir/metrics.jsonl``."""
     train: dict[str, Any] | None = None
     val: dict[str, Any] | None = None
-    for line in reversed(_tail_lines(Path(work_dir) / "metrics.jsonl")):
+    for line in reversed(tail_lines(Path(work_dir) / "metrics.jsonl", TAIL_BYTES)):
         try:
             record = json.loads(line)
         except ValueError:

@@ -36,6 +36,7 @@ from launcher.leases import GPU_POOL, LeaseBook
 from launcher.procinfo import current_process
 from launcher.spec import JobSpec, JobState, spec_from_dict
 from launcher.store import ExperimentStore
+from launcher.tail import last_line
 
 logger = logging.getLogger("launcher.supervisor")
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
@@ -51,17 +52,6 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
-
-
-def last_line(path: Path, max_bytes: int = 8192) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1][:300] if lines else ""
 
 
 def _die_with_parent() -> None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from launcher.backends.ray_plan import WorkerPlan
+from launcher.tail import last_line
 from launcher.worker import redirect_output, restart_argv
 
 logger = logging.getLogger(__name__)
@@ -143,17 +144,6 @@ def user_error(records: list[dict]) -> str:
         if r.get("event") == "exit" and r.get("exit_code") == USER_ERROR:
             return f"rank {r.get('rank')}: {r.get('detail') or 'exited with code 2'}"
     return ""
-
-
-def last_log_line(log_dir: str, rank: int) -> str:
-    try:
-        with open(os.path.join(log_dir, f"rank{rank}.log"), "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1][:300] if lines else ""
 
 
 class DetcoreRun(threading.Thread):
@@ -252,11 +242,11 @@ def _say(text: str) -> None:
 
 
 def _record_exit(plan: WorkerPlan, run: str, rank: int, code: int) -> None:
+    detail = last_line(os.path.join(plan.log_dir, f"rank{rank}.log"))
     append_record(plan.attempts_file, {"event": "exit", "run": run, "rank": rank, "exit_code": code,
-                                       "detail": last_log_line(plan.log_dir, rank), "time": time.time(),
-                                       "pid": os.getpid()})
+                                       "detail": detail, "time": time.time(), "pid": os.getpid()})
 
 
 def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
-    detail = last_log_line(plan.log_dir, rank)
+    detail = last_line(os.path.join(plan.log_dir, f"rank{rank}.log"))
     raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))

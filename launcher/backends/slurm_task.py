@@ -49,6 +49,8 @@ from typing import Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from launcher.tail import tail_lines
+
 PORT_BASE = 20000
 PORT_SPAN = 12000
 EXIT_STOPPED = 3  # detcore.engine.trainer.EXIT_STOPPED (not imported here: that module imports torch)
@@ -283,12 +285,10 @@ def peer_failure(log_dir: str, rank: int) -> tuple[str, str] | None:
             continue
         path = os.path.join(log_dir, name)
         try:
-            with open(path, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
-                tail = f.read().decode(errors="replace")
+            tail = tail_lines(path, 8192)
         except OSError:
             continue
-        notes = [line.split(" [launcher] ", 1)[1] for line in tail.splitlines() if " [launcher] " in line]
+        notes = [line.split(" [launcher] ", 1)[1] for line in tail if " [launcher] " in line]
         if notes and notes[-1].startswith("worker failed with "):
             return f"{name[:-4].replace('rank', 'rank ')}: {notes[-1]}", path
     return None
