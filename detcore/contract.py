@@ -1,0 +1,140 @@
+"""The contract between a detcore worker and whatever starts it (torch-free, stdlib only).
+
+The launcher imports these names instead of copying them; detcore uses them itself. Nothing
+here imports torch, so a launcher process that only renders or reads stays light.
+
+Exit codes of ``python -m detcore.tools.cli``:
+
+``EXIT_OK`` (0)
+    Finished.
+``EXIT_FAILED`` (1)
+    A bug or a crash; a restart from the newest checkpoint may help.
+``EXIT_USER_ERROR`` (2)
+    A user mistake (bad config, data, weights or argument); restarting cannot help.
+``EXIT_STOPPED`` (3)
+    A requested stop (one of ``DETCORE_STOP_SIGNALS``): a checkpoint was saved first.
+``EXIT_HUNG`` (4)
+    The hang watchdog ended this rank because no rank finished an iteration in time;
+    retryable from the newest checkpoint.
+
+The run directory of one launch (a submit or a resume) lives in the work dir:
+``WORK_DIR/runs/<run id>/`` holds ``events.jsonl`` (one JSON line per fact: an attempt of a
+rank started or ended, a hang seen) and ``heartbeat/rank{R}`` (the newest finished
+iteration of rank R). Each launch gets a fresh run id, so it never reads an earlier ending.
+Rank logs stay in ``WORK_DIR/logs/rank{R}.log`` across launches (appended).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
+EXIT_HUNG = 4
+RETRYABLE_EXIT_CODES = (EXIT_FAILED, EXIT_HUNG)  # plus any death by a signal
+
+# Environment variables a starter sets for the worker.
+STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"      # e.g. "USR2": checkpoint, then exit EXIT_STOPPED
+HEARTBEAT_DIR_ENV = "DETCORE_HEARTBEAT_DIR"    # the trainer writes heartbeat_path(dir, rank) per iteration
+EXPERIMENT_ENV = "DETLAUNCH_EXPERIMENT_ID"     # marks every process of an experiment (for cleanup)
+RUN_DIR_ENV = "DETLAUNCH_RUN_DIR"              # WORK_DIR/runs/<run id> of this launch
+HANG_TIMEOUT_ENV = "DETLAUNCH_HANG_TIMEOUT_S"  # seconds without a finished iteration on any rank; 0 = off
+
+LOGS_DIR = "logs"
+RUNS_DIR = "runs"
+EVENTS_FILE = "events.jsonl"
+HEARTBEAT_DIR = "heartbeat"
+
+
+def rank_log(work_dir: str | os.PathLike, rank: int) -> Path:
+    """``WORK_DIR/logs/rank{R}.log``: rank R's stdout and stderr, every attempt appended."""
+    return Path(work_dir) / LOGS_DIR / f"rank{rank}.log"
+
+
+def run_dir(work_dir: str | os.PathLike, run_id: str) -> Path:
+    """``WORK_DIR/runs/<run id>``: the facts of one launch."""
+    return Path(work_dir) / RUNS_DIR / run_id
+
+
+def events_path(run: str | os.PathLike) -> Path:
+    return Path(run) / EVENTS_FILE
+
+
+def heartbeat_path(heartbeat_dir: str | os.PathLike, rank: int) -> Path:
+    return Path(heartbeat_dir) / f"rank{rank}"
+
+
+def write_heartbeat(heartbeat_dir: str | os.PathLike, rank: int, iteration: int) -> None:
+    """Record that ``rank`` finished ``iteration`` now (a tiny file replaced atomically; errors ignored,
+    a full disk must never stop training)."""
+    path = heartbeat_path(heartbeat_dir, rank)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(f"{iteration} {time.time():.3f}\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def read_heartbeat(heartbeat_dir: str | os.PathLike, rank: int) -> tuple[int, float] | None:
+    """``(iteration, unix time)`` of ``rank``'s newest heartbeat, or None."""
+    try:
+        it, t = heartbeat_path(heartbeat_dir, rank).read_text().split()
+        return int(it), float(t)
+    except (OSError, ValueError):
+        return None
+
+
+def append_event(run: str | os.PathLike, event: Mapping[str, Any]) -> bool:
+    """Append one fact to ``run/events.jsonl`` in a single ``write`` (atomic for lines below PIPE_BUF on a
+    local file system). False when it could not be written (a full disk): facts are best effort, a
+    failure to record one never stops a job."""
+    line = (json.dumps(dict(event), sort_keys=True, default=str) + "\n").encode()
+    try:
+        os.makedirs(run, exist_ok=True)
+        fd = os.open(events_path(run), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+
+
+def read_events(run: str | os.PathLike) -> list[dict]:
+    """Every complete fact of ``run`` in order (a half-written last line is skipped)."""
+    try:
+        data = events_path(run).read_bytes()
+    except OSError:
+        return []
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit code N``, ``signal SIGKILL`` or a word for the codes above."""
+    import signal
+
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    names = {EXIT_USER_ERROR: "exit code 2 (user error)", EXIT_STOPPED: "exit code 3 (stopped after a checkpoint)",
+             EXIT_HUNG: "exit code 4 (hang watchdog)"}
+    return names.get(code, f"exit code {code}")
