@@ -58,6 +58,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
                    help="restart the worker group up to K times after a worker dies, resuming from the newest "
                         "checkpoint (default 2; a worker's user error, exit code 2, is never restarted)")
     p.add_argument("--seed", type=int, help="random seed passed to the trainer")
+    p.add_argument("--hang-timeout", type=float, metavar="S",
+                   help="end and restart an attempt in which no rank finishes an iteration for S seconds (0: off; "
+                        "default 1800 for runs of 5000+ iterations or epoch-based, else off)")
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")
@@ -103,10 +106,18 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("ids", nargs="+", metavar="ID", help="experiment ids")
         elif name == "resume":
             p.add_argument("id", help="experiment id")
+            p.add_argument("--backend", help="continue on another backend (local, slurm or ray); same work dir and "
+                                             "experiment, attempt history kept")
             res = p.add_mutually_exclusive_group()
             res.add_argument("--nproc", type=int, help="new number of CPU workers (scaling is recomputed)")
             res.add_argument("--gpus", type=int, help="new number of GPUs (scaling is recomputed)")
+            p.add_argument("--nodes", type=int, help="new number of nodes (Slurm/Ray)")
+            p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
+            p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
+            p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit (Slurm)")
             p.add_argument("--max-restarts", type=int, help="new restart budget")
+            p.add_argument("--hang-timeout", type=float, metavar="S", help="new hang watchdog limit (0: off)")
+            _add_backend_groups(p)
             p.add_argument("--detach", action="store_true", help="return at once")
             p.add_argument("--json", action="store_true", help="print the record as JSON")
         elif name == "tensorboard":

@@ -45,7 +45,7 @@ def _request(args: argparse.Namespace, module):
                          resume=getattr(args, "resume", "auto"), checkpoint=getattr(args, "test", None),
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
                          seed=args.seed, backend_options=module.options_from_args(args),
-                         worker_module=args.worker_module)
+                         worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None))
 
 
 def _print_json(data) -> None:
@@ -98,40 +98,55 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if args.detach else _wait(store, backend, exp, args)
 
 
+def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":
+    """The resources a resume asks for (None: the old ones): new flags over the old values."""
+    given = {k: getattr(args, k, None) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb", "time_min")}
+    gpus = given["gpus"] if given["gpus"] is not None else (0 if given["nproc"] is not None else old.gpus)
+    nproc = given["gpus"] or given["nproc"] or (old.nproc if given["gpus"] is None else gpus)
+    resources = dataclasses.replace(old, nproc=nproc, gpus=gpus, **{k: v for k, v in given.items()
+                                                                     if v is not None and k not in ("nproc", "gpus")})
+    if hasattr(module, "resources_from_args"):
+        resources = module.resources_from_args(args, resources)
+    return None if resources == old else resources
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
+    """A new launch of a finished experiment, under its lock: two resumes at once start one run."""
     from launcher.backends import backend_module
     from launcher.jobs import resume_spec
+    from launcher.locking import experiment_lock
     from launcher.reconcile import refresh
     from launcher.spec import spec_from_dict
 
     store = _store()
-    exp = refresh(store, [store.get(args.id)])[0]
-    if not exp.state.is_terminal():
-        raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
-    module = backend_module(exp.backend)
-    backend = module.create(store.home)
-    old = spec_from_dict(exp.spec_dict, getattr(module, "Options", None))
-    resources = None
-    if args.nproc is not None or args.gpus is not None:
-        resources = dataclasses.replace(old.resources, nproc=args.gpus or args.nproc, gpus=args.gpus or 0)
-    spec, note = resume_spec(old, resources=resources, max_restarts=args.max_restarts)
-    backend.dryrun(spec)
-    print(f"launcher: {note}", file=sys.stderr)
-    store.reset_for_resume(spec.id, spec, JobState.PENDING)
-    try:
+    exp_id = store.get(args.id).id
+    with experiment_lock(store.home, exp_id):
+        exp = refresh(store, [store.get(exp_id)])[0]
+        if not exp.state.is_terminal():
+            raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
+        name = args.backend or exp.backend
+        module = backend_module(name)
+        old = spec_from_dict(exp.spec_dict, getattr(backend_module(exp.backend), "Options", None))
+        options = module.options_from_args(args) if (name != exp.backend or _backend_options_given(args)) else None
+        spec, note = resume_spec(old, resources=_resume_resources(args, old.resources, module),
+                                 max_restarts=args.max_restarts, backend=name, backend_options=options,
+                                 hang_timeout_s=args.hang_timeout)
+        backend = module.create(store.home)
+        backend.dryrun(spec)
+        print(f"launcher: {note}", file=sys.stderr)
         handle = backend.submit(spec)
-    except BaseException as exc:
-        from launcher.spec import JobStatus
-
-        store.record_status(spec.id, JobStatus(JobState.FAILED, reason=f"resume failed: {exc}"))
-        raise
-    store.set_backend_job(spec.id, handle.job_id, dict(handle.extra))
+        store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
     exp = store.get(spec.id)
     if args.json and args.detach:
         _print_json(exp.to_json())
     elif not args.json:
         print(exp.id, flush=True)
     return 0 if args.detach else _wait(store, backend, exp, args)
+
+
+def _backend_options_given(args: argparse.Namespace) -> bool:
+    return any(v not in (None, [], False) for k, v in vars(args).items()
+               if k.startswith(("slurm_", "ray_")) or k == "no_wait")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -265,17 +280,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from launcher.backends import get_backend
+    from launcher.locking import experiment_lock
     from launcher.reconcile import handle_of, refresh
 
     store = _store()
     for exp_id in args.ids:
-        exp = refresh(store, [store.get(exp_id)])[0]
-        if exp.state.is_terminal():
-            print(f"{exp.id}: already {exp.state.value}")
-            continue
-        backend = get_backend(exp.backend, store.home)
-        backend.cancel(handle_of(exp))
-        exp = refresh(store, [exp])[0]
+        exp_id = store.get(exp_id).id
+        with experiment_lock(store.home, exp_id):
+            exp = refresh(store, [store.get(exp_id)])[0]
+            if exp.state.is_terminal():
+                print(f"{exp.id}: already {exp.state.value}")
+                continue
+            get_backend(exp.backend, store.home).cancel(handle_of(exp))
+            exp = refresh(store, [exp])[0]
         print(f"{exp.id}: {exp.state.value}")
     return 0
 

@@ -19,10 +19,15 @@ from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.scaling import scale_for_world
-from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id
+from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
 
 EVAL_METRICS = ("bbox", "segm")
+# The hang watchdog: 30 minutes, the collective timeout Ray Train uses, is longer than any healthy gap between
+# two iterations (an evaluation or a checkpoint to slow storage heartbeats as it goes). A run shorter than a few
+# thousand iterations ends before a hang would be noticed at that limit, so it is off there by default.
+HANG_TIMEOUT_DEFAULT_S = 1800.0
+LONG_RUN_ITERS = 5000
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,16 @@ class SubmitRequest:
     backend_options: Any = None
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
+    hang_timeout_s: float | None = None  # None: default_hang_timeout
+
+
+def default_hang_timeout(cfg: dict, mode: Mode) -> float:
+    """On (30 min) for long training runs (epoch-based, or at least 5000 iterations), off otherwise."""
+    runner = cfg.get("runner") or {}
+    if mode is not Mode.TRAIN or not isinstance(runner, dict):
+        return 0.0
+    long_run = runner.get("type") == "EpochBasedRunner" or int(runner.get("max_iters") or 0) >= LONG_RUN_ITERS
+    return HANG_TIMEOUT_DEFAULT_S if long_run else 0.0
 
 
 def default_name(config: str) -> str:
@@ -92,7 +107,9 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                    overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
-                   worker_module=req.worker_module, slots=req.slots)
+                   worker_module=req.worker_module, slots=req.slots, run_id=new_run_id(),
+                   hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
+                                   else float(req.hang_timeout_s)))
 
 
 def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None) -> Experiment:
@@ -142,19 +159,27 @@ def request_from_spec(spec: JobSpec) -> SubmitRequest:
     return SubmitRequest(config=spec.config, backend=spec.backend, overrides=spec.overrides, resources=spec.resources,
                          name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
                          eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
-                         backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None)
+                         backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None,
+                         hang_timeout_s=spec.hang_timeout_s)
 
 
 def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,
-                backend_options: Any = None) -> tuple[JobSpec, str]:
-    """A spec continuing ``old`` in its work dir (``--resume auto``), and a line saying what changed."""
+                backend: str | None = None, backend_options: Any = None,
+                hang_timeout_s: float | None = None) -> tuple[JobSpec, str]:
+    """A new launch continuing ``old`` in its work dir (``--resume auto``), possibly on another backend,
+    and a line saying what changed. The scaling is recomputed for the new world size."""
     req = request_from_spec(old)
+    moved = backend is not None and backend != old.backend
     req = dataclasses.replace(req, resume="auto" if old.mode is Mode.TRAIN else old.resume,
-                              resources=resources or old.resources,
+                              resources=resources or old.resources, backend=backend or old.backend,
                               max_restarts=old.max_restarts if max_restarts is None else max_restarts,
-                              backend_options=backend_options if backend_options is not None else old.backend_options)
+                              backend_options=backend_options if (backend_options is not None or moved)
+                              else old.backend_options,
+                              hang_timeout_s=old.hang_timeout_s if hang_timeout_s is None else hang_timeout_s)
     new = build_spec(req, cwd=old.cwd, exp_id=old.id)
     note = f"resuming {old.id} in {old.work_dir} from its newest checkpoint"
+    if moved:
+        note += f" on the {new.backend} backend (was {old.backend})"
     if new.world_size != old.world_size and new.scaling is not None:
         note += (f"; world size changed {old.world_size} -> {new.world_size}, scaling recomputed: "
                  f"{new.scaling.describe()}")

@@ -60,3 +60,16 @@ def _wait_flock(fd: int, path: Path, timeout: float) -> None:
         signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         if outer:  # someone else's timer was running: put back what is left of it
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
+
+
+EXPERIMENT_LOCK_TIMEOUT_S = 300.0
+
+
+@contextlib.contextmanager
+def experiment_lock(home: Path, exp_id: str, timeout: float = EXPERIMENT_LOCK_TIMEOUT_S):
+    """The lock every change of one experiment's launches takes (``resume``, ``cancel``): two resumes at
+    once start exactly one run, and a cancel never races a resume. Readers do not take it."""
+    folder = Path(home) / "locks"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with blocking_flock(folder / f"{exp_id}.lock", timeout):
+        yield

@@ -1,18 +1,28 @@
-"""Keep store rows honest: ask each non-terminal experiment's backend how it is doing.
+"""The one writer of observed state: derive each non-terminal row from its backend's report.
 
-Called whenever rows are read (``list``, ``status``, following a job). Terminal rows are
-never touched, so reading 10,000 finished experiments costs nothing here. A backend that is
-not importable leaves its rows as they are.
+Called whenever rows are read (``list``, ``status``, following a job, ``resume``, ``cancel``).
+For each non-terminal experiment it asks the backend (``status``: the monitor's files and
+liveness for local and Ray, squeue/sacct for Slurm) and reads the newest metrics from the work
+dir, and writes what changed. Terminal rows are never touched, so reading 10,000 finished
+experiments costs nothing here. A backend that is not importable leaves its rows as they are.
+When the store cannot be written (a full disk, a lock held too long), the derived rows are
+still returned, so a reader always sees the truth even when it cannot save it.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import sqlite3
 import time
 from typing import Iterable
 
 from launcher.errors import LauncherError
+from launcher.metrics import read_last_metrics
 from launcher.spec import JobHandle, JobState, JobStatus
 from launcher.store import Experiment, ExperimentStore
 
+logger = logging.getLogger(__name__)
 SUBMIT_TIMEOUT_S = 120.0
 
 
@@ -26,34 +36,49 @@ def _differs(exp: Experiment, st: JobStatus) -> bool:
                                                                     and st.exit_code != exp.exit_code))
 
 
-def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends: dict | None = None) -> list[Experiment]:
-    """The given rows, with each non-terminal one reconciled against its backend (and re-read if it changed)."""
+def _derived(exp: Experiment, st: JobStatus | None, metrics) -> Experiment:
+    """The row as it would read after the writes (for a store that cannot be written)."""
+    changes = {}
+    if st is not None:
+        changes.update(state=st.state, restarts=st.restarts, reason=st.reason or exp.reason,
+                       exit_code=st.exit_code if st.exit_code is not None else exp.exit_code,
+                       ports=json.dumps(list(st.ports)) if st.ports else exp.ports,
+                       started=exp.started or st.started, ended=st.ended if st.state.is_terminal() else None)
+    if metrics is not None and not metrics.empty:
+        changes.update(last_iter=metrics.iter, last_loss=metrics.loss, last_ap=metrics.ap,
+                       last_metrics=json.dumps(metrics.values, sort_keys=True))
+    return dataclasses.replace(exp, **changes)
+
+
+def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experiment:
     from launcher.backends import get_backend
 
-    backends = {} if backends is None else backends
-    out = []
-    for exp in experiments:
-        if exp.state.is_terminal():
-            out.append(exp)
-            continue
-        if not exp.backend_job_id:
-            if time.time() - exp.created > SUBMIT_TIMEOUT_S:
-                store.record_status(exp.id, JobStatus(JobState.FAILED, reason="submission never completed (the "
-                                                      "submitting process died before the backend took the job)"))
-                exp = store.get(exp.id)
-            out.append(exp)
-            continue
+    if not exp.backend_job_id:
+        if time.time() - exp.created <= SUBMIT_TIMEOUT_S:
+            return exp
+        st = JobStatus(JobState.FAILED, reason="submission never completed (the submitting process died before "
+                                               "the backend took the job)")
+    else:
         try:
             if exp.backend not in backends:
                 backends[exp.backend] = get_backend(exp.backend, store.home)
             st = backends[exp.backend].status(handle_of(exp))
         except LauncherError:
-            out.append(exp)
-            continue
+            return exp
+    metrics = read_last_metrics(exp.work_dir) if st.state is not JobState.PENDING else None
+    try:
         if _differs(exp, st):
-            store.record_status(exp.id, st)
-            if st.state.is_terminal():
-                store.record_work_dir_metrics(exp.id, exp.work_dir)
-            exp = store.get(exp.id)
-        out.append(exp)
-    return out
+            store.record_status(exp.id, st, run_id=exp.run_id)
+        if metrics is not None and not metrics.empty and (metrics.iter, metrics.loss, metrics.ap) != (
+                exp.last_iter, exp.last_loss, exp.last_ap):
+            store.record_metrics(exp.id, metrics.iter, metrics.loss, metrics.ap, metrics.values)
+        return store.get(exp.id)
+    except sqlite3.Error as exc:
+        logger.warning("cannot update the experiment store (%s); showing what the job reports", exc)
+        return _derived(exp, st, metrics)
+
+
+def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends: dict | None = None) -> list[Experiment]:
+    """The given rows, with each non-terminal one derived from its backend's report."""
+    backends = {} if backends is None else backends
+    return [exp if exp.state.is_terminal() else _observe(store, exp, backends) for exp in experiments]

@@ -100,6 +100,8 @@ class JobSpec:
     config_hash: str = ""
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
+    run_id: str = ""
+    hang_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{8}", self.id):
@@ -119,6 +121,11 @@ class JobSpec:
         if self.backend_options is not None and not dataclasses.is_dataclass(self.backend_options):
             raise LauncherError(f"backend_options must be the backend's options dataclass, got "
                                 f"{type(self.backend_options).__name__}")
+        if self.run_id and not re.fullmatch(r"[0-9A-Za-z-]{1,40}", self.run_id):
+            raise LauncherError(f"run id {self.run_id!r} must be letters, digits and dashes")
+        if isinstance(self.hang_timeout_s, bool) or not isinstance(self.hang_timeout_s, (int, float)) \
+                or not 0 <= self.hang_timeout_s < 10 ** 7:
+            raise LauncherError(f"--hang-timeout must be a number of seconds >= 0 (0: off), got {self.hang_timeout_s!r}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.worker_module):
             raise LauncherError(f"worker module {self.worker_module!r} is not a Python module name")
 
@@ -130,6 +137,13 @@ class JobSpec:
 def new_experiment_id() -> str:
     """8 random hex digits (collisions are caught by the store's primary key)."""
     return secrets.token_hex(4)
+
+
+def new_run_id() -> str:
+    """A fresh id for one launch (a submit or a resume): its time, then 4 random hex digits."""
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
 """The experiment store: one SQLite row per experiment under ``$LAUNCHER_HOME``.
 
 WAL mode, a 30 s busy timeout and one statement per write (each its own short transaction),
-so many supervisors, CLIs and backends can write at once without losing an update. Terminal
-states are sticky: a status write never moves a succeeded/failed/cancelled row back, except
-through :meth:`ExperimentStore.reset_for_resume`.
+so many CLIs can write at once without losing an update. Two kinds of writes, by two kinds of
+callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
+``delete``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
+comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
+reports. Terminal states are sticky: a status write never moves a succeeded/failed/cancelled
+row back; only ``start_run`` begins a new launch (the old one goes into ``history``). A status
+write names the launch (``run_id``) it observed, so a stale reader never writes into a newer
+launch.
 
 Reading never imports anything heavy; ``launcher list`` over 10,000 rows stays well under
 0.3 s. Reconciling rows with their backend happens in :mod:`launcher.reconcile`.
@@ -25,7 +30,7 @@ from launcher.state import JobState
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INIT_LOCK_TIMEOUT_S = 60.0
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
@@ -59,7 +64,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     last_loss REAL,
     last_ap REAL,
     last_metrics TEXT NOT NULL DEFAULT '{}',
-    spec TEXT NOT NULL DEFAULT '{}'
+    spec TEXT NOT NULL DEFAULT '{}',
+    run_id TEXT NOT NULL DEFAULT '',
+    history TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
@@ -67,8 +74,11 @@ CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
 
 _LIST_COLUMNS = ("id", "name", "config", "config_hash", "mode", "backend", "backend_job_id", "backend_extra", "state",
                  "exit_code", "reason", "restarts", "resources", "world_size", "total_batch", "lr", "ports",
-                 "work_dir", "sweep", "created", "started", "ended", "updated", "last_iter", "last_loss", "last_ap")
-_ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec")
+                 "work_dir", "sweep", "created", "started", "ended", "updated", "last_iter", "last_loss", "last_ap",
+                 "run_id")
+_MIGRATIONS = {1: ("ALTER TABLE experiments ADD COLUMN run_id TEXT NOT NULL DEFAULT ''",
+                   "ALTER TABLE experiments ADD COLUMN history TEXT NOT NULL DEFAULT '[]'")}
+_ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec", "history")
 
 
 def launcher_home() -> Path:
@@ -109,9 +119,11 @@ class Experiment:
     last_iter: int | None
     last_loss: float | None
     last_ap: float | None
+    run_id: str = ""
     scaling: str = ""
     last_metrics: str = "{}"
     spec: str = field(default="{}", repr=False)
+    history: str = "[]"
 
     @property
     def extra(self) -> dict[str, str]:
@@ -134,6 +146,7 @@ class Experiment:
         out["ports"] = self.port_list
         out["scaling"] = json.loads(self.scaling) if self.scaling else None
         out["last_metrics"] = json.loads(self.last_metrics or "{}")
+        out["history"] = json.loads(self.history or "[]")
         return out
 
 
@@ -150,7 +163,7 @@ def experiment_from_spec(spec: JobSpec, state: JobState, now: float | None = Non
         "resources": json.dumps(d["resources"], sort_keys=True), "world_size": spec.world_size,
         "total_batch": scaling.total_batch if scaling else None, "lr": scaling.lr if scaling else None,
         "scaling": json.dumps(scaling.to_dict()) if scaling else "", "work_dir": spec.work_dir,
-        "sweep": sweep, "created": now, "updated": now, "spec": json.dumps(d, sort_keys=True),
+        "sweep": sweep, "created": now, "updated": now, "spec": json.dumps(d, sort_keys=True), "run_id": spec.run_id,
     }
 
 
@@ -173,7 +186,12 @@ class ExperimentStore:
             # Switching a new file to WAL answers "database is locked" at once, without waiting out the
             # busy timeout, while another process reads it: the check and the creation hold a lock.
             with blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S):
-                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                elif version != SCHEMA_VERSION:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.executescript(_SCHEMA)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -252,8 +270,9 @@ class ExperimentStore:
         self.conn.execute("UPDATE experiments SET backend_job_id = ?, backend_extra = ?, updated = ? WHERE id = ?",
                           (job_id, json.dumps(dict(extra or {}), sort_keys=True), time.time(), exp_id))
 
-    def record_status(self, exp_id: str, status: JobStatus) -> bool:
-        """Write a backend's status unless the row is already terminal; True when a row changed."""
+    def record_status(self, exp_id: str, status: JobStatus, run_id: str | None = None) -> bool:
+        """Write a backend's status unless the row is already terminal (or, with ``run_id``, has moved on to
+        another launch); True when a row changed. Only :mod:`launcher.reconcile` calls this."""
         now = time.time()
         started = status.started or (now if status.state is JobState.RUNNING else None)
         ended = (status.ended or now) if status.state.is_terminal() else None
@@ -262,9 +281,10 @@ class ExperimentStore:
             "reason = CASE WHEN ? = '' THEN reason ELSE ? END, restarts = MAX(restarts, ?), "
             "ports = CASE WHEN ? = '[]' THEN ports ELSE ? END, started = COALESCE(started, ?), "
             "ended = COALESCE(?, ended), updated = ? "
-            f"WHERE id = ? AND state NOT IN ({', '.join('?' * len(_TERMINAL))})",
+            f"WHERE id = ? AND state NOT IN ({', '.join('?' * len(_TERMINAL))}) AND (? IS NULL OR run_id = ?)",
             (status.state.value, status.exit_code, status.reason, status.reason, status.restarts,
-             json.dumps(list(status.ports)), json.dumps(list(status.ports)), started, ended, now, exp_id, *_TERMINAL))
+             json.dumps(list(status.ports)), json.dumps(list(status.ports)), started, ended, now, exp_id, *_TERMINAL,
+             run_id, run_id))
         return cur.rowcount > 0
 
     def record_metrics(self, exp_id: str, last_iter: int | None, loss: float | None, ap: float | None,
@@ -273,22 +293,23 @@ class ExperimentStore:
                           "updated = ? WHERE id = ?",
                           (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), time.time(), exp_id))
 
-    def record_work_dir_metrics(self, exp_id: str, work_dir: str | os.PathLike) -> None:
-        """Copy the last record of ``work_dir/metrics.jsonl`` (if any) into the row."""
-        from launcher.metrics import read_last_metrics
-
-        m = read_last_metrics(work_dir)
-        if not m.empty:
-            self.record_metrics(exp_id, m.iter, m.loss, m.ap, m.values)
-
-    def reset_for_resume(self, exp_id: str, spec: JobSpec, state: JobState) -> None:
-        """Put a finished row back to ``state`` with a (possibly re-scaled) spec; keeps restarts and metrics."""
-        values = experiment_from_spec(spec, state)
+    def start_run(self, exp_id: str, spec: JobSpec, job_id: str, extra: Mapping[str, str]) -> None:
+        """Begin a new launch of a finished experiment (``launcher resume``), on ``spec``'s backend with the
+        backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew."""
+        old = self.get(exp_id)
+        history = json.loads(old.history or "[]")
+        history.append({"run_id": old.run_id, "backend": old.backend, "backend_job_id": old.backend_job_id,
+                        "state": old.state.value, "reason": old.reason, "exit_code": old.exit_code,
+                        "restarts": old.restarts, "world_size": old.world_size, "started": old.started,
+                        "ended": old.ended})
+        values = experiment_from_spec(spec, JobState.PENDING)
         self.conn.execute(
             "UPDATE experiments SET state = ?, exit_code = NULL, reason = '', ended = NULL, started = NULL, "
+            "restarts = 0, ports = '[]', backend = ?, backend_job_id = ?, backend_extra = ?, run_id = ?, history = ?, "
             "world_size = ?, total_batch = ?, lr = ?, scaling = ?, resources = ?, spec = ?, config_hash = ?, "
             "updated = ? WHERE id = ?",
-            (state.value, values["world_size"], values["total_batch"], values["lr"], values["scaling"],
+            (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,
+             json.dumps(history), values["world_size"], values["total_batch"], values["lr"], values["scaling"],
              values["resources"], values["spec"], values["config_hash"], time.time(), exp_id))
 
 

@@ -1,28 +1,51 @@
-"""``python -m launcher.worker [--log-dir D] [--attempts-file F] -- MODULE ARGS...``: the worker shim.
+"""``python -m launcher.worker [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE ARGS...``: the worker shim.
 
-Every local worker runs through this shim, in the worker process itself (no extra process):
+Every rank of every backend runs through this shim (the local backend under torchrun, each
+Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`record_end` and
+:class:`HangWatchdog` in-process). The shim is a small parent process (no torch) that:
 
-1. Its stdout and stderr are appended to ``D/rank{RANK}.log`` (every attempt appends).
-2. One JSON line per attempt goes to ``F``: rank, attempt (``TORCHELASTIC_RESTART_COUNT``),
-   ``MASTER_ADDR``/``MASTER_PORT``, pid, ``CUDA_VISIBLE_DEVICES``. The supervisor reads
-   restarts and ports from it.
-3. On a restart (attempt > 0) the worker continues from the newest checkpoint: a ``--resume``
-   value becomes ``auto``, or ``--resume auto`` is added for a ``train`` command. (detcore
-   itself namespaces torchrun's store per attempt, see ``detcore.engine.dist.attempt_store``.)
-4. Then ``MODULE`` runs as ``__main__`` with ``ARGS`` (``runpy``), exactly as ``python -m``.
+1. appends its worker's stdout and stderr to ``D/rank{RANK}.log``;
+2. appends a ``start`` fact to ``R/events.jsonl`` (rank, attempt, pid, host, port; layout in
+   :mod:`detcore.contract`), then runs ``python -m MODULE ARGS`` as its child, and appends an
+   ``end`` fact with the child's exit status (``-N`` for signal N) and the last line of its log;
+   it then exits the same way (re-raising the signal), so torchrun or srun see the worker's own
+   ending. Because the shim outlives its worker, a rank killed by SIGKILL or the OOM killer is
+   still recorded exactly;
+3. forwards SIGTERM, SIGINT, SIGHUP and SIGUSR1 to the worker. SIGUSR2 (Slurm's
+   checkpoint-and-requeue signal) is left as the shim found it: ignored until detcore installs its
+   own handler, and delivered by Slurm to every process of the step, so never forwarded twice;
+4. on a restart (attempt > 0) makes the worker continue from the newest checkpoint
+   (``--resume auto``);
+5. with ``--hang-timeout S`` > 0 runs the hang watchdog: the worker writes a heartbeat per
+   finished iteration (``DETCORE_HEARTBEAT_DIR``); when no rank of this attempt has finished an
+   iteration for S seconds, the shim records a ``hang`` fact naming the ranks that are stuck,
+   asks its worker for its Python stacks (SIGUSR1, detcore's ``faulthandler``), kills it and
+   exits with ``EXIT_HUNG``, a retryable failure: torchrun restarts the group from the newest
+   checkpoint within ``--max-restarts``.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import ctypes
 import os
-import runpy
+import signal
+import socket
+import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import Mapping
+
+from detcore import contract
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+STARTUP_LIMIT_S = 600.0   # before the first heartbeat of an attempt, the watchdog waits at least this long
+STACKS_WAIT_S = 2.0
 
 
-def attempt_number() -> int:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or os.environ.get("SLURM_RESTART_COUNT") or 0)
+def attempt_number(environ: Mapping[str, str] = os.environ) -> int:
+    return int(environ.get("TORCHELASTIC_RESTART_COUNT") or environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def restart_argv(argv: list[str], attempt: int) -> list[str]:
@@ -43,7 +66,8 @@ def restart_argv(argv: list[str], attempt: int) -> list[str]:
 def redirect_output(log_dir: str, rank: int) -> None:
     """Append this process's stdout and stderr (fds 1 and 2) to ``log_dir/rank{rank}.log``."""
     os.makedirs(log_dir, exist_ok=True)
-    fd = os.open(os.path.join(log_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    path = os.path.join(log_dir, f"rank{rank}.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
@@ -51,36 +75,174 @@ def redirect_output(log_dir: str, rank: int) -> None:
     os.close(fd)
 
 
-def _record_attempt(path: str, rank: int, attempt: int) -> None:
-    record = {"rank": rank, "attempt": attempt, "pid": os.getpid(), "time": time.time(),
-              "master_addr": os.environ.get("MASTER_ADDR"), "master_port": int(os.environ.get("MASTER_PORT") or 0),
-              "world_size": int(os.environ.get("WORLD_SIZE") or 1),
-              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def heartbeat_dir(run_dir: str | os.PathLike, attempt: int) -> Path:
+    """Heartbeats of one attempt (a fresh folder per attempt, so a restart never reads old ones)."""
+    return Path(run_dir) / contract.HEARTBEAT_DIR / f"a{attempt}"
+
+
+def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra) -> None:
+    env = os.environ
+    contract.append_event(run_dir, {
+        "event": "start", "rank": rank, "attempt": attempt, "pid": pid, "shim_pid": os.getpid(),
+        "host": socket.gethostname(), "time": time.time(), "master_addr": env.get("MASTER_ADDR"),
+        "master_port": int(env.get("MASTER_PORT") or 0), "world_size": int(env.get("WORLD_SIZE") or 1),
+        "local_rank": int(env.get("LOCAL_RANK") or 0), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+        **extra})
+
+
+def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:
+    from launcher.tail import last_line
+
+    detail = (last_line(log) if log is not None else "") if code not in (contract.EXIT_OK, contract.EXIT_STOPPED) else ""
+    contract.append_event(run_dir, {"event": "end", "rank": rank, "attempt": attempt, "pid": pid, "exit_code": code,
+                                    "detail": detail[:500], "time": time.time()})
+
+
+def process_state(pid: int) -> str:
+    """``running``, ``stopped`` (SIGSTOP or a debugger), ``disk-wait`` or ``gone`` (Linux /proc)."""
     try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return "gone"
+    code = stat[stat.rindex(")") + 2:].split()[0]
+    return {"T": "stopped", "t": "stopped", "D": "disk-wait", "Z": "gone", "X": "gone"}.get(code, "running")
+
+
+def hang_verdict(beats: Mapping[int, tuple[int, float] | None], started: float, now: float, timeout: float,
+                 startup_limit: float = STARTUP_LIMIT_S) -> str | None:
+    """Why the attempt counts as hung, or None (pure). ``beats``: rank -> (iteration, time) or None."""
+    times = [b[1] for b in beats.values() if b is not None]
+    if not times:
+        limit = max(timeout, startup_limit)
+        if now - started > limit:
+            return f"no rank finished its first iteration within {limit:.0f} s of starting"
+        return None
+    if now - max(times) <= timeout:
+        return None
+    its = ", ".join(f"rank {r}: {'-' if b is None else b[0]}" for r, b in sorted(beats.items()))
+    return f"no rank finished an iteration for {now - max(times):.0f} s (limit {timeout:g} s); last iterations {its}"
+
+
+class HangWatchdog(threading.Thread):
+    """Checks the attempt's heartbeats every few seconds; calls ``on_hang(verdict)`` once when hung."""
+
+    def __init__(self, beat_dir: Path, world_size: int, timeout: float, on_hang, poll_s: float | None = None) -> None:
+        super().__init__(name="hang-watchdog", daemon=True)
+        self.beat_dir, self.world_size, self.timeout, self.on_hang = beat_dir, world_size, timeout, on_hang
+        self.poll_s = poll_s if poll_s is not None else max(0.5, min(10.0, timeout / 10))
+        self.started = time.time()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.poll_s):
+            beats = {r: contract.read_heartbeat(self.beat_dir, r) for r in range(self.world_size)}
+            verdict = hang_verdict(beats, self.started, time.time(), self.timeout)
+            if verdict:
+                self.on_hang(verdict)
+                return
+
+
+def _child_setup() -> None:  # in the worker, before exec: die with the shim (Linux PR_SET_PDEATHSIG)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _exit_like(code: int) -> None:
+    """End this process the way the worker ended: the same exit code, or the same signal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        time.sleep(1.0)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+class Shim:
+    def __init__(self, args: argparse.Namespace, module: str, worker_args: list[str]) -> None:
+        self.rank = int(os.environ.get("RANK") or 0)
+        self.world_size = int(os.environ.get("WORLD_SIZE") or 1)
+        self.attempt = attempt_number()
+        self.log_dir, self.run_dir, self.hang_timeout = args.log_dir, args.run_dir, float(args.hang_timeout or 0)
+        self.module, self.argv = module, restart_argv(worker_args, self.attempt)
+        self.proc: subprocess.Popen | None = None
+        self.pending: int | None = None  # a signal that came before the worker started
+        self.hung = False
+
+    @property
+    def log(self) -> Path | None:
+        return Path(self.log_dir) / f"rank{self.rank}.log" if self.log_dir else None
+
+    def forward(self, signum, frame) -> None:
+        if self.proc is None:
+            self.pending = signum
+        elif self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def on_hang(self, verdict: str) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        state = process_state(proc.pid)
+        self.hung = True
+        if self.run_dir:
+            contract.append_event(self.run_dir, {"event": "hang", "attempt": self.attempt, "rank": self.rank,
+                                                  "pid": proc.pid, "state": state, "detail": verdict,
+                                                  "time": time.time()})
+        os.write(2, f"[detlaunch] hang watchdog: {verdict}; this rank's worker is {state}; "
+                    f"dumping its Python stacks and ending the attempt\n".encode())
+        if state == "running":
+            proc.send_signal(signal.SIGUSR1)  # detcore's faulthandler writes every thread's stack to this log
+            time.sleep(STACKS_WAIT_S)
+        proc.kill()
+
+    def run(self) -> None:
+        if self.log_dir:
+            redirect_output(self.log_dir, self.rank)
+        env = dict(os.environ)
+        beat_dir = None
+        if self.run_dir:
+            beat_dir = heartbeat_dir(self.run_dir, self.attempt)
+            beat_dir.mkdir(parents=True, exist_ok=True)
+            env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
+            env[contract.RUN_DIR_ENV] = str(self.run_dir)
+        for sig in FORWARDED:
+            signal.signal(sig, self.forward)
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv], env=env,
+                                     preexec_fn=_child_setup)
+        if self.pending is not None:
+            self.proc.send_signal(self.pending)
+        if self.run_dir:
+            record_start(self.run_dir, self.rank, self.attempt, self.proc.pid)
+        watchdog = None
+        if beat_dir is not None and self.hang_timeout > 0:
+            watchdog = HangWatchdog(beat_dir, self.world_size, self.hang_timeout, self.on_hang)
+            watchdog.start()
+        code = self.proc.wait()
+        if watchdog is not None:
+            watchdog.stopped.set()
+        if self.hung:
+            code = contract.EXIT_HUNG
+        if self.run_dir:
+            record_end(self.run_dir, self.rank, self.attempt, self.proc.pid, code, self.log)
+        _exit_like(code)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv or argv.index("--") == len(argv) - 1:
-        sys.exit("usage: python -m launcher.worker [--log-dir D] [--attempts-file F] -- MODULE [ARGS...]")
+        sys.exit("usage: python -m launcher.worker [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE [ARGS...]")
     split = argv.index("--")
     parser = argparse.ArgumentParser(prog="python -m launcher.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--log-dir", help="append this rank's stdout/stderr to LOG_DIR/rank{RANK}.log")
-    parser.add_argument("--attempts-file", help="append one JSON line per attempt (rank, attempt, port, pid)")
+    parser.add_argument("--run-dir", help="append this rank's start/end facts to RUN_DIR/events.jsonl")
+    parser.add_argument("--hang-timeout", type=float, default=0.0,
+                        help="seconds without a finished iteration on any rank before the attempt ends (0: off)")
     args = parser.parse_args(argv[:split])
-    module, worker_args = argv[split + 1], argv[split + 2:]
-    rank = int(os.environ.get("RANK") or 0)
-    attempt = attempt_number()
-    if args.log_dir:
-        redirect_output(args.log_dir, rank)
-    if args.attempts_file:
-        _record_attempt(args.attempts_file, rank, attempt)
-    sys.argv = [module, *restart_argv(worker_args, attempt)]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    Shim(args, argv[split + 1], argv[split + 2:]).run()
 
 
 if __name__ == "__main__":

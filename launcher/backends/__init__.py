@@ -1,6 +1,6 @@
 """The backend registry: an explicit name -> module table, imported only when used.
 
-Each entry names the module that implements the backend (see :mod:`launcher.backends.base`
+Each entry names the module that implements the backend (see :mod:`launcher.backends.protocol`
 for what a backend module exposes). Nothing registers itself as a side effect of an import.
 """
 from __future__ import annotations

@@ -11,9 +11,11 @@ and keeps ``jobs/<id>/status.json`` (written atomically) and the store row up to
 c10d rendezvous on port 0 lets the agent bind its store port itself and hand it to the
 workers as ``MASTER_PORT``: no port is ever chosen by binding, closing and hoping.
 
-``status`` trusts ``status.json`` while the supervisor (pid + start tick) lives; a supervisor
-that died without a terminal status is reported failed (its torchrun dies with it through
-``PR_SET_PDEATHSIG``, so no orphaned workers keep GPUs the lease book thinks are free).
+``status`` is :func:`~launcher.runtime.monitor.observed_status`: ``status.json`` while the
+supervisor (pid + start tick) lives, its ending from ``status.json`` or the launch's
+``outcome.json``, and "monitor lost" (failed, resumable) when it died without one (its
+torchrun dies with it through ``PR_SET_PDEATHSIG``, and a resume first kills any process
+still marked with the experiment id, so no orphaned worker keeps writing the work dir).
 """
 from __future__ import annotations
 
@@ -28,17 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from launcher.backends.base import (DryRun, import_path_env, read_json, shim_command, thread_env,
-                                    write_json_atomic)
+from detcore.contract import EXPERIMENT_ENV as MARKER_ENV
+from detcore.contract import rank_log
+from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
 from launcher.leases import GPU_POOL, LeaseBook
 from launcher.procinfo import is_alive, process_start
+from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
+from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, spec_from_dict, spec_to_dict
 
-MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 CANCEL_GRACE_S = 20.0
-RUN_FILES = ("spec.json", "status.json", "cancel", "attempts.jsonl")  # one run's state in jobs/<id>/
+RUN_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in jobs/<id>/; supervisor.log is kept
 
 
 @dataclass(frozen=True)
@@ -120,12 +125,15 @@ class LocalBackend:
         torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(r.nproc),
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", spec.id,
                     "--max-restarts", str(spec.max_restarts), "--log-dir", str(job_dir / "torchelastic"))
-        worker = shim_command(spec, log_dir=os.path.join(spec.work_dir, "logs"),
-                              attempts_file=str(job_dir / "attempts.jsonl"))
+        worker = shim_command(spec)
         env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc), "PYTHONUNBUFFERED": "1",
                MARKER_ENV: spec.id}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
-                 "a restarted worker group resumes from the newest checkpoint (--resume auto)"]
+                 "a restarted worker group resumes from the newest checkpoint (--resume auto)",
+                 f"facts of this launch: {run_dir(spec)}/events.jsonl"]
+        if spec.hang_timeout_s:
+            notes.append(f"hang watchdog: an attempt in which no rank finishes an iteration for "
+                         f"{spec.hang_timeout_s:g} s is ended and restarted")
         if r.gpus:
             notes.append(f"CUDA_VISIBLE_DEVICES: {r.gpus} of GPUs {','.join(self.gpus)} leased at start "
                          f"(queued while busy)")
@@ -140,10 +148,8 @@ class LocalBackend:
         self.dryrun(spec)
         job_dir = self.job_dir(spec.id)
         created = not job_dir.exists()
-        if not created:  # a resume: the previous run must be over; its supervisor.log is kept
-            previous = read_json(job_dir / "status.json")
-            if previous is not None and not JobState(previous["state"]).is_terminal():
-                raise LauncherError(f"experiment {spec.id} still has a {previous['state']} run; cancel it first")
+        if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
+            kill_marked_processes(spec.id)  # anything a lost supervisor left behind
             for name in RUN_FILES:
                 (job_dir / name).unlink(missing_ok=True)
         job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
@@ -178,7 +184,7 @@ class LocalBackend:
                     (job_dir / name).unlink(missing_ok=True)
             raise
         return JobHandle(spec.id, self.name, str(proc.pid), (("supervisor_start", str(start)),
-                                                              ("job_dir", str(job_dir))))
+                                                              ("job_dir", str(job_dir)), ("run_dir", run_dir(spec))))
 
     # ---- status -----------------------------------------------------------------------------
     def _supervisor(self, handle: JobHandle) -> tuple[int, int | None]:
@@ -187,21 +193,10 @@ class LocalBackend:
 
     def status(self, handle: JobHandle) -> JobStatus:
         job_dir = self.job_dir(handle.experiment_id)
-        st = read_json(job_dir / "status.json")
-        if st is not None and JobState(st["state"]).is_terminal():
-            return status_from_json(st)
         pid, start = self._supervisor(handle)
-        if pid and is_alive(pid, start):
-            return status_from_json(st) if st else JobStatus(JobState.PENDING)
-        st = read_json(job_dir / "status.json")  # it may have finished between the two reads
-        if st is not None and JobState(st["state"]).is_terminal():
-            return status_from_json(st)
-        if not job_dir.exists():
-            return JobStatus(JobState.FAILED, reason=f"job folder {job_dir} is gone; the job cannot be tracked")
-        restarts = int(st.get("restarts", 0)) if st else 0
-        return JobStatus(JobState.FAILED, restarts=restarts, ended=time.time(),
-                         reason=f"supervisor (pid {pid}) died without recording a result; its workers were stopped "
-                                f"with it (see {job_dir / 'supervisor.log'})")
+        alive = bool(pid) and is_alive(pid, start)
+        status, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))  # after the check
+        return observed_status(status, outcome, alive, f"the supervisor (pid {pid})")
 
     # ---- logs -------------------------------------------------------------------------------
     def _work_dir(self, exp_id: str) -> Path:
@@ -211,7 +206,7 @@ class LocalBackend:
         return Path(spec["work_dir"])
 
     def log_path(self, exp_id: str, rank: int) -> Path:
-        return self._work_dir(exp_id) / "logs" / f"rank{rank}.log"
+        return rank_log(self._work_dir(exp_id), rank)
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle.experiment_id, rank)
@@ -240,26 +235,11 @@ class LocalBackend:
                               {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
         LeaseBook(self.home).release(handle.experiment_id)
 
-    def list(self) -> list[JobHandle]:
-        handles = []
-        for job_dir in sorted((self.home / "jobs").glob("*")):
-            st = read_json(job_dir / "status.json") or {}
-            pid = st.get("supervisor_pid")
-            extra = (("supervisor_start", str(st.get("supervisor_start", ""))), ("job_dir", str(job_dir)))
-            handles.append(JobHandle(job_dir.name, self.name, str(pid or ""), extra))
-        return handles
-
     def load_spec(self, exp_id: str) -> JobSpec:
         data = read_json(self.job_dir(exp_id) / "spec.json")
         if data is None:
             raise LauncherError(f"experiment {exp_id} has no local job folder in {self.home / 'jobs'}")
         return spec_from_dict(data, Options)
-
-
-def status_from_json(st: Mapping) -> JobStatus:
-    return JobStatus(JobState(st["state"]), exit_code=st.get("exit_code"), restarts=int(st.get("restarts", 0)),
-                     reason=st.get("reason", ""), ports=tuple(st.get("ports", ())), started=st.get("started"),
-                     ended=st.get("ended"))
 
 
 def _wait_for_start(pid: int) -> int:
@@ -269,30 +249,6 @@ def _wait_for_start(pid: int) -> int:
             return start
         time.sleep(0.01)
     raise LauncherError(f"the job supervisor (pid {pid}) exited at once; see its log under $LAUNCHER_HOME/jobs")
-
-
-def follow_file(path: Path, finished=None, poll_s: float = 0.2) -> Iterator[str]:
-    """Lines of ``path``; when ``finished`` is given, keep reading until it returns True and the file is drained."""
-    pos, buf = 0, b""
-    while True:
-        done = finished() if finished is not None else True
-        try:
-            with open(path, "rb") as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
-        except FileNotFoundError:
-            chunk = b""
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-        if done and not chunk:
-            if buf:
-                yield buf.decode("utf-8", "replace")
-            return
-        if not chunk:
-            time.sleep(poll_s)
 
 
 def kill_marked_processes(exp_id: str, sig: int = signal.SIGKILL) -> list[int]:

@@ -13,14 +13,15 @@ the submitting process, exactly like the local backend's supervisor. It
 2. runs ``TorchTrainer(...).fit()`` built from the dry run's :class:`TrainerPlan`, with the
    experiment id in the job's runtime environment (``DETLAUNCH_EXPERIMENT_ID``) so every Ray
    process of the job can be found on this node;
-3. follows the workers' attempt records (restarts, rendezvous ports) and ``metrics.jsonl``
-   and keeps ``ray/<id>/status.json`` (atomic) and the store row up to date; after a worker's
-   user error (exit code 2) it aborts the run instead of letting Ray retry it;
+3. follows the launch through the same :class:`~launcher.runtime.monitor.RunMonitor` as the
+   local supervisor (restarts, rendezvous ports and failure reasons from the workers' facts;
+   ``ray/<id>/status.json`` best effort); after a worker's user error (exit code 2) the
+   workers end the run instead of letting Ray retry it;
 4. on SIGINT or SIGTERM (``launcher cancel``) lets Ray Train abort the run gracefully (its
    controller stops the worker group and frees the placement group);
-5. writes the final ``status.json``, then the store row.
+5. records the ending (``status.json`` and the launch's ``outcome.json``).
 
-``status.json`` is the truth for :meth:`RayTrainBackend.status`; store writes are best effort.
+It never writes the experiment store (see :mod:`launcher.reconcile`).
 The loopback rule (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before ``import ray`` for a head on
 127.0.0.1) is in this process's environment, set by ``submit`` from :func:`driver_env`.
 """
@@ -37,19 +38,16 @@ import threading
 import time
 from pathlib import Path
 
-from launcher.backends.base import mirror_to_store, read_json, write_json_atomic
-from launcher.backends.ray_plan import (Address, Options, TrainerPlan, failure_reason, follow_attempts,
-                                        resolve_address, trainer_plan)
+from launcher.backends.ray_plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
 from launcher.errors import LauncherError
-from launcher.procinfo import current_process
+from launcher.runtime.files import read_json
+from launcher.runtime.monitor import RunMonitor
 from launcher.spec import JobSpec, JobState, spec_from_dict
-from launcher.store import ExperimentStore
 
 logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
 INIT_TIMEOUT_S = 90.0
 POLL_S = 1.0
-METRICS_EVERY_S = 3.0
 CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
 
@@ -72,77 +70,21 @@ def check_reachable(address: Address, timeout_s: float = CONNECT_CHECK_S) -> Non
 
 
 class Driver:
-    def __init__(self, spec: JobSpec, home: Path, run_dir: Path) -> None:
-        self.spec, self.home, self.run_dir = spec, home, run_dir
+    def __init__(self, spec: JobSpec, home: Path, job_dir: Path) -> None:
+        self.spec, self.home, self.job_dir = spec, home, job_dir
         self.plan: TrainerPlan = trainer_plan(spec, spec.backend_options, os.environ)
-        self._local = threading.local()  # one SQLite connection per thread (main and monitor)
-        self.pid, self.start = current_process()
-        self.run_token = f"{self.pid}-{self.start}"
+        self.monitor = RunMonitor(job_dir / "status.json", Path(self.plan.worker.run_dir), self.plan.max_failures,
+                                  address=None, master_addrs=[])
         self.cancelled = False
         self.stop_reason = ""
-        self._lock = threading.Lock()
-        self.status = {"state": JobState.PENDING.value, "restarts": 0, "ports": [], "reason": "", "exit_code": None,
-                       "started": None, "ended": None, "driver_pid": self.pid, "driver_start": self.start,
-                       "run": self.run_token, "address": None, "master_addrs": []}
 
-    @property
-    def store(self) -> ExperimentStore:
-        if not hasattr(self._local, "store"):
-            self._local.store = ExperimentStore(self.home)
-        return self._local.store
-
-    # ---- state ------------------------------------------------------------------------------
-    def set(self, state: JobState | None = None, **fields) -> None:
-        with self._lock:
-            if state is not None:
-                fields["state"] = state.value
-            if JobState(self.status["state"]).is_terminal():
-                return
-            changed = {k: v for k, v in fields.items() if self.status.get(k) != v}
-            if not changed:
-                return
-            self.status.update(changed)
-            write_json_atomic(self.run_dir / "status.json", self.status)
-            st = dict(self.status)
-        mirror_to_store(self.store, self.spec.id, st)
-
-    def record_metrics(self) -> None:
-        mirror_to_store(self.store, self.spec.id, work_dir=self.spec.work_dir)
-
-    def read_attempts(self) -> list[dict]:
-        try:
-            lines = Path(self.plan.worker.attempts_file).read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-        return out
-
-    def poll(self) -> None:
-        progress = follow_attempts(self.read_attempts(), self.run_token)
-        fields = {"ports": list(progress.ports), "master_addrs": list(progress.master_addrs)}
-        if progress.restarts > self.status["restarts"]:
-            last = progress.failures[-1] if progress.failures else "a worker died"
-            fields.update(restarts=progress.restarts,
-                          reason=f"restart {progress.restarts} of at most {self.plan.max_failures} after {last}")
-        if progress.master_addrs or progress.restarts:
-            self.set(JobState.RUNNING, **fields)
-        if progress.user_error and not self.stop_reason:  # the workers end the run themselves, no retry
-            self.stop_reason = f"{progress.user_error} (a user error: the run was stopped, not restarted)"
-            logger.info("the workers stop the run: %s", self.stop_reason)
-
-    def monitor(self, stop: threading.Event) -> None:
-        next_metrics = 0.0
+    def monitor_loop(self, stop: threading.Event) -> None:
         while not stop.wait(POLL_S):
             try:
-                self.poll()
-                if time.monotonic() >= next_metrics:
-                    self.record_metrics()
-                    next_metrics = time.monotonic() + METRICS_EVERY_S
+                facts = self.monitor.observe()
+                if facts.user_error and not self.stop_reason:  # the workers end the run themselves, no retry
+                    self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
+                    logger.info("the workers stop the run: %s", self.stop_reason)
             except Exception:
                 logger.exception("monitor error (ignored)")
 
@@ -164,11 +106,11 @@ class Driver:
         signal.signal(signal.SIGINT, self.on_cancel)
         signal.signal(signal.SIGTERM, self.on_sigterm)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.set(JobState.PENDING, reason="connecting to Ray")
+        self.monitor.set(JobState.PENDING, reason="connecting to Ray")
         try:
             address = resolve_address(self.plan.address, os.environ, current_cluster())
             check_reachable(address)
-            self.set(address=address.text)
+            self.monitor.set(address=address.text)
             return self.fit(address)
         except LauncherError as exc:
             return self.finish(JobState.FAILED, 2, str(exc))
@@ -207,11 +149,11 @@ class Driver:
 
         self.connect(address)
         logger.info("connected to Ray at %s; starting %d Ray Train workers", address.text, self.plan.num_workers)
-        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=self.plan.worker.to_config(self.run_token),
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=self.plan.worker.to_config(),
                                **ray_configs(self.plan))
-        self.set(JobState.RUNNING, reason=f"Ray Train on {address.text}", started=time.time())
+        self.monitor.set(JobState.PENDING, reason=f"Ray Train on {address.text}: starting workers", started=time.time())
         stop = threading.Event()
-        watcher = threading.Thread(target=self.monitor, args=(stop,), name="monitor", daemon=True)
+        watcher = threading.Thread(target=self.monitor_loop, args=(stop,), name="monitor", daemon=True)
         watcher.start()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # replaced by Ray's graceful abort inside fit()
         error: BaseException | None = None
@@ -225,13 +167,12 @@ class Driver:
         finally:
             stop.set()
             watcher.join(5)
-        self.poll()
-        self.record_metrics()
+        facts = self.monitor.observe()
         try:
             ray.shutdown()
         except Exception:
             pass
-        self.cancelled = self.cancelled or (self.run_dir / "cancel").exists()
+        self.cancelled = self.cancelled or (self.job_dir / "cancel").exists()
         if self.stop_reason:
             return self.finish(JobState.FAILED, 2, self.stop_reason)
         if self.cancelled:
@@ -239,17 +180,17 @@ class Driver:
         if error is not None:
             text = str(error)
             logger.error("Ray Train failed:\n%s", text)
-            reason = failure_reason(text)
-            if self.status["restarts"]:
-                reason += f" (after {self.status['restarts']} restart(s); --max-failures {self.plan.max_failures})"
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "Ray Train failed without a message")
+            reason = facts.last_failure or f"Ray Train: {first[:300]}"
+            if facts.restarts:
+                reason += f" (after {facts.restarts} restart(s); --max-failures {self.plan.max_failures})"
             return self.finish(JobState.FAILED, 1, reason)
-        restarts = self.status["restarts"]
-        return self.finish(JobState.SUCCEEDED, 0, f"finished after {restarts} restart(s)" if restarts
+        return self.finish(JobState.SUCCEEDED, 0, f"finished after {facts.restarts} restart(s); last failure: "
+                                                  f"{facts.last_failure}" if facts.restarts
                            else f"finished on Ray at {address.text}")
 
     def finish(self, state: JobState, rc: int | None, reason: str) -> int:
-        self.set(state, exit_code=rc, reason=reason, ended=time.time())
-        logger.info("experiment %s %s%s", self.spec.id, state.value, f": {reason}" if reason else "")
+        self.monitor.finish(state, rc, reason)
         return 0
 
 
@@ -278,12 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = Path(args.home)
-    run_dir = home / "ray" / args.id
-    data = read_json(run_dir / "spec.json")
+    job_dir = home / "ray" / args.id
+    data = read_json(job_dir / "spec.json")
     if data is None:
         logger.error("no spec for %s under %s", args.id, home)
         return 2
-    return Driver(spec_from_dict(data, Options), home, run_dir).run()
+    return Driver(spec_from_dict(data, Options), home, job_dir).run()
 
 
 if __name__ == "__main__":

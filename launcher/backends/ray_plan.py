@@ -8,8 +8,8 @@ driver (:mod:`launcher.backends.ray_driver`) builds the real Ray objects from th
 so what is printed is what runs. Nothing here imports Ray, starts a process or opens a socket.
 
 Also here, because they are policy over plain data: address parsing and the loopback rule
-(:func:`parse_address`, :func:`driver_env`), how attempt records become restarts and ports
-(:func:`follow_attempts`), and how a Ray Train error becomes one line (:func:`failure_reason`).
+(:func:`parse_address`, :func:`driver_env`). Restarts, ports and failure reasons come from the
+facts the workers record (:mod:`launcher.runtime.facts`), as for every backend.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-from launcher.backends.base import import_path_env, worker_args
+from detcore.contract import EXPERIMENT_ENV as MARKER_ENV
 from launcher.errors import LauncherError
+from launcher.runtime.command import import_path_env, log_dir, run_dir, worker_args
 from launcher.spec import JobSpec, Mode
 
-MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
 # Ray rewrites 127.0.0.1 to the machine's routable IP unless this is 0 before `import ray` (see
 # cluster/ray/start.sh); a client that rewrites connects where nothing listens and hangs for minutes.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -129,30 +129,29 @@ def driver_env(address: Address) -> dict[str, str]:
 @dataclass(frozen=True)
 class WorkerPlan:
     """What every Ray Train worker runs, in its own process: ``MODULE.main(ARGS)`` (detcore's CLI)
-    with ``cwd``, its output appended to ``LOG_DIR/rank{R}.log``, one JSON line per attempt in
-    ``attempts_file``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_worker`)."""
+    with ``cwd``, its output appended to ``LOG_DIR/rank{R}.log``, its start and end facts in
+    ``run_dir``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_worker`)."""
 
     module: str
     args: tuple[str, ...]
     cwd: str
     work_dir: str
     log_dir: str
-    attempts_file: str
+    run_dir: str
+    hang_timeout_s: float = 0.0
     report_poll_s: float = REPORT_POLL_S
 
-    def to_config(self, run: str) -> dict[str, Any]:
-        """The ``train_loop_config`` handed to Ray (``run`` names this driver run in attempt records)."""
+    def to_config(self) -> dict[str, Any]:
+        """The ``train_loop_config`` handed to Ray."""
         d = dataclasses.asdict(self)
         d["args"] = list(self.args)
-        d["run"] = run
         return d
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> tuple["WorkerPlan", str]:
+    def from_config(cls, config: Mapping[str, Any]) -> "WorkerPlan":
         d = dict(config)
-        run = str(d.pop("run", ""))
         d["args"] = tuple(d["args"])
-        return cls(**d), run
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -189,9 +188,8 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
         per_worker["GPU"] = _number(gpus)
     if r.mem_gb:
         per_worker["memory"] = int(r.mem_gb * 2 ** 30 / max(1, r.nproc))
-    logs = os.path.join(spec.work_dir, "logs")
     worker = WorkerPlan(module=spec.worker_module, args=worker_args(spec), cwd=spec.cwd, work_dir=spec.work_dir,
-                        log_dir=logs, attempts_file=os.path.join(logs, "attempts.jsonl"))
+                        log_dir=log_dir(spec), run_dir=run_dir(spec), hang_timeout_s=spec.hang_timeout_s)
     env = {**import_path_env(environ), "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id}
     return TrainerPlan(
         address=opts.address, run_name=f"detlaunch-{spec.id}",
@@ -214,7 +212,8 @@ def render_plan(plan: TrainerPlan) -> str:
         "    train_loop_per_worker=launcher.backends.ray_worker.train_loop_per_worker,",
         f"    train_loop_config={{'module': {w.module!r}, 'cwd': {w.cwd!r}, 'work_dir': {w.work_dir!r}, "
         f"'log_dir': {w.log_dir!r}, "
-        f"'attempts_file': {w.attempts_file!r}, 'report_poll_s': {w.report_poll_s!r}, 'args': [worker command]}},",
+        f"'run_dir': {w.run_dir!r}, 'hang_timeout_s': {w.hang_timeout_s!r}, 'report_poll_s': {w.report_poll_s!r}, "
+        f"'args': [worker command]}},",
         f"    scaling_config=ScalingConfig(num_workers={plan.num_workers}, use_gpu={plan.use_gpu}, "
         f"resources_per_worker={res}, placement_strategy={plan.placement_strategy!r}),",
         f"    run_config=RunConfig(name={plan.run_name!r}, storage_path={plan.storage_path!r},",
@@ -223,57 +222,3 @@ def render_plan(plan: TrainerPlan) -> str:
         f"    torch_config=TorchConfig(backend={plan.torch_backend!r}),",
         ").fit()",
     ])
-
-
-# ---- following a run: attempt records -> restarts, ports, failures ----------------------------
-
-@dataclass(frozen=True)
-class RunProgress:
-    """What the attempt records of one driver run say."""
-
-    restarts: int = 0
-    ports: tuple[int, ...] = ()
-    master_addrs: tuple[str, ...] = ()
-    failures: tuple[str, ...] = ()
-    user_error: str = ""
-
-
-def follow_attempts(records: Iterable[Mapping[str, Any]], run: str) -> RunProgress:
-    """Restarts (the highest attempt rank 0 started), rendezvous ports and addresses, failures
-    (``exit`` records) and the first user error (a worker exit code 2) of driver run ``run``."""
-    restarts, ports, addrs, failures, user_error = 0, set(), set(), [], ""
-    for rec in records:
-        if rec.get("run") != run:
-            continue
-        if rec.get("event") == "exit":
-            reason = f"rank {rec.get('rank')} exited with code {rec.get('exit_code')}"
-            if rec.get("detail"):
-                reason += f": {rec['detail']}"
-            failures.append(reason)
-            if rec.get("exit_code") == 2 and not user_error:
-                user_error = reason
-            continue
-        if rec.get("rank") == 0:
-            restarts = max(restarts, int(rec.get("attempt", 0)))
-        if rec.get("master_port"):
-            ports.add(int(rec["master_port"]))
-        if rec.get("master_addr"):
-            addrs.add(str(rec["master_addr"]))
-    return RunProgress(restarts, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error)
-
-
-_OWN_FAILURE = re.compile(r"WorkerExit: (.+)")
-_EXIT_DETAIL = re.compile(r"Worker exit detail: ([^.]+\.)")
-
-
-def failure_reason(text: str, limit: int = 300) -> str:
-    """One line from a Ray Train error (``WorkerGroupError``/``ControllerError``): the worker's own
-    exit message when there is one, else why Ray says the worker died, else the first line."""
-    m = _OWN_FAILURE.search(text)
-    if m:
-        return m.group(1).strip()[:limit]
-    m = _EXIT_DETAIL.search(text)
-    if m:
-        return f"a Ray Train worker died ({m.group(1).strip()})"[:limit]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else "Ray Train failed without a message")[:limit]

@@ -12,9 +12,9 @@ driver (:mod:`launcher.backends.ray_driver`, why detached is explained there) th
 job's ``$LAUNCHER_HOME/ray/<id>/status.json``. So ``status``, ``logs``, ``cancel`` and
 ``list`` work from any later process, as for the local backend:
 
-* ``status`` trusts ``status.json`` while the driver (pid + start tick) lives; a driver that
-  died without a terminal status is reported failed (Ray kills a dead driver's non-detached
-  actors, the worker group among them);
+* ``status`` is :func:`~launcher.runtime.monitor.observed_status`, as for the local backend: a
+  driver that died without recording an ending is "monitor lost" (Ray kills a dead driver's
+  non-detached actors, the worker group among them), and the experiment can be resumed;
 * ``logs`` reads ``WORK_DIR/logs/rank{R}.log``;
 * ``cancel`` touches ``cancel`` and sends the driver SIGINT, Ray Train's graceful abort; if the
   driver has not ended after a grace period it is killed, and any process of the job still
@@ -38,15 +38,18 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from launcher.backends.base import DryRun, import_path_env, read_json, worker_command, write_json_atomic
+from detcore.contract import rank_log
+from launcher.backends.protocol import DryRun
 from launcher.backends.ray_plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, driver_env,
                                         parse_address, render_plan, resolve_address, trainer_plan)
 from launcher.errors import LauncherError
 from launcher.procinfo import is_alive, process_start
+from launcher.runtime.command import import_path_env, worker_command
+from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Resources, spec_from_dict, spec_to_dict
 
-__all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
-           "status_from_json"]
+__all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
 
 CANCEL_GRACE_S = 45.0
 LEFTOVER_WAIT_S = 15.0
@@ -104,24 +107,6 @@ def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resou
 
 def create(home: Path) -> "RayTrainBackend":
     return RayTrainBackend(home)
-
-
-def status_from_json(st: Mapping) -> JobStatus:
-    return JobStatus(JobState(st["state"]), exit_code=st.get("exit_code"), restarts=int(st.get("restarts", 0)),
-                     reason=st.get("reason", ""), ports=tuple(st.get("ports", ())), started=st.get("started"),
-                     ended=st.get("ended"))
-
-
-def job_status(st: Mapping | None, driver_alive: bool, run_dir: Path) -> JobStatus:
-    """The job's state from its ``status.json`` (or None) and whether its driver still runs (pure)."""
-    if st is not None and JobState(st["state"]).is_terminal():
-        return status_from_json(st)
-    if driver_alive:
-        return status_from_json(st) if st else JobStatus(JobState.PENDING)
-    restarts = int(st.get("restarts", 0)) if st else 0
-    return JobStatus(JobState.FAILED, restarts=restarts, ended=time.time(),
-                     reason=f"the Ray driver died without recording a result (Ray stops a dead driver's workers; "
-                            f"see {run_dir / 'driver.log'})")
 
 
 class RayTrainBackend:
@@ -187,10 +172,8 @@ class RayTrainBackend:
         address = self._check_address(plan)
         run_dir = self.run_dir(spec.id)
         created = not run_dir.exists()
-        if not created:  # a resume: the previous run must be over
-            previous = read_json(run_dir / "status.json")
-            if previous is not None and not JobState(previous["state"]).is_terminal():
-                raise LauncherError(f"experiment {spec.id} still has a {previous['state']} run; cancel it first")
+        if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
+            kill_job_processes(spec.id)  # anything a lost driver left on this node
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
@@ -206,7 +189,7 @@ class RayTrainBackend:
                     (run_dir / name).unlink(missing_ok=True)
             raise
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
-                                                        ("run_dir", str(run_dir))))
+                                                        ("job_dir", str(run_dir)), ("run_dir", plan.worker.run_dir)))
 
     # ---- status -------------------------------------------------------------------------------
     def _driver(self, handle: JobHandle) -> tuple[int, int | None]:
@@ -214,17 +197,10 @@ class RayTrainBackend:
         return int(handle.job_id or 0), int(start) if start else None
 
     def status(self, handle: JobHandle) -> JobStatus:
-        run_dir = self.run_dir(handle.experiment_id)
-        st = read_json(run_dir / "status.json")
-        if st is not None and JobState(st["state"]).is_terminal():
-            return status_from_json(st)
         pid, start = self._driver(handle)
         alive = bool(pid) and is_alive(pid, start)
-        if not alive:
-            st = read_json(run_dir / "status.json")  # it may have finished between the two reads
-            if not run_dir.exists():
-                return JobStatus(JobState.FAILED, reason=f"job folder {run_dir} is gone; the job cannot be tracked")
-        return job_status(st, alive, run_dir)
+        status, outcome = read_monitor_files(self.run_dir(handle.experiment_id) / "status.json", handle.get("run_dir"))
+        return observed_status(status, outcome, alive, f"the Ray driver (pid {pid})")
 
     # ---- logs ---------------------------------------------------------------------------------
     def load_spec(self, exp_id: str) -> JobSpec:
@@ -234,11 +210,9 @@ class RayTrainBackend:
         return spec_from_dict(data, Options)
 
     def log_path(self, exp_id: str, rank: int) -> Path:
-        return Path(self.load_spec(exp_id).work_dir) / "logs" / f"rank{rank}.log"
+        return rank_log(self.load_spec(exp_id).work_dir, rank)
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
-        from launcher.backends.local import follow_file
-
         path = self.log_path(handle.experiment_id, rank)
         if not follow and not path.exists():
             raise LauncherError(f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
@@ -268,15 +242,6 @@ class RayTrainBackend:
         if not JobState(st.get("state", "pending")).is_terminal():
             write_json_atomic(run_dir / "status.json",
                               {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
-
-    def list(self) -> list[JobHandle]:
-        handles = []
-        for run_dir in sorted((self.home / "ray").glob("*")):
-            st = read_json(run_dir / "status.json") or {}
-            extra = (("address", str(st.get("address") or "")), ("driver_start", str(st.get("driver_start", ""))),
-                     ("run_dir", str(run_dir)))
-            handles.append(JobHandle(run_dir.name, self.name, str(st.get("driver_pid") or ""), extra))
-        return handles
 
 
 def job_processes(exp_id: str) -> list:

@@ -24,23 +24,23 @@ so this function wraps the run instead of hooking into it:
   one the pointer did not reach Ray in time for) from the work dir.
 
 Each worker appends its stdout/stderr (detcore's log included) to ``LOG_DIR/rank{R}.log`` and
-one JSON line per attempt to the attempts file: rank, attempt, pid, ``MASTER_ADDR``/
-``MASTER_PORT``, the restored pointer. A worker whose detcore run fails writes an ``exit``
-record and raises :class:`WorkerExit`, whose one-line message reaches the driver inside Ray's
-error, and Ray Train restarts the group. A user error (detcore's exit code 2: bad data, bad
-config value) cannot be fixed by restarting, so that worker does not raise: rank 0 sees the
-``exit`` record (the attempts file is in the shared work dir) and tells every rank to return,
-Ray ends the run without a retry, and the driver records it as failed with that one line.
+the same start and end facts as the worker shim of the other backends to the launch's run
+directory (:func:`launcher.worker.record_start`, :func:`~launcher.worker.record_end`), and runs
+the same hang watchdog in-process. A worker whose detcore run fails records its end and raises
+:class:`WorkerExit`, and Ray Train restarts the group. A user error (detcore's exit code 2:
+bad data, bad config value) cannot be fixed by restarting, so that worker does not raise:
+rank 0 sees the end fact (the run directory is in the shared work dir) and tells every rank
+to return, Ray ends the run without a retry, and the driver records it as failed.
 """
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -48,16 +48,16 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from detcore import contract
 from launcher.backends.ray_plan import WorkerPlan
-from launcher.tail import last_line
-from launcher.worker import redirect_output, restart_argv
+from launcher.runtime.facts import summarize
+from launcher.worker import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "detcore_checkpoint.json"
-USER_ERROR = 2  # detcore's CLI exit code for a user error
-_ITER = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")
+_ITER = re.compile(r"(?:iter|epoch)_(\d+)\.pth$")  # a checkpoint's file name, not a log
 
 
 class WorkerExit(RuntimeError):
@@ -107,43 +107,9 @@ def restored_pointer(checkpoint: Any) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def append_record(path: str, record: Mapping[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (json.dumps(dict(record), sort_keys=True) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def read_records(path: str, run: str) -> list[dict]:
-    """The attempt records of driver run ``run`` (a half-written last line is skipped)."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("run") == run:
-            out.append(rec)
-    return out
-
-
-def previous_attempts(records: list[dict], rank: int) -> int:
-    """How many times ``rank`` already started (this start's attempt number)."""
-    return sum(1 for r in records if r.get("rank") == rank and r.get("event") == "start")
-
-
-def user_error(records: list[dict]) -> str:
-    """The first user error (exit code 2) a rank recorded, as one line; "" when none."""
-    for r in records:
-        if r.get("event") == "exit" and r.get("exit_code") == USER_ERROR:
-            return f"rank {r.get('rank')}: {r.get('detail') or 'exited with code 2'}"
-    return ""
+def previous_attempts(run_dir: str, rank: int) -> int:
+    """How many times ``rank`` already started in this launch (this start's attempt number)."""
+    return sum(1 for r in contract.read_events(run_dir) if r.get("event") == "start" and r.get("rank") == rank)
 
 
 class DetcoreRun(threading.Thread):
@@ -189,17 +155,20 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
-    plan, run = WorkerPlan.from_config(config)
+    plan = WorkerPlan.from_config(config)
     rank = ray.train.get_context().get_world_rank()
+    world_size = ray.train.get_context().get_world_size()
     os.chdir(plan.cwd)  # Ray starts workers in its session folder; relative data paths mean the submit dir
     redirect_output(plan.log_dir, rank)
+    log = Path(plan.log_dir) / f"rank{rank}.log"
     restored = restored_pointer(ray.train.get_checkpoint())
-    attempt = previous_attempts(read_records(plan.attempts_file, run), rank)
-    append_record(plan.attempts_file, {
-        "event": "start", "run": run, "rank": rank, "attempt": attempt, "pid": os.getpid(), "time": time.time(),
-        "host": socket.gethostname(), "master_addr": os.environ.get("MASTER_ADDR"),
-        "master_port": int(os.environ.get("MASTER_PORT") or 0), "world_size": int(os.environ.get("WORLD_SIZE") or 1),
-        "local_rank": int(os.environ.get("LOCAL_RANK") or 0), "restored": restored})
+    attempt = previous_attempts(plan.run_dir, rank)
+    record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored)
+    beats = heartbeat_dir(plan.run_dir, attempt)
+    beats.mkdir(parents=True, exist_ok=True)
+    os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
+    if plan.hang_timeout_s:
+        HangWatchdog(beats, world_size, plan.hang_timeout_s, lambda verdict: _hung(plan, rank, attempt, verdict)).start()
     argv = restart_argv(list(plan.args), 1 if (attempt or restored) else 0)
     if restored:
         _say(f"Ray Train restored checkpoint {restored.get('checkpoint')} (iteration {restored.get('iter')}); "
@@ -213,12 +182,12 @@ def train_loop_per_worker(config: dict) -> None:
         finished = not detcore.is_alive()
         if finished and detcore.exit_code and not exit_recorded:
             exit_recorded = True
-            _record_exit(plan, run, rank, detcore.exit_code)
-            if detcore.exit_code != USER_ERROR:
+            record_end(plan.run_dir, rank, attempt, os.getpid(), detcore.exit_code, log)
+            if detcore.exit_code != contract.EXIT_USER_ERROR:
                 _fail(plan, rank, detcore.exit_code)
         view = None
         if rank == 0:
-            stop = user_error(read_records(plan.attempts_file, run))
+            stop = summarize(contract.read_events(plan.run_dir)).user_error
             view = current_view(plan.work_dir, done=finished and detcore.exit_code == 0, stop=stop)
         view = broadcast_from_rank_zero(view)
         if view.checkpoint and view.checkpoint != known:
@@ -230,9 +199,9 @@ def train_loop_per_worker(config: dict) -> None:
         if view.done:
             break
     detcore.join()  # rank 0 has finished, so the others finish their last step now
+    if not exit_recorded:
+        record_end(plan.run_dir, rank, attempt, os.getpid(), detcore.exit_code or 0, log)
     if detcore.exit_code:
-        if not exit_recorded:
-            _record_exit(plan, run, rank, detcore.exit_code)
         _fail(plan, rank, detcore.exit_code)
 
 
@@ -241,12 +210,18 @@ def _say(text: str) -> None:
     os.write(1, f"[detlaunch] {text}\n".encode())
 
 
-def _record_exit(plan: WorkerPlan, run: str, rank: int, code: int) -> None:
-    detail = last_line(os.path.join(plan.log_dir, f"rank{rank}.log"))
-    append_record(plan.attempts_file, {"event": "exit", "run": run, "rank": rank, "exit_code": code,
-                                       "detail": detail, "time": time.time(), "pid": os.getpid()})
+def _hung(plan: WorkerPlan, rank: int, attempt: int, verdict: str) -> None:
+    """The watchdog's action in a Ray worker: record the hang, write this process's stacks, end the worker
+    (Ray Train restarts the group within --max-failures)."""
+    contract.append_event(plan.run_dir, {"event": "hang", "attempt": attempt, "rank": rank, "pid": os.getpid(),
+                                          "state": "running", "detail": verdict, "time": time.time()})
+    _say(f"hang watchdog: {verdict}; this worker's Python stacks follow, then it exits")
+    faulthandler.dump_traceback(all_threads=True)
+    os._exit(contract.EXIT_HUNG)
 
 
 def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
+    from launcher.tail import last_line
+
     detail = last_line(os.path.join(plan.log_dir, f"rank{rank}.log"))
     raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))

@@ -30,13 +30,16 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from launcher.backends.base import REPO_ROOT, DryRun, read_json, shim_command, write_json_atomic
+from detcore.contract import STOP_SIGNALS_ENV
+from launcher.backends.protocol import DryRun
 from launcher.backends.slurm_script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
                                             resolve)
 from launcher.backends.slurm_state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
                                            sbatch_error_line, scancel_error_is_harmless, squeue_command)
 from launcher.errors import LauncherError
+from launcher.runtime.command import REPO_ROOT, run_dir, shim_command
+from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources
 
 __all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
@@ -158,8 +161,7 @@ class SlurmBackend:
         return request, text
 
     def _worker(self, spec: JobSpec) -> tuple[str, ...]:
-        return shim_command(spec, log_dir=os.path.join(spec.work_dir, "logs"), attempts_file=None,
-                            python=self.python)
+        return shim_command(spec, python=self.python)
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         return self.dryrun_array([spec])
@@ -174,7 +176,7 @@ class SlurmBackend:
                "MASTER_ADDR": "<first node of SLURM_JOB_NODELIST>",
                "MASTER_PORT": "<20000 + SLURM_JOB_ID % 12000>", "PYTHONPATH": f"{self.repo_root}:$PYTHONPATH"}
         if spec.mode is Mode.TRAIN:
-            env["DETCORE_STOP_SIGNALS"] = "USR2"
+            env[STOP_SIGNALS_ENV] = "USR2"
         if spec.resources.gpus:
             env["CUDA_VISIBLE_DEVICES"] = "<GPU number LOCAL_RANK of the node>"
         timeouts = f"at most {request.max_timeouts} time-limit requeues" if request.time_min else \
@@ -214,7 +216,8 @@ class SlurmBackend:
         # PYTHONPATH is set by the script's setup lines; the rest of the environment is the submitter's (--export=ALL)
         return SlurmTask(spec.id, self._worker(spec), spec.cwd, {},
                          os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
-                         stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0))
+                         stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0),
+                         run_dir=run_dir(spec))
 
     def _submit(self, specs: list[JobSpec]) -> list[JobHandle]:
         from submitit.core.utils import DelayedSubmission, JobPaths
@@ -253,7 +256,8 @@ class SlurmBackend:
                 self._scancel(job_id)
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return [JobHandle(spec.id, self.name, jid, (("folder", str(folder)), ("work_dir", spec.work_dir)))
+        return [JobHandle(spec.id, self.name, jid, (("folder", str(folder)), ("work_dir", spec.work_dir),
+                                                   ("run_dir", run_dir(spec))))
                 for spec, jid in zip(specs, ids)]
 
     @staticmethod
@@ -290,30 +294,12 @@ class SlurmBackend:
         if not queue or queue[0].state == "COMPLETING" or (queue[0].restarts and queue[0].state == "PENDING"):
             records = parse_sacct(self._run(sacct_command(job_id)))
         st = job_status(job_id, queue, records, master_port)
-        if st.state in (JobState.RUNNING, JobState.PREEMPTED):
-            self._record_progress(handle)
         if st.state is JobState.FAILED:
             detail = self._failure_detail(handle)
             if detail:
                 st = dataclasses.replace(st, reason=f"{st.reason}: {detail}")
         self._status_cache[job_id] = (time.monotonic(), st)
         return st
-
-    def _record_progress(self, handle: JobHandle) -> None:
-        """Newest iteration/loss/AP of a running job into its store row (``launcher list`` shows progress).
-
-        There is no supervisor process on this side for Slurm jobs, so the status query does it.
-        """
-        from launcher.store import ExperimentStore
-
-        work_dir = handle.get("work_dir")
-        if not work_dir:
-            return
-        store = ExperimentStore(self.home)
-        try:
-            store.record_work_dir_metrics(handle.experiment_id, work_dir)
-        finally:
-            store.close()
 
     def _failure_detail(self, handle: JobHandle) -> str:
         """The last line of the error submitit recorded for rank 0 (e.g. which rank's worker failed)."""
@@ -341,8 +327,6 @@ class SlurmBackend:
         return Path(work_dir) / "logs" / f"rank{rank}.log"
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
-        from launcher.backends.local import follow_file
-
         path = self.log_path(handle, rank)
         if not follow and not path.exists():
             fallback = self._submitit_log(handle, rank)
@@ -391,22 +375,3 @@ class SlurmBackend:
             if self.status(handle).state.is_terminal() or time.monotonic() > deadline:
                 return
             time.sleep(0.5)
-
-    def list(self) -> list[JobHandle]:
-        """The launcher's jobs Slurm still has in its queue (pending or running), one handle per experiment."""
-        out = self._run(["squeue", "-h", "-r", "--me", "-O", "JobArrayID:|,Comment:|"])
-        handles = []
-        for line in out.splitlines():
-            job_id, _, rest = line.partition("|")
-            comment = rest.rstrip("|").strip()
-            if not comment.startswith("detlaunch:"):
-                continue
-            folder = self.job_folder(comment.removeprefix("detlaunch:"))
-            manifest = read_json(folder / "manifest.json") or {}
-            ids, dirs = manifest.get("experiments") or [], manifest.get("work_dirs") or []
-            index = int(job_id.split("_")[1]) if "_" in job_id and job_id.split("_")[1].isdigit() else 0
-            if index < len(ids):
-                handles.append(JobHandle(ids[index], self.name, job_id.strip(),
-                                         (("folder", str(folder)), ("work_dir", dirs[index] if index < len(dirs)
-                                                                    else ""))))
-        return handles

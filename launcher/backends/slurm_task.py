@@ -7,9 +7,10 @@ which unpickles a :class:`SlurmTask` and calls it. The task
    ``SLURM_PROCID``, ``WORLD_SIZE`` = ``SLURM_NTASKS``, ``LOCAL_RANK`` = ``SLURM_LOCALID``,
    ``MASTER_ADDR`` = the first node of ``SLURM_JOB_NODELIST``, ``MASTER_PORT`` =
    :func:`master_port` of the numeric ``SLURM_JOB_ID``, one GPU per task);
-2. runs the worker as a *child process* (``python -m launcher.worker -- detcore.tools.cli
-   train ... --resume auto``, output appended to ``WORK_DIR/logs/rank{R}.log``) with
-   ``DETCORE_STOP_SIGNALS=USR2`` and waits for it.
+2. runs the worker shim as a *child process* (``python -m launcher.worker --run-dir R --
+   detcore.tools.cli train ... --resume auto``, output appended to ``WORK_DIR/logs/rank{R}.log``,
+   start and end facts in the launch's run directory) with ``DETCORE_STOP_SIGNALS=USR2`` and
+   waits for it.
 
 Preemption and time limits. The job is submitted with ``--signal=USR2@DELAY`` and
 ``--requeue``; Slurm sends USR2 to every process of the step DELAY seconds before the time
@@ -49,13 +50,10 @@ from typing import Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from launcher.tail import tail_lines
+from detcore.contract import EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, describe_exit, read_events
 
 PORT_BASE = 20000
 PORT_SPAN = 12000
-EXIT_STOPPED = 3  # detcore.engine.trainer.EXIT_STOPPED (not imported here: that module imports torch)
-STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"
-MARKER_ENV = "DETLAUNCH_EXPERIMENT_ID"
 REQUEUE_WAIT_S = 120.0
 
 
@@ -138,21 +136,14 @@ def _exit_status(proc: subprocess.Popen) -> int | None:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
 class SlurmTask(Checkpointable):
     """One rank of an experiment in a Slurm job; picklable plain data plus the running child."""
 
     def __init__(self, experiment_id: str, command: Sequence[str], cwd: str, env: Mapping[str, str], log_dir: str,
-                 gpus_per_node: int = 0, stoppable: bool = True, stop_timeout_s: float = 100.0) -> None:
+                 gpus_per_node: int = 0, stoppable: bool = True, stop_timeout_s: float = 100.0,
+                 run_dir: str = "") -> None:
         self.experiment_id = experiment_id
+        self.run_dir = run_dir
         self.command = tuple(command)
         self.cwd = cwd
         self.env = dict(env)
@@ -170,7 +161,7 @@ class SlurmTask(Checkpointable):
 
     def fresh(self) -> "SlurmTask":
         return SlurmTask(self.experiment_id, self.command, self.cwd, self.env, self.log_dir, self.gpus_per_node,
-                         self.stoppable, self.stop_timeout_s)
+                         self.stoppable, self.stop_timeout_s, self.run_dir)
 
     def _note(self, rank: int, text: str) -> None:
         """A ``[launcher]`` line in this rank's log (the worker appends to the same file)."""
@@ -221,10 +212,11 @@ class SlurmTask(Checkpointable):
             raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
                                f"{REQUEUE_WAIT_S:.0f} s")
         if code in (-signal.SIGTERM, -signal.SIGKILL):
-            peer = peer_failure(self.log_dir, rank)
+            peer = peer_failure(self.run_dir, rank, attempt)
             if peer is not None:  # srun ends the whole step when one task fails: name that task, not this one
-                self._note(rank, f"worker ended by {describe_exit(code)} after {peer[0]}")
-                raise WorkerFailed(f"{peer[0]}; see {peer[1]} (rank {rank} was ended by {describe_exit(code)})")
+                self._note(rank, f"worker ended by {describe_exit(code)} after {peer}")
+                log = os.path.join(self.log_dir, f"rank{peer.split(':')[0].removeprefix('rank ')}.log")
+                raise WorkerFailed(f"{peer}; see {log} (rank {rank} was ended by {describe_exit(code)})")
             self._note(rank, f"worker ended by {describe_exit(code)}: Slurm is ending the job (cancel, time limit "
                              f"or node failure)")
         else:
@@ -259,39 +251,43 @@ class SlurmTask(Checkpointable):
             if code is not None:
                 return code
             if self.stoppable:
-                disposition = usr2_disposition(proc.pid)
+                worker = worker_pid(proc.pid)
+                disposition = usr2_disposition(worker or proc.pid)  # no child yet: the shim itself (ignores it)
                 if disposition == "ignored" or time.monotonic() >= deadline:
-                    proc.kill()
+                    proc.kill()  # the shim; its worker dies with it (PR_SET_PDEATHSIG)
                 elif disposition == "caught" and not self._forwarded:
-                    proc.send_signal(signal.SIGUSR2)
+                    os.kill(worker or proc.pid, signal.SIGUSR2)
                     self._forwarded = True
             elif time.monotonic() >= deadline:
                 proc.kill()
             time.sleep(0.1)
 
 
-def peer_failure(log_dir: str, rank: int) -> tuple[str, str] | None:
-    """``("rank N: worker failed with ...", its log)`` if another rank's worker failed in this attempt.
+def peer_failure(run_dir: str, rank: int, attempt: int) -> str | None:
+    """``rank N: exit code 1: <detail>`` when another rank's worker failed on its own in this attempt.
 
-    Each task ends its log with a ``[launcher]`` line when its worker exits, before srun ends the
-    other tasks of the step, so the rank that failed first has written its line by then.
+    From the end facts the ranks' shims recorded (each is written when its worker exits, before
+    srun ends the other tasks of the step), never from a log.
     """
-    try:
-        names = sorted(os.listdir(log_dir), key=lambda n: (len(n), n))
-    except OSError:
-        return None
-    for name in names:
-        if not (name.startswith("rank") and name.endswith(".log")) or name == f"rank{rank}.log":
-            continue
-        path = os.path.join(log_dir, name)
-        try:
-            tail = tail_lines(path, 8192)
-        except OSError:
-            continue
-        notes = [line.split(" [launcher] ", 1)[1] for line in tail if " [launcher] " in line]
-        if notes and notes[-1].startswith("worker failed with "):
-            return f"{name[:-4].replace('rank', 'rank ')}: {notes[-1]}", path
+    from launcher.runtime.facts import end_line
+
+    for rec in read_events(run_dir) if run_dir else ():
+        code = int(rec.get("exit_code", 0) or 0)
+        if (rec.get("event") == "end" and rec.get("rank") != rank and int(rec.get("attempt", 0) or 0) == attempt
+                and code > 0 and code != EXIT_STOPPED):
+            return end_line(rec)
     return None
+
+
+def worker_pid(shim_pid: int) -> int | None:
+    """The detcore worker under the shim ``shim_pid`` (its only child), or None while it has none."""
+    import psutil
+
+    try:
+        children = psutil.Process(shim_pid).children()
+    except psutil.Error:
+        return None
+    return children[0].pid if children else None
 
 
 def usr2_disposition(pid: int) -> str:

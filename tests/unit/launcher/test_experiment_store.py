@@ -13,6 +13,7 @@ import pytest
 
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, JobStatus, Resources
+import launcher.store as store_module
 from launcher.store import ExperimentStore, experiment_from_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -72,9 +73,37 @@ def test_status_updates_and_terminal_states_are_sticky(store):
     store.record_metrics("00000001", 40, 0.5, 0.71, {"loss": 0.5, "bbox_AP": 0.71})
     exp = store.get("00000001")
     assert (exp.last_iter, exp.last_loss, exp.last_ap) == (40, 0.5, 0.71)
-    store.reset_for_resume("00000001", spec(1, resources=Resources(nproc=4)), JobState.PENDING)
+    store.start_run("00000001", spec(1, resources=Resources(nproc=4)), "4242", {"k": "v"})
     exp = store.get("00000001")
     assert (exp.state, exp.world_size, exp.ended, exp.exit_code) == (JobState.PENDING, 4, None, None)
+    assert (exp.backend_job_id, exp.extra, exp.restarts, exp.last_iter) == ("4242", {"k": "v"}, 0, 40)
+    (old,) = exp.to_json()["history"]  # the previous launch is kept
+    assert (old["state"], old["reason"], old["restarts"], old["world_size"]) == ("cancelled", "cancelled", 1, 2)
+
+
+def test_a_status_of_an_older_launch_never_lands_in_a_newer_one(store):
+    store.insert(experiment_from_spec(spec(1), JobState.PENDING))
+    run = store.get("00000001").run_id
+    assert store.record_status("00000001", JobStatus(JobState.RUNNING), run_id=run)
+    assert not store.record_status("00000001", JobStatus(JobState.FAILED, reason="stale"), run_id="another-run")
+    assert store.get("00000001").state is JobState.RUNNING
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    home = tmp_path / "old"
+    home.mkdir()
+    conn = sqlite3.connect(home / "experiments.db")
+    schema = store_module._SCHEMA.replace(",\n    run_id TEXT NOT NULL DEFAULT '',\n    history TEXT NOT NULL DEFAULT '[]'", "")
+    conn.executescript(schema)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO experiments (id, name, config, mode, backend, state, world_size, work_dir, created, "
+                 "updated) VALUES ('00000009', 'old', '/c.yaml', 'train', 'local', 'succeeded', 1, '/w', 1, 1)")
+    conn.commit()
+    conn.close()
+    exp = ExperimentStore(home).get("00000009")
+    assert (exp.state, exp.run_id, exp.to_json()["history"]) == (JobState.SUCCEEDED, "", [])
 
 
 def test_files_are_private(store):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.backends.base import worker_args
+from launcher.runtime.command import worker_args
 from launcher.backends.local import LocalBackend, Options
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
@@ -32,7 +32,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "0123abcd", "--max-restarts", "1",
         "--log-dir", f"{job}/torchelastic",
-        "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--attempts-file", f"{job}/attempts.jsonl", "--",
+        "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
         "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--resume", "auto", "--cfg-options",
         "runner.max_iters=8", "optimizer.lr=0.04", "runner.max_iters=4", "lr_config.step=[120, 140]",
         "checkpoint_config.interval=50", "evaluation.interval=150", "lr_config.warmup_iters=25",

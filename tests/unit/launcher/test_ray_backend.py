@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from launcher.backends import backend_module
-from launcher.backends.base import worker_command
-from launcher.backends.ray_plan import (Options, driver_env, failure_reason, follow_attempts, parse_address,
-                                        render_plan, resolve_address, trainer_plan)
-from launcher.backends.ray_train import RayTrainBackend, job_status, options_from_args, resources_from_args
-from launcher.backends.ray_worker import CheckpointView, checkpoint_iteration, previous_attempts, user_error
+from launcher.runtime.command import worker_command
+from launcher.backends.ray_plan import (Options, driver_env, parse_address, render_plan, resolve_address,
+                                        trainer_plan)
+from launcher.backends.ray_train import RayTrainBackend, options_from_args, resources_from_args
+from launcher.backends.ray_worker import CheckpointView, checkpoint_iteration
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobHandle, JobState, Resources
@@ -175,56 +175,6 @@ def test_registry_and_cli_dry_run(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "home").exists()
 
 
-# ---- following a run and the state mapping -------------------------------------------------------
-
-RUN = "111-222"
-RECORDS = [
-    {"event": "start", "run": "old", "rank": 0, "attempt": 5, "master_port": 1, "master_addr": "10.0.0.1"},
-    {"event": "start", "run": RUN, "rank": 0, "attempt": 0, "master_port": 4001, "master_addr": "127.0.0.1"},
-    {"event": "start", "run": RUN, "rank": 1, "attempt": 0, "master_port": 4001, "master_addr": "127.0.0.1"},
-    {"event": "exit", "run": RUN, "rank": 1, "exit_code": 1, "detail": "RuntimeError: boom"},
-    {"event": "start", "run": RUN, "rank": 1, "attempt": 1, "master_port": 4002, "master_addr": "127.0.0.1"},
-    {"event": "start", "run": RUN, "rank": 0, "attempt": 1, "master_port": 4002, "master_addr": "127.0.0.1"},
-]
-
-
-def test_attempt_records_give_restarts_ports_and_failures():
-    p = follow_attempts(RECORDS, RUN)
-    assert (p.restarts, p.ports, p.master_addrs) == (1, (4001, 4002), ("127.0.0.1",))
-    assert p.failures == ("rank 1 exited with code 1: RuntimeError: boom",) and p.user_error == ""
-    mine = [r for r in RECORDS if r["run"] == RUN]
-    assert previous_attempts(mine, 0) == 2 and previous_attempts([], 0) == 0
-    bad = RECORDS + [{"event": "exit", "run": RUN, "rank": 0, "exit_code": 2, "detail": "detcore train: error: x"}]
-    assert follow_attempts(bad, RUN).user_error == "rank 0 exited with code 2: detcore train: error: x"
-    assert user_error([r for r in bad if r["run"] == RUN]) == "rank 0: detcore train: error: x"
-
-
-def test_status_json_and_driver_liveness_map_to_states(tmp_path):
-    running = {"state": "running", "restarts": 1, "ports": [4002], "reason": "", "started": 1.0}
-    assert job_status(None, True, tmp_path).state is JobState.PENDING
-    st = job_status(running, True, tmp_path)
-    assert (st.state, st.restarts, st.ports) == (JobState.RUNNING, 1, (4002,))
-    dead = job_status(running, False, tmp_path)
-    assert dead.state is JobState.FAILED and dead.restarts == 1 and "driver died" in dead.reason
-    done = {"state": "succeeded", "exit_code": 0, "restarts": 1}
-    assert job_status(done, False, tmp_path).state is JobState.SUCCEEDED
-    assert all(job_status({"state": s}, False, tmp_path).state.value == s for s in ("cancelled", "failed"))
-
-
-def test_failure_reason_is_one_line():
-    ours = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\nTraceback (most recent call last):\n"
-            "  File x\nlauncher.backends.ray_worker.WorkerExit: rank 0: detcore.tools.cli exited with code 1: "
-            "RuntimeError: nan loss\n\n[Rank 1 Error Snippet]:\n")
-    assert failure_reason(ours) == "rank 0: detcore.tools.cli exited with code 1: RuntimeError: nan loss"
-    died = ("Training failed due to worker errors:\n[Rank 1 Error Snippet]:\nA worker health check failed.\n"
-            "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
-            "detail: Worker unexpectedly exits with a connection error code 2. End of file.")
-    assert failure_reason(died) == ("a Ray Train worker died (Worker unexpectedly exits with a connection error "
-                                    "code 2.)")
-    assert failure_reason("\n\nController failed\nmore") == "Controller failed"
-    assert "\n" not in failure_reason("x" * 1000) and len(failure_reason("x" * 1000)) == 300
-
-
 def test_worker_rules():
     assert checkpoint_iteration("iter_15.pth") == 15 and checkpoint_iteration("epoch_3.pth") == 3
     assert checkpoint_iteration(None) is None and checkpoint_iteration("best_bbox_AP.pth") is None
@@ -266,7 +216,7 @@ def test_submit_hands_the_spec_to_a_detached_driver(tmp_path):
     assert backend.load_spec(spec.id) == spec
     assert handle.get("address") == "127.0.0.1:6390" and handle.job_id == str(os.getpid())
     assert backend.status(handle).state is JobState.PENDING  # driver alive, nothing recorded yet
-    assert [h.experiment_id for h in backend.list()] == [spec.id]
+    assert handle.get("run_dir") == os.path.join(spec.work_dir, "runs", spec.run_id)
 
 
 def test_unreachable_address_fails_at_submit_and_leaves_nothing(tmp_path):
@@ -295,10 +245,8 @@ def test_dead_driver_is_failed_and_cancel_of_a_finished_job_is_a_no_op(tmp_path)
     run_dir.mkdir(parents=True)
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "restarts": 0}))
     handle = JobHandle("0123abcd", "ray", "999999999", (("driver_start", "1"),))
-    assert backend.status(handle).state is JobState.FAILED
+    lost = backend.status(handle)
+    assert lost.state is JobState.FAILED and lost.reason.startswith("monitor lost: the Ray driver (pid 999999999)")
     (run_dir / "status.json").write_text(json.dumps({"state": "succeeded", "exit_code": 0}))
     backend.cancel(handle)
     assert not (run_dir / "cancel").exists() and backend.status(handle).state is JobState.SUCCEEDED
-    with pytest.raises(LauncherError, match="still has a running run"):
-        (run_dir / "status.json").write_text(json.dumps({"state": "running"}))
-        FakeDriverBackend(tmp_path).submit(spec_for(None))

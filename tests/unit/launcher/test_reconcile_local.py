@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from launcher.backends.base import write_json_atomic
+from launcher.runtime.files import write_json_atomic
 from launcher.procinfo import current_process, process_start
 from launcher.reconcile import refresh
 from launcher.spec import JobSpec, JobState

@@ -158,7 +158,10 @@ def test_status_asks_squeue_then_sacct_and_explains_failures(tmp_path):
         b.status(handle("16", folder, tmp_path / "w"))
 
 
-def test_running_status_records_progress_in_the_store(tmp_path):
+def test_running_status_and_progress_reach_the_store_through_reconcile(tmp_path, monkeypatch):
+    """The backend only reports; reconcile (the store's one writer) records state and the newest metrics."""
+    import launcher.backends as backends
+    from launcher.reconcile import refresh
     from launcher.store import ExperimentStore, experiment_from_spec
 
     work = tmp_path / "w"
@@ -168,9 +171,12 @@ def test_running_status_records_progress_in_the_store(tmp_path):
     spec = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(work), cwd="/", backend="slurm",
                    resources=Resources(nproc=2))
     store.insert(experiment_from_spec(spec, JobState.PENDING))
-    RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING}).status(handle("16", tmp_path, work))
-    exp = store.get("0123abcd")
-    assert (exp.last_iter, exp.last_loss) == (7, 0.5)
+    store.set_backend_job("0123abcd", "16", {"folder": str(tmp_path), "work_dir": str(work)})
+    slurm = RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING})
+    monkeypatch.setattr(backends, "get_backend", lambda name, home=None: slurm)
+    assert store.get("0123abcd").last_iter is None  # status alone writes nothing
+    exp, = refresh(store, [store.get("0123abcd")])
+    assert (exp.state, exp.last_iter, exp.last_loss) == (JobState.RUNNING, 7, 0.5)
 
 
 def test_cancel_is_idempotent_and_waits_for_the_end(tmp_path):
@@ -221,14 +227,3 @@ def test_submission_writes_script_and_pickles(tmp_path):
         ["50_0_submitted.pkl", "50_1_submitted.pkl", "50_2_submitted.pkl"]
 
 
-def test_list_finds_launcher_jobs_by_comment(tmp_path):
-    specs = [JobSpec(id=f"0000000{i}", name=f"x-{i}", config="/c.yaml", work_dir=str(tmp_path / f"w{i}"),
-                     cwd=str(tmp_path), backend="slurm") for i in range(2)]
-    RecordedSlurm(tmp_path, {"sbatch": "50\n"}).submit_array(specs)
-    single = JobSpec(id="0123abcd", name="x", config="/c.yaml", work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
-                     backend="slurm")
-    RecordedSlurm(tmp_path, {"sbatch": "42\n"}).submit(single)
-    out = "50_1|detlaunch:array-00000000|\n42|detlaunch:0123abcd|\n43|(null)|\n44|someone else|\n"
-    handles = RecordedSlurm(tmp_path, {"squeue": out}).list()
-    assert [(h.experiment_id, h.job_id, h.get("work_dir")) for h in handles] == [
-        ("00000001", "50_1", str(tmp_path / "w1")), ("0123abcd", "42", str(tmp_path / "w"))]

@@ -43,17 +43,17 @@ def test_each_task_gets_one_gpu():
     assert task_gpu(None, 1) == "1"
 
 
-def test_exit_code_matches_detcore():
-    """The task knows detcore's stop exit code without importing the trainer (and torch) into the job runner."""
-    import ast
+def test_the_contract_is_imported_not_copied():
+    """Exit codes and environment names live in detcore.contract; no launcher module spells them again."""
     from pathlib import Path
 
-    import detcore
+    import launcher
 
-    tree = ast.parse((Path(detcore.__file__).parent / "engine" / "trainer.py").read_text())
-    values = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-              and any(getattr(t, "id", None) == "EXIT_STOPPED" for t in node.targets)]
-    assert values == [slurm_task.EXIT_STOPPED]
+    for path in Path(launcher.__file__).parent.rglob("*.py"):
+        text = path.read_text()
+        for literal in ('"DETCORE_STOP_SIGNALS"', '"DETLAUNCH_EXPERIMENT_ID"', "EXIT_STOPPED = ", "USER_ERROR = 2"):
+            assert literal not in text, f"{path} copies {literal} from detcore.contract"
+    assert slurm_task.EXIT_STOPPED == 3
 
 
 # A stand-in worker: ignores nothing itself, installs a USR2 handler after STARTUP seconds (like detcore after
@@ -93,7 +93,7 @@ def test_worker_checkpoints_and_stops_then_the_job_requeues(tmp_path):
     assert time.monotonic() - t0 < 10
     assert proc.wait() == 3
     assert isinstance(delayed.function, SlurmTask) and delayed.function is not task
-    assert "worker stopped with exit code 3; requeueing" in (tmp_path / "rank0.log").read_text()
+    assert "worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in (tmp_path / "rank0.log").read_text()
 
 
 def test_signal_during_worker_start_up_is_not_fatal_and_requeues_at_once(tmp_path):
@@ -135,24 +135,27 @@ def test_task_pickles_without_its_process():
     proc.wait()
 
 
-@pytest.mark.parametrize("rank1_notes, expected", [
-    (["slurm job 7 attempt 0 on n1: rank 1/2", "worker failed with signal SIGABRT"],
-     "rank 1: worker failed with signal SIGABRT; see {log_dir}/rank1.log (rank 0 was ended by signal SIGTERM)"),
-    # rank 1 failed in an earlier attempt but has started again in this one: Slurm itself ended the job
-    (["worker failed with exit code 1", "slurm job 7 attempt 1 on n1: rank 1/2"],
+@pytest.mark.parametrize("rank1_events, expected", [
+    ([{"attempt": 0, "exit_code": -6}, {"attempt": 0, "exit_code": 1, "detail": "RuntimeError: boom"}],
+     "rank 1: exit code 1: RuntimeError: boom; see {log_dir}/rank1.log (rank 0 was ended by signal SIGTERM)"),
+    # rank 1 failed in an earlier attempt only: Slurm itself ended this one
+    ([{"attempt": 0, "exit_code": 1, "detail": "x"}],
      "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
 ])
-def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_notes, expected):
-    """srun ends every task of the step when one fails; the job's reason names the one that failed first."""
-    log_dir = tmp_path / "logs"
+def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_events, expected):
+    """srun ends every task of the step when one fails; the job's reason names the one that failed, from the
+    end facts the shims recorded (never from a log)."""
+    from detcore.contract import append_event
+
+    log_dir, run_dir = tmp_path / "logs", tmp_path / "runs" / "r1"
     log_dir.mkdir()
-    (log_dir / "rank1.log").write_text("".join(f"2026-12-01 10:00:0{i} [launcher] {note}\n"
-                                               for i, note in enumerate(rank1_notes)) + "training output\n")
+    for rec in rank1_events:
+        append_event(run_dir, {"event": "end", "rank": 1, **rec})
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
-                       "SLURM_JOB_NODELIST": "n1"}.items():
+                       "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": "1" if len(rank1_events) == 1 else "0"}.items():
         monkeypatch.setenv(key, value)
     worker = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-    task = SlurmTask("0123abcd", worker, str(tmp_path), {}, str(log_dir))
+    task = SlurmTask("0123abcd", worker, str(tmp_path), {}, str(log_dir), run_dir=str(run_dir))
     with pytest.raises(slurm_task.WorkerFailed) as failed:
         task()
     assert str(failed.value) == expected.format(log_dir=log_dir)

@@ -1,0 +1,117 @@
+"""The one interface every backend implements, and the pieces they share.
+
+A backend is a small object with six methods (TorchX's scheduler API is the model):
+
+``dryrun(spec) -> DryRun``
+    Pure: render exactly what would run (command lines, environment, files such as an sbatch
+    script, resources, scaling). No cluster calls, no processes, no files written. It may raise
+    :class:`~launcher.errors.LauncherError` for a request the backend can never meet.
+``submit(spec) -> JobHandle``
+    Dry run, then execute. Must not return before the job is durably handed over (a
+    supervisor started, an sbatch accepted). May raise LauncherError (nothing is left behind:
+    the caller deletes the experiment row and the work dir it created).
+``status(handle) -> JobStatus``
+    The backend's view right now (squeue/sacct, Ray job status, local pid and status files).
+    Called by :mod:`launcher.reconcile` whenever a non-terminal row is read.
+``logs(handle, rank=0, follow=False) -> Iterator[str]``
+    Lines of one rank's stdout/stderr; with ``follow``, keeps yielding until the job ends.
+``cancel(handle) -> None``
+    Idempotent; stops every process of the job and frees what it held.
+
+Optional, for sweeps: ``dryrun_array(specs) -> DryRun`` and ``submit_array(specs) ->
+list[JobHandle]`` (one handle per spec, in order) submit a whole sweep as one array job;
+without them ``launcher sweep`` submits the specs one by one.
+
+A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backend class:
+
+``Options``
+    A frozen dataclass of its own options (or None), stored in ``JobSpec.backend_options``.
+``add_arguments(group: argparse._ArgumentGroup) -> None``
+    Its ``submit``/``sweep`` options, each prefixed with the backend's name
+    (``--slurm-partition``) or otherwise unique. Keep module-level imports light: the CLI
+    imports every backend module to build ``submit --help``.
+``options_from_args(args: argparse.Namespace) -> Options | None``
+``resources_from_args(args, resources: Resources) -> Resources`` (optional)
+    Adjust the generic resources (``--nproc --gpus --nodes --cpus-per-task --mem-gb --time``,
+    which backends must not redefine) from the backend's own options.
+``create(home: pathlib.Path) -> Backend``
+
+What every backend shares lives outside the backends: the worker command line and its
+environment (:mod:`launcher.runtime.command`), the worker shim and its facts
+(:mod:`launcher.worker`, :mod:`launcher.runtime.facts`), the run monitor
+(:mod:`launcher.runtime.monitor`). A backend never writes the experiment store: the store is
+derived from ``status`` by :func:`launcher.reconcile.refresh`, its one writer. No backend
+imports another.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, runtime_checkable
+
+from launcher.scaling import ScaledSchedule
+from launcher.spec import JobHandle, JobSpec, JobStatus, Resources
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What a submit would do, as a value. ``render()`` is what ``--dry-run`` prints."""
+
+    backend: str
+    commands: tuple[tuple[str, ...], ...]
+    env: tuple[tuple[str, str], ...]
+    resources: Resources
+    world_size: int
+    scaling: ScaledSchedule | None
+    work_dir: str
+    cwd: str
+    files: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        lines = [f"backend: {self.backend}", f"work dir: {self.work_dir}", f"cwd: {self.cwd}",
+                 f"resources: {_resources_text(self.resources)} (world size {self.world_size})"]
+        if self.scaling is not None:
+            lines.append(f"scaling: {self.scaling.describe()}")
+            if self.scaling.lr is not None:
+                lines.append(f"scaled lr: {self.scaling.lr:g}")
+        lines.append("environment:")
+        lines += [f"  {k}={shlex.quote(v)}" for k, v in self.env]
+        for i, cmd in enumerate(self.commands):
+            lines.append("command:" if len(self.commands) == 1 else f"command {i + 1}:")
+            lines.append("  " + shlex.join(cmd))
+        for name, text in self.files:
+            lines.append(f"file {name}:")
+            lines += ["  " + line for line in text.splitlines()]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "commands": [list(c) for c in self.commands], "env": dict(self.env),
+                "resources": _resources_dict(self.resources), "world_size": self.world_size,
+                "scaling": self.scaling.to_dict() if self.scaling else None,
+                "lr": self.scaling.lr if self.scaling else None, "work_dir": self.work_dir, "cwd": self.cwd,
+                "files": dict(self.files), "notes": list(self.notes)}
+
+
+def _resources_dict(r: Resources) -> dict:
+    return {k: getattr(r, k) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb", "time_min")}
+
+
+def _resources_text(r: Resources) -> str:
+    return " ".join(f"{k}={v}" for k, v in _resources_dict(r).items() if v is not None)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def dryrun(self, spec: JobSpec) -> DryRun: ...
+
+    def submit(self, spec: JobSpec) -> JobHandle: ...
+
+    def status(self, handle: JobHandle) -> JobStatus: ...
+
+    def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]: ...
+
+    def cancel(self, handle: JobHandle) -> None: ...

@@ -1,0 +1,77 @@
+"""The worker command line and its environment, the same for every backend (pure)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from detcore import contract
+from launcher.spec import JobSpec, Mode
+
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def worker_args(spec: JobSpec) -> tuple[str, ...]:
+    """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``.
+
+    ``train CONFIG --work-dir D [--resume auto|PATH] [--seed N] [--cfg-options USER... SCALING...]``
+    or ``test CONFIG CHECKPOINT --work-dir D --out D/results.json [--eval M...] [--cfg-options ...]``.
+    ``--cfg-options`` comes last because it takes every following word.
+    """
+    overrides = list(spec.overrides) + (list(spec.scaling.overrides) if spec.scaling else [])
+    if spec.mode is Mode.TEST:
+        args = ["test", spec.config, str(spec.checkpoint), "--work-dir", spec.work_dir,
+                "--out", os.path.join(spec.work_dir, "results.json")]
+        if spec.eval_metrics:
+            args += ["--eval", *spec.eval_metrics]
+    else:
+        args = ["train", spec.config, "--work-dir", spec.work_dir]
+        if spec.resume != "never":
+            args += ["--resume", spec.resume]
+        if spec.seed is not None:
+            args += ["--seed", str(spec.seed)]
+    if overrides:
+        args += ["--cfg-options", *overrides]
+    return tuple(args)
+
+
+def worker_command(spec: JobSpec, python: str = sys.executable) -> tuple[str, ...]:
+    """``python -m detcore.tools.cli ...``: the plain worker command line."""
+    return (python, "-m", spec.worker_module, *worker_args(spec))
+
+
+def log_dir(spec: JobSpec) -> str:
+    return os.path.join(spec.work_dir, contract.LOGS_DIR)
+
+
+def run_dir(spec: JobSpec) -> str:
+    """``WORK_DIR/runs/<run id>``: where this launch's ranks append their facts."""
+    return str(contract.run_dir(spec.work_dir, spec.run_id or "default"))
+
+
+def shim_command(spec: JobSpec, python: str | None = None) -> tuple[str, ...]:
+    """The worker behind :mod:`launcher.worker` (rank log, start/end facts, hang watchdog, resume on restart).
+
+    With ``python=None`` the result starts at ``-m`` (for ``torchrun -m`` style launchers that add
+    the interpreter themselves, drop the leading ``-m`` too).
+    """
+    head: list[str] = [python] if python else []
+    head += ["-m", "launcher.worker", "--log-dir", log_dir(spec), "--run-dir", run_dir(spec)]
+    if spec.hang_timeout_s:
+        head += ["--hang-timeout", f"{spec.hang_timeout_s:g}"]
+    return (*head, "--", spec.worker_module, *worker_args(spec))
+
+
+def thread_env(cores: int, workers_on_node: int) -> dict[str, str]:
+    """Intra-op threads per worker so ``workers_on_node`` workers share ``cores`` without oversubscribing."""
+    threads = str(max(1, cores // max(1, workers_on_node)))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def import_path_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``PYTHONPATH`` with the checkout holding ``launcher`` and ``detcore`` first (no-op when installed)."""
+    parts = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if REPO_ROOT in parts:
+        return {"PYTHONPATH": os.pathsep.join(parts)}
+    return {"PYTHONPATH": os.pathsep.join([REPO_ROOT, *parts])}

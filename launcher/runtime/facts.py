@@ -1,0 +1,114 @@
+"""What the facts of one launch say: restarts, ports, failures, a user error, a hang (all pure).
+
+The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see
+:mod:`detcore.contract`):
+
+``{"event": "start", "rank", "attempt", "pid", "host", "master_addr", "master_port", ...}``
+    written by the worker shim when a rank's attempt begins;
+``{"event": "end", "rank", "attempt", "pid", "exit_code", "detail"}``
+    written by the shim when the worker returns or raises (a rank killed by a signal writes
+    none: :func:`summarize` reports it from the start record and the liveness of its pid);
+``{"event": "hang", "attempt", "detail"}``
+    written by the monitor's hang watchdog before it ends the attempt.
+"""
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from detcore.contract import EXIT_HUNG, EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, describe_exit
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One launch, as its facts describe it."""
+
+    attempt: int = -1                          # the newest attempt any rank started (-1: none yet)
+    ports: tuple[int, ...] = ()
+    master_addrs: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()             # one line per failed attempt, oldest first
+    user_error: str = ""                       # the first rank that ended with EXIT_USER_ERROR
+    current: Mapping[int, Mapping] = field(default_factory=dict)   # rank -> start record of the newest attempt
+    ended: Mapping[int, Mapping] = field(default_factory=dict)     # rank -> end record of the newest attempt
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.attempt)
+
+    def all_succeeded(self, world_size: int) -> bool:
+        """Every rank of the newest attempt ended with exit code 0."""
+        return (len(self.ended) >= world_size
+                and all(int(self.ended.get(r, {}).get("exit_code", 1)) == EXIT_OK for r in range(world_size)))
+
+    @property
+    def last_failure(self) -> str:
+        return self.failures[-1] if self.failures else ""
+
+
+def end_line(rec: Mapping) -> str:
+    """``rank 1: exit code 2 (user error): <detail>`` for an end record."""
+    text = f"rank {rec.get('rank')}: {describe_exit(rec.get('exit_code'))}"
+    return text + (f": {rec['detail']}" if rec.get("detail") else "")
+
+
+def _blame(code: int) -> int:
+    """Which ending caused an attempt's failure, lowest first: a worker's own error, a signal from outside,
+    the hang watchdog, and last a SIGTERM/SIGINT that torchrun or srun sent to stop the rest of the group."""
+    if code > 0:
+        return 2 if code == EXIT_HUNG else 0
+    return 3 if -code in (signal.SIGTERM, signal.SIGINT) else 1
+
+
+def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None] | None = None) -> RunFacts:
+    """The :class:`RunFacts` of a launch's events.
+
+    ``alive(start_record)`` says whether that rank's process still runs (None: cannot tell, e.g. on
+    another host). A rank whose newest attempt has a start record, no end record and a dead pid
+    was killed by a signal (SIGKILL, the OOM killer, a node failure) and is reported as such.
+    """
+    starts: dict[tuple[int, int], Mapping] = {}
+    ends: dict[tuple[int, int], Mapping] = {}
+    hangs: dict[int, str] = {}
+    ports, addrs = set(), set()
+    for rec in events:
+        kind, attempt = rec.get("event"), int(rec.get("attempt", 0) or 0)
+        if kind == "hang":
+            hangs[attempt] = str(rec.get("detail") or "no rank finished an iteration in time")
+            continue
+        if kind not in ("start", "end"):
+            continue
+        key = (int(rec.get("rank", 0) or 0), attempt)
+        if kind == "start":
+            starts[key] = rec
+            if rec.get("master_port"):
+                ports.add(int(rec["master_port"]))
+            if rec.get("master_addr"):
+                addrs.add(str(rec["master_addr"]))
+        else:
+            ends.setdefault(key, rec)
+    attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs))
+    failures: list[str] = []
+    user_error = ""
+    for attempt in attempts:
+        if attempt in hangs:
+            failures.append(f"hang: {hangs[attempt]}")
+            continue
+        candidates = [(_blame(int(rec.get("exit_code", 0) or 0)), r, end_line(rec))
+                      for (r, a), rec in ends.items() if a == attempt
+                      and int(rec.get("exit_code", 0) or 0) not in (EXIT_OK, EXIT_STOPPED)]
+        if alive is not None:
+            candidates += [(1, r, f"rank {r}: the worker (pid {rec.get('pid')} on {rec.get('host', '?')}) died "
+                                  f"without recording an exit: killed by a signal (SIGKILL, the OOM killer or a "
+                                  f"node failure)")
+                           for (r, a), rec in starts.items() if a == attempt and (r, a) not in ends
+                           and alive(rec) is False]
+        if candidates:
+            failures.append(min(candidates)[2])
+        for (r, a), rec in sorted(ends.items()):
+            if a == attempt and int(rec.get("exit_code", 0) or 0) == EXIT_USER_ERROR and not user_error:
+                user_error = end_line(rec)
+    newest = attempts[-1] if attempts else -1
+    current = {r: rec for (r, a), rec in starts.items() if a == newest}
+    ended = {r: rec for (r, a), rec in ends.items() if a == newest}
+    return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended)

@@ -1,0 +1,140 @@
+"""The run monitor the local supervisor and the Ray driver share, and how its files are read back.
+
+A monitor is the one process that follows a launch from the submitting side. It owns the job's
+``status.json`` (in ``$LAUNCHER_HOME``) and the launch's ``outcome.json`` (in the run directory,
+in the work dir). Every write is best effort: when ``$LAUNCHER_HOME`` is full the monitor keeps
+the status in memory, says so once in its log, retries on the next change, and still records
+the ending in ``outcome.json`` beside the facts, so a finished job is never reported failed.
+
+:func:`observed_status` is the read side, used by the backends' ``status``: a terminal
+``status.json`` or ``outcome.json`` is the answer; a live monitor (pid plus start tick) means
+the status file is current; a dead monitor without an ending is ``failed`` with the reason
+"monitor lost", and the experiment can be resumed.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from detcore import contract
+from launcher.procinfo import current_process, process_start
+from launcher.runtime.facts import RunFacts, summarize
+from launcher.runtime.files import read_json, write_json_atomic
+from launcher.state import JobState
+
+logger = logging.getLogger(__name__)
+OUTCOME_FILE = "outcome.json"
+HOST = socket.gethostname()
+
+
+def local_alive(rec: Mapping) -> bool | None:
+    """Whether the rank of a start record still runs (its shim or its worker); None on another host."""
+    if rec.get("host") not in (None, HOST):
+        return None
+    return any(process_start(int(rec.get(k) or 0)) is not None for k in ("shim_pid", "pid"))
+
+
+class RunMonitor:
+    """The status of one launch, kept from its facts and written where it can be."""
+
+    def __init__(self, status_path: Path, run_dir: Path, max_restarts: int, **fields: Any) -> None:
+        self.status_path, self.run_dir, self.max_restarts = Path(status_path), Path(run_dir), max_restarts
+        pid, start = current_process()
+        self.status: dict[str, Any] = {"state": JobState.PENDING.value, "restarts": 0, "ports": [], "reason": "",
+                                       "exit_code": None, "started": None, "ended": None, "run_dir": str(run_dir),
+                                       "monitor_pid": pid, "monitor_start": start, **fields}
+        self._lock = threading.Lock()
+        self._unwritten = False
+
+    # ---- writing ---------------------------------------------------------------------------------
+    def set(self, state: JobState | None = None, **fields: Any) -> None:
+        """Change the status; written at once, or kept and retried when the disk refuses."""
+        with self._lock:
+            if JobState(self.status["state"]).is_terminal():
+                return
+            if state is not None:
+                fields["state"] = state.value
+            changed = {k: v for k, v in fields.items() if self.status.get(k) != v}
+            if not changed and not self._unwritten:
+                return
+            self.status.update(changed)
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            write_json_atomic(self.status_path, self.status)
+        except OSError as exc:
+            if not self._unwritten:
+                logger.warning("cannot write %s (%s); the job goes on, its status is kept in memory and written "
+                               "again later", self.status_path, exc.strerror or exc)
+            self._unwritten = True
+        else:
+            self._unwritten = False
+
+    def finish(self, state: JobState, exit_code: int | None, reason: str) -> None:
+        """The ending: status.json (retried a few times) and outcome.json in the run directory."""
+        self.set(state, exit_code=exit_code, reason=reason, ended=time.time())
+        for _ in range(3):
+            if not self._unwritten:
+                break
+            time.sleep(0.5)
+            with self._lock:
+                self._write()
+        try:
+            write_json_atomic(self.run_dir / OUTCOME_FILE, self.status)
+        except OSError as exc:
+            logger.warning("cannot write %s: %s", self.run_dir / OUTCOME_FILE, exc.strerror or exc)
+        logger.info("%s%s", state.value, f": {reason}" if reason else "")
+
+    # ---- following the facts ---------------------------------------------------------------------
+    def facts(self) -> RunFacts:
+        return summarize(contract.read_events(self.run_dir), local_alive)
+
+    def observe(self) -> RunFacts:
+        """Restarts, ports and the running/restarting state from the facts of this launch."""
+        facts = self.facts()
+        fields: dict[str, Any] = {"ports": list(facts.ports), "master_addrs": list(facts.master_addrs)}
+        state = None
+        if facts.attempt >= 0 and JobState(self.status["state"]) in (JobState.PENDING, JobState.RESTARTING,
+                                                                      JobState.RUNNING):
+            state = JobState.RUNNING
+            if facts.restarts > self.status["restarts"]:
+                fields["restarts"] = facts.restarts
+                fields["reason"] = (f"restart {facts.restarts} of at most {self.max_restarts} after "
+                                    f"{facts.last_failure or 'a worker failure'}")
+            elif len(facts.failures) > facts.restarts and facts.restarts < self.max_restarts \
+                    and not facts.user_error:
+                state = JobState.RESTARTING
+                fields["reason"] = f"restarting after {facts.last_failure}"
+        self.set(state, **fields)
+        return facts
+
+
+def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_alive: bool, who: str):
+    """The job's status from its monitor's files and whether the monitor still runs (pure)."""
+    from launcher.spec import JobStatus
+
+    def parsed(st: Mapping) -> JobStatus:
+        return JobStatus(JobState(st["state"]), exit_code=st.get("exit_code"), restarts=int(st.get("restarts", 0)),
+                         reason=st.get("reason", ""), ports=tuple(st.get("ports", ())), started=st.get("started"),
+                         ended=st.get("ended"))
+
+    for st in (status, outcome):
+        if st is not None and JobState(st["state"]).is_terminal():
+            return parsed(st)
+    if monitor_alive:
+        return parsed(status) if status else JobStatus(JobState.PENDING)
+    restarts = int(status.get("restarts", 0)) if status else 0
+    return JobStatus(JobState.FAILED, restarts=restarts, ended=time.time(),
+                     reason=f"monitor lost: {who} died without recording an ending (killed, out of memory or a "
+                            f"reboot); its workers were stopped with it; `launcher resume` continues from the newest "
+                            f"checkpoint")
+
+
+def read_monitor_files(status_path: Path, run_dir: str | None) -> tuple[dict | None, dict | None]:
+    """``status.json`` and the launch's ``outcome.json`` (either may be None)."""
+    return read_json(status_path), (read_json(Path(run_dir) / OUTCOME_FILE) if run_dir else None)
