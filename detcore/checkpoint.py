@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +28,10 @@ from detcore.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
+# The temporary names of the writers here (checkpoint_temp_file, sibling_temp_path): ``.iter_4.pth.k3j9x_2a.tmp``,
+# ``.last_checkpoint.1234.tmp``, ``.best_bbox_AP.pth.1234.tmp`` (``.best.1234.tmp`` in earlier versions).
+_TEMP_NAME = re.compile(r"^\.(?:.+\.pth|last_checkpoint|best)\.[A-Za-z0-9_]+\.tmp$")
+_PERIODIC = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what CheckpointHook saves every interval
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,6 +63,62 @@ def make_meta(*, config_text: str, classes: list[str] | tuple[str, ...], arch: s
     }
 
 
+def checkpoint_temp_file(path: Path) -> tuple[int, str]:
+    """``(fd, name)`` of a new temporary file next to ``path`` (``.NAME.RANDOM.tmp``), for atomic_torch_save."""
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def sibling_temp_path(path: str | os.PathLike) -> Path:
+    """``.NAME.PID.tmp`` next to ``path``: where a small file is written before ``os.replace`` onto ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that checkpoint writes killed mid-write left in ``directory``.
+
+    Only names made by :func:`checkpoint_temp_file` and :func:`sibling_temp_path` for checkpoints,
+    the ``last_checkpoint`` pointer and ``best_*.pth`` match. Call it on the one writing rank before
+    it saves: a second trainer writing into the same directory at the same time would lose its file
+    (not supported). Errors are ignored (best effort); returns what was removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def periodic_checkpoints_to_remove(work_dir: str | os.PathLike, max_keep: int, protect: set[str]) -> list[Path]:
+    """The periodic checkpoints (``iter_N.pth``, ``epoch_N.pth``) of ``work_dir`` beyond the newest ``max_keep``.
+
+    Counts every such file on disk, so a file an earlier run wrote (or resumed from) rotates out
+    like the others. Newest means most recently written (mtime, then N). Names in ``protect``
+    (the file ``last_checkpoint`` names, the one just saved) are never returned; ``best_*.pth``
+    never matches. ``max_keep <= 0`` keeps everything.
+    """
+    if max_keep <= 0:
+        return []
+    found = []
+    for path in Path(work_dir).iterdir():
+        m = _PERIODIC.match(path.name)
+        if m:
+            try:
+                found.append((path.stat().st_mtime_ns, int(m.group(2)), path))
+            except OSError:
+                continue  # removed meanwhile
+    found.sort(reverse=True)
+    return [path for _, _, path in found[max_keep:] if path.name not in protect]
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save to a temporary file in the same folder, fsync it, rename over ``path``, fsync the folder.
 
@@ -66,7 +127,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = checkpoint_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

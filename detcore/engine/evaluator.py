@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -10,14 +10,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detcore.engine.dist import get_rank
+from detcore.engine.heartbeat import beating
 
 logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
 def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, *, progress: bool = False,
-                  keep_images: int = 0) -> tuple[list[tuple[int, dict]], list[tuple[torch.Tensor, dict]]]:
-    """``[(image_id, output), ...]`` for this rank's shard, plus the first ``keep_images`` inputs."""
+                  keep_images: int = 0, keepalive: Callable[[], object] | None = None,
+                  ) -> tuple[list[tuple[int, dict]], list[tuple[torch.Tensor, dict]]]:
+    """``[(image_id, output), ...]`` for this rank's shard, plus the first ``keep_images`` inputs.
+
+    ``keepalive()`` is called after every batch (a rate-limited heartbeat for a hang watchdog).
+    """
     model.eval()
     outputs: list[tuple[int, dict]] = []
     kept: list[tuple[torch.Tensor, dict]] = []
@@ -29,6 +34,8 @@ def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, *,
             outputs.append((int(target["image_id"]), pred))
             if len(kept) < keep_images:
                 kept.append((img, pred))
+        if keepalive is not None:
+            keepalive()
     return outputs, kept
 
 
@@ -56,19 +63,26 @@ def gather_coco_results(outputs: list[tuple[int, dict]], dataset: Any) -> list[d
 
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
                     classes: Sequence[str], num_images: int = 0, progress: bool = False,
-                    backend: str = "pycocotools") -> tuple[dict[str, float], list[torch.Tensor]]:
-    """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings."""
+                    backend: str = "pycocotools", keepalive: Callable[[], object] | None = None,
+                    ) -> tuple[dict[str, float], list[torch.Tensor]]:
+    """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings.
+
+    ``keepalive()`` runs after each inference batch and, once a second, during COCOeval on rank 0
+    (local work only; never around the gather, so a rank stuck in a collective still looks hung).
+    """
     from detcore.apis.visualize import draw_result
     from detcore.evaluation import evaluate_coco
 
-    outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images)
+    outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images,
+                                  keepalive=keepalive)
     dataset = loader.dataset
     everything = gather_coco_results(outputs, dataset)
     drawn = [draw_result(img, pred, classes) for img, pred in kept]
     if get_rank() != 0:
         return {}, drawn
-    results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True, class_names=classes,
-                            backend=backend)
+    with beating(keepalive):
+        results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True,
+                                class_names=classes, backend=backend)
     flat = flatten_metrics(results)
     logger.info("evaluation: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items() if "_AP_" not in k))
     return flat, drawn

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detcore.checkpoint import periodic_checkpoints_to_remove, sibling_temp_path
 from detcore.registry import HOOKS
 
 if TYPE_CHECKING:
@@ -99,8 +100,10 @@ class EvalHook(HookBase):
 
 @HOOKS.register()
 class CheckpointHook(HookBase):
-    """Save every ``interval`` runner units and at the end; keep the last ``max_keep``.
+    """Save every ``interval`` runner units and at the end; keep the newest ``max_keep``.
 
+    ``max_keep`` counts every ``iter_N.pth``/``epoch_N.pth`` in the work dir, also those of
+    earlier runs and the one this run resumed from (``max_keep <= 0`` keeps all).
     ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``last_checkpoint`` names the
     newest complete file and is itself replaced atomically after that file is on disk.
     """
@@ -110,7 +113,6 @@ class CheckpointHook(HookBase):
         self.max_keep = int(max_keep)
         self.save_best = save_best
         self.best: float = -math.inf
-        self.saved: list[str] = []
 
     def after_step(self) -> None:
         t = self.trainer
@@ -119,23 +121,24 @@ class CheckpointHook(HookBase):
         name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
         if t.dist.is_main:
             path = t.save(name)
-            if name not in self.saved:
-                self.saved.append(name)
-            while self.max_keep > 0 and len(self.saved) > self.max_keep:
-                Path(t.work_dir, self.saved.pop(0)).unlink(missing_ok=True)
+            for old in periodic_checkpoints_to_remove(t.work_dir, self.max_keep, protect={name}):
+                try:
+                    old.unlink()
+                except FileNotFoundError:
+                    pass
             value = t.last_metrics.get(self.save_best) if self.save_best else None
             if value is not None and value > self.best:
                 self.best = float(value)
-                os.link(path, tmp := Path(t.work_dir, f".best.{os.getpid()}.tmp"))
-                os.replace(tmp, Path(t.work_dir, f"best_{self.save_best}.pth"))
+                best = Path(t.work_dir, f"best_{self.save_best}.pth")
+                os.link(path, tmp := sibling_temp_path(best))
+                os.replace(tmp, best)
                 logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
 
     def state_dict(self) -> dict:
-        return {"best": self.best if math.isfinite(self.best) else None, "saved": list(self.saved)}
+        return {"best": self.best if math.isfinite(self.best) else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best") if state.get("best") is not None else -math.inf
-        self.saved = list(state.get("saved", []))
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

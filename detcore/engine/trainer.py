@@ -21,10 +21,13 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detcore.checkpoint import load_checkpoint, load_weights, make_meta, save_checkpoint, unwrap
+from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, remove_stale_temp_files, save_checkpoint,
+                                sibling_temp_path, unwrap)
 from detcore.config import dump_config
+from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_mean_async, barrier, init_distributed
+from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
@@ -47,20 +50,18 @@ def request_stop(*_: Any) -> None:
 def install_stop_signals(names: str) -> list[str]:
     """Make each signal in ``names`` (e.g. ``"USR2,TERM"``) call :func:`request_stop`.
 
-    Backends set ``DETCORE_STOP_SIGNALS`` so a preempted worker checkpoints and exits with
-    code 3 (``EXIT_STOPPED``) instead of losing the iterations since its last checkpoint.
+    Backends set ``DETCORE_STOP_SIGNALS`` (``contract.STOP_SIGNALS_ENV``) so a preempted worker
+    checkpoints and exits with ``contract.EXIT_STOPPED`` instead of losing the iterations since
+    its last checkpoint.
     """
     installed = []
     for name in filter(None, (n.strip().upper() for n in names.split(","))):
         sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
         if sig is None:
-            raise ConfigError(f"DETCORE_STOP_SIGNALS: unknown signal {name!r}; use names like USR2,TERM")
+            raise ConfigError(f"{STOP_SIGNALS_ENV}: unknown signal {name!r}; use names like USR2,TERM")
         signal.signal(sig, request_stop)
         installed.append(sig.name)
     return installed
-
-
-EXIT_STOPPED = 3  # exit code of `detcore train` after a requested stop (checkpoint saved)
 
 
 class TrainingInterrupted(Exception):
@@ -70,14 +71,20 @@ class TrainingInterrupted(Exception):
 class Trainer:
     def __init__(self, cfg: Mapping[str, Any], work_dir: str | os.PathLike, *, resume: str | None = None,
                  load_from: str | None = None, validate: bool = True, amp: bool = False, seed: int = 0,
-                 deterministic: bool = False, device: str | None = None) -> None:
+                 deterministic: bool = False, device: str | None = None,
+                 heartbeat_dir: str | os.PathLike | None = None) -> None:
+        """``heartbeat_dir``: where every rank records its newest finished iteration for a hang watchdog
+        (``detcore.contract.write_heartbeat``; ``detcore train`` passes ``$DETCORE_HEARTBEAT_DIR``)."""
         self.cfg = dict(cfg)
         self.work_dir = Path(work_dir)
         self.dist: DistInfo = init_distributed(device)
         self.seed, self.deterministic = seed, deterministic
+        self.heartbeat = Heartbeat(heartbeat_dir, self.dist.rank) if heartbeat_dir else None
         seed_everything(seed, deterministic)
         if self.dist.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temp_files(self.work_dir):
+                logger.info("removed %s, left by a save that was killed mid-write", path.name)
             (self.work_dir / "config.yaml").write_text(dump_config(self.cfg))
         barrier()
         self.train_loader, self.val_loader, self.classes = build_loaders(self.cfg, self.dist, seed, validate)
@@ -106,9 +113,10 @@ class Trainer:
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
         self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
         self.hooks = self._build_hooks(validate)
-        self.tb = self._tensorboard() if self.dist.is_main else None
+        self.resumed = False
         if resume:
             self.resume(resume)
+        self.tb = self._tensorboard() if self.dist.is_main else None
 
     # ---- set-up -----------------------------------------------------------------------
     def _build_hooks(self, validate: bool) -> list[H.HookBase]:
@@ -125,10 +133,17 @@ class Trainer:
         return hooks
 
     def _tensorboard(self):
+        """A writer that hides every event an earlier run logged at a step this run will log again.
+
+        A resumed run logs from ``iter + 1`` on: events at those steps from the run that wrote the
+        checkpoint (and went on past it) are purged (``purge_step``), so each step shows once. A
+        fresh start purges everything (a run killed before its first checkpoint starts over).
+        """
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.work_dir / "tb"))
-        writer.add_text("config", "```\n" + dump_config(self.cfg) + "\n```", 0)
+        first_step = self.iter + 1 if self.resumed else 0
+        writer = SummaryWriter(str(self.work_dir / "tb"), purge_step=first_step)
+        writer.add_text("config", "```\n" + dump_config(self.cfg) + "\n```", first_step)
         return writer
 
     # ---- the loop ---------------------------------------------------------------------
@@ -199,6 +214,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iter += 1
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.iter)
         t2 = time.perf_counter()
         self.step_stats = {**values, "data_time": t1 - t0, "iter_time": t2 - t0,
                            "batch_images": float(len(images) * self.dist.world_size)}
@@ -211,7 +228,7 @@ class Trainer:
 
         results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
                                          classes=self.classes, num_images=num_images if self.tb else 0,
-                                         backend=backend)
+                                         backend=backend, keepalive=self._keepalive())
         self.model.train()
         if self.tb is not None:
             for i, img in enumerate(drawn):
@@ -228,6 +245,11 @@ class Trainer:
                     self.tb.add_scalar(f"{prefix}/{k}", v, self.iter)
             self.tb.flush()
 
+    def _keepalive(self):
+        """A callable recording "alive at the current iteration" (rate-limited), or None without heartbeats."""
+        heartbeat = self.heartbeat
+        return None if heartbeat is None else (lambda: heartbeat.beat(self.iter))
+
     def memory_mb(self) -> float:
         if self.dist.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 20
@@ -240,14 +262,17 @@ class Trainer:
                          iteration=self.iter, world_size=self.dist.world_size,
                          total_batch=total_batch or self.cfg["data"]["samples_per_gpu"] * self.dist.world_size,
                          seed=self.seed, scaling=self.cfg.get("_scaling"))
-        path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
-                               scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                               rng=rng_state(), loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
-                               hooks=[h.state_dict() for h in self.hooks])
+        with beating(self._keepalive()):  # a slow file system is not a hang
+            path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
+                                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                                   rng=rng_state(), loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
+                                   hooks=[h.state_dict() for h in self.hooks])
         pointer = self.work_dir / "last_checkpoint"
-        tmp = pointer.with_name(f".last_checkpoint.{os.getpid()}.tmp")
+        tmp = sibling_temp_path(pointer)
         tmp.write_text(name + "\n")
         os.replace(tmp, pointer)
+        if self.heartbeat is not None:
+            self.heartbeat.beat(self.iter, force=True)
         logger.info("saved checkpoint %s", path)
         return path
 
@@ -275,6 +300,7 @@ class Trainer:
             hook.load_state_dict(state)
         if self.dist.world_size == ckpt["meta"].get("world_size", 1):
             set_rng_state(ckpt["rng"])
+        self.resumed = True
         logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
 
 

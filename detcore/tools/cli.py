@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 
+from detcore.contract import EXIT_USER_ERROR
 from detcore.errors import DetcoreError
 
 # subcommand -> (module, one-line help)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except DetcoreError as exc:
         print(f"detcore {args.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"detcore {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from detcore import contract
 from detcore.config import load_config
 from detcore.errors import DetcoreError
 
@@ -62,23 +63,28 @@ def remove_new_work_dir(work_dir: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcore.engine.trainer import EXIT_STOPPED, Trainer, TrainingInterrupted, install_stop_signals
+    from detcore.engine.heartbeat import install_stack_dump_signal
+    from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
 
     cfg = load_config(args.config, args.cfg_options)
     work_dir = Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
     setup_logging(work_dir, "train.log")
-    if os.environ.get("DETCORE_STOP_SIGNALS"):
-        logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ["DETCORE_STOP_SIGNALS"])))
+    if os.environ.get(contract.STOP_SIGNALS_ENV):
+        logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ[contract.STOP_SIGNALS_ENV])))
+    heartbeat_dir = os.environ.get(contract.HEARTBEAT_DIR_ENV) or None
+    if heartbeat_dir:  # a hang watchdog is watching: heartbeats, and Python stacks on SIGUSR1
+        install_stack_dump_signal()
+        logger.info("heartbeats to %s; SIGUSR1 prints every thread's Python stack to stderr", heartbeat_dir)
     try:
         trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
                           validate=not args.no_validate, amp=args.amp, seed=args.seed,
-                          deterministic=args.deterministic, device=args.device)
+                          deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir)
         metrics = trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)
-        return EXIT_STOPPED
+        return contract.EXIT_STOPPED
     except DetcoreError:
         # A run that fails before its first checkpoint (bad config, data or weights) leaves nothing behind.
         if created and int(os.environ.get("RANK", 0)) == 0 and not any(work_dir.glob("*.pth")):
@@ -86,4 +92,4 @@ def run(args: argparse.Namespace) -> int:
         raise
     if metrics:
         logger.info("final metrics: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "_AP_" not in k))
-    return 0
+    return contract.EXIT_OK
