@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start a local, single-node Ray head on this machine, bound to 127.0.0.1 only.
 #
-#   cluster/ray/start.sh [--num-cpus N] [--port P] [--dashboard] [--temp-dir D] [--timeout S]
+#   cluster/ray/start.sh [--num-cpus N] [--port P] [--dashboard] [--temp-dir D] [--timeout S] [--dry-run]
 #   export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0    # in every client (see below)
 #   python -c 'import ray; ray.init(address="127.0.0.1:6379")'
 #   cluster/ray/stop.sh [--port P] [--temp-dir D]      # stops this head only
@@ -30,9 +30,11 @@
 # Consequence: this head cannot accept other nodes (use cluster.yaml for that).
 #
 # Ports: GCS on P; Ray Client server (ray://127.0.0.1:10001) on DETLAUNCH_RAY_CLIENT_PORT;
-# the rest are picked free by Ray. Ray's default worker port range is 10002-19999, which
-# overlaps the local Slurm cluster's ports (cluster/slurm: 16817, 16819, 17001-17002, ...);
-# we use 20000-29999 instead (DETLAUNCH_RAY_MIN_WORKER_PORT / DETLAUNCH_RAY_MAX_WORKER_PORT).
+# the rest are picked free by Ray. Worker ports come from launcher/ports.py (`python3 -m
+# launcher.ports ray-workers`: 10002-15999, clear of the Slurm backend's MASTER_PORT range
+# 20000-31999, of the local Slurm cluster's daemons 16306-17002 and of Linux's ephemeral ports);
+# DETLAUNCH_RAY_MIN_WORKER_PORT / DETLAUNCH_RAY_MAX_WORKER_PORT override them.
+# --dry-run prints the `ray start` command line on stdout and starts nothing.
 #
 # No dashboard means no HTTP server: the job-submission API, the state API (`ray list
 # actors`, ray.util.state) and the Ray Train dashboard are unavailable, and Ray Train V2's
@@ -50,9 +52,14 @@ PORT=6379
 DASHBOARD=0
 TEMP_DIR=""
 TIMEOUT=120
+DRY_RUN=0
 DASHBOARD_PORT="${DETLAUNCH_RAY_DASHBOARD_PORT:-8265}"
-MIN_WORKER_PORT="${DETLAUNCH_RAY_MIN_WORKER_PORT:-20000}"
-MAX_WORKER_PORT="${DETLAUNCH_RAY_MAX_WORKER_PORT:-29999}"
+REPO="$(cd "$HERE/../.." && pwd)"
+RAY_PORTS="$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m launcher.ports ray-workers)" \
+    || { echo "start.sh: cannot read the Ray worker ports from $REPO/launcher/ports.py" >&2; exit 1; }
+read -r RAY_MIN_PORT RAY_MAX_PORT <<<"$RAY_PORTS"
+MIN_WORKER_PORT="${DETLAUNCH_RAY_MIN_WORKER_PORT:-$RAY_MIN_PORT}"
+MAX_WORKER_PORT="${DETLAUNCH_RAY_MAX_WORKER_PORT:-$RAY_MAX_PORT}"
 CLIENT_PORT="${DETLAUNCH_RAY_CLIENT_PORT:-10001}"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }
@@ -67,6 +74,7 @@ while [[ $# -gt 0 ]]; do
         --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
         --timeout=*) TIMEOUT="${1#*=}"; shift ;;
         --dashboard) DASHBOARD=1; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "start.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -109,8 +117,8 @@ cleanup_partial() {
 [[ "$NUM_CPUS" =~ ^[1-9][0-9]*$ ]] || { echo "start.sh: --num-cpus must be a positive integer (got '$NUM_CPUS')" >&2; exit 2; }
 { [[ "$PORT" =~ ^[1-9][0-9]*$ ]] && (( PORT < 65536 )); } || { echo "start.sh: --port must be a TCP port (got '$PORT')" >&2; exit 2; }
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "start.sh: --timeout must be a positive integer (got '$TIMEOUT')" >&2; exit 2; }
-command -v ray >/dev/null 2>&1 || die "'ray' not found on PATH (pip install 'ray[train]')"
-if [[ -n "$TEMP_DIR" ]]; then
+[[ $DRY_RUN -eq 1 ]] || command -v ray >/dev/null 2>&1 || die "'ray' not found on PATH (pip install 'ray[train]')"
+if [[ -n "$TEMP_DIR" && $DRY_RUN -eq 0 ]]; then
     mkdir -p "$TEMP_DIR" || die "cannot create --temp-dir $TEMP_DIR"
     TEMP_DIR="$(cd "$TEMP_DIR" && pwd -P)"
     TEMP_ROOT="$TEMP_DIR"
@@ -135,6 +143,24 @@ wait_ray() {
     done
 }
 
+args=(start --head
+      --num-cpus="$NUM_CPUS"
+      --port="$PORT"
+      --node-ip-address=127.0.0.1
+      --disable-usage-stats
+      --ray-client-server-port="$CLIENT_PORT"
+      --min-worker-port="$MIN_WORKER_PORT" --max-worker-port="$MAX_WORKER_PORT")
+if [[ $DASHBOARD -eq 1 ]]; then
+    args+=(--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT")
+else
+    args+=(--include-dashboard=false)
+fi
+[[ -n "$TEMP_DIR" ]] && args+=(--temp-dir="$TEMP_DIR")
+if [[ $DRY_RUN -eq 1 ]]; then
+    echo "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 ray ${args[*]@Q}"
+    exit 0
+fi
+
 # ---------------------------------------------------------------- already running?
 if port_open "$PORT"; then
     if wait_ray 15; then
@@ -152,20 +178,6 @@ if port_open "$CLIENT_PORT"; then
 fi
 
 # ---------------------------------------------------------------- start
-args=(start --head
-      --num-cpus="$NUM_CPUS"
-      --port="$PORT"
-      --node-ip-address=127.0.0.1
-      --disable-usage-stats
-      --ray-client-server-port="$CLIENT_PORT"
-      --min-worker-port="$MIN_WORKER_PORT" --max-worker-port="$MAX_WORKER_PORT")
-if [[ $DASHBOARD -eq 1 ]]; then
-    args+=(--include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT")
-else
-    args+=(--include-dashboard=false)
-fi
-[[ -n "$TEMP_DIR" ]] && args+=(--temp-dir="$TEMP_DIR")
-
 log "ray ${args[*]}"
 [[ -L "$TEMP_ROOT/session_latest" ]] && SESSION_BEFORE="$(basename "$(readlink "$TEMP_ROOT/session_latest")")"
 out_file="$(mktemp -t ray-start.XXXXXX)"

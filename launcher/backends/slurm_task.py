@@ -52,8 +52,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from detcore.contract import EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, describe_exit, read_events
 
-PORT_BASE = 20000
-PORT_SPAN = 12000
+from launcher.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
 REQUEUE_WAIT_S = 120.0
 
 
