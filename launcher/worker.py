@@ -93,7 +93,8 @@ def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, 
 def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:
     from launcher.tail import last_line
 
-    detail = (last_line(log) if log is not None else "") if code not in (contract.EXIT_OK, contract.EXIT_STOPPED) else ""
+    failed = code > 0 and code not in (contract.EXIT_STOPPED, contract.EXIT_HUNG)  # its own error: its last line
+    detail = last_line(log) if (failed and log is not None) else ""
     contract.append_event(run_dir, {"event": "end", "rank": rank, "attempt": attempt, "pid": pid, "exit_code": code,
                                     "detail": detail[:500], "time": time.time()})
 

@@ -47,8 +47,11 @@ class RunFacts:
 
 
 def end_line(rec: Mapping) -> str:
-    """``rank 1: exit code 2 (user error): <detail>`` for an end record."""
-    text = f"rank {rec.get('rank')}: {describe_exit(rec.get('exit_code'))}"
+    """``rank 1 killed by SIGKILL`` or ``rank 1: exit code 2 (user error): <detail>`` for an end record."""
+    code = int(rec.get("exit_code", 0) or 0)
+    if code < 0:
+        return f"rank {rec.get('rank')} killed by {describe_exit(code).removeprefix('signal ')}"
+    text = f"rank {rec.get('rank')}: {describe_exit(code)}"
     return text + (f": {rec['detail']}" if rec.get("detail") else "")
 
 

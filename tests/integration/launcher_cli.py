@@ -80,5 +80,8 @@ def train_iters(work_dir: str) -> list[int]:
 
 
 def attempts(home: Path, exp_id: str) -> list[dict]:
-    path = home / "jobs" / exp_id / "attempts.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """The start facts of the experiment's current launch (one per rank and attempt), from its run directory."""
+    from detcore.contract import read_events, run_dir
+
+    rec = record(home, exp_id)
+    return [e for e in read_events(run_dir(rec["work_dir"], rec["run_id"])) if e.get("event") == "start"]

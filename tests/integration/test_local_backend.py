@@ -196,7 +196,7 @@ def test_a_worker_user_error_fails_fast_without_restarts(home):
     rec = wait_until(home, exp_id, done)
     # the supervisor stops the group on exit code 2; torchrun may already have begun one restart by then
     assert rec["state"] == "failed" and rec["restarts"] <= 1
-    assert "exited with code 2" in rec["reason"] and "user error" in rec["reason"]
+    assert "exit code 2 (user error)" in rec["reason"] and "not restarted" in rec["reason"]
     assert "NoSuchDetector" in rec["reason"]
     assert not job_processes({exp_id})
 

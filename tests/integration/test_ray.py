@@ -43,8 +43,10 @@ def ray_args(head, *extra: str) -> list[str]:
 
 
 def attempts(work_dir: str) -> list[dict]:
-    path = Path(work_dir) / "logs" / "attempts.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """Every fact of every launch in the work dir, oldest launch first."""
+    from detcore.contract import read_events
+
+    return [e for run in sorted((Path(work_dir) / "runs").glob("*")) for e in read_events(run)]
 
 
 def starts(work_dir: str) -> list[dict]:
