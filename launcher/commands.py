@@ -299,9 +299,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     import shlex
-    import subprocess
 
-    from launcher.tensorboard import tensorboard_command
+    from launcher.tensorboard import serve, tensorboard_command
 
     store = _store()
     exps = [store.get(i) for i in args.ids] if args.ids else store.list()
@@ -312,7 +311,4 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    try:
-        return subprocess.call(list(cmd))
-    except KeyboardInterrupt:
-        return 130
+    return serve(cmd)  # SIGTERM/SIGINT/SIGHUP (or a SIGKILL of this process) end the server too
