@@ -226,12 +226,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = _store()
     state = JobState.parse(args.state) if args.state else None
     active = store.list(backend=args.backend, sweep=args.sweep, active=True)
+    derived = {}
     if active:
         from launcher.reconcile import refresh
 
-        refresh(store, active)
+        derived = {e.id: e for e in refresh(store, active)}  # what the jobs report, even if it could not be saved
     if args.json:
-        _print_json([e.to_json() for e in store.list(state=state, backend=args.backend, sweep=args.sweep)])
+        rows = [derived.get(e.id, e) for e in store.list(backend=args.backend, sweep=args.sweep)]
+        _print_json([e.to_json() for e in rows if state is None or e.state is state])
     else:
         from launcher.listing import table_lines
 
@@ -243,8 +245,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from launcher.reconcile import refresh
 
     store = _store()
-    exp = refresh(store, [store.get(args.id)])[0]
-    exp = store.get(exp.id)
+    exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
     if args.json:
         _print_json(exp.to_json())
         return 0

@@ -16,6 +16,7 @@ Reading never imports anything heavy; ``launcher list`` over 10,000 rows stays w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from launcher.state import JobState
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
 
+logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 INIT_LOCK_TIMEOUT_S = 60.0
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
@@ -179,25 +181,38 @@ class ExperimentStore:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
-            # Switching a new file to WAL answers "database is locked" at once, without waiting out the
-            # busy timeout, while another process reads it: the check and the creation hold a lock.
-            with blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S):
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns
-                    for statement in _MIGRATIONS[version]:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-                elif version != SCHEMA_VERSION:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.executescript(_SCHEMA)
-                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn = conn
+            try:
+                self._conn = self._open()
+            except sqlite3.OperationalError:
+                if not (self.path.exists() and _nearly_full(self.home)):
+                    raise
+                # A full disk: SQLite cannot create the WAL index a new connection needs. Read the database
+                # file as it is (complete when no other connection is open, which is the rule: no long-lived
+                # process holds the store); every write then fails, and readers show what the jobs report.
+                logger.warning("%s is full: reading the experiment store read-only", self.home)
+                self._conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
+                self._conn.row_factory = sqlite3.Row
         return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        # Switching a new file to WAL answers "database is locked" at once, without waiting out the
+        # busy timeout, while another process reads it: the check and the creation hold a lock.
+        with blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S):
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -278,11 +293,11 @@ class ExperimentStore:
         ended = (status.ended or now) if status.state.is_terminal() else None
         cur = self.conn.execute(
             "UPDATE experiments SET state = ?, exit_code = COALESCE(?, exit_code), "
-            "reason = CASE WHEN ? = '' THEN reason ELSE ? END, restarts = MAX(restarts, ?), "
+            "reason = CASE WHEN ? = '' AND state = ? THEN reason ELSE ? END, restarts = MAX(restarts, ?), "
             "ports = CASE WHEN ? = '[]' THEN ports ELSE ? END, started = COALESCE(started, ?), "
             "ended = COALESCE(?, ended), updated = ? "
             f"WHERE id = ? AND state NOT IN ({', '.join('?' * len(_TERMINAL))}) AND (? IS NULL OR run_id = ?)",
-            (status.state.value, status.exit_code, status.reason, status.reason, status.restarts,
+            (status.state.value, status.exit_code, status.reason, status.state.value, status.reason, status.restarts,
              json.dumps(list(status.ports)), json.dumps(list(status.ports)), started, ended, now, exp_id, *_TERMINAL,
              run_id, run_id))
         return cur.rowcount > 0
@@ -311,6 +326,11 @@ class ExperimentStore:
             (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,
              json.dumps(history), values["world_size"], values["total_batch"], values["lr"], values["scaling"],
              values["resources"], values["spec"], values["config_hash"], time.time(), exp_id))
+
+
+def _nearly_full(folder: Path) -> bool:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def _row(row: sqlite3.Row) -> Experiment:

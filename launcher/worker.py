@@ -156,7 +156,10 @@ def _exit_like(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        try:
+            signal.signal(-code, signal.SIG_DFL)
+        except (OSError, ValueError):  # SIGKILL and SIGSTOP cannot be caught (nor reset)
+            pass
         os.kill(os.getpid(), -code)
         time.sleep(1.0)
     os._exit(code if code >= 0 else 128 - code)

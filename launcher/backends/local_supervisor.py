@@ -126,7 +126,7 @@ class Supervisor:
             proc = subprocess.Popen(list(dry.commands[0]), cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         logger.info("started torchrun pid %d for %s (devices %s)", proc.pid, self.spec.id, devices or "cpu")
-        self.monitor.set(JobState.PENDING, torchrun_pid=proc.pid, devices=devices, reason="starting workers",
+        self.monitor.set(JobState.PENDING, torchrun_pid=proc.pid, devices=devices, reason="",
                          started=time.time())
         term_sent, stop_reason = None, ""
         facts = self.monitor.observe()

@@ -152,6 +152,7 @@ def _report(view: CheckpointView, rank: int, work_dir: str) -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's per-worker function (see the module docstring)."""
+    import ray
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
@@ -163,7 +164,8 @@ def train_loop_per_worker(config: dict) -> None:
     log = Path(plan.log_dir) / f"rank{rank}.log"
     restored = restored_pointer(ray.train.get_checkpoint())
     attempt = previous_attempts(plan.run_dir, rank)
-    record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored)
+    record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored,
+                 node_id=ray.get_runtime_context().get_node_id())
     beats = heartbeat_dir(plan.run_dir, attempt)
     beats.mkdir(parents=True, exist_ok=True)
     os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)

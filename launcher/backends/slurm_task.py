@@ -60,7 +60,7 @@ def master_port(job_id: int) -> int:
     """The rendezvous port of the Slurm job whose numeric ``SLURM_JOB_ID`` is ``job_id``.
 
     ``20000 + job_id % 12000``: ports 20000-31999, below Linux's ephemeral range (32768+)
-    and above Ray's worker ports (10002-19999). Slurm numbers jobs in submission order and
+    and above Ray's worker ports (all ranges: launcher/ports.py). Slurm numbers jobs in submission order and
     gives each array task its own job id, so two jobs share a port only when their ids differ
     by a multiple of 12,000, that is when one of them is still running after 12,000 more jobs
     were submitted to the cluster (and then only if both have the same first node). A

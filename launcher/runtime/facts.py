@@ -55,6 +55,18 @@ def end_line(rec: Mapping) -> str:
     return text + (f": {rec['detail']}" if rec.get("detail") else "")
 
 
+def hang_line(records: list[Mapping]) -> str:
+    """One line from the watchdog's hang facts of an attempt: the verdict and which ranks are stuck."""
+    verdict = str(records[0].get("detail") or "no rank finished an iteration in time")
+    stuck = sorted({(int(r.get("rank", 0) or 0), r.get("state")) for r in records
+                    if r.get("state") not in (None, "running")})
+    if stuck:
+        who = ", ".join(f"rank {r} is {state}" for r, state in stuck)
+    else:
+        who = "every rank that reported is running (waiting in a collective?)"
+    return f"hang: {who}; {verdict}; Python stacks are in the rank logs"
+
+
 def _blame(code: int) -> int:
     """Which ending caused an attempt's failure, lowest first: a worker's own error, a signal from outside,
     the hang watchdog, and last a SIGTERM/SIGINT that torchrun or srun sent to stop the rest of the group."""
@@ -72,12 +84,12 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
     """
     starts: dict[tuple[int, int], Mapping] = {}
     ends: dict[tuple[int, int], Mapping] = {}
-    hangs: dict[int, str] = {}
+    hangs: dict[int, list[Mapping]] = {}
     ports, addrs = set(), set()
     for rec in events:
         kind, attempt = rec.get("event"), int(rec.get("attempt", 0) or 0)
         if kind == "hang":
-            hangs[attempt] = str(rec.get("detail") or "no rank finished an iteration in time")
+            hangs.setdefault(attempt, []).append(rec)
             continue
         if kind not in ("start", "end"):
             continue
@@ -95,7 +107,7 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
     user_error = ""
     for attempt in attempts:
         if attempt in hangs:
-            failures.append(f"hang: {hangs[attempt]}")
+            failures.append(hang_line(hangs[attempt]))
             continue
         candidates = [(_blame(int(rec.get("exit_code", 0) or 0)), r, end_line(rec))
                       for (r, a), rec in ends.items() if a == attempt

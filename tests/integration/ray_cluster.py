@@ -29,7 +29,7 @@ STOP = ROOT / "cluster" / "ray" / "stop.sh"
 PORT = int(os.environ.get("DETLAUNCH_TEST_RAY_PORT", "6391"))
 TEMP_DIR = os.environ.get("DETLAUNCH_TEST_RAY_TEMP_DIR", "/tmp/detl-ray-test")  # short: Ray's socket paths
 HEAD_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": os.environ.get("DETLAUNCH_TEST_RAY_CLIENT_PORT", "10093"),
-            "DETLAUNCH_RAY_MIN_WORKER_PORT": "30000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "31999"}
+            "DETLAUNCH_RAY_MIN_WORKER_PORT": "14000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "15999"}  # launcher/ports.py
 START_TIMEOUT_S = 240
 
 

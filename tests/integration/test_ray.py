@@ -24,13 +24,14 @@ from tests.integration.ray_cluster import ray_head  # noqa: F401  (a fixture)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
 ITERS = 20
 # The cancel test stops this run after its first checkpoint and the resumed run finishes it. Ray Train's
 # graceful abort takes 10-15 s here, so the run must last longer than that (50 iterations did not).
 LONG = 300
 OTHER_PORT, OTHER_TEMP_DIR = 6397, "/tmp/detl-ray-other"  # a second head beside the fixture's
-OTHER_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10097", "DETLAUNCH_RAY_MIN_WORKER_PORT": "32000",
-             "DETLAUNCH_RAY_MAX_WORKER_PORT": "32499"}
+OTHER_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10097", "DETLAUNCH_RAY_MIN_WORKER_PORT": "12000",
+             "DETLAUNCH_RAY_MAX_WORKER_PORT": "12499"}
 
 
 def job(iters: int = ITERS) -> list[str]:
@@ -46,7 +47,7 @@ def attempts(work_dir: str) -> list[dict]:
     """Every fact of every launch in the work dir, oldest launch first."""
     from detcore.contract import read_events
 
-    return [e for run in sorted((Path(work_dir) / "runs").glob("*")) for e in read_events(run)]
+    return [{**e, "run": run.name} for run in sorted((Path(work_dir) / "runs").glob("*")) for e in read_events(run)]
 
 
 def starts(work_dir: str) -> list[dict]:
@@ -200,3 +201,40 @@ def test_stop_script_stops_its_own_head_and_leaves_the_other(ray_head):
         assert check.stdout.strip().splitlines()[-1] == "4", check.stderr[-2000:]
     finally:
         stop_head(other)
+
+
+def test_a_local_experiment_resumed_on_ray_finishes_there(home, ray_head):
+    """`launcher resume ID --backend ray`: the same experiment continues under Ray Train from its newest checkpoint."""
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "1", "--detach", *job(60)).stdout.strip()
+    work = record(home, exp_id)["work_dir"]
+    wait_for(lambda: (Path(work) / "last_checkpoint").exists(), "a local checkpoint", poll=0.2)
+    assert f"{exp_id}: cancelled" in launcher(home, "cancel", exp_id).stdout
+    saved = (Path(work) / "last_checkpoint").read_text().strip()
+    resumed = launcher(home, "resume", exp_id, "--backend", "ray", "--address", ray_head.address, "--workers", "2",
+                       timeout=900)
+    assert "on the ray backend (was local)" in resumed.stderr
+    rec = record(home, exp_id)
+    assert rec["state"] == "succeeded" and rec["backend"] == "ray" and rec["world_size"] == 2, rec["reason"]
+    assert [(h["backend"], h["state"]) for h in rec["history"]] == [("local", "cancelled")]
+    assert f"resumed from {work}/{saved}" in (Path(work) / "logs" / "rank0.log").read_text()
+    assert sorted(a["rank"] for a in starts(work) if a["run"] == rec["run_id"]) == [0, 1]
+    assert_nothing_left(ray_head, exp_id)
+
+
+def test_a_job_across_two_ray_nodes(home, ray_head):
+    """A second Ray node joins the head (cluster/ray/add_node.py, on 127.0.0.1); `--nodes 2` places one
+    worker on each node and the job trains to the end across them."""
+    added = subprocess.run([sys.executable, str(ROOT / "cluster" / "ray" / "add_node.py"), "--address",
+                            ray_head.address, "--num-cpus", "2", "--min-worker-port", "12500", "--max-worker-port",
+                            "13999"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                           timeout=240)
+    assert added.returncode == 0, f"cannot add a second Ray node:\n{added.stderr[-3000:]}"
+    node2 = added.stdout.strip().splitlines()[-1]
+    rec = json.loads(launcher(home, "submit", SHAPES, "--backend", "ray", "--address", ray_head.address, "--nodes",
+                              "2", "--workers", "1", "--json", *job(), timeout=900).stdout)
+    assert rec["state"] == "succeeded" and rec["world_size"] == 2 and rec["last_iter"] == ITERS, rec["reason"]
+    ranks = [a for a in starts(rec["work_dir"]) if a["run"] == rec["run_id"]]
+    assert sorted(a["rank"] for a in ranks) == [0, 1]
+    assert len({a["node_id"] for a in ranks}) == 2 and node2 in {a["node_id"] for a in ranks}
+    assert {a["master_addr"] for a in ranks} == {"127.0.0.1"}
+    assert_nothing_left(ray_head, rec["id"])

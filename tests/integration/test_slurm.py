@@ -143,7 +143,7 @@ def assert_resumed_to_the_end(work: Path, rec: dict, iters: int) -> int:
     assert logged.count(stopped + 1) == 1  # nothing after the checkpoint was trained twice
     notes = launcher_lines(work, 0)
     assert "attempt 0" in notes[0] and any("attempt 1" in n for n in notes)
-    assert any("worker stopped with exit code 3; requeueing" in n for n in notes)
+    assert any("worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in n for n in notes)
     return stopped
 
 
@@ -162,10 +162,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, home,
 
 
 def worker_processes(exp_id: str) -> list[psutil.Process]:
+    """The detcore workers of the job (``python -m detcore.tools.cli``, each the child of its shim)."""
     found = []
     for proc in psutil.process_iter(["environ", "cmdline"]):
         env, cmd = proc.info["environ"] or {}, proc.info["cmdline"] or []
-        if env.get("DETLAUNCH_EXPERIMENT_ID") == exp_id and "launcher.worker" in cmd:
+        if env.get("DETLAUNCH_EXPERIMENT_ID") == exp_id and cmd[1:3] == ["-m", "detcore.tools.cli"]:
             found.append(proc)
     return found
 
@@ -271,3 +272,25 @@ def test_impossible_requests_fail_in_one_line_and_leave_nothing(slurm_cluster, h
     assert json.loads(launcher(slurm_cluster, home, "list", "--json").stdout) == []
     assert not (home / "slurm").exists() or not list((home / "slurm").iterdir())
     assert not (tmp_path / "never").exists()
+
+
+def test_a_local_experiment_resumed_on_slurm_finishes_there(slurm_cluster, home, tmp_path):
+    """`launcher resume ID --backend slurm`: the same experiment, work dir and store row continue on Slurm at
+    another world size; the local launch stays in its history and the scaling is recomputed once."""
+    work = tmp_path / "moved"
+    iters = 40
+    exp = launcher(slurm_cluster, home, "submit", SHAPES, "--nproc", "1", "--detach", "--work-dir", str(work),
+                   *tiny(iters, 4)).stdout.strip()
+    wait_iters(work, 5)
+    assert launcher(slurm_cluster, home, "cancel", exp).stdout.strip() == f"{exp}: cancelled"
+    saved = int((work / "last_checkpoint").read_text().strip().removeprefix("iter_").removesuffix(".pth"))
+    out = launcher(slurm_cluster, home, "resume", exp, "--backend", "slurm", "--nproc", "2", "--time", "15",
+                   "--detach")
+    assert "on the slurm backend (was local)" in out.stderr and "world size changed 1 -> 2" in out.stderr
+    rec = wait_for(slurm_cluster, home, exp, done, what="the end on Slurm")
+    assert rec["state"] == "succeeded" and rec["backend"] == "slurm" and rec["world_size"] == 2, rec["reason"]
+    assert [(h["backend"], h["state"]) for h in rec["history"]] == [("local", "cancelled")]
+    rank0 = (work / "logs" / "rank0.log").read_text()
+    assert f"resumed from {work}/iter_{saved}.pth at iteration {saved}" in rank0
+    assert any("on n1: rank 1/2" in line for line in launcher_lines(work, 1))
+    assert rec["last_iter"] is not None and (work / "last_checkpoint").exists()

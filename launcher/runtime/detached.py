@@ -1,0 +1,135 @@
+"""The client side of a detached monitor (the local supervisor, the Ray driver): start, read, stop.
+
+Both backends start their monitor the same way (its own session, stdin closed, output to a
+log in the job's folder, so it outlives the terminal and the submitting process), read it the
+same way (:func:`status`: the monitor's files and whether its pid and start tick still run)
+and stop it the same way (:func:`cancel`: a ``cancel`` file, a signal, a grace period, then
+SIGKILL of its session and of every process still marked with the experiment id).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from detcore.contract import EXPERIMENT_ENV
+from launcher.errors import LauncherError
+from launcher.procinfo import is_alive, process_start
+from launcher.runtime.files import read_json, write_json_atomic
+from launcher.runtime.monitor import observed_status, read_monitor_files
+from launcher.spec import JobHandle, JobState, JobStatus
+
+MONITOR_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in the job folder; the log is kept
+SHARED_RAY_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # inherit the job's marker but serve every later job
+
+
+def start(cmd: Sequence[str], env: Mapping[str, str], cwd: str, log: Path) -> tuple[int, int]:
+    """Start ``cmd`` detached; its pid and start tick (a LauncherError naming ``log`` if it exits at once)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    for _ in range(200):
+        begun = process_start(proc.pid)
+        if begun is not None:
+            return proc.pid, begun
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    raise LauncherError(f"the job's monitor (pid {proc.pid}) exited at once; see {log}")
+
+
+def monitor_of(handle: JobHandle, start_key: str) -> tuple[int, int | None]:
+    started = handle.get(start_key)
+    return int(handle.job_id or 0), int(started) if started else None
+
+
+def status(job_dir: Path, handle: JobHandle, start_key: str, who: str) -> JobStatus:
+    """The job's status: the monitor's files, read after checking whether the monitor still runs."""
+    pid, started = monitor_of(handle, start_key)
+    alive = bool(pid) and is_alive(pid, started)
+    st, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))
+    return observed_status(st, outcome, alive, f"{who} (pid {pid})")
+
+
+def clear_previous_launch(job_dir: Path, exp_id: str) -> None:
+    """Before a resume (the caller holds the experiment's lock): kill whatever a lost monitor left behind and
+    remove the previous launch's files."""
+    kill_marked(exp_id)
+    for name in MONITOR_FILES:
+        (job_dir / name).unlink(missing_ok=True)
+
+
+def cancel(job_dir: Path, handle: JobHandle, start_key: str, sig: int, grace_s: float, leftover_wait_s: float,
+           current: JobStatus) -> None:
+    """Stop a running job: ``cancel`` file, ``sig`` to the monitor, SIGKILL after ``grace_s``, then every
+    process still marked with the experiment id (after waiting up to ``leftover_wait_s`` for them to go)."""
+    if current.state.is_terminal():
+        return
+    (job_dir / "cancel").touch()
+    pid, started = monitor_of(handle, start_key)
+    if pid and is_alive(pid, started):
+        os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while is_alive(pid, started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if is_alive(pid, started):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + leftover_wait_s
+    while marked_processes(handle.experiment_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    kill_marked(handle.experiment_id)
+    st = read_json(job_dir / "status.json") or {}
+    if not JobState(st.get("state", "pending")).is_terminal():
+        write_json_atomic(job_dir / "status.json",
+                          {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
+
+
+def marked_processes(exp_id: str) -> list:
+    """This node's live processes of the experiment: ``DETLAUNCH_EXPERIMENT_ID=exp_id`` in their environment
+    (except Ray's cluster-wide singleton actors, which inherit it from whichever job created them)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid() or proc.environ().get(EXPERIMENT_ENV) != exp_id:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE or " ".join(proc.cmdline()).startswith(SHARED_RAY_ACTORS):
+                continue
+            found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def kill_marked(exp_id: str) -> list[int]:
+    """SIGKILL every live process of the experiment on this node; their pids."""
+    import psutil
+
+    hit = []
+    for proc in marked_processes(exp_id):
+        try:
+            proc.kill()
+            hit.append(proc.pid)
+        except psutil.Error:
+            pass
+    return hit
+
+
+def kill_tree(pid: int, include_root: bool = True) -> None:
+    """SIGKILL ``pid``'s descendants and, optionally, ``pid`` itself."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + ([root] if include_root else [])
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

@@ -1,0 +1,140 @@
+"""The job runtime without processes: facts to restarts and reasons, the monitor's writes, the hang verdict."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detcore import contract
+from launcher.runtime.facts import summarize
+from launcher.runtime.monitor import OUTCOME_FILE, RunMonitor, observed_status
+from launcher.state import JobState
+from launcher.worker import hang_verdict, process_state
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def start(rank, attempt, port=29500, pid=None):
+    return {"event": "start", "rank": rank, "attempt": attempt, "pid": pid or 100 + rank, "master_port": port,
+            "master_addr": "127.0.0.1", "host": "h"}
+
+
+def end(rank, attempt, code, detail=""):
+    return {"event": "end", "rank": rank, "attempt": attempt, "exit_code": code, "detail": detail}
+
+
+def test_the_rank_that_failed_is_named_not_the_one_torchrun_stopped():
+    events = [start(0, 0), start(1, 0), end(0, 0, -signal.SIGTERM), end(1, 0, -signal.SIGKILL),
+              start(0, 1, 29501), start(1, 1, 29501), end(0, 1, 0), end(1, 1, 0)]
+    facts = summarize(events)
+    assert facts.failures == ("rank 1 killed by SIGKILL",) and facts.restarts == 1
+    assert facts.ports == (29500, 29501) and facts.all_succeeded(2) and facts.user_error == ""
+
+
+def test_a_worker_error_outranks_signals_and_a_user_error_is_kept():
+    facts = summarize([start(0, 0), start(1, 0), end(1, 0, -signal.SIGTERM),
+                       end(0, 0, contract.EXIT_USER_ERROR, "detcore train: error: no module named x")])
+    assert facts.failures == ("rank 0: exit code 2 (user error): detcore train: error: no module named x",)
+    assert facts.user_error == facts.failures[0] and not facts.all_succeeded(2) and facts.restarts == 0
+
+
+def test_a_rank_that_died_without_an_end_record_is_reported_killed_only_when_its_pid_is_gone():
+    events = [start(0, 0), start(1, 0, pid=4242)]
+    assert summarize(events, alive=lambda rec: True).failures == ()
+    assert summarize(events, alive=lambda rec: None).failures == ()  # another host: cannot tell
+    gone = summarize(events, alive=lambda rec: rec["pid"] != 4242)
+    assert gone.failures[0].startswith("rank 1: the worker (pid 4242 on h) died without recording an exit")
+
+
+def test_hang_facts_name_the_stopped_rank():
+    events = [start(0, 0), start(1, 0),
+              {"event": "hang", "attempt": 0, "rank": 0, "state": "running", "detail": "no rank finished ..."},
+              {"event": "hang", "attempt": 0, "rank": 1, "state": "stopped", "detail": "no rank finished ..."},
+              end(0, 0, contract.EXIT_HUNG), end(1, 0, contract.EXIT_HUNG), start(0, 1), start(1, 1)]
+    facts = summarize(events)
+    assert facts.restarts == 1 and facts.failures[0].startswith("hang: rank 1 is stopped; no rank finished")
+
+
+def test_hang_verdict():
+    now = 1000.0
+    assert hang_verdict({0: (5, now - 3), 1: (5, now - 4)}, started=0, now=now, timeout=10) is None
+    text = hang_verdict({0: (5, now - 30), 1: None}, started=0, now=now, timeout=10)
+    assert text.startswith("no rank finished an iteration for 30 s (limit 10 s)") and "rank 1: -" in text
+    # before the first heartbeat the limit is at least the start-up limit
+    assert hang_verdict({0: None}, started=now - 100, now=now, timeout=10, startup_limit=600) is None
+    assert "first iteration" in hang_verdict({0: None}, started=now - 700, now=now, timeout=10, startup_limit=600)
+
+
+def test_process_state_sees_a_stopped_process():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_state(proc.pid) == "running"
+        os.kill(proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while process_state(proc.pid) != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(proc.pid) == "stopped"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_state(proc.pid) == "gone"
+
+
+def test_monitor_keeps_the_status_when_the_disk_refuses_and_records_the_ending_beside_the_facts(tmp_path,
+                                                                                                monkeypatch):
+    import launcher.runtime.monitor as monitor_module
+
+    run = tmp_path / "work" / "runs" / "r1"
+    run.mkdir(parents=True)
+    mon = RunMonitor(tmp_path / "home" / "status.json", run, max_restarts=1)  # home/ does not exist: writes fail
+    mon.set(JobState.RUNNING, restarts=1)
+    assert mon.status["state"] == "running" and not (tmp_path / "home" / "status.json").exists()
+    mon.finish(JobState.SUCCEEDED, 0, "")
+    outcome = json.loads((run / OUTCOME_FILE).read_text())
+    assert outcome["state"] == "succeeded" and outcome["restarts"] == 1
+    # the reader: a stale status.json and a dead monitor, but the ending is in outcome.json
+    st = observed_status({"state": "running", "restarts": 1}, outcome, monitor_alive=False, who="the supervisor")
+    assert st.state is JobState.SUCCEEDED and st.restarts == 1
+    monkeypatch.setattr(monitor_module, "write_json_atomic", lambda *a: (_ for _ in ()).throw(OSError(28, "full")))
+    mon2 = RunMonitor(tmp_path / "status2.json", run, max_restarts=0)
+    mon2.set(JobState.RUNNING)  # no exception: a full disk never stops a job
+
+
+def test_a_dead_monitor_without_an_ending_is_monitor_lost():
+    st = observed_status({"state": "running", "restarts": 2}, None, monitor_alive=False, who="the supervisor (pid 7)")
+    assert st.state is JobState.FAILED and st.restarts == 2
+    assert st.reason.startswith("monitor lost: the supervisor (pid 7) died without recording an ending")
+    assert observed_status(None, None, monitor_alive=True, who="x").state is JobState.PENDING
+
+
+def test_the_shim_records_its_workers_exit_and_exits_the_same_way(tmp_path):
+    """The shim is the worker's parent: a worker killed by SIGKILL is recorded exactly, and the shim dies the same way."""
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    script = tmp_path / "victim.py"
+    script.write_text("import os, signal\nprint('hello', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "RANK": "1", "WORLD_SIZE": "2"}
+    proc = subprocess.run([sys.executable, "-m", "launcher.worker", "--log-dir", str(logs), "--run-dir", str(run),
+                           "--", "victim"], env=env, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    kinds = [(e["event"], e["rank"], e.get("exit_code")) for e in contract.read_events(run)]
+    assert kinds == [("start", 1, None), ("end", 1, -signal.SIGKILL)]
+    assert "hello" in (logs / "rank1.log").read_text()
+    assert (run / "heartbeat" / "a0").is_dir()
+
+
+@pytest.mark.parametrize("code", [0, 2])
+def test_the_shim_passes_exit_codes_through(tmp_path, code):
+    script = tmp_path / "ender.py"
+    script.write_text(f"import sys\nprint('last words', file=sys.stderr)\nsys.exit({code})\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"}
+    proc = subprocess.run([sys.executable, "-m", "launcher.worker", "--log-dir", str(tmp_path / "logs"), "--run-dir",
+                           str(tmp_path / "run"), "--", "ender"], env=env, timeout=60)
+    assert proc.returncode == code
+    (rec,) = [e for e in contract.read_events(tmp_path / "run") if e["event"] == "end"]
+    assert rec["exit_code"] == code and rec["detail"] == ("last words" if code else "")
