@@ -215,7 +215,7 @@ def sequential_leases(ctx: Context, n: int) -> float:
 def _slurm_ports(n: int) -> Row:
     """The Slurm backend's ports are a pure function of the job id: distinct for ``n`` consecutive ids?"""
     try:
-        from launcher.backends.slurm_task import master_port
+        from launcher.backends.slurm.task import master_port
     except ImportError as exc:
         return not_available(f"Slurm master_port over {n} consecutive job ids", f"not importable ({exc})")
     t0 = time.perf_counter()

@@ -287,7 +287,7 @@ def role_of(proc) -> str | None:
         return None
     if not argv:
         return None
-    if "launcher.backends.local_supervisor" in argv:
+    if "launcher.backends.local.supervisor" in argv:
         return "launcher supervisor"
     if "torch.distributed.run" in argv or any(Path(a).name == "torchrun" for a in argv[:2]):
         return "torchrun agent"

@@ -2,7 +2,7 @@
 
 * Ray worker ports (``ray start --min-worker-port/--max-worker-port`` in ``cluster/ray/start.sh``):
   10002-15999, Ray's default start, ending below the test Slurm cluster's daemons.
-* Slurm ``MASTER_PORT`` (``launcher.backends.slurm_task.master_port``): 20000-31999.
+* Slurm ``MASTER_PORT`` (``launcher.backends.slurm.task.master_port``): 20000-31999.
 * Both lie below Linux's ephemeral range (``net.ipv4.ip_local_port_range``, 32768-60999 by
   default), from which the kernel picks the local port of every outgoing connection, and clear
   of the fixed ports of the test clusters (``cluster/ray/start.sh``, ``cluster/slurm/start.sh``).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.backends.ray_train import job_processes
+from launcher.runtime.detached import marked_processes as job_processes
 from tests.integration.launcher_cli import DATA, SHAPES, done, env_for, launcher, record, train_iters, wait_until
 from tests.integration.ray_cluster import head_processes, start_head, stop_head, train_workers
 from tests.integration.ray_cluster import ray_head  # noqa: F401  (a fixture)

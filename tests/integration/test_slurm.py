@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.backends.slurm_task import master_port
+from launcher.backends.slurm.task import master_port
 from tests.integration.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

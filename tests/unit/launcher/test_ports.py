@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from launcher import ports
-from launcher.backends.slurm_task import PORT_BASE, PORT_SPAN, master_port
+from launcher.backends.slurm.task import PORT_BASE, PORT_SPAN, master_port
 from launcher.ports import EPHEMERAL_PORTS, RAY_WORKER_PORTS, SLURM_MASTER_PORTS, PortRange, overlaps
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -14,10 +14,10 @@ import pytest
 
 from launcher.backends import backend_module
 from launcher.runtime.command import worker_command
-from launcher.backends.ray_plan import (Options, driver_env, parse_address, render_plan, resolve_address,
+from launcher.backends.ray_train.plan import (Options, driver_env, parse_address, render_plan, resolve_address,
                                         trainer_plan)
 from launcher.backends.ray_train import RayTrainBackend, options_from_args, resources_from_args
-from launcher.backends.ray_worker import CheckpointView, checkpoint_iteration
+from launcher.backends.ray_train.worker import CheckpointView, checkpoint_iteration
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobHandle, JobState, Resources
@@ -90,7 +90,7 @@ def test_test_jobs_are_refused(tmp_path):
 
 
 def test_ray_config_objects_match_the_plan_without_deprecation_warnings():
-    from launcher.backends.ray_driver import ray_configs
+    from launcher.backends.ray_train.driver import ray_configs
 
     spec = spec_for(Options(max_failures=2, storage="/shared/ray"))
     plan = trainer_plan(spec, spec.backend_options, ENV)
@@ -208,7 +208,7 @@ def test_submit_hands_the_spec_to_a_detached_driver(tmp_path):
     spec = spec_for(Options(address="127.0.0.1:6390"))
     handle = backend.submit(spec)
     (cmd, env, cwd, log), = backend.started
-    assert cmd == (sys.executable, "-m", "launcher.backends.ray_driver", "--home", str(tmp_path / "home"), spec.id)
+    assert cmd == (sys.executable, "-m", "launcher.backends.ray_train.driver", "--home", str(tmp_path / "home"), spec.id)
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and env["DETLAUNCH_EXPERIMENT_ID"] == spec.id
     assert cwd == spec.cwd and log == tmp_path / "home" / "ray" / spec.id / "driver.log"
     saved = json.loads((tmp_path / "home" / "ray" / spec.id / "spec.json").read_text())
@@ -241,7 +241,7 @@ def test_real_address_check_is_bounded(tmp_path):
 
 def test_dead_driver_is_failed_and_cancel_of_a_finished_job_is_a_no_op(tmp_path):
     backend = RayTrainBackend(tmp_path, environ=ENV)
-    run_dir = backend.run_dir("0123abcd")
+    run_dir = backend.job_dir("0123abcd")
     run_dir.mkdir(parents=True)
     (run_dir / "status.json").write_text(json.dumps({"state": "running", "restarts": 0}))
     handle = JobHandle("0123abcd", "ray", "999999999", (("driver_start", "1"),))

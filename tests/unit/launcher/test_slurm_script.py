@@ -15,7 +15,7 @@ import pytest
 
 from launcher.backends import slurm
 from launcher.backends.slurm import SlurmBackend
-from launcher.backends.slurm_script import Options, SlurmDefaults, defaults_paths, load_defaults
+from launcher.backends.slurm.script import Options, SlurmDefaults, defaults_paths, load_defaults
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, Mode, Resources, SlotPool
 

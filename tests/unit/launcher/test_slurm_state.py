@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from launcher.backends.slurm import SlurmBackend, SlurmError
-from launcher.backends.slurm_script import SlurmDefaults
-from launcher.backends.slurm_state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sbatch_error_line)
-from launcher.backends.slurm_task import master_port
+from launcher.backends.slurm.script import SlurmDefaults
+from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sbatch_error_line)
+from launcher.backends.slurm.task import master_port
 from launcher.errors import LauncherError
 from launcher.spec import JobHandle, JobSpec, JobState, Resources
 

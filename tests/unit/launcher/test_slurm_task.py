@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from launcher.backends import slurm_task
-from launcher.backends.slurm_task import (PORT_BASE, PORT_SPAN, SlurmTask, WorkerFinished, first_node, master_port,
+from launcher.backends.slurm import task as slurm_task
+from launcher.backends.slurm.task import (PORT_BASE, PORT_SPAN, SlurmTask, WorkerFinished, first_node, master_port,
                                           task_env, task_gpu, usr2_disposition)
 
 SLURM_ENV = {"SLURM_JOB_ID": "12345", "SLURM_NTASKS": "8", "SLURM_JOB_NUM_NODES": "2", "SLURM_PROCID": "5",

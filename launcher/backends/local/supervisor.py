@@ -1,4 +1,4 @@
-"""``python -m launcher.backends.local_supervisor --home H ID``: one local job, start to finish.
+"""``python -m launcher.backends.local.supervisor --home H ID``: one local job, start to finish.
 
 Started detached by :meth:`LocalBackend.submit` (new session, stdin closed, output to
 ``jobs/<id>/supervisor.log``). It
@@ -34,6 +34,7 @@ from detcore.contract import describe_exit
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.leases import GPU_POOL, LeaseBook
 from launcher.runtime.command import run_dir
+from launcher.runtime.detached import kill_tree
 from launcher.runtime.files import read_json
 from launcher.runtime.monitor import RunMonitor
 from launcher.spec import JobSpec, JobState, spec_from_dict
@@ -161,24 +162,8 @@ class Supervisor:
             self.monitor.finish(JobState.FAILED, rc, reason)
 
 
-def kill_tree(pid: int, include_root: bool = True) -> None:
-    """SIGKILL ``pid``'s descendants (workers sit in their own sessions) and, optionally, ``pid``."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + ([root] if include_root else [])
-    except psutil.Error:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.backends.local_supervisor")
+    parser = argparse.ArgumentParser(prog="python -m launcher.backends.local.supervisor")
     parser.add_argument("--home", required=True, help="launcher home (store, leases, jobs/)")
     parser.add_argument("id", help="experiment id; its spec is jobs/<id>/spec.json")
     args = parser.parse_args(argv)

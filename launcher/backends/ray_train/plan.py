@@ -4,7 +4,7 @@
 arguments of Ray Train's ``ScalingConfig``, ``RunConfig``, ``FailureConfig``,
 ``CheckpointConfig`` and ``TorchConfig``, the ``ray.init`` call and what every Ray Train
 worker runs (:class:`WorkerPlan`). The dry run prints :func:`render_plan`; the detached
-driver (:mod:`launcher.backends.ray_driver`) builds the real Ray objects from the same plan,
+driver (:mod:`launcher.backends.ray_train.driver`) builds the real Ray objects from the same plan,
 so what is printed is what runs. Nothing here imports Ray, starts a process or opens a socket.
 
 Also here, because they are policy over plain data: address parsing and the loopback rule
@@ -130,7 +130,7 @@ def driver_env(address: Address) -> dict[str, str]:
 class WorkerPlan:
     """What every Ray Train worker runs, in its own process: ``MODULE.main(ARGS)`` (detcore's CLI)
     with ``cwd``, its output appended to ``LOG_DIR/rank{R}.log``, its start and end facts in
-    ``run_dir``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_worker`)."""
+    ``run_dir``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_train.worker`)."""
 
     module: str
     args: tuple[str, ...]
@@ -209,7 +209,7 @@ def render_plan(plan: TrainerPlan) -> str:
     return "\n".join([
         f"ray.init(address={plan.address!r}, runtime_env={{'env_vars': {env}}})",
         "TorchTrainer(",
-        "    train_loop_per_worker=launcher.backends.ray_worker.train_loop_per_worker,",
+        "    train_loop_per_worker=launcher.backends.ray_train.worker.train_loop_per_worker,",
         f"    train_loop_config={{'module': {w.module!r}, 'cwd': {w.cwd!r}, 'work_dir': {w.work_dir!r}, "
         f"'log_dir': {w.log_dir!r}, "
         f"'run_dir': {w.run_dir!r}, 'hang_timeout_s': {w.hang_timeout_s!r}, 'report_poll_s': {w.report_poll_s!r}, "

@@ -1,4 +1,4 @@
-"""``python -m launcher.backends.ray_driver --home H ID``: the detached Ray Train driver of one job.
+"""``python -m launcher.backends.ray_train.driver --home H ID``: the detached Ray Train driver of one job.
 
 Why a detached driver and not Ray's job-submission API: the job API needs the Ray dashboard
 (an HTTP server and ``ray[default]``), which the project's heads do not run by default
@@ -28,7 +28,6 @@ The loopback rule (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before ``import ray``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -38,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from launcher.backends.ray_plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
+from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
 from launcher.errors import LauncherError
 from launcher.runtime.files import read_json
 from launcher.runtime.monitor import RunMonitor
@@ -145,7 +144,7 @@ class Driver:
         from ray.train import TrainingFailedError
         from ray.train.torch import TorchTrainer
 
-        from launcher.backends.ray_worker import train_loop_per_worker
+        from launcher.backends.ray_train.worker import train_loop_per_worker
 
         self.connect(address)
         logger.info("connected to Ray at %s; starting %d Ray Train workers", address.text, self.plan.num_workers)
@@ -211,7 +210,7 @@ def ray_configs(plan: TrainerPlan) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.backends.ray_driver")
+    parser = argparse.ArgumentParser(prog="python -m launcher.backends.ray_train.driver")
     parser.add_argument("--home", required=True, help="launcher home (store, ray/)")
     parser.add_argument("id", help="experiment id; its spec is ray/<id>/spec.json")
     args = parser.parse_args(argv)

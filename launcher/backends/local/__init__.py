@@ -1,7 +1,7 @@
 """The local backend: N workers on this machine under PyTorch's own elastic agent.
 
 ``submit`` writes ``$LAUNCHER_HOME/jobs/<id>/spec.json`` and starts a detached supervisor
-(:mod:`launcher.backends.local_supervisor`, its own session, so it outlives the terminal
+(:mod:`launcher.backends.local.supervisor`, its own session, so it outlives the terminal
 and the submitting process). The supervisor waits for GPU leases and sweep slots, runs
 
     python -m torch.distributed.run --nproc-per-node N --rdzv-backend c10d
@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -35,15 +34,14 @@ from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
 from launcher.leases import GPU_POOL, LeaseBook
-from launcher.procinfo import is_alive, process_start
+from launcher.procinfo import process_start
+from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
-from launcher.runtime.monitor import observed_status, read_monitor_files
-from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, spec_from_dict, spec_to_dict
+from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict, spec_to_dict
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 CANCEL_GRACE_S = 20.0
-RUN_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in jobs/<id>/; supervisor.log is kept
 
 
 @dataclass(frozen=True)
@@ -149,9 +147,7 @@ class LocalBackend:
         job_dir = self.job_dir(spec.id)
         created = not job_dir.exists()
         if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
-            kill_marked_processes(spec.id)  # anything a lost supervisor left behind
-            for name in RUN_FILES:
-                (job_dir / name).unlink(missing_ok=True)
+            detached.clear_previous_launch(job_dir, spec.id)
         job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         try:
             write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
@@ -164,39 +160,22 @@ class LocalBackend:
                     free = len(self.gpus) - sum(1 for _ in book.held().get(GPU_POOL, {}))
                     raise LauncherError(f"asked for {spec.resources.gpus} GPUs but only {free} of {len(self.gpus)} "
                                         f"are free now; leave out --no-wait to queue")
-            log = open(job_dir / "supervisor.log", "ab")
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "launcher.backends.local_supervisor", "--home", str(self.home), spec.id],
-                    cwd=spec.cwd, env={**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id},
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    close_fds=True)
-            finally:
-                log.close()
-            start = _wait_for_start(proc.pid)
-            book.transfer(spec.id, proc.pid, start)
+            pid, start = detached.start(
+                [sys.executable, "-m", "launcher.backends.local.supervisor", "--home", str(self.home), spec.id],
+                {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, job_dir / "supervisor.log")
+            book.transfer(spec.id, pid, start)
         except BaseException:
             LeaseBook(self.home).release(spec.id)
             if created:
                 shutil.rmtree(job_dir, ignore_errors=True)
             else:
-                for name in RUN_FILES:
-                    (job_dir / name).unlink(missing_ok=True)
+                detached.clear_previous_launch(job_dir, spec.id)
             raise
-        return JobHandle(spec.id, self.name, str(proc.pid), (("supervisor_start", str(start)),
-                                                              ("job_dir", str(job_dir)), ("run_dir", run_dir(spec))))
-
-    # ---- status -----------------------------------------------------------------------------
-    def _supervisor(self, handle: JobHandle) -> tuple[int, int | None]:
-        start = handle.get("supervisor_start")
-        return int(handle.job_id or 0), int(start) if start else None
+        return JobHandle(spec.id, self.name, str(pid), (("supervisor_start", str(start)),
+                                                        ("job_dir", str(job_dir)), ("run_dir", run_dir(spec))))
 
     def status(self, handle: JobHandle) -> JobStatus:
-        job_dir = self.job_dir(handle.experiment_id)
-        pid, start = self._supervisor(handle)
-        alive = bool(pid) and is_alive(pid, start)
-        status, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))  # after the check
-        return observed_status(status, outcome, alive, f"the supervisor (pid {pid})")
+        return detached.status(self.job_dir(handle.experiment_id), handle, "supervisor_start", "the supervisor")
 
     # ---- logs -------------------------------------------------------------------------------
     def _work_dir(self, exp_id: str) -> Path:
@@ -216,23 +195,8 @@ class LocalBackend:
 
     # ---- cancel -----------------------------------------------------------------------------
     def cancel(self, handle: JobHandle) -> None:
-        job_dir = self.job_dir(handle.experiment_id)
-        if self.status(handle).state.is_terminal():
-            return
-        (job_dir / "cancel").touch()
-        pid, start = self._supervisor(handle)
-        if pid and is_alive(pid, start):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + CANCEL_GRACE_S + 10
-            while is_alive(pid, start) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if is_alive(pid, start):
-                os.killpg(pid, signal.SIGKILL)
-        kill_marked_processes(handle.experiment_id)
-        st = read_json(job_dir / "status.json") or {}
-        if not JobState(st.get("state", "pending")).is_terminal():
-            write_json_atomic(job_dir / "status.json",
-                              {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
+        detached.cancel(self.job_dir(handle.experiment_id), handle, "supervisor_start", signal.SIGTERM,
+                        CANCEL_GRACE_S + 10, 0.0, self.status(handle))
         LeaseBook(self.home).release(handle.experiment_id)
 
     def load_spec(self, exp_id: str) -> JobSpec:
@@ -240,30 +204,3 @@ class LocalBackend:
         if data is None:
             raise LauncherError(f"experiment {exp_id} has no local job folder in {self.home / 'jobs'}")
         return spec_from_dict(data, Options)
-
-
-def _wait_for_start(pid: int) -> int:
-    for _ in range(100):
-        start = process_start(pid)
-        if start is not None:
-            return start
-        time.sleep(0.01)
-    raise LauncherError(f"the job supervisor (pid {pid}) exited at once; see its log under $LAUNCHER_HOME/jobs")
-
-
-def kill_marked_processes(exp_id: str, sig: int = signal.SIGKILL) -> list[int]:
-    """Signal every process whose environment carries ``DETLAUNCH_EXPERIMENT_ID=exp_id``; their pids."""
-    import psutil
-
-    me = os.getpid()
-    hit = []
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get(MARKER_ENV) == exp_id:
-                proc.send_signal(sig)
-                hit.append(proc.pid)
-        except (psutil.Error, OSError):
-            continue
-    return hit

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detcore import contract
-from launcher.backends.ray_plan import WorkerPlan
+from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
 from launcher.worker import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
 

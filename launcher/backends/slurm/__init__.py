@@ -1,8 +1,8 @@
 """The Slurm backend: detcore jobs as Slurm jobs through submitit, one task per GPU (or CPU worker).
 
-``submit`` is the dry run executed: the script :func:`~launcher.backends.slurm_script.render_sbatch`
+``submit`` is the dry run executed: the script :func:`~launcher.backends.slurm.script.render_sbatch`
 renders (submitit's own template) is written to the job folder ``$LAUNCHER_HOME/slurm/<id>/``
-next to submitit's pickled :class:`~launcher.backends.slurm_task.SlurmTask`, and handed to
+next to submitit's pickled :class:`~launcher.backends.slurm.task.SlurmTask`, and handed to
 ``sbatch``. submitit then does what it does best inside the job: its runner unpickles the
 task on every rank, installs the USR2 handler, and on preemption or an approaching time limit
 checkpoints (through ``SlurmTask.checkpoint``) and requeues the job, which resumes from the
@@ -32,10 +32,10 @@ from typing import Iterator, Sequence
 
 from detcore.contract import STOP_SIGNALS_ENV
 from launcher.backends.protocol import DryRun
-from launcher.backends.slurm_script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
+from launcher.backends.slurm.script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
                                             resolve)
-from launcher.backends.slurm_state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
+from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
                                            sbatch_error_line, scancel_error_is_harmless, squeue_command)
 from launcher.errors import LauncherError
 from launcher.runtime.command import REPO_ROOT, run_dir, shim_command
@@ -182,7 +182,7 @@ class SlurmBackend:
         timeouts = f"at most {request.max_timeouts} time-limit requeues" if request.time_min else \
             "no --time given: every requeue counts as a preemption (unlimited)"
         notes = [f"sbatch {folder / SCRIPT_NAME}; each task runs the command below through submitit "
-                 f"(launcher.backends.slurm_task)",
+                 f"(launcher.backends.slurm.task)",
                  f"USR2 {request.signal_delay_s} s before the time limit or on preemption: checkpoint, requeue, "
                  f"resume from the newest checkpoint ({timeouts})",
                  "MASTER_PORT is unique per job and array task while fewer than 12000 jobs are submitted during "
@@ -211,7 +211,7 @@ class SlurmBackend:
         return self._submit(list(specs))
 
     def _task(self, spec: JobSpec, request: SlurmRequest):
-        from launcher.backends.slurm_task import SlurmTask
+        from launcher.backends.slurm.task import SlurmTask
 
         # PYTHONPATH is set by the script's setup lines; the rest of the environment is the submitter's (--export=ALL)
         return SlurmTask(spec.id, self._worker(spec), spec.cwd, {},
@@ -277,7 +277,7 @@ class SlurmBackend:
 
     # ---- status -------------------------------------------------------------------------------
     def status(self, handle: JobHandle) -> JobStatus:
-        from launcher.backends.slurm_task import master_port
+        from launcher.backends.slurm.task import master_port
 
         job_id = handle.job_id
         cached = self._status_cache.get(job_id)

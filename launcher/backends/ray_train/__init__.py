@@ -2,13 +2,13 @@
 
 Ray places the workers and sets up their process group (gloo, or NCCL on GPUs); every worker
 runs detcore's trainer in-process on that group and reports detcore's checkpoints to Ray
-(:mod:`launcher.backends.ray_worker`), so Ray Train's ``FailureConfig(max_failures=K)``
+(:mod:`launcher.backends.ray_train.worker`), so Ray Train's ``FailureConfig(max_failures=K)``
 restarts a crashed worker group from the newest one (``--resume auto``).
 
-``dryrun`` is the pure :func:`~launcher.backends.ray_plan.trainer_plan` rendered: the
+``dryrun`` is the pure :func:`~launcher.backends.ray_train.plan.trainer_plan` rendered: the
 ``ray.init`` call and the trainer's ``ScalingConfig``, ``RunConfig``, ``FailureConfig`` and
 ``CheckpointConfig``, plus the worker command. ``submit`` is that plan executed by a detached
-driver (:mod:`launcher.backends.ray_driver`, why detached is explained there) that owns the
+driver (:mod:`launcher.backends.ray_train.driver`, why detached is explained there) that owns the
 job's ``$LAUNCHER_HOME/ray/<id>/status.json``. So ``status``, ``logs``, ``cancel`` and
 ``list`` work from any later process, as for the local backend:
 
@@ -32,29 +32,24 @@ import dataclasses
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
-from launcher.backends.ray_plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, driver_env,
+from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, driver_env,
                                         parse_address, render_plan, resolve_address, trainer_plan)
 from launcher.errors import LauncherError
-from launcher.procinfo import is_alive, process_start
+from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
-from launcher.runtime.monitor import observed_status, read_monitor_files
-from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Resources, spec_from_dict, spec_to_dict
+from launcher.spec import JobHandle, JobSpec, JobStatus, Resources, spec_from_dict, spec_to_dict
 
 __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
 
 CANCEL_GRACE_S = 45.0
 LEFTOVER_WAIT_S = 15.0
-RUN_FILES = ("spec.json", "status.json", "cancel")  # one run's state in ray/<id>/; driver.log is kept
-SHARED_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # created by the first Ray Train run, used by all
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -116,13 +111,13 @@ class RayTrainBackend:
         self.home = Path(home)
         self.environ = dict(os.environ if environ is None else environ)
 
-    def run_dir(self, exp_id: str) -> Path:
+    def job_dir(self, exp_id: str) -> Path:
         return self.home / "ray" / exp_id
 
     # ---- seams -------------------------------------------------------------------------------
     def _check_address(self, plan: TrainerPlan) -> Address:
         """Resolve ``--address`` and fail within seconds when nothing listens there."""
-        from launcher.backends.ray_driver import check_reachable, current_cluster
+        from launcher.backends.ray_train.driver import check_reachable, current_cluster
 
         address = resolve_address(plan.address, self.environ, current_cluster())
         check_reachable(address)
@@ -130,28 +125,18 @@ class RayTrainBackend:
 
     def _start_driver(self, cmd: tuple[str, ...], env: Mapping[str, str], cwd: str, log: Path) -> tuple[int, int]:
         """Start the detached driver; its pid and start tick."""
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        for _ in range(200):
-            start = process_start(proc.pid)
-            if start is not None:
-                return proc.pid, start
-            if proc.poll() is not None:
-                break
-            time.sleep(0.01)
-        raise LauncherError(f"the Ray driver (pid {proc.pid}) exited at once; see {log}")
+        return detached.start(cmd, env, cwd, log)
 
     # ---- rendering ------------------------------------------------------------------------------
     def driver_command(self, spec: JobSpec) -> tuple[str, ...]:
-        return (sys.executable, "-m", "launcher.backends.ray_driver", "--home", str(self.home), spec.id)
+        return (sys.executable, "-m", "launcher.backends.ray_train.driver", "--home", str(self.home), spec.id)
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         plan = trainer_plan(spec, spec.backend_options, self.environ)
         address = parse_address(plan.address)
         env = {**driver_env(address), **import_path_env(self.environ), MARKER_ENV: spec.id}
         notes = (
-            f"driver: {' '.join(self.driver_command(spec))} (detached, output in {self.run_dir(spec.id)}/driver.log)",
+            f"driver: {' '.join(self.driver_command(spec))} (detached, output in {self.job_dir(spec.id)}/driver.log)",
             f"each of the {plan.num_workers} Ray Train workers runs the worker command in-process "
             f"({spec.worker_module}.main) on the process group Ray Train set up; output in "
             f"{plan.worker.log_dir}/rank{{R}}.log",
@@ -170,41 +155,30 @@ class RayTrainBackend:
         dry = self.dryrun(spec)
         plan = trainer_plan(spec, spec.backend_options, self.environ)
         address = self._check_address(plan)
-        run_dir = self.run_dir(spec.id)
-        created = not run_dir.exists()
+        job_dir = self.job_dir(spec.id)
+        created = not job_dir.exists()
         if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
-            kill_job_processes(spec.id)  # anything a lost driver left on this node
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-        run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+            detached.clear_previous_launch(job_dir, spec.id)
+        job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         try:
-            write_json_atomic(run_dir / "spec.json", spec_to_dict(spec))
+            write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
             env = {**self.environ, **dict(dry.env), **driver_env(address)}
-            pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, run_dir / "driver.log")
+            pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, job_dir / "driver.log")
         except BaseException:
             if created:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                shutil.rmtree(job_dir, ignore_errors=True)
             else:
-                for name in RUN_FILES:
-                    (run_dir / name).unlink(missing_ok=True)
+                detached.clear_previous_launch(job_dir, spec.id)
             raise
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
-                                                        ("job_dir", str(run_dir)), ("run_dir", plan.worker.run_dir)))
-
-    # ---- status -------------------------------------------------------------------------------
-    def _driver(self, handle: JobHandle) -> tuple[int, int | None]:
-        start = handle.get("driver_start")
-        return int(handle.job_id or 0), int(start) if start else None
+                                                        ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
 
     def status(self, handle: JobHandle) -> JobStatus:
-        pid, start = self._driver(handle)
-        alive = bool(pid) and is_alive(pid, start)
-        status, outcome = read_monitor_files(self.run_dir(handle.experiment_id) / "status.json", handle.get("run_dir"))
-        return observed_status(status, outcome, alive, f"the Ray driver (pid {pid})")
+        return detached.status(self.job_dir(handle.experiment_id), handle, "driver_start", "the Ray driver")
 
     # ---- logs ---------------------------------------------------------------------------------
     def load_spec(self, exp_id: str) -> JobSpec:
-        data = read_json(self.run_dir(exp_id) / "spec.json")
+        data = read_json(self.job_dir(exp_id) / "spec.json")
         if data is None:
             raise LauncherError(f"experiment {exp_id} has no Ray job folder in {self.home / 'ray'}")
         return spec_from_dict(data, Options)
@@ -216,58 +190,11 @@ class RayTrainBackend:
         path = self.log_path(handle.experiment_id, rank)
         if not follow and not path.exists():
             raise LauncherError(f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
-                                f"log is {self.run_dir(handle.experiment_id) / 'driver.log'})")
+                                f"log is {self.job_dir(handle.experiment_id) / 'driver.log'})")
         yield from follow_file(path, (lambda: self.status(handle).state.is_terminal()) if follow else None)
 
-    # ---- cancel -------------------------------------------------------------------------------
     def cancel(self, handle: JobHandle) -> None:
-        run_dir = self.run_dir(handle.experiment_id)
-        if self.status(handle).state.is_terminal():
-            return
-        (run_dir / "cancel").touch()
-        pid, start = self._driver(handle)
-        if pid and is_alive(pid, start):
-            os.kill(pid, signal.SIGINT)  # Ray Train: abort the run gracefully (workers and placement group go)
-            deadline = time.monotonic() + CANCEL_GRACE_S
-            while is_alive(pid, start) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if is_alive(pid, start):
-                os.killpg(pid, signal.SIGKILL)
-        # Ray ends a finished driver's workers asynchronously; whatever of the job is left here is killed.
-        deadline = time.monotonic() + LEFTOVER_WAIT_S
-        while job_processes(handle.experiment_id) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        kill_job_processes(handle.experiment_id)
-        st = read_json(run_dir / "status.json") or {}
-        if not JobState(st.get("state", "pending")).is_terminal():
-            write_json_atomic(run_dir / "status.json",
-                              {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
-
-
-def job_processes(exp_id: str) -> list:
-    """This node's processes of the job: those with ``DETLAUNCH_EXPERIMENT_ID=exp_id`` in their environment,
-    except Ray's cluster-wide singleton actors, which inherit the environment of the job that happened to
-    create them and serve every later job (see ``SHARED_ACTORS``)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if proc.pid == os.getpid() or proc.environ().get(MARKER_ENV) != exp_id:
-                continue
-            if proc.status() == psutil.STATUS_ZOMBIE or " ".join(proc.cmdline()).startswith(SHARED_ACTORS):
-                continue
-            found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def kill_job_processes(exp_id: str) -> None:
-    import psutil
-
-    for proc in job_processes(exp_id):
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+        """SIGINT is Ray Train's graceful abort (workers and placement group go); Ray ends a finished driver's
+        workers asynchronously, so whatever of the job is left on this node after a while is killed."""
+        detached.cancel(self.job_dir(handle.experiment_id), handle, "driver_start", signal.SIGINT, CANCEL_GRACE_S,
+                        LEFTOVER_WAIT_S, self.status(handle))
