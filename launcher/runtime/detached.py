@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
 from launcher.procinfo import is_alive, process_start
-from launcher.runtime.files import read_json, write_json_atomic
+from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.spec import JobHandle, JobState, JobStatus
 
@@ -52,6 +52,14 @@ def status(job_dir: Path, handle: JobHandle, start_key: str, who: str) -> JobSta
     alive = bool(pid) and is_alive(pid, started)
     st, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))
     return observed_status(st, outcome, alive, f"{who} (pid {pid})")
+
+
+def logs(path: Path, follow: bool, finished, missing: str):
+    """Lines of a rank log; with ``follow``, until ``finished()`` and the file is drained. ``missing``: the
+    error when the log does not exist yet and the caller does not follow."""
+    if not follow and not path.exists():
+        raise LauncherError(missing)
+    yield from follow_file(path, finished if follow else None)
 
 
 def clear_previous_launch(job_dir: Path, exp_id: str) -> None:

@@ -138,3 +138,27 @@ def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_ali
 def read_monitor_files(status_path: Path, run_dir: str | None) -> tuple[dict | None, dict | None]:
     """``status.json`` and the launch's ``outcome.json`` (either may be None)."""
     return read_json(status_path), (read_json(Path(run_dir) / OUTCOME_FILE) if run_dir else None)
+
+
+def monitor_main(prog: str, folder: str, argv: list[str] | None, options_type: type | None):
+    """The command line of a detached monitor (``--home H ID``): its umask and logging set up, and
+    ``(spec, home, job_dir)`` from ``H/<folder>/<ID>/spec.json``, or None (logged) without one."""
+    import argparse
+    import os
+    import sys
+
+    from launcher.spec import spec_from_dict
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--home", required=True, help="launcher home (store, leases, job folders)")
+    parser.add_argument("id", help=f"experiment id; its spec is {folder}/<id>/spec.json")
+    args = parser.parse_args(argv)
+    os.umask(os.umask(0) | 0o022)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    home = Path(args.home)
+    job_dir = home / folder / args.id
+    data = read_json(job_dir / "spec.json")
+    if data is None:
+        logger.error("no spec for %s under %s", args.id, home)
+        return None
+    return spec_from_dict(data, options_type), home, job_dir

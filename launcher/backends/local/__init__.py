@@ -37,7 +37,7 @@ from launcher.leases import GPU_POOL, LeaseBook
 from launcher.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
-from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.files import read_json, write_json_atomic
 from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict, spec_to_dict
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
@@ -189,9 +189,8 @@ class LocalBackend:
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle.experiment_id, rank)
-        if not follow and not path.exists():
-            raise LauncherError(f"no log for rank {rank} yet ({path}); the job has not started that rank")
-        yield from follow_file(path, (lambda: self.status(handle).state.is_terminal()) if follow else None)
+        yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
+                                 f"no log for rank {rank} yet ({path}); the job has not started that rank")
 
     # ---- cancel -----------------------------------------------------------------------------
     def cancel(self, handle: JobHandle) -> None:

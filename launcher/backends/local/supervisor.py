@@ -19,7 +19,6 @@ can stop the job: a full ``$LAUNCHER_HOME`` costs a status update, not the run.
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import logging
 import os
@@ -35,9 +34,8 @@ from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.leases import GPU_POOL, LeaseBook
 from launcher.runtime.command import run_dir
 from launcher.runtime.detached import kill_tree
-from launcher.runtime.files import read_json
-from launcher.runtime.monitor import RunMonitor
-from launcher.spec import JobSpec, JobState, spec_from_dict
+from launcher.runtime.monitor import RunMonitor, monitor_main
+from launcher.spec import JobSpec, JobState
 
 logger = logging.getLogger("launcher.supervisor")
 POLL_S = 0.5
@@ -163,19 +161,8 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.backends.local.supervisor")
-    parser.add_argument("--home", required=True, help="launcher home (store, leases, jobs/)")
-    parser.add_argument("id", help="experiment id; its spec is jobs/<id>/spec.json")
-    args = parser.parse_args(argv)
-    os.umask(os.umask(0) | 0o022)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    home = Path(args.home)
-    data = read_json(home / "jobs" / args.id / "spec.json")
-    if data is None:
-        logger.error("no spec for %s under %s", args.id, home)
-        return 2
-    return Supervisor(spec_from_dict(data, Options), home).run()
+    loaded = monitor_main("python -m launcher.backends.local.supervisor", "jobs", argv, Options)
+    return 2 if loaded is None else Supervisor(loaded[0], loaded[1]).run()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address,
 from launcher.errors import LauncherError
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
-from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.files import read_json, write_json_atomic
 from launcher.spec import JobHandle, JobSpec, JobStatus, Resources, spec_from_dict, spec_to_dict
 
 __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
@@ -188,10 +188,9 @@ class RayTrainBackend:
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle.experiment_id, rank)
-        if not follow and not path.exists():
-            raise LauncherError(f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
-                                f"log is {self.job_dir(handle.experiment_id) / 'driver.log'})")
-        yield from follow_file(path, (lambda: self.status(handle).state.is_terminal()) if follow else None)
+        yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
+                                 f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
+                                 f"log is {self.job_dir(handle.experiment_id) / 'driver.log'})")
 
     def cancel(self, handle: JobHandle) -> None:
         """SIGINT is Ray Train's graceful abort (workers and placement group go); Ray ends a finished driver's

@@ -27,7 +27,6 @@ The loopback rule (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before ``import ray``
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -39,9 +38,8 @@ from pathlib import Path
 
 from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
 from launcher.errors import LauncherError
-from launcher.runtime.files import read_json
-from launcher.runtime.monitor import RunMonitor
-from launcher.spec import JobSpec, JobState, spec_from_dict
+from launcher.runtime.monitor import RunMonitor, monitor_main
+from launcher.spec import JobSpec, JobState
 
 logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
@@ -210,20 +208,8 @@ def ray_configs(plan: TrainerPlan) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.backends.ray_train.driver")
-    parser.add_argument("--home", required=True, help="launcher home (store, ray/)")
-    parser.add_argument("id", help="experiment id; its spec is ray/<id>/spec.json")
-    args = parser.parse_args(argv)
-    os.umask(os.umask(0) | 0o022)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    home = Path(args.home)
-    job_dir = home / "ray" / args.id
-    data = read_json(job_dir / "spec.json")
-    if data is None:
-        logger.error("no spec for %s under %s", args.id, home)
-        return 2
-    return Driver(spec_from_dict(data, Options), home, job_dir).run()
+    loaded = monitor_main("python -m launcher.backends.ray_train.driver", "ray", argv, Options)
+    return 2 if loaded is None else Driver(*loaded).run()
 
 
 if __name__ == "__main__":
