@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 from PIL import Image
 
@@ -36,11 +37,7 @@ def _too_large(path: Path, width: int, height: int, limit: int, context: str) ->
                      f"{limit} pixels; downscale it, or raise the limit with {MAX_PIXELS_ENV}={width * height}")
 
 
-def read_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
-    """Decode ``path`` as an RGB PIL image. DataError (naming the file, plus ``context``) for a
-    missing, corrupt or over-large file; the size is checked before decoding."""
-    path = Path(path)
-    limit = max_image_pixels()
+def _open(path: Path, context: str, limit: int, decode: bool) -> Image.Image | None:
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # the user raised our limit: Pillow's must not refuse first
     if not path.is_file():
@@ -50,6 +47,8 @@ def read_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
             width, height = im.size
             if width * height > limit:
                 raise _too_large(path, width, height, limit, context)
+            if not decode:
+                return None
             im.load()
             return im.convert("RGB")
     except Image.DecompressionBombError:
@@ -58,3 +57,14 @@ def read_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
                         f"raise the limit with {MAX_PIXELS_ENV}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"image file {path}{context} is corrupt or not an image: {exc}") from None
+
+
+def check_image_file(path: str | os.PathLike, context: str = "") -> None:
+    """Read only the header of ``path``: DataError if it is missing, not an image or over the limit."""
+    _open(Path(path), context, max_image_pixels(), decode=False)
+
+
+def read_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
+    """Decode ``path`` as an RGB PIL image. DataError (naming the file, plus ``context``) for a
+    missing, corrupt or over-large file; the size is checked before decoding."""
+    return cast(Image.Image, _open(Path(path), context, max_image_pixels(), decode=True))

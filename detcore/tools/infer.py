@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from detcore.data.image_file import check_image_file
 from detcore.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -63,6 +64,8 @@ def plan_outputs(images: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[P
         if os.path.realpath(out) in inputs:
             raise DataError(f"--out-dir {out_dir} would overwrite the input image {out}; choose an output folder "
                             f"that is not an input folder")
+    for path, _ in plan:
+        check_image_file(path)  # headers only: a bad or over-large image fails before anything is written
     return plan
 
 
