@@ -13,19 +13,52 @@ import importlib
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from detcore.config_yaml import dump_yaml, parse_yaml, read_config_text
+from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
+                                 read_config_text)
 from detcore.errors import ConfigError
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 RESERVED_KEY = "filename"  # set by load_config to the top file's path
+MAX_TREE_FILES = 256  # files one config may load through _base_ (repeats counted)
 
 
-def _read_yaml(path: Path) -> dict:
-    data = parse_yaml(read_config_text(path), str(path))
+@dataclass
+class _Budget:
+    """What one config tree may read in all: a diamond of ``_base_`` lists repeating the same
+    files would otherwise load (and merge) exponentially many copies."""
+
+    files: int = MAX_TREE_FILES
+    values: int = MAX_NODES
+    chars: int = 4 * MAX_CONFIG_BYTES
+
+    def read(self, path: Path, chars: int) -> None:
+        """Count one file of ``chars`` characters, before it is parsed."""
+        self.files -= 1
+        self.chars -= chars
+        if self.files < 0:
+            raise ConfigError(f"{path}: the _base_ tree loads more than {MAX_TREE_FILES} files; list each base once")
+        if self.chars < 0:
+            raise ConfigError(f"{path}: the _base_ tree holds more than {4 * MAX_CONFIG_BYTES} characters in all; "
+                              f"configs are small, list each base once")
+
+    def parsed(self, path: Path, values: int) -> None:
+        """Count the values of a parsed file."""
+        self.values -= values
+        if self.values < 0:
+            raise ConfigError(f"{path}: the _base_ tree holds more than {MAX_NODES} values in all; list each base "
+                              f"once")
+
+
+def _read_yaml(path: Path, budget: _Budget) -> dict:
+    text = read_config_text(path)
+    budget.read(path, len(text))
+    data, values = parse_yaml_counted(text, str(path))
+    budget.parsed(path, values)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -67,7 +100,7 @@ def _strip_delete(value: Any) -> Any:
     return value
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
+def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
     """``path`` merged over its bases. Bases are found next to ``path`` as given (a symlinked
     config uses the bases beside the link, as MMEngine does); cycles are found on real paths."""
     path = Path(os.path.abspath(path))
@@ -75,7 +108,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     if real in chain:
         cycle = " -> ".join(str(p) for p in (*chain, real))
         raise ConfigError(f"cyclic _base_ chain: {cycle}; remove one of these _base_ entries")
-    data = _read_yaml(path)
+    data = _read_yaml(path, budget)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
@@ -87,7 +120,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
         if not os.path.lexists(base_path):
             via = " <- ".join(str(p) for p in (path, *reversed(chain)))
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path}; included via {via})")
-        merged = merge(merged, _load_tree(base_path, (*chain, real)))
+        merged = merge(merged, _load_tree(base_path, (*chain, real), budget))
     return merge(merged, data)
 
 
@@ -100,7 +133,7 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, impor
     path = Path(path)
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found; pass the path to a .yaml config")
-    cfg = _load_tree(path, ())
+    cfg = _load_tree(path, (), _Budget())
     cfg = apply_overrides(cfg, overrides)
     cfg[RESERVED_KEY] = os.path.abspath(path)
     if import_custom:

@@ -37,8 +37,10 @@ _REFUSED_TAGS = {f"tag:yaml.org,2002:{t}": t for t in ("set", "binary", "timesta
 class ConfigLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 floats, no implicit timestamps and a bounded node graph."""
 
+    values = 0  # expanded size of the last document, set before it is constructed
+
     def construct_document(self, node: yaml.Node) -> Any:
-        check_node_graph(node)
+        self.values = check_node_graph(node)
         return super().construct_document(node)
 
 
@@ -48,8 +50,9 @@ ConfigLoader.yaml_implicit_resolvers = {
 ConfigLoader.add_implicit_resolver(_FLOAT_TAG, _FLOAT_12, list("-+0123456789."))
 
 
-def check_node_graph(root: yaml.Node) -> None:
-    """Refuse a document that expands past MAX_NODES or MAX_DEPTH, recurses, or uses a refused tag.
+def check_node_graph(root: yaml.Node) -> int:
+    """The number of values in the document with aliases expanded; ConfigError if it exceeds
+    MAX_NODES or MAX_DEPTH, recurses, or uses a refused tag.
 
     Sizes are memoised per node, so the check itself is linear in the text even for alias bombs.
     """
@@ -88,13 +91,19 @@ def check_node_graph(root: yaml.Node) -> None:
         sizes[key] = total
         return total
 
-    size(root, 0)
+    return size(root, 0)
 
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse one YAML document with :class:`ConfigLoader`; errors are ConfigError naming ``source``."""
+    return parse_yaml_counted(text, source)[0]
+
+
+def parse_yaml_counted(text: str, source: str) -> tuple[Any, int]:
+    """:func:`parse_yaml` and the number of values it holds with aliases expanded."""
+    loader = ConfigLoader(text)
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        return loader.get_single_data(), loader.values
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -106,6 +115,8 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: nested too deeply to parse; flatten the config") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
         raise ConfigError(f"{source}: a value cannot be read ({exc}); quote it as a string") from None
+    finally:
+        loader.dispose()
 
 
 def read_config_text(path: Path) -> str:

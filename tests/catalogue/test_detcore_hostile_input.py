@@ -52,6 +52,14 @@ def split_test_config(ann: str = "{t}/ann.json") -> str:
             f"ann_file: {ann}, img_prefix: {{t}}/img, pipeline: [], test_mode: true}}\n")
 
 
+def diamond(levels: int = 5, width: int = 10) -> dict[str, str]:
+    """Each level lists the one below ``width`` times: width**levels loads if nothing stops it."""
+    files = {"l0.yaml": "a: 1\n"}
+    files.update({f"l{i}.yaml": f"_base_: [{', '.join([f'l{i - 1}.yaml'] * width)}]\n" for i in range(1, levels)})
+    files["c.yaml"] = f"_base_: [{', '.join([f'l{levels - 1}.yaml'] * width)}]\n"
+    return files
+
+
 CATS3 = ((1, "a"), (2, "b"), (3, "c"))
 SHOW = ["config", "show", "{t}/c.yaml", "--json"]
 # (id, files, argv, words in the one error line, address-space limit)
@@ -64,6 +72,7 @@ CASES = [
     ("config-too-large", {"c.yaml": "a: [" + "1, " * 1_000_000 + "1]\n"}, SHOW, ["c.yaml", "bytes"], CONFIG_AS),
     ("alias-bomb-json", {"c.yaml": bomb()}, SHOW, ["c.yaml", "aliases are expanded"], CONFIG_AS),
     ("alias-bomb-base", {"b.yaml": bomb(), "c.yaml": "_base_: b.yaml\n"}, SHOW, ["b.yaml", "aliases"], CONFIG_AS),
+    ("base-diamond", diamond(), SHOW, ["the _base_ tree loads more than 256 files"], CONFIG_AS),
     ("recursive-alias", {"c.yaml": "a: &x [1, *x]\n"}, SHOW, ["c.yaml", "recursive alias"], CONFIG_AS),
     ("deep-nesting", {"c.yaml": "a: " + "[" * 50_000 + "]" * 50_000 + "\n"}, SHOW, ["c.yaml", "nested"], CONFIG_AS),
     ("deep-nesting-mapping", {"c.yaml": "".join(f"{'  ' * i}k{i}:\n" for i in range(100))}, SHOW,

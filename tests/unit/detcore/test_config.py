@@ -201,3 +201,13 @@ def test_hostile_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "latin.yaml").write_bytes("a: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin.yaml: not UTF-8"):
         load_config(tmp_path / "latin.yaml")
+
+
+def test_a_diamond_of_repeated_bases_is_bounded(tmp_path: Path) -> None:
+    write(tmp_path / "leaf.yaml", "a: 1\n")
+    for level in range(1, 6):  # 10**5 loads of leaf.yaml if nothing stopped it
+        below = "leaf.yaml" if level == 1 else f"l{level - 1}.yaml"
+        write(tmp_path / f"l{level}.yaml", f"_base_: [{', '.join([below] * 10)}]\n")
+    with pytest.raises(ConfigError, match="loads more than 256 files"):
+        load_config(tmp_path / "l5.yaml")
+    assert load_config(tmp_path / "l2.yaml")["a"] == 1  # 111 files: fine
