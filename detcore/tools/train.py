@@ -9,7 +9,6 @@ from pathlib import Path
 
 from detcore import contract
 from detcore.config import load_config
-from detcore.contract import SEED_MAX, parse_seed
 from detcore.errors import ConfigError, DetcoreError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--load-from", help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--seed", type=parse_seed, default=0, help=f"random seed, 0..{SEED_MAX} (default 0)")
+    p.add_argument("--seed", type=contract.parse_seed, default=0,
+                   help=f"random seed, 0..{contract.SEED_MAX} (default 0)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume on CPU)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
