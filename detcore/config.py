@@ -332,7 +332,8 @@ def dump_config(cfg: Mapping[str, Any]) -> str:
     ``filename`` becomes a comment on the first line, so a saved config loads again as a config.
     """
     body = {k: v for k, v in cfg.items() if k != RESERVED_KEY}
-    head = f"# resolved from {cfg[RESERVED_KEY]}\n" if RESERVED_KEY in cfg else ""
+    source = " ".join(str(cfg.get(RESERVED_KEY, "")).splitlines())  # a line break in a path must not add YAML
+    head = f"# resolved from {source}\n" if source else ""
     return head + dump_yaml(body)
 
 

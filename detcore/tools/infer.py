@@ -58,9 +58,11 @@ def plan_outputs(images: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[P
     DataError, before anything is written, when an output would overwrite an input image
     (``--out-dir`` equal to an input folder, or a folder that holds the inputs' layout).
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out-dir {out_dir} exists and is not a folder; give a folder for the annotated images")
     inputs = {os.path.realpath(path) for path, _ in images}
     plan = [(path, out_dir / rel) for path, rel in images]
-    for path, out in plan:
+    for _, out in plan:
         if os.path.realpath(out) in inputs:
             raise DataError(f"--out-dir {out_dir} would overwrite the input image {out}; choose an output folder "
                             f"that is not an input folder")

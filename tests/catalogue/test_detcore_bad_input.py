@@ -142,6 +142,8 @@ CASES = [
      ["eval", "--ann", "{t}/gt.json", "--results", "{t}/dt.json"], ["dt.json", "99"]),
     ("infer-out-dir-is-input", {"t.pth": "__faster__", "img/a.png": PNG},
      ["infer", "none", "{t}/t.pth", "{t}/img", "--out-dir", "{t}/img"], ["would overwrite the input image", "a.png"]),
+    ("infer-out-dir-is-a-file", {"t.pth": "__faster__", "img/a.png": PNG},
+     ["infer", "none", "{t}/t.pth", "{t}/img", "--out-dir", "{t}/t.pth"], ["t.pth exists and is not a folder"]),
     ("infer-input-missing", {"t.pth": "__faster__"}, ["infer", "none", "{t}/t.pth", "{t}/nothing", "--out-dir", "{t}/o"],
      ["nothing", "does not exist"]),
 ]

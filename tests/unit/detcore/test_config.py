@@ -211,3 +211,10 @@ def test_a_diamond_of_repeated_bases_is_bounded(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loads more than 256 files"):
         load_config(tmp_path / "l5.yaml")
     assert load_config(tmp_path / "l2.yaml")["a"] == 1  # 111 files: fine
+
+
+def test_a_line_break_in_the_config_path_cannot_add_yaml(tmp_path: Path) -> None:
+    from detcore.config import config_from_text, dump_config
+
+    cfg = load_config(write(tmp_path / "c\nmodel: evil\n.yaml", "model: {type: A}\n"))
+    assert config_from_text(dump_config(cfg)) == {"model": {"type": "A"}}
