@@ -10,55 +10,86 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
+from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
+                                 read_config_text)
 from detcore.errors import ConfigError
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
+RESERVED_KEY = "filename"  # set by load_config to the top file's path
+MAX_TREE_FILES = 256  # files one config may load through _base_ (repeats counted)
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror}); check the path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}; fix the syntax (plain YAML, no Python tags)") from None
+@dataclass
+class _Budget:
+    """What one config tree may read in all: a diamond of ``_base_`` lists repeating the same
+    files would otherwise load (and merge) exponentially many copies."""
+
+    files: int = MAX_TREE_FILES
+    values: int = MAX_NODES
+    chars: int = 4 * MAX_CONFIG_BYTES
+
+    def read(self, path: Path, chars: int) -> None:
+        """Count one file of ``chars`` characters, before it is parsed."""
+        self.files -= 1
+        self.chars -= chars
+        if self.files < 0:
+            raise ConfigError(f"{path}: the _base_ tree loads more than {MAX_TREE_FILES} files; list each base once")
+        if self.chars < 0:
+            raise ConfigError(f"{path}: the _base_ tree holds more than {4 * MAX_CONFIG_BYTES} characters in all; "
+                              f"configs are small, list each base once")
+
+    def parsed(self, path: Path, values: int) -> None:
+        """Count the values of a parsed file."""
+        self.values -= values
+        if self.values < 0:
+            raise ConfigError(f"{path}: the _base_ tree holds more than {MAX_NODES} values in all; list each base "
+                              f"once")
+
+
+def _read_yaml(path: Path, budget: _Budget) -> dict:
+    text = read_config_text(path)
+    budget.read(path, len(text))
+    data, values = parse_yaml_counted(text, str(path))
+    budget.parsed(path, values)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if RESERVED_KEY in data:
+        raise ConfigError(f"{path}: top-level key {RESERVED_KEY!r} is reserved (detcore records the config's path "
+                          f"there); rename the key, or drop the line if the file was saved by detcore")
     return data
 
 
 def merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict:
-    """Return ``base`` updated by ``child`` (neither is modified).
+    """Return ``base`` updated by ``child`` (neither is modified; no ``_delete_`` in the result).
 
     Nested mappings merge key by key; any other value in ``child`` replaces. A child mapping
-    with ``_delete_: true`` replaces the base mapping whole.
+    with ``_delete_: true`` replaces the base mapping whole. ``_delete_`` is removed at every
+    depth, inside lists too, so it never reaches a builder.
     """
     out = copy.deepcopy(dict(base))
+    child = dict(child)
+    if child.pop(DELETE_KEY, False):
+        out = {}
     for key, value in child.items():
-        if isinstance(value, Mapping):
-            value = dict(value)
-            if value.pop(DELETE_KEY, False) or not isinstance(out.get(key), Mapping):
-                out[key] = _strip_delete(value)
-            else:
-                out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+        out[key] = _merge_value(out.get(key), value, key in out)
+    return _strip_delete(out)
+
+
+def _merge_value(old: Any, new: Any, exists: bool) -> Any:
+    """``new`` merged into ``old``: mappings merge (unless ``new`` says ``_delete_``), others replace."""
+    if isinstance(new, Mapping) and exists and isinstance(old, Mapping) and not new.get(DELETE_KEY, False):
+        return merge(old, new)
+    return _strip_delete(copy.deepcopy(new))
 
 
 def _strip_delete(value: Any) -> Any:
@@ -69,38 +100,42 @@ def _strip_delete(value: Any) -> Any:
     return value
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...]) -> dict:
-    path = path.resolve()
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, path))
+def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
+    """``path`` merged over its bases. Bases are found next to ``path`` as given (a symlinked
+    config uses the bases beside the link, as MMEngine does); cycles are found on real paths."""
+    path = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(path))
+    if real in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, real))
         raise ConfigError(f"cyclic _base_ chain: {cycle}; remove one of these _base_ entries")
-    data = _read_yaml(path)
+    data = _read_yaml(path, budget)
     bases = data.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r:.200}")
     merged: dict = {}
     for base in bases:
-        base_path = (path.parent / base)
-        if not base_path.exists():
+        base_path = path.parent / os.path.expanduser(base)
+        if not os.path.lexists(base_path):
             via = " <- ".join(str(p) for p in (path, *reversed(chain)))
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path}; included via {via})")
-        merged = merge(merged, _load_tree(base_path, (*chain, path)))
+        merged = merge(merged, _load_tree(base_path, (*chain, real), budget))
     return merge(merged, data)
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, import_custom: bool = True) -> dict:
     """Load ``path`` with its bases, apply ``key.sub=value`` overrides and run custom_imports.
 
-    The result is a plain dict; ``filename`` holds the resolved path of the top file.
+    The result is a plain dict of JSON-compatible values; ``filename`` (reserved) holds the
+    absolute path of the top file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found; pass the path to a .yaml config")
-    cfg = _load_tree(path, ())
+    cfg = _load_tree(path, (), _Budget())
     cfg = apply_overrides(cfg, overrides)
-    cfg["filename"] = str(path.resolve())
+    cfg[RESERVED_KEY] = os.path.abspath(path)
     if import_custom:
         import_custom_modules(cfg)
     validate_config(cfg)
@@ -108,7 +143,11 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, impor
 
 
 def parse_override(item: str) -> tuple[str, Any, bool]:
-    """``'a.b=1'`` -> ``('a.b', 1, False)``; a leading ``+`` marks a new key."""
+    """``'a.b=1'`` -> ``('a.b', 1, False)``; a leading ``+`` marks a new key.
+
+    Values are YAML (the config's own rules: ``1e-3`` is a float); a value that is not valid
+    YAML (``[1,2``) is an error, never silently a string.
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optimizer.lr=0.01)")
     key, raw = item.split("=", 1)
@@ -117,10 +156,13 @@ def parse_override(item: str) -> tuple[str, Any, bool]:
     key = key.lstrip("+")
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
+    if key == RESERVED_KEY:
+        raise ConfigError(f"override {item!r}: {RESERVED_KEY!r} is reserved (detcore records the config's path "
+                          f"there); use another key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # not YAML: keep the text as a string, e.g. a path with ':'
+        value = parse_yaml(raw, f"override {item!r}") if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; to pass text, quote it in YAML: {key}=\"'text'\"") from None
     return key, value, is_new
 
 
@@ -140,8 +182,10 @@ def _all_keys(cfg: Any, prefix: str = "") -> list[str]:
 def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict:
     """Return a copy of ``cfg`` with each ``key.sub=value`` applied.
 
-    A key that does not exist is an error naming the closest existing key, unless it is
-    marked new with a leading ``+`` (``+model.extra=1``). Integer parts index lists.
+    As MMEngine's ``merge_from_dict``: a mapping value merges into the mapping it overrides
+    (``_delete_: true`` in it replaces instead); any other value replaces. Integer parts index
+    lists. Stricter than MMEngine: a key that does not exist is an error naming the closest
+    existing key, unless it is marked new with a leading ``+`` (``+model.extra=1``).
     """
     out = copy.deepcopy(dict(cfg))
     for item in overrides:
@@ -155,9 +199,12 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict:
                     raise ConfigError(f"override {key!r}: {'.'.join(parts[:i]) or 'root'} is a list of "
                                       f"{len(node)}; use an index 0..{len(node) - 1}")
                 part = int(part)  # type: ignore[assignment]
+                exists = True
             elif not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])} is a {type(node).__name__}, not a mapping")
-            elif part not in node:
+            else:
+                exists = part in node
+            if not exists:
                 if not is_new:
                     close = difflib.get_close_matches(key, _all_keys(out), n=1, cutoff=0.6)
                     hint = f"the closest existing key is {close[0]!r}; " if close else ""
@@ -166,7 +213,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict:
                 if not last:
                     node[part] = {}
             if last:
-                node[part] = value
+                node[part] = _merge_value(node[part] if exists else None, value, exists)
             else:
                 node = node[part]
     return out
@@ -178,15 +225,22 @@ def import_custom_modules(cfg: Mapping[str, Any]) -> list[str]:
     Modules are importable by name, including from the current working directory.
     """
     spec = cfg.get("custom_imports")
-    if not spec:
+    if spec is None:
         return []
+    expected = ("expected {imports: [module.name, ...], allow_failed_imports: false}, a module name or a list "
+                "of module names")
     if isinstance(spec, Mapping):
         modules = spec.get("imports", [])
-        allow_failed = bool(spec.get("allow_failed_imports", False))
+        allow_failed = spec.get("allow_failed_imports", False)
+        if not isinstance(allow_failed, bool):
+            raise ConfigError(f"{_where(cfg)}: custom_imports.allow_failed_imports must be true or false, "
+                              f"got {allow_failed!r:.100}")
     else:
         modules, allow_failed = spec, False
     if isinstance(modules, str):
         modules = [modules]
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"{_where(cfg)}: custom_imports: got {spec!r:.200}; {expected}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     imported = []
@@ -204,46 +258,88 @@ def import_custom_modules(cfg: Mapping[str, Any]) -> list[str]:
     return imported
 
 
-def _check_positive_int(cfg: Mapping[str, Any], dotted: str, *, allow_zero: bool = False) -> None:
+def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return
+            return False, None
         node = node[part]
+    return True, node
+
+
+def _where(cfg: Mapping[str, Any]) -> str:
+    return str(cfg.get(RESERVED_KEY, "config"))
+
+
+def _check_positive_int(cfg: Mapping[str, Any], dotted: str, *, allow_zero: bool = False) -> None:
+    found, node = _lookup(cfg, dotted)
+    if not found:
+        return
     ok = isinstance(node, int) and not isinstance(node, bool) and (node >= 0 if allow_zero else node > 0)
     if not ok:
         expected = "an integer >= 0" if allow_zero else "a positive integer"
-        raise ConfigError(f"{cfg.get('filename', 'config')}: {dotted} must be {expected}, got {node!r}")
+        raise ConfigError(f"{_where(cfg)}: {dotted} must be {expected}, got {node!r:.100}")
+
+
+def _check_number(cfg: Mapping[str, Any], dotted: str, *, positive: bool = False, at_most: float | None = None) -> None:
+    """A finite real number, >= 0 (> 0 when ``positive``) and <= ``at_most`` when given."""
+    found, node = _lookup(cfg, dotted)
+    if not found or (node is None and not positive):
+        return
+    ok = (isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
+          and (node > 0 if positive else node >= 0) and (at_most is None or node <= at_most))
+    if not ok:
+        expected = "a positive number" if positive else "a number >= 0"
+        if at_most is not None:
+            expected += f" and <= {at_most}"
+        hint = " (write numbers without quotes, e.g. 1e-4)" if isinstance(node, str) else ""
+        raise ConfigError(f"{_where(cfg)}: {dotted} must be {expected}, got {node!r:.100}{hint}")
 
 
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Check the types of the keys the library relies on; raise ConfigError naming the key."""
+    """Check the types of the keys the library relies on; raise ConfigError naming the key.
+
+    Runs when a config is loaded, before anything is built, so a bad value never costs a
+    set-up (or a traceback) first.
+    """
     for key in ("data.samples_per_gpu", "model.num_classes", "runner.max_iters", "runner.max_epochs"):
         _check_positive_int(cfg, key)
-    _check_positive_int(cfg, "data.workers_per_gpu", allow_zero=True)
-    opt = cfg.get("optimizer")
-    if isinstance(opt, Mapping) and "lr" in opt:
-        lr = opt["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-            raise ConfigError(f"{cfg.get('filename', 'config')}: optimizer.lr must be a positive number, got {lr!r}")
+    for key in ("data.workers_per_gpu", "lr_config.warmup_iters"):
+        _check_positive_int(cfg, key, allow_zero=True)
     for key in ("model", "data", "optimizer"):
         if key in cfg and not isinstance(cfg[key], Mapping):
-            raise ConfigError(f"{cfg.get('filename', 'config')}: {key} must be a mapping, got {type(cfg[key]).__name__}")
+            raise ConfigError(f"{_where(cfg)}: {key} must be a mapping, got {type(cfg[key]).__name__}")
+    _check_number(cfg, "optimizer.lr", positive=True)
+    for key in ("optimizer.weight_decay", "optimizer.eps", "lr_config.gamma", "lr_config.min_lr_ratio"):
+        _check_number(cfg, key)
+    for key in ("optimizer.momentum", "lr_config.warmup_ratio"):
+        _check_number(cfg, key, at_most=1.0)
+    _check_number(cfg, "optimizer_config.grad_clip.max_norm", positive=True)
+    found, betas = _lookup(cfg, "optimizer.betas")
+    if found and not (isinstance(betas, list) and len(betas) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"{_where(cfg)}: optimizer.betas must be two numbers in [0, 1), got {betas!r:.100}")
     evaluation = cfg.get("evaluation")
     if isinstance(evaluation, Mapping) and "backend" in evaluation:
         from detcore.evaluation.coco_eval import check_backend
 
-        check_backend(evaluation["backend"], f"{cfg.get('filename', 'config')}: evaluation.backend")
+        check_backend(evaluation["backend"], f"{_where(cfg)}: evaluation.backend")
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:
-    """The resolved config as YAML text (what runs and checkpoints save)."""
-    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=None)
+    """The resolved config as YAML text (what runs and checkpoints save).
+
+    ``filename`` becomes a comment on the first line, so a saved config loads again as a config.
+    """
+    body = {k: v for k, v in cfg.items() if k != RESERVED_KEY}
+    source = " ".join(str(cfg.get(RESERVED_KEY, "")).splitlines())  # a line break in a path must not add YAML
+    head = f"# resolved from {source}\n" if source else ""
+    return head + dump_yaml(body)
 
 
 def config_from_text(text: str) -> dict:
     """Inverse of :func:`dump_config` (used to rebuild a model from checkpoint meta)."""
-    data = yaml.safe_load(text)
+    data = parse_yaml(text, "checkpoint meta config")
     if not isinstance(data, dict):
         raise ConfigError("checkpoint meta holds no config mapping")
     return data

@@ -25,6 +25,7 @@ Rank logs stay in ``WORK_DIR/logs/rank{R}.log`` across launches (appended).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -138,3 +139,25 @@ def describe_exit(code: int | None) -> str:
     names = {EXIT_USER_ERROR: "exit code 2 (user error)", EXIT_STOPPED: "exit code 3 (stopped after a checkpoint)",
              EXIT_HUNG: "exit code 4 (hang watchdog)"}
     return names.get(code, f"exit code {code}")
+
+
+SEED_MAX = 2 ** 32 - 1  # a --seed is 0..SEED_MAX: numpy's legacy seeding takes no more, and none negative
+
+
+def seed_error(seed: object) -> str | None:
+    """Why ``seed`` cannot be a ``--seed`` (None when it can); the launcher checks at submit."""
+    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX:
+        return None
+    return f"expected a whole number from 0 to {SEED_MAX}, got {seed!r}"
+
+
+def parse_seed(text: str) -> int:
+    """``argparse`` type for ``--seed``: a bad one is a usage error (exit 2, never retried)."""
+    try:
+        seed: object = int(text)
+    except ValueError:
+        seed = text
+    problem = seed_error(seed)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return int(seed)  # type: ignore[arg-type]

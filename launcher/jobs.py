@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detcore.contract import seed_error
 from launcher.errors import LauncherError
 from launcher.scaling import scale_for_world
 from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
@@ -87,6 +88,8 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
         checkpoint = os.path.join(cwd, req.checkpoint)
         if not os.path.isfile(checkpoint):
             raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test")
+    if req.seed is not None and seed_error(req.seed):
+        raise LauncherError(f"--seed: {seed_error(req.seed)}")
     bad = [m for m in req.eval_metrics if m not in EVAL_METRICS]
     if bad:
         raise LauncherError(f"--eval {' '.join(bad)}: unknown metric; choose from {' '.join(EVAL_METRICS)}")

@@ -19,6 +19,7 @@ from torch import nn
 from detcore.apis.visualize import draw_result, to_uint8
 from detcore.checkpoint import load_checkpoint, load_weights
 from detcore.config import config_from_text, import_custom_modules, load_config
+from detcore.data.image_file import read_rgb
 from detcore.errors import CheckpointError, DataError
 from detcore.models import build_detector
 
@@ -53,14 +54,7 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
 def load_image(img: ImageLike) -> torch.Tensor:
     """A float 3xHxW tensor in 0..1 from a path, an HxWx3 uint8 array or a tensor."""
     if isinstance(img, (str, os.PathLike)):
-        path = Path(img)
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise DataError(f"image {path} not found") from None
-        except OSError as exc:
-            raise DataError(f"image {path} cannot be read ({exc}); expected a JPEG/PNG file") from None
+        arr = np.asarray(read_rgb(img))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
     if isinstance(img, np.ndarray):
         if img.ndim == 2:

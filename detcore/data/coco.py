@@ -7,8 +7,10 @@ detection models accept.
 Bad-box policy: a box partially outside its image is clipped to the image; a box with a
 non-positive width or height, or one entirely outside the image, is skipped, counted in
 ``dataset.skipped`` and reported in one warning per annotation file. Boxes that are not four
-finite numbers, unknown category ids, duplicate ids and missing or corrupt files raise
-:class:`~detcore.errors.DataError` naming the file and the record.
+finite numbers, unknown category ids, duplicate ids, missing, corrupt or over-large image
+files (``detcore.data.image_file``) and, for training, an image with more than
+``max_boxes_per_image`` boxes raise :class:`~detcore.errors.DataError` naming the file and
+the record.
 """
 from __future__ import annotations
 
@@ -20,16 +22,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from detcore.data.coco_json import coco_from_dict, load_coco_json, validate_coco
+from detcore.data.image_file import read_rgb
 from detcore.data.transforms import Pipeline, build_pipeline
 from detcore.errors import DataError
 from detcore.registry import DATASETS
 
 logger = logging.getLogger(__name__)
+
+MAX_BOXES_PER_IMAGE = 1000  # per training image; COCO's most crowded image has under 100
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def __init__(self, ann_file: str | Path, img_prefix: str | Path, classes: Sequence[str] | None = None,
                  pipeline: Sequence[Mapping[str, Any]] | Callable = (), filter_empty_gt: bool = True,
-                 test_mode: bool = False, with_mask: bool = False) -> None:
+                 test_mode: bool = False, with_mask: bool = False,
+                 max_boxes_per_image: int = MAX_BOXES_PER_IMAGE) -> None:
         self.ann_file = Path(ann_file)
         self.img_prefix = Path(img_prefix)
         self.test_mode = test_mode
@@ -77,6 +82,8 @@ class CocoDataset(torch.utils.data.Dataset):
         self._first_skipped: dict[str, str] = {}
         self._targets = {img_id: self._index_image(img_id) for img_id in self.coco.imgs}
         self._report_skipped()
+        if not test_mode:
+            self._check_box_count(max_boxes_per_image)
         keep_empty = test_mode or not filter_empty_gt
         self.img_ids = [img["id"] for img in data["images"] if keep_empty or len(self._targets[img["id"]][1])]
         if not self.img_ids:
@@ -129,6 +136,19 @@ class CocoDataset(torch.utils.data.Dataset):
             ann_ids.append(ann["id"])
         return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64), ann_ids)
 
+    def _check_box_count(self, limit: int) -> None:
+        """Refuse an image with more than ``limit`` training boxes: box matching costs memory
+        proportional to anchors x boxes (a million boxes asked for 32 GB in ``box_iou``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise DataError(f"max_boxes_per_image must be a positive integer, got {limit!r}")
+        counts = {img_id: len(boxes) for img_id, (boxes, _, _) in self._targets.items()}
+        img_id = max(counts, key=counts.__getitem__, default=None)
+        if img_id is not None and counts[img_id] > limit:
+            name = self.coco.imgs[img_id].get("file_name")
+            raise DataError(f"{self.ann_file}: image id {img_id} ({name}) has {counts[img_id]} boxes, more than "
+                            f"max_boxes_per_image={limit}; remove some, mark groups iscrowd=1, or raise the limit "
+                            f"in the dataset config (max_boxes_per_image: {counts[img_id]})")
+
     def _skip(self, reason: str, ann: dict) -> None:
         if not self.skipped[reason]:
             self._first_skipped[reason] = f"annotation id {ann['id']} of image id {ann['image_id']}, bbox {ann['bbox']}"
@@ -164,13 +184,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if not path.is_file():
             raise DataError(f"image file {path} (image id {image_id} in {self.ann_file}) does not exist; "
                             f"check img_prefix")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"image file {path} (image id {image_id} in {self.ann_file}) is corrupt or not an "
-                            f"image: {exc}") from None
+        rgb = read_rgb(path, f" (image id {image_id} in {self.ann_file})")
         if rgb.size != (info["width"], info["height"]):
             raise DataError(f"image file {path} is {rgb.size[0]}x{rgb.size[1]} but {self.ann_file} says "
                             f"{info['width']}x{info['height']} (image id {image_id}); fix the json or the file")

@@ -8,6 +8,7 @@ pipeline is deterministic given the torch RNG state of the main process.
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import random
 from typing import Any, Sequence
 
@@ -44,6 +45,17 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def share_temp_dir_with_workers() -> None:
+    """Create this process' multiprocessing temp dir (``pymp-*``) before workers fork.
+
+    Loader workers pass tensors through sockets in that dir. A worker that finds none makes
+    its own, and only removes it on a clean exit: persistent workers ended by the loader's
+    shutdown (terminate) left one ``pymp-*`` per worker in ``$TMPDIR`` after every job. Forked
+    workers inherit the parent's dir instead, which the parent removes when it exits.
+    """
+    multiprocessing.util.get_temp_dir()
+
+
 def aspect_ratio_groups(dataset: Dataset) -> list[int]:
     """0 for samples with width >= height, 1 otherwise; all 0 if the dataset cannot tell cheaply."""
     ratio = getattr(dataset, "get_aspect_ratio", None)
@@ -66,6 +78,8 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
     """
     if not isinstance(workers_per_gpu, int) or workers_per_gpu < 0:
         raise ConfigError(f"workers_per_gpu must be an int >= 0, got {workers_per_gpu!r}")
+    if workers_per_gpu > 0:
+        share_temp_dir_with_workers()
     if test_mode:
         batch_sampler: Any = InferenceBatchSampler(len(dataset), samples_per_gpu, rank=rank, world_size=world_size)
     else:

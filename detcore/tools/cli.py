@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 
@@ -53,6 +54,7 @@ def one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    os.umask(os.umask(0) | 0o022)  # nothing detcore writes is group- or world-writable, even under umask 000
     parser = build_parser()
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",

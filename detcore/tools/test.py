@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from detcore.config import load_config
-from detcore.tools.train import add_common, setup_logging
+from detcore.tools.train import add_common, check_work_dir, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.cfg_options)
     ckpt = load_checkpoint(args.checkpoint)
-    work_dir = Path(args.work_dir) if args.work_dir else None
+    work_dir = check_work_dir(Path(args.work_dir)) if args.work_dir else None
     dist = init_distributed(args.device)
     model = build_detector(cfg["model"]).to(dist.device)
     load_weights(model, ckpt)

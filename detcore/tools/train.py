@@ -9,7 +9,7 @@ from pathlib import Path
 
 from detcore import contract
 from detcore.config import load_config
-from detcore.errors import DetcoreError
+from detcore.errors import ConfigError, DetcoreError
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,25 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--load-from", help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=contract.parse_seed, default=0,
+                   help=f"random seed, 0..{contract.SEED_MAX} (default 0)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume on CPU)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
 
 def default_work_dir(config: str) -> Path:
     return Path("work_dirs") / Path(config).stem
+
+
+def check_work_dir(work_dir: Path) -> Path:
+    """``work_dir`` if it can hold a run: not the filesystem root, not an existing file."""
+    resolved = work_dir.resolve()
+    if resolved == Path(resolved.anchor):
+        raise ConfigError(f"--work-dir {work_dir} is the filesystem root; give a folder of its own, "
+                          f"e.g. work_dirs/<name>")
+    if resolved.exists() and not resolved.is_dir():
+        raise ConfigError(f"work dir {work_dir} exists and is not a folder; pass another --work-dir")
+    return work_dir
 
 
 def setup_logging(work_dir: Path, filename: str) -> None:
@@ -67,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
 
     cfg = load_config(args.config, args.cfg_options)
-    work_dir = Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config))
+    work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
     setup_logging(work_dir, "train.log")

@@ -156,3 +156,16 @@ def test_fifty_short_jobs_leave_nothing_behind(home: Path, tmp_path: Path) -> No
     assert [p.name for p in scratch.iterdir() if p.name != f"torchinductor_{getpass.getuser()}"] == []
     assert psutil.Process().num_fds() <= fds_before + 2  # the launcher CLI left no open files in us
     assert all(r["restarts"] == 0 for r in records)
+
+
+def test_a_job_with_loader_workers_leaves_no_temp_dir(home: Path, tmp_path: Path) -> None:
+    """The 50-job test runs without loader workers; workers (training and evaluation loaders)
+    used to leave one ``pymp-*`` folder each in ``$TMPDIR`` per job."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = launcher(home, "submit", SHAPES, "--nproc", "1", "--json", *tiny(2, 2), "data.workers_per_gpu=2",
+                    "evaluation.interval=2", timeout=600, TMPDIR=str(scratch))
+    rec = wait_until(home, json.loads(proc.stdout)["id"], done, timeout=600, poll=2.0)
+    assert rec["state"] == "succeeded", rec["reason"]
+    assert not job_processes({rec["id"]})
+    assert [p.name for p in scratch.iterdir() if p.name != f"torchinductor_{getpass.getuser()}"] == []

@@ -65,3 +65,15 @@ def test_files_are_not_world_writable_even_with_umask_zero(home: Path, tmp_path:
     assert proc.returncode == 0, proc.stderr[-2000:]
     writable = [p for p in [work, *work.rglob("*"), home, *home.rglob("*")] if os.stat(p).st_mode & 0o002]
     assert not writable, writable
+
+
+def test_detcore_train_alone_writes_nothing_group_or_world_writable_under_umask_zero(tmp_path: Path) -> None:
+    """The worker run by hand (or under plain torchrun), without the launcher's umask."""
+    work = tmp_path / "work"
+    proc = subprocess.run(["sh", "-c", 'umask 000; exec "$0" "$@"', sys.executable, "-m", "detcore.tools.cli", "train",
+                           SHAPES, "--work-dir", str(work), "--no-validate", *tiny(1, 1)],
+                          env=env_for(tmp_path / "home"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    writable = [p for p in [work, *work.rglob("*")] if os.stat(p).st_mode & 0o022]
+    assert not writable, writable
+    assert (work / "last_checkpoint").exists()

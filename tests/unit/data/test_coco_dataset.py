@@ -158,3 +158,14 @@ def test_missing_and_corrupt_image_files(write_coco):
         ds[0]
     with pytest.raises(DataError, match="gray.png .*image id 2.*does not exist"):
         ds[1]
+
+
+def test_too_many_boxes_on_one_training_image_is_refused_before_any_step(write_coco):
+    ann, img_dir = write_coco()
+    ds = CocoDataset(ann, img_dir)
+    most = max(len(ds._targets[i][0]) for i in ds.img_ids)
+    CocoDataset(ann, img_dir, max_boxes_per_image=most)  # at the limit is fine
+    with pytest.raises(DataError, match=rf"ann.json: image id \d+ \(\S+\) has {most} boxes, more than "
+                                        rf"max_boxes_per_image={most - 1}.*max_boxes_per_image: {most}"):
+        CocoDataset(ann, img_dir, max_boxes_per_image=most - 1)
+    CocoDataset(ann, img_dir, test_mode=True, max_boxes_per_image=most - 1)  # testing never matches boxes

@@ -101,3 +101,36 @@ def test_infer_cli_missing_input_is_one_line(tmp_path: Path, checkpoint: Path, c
     code = detcore_main(["infer", "none", str(checkpoint), str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "does not exist" in err[0]
+
+
+def test_infer_keeps_the_input_layout_and_never_overwrites_an_input(tmp_path: Path, checkpoint: Path,
+                                                                    capsys) -> None:
+    src = tmp_path / "in"
+    for rel in ("sub1/img.png", "sub2/img.png", "top.jpg"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(src / rel)
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    code = detcore_main(["infer", "none", str(checkpoint), str(src), "--out-dir", str(tmp_path / "o"), "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 3
+    written = sorted(str(p.relative_to(tmp_path / "o")) for p in (tmp_path / "o").rglob("*") if p.is_file())
+    assert written == ["results.json", "sub1/img.png", "sub2/img.png", "top.jpg"]
+    for out_dir in (src, src / "sub1"):
+        code = detcore_main(["infer", "none", str(checkpoint), str(out_dir), "--out-dir", str(out_dir)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "would overwrite the input image" in err[0], err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+
+
+def test_image_size_limit_is_checked_from_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from detcore.data.image_file import MAX_PIXELS_ENV
+    from detcore.errors import DataError
+    from detcore.apis.inference import load_image
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((30, 200, 3), np.uint8)).save(path)
+    monkeypatch.setenv(MAX_PIXELS_ENV, "5000")
+    with pytest.raises(DataError, match=rf"wide.png is 200x30 \(6000 pixels\), above the limit of 5000.*{MAX_PIXELS_ENV}"):
+        load_image(str(path))
+    monkeypatch.setenv(MAX_PIXELS_ENV, "6000")
+    assert tuple(load_image(str(path)).shape) == (3, 30, 200)

@@ -23,6 +23,8 @@ CASES = [
     (["submit", SHAPES, "--name", "x;rm -rf ~"], "may only hold"),
     (["submit", SHAPES, "--eval", "bbox"], "belong to test jobs"),
     (["submit", SHAPES, "--max-restarts", "-1"], "max_restarts must be an integer >= 0"),
+    (["submit", SHAPES, "--seed", "-1"], "--seed: expected a whole number from 0 to 4294967295, got -1"),
+    (["submit", SHAPES, "--seed", "4294967296"], "--seed: expected a whole number from 0 to 4294967295"),
     (["sweep", SHAPES, "--grid", "optimizer.lr"], "must look like key.sub=v1,v2"),
     (["sweep", SHAPES, "--grid", "optimizer.lr=0.1,0.2", "--grid", "nope.key=1,2"], "override 'nope.key'"),
     (["status", "deadbeef"], "no experiment 'deadbeef'"),

@@ -1,0 +1,158 @@
+"""Hostile or broken input: devices, FIFOs, alias bombs, deep nesting, decompression bombs, a
+flood of boxes. Each case runs ``detcore`` as a subprocess under an address-space limit
+(``RLIMIT_AS``) and a wall-clock limit enforced by the harness (the subprocess timeout; no
+timing is asserted). It must exit 2 with one line naming the file or key, no traceback, and
+leave nothing behind.
+
+Limits: config-only cases never import torch and run under 1 GiB (``detcore config show``
+needs under 0.5 GiB; ``/dev/zero`` as a base once reached 5.2 GB, an alias bomb 3 GB).
+Cases that import torch run under 6 GiB (importing torch maps about 3.5 GiB of address
+space; a CPU training step of the tiny shapes model fits in 5 GiB), which still stops a
+60000x60000 decode (10.8 GB) or a 200k-box ``box_iou`` (6.5 GB).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.catalogue.test_detcore_bad_input import PNG, SHAPES, _materialise, coco, dataset_config
+
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 1 << 30
+CONFIG_AS, TORCH_AS = 1 * GIB, 6 * GIB
+TIMEOUT_S = 180  # the harness's bound: a hang fails the case, it is not a benchmark
+
+FIFO, HEADER_60K, HEADER_12K, BOXES = "__fifo__", "__png60000__", "__png12000__", "__200k_boxes__"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` RGB pixels, with a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def bomb(levels: int = 9, width: int = 10) -> str:
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def split_test_config(ann: str = "{t}/ann.json") -> str:
+    return (f"_base_: {SHAPES}\nclasses: null\ndata:\n  workers_per_gpu: 0\n  test: {{_delete_: true, type: CocoDataset, "
+            f"ann_file: {ann}, img_prefix: {{t}}/img, pipeline: [], test_mode: true}}\n")
+
+
+def diamond(levels: int = 5, width: int = 10) -> dict[str, str]:
+    """Each level lists the one below ``width`` times: width**levels loads if nothing stops it."""
+    files = {"l0.yaml": "a: 1\n"}
+    files.update({f"l{i}.yaml": f"_base_: [{', '.join([f'l{i - 1}.yaml'] * width)}]\n" for i in range(1, levels)})
+    files["c.yaml"] = f"_base_: [{', '.join([f'l{levels - 1}.yaml'] * width)}]\n"
+    return files
+
+
+CATS3 = ((1, "a"), (2, "b"), (3, "c"))
+SHOW = ["config", "show", "{t}/c.yaml", "--json"]
+# (id, files, argv, words in the one error line, address-space limit)
+CASES = [
+    ("base-dev-zero", {"c.yaml": "_base_: /dev/zero\n"}, SHOW, ["/dev/zero", "not a regular file"], CONFIG_AS),
+    ("base-dev-urandom", {"c.yaml": "_base_: /dev/urandom\n"}, SHOW, ["/dev/urandom", "not a regular file"], CONFIG_AS),
+    ("base-fifo", {"f.yaml": FIFO, "c.yaml": "_base_: f.yaml\n"}, SHOW, ["f.yaml", "not a regular file"], CONFIG_AS),
+    ("config-fifo", {"c.yaml": FIFO}, SHOW, ["c.yaml", "not a regular file"], CONFIG_AS),
+    ("config-dev-zero", {}, ["config", "show", "/dev/zero"], ["/dev/zero", "not a regular file"], CONFIG_AS),
+    ("config-too-large", {"c.yaml": "a: [" + "1, " * 1_000_000 + "1]\n"}, SHOW, ["c.yaml", "bytes"], CONFIG_AS),
+    ("alias-bomb-json", {"c.yaml": bomb()}, SHOW, ["c.yaml", "aliases are expanded"], CONFIG_AS),
+    ("alias-bomb-base", {"b.yaml": bomb(), "c.yaml": "_base_: b.yaml\n"}, SHOW, ["b.yaml", "aliases"], CONFIG_AS),
+    ("base-diamond", diamond(), SHOW, ["the _base_ tree loads more than 256 files"], CONFIG_AS),
+    ("recursive-alias", {"c.yaml": "a: &x [1, *x]\n"}, SHOW, ["c.yaml", "recursive alias"], CONFIG_AS),
+    ("deep-nesting", {"c.yaml": "a: " + "[" * 50_000 + "]" * 50_000 + "\n"}, SHOW, ["c.yaml", "nested"], CONFIG_AS),
+    ("deep-nesting-mapping", {"c.yaml": "".join(f"{'  ' * i}k{i}:\n" for i in range(100))}, SHOW,
+     ["c.yaml", "nested deeper than"], CONFIG_AS),
+    ("not-utf8", {"c.yaml": b"name: caf\xe9\n"}, SHOW, ["c.yaml", "not UTF-8"], CONFIG_AS),
+    ("json-set", {"c.yaml": "s: !!set {a, b}\n"}, SHOW, ["c.yaml", "!!set", "not supported"], CONFIG_AS),
+    ("json-binary", {"c.yaml": "b: !!binary aGVsbG8=\n"}, SHOW, ["c.yaml", "!!binary"], CONFIG_AS),
+    ("json-timestamp", {"c.yaml": "d: !!timestamp 2024-01-01\n"}, SHOW, ["c.yaml", "!!timestamp"], CONFIG_AS),
+    ("huge-integer", {"c.yaml": "a: " + "9" * 5000 + "\n"}, SHOW, ["c.yaml", "quote it"], CONFIG_AS),
+    ("seed-negative", {}, ["train", SHAPES, "--seed", "-1"], ["--seed", "0 to 4294967295", "-1"], CONFIG_AS),
+    ("seed-too-large", {}, ["train", SHAPES, "--seed", str(2 ** 64)], ["--seed", "0 to 4294967295"], CONFIG_AS),
+    ("test-image-60000", {"c.yaml": split_test_config(), "img/a.png": HEADER_60K,
+                          "ann.json": coco(images=((1, "a.png", 60000, 60000),), cats=CATS3)},
+     ["test", "{t}/c.yaml", "{t}/t.pth"], ["a.png", "pixels", "DETCORE_MAX_IMAGE_PIXELS"], TORCH_AS),
+    ("infer-image-60000", {"big.png": HEADER_60K}, ["infer", "none", "{t}/t.pth", "{t}/big.png", "--out-dir", "{t}/o"],
+     ["big.png", "pixels", "DETCORE_MAX_IMAGE_PIXELS"], TORCH_AS),
+    ("infer-image-12000", {"big.png": HEADER_12K}, ["infer", "none", "{t}/t.pth", "{t}/big.png", "--out-dir", "{t}/o"],
+     ["big.png", "12000x12000", "above the limit of 67108864", "DETCORE_MAX_IMAGE_PIXELS"], TORCH_AS),
+    ("train-200k-boxes", {"c.yaml": dataset_config(), "img/a.png": PNG, "ann.json": BOXES},
+     ["train", "{t}/c.yaml", "--work-dir", "{t}/work", "--no-validate"],
+     ["ann.json", "image id 1 (a.png) has 200000 boxes", "max_boxes_per_image"], TORCH_AS),
+]
+
+
+def _write_special(t: Path, files: dict) -> dict:
+    """Create FIFOs, crafted PNG headers and big files; return the rest for ``_materialise``."""
+    rest = {}
+    for name, content in files.items():
+        path = t / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if content == FIFO:
+            os.mkfifo(path)
+        elif content in (HEADER_60K, HEADER_12K):
+            side = 60000 if content == HEADER_60K else 12000
+            path.write_bytes(png_header(side, side))
+        elif content == BOXES:
+            anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [i % 20, i % 17, 8, 8], "area": 64,
+                     "iscrowd": 0} for i in range(200_000)]
+            path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 32}],
+                                        "annotations": anns, "categories": [{"id": 1, "name": "cat"}]}))
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            rest[name] = content
+    return rest
+
+
+def _limit(nbytes: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+    return apply
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_line_fast_and_bounded(case, tmp_path: Path) -> None:
+    _, files, argv, words, address_space = case
+    needs_checkpoint = any("{t}/t.pth" in a for a in argv)
+    _materialise(tmp_path, {**_write_special(tmp_path, files), **({"t.pth": "__faster__"} if needs_checkpoint else {})})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DETCORE_MAX_IMAGE_PIXELS", None)
+    proc = subprocess.run([sys.executable, "-m", "detcore.tools.cli", *[a.replace("{t}", str(tmp_path)) for a in argv]],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          preexec_fn=_limit(address_space))
+    err = proc.stderr
+    errors = [line for line in err.splitlines() if line.startswith("detcore ") and ": error: " in line]
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(errors) == 1, err[-3000:]
+    for word in words:
+        assert word.replace("{t}", str(tmp_path)) in errors[0], errors[0]
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == before, f"left behind: {set(after) - set(before)}"
+
+
+def test_a_yaml_date_prints_as_json_text(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("d: 2024-01-01\nlr: 1e-4\n")
+    proc = subprocess.run([sys.executable, "-m", "detcore.tools.cli", "config", "show", str(tmp_path / "c.yaml"),
+                           "--json"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, preexec_fn=_limit(CONFIG_AS))
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["d"] == "2024-01-01" and shown["lr"] == 1e-4
