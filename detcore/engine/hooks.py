@@ -117,8 +117,8 @@ class CheckpointHook(HookBase):
         if not (t.at_boundary(self.interval) or t.iter == t.max_iters or t.stop_requested()):
             return
         name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
+        path = t.save(name)  # on every rank: each hands its random state to rank 0, which writes the file
         if t.dist.is_main:
-            path = t.save(name)
             if name not in self.saved:
                 self.saved.append(name)
             while self.max_keep > 0 and len(self.saved) > self.max_keep:
