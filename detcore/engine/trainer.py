@@ -279,10 +279,7 @@ class Trainer:
         load_weights(self.model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        scaler = ckpt.get("scaler") or {}
-        if self.amp and scaler:
-            self.scaler.load_state_dict(scaler)
-        elif self.amp:  # saved without AMP (e.g. on a CPU): start the loss scale afresh
+        if not restore_scaler(self.scaler, ckpt.get("scaler")) and self.amp:
             logger.info("%s holds no AMP loss-scaler state (saved without --amp); starting with a fresh scale", path)
         self.iter = int(ckpt["loop"]["iter"])
         old_ipe = int(ckpt["loop"]["iters_per_epoch"])
@@ -313,6 +310,16 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
         except CheckpointError as exc:
             logger.warning("skipping unreadable checkpoint: %s", exc)
     return None
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> bool:
+    """Load a saved loss-scaler state into an enabled ``scaler``; False (scaler untouched) when it
+    is disabled or the checkpoint was saved without AMP (its state is empty: a CPU checkpoint
+    resumed with ``--amp`` starts with a fresh scale instead of failing)."""
+    if not scaler.is_enabled() or not state:
+        return False
+    scaler.load_state_dict(dict(state))
+    return True
 
 
 def has_running_stats(model: torch.nn.Module) -> bool:
