@@ -58,6 +58,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
                    help="restart the worker group up to K times after a worker dies, resuming from the newest "
                         "checkpoint (default 2; a worker's user error, exit code 2, is never restarted)")
     p.add_argument("--seed", type=int, help="random seed passed to the trainer")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms, cuDNN and cuBLAS (slower; see the README's limits on CUDA)")
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")

@@ -45,7 +45,7 @@ def _request(args: argparse.Namespace, module):
                          resume=getattr(args, "resume", "auto"), checkpoint=getattr(args, "test", None),
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
                          seed=args.seed, backend_options=module.options_from_args(args),
-                         worker_module=args.worker_module)
+                         worker_module=args.worker_module, amp=args.amp, deterministic=args.deterministic)
 
 
 def _print_json(data) -> None:

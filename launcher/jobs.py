@@ -43,6 +43,8 @@ class SubmitRequest:
     backend_options: Any = None
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
+    amp: bool = False
+    deterministic: bool = False
 
 
 def default_name(config: str) -> str:
@@ -92,7 +94,16 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                    overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
-                   worker_module=req.worker_module, slots=req.slots)
+                   worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
+                   loader_workers=loader_workers(cfg))
+
+
+def loader_workers(cfg: dict) -> int:
+    """The config's DataLoader workers per rank (``data.workers_per_gpu``, detcore's default 2)."""
+    value = (cfg.get("data") or {}).get("workers_per_gpu", 2)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LauncherError(f"data.workers_per_gpu must be an integer >= 0, got {value!r}")
+    return value
 
 
 def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None) -> Experiment:
@@ -142,7 +153,8 @@ def request_from_spec(spec: JobSpec) -> SubmitRequest:
     return SubmitRequest(config=spec.config, backend=spec.backend, overrides=spec.overrides, resources=spec.resources,
                          name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
                          eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
-                         backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None)
+                         backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None,
+                         amp=spec.amp, deterministic=spec.deterministic)
 
 
 def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,

@@ -77,7 +77,8 @@ class JobSpec:
 
     ``backend_options`` is the backend's own frozen dataclass (e.g. ``LocalOptions``) or None.
     ``resume`` is ``auto`` (continue from the work dir's newest checkpoint, fresh when none),
-    ``never`` or a checkpoint path. ``scaling`` holds the linear-scaling decision for this world
+    ``never`` or a checkpoint path. ``amp``/``deterministic`` become the worker's ``--amp`` and
+    ``--deterministic``; ``loader_workers`` is the config's ``data.workers_per_gpu`` (CPU sizing). ``scaling`` holds the linear-scaling decision for this world
     size; its overrides follow the user's ``overrides`` on the worker command line.
     """
 
@@ -100,6 +101,9 @@ class JobSpec:
     config_hash: str = ""
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
+    amp: bool = False
+    deterministic: bool = False
+    loader_workers: int = 2
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{8}", self.id):
@@ -116,6 +120,7 @@ class JobSpec:
         if not self.resume:
             raise LauncherError("resume must be auto, never or a checkpoint path")
         _check_int("max_restarts", self.max_restarts, 0)
+        _check_int("data.workers_per_gpu", self.loader_workers, 0)
         if self.backend_options is not None and not dataclasses.is_dataclass(self.backend_options):
             raise LauncherError(f"backend_options must be the backend's options dataclass, got "
                                 f"{type(self.backend_options).__name__}")

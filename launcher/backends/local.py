@@ -83,6 +83,16 @@ def detect_gpus(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(line.strip() for line in out.splitlines() if line.strip().isdigit())
 
 
+def device_env(gpus: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the workers' environment says about GPUs. A CPU job sees none (``CUDA_VISIBLE_DEVICES``
+    empty: it can never land on another job's GPU). A GPU job numbers GPUs as nvidia-smi and the
+    lease book do (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, unless the caller already chose an order);
+    the supervisor adds the leased ``CUDA_VISIBLE_DEVICES`` at start."""
+    if not gpus:
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    return {"CUDA_DEVICE_ORDER": environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"}
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -122,13 +132,17 @@ class LocalBackend:
                     "--max-restarts", str(spec.max_restarts), "--log-dir", str(job_dir / "torchelastic"))
         worker = shim_command(spec, log_dir=os.path.join(spec.work_dir, "logs"),
                               attempts_file=str(job_dir / "attempts.jsonl"))
-        env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc), "PYTHONUNBUFFERED": "1",
-               MARKER_ENV: spec.id}
+        env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
+               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, **device_env(r.gpus, os.environ)}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
                  "a restarted worker group resumes from the newest checkpoint (--resume auto)"]
         if r.gpus:
             notes.append(f"CUDA_VISIBLE_DEVICES: {r.gpus} of GPUs {','.join(self.gpus)} leased at start "
-                         f"(queued while busy)")
+                         f"(queued while busy); each rank uses its own (--device cuda, LOCAL_RANK)")
+        else:
+            notes.append("CPU workers (--device cpu); CUDA_VISIBLE_DEVICES is empty, so no GPU is touched")
+        if spec.amp and not r.gpus:
+            notes.append("--amp is ignored by CPU workers (they train in full precision and say so in their log)")
         if spec.slots:
             notes.append(f"runs when one of {spec.slots.size} slots of sweep {spec.slots.name} is free")
         return DryRun(backend=self.name, commands=(torchrun + worker,), env=tuple(sorted(env.items())),

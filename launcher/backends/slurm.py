@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from launcher.backends.base import REPO_ROOT, DryRun, read_json, shim_command, write_json_atomic
+from launcher.backends.base import REPO_ROOT, DryRun, read_json, shim_command, thread_env, write_json_atomic
 from launcher.backends.slurm_script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
                                             resolve)
@@ -177,6 +177,10 @@ class SlurmBackend:
             env["DETCORE_STOP_SIGNALS"] = "USR2"
         if spec.resources.gpus:
             env["CUDA_VISIBLE_DEVICES"] = "<GPU number LOCAL_RANK of the node>"
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update(self._threads(spec, request))
         timeouts = f"at most {request.max_timeouts} time-limit requeues" if request.time_min else \
             "no --time given: every requeue counts as a preemption (unlimited)"
         notes = [f"sbatch {folder / SCRIPT_NAME}; each task runs the command below through submitit "
@@ -212,9 +216,16 @@ class SlurmBackend:
         from launcher.backends.slurm_task import SlurmTask
 
         # PYTHONPATH is set by the script's setup lines; the rest of the environment is the submitter's (--export=ALL)
-        return SlurmTask(spec.id, self._worker(spec), spec.cwd, {},
+        return SlurmTask(spec.id, self._worker(spec), spec.cwd, self._threads(spec, request),
                          os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
                          stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0))
+
+    @staticmethod
+    def _threads(spec: JobSpec, request: SlurmRequest) -> dict[str, str]:
+        """Intra-op threads of a task: its CPUs less the DataLoader processes of a GPU worker."""
+        if request.cpus_per_task is None:
+            return {}
+        return thread_env(request.cpus_per_task, 1, spec.loader_workers if request.gpus_per_node else 0)
 
     def _submit(self, specs: list[JobSpec]) -> list[JobHandle]:
         from submitit.core.utils import DelayedSubmission, JobPaths
