@@ -79,8 +79,19 @@ def gather_rng_states(device: torch.device | None) -> list[dict] | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return [mine]
     parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
-    return parts if dist.get_rank() == 0 else None
+    # as NumPy arrays: tensors inside all_gather_object fail to unpickle in this torch release
+    dist.all_gather_object(parts, _map_tensors(mine, lambda t: t.numpy()))
+    if dist.get_rank() != 0:
+        return None
+    return [_map_tensors(p, lambda a: torch.from_numpy(a), np.ndarray) for p in parts]
+
+
+def _map_tensors(obj: Any, fn, kind: type = torch.Tensor) -> Any:
+    if isinstance(obj, kind):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn, kind) for k, v in obj.items()}
+    return obj
 
 
 def restore_rank_state(ckpt: dict, rank: int, world_size: int, device: torch.device | None) -> bool:
