@@ -176,9 +176,17 @@ def all_reduce_mean_async(values: dict[str, float | torch.Tensor], device: torch
     """
     if not values:
         return PendingMean([], None, None, {})
-    keys = sorted(values)
-    t = torch.stack([torch.as_tensor(values[k], device=device).detach().reshape(()).to(torch.float64)
-                     for k in keys])
+    on_device = sorted(k for k, v in values.items() if torch.is_tensor(v))
+    numbers = sorted(k for k in values if k not in on_device)
+    parts = [torch.stack([values[k].detach().reshape(()).to(device, torch.float64) for k in on_device])] \
+        if on_device else []
+    if numbers:
+        host = torch.tensor([float(values[k]) for k in numbers], dtype=torch.float64)
+        if device.type == "cuda":  # a pinned copy does not wait for the queued forward pass
+            host = host.pin_memory().to(device, non_blocking=True)
+        parts.append(host)
+    keys = on_device + numbers
+    t = torch.cat(parts)
     if not is_distributed():
         return PendingMean(keys, t, None, {})
     return PendingMean(keys, t, dist.all_reduce(t, async_op=True), {})

@@ -321,3 +321,47 @@ def test_masks_are_encoded_per_batch_and_freed() -> None:
     assert len(first) == 20 and isinstance(first[0]["segmentation"]["counts"], str)  # RLE, not a tensor
     assert max(seen_alive) == 0  # no earlier batch's masks alive when the next batch starts
     assert all(ref() is None for ref in model.masks)
+
+
+# ---- 12. peak memory: reset at each log line, the busiest rank's ---------------------------------------
+def test_memory_figure_is_reset_each_time_and_the_largest_over_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from detcore.engine import trainer as T
+
+    peaks = iter([300 * 2 ** 20, 100 * 2 ** 20])
+    resets = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: next(peaks))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: resets.append(device))
+    other_ranks = {"peak": 0.0}
+    monkeypatch.setattr(T, "all_reduce_max", lambda value, device: max(value, other_ranks["peak"]))
+    fake = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cuda", 0)))
+    assert T.Trainer.memory_mb(fake) == 300
+    other_ranks["peak"] = 250.0  # rank 1 peaked higher in the next window
+    assert T.Trainer.memory_mb(fake) == 250
+    assert resets == [torch.device("cuda", 0)] * 2
+
+
+# ---- 11/12. pinned val/test batches on a GPU, --amp on the CPU says it is ignored ----------------------
+def test_eval_loaders_pin_memory_only_for_cuda() -> None:
+    from detcore.config import load_config
+    from detcore.engine.setup import build_split_loader
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_config(root / "configs/shapes/faster_rcnn_tiny_shapes.yaml", ["data.workers_per_gpu=0"])
+    on_gpu = build_split_loader(cfg, "val", D.DistInfo(0, 1, 0, torch.device("cuda", 0)), seed=0, train=False)
+    on_cpu = build_split_loader(cfg, "val", D.DistInfo(0, 1, 0, torch.device("cpu")), seed=0, train=False)
+    assert on_gpu.pin_memory is True and on_cpu.pin_memory is False
+
+
+def test_amp_on_the_cpu_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from detcore.config import load_config
+    from detcore.engine.trainer import Trainer
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_config(root / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
+                      ["runner.max_iters=1", "data.workers_per_gpu=0", "data.samples_per_gpu=2"])
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(cfg, tmp_path, validate=False, amp=True, device="cpu")
+    assert not trainer.amp and not trainer.scaler.is_enabled()
+    assert "--amp needs a CUDA device" in caplog.text
