@@ -48,7 +48,8 @@ def describe(gpus: int, smoke: bool) -> list[str]:
             f"  2. {STEPS[1]}: detcore train --device {'cpu' if smoke else 'cuda'} --amp",
             f"  3. {STEPS[2]}: detcore train --device cpu (2 iters), then --resume auto --amp "
             f"--device {'cpu' if smoke else 'cuda'}",
-            f"  4. {STEPS[3]}: two launcher submit --gpus 1 --detach at once" + (" (LAUNCHER_FAKE_GPUS=2)" if smoke else ""),
+            f"  4. {STEPS[3]}: two launcher submit --gpus 1 --detach at once"
+            + (" (LAUNCHER_FAKE_GPUS=2)" if smoke else ""),
             f"  5. {STEPS[4]}: train fp32 and AMP, batch 2, {'128x213' if smoke else '800x1333'}; inference"]
 
 

@@ -77,9 +77,10 @@ class JobSpec:
 
     ``backend_options`` is the backend's own frozen dataclass (e.g. ``LocalOptions``) or None.
     ``resume`` is ``auto`` (continue from the work dir's newest checkpoint, fresh when none),
-    ``never`` or a checkpoint path. ``amp``/``deterministic`` become the worker's ``--amp`` and
-    ``--deterministic``; ``loader_workers`` is the config's ``data.workers_per_gpu`` (CPU sizing). ``scaling`` holds the linear-scaling decision for this world
+    ``never`` or a checkpoint path. ``scaling`` holds the linear-scaling decision for this world
     size; its overrides follow the user's ``overrides`` on the worker command line.
+    ``amp``/``deterministic`` become the worker's ``--amp`` and ``--deterministic``;
+    ``loader_workers`` is the config's ``data.workers_per_gpu`` (for sizing CPUs and threads).
     """
 
     id: str

@@ -46,7 +46,6 @@ _OWN_GROUP = False  # the default group was created by init_distributed (not by 
 # Rank 0 alone runs COCOeval or writes a checkpoint to slow storage while the others wait in the
 # next collective; torch's 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
 DEFAULT_TIMEOUT_MIN = 30.0
-BACKEND_ENV = "DETCORE_DIST_BACKEND"  # a launcher may ask for gloo on GPUs (several ranks per GPU)
 
 
 def resolve_device(device: str | None, local_rank: int) -> torch.device:
@@ -90,7 +89,7 @@ def init_distributed(device: str | None = None, timeout_min: float | None = None
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        backend = os.environ.get(BACKEND_ENV) or ("nccl" if dev.type == "cuda" else "gloo")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         timeout = timedelta(minutes=float(timeout_min if timeout_min is not None else DEFAULT_TIMEOUT_MIN))
         store = attempt_store()
         if store is None:

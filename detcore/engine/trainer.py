@@ -257,7 +257,8 @@ class Trainer:
                          seed=self.seed, scaling=self.cfg.get("_scaling"))
         path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
                                scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                               rng=states[0], rng_per_rank=states, loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
+                               rng=states[0], rng_per_rank=states,
+                               loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
                                hooks=[h.state_dict() for h in self.hooks])
         pointer = self.work_dir / "last_checkpoint"
         tmp = pointer.with_name(f".last_checkpoint.{os.getpid()}.tmp")

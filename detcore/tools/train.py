@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms, cuDNN and cuBLAS (see the README's limits on CUDA)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms, cuDNN and cuBLAS (see the README's limits on CUDA)")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
 
 
