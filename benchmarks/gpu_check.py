@@ -12,8 +12,8 @@ Steps (each reports its own row; one failing does not stop the others):
 5. ``R50-FPN``: Faster R-CNN R50-FPN training (batch 2, 800x1333 generated images) in fp32 and
    AMP: images/s and peak GPU memory; inference images/s.
 
-``--cpu-smoke`` runs the same steps on the CPU with tiny settings (GPU jobs on fake GPUs must then
-fail with detcore's one line about CUDA), so CI knows the script at least starts; ``--dry-run``
+``--cpu-smoke`` runs the same steps on the CPU with tiny settings (the leases on 2 fake GPUs,
+whose jobs train on the CPU), so CI knows the script at least starts; ``--dry-run``
 prints the steps and runs nothing. A check that fails is a row with ``met: false`` and makes the
 command exit 1. No timing is a goal here: the figures are for the closing note of the issue.
 """
@@ -35,13 +35,12 @@ TITLE = "GPU check: NCCL job, AMP, CPU checkpoint resumed with AMP, concurrent l
 SHAPES = REPO_ROOT / "configs" / "shapes" / "faster_rcnn_tiny_shapes.yaml"
 R50 = REPO_ROOT / "configs" / "faster_rcnn" / "faster_rcnn_r50_fpn_1x_coco.yaml"
 STEPS = ("nccl job", "amp job", "cpu checkpoint -> --amp resume", "leases", "R50-FPN")
-NO_CUDA = "no usable CUDA device"
 
 
 def describe(gpus: int, smoke: bool) -> list[str]:
     """What :func:`run` would do on a node with ``gpus`` GPUs (``--dry-run``)."""
     ranks = 2 if gpus >= 2 else 1
-    where = "CPU smoke (tiny settings; GPU jobs on 2 fake GPUs must fail with one line)" if smoke else \
+    where = "CPU smoke (tiny settings; GPU leases on 2 fake GPUs, training on the CPU)" if smoke else \
         f"{gpus} GPU(s)"
     return [f"GPU check on {where}:",
             f"  1. {STEPS[0]}: launcher submit {SHAPES.name} " + ("--nproc 2 (gloo)" if smoke else f"--gpus {ranks}"),
@@ -161,11 +160,7 @@ def step_leases(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     if len(statuses) < 2:
         raise RuntimeError("the two jobs did not end within 8 minutes")
     devices = [tuple(statuses[e].get("devices") or ()) for e in ids]
-    if smoke:
-        reasons = [_rank0_log(work / f"w{i}") for i in range(2)]
-        if not all(statuses[e]["state"] == "failed" for e in ids) or not all(NO_CUDA in r for r in reasons):
-            raise RuntimeError(f"GPU jobs without CUDA must fail with '{NO_CUDA}': {statuses}")
-    elif not all(statuses[e]["state"] == "succeeded" for e in ids):
+    if not all(statuses[e]["state"] == "succeeded" for e in ids):
         raise RuntimeError(f"not both succeeded: { {e: statuses[e].get('reason') for e in ids} }")
     if (smoke or gpus >= 2) and devices[0] == devices[1]:
         raise RuntimeError(f"both jobs got GPU(s) {devices[0]}")

@@ -173,7 +173,7 @@ def worker_command(spec: JobSpec, python: str = sys.executable) -> tuple[str, ..
 
 
 def shim_command(spec: JobSpec, log_dir: str | None, attempts_file: str | None,
-                 python: str | None = None) -> tuple[str, ...]:
+                 python: str | None = None, device: str | None = None) -> tuple[str, ...]:
     """The worker behind :mod:`launcher.worker` (per-rank logs, attempt records, resume on restart).
 
     With ``python=None`` the result starts at ``-m`` (for ``torchrun -m`` style launchers that add
@@ -185,7 +185,7 @@ def shim_command(spec: JobSpec, log_dir: str | None, attempts_file: str | None,
         head += ["--log-dir", log_dir]
     if attempts_file:
         head += ["--attempts-file", attempts_file]
-    return (*head, "--", spec.worker_module, *worker_args(spec))
+    return (*head, "--", spec.worker_module, *worker_args(spec, device))
 
 
 def thread_env(cores: int, workers_on_node: int, loader_workers: int = 0) -> dict[str, str]:

@@ -103,10 +103,12 @@ def available_cores() -> int:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None) -> None:
+    def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None,
+                 fake_gpus: bool | None = None) -> None:
         self.home = Path(home)
         self.cores = cores if cores is not None else available_cores()
         self._gpus = gpus
+        self.fake_gpus = (FAKE_GPUS_ENV in os.environ) if fake_gpus is None else fake_gpus
 
     @property
     def gpus(self) -> tuple[str, ...]:
@@ -130,8 +132,9 @@ class LocalBackend:
         torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(r.nproc),
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", spec.id,
                     "--max-restarts", str(spec.max_restarts), "--log-dir", str(job_dir / "torchelastic"))
+        device = "cpu" if self.fake_gpus else None  # fake GPUs test the leases; the workers train on the CPU
         worker = shim_command(spec, log_dir=os.path.join(spec.work_dir, "logs"),
-                              attempts_file=str(job_dir / "attempts.jsonl"))
+                              attempts_file=str(job_dir / "attempts.jsonl"), device=device)
         env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
                "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, **device_env(r.gpus, os.environ)}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
@@ -141,6 +144,8 @@ class LocalBackend:
                          f"(queued while busy); each rank uses its own (--device cuda, LOCAL_RANK)")
         else:
             notes.append("CPU workers (--device cpu); CUDA_VISIBLE_DEVICES is empty, so no GPU is touched")
+        if r.gpus and self.fake_gpus:
+            notes.append(f"{FAKE_GPUS_ENV}: the GPUs are fake, so the workers train with --device cpu")
         if spec.amp and not r.gpus:
             notes.append("--amp is ignored by CPU workers (they train in full precision and say so in their log)")
         if spec.slots:

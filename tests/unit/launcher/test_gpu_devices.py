@@ -33,8 +33,8 @@ def _device(command: tuple[str, ...]) -> str:
 
 # ---- 5. CPU jobs never land on a GPU; GPU jobs never fall back to the CPU ---------------------------
 def test_local_cpu_job_on_a_gpu_machine_sees_no_gpu(tmp_path: Path) -> None:
-    dry = LocalBackend(tmp_path, cores=8, gpus=("0", "1")).dryrun(spec_for(resources=Resources(nproc=2),
-                                                                        backend_options=Options()))
+    dry = LocalBackend(tmp_path, cores=8, gpus=("0", "1"), fake_gpus=False).dryrun(
+        spec_for(resources=Resources(nproc=2), backend_options=Options()))
     env = dict(dry.env)
     assert _device(dry.commands[0]) == "cpu"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # torch in the workers finds no GPU at all
@@ -43,8 +43,10 @@ def test_local_cpu_job_on_a_gpu_machine_sees_no_gpu(tmp_path: Path) -> None:
 
 def test_local_gpu_job_asks_for_cuda_in_pci_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    dry = LocalBackend(tmp_path, cores=16, gpus=("0", "1", "2", "3")).dryrun(
-        spec_for(resources=Resources(nproc=2, gpus=2), backend_options=Options()))
+    spec = spec_for(resources=Resources(nproc=2, gpus=2), backend_options=Options())
+    fake = LocalBackend(tmp_path, cores=16, gpus=("0", "1"), fake_gpus=True).dryrun(spec)
+    assert _device(fake.commands[0]) == "cpu"  # LAUNCHER_FAKE_GPUS tests the leases, on the CPU
+    dry = LocalBackend(tmp_path, cores=16, gpus=("0", "1", "2", "3"), fake_gpus=False).dryrun(spec)
     env = dict(dry.env)
     assert _device(dry.commands[0]) == "cuda"  # no usable CUDA then fails in the worker, with one line
     assert "CUDA_VISIBLE_DEVICES" not in env  # the supervisor sets the leased ones
@@ -62,7 +64,9 @@ def test_submit_dry_run_passes_amp_and_deterministic_and_says_cpu_ignores_amp(tm
         assert proc.returncode == 0, proc.stderr
         out[name] = json.loads(proc.stdout)
     gpu_cmd, cpu_cmd = out["gpu"]["commands"][0], out["cpu"]["commands"][0]
-    assert _device(tuple(gpu_cmd)) == "cuda" and "--amp" in gpu_cmd and "--deterministic" in gpu_cmd
+    assert _device(tuple(gpu_cmd)) == "cpu"  # fake GPUs: the workers train on the CPU, and say why
+    assert any("the GPUs are fake" in n for n in out["gpu"]["notes"])
+    assert "--amp" in gpu_cmd and "--deterministic" in gpu_cmd
     assert gpu_cmd.index("--amp") < gpu_cmd.index("--cfg-options")
     assert _device(tuple(cpu_cmd)) == "cpu" and out["cpu"]["env"]["CUDA_VISIBLE_DEVICES"] == ""
     assert any("--amp is ignored by CPU workers" in n for n in out["cpu"]["notes"])
