@@ -1,5 +1,8 @@
 """``python -m benchmarks [--quick] [--only NAME ...] [--out-dir DIR]``: run, print the table, write JSON.
 
+``python -m benchmarks --gpu [--cpu-smoke | --dry-run]`` runs the GPU check instead
+(:mod:`benchmarks.gpu_check`); it exits 1 when one of its checks fails.
+
 Each benchmark writes ``DIR/<name>.json`` (machine, settings, rows with median and spread,
 ratios and goals); ``DIR/summary.md`` is then rewritten from all the JSON files in DIR (the
 latest result of each benchmark, as one Markdown table). A benchmark that fails is reported as an error row and the
@@ -32,7 +35,9 @@ BENCHMARKS = {
     "inference": "benchmarks.inference",
     "bookkeeping": "benchmarks.bookkeeping",
     "memory": "benchmarks.memory",
+    "mask_eval_memory": "benchmarks.mask_eval_memory",
 }
+GPU_BENCHMARKS = {"gpu_check": "benchmarks.gpu_check"}  # only with --gpu
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,14 +45,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 description="Run the benchmarks, print the table, write results/<name>.json.")
     p.add_argument("--quick", action="store_true", help="small settings (under 5 minutes on 2 cores)")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these: {', '.join(BENCHMARKS)}")
-    p.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),
+    p.add_argument("--out-dir", default=str(REPO_ROOT / "benchmarks" / "results"),  # --cpu-smoke: a temp dir
                    help="where <name>.json and summary.md go (default benchmarks/results)")
     p.add_argument("--start-clusters", action="store_true",
                    help="startup: start the local Slurm and Ray test clusters when they are down (cluster/*/start.sh); "
                         "a cluster started this way is stopped after its runs")
     p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
+    p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py) instead, on a GPU "
+                                                      "node: under 8 minutes on one")
+    p.add_argument("--cpu-smoke", action="store_true", help="with --gpu: the same steps on the CPU, tiny settings")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu: print the steps and run nothing")
     args = p.parse_args(argv)
+    if (args.cpu_smoke or args.dry_run) and not args.gpu:
+        p.error("--cpu-smoke and --dry-run go with --gpu")
     for name in args.only or []:
         if name not in BENCHMARKS:
             close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
@@ -58,10 +69,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    names = [n for n in BENCHMARKS if not args.only or n in args.only]
-    out_dir = Path(args.out_dir)
+    catalogue = GPU_BENCHMARKS if args.gpu else BENCHMARKS
+    names = [n for n in catalogue if args.gpu or not args.only or n in args.only]
+    if args.dry_run:
+        import torch
+
+        from benchmarks.gpu_check import describe
+
+        print("\n".join(describe(torch.cuda.device_count() if torch.cuda.is_available() else 0, args.cpu_smoke)))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="detlaunch-bench-"))
+    default_out = str(REPO_ROOT / "benchmarks" / "results")
+    out_dir = Path(args.out_dir)
+    if args.cpu_smoke and args.out_dir == default_out:  # smoke figures never replace a GPU node's results
+        out_dir = Path(tempfile.mkdtemp(prefix="detlaunch-gpu-smoke-"))
     ctx = Context(quick=args.quick, out_dir=out_dir, tmp=tmp, start_clusters=args.start_clusters)
+    ctx.shared["cpu_smoke"] = args.cpu_smoke
     log(f"{'quick' if args.quick else 'full'} run of {', '.join(names)}; work dirs under {tmp}")
     machine = machine_description()
     results: list[tuple[str, list[Row]]] = []
@@ -69,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     try:
         for name in names:
-            module = importlib.import_module(BENCHMARKS[name])
+            module = importlib.import_module(catalogue[name])
             log(f"{name}: {module.TITLE}")
             t0 = time.perf_counter()
             load_at_start = list(os.getloadavg())
@@ -86,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 error = "".join(traceback.format_exception(exc))
                 print(error, file=sys.stderr)
                 rows = [Row(name, None, note=f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")]
+            failed |= args.gpu and any(r.met is False for r in rows)
             elapsed = time.perf_counter() - t0
             write_result(out_dir / f"{name}.json", name, module.TITLE, result,
                          {**machine, "load_average_at_start": load_at_start}, elapsed, args.quick, error, args.note)
@@ -107,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_summary(out_dir: Path) -> Path:
     """``out_dir/summary.md``: the latest result of every benchmark found there, as one Markdown table."""
     docs = []
-    for name in BENCHMARKS:
+    for name in [*BENCHMARKS, *GPU_BENCHMARKS]:
         path = out_dir / f"{name}.json"
         if path.is_file():
             docs.append(json.loads(path.read_text()))

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -157,11 +158,29 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor (inside dicts, lists and tuples) copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, Mapping):
+        out = OrderedDict((k, to_cpu(v)) for k, v in obj.items()) if isinstance(obj, OrderedDict) else \
+            {k: to_cpu(v) for k, v in obj.items()}
+        if getattr(obj, "_metadata", None) is not None:  # a module state dict's versions
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any], **state: Any) -> Path:
-    """Write ``{meta, state_dict, **state}`` atomically; ``state`` holds optimizer, scheduler, rng, ..."""
+    """Write ``{meta, state_dict, **state}`` atomically; ``state`` holds optimizer, scheduler, rng, ...
+
+    Tensors are stored on the CPU, so a GPU run's checkpoint loads anywhere without a map_location.
+    """
     payload = {"meta": dict(meta), "state_dict": unwrap(model).state_dict(),
                **{k: v for k, v in state.items() if v is not None}}
-    return atomic_torch_save(payload, path)
+    return atomic_torch_save(to_cpu(payload), path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -61,6 +61,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--hang-timeout", type=float, metavar="S",
                    help="end and restart an attempt in which no rank finishes an iteration for S seconds (0: off; "
                         "default 1800 for runs of 5000+ iterations or epoch-based, else off)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms, cuDNN and cuBLAS (slower; see the README's limits on CUDA)")
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")

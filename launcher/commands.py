@@ -45,7 +45,8 @@ def _request(args: argparse.Namespace, module):
                          resume=getattr(args, "resume", "auto"), checkpoint=getattr(args, "test", None),
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
                          seed=args.seed, backend_options=module.options_from_args(args),
-                         worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None))
+                         worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None),
+                         amp=args.amp, deterministic=args.deterministic)
 
 
 def _print_json(data) -> None:

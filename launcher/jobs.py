@@ -50,6 +50,8 @@ class SubmitRequest:
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
     hang_timeout_s: float | None = None  # None: default_hang_timeout
+    amp: bool = False
+    deterministic: bool = False
 
 
 def default_hang_timeout(cfg: dict, mode: Mode) -> float:
@@ -110,9 +112,18 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                    overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
-                   worker_module=req.worker_module, slots=req.slots, run_id=new_run_id(),
+                   worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
+                   loader_workers=loader_workers(cfg), run_id=new_run_id(),
                    hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
                                    else float(req.hang_timeout_s)))
+
+
+def loader_workers(cfg: dict) -> int:
+    """The config's DataLoader workers per rank (``data.workers_per_gpu``, detcore's default 2)."""
+    value = (cfg.get("data") or {}).get("workers_per_gpu", 2)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LauncherError(f"data.workers_per_gpu must be an integer >= 0, got {value!r}")
+    return value
 
 
 def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None) -> Experiment:
@@ -163,7 +174,7 @@ def request_from_spec(spec: JobSpec) -> SubmitRequest:
                          name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
                          eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
                          backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None,
-                         hang_timeout_s=spec.hang_timeout_s)
+                         hang_timeout_s=spec.hang_timeout_s, amp=spec.amp, deterministic=spec.deterministic)
 
 
 def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,

@@ -2,23 +2,37 @@
 
 The policy (:func:`choose_units`, :func:`live_leases`) is pure. :class:`LeaseBook` keeps the
 leases in ``$LAUNCHER_HOME/leases.json`` and changes it only under a file lock, writing a new
-file and renaming it over the old one. A lease names its holder (an experiment id) and the
-process that keeps it (pid and start tick); when that process is gone, the lease is
-reclaimed by the next caller. Known limit: a lease whose keeper process outlives its job
-(it never does for the local supervisor) would stay held.
+file and renaming it over the old one. A lease names its holder (an experiment id), the host
+and the process that keeps it (pid and start tick).
+
+``$LAUNCHER_HOME`` defaults to the home directory, which cluster nodes share, so:
+
+* GPUs are keyed by host (pool ``gpu@HOST``): GPU 0 of one node is not GPU 0 of another;
+* only the host that holds a lease judges whether it is dead (a pid means nothing in another
+  node's ``/proc``); other hosts' leases are left alone;
+* a lease whose keeper died is reclaimed only when no process of its experiment (one carrying
+  ``DETLAUNCH_EXPERIMENT_ID=<holder>`` in its environment) is left on the host: the workers of
+  a supervisor killed with SIGKILL may still be on their GPUs for a while after it.
+
+GPU ids are the values of ``CUDA_VISIBLE_DEVICES`` (or nvidia-smi's indices, which follow PCI
+bus order, as CUDA does with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``). Known limit: a lease whose
+keeper and marked processes outlive its job stays held until they exit.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from detcore.contract import EXPERIMENT_ENV
 from launcher.locking import blocking_flock
 from launcher.procinfo import is_alive
 
 GPU_POOL = "gpu"
+HOST_POOLS = (GPU_POOL,)  # pools whose units belong to one host
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -27,6 +41,7 @@ class Lease:
     holder: str
     pid: int
     start: int
+    host: str = ""  # empty: written by a release that did not record hosts (this host's)
 
 
 Pools = Mapping[str, Mapping[str, Lease]]
@@ -53,17 +68,47 @@ def choose_units(inventory: Sequence[str], leases: Mapping[str, Lease], want: in
     return tuple(mine + free[:extra])
 
 
-def _lease_alive(lease: Lease) -> bool:
+def _keeper_alive(lease: Lease) -> bool:
     return is_alive(lease.pid, lease.start or None)
 
 
-class LeaseBook:
-    """The lease file. Every method takes the lock, reclaims dead leases and saves."""
+def marked_experiments() -> set[str]:
+    """The experiment ids in ``DETLAUNCH_EXPERIMENT_ID`` of this host's live processes (other
+    users' processes, whose environment cannot be read, are not seen)."""
+    import psutil
 
-    def __init__(self, home: str | os.PathLike, alive: Callable[[Lease], bool] = _lease_alive) -> None:
+    found = set()
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            value = proc.environ().get(EXPERIMENT_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if value:
+            found.add(value)
+    return found
+
+
+def host_pool(pool: str, host: str) -> str:
+    """The key of ``pool`` in the lease file: ``gpu@HOST`` for host-bound pools, else ``pool``."""
+    return f"{pool}@{host}" if pool in HOST_POOLS else pool
+
+
+class LeaseBook:
+    """The lease file. Every method takes the lock, reclaims this host's dead leases and saves.
+
+    ``alive(lease)``: is the keeper process running (this host); ``marked()``: the experiments
+    that still have a process on this host (asked only when some keeper is dead).
+    """
+
+    def __init__(self, home: str | os.PathLike, alive: Callable[[Lease], bool] = _keeper_alive,
+                 host: str | None = None, marked: Callable[[], set[str]] = marked_experiments) -> None:
         self.home = Path(home)
         self.path = self.home / "leases.json"
+        self.host = host or socket.gethostname()
         self._alive = alive
+        self._marked = marked
 
     def _lock(self):
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -74,7 +119,12 @@ class LeaseBook:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
-        return {pool: {unit: Lease(**lease) for unit, lease in units.items()} for pool, units in raw.items()}
+        pools: dict[str, dict[str, Lease]] = {}
+        for pool, units in raw.items():
+            if pool in HOST_POOLS:  # a file of an earlier release: its GPU leases are this host's
+                pool = host_pool(pool, self.host)
+            pools.setdefault(pool, {}).update({unit: Lease(**lease) for unit, lease in units.items()})
+        return pools
 
     def _save(self, pools: Mapping[str, Mapping[str, Lease]]) -> None:
         data = {pool: {unit: asdict(lease) for unit, lease in units.items()} for pool, units in pools.items() if units}
@@ -82,44 +132,63 @@ class LeaseBook:
         tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, self.path)
 
+    def _mine(self, lease: Lease) -> bool:
+        return lease.host in ("", self.host)
+
     def _live(self) -> dict[str, dict[str, Lease]]:
-        return {pool: live_leases(units, self._alive) for pool, units in self._load().items()}
+        marked: set[str] | None = None
+
+        def alive(lease: Lease) -> bool:
+            nonlocal marked
+            if not self._mine(lease) or self._alive(lease):
+                return True
+            if marked is None:
+                marked = self._marked()
+            return lease.holder in marked
+
+        return {pool: live_leases(units, alive) for pool, units in self._load().items()}
 
     def acquire(self, pool: str, inventory: Sequence[str], want: int, holder: str, pid: int,
                 start: int) -> tuple[str, ...] | None:
-        """Lease ``want`` units of ``pool`` to ``holder`` kept by ``(pid, start)``; None when busy."""
+        """Lease ``want`` units of ``pool`` (this host's, for GPUs) to ``holder`` kept by ``(pid, start)``;
+        None when busy."""
+        key = host_pool(pool, self.host)
         with self._lock():
             pools = self._live()
-            units = dict(pools.get(pool, {}))
+            units = dict(pools.get(key, {}))
             chosen = choose_units(inventory, units, want, holder)
             if chosen is not None:
-                for unit in [u for u, lease in units.items() if lease.holder == holder]:
+                for unit in [u for u, lease in units.items() if lease.holder == holder and self._mine(lease)]:
                     del units[unit]
-                units.update({unit: Lease(holder, pid, start) for unit in chosen})
-                pools[pool] = units
+                units.update({unit: Lease(holder, pid, start, self.host) for unit in chosen})
+                pools[key] = units
             self._save(pools)
             return chosen
 
     def transfer(self, holder: str, pid: int, start: int) -> None:
-        """Hand every lease of ``holder`` to a new keeper process."""
+        """Hand every lease of ``holder`` on this host to a new keeper process."""
         with self._lock():
             pools = self._live()
             for units in pools.values():
                 for unit, lease in list(units.items()):
-                    if lease.holder == holder:
-                        units[unit] = Lease(holder, pid, start)
+                    if lease.holder == holder and self._mine(lease):
+                        units[unit] = Lease(holder, pid, start, self.host)
             self._save(pools)
 
     def release(self, holder: str) -> None:
+        """Free every lease of ``holder`` on this host."""
         with self._lock():
             pools = self._live()
             for pool in pools:
-                pools[pool] = {u: lease for u, lease in pools[pool].items() if lease.holder != holder}
+                pools[pool] = {u: lease for u, lease in pools[pool].items()
+                               if lease.holder != holder or not self._mine(lease)}
             self._save(pools)
 
     def held(self) -> dict[str, dict[str, Lease]]:
-        """The live leases (dead ones reclaimed), by pool then unit."""
+        """The live leases (dead ones reclaimed), by pool then unit; this host's GPUs under ``gpu``,
+        other hosts' under ``gpu@HOST``."""
         with self._lock():
             pools = self._live()
             self._save(pools)
-            return pools
+        mine = host_pool(GPU_POOL, self.host)
+        return {(GPU_POOL if pool == mine else pool): units for pool, units in pools.items()}

@@ -79,6 +79,8 @@ class JobSpec:
     ``resume`` is ``auto`` (continue from the work dir's newest checkpoint, fresh when none),
     ``never`` or a checkpoint path. ``scaling`` holds the linear-scaling decision for this world
     size; its overrides follow the user's ``overrides`` on the worker command line.
+    ``amp``/``deterministic`` become the worker's ``--amp`` and ``--deterministic``;
+    ``loader_workers`` is the config's ``data.workers_per_gpu`` (for sizing CPUs and threads).
     """
 
     id: str
@@ -102,6 +104,9 @@ class JobSpec:
     slots: SlotPool | None = None
     run_id: str = ""
     hang_timeout_s: float = 0.0
+    amp: bool = False
+    deterministic: bool = False
+    loader_workers: int = 2
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{8}", self.id):
@@ -118,6 +123,7 @@ class JobSpec:
         if not self.resume:
             raise LauncherError("resume must be auto, never or a checkpoint path")
         _check_int("max_restarts", self.max_restarts, 0)
+        _check_int("data.workers_per_gpu", self.loader_workers, 0)
         if self.backend_options is not None and not dataclasses.is_dataclass(self.backend_options):
             raise LauncherError(f"backend_options must be the backend's options dataclass, got "
                                 f"{type(self.backend_options).__name__}")

@@ -30,8 +30,12 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
                   device: str = "cpu", cfg_options: Sequence[str] = ()) -> nn.Module:
     """Build a detector in eval mode; the config may be omitted and read from the checkpoint's meta.
 
-    The model gets ``cfg`` and ``class_names`` attributes.
+    The model gets ``cfg`` and ``class_names`` attributes. ``device``: cpu, cuda or cuda:N; a CUDA
+    device that is not there is a one-line ConfigError.
     """
+    from detcore.engine.dist import resolve_device
+
+    target = resolve_device(device, 0)
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
     if config is None:
         if ckpt is None or not ckpt["meta"].get("config"):
@@ -48,7 +52,7 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
     classes = (ckpt or {}).get("meta", {}).get("classes") or cfg.get("classes")
     model.cfg = cfg
     model.class_names = list(classes) if classes else [str(i + 1) for i in range(cfg["model"]["num_classes"])]
-    return model.to(device).eval()
+    return model.to(target).eval()
 
 
 def load_image(img: ImageLike) -> torch.Tensor:

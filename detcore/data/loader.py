@@ -67,13 +67,14 @@ def aspect_ratio_groups(dataset: Dataset) -> list[int]:
 
 def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, *, shuffle: bool = True,
                      seed: int = 0, rank: int = 0, world_size: int = 1, aspect_ratio_grouping: bool = True,
-                     test_mode: bool = False) -> DataLoader:
+                     test_mode: bool = False, pin_memory: bool = False) -> DataLoader:
     """A DataLoader yielding ``([images], [targets])`` batches for one rank.
 
     Train mode (``test_mode=False``): :class:`TrainBatchSampler` (seeded per epoch, grouped by
     aspect ratio, padded so all ranks get the same number of batches); call
     ``loader.batch_sampler.set_epoch(epoch, skip_batches)`` before each epoch.
     Test mode: :class:`InferenceBatchSampler` (contiguous shard, no padding, order kept).
+    ``pin_memory``: page-locked batches, so copies to a GPU can be asynchronous.
     ``len(loader.batch_sampler)`` is the number of batches per epoch of this rank.
     """
     if not isinstance(workers_per_gpu, int) or workers_per_gpu < 0:
@@ -87,4 +88,5 @@ def build_dataloader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: in
         batch_sampler = TrainBatchSampler(groups, samples_per_gpu, shuffle=shuffle, seed=seed, rank=rank,
                                           world_size=world_size)
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers_per_gpu, collate_fn=collate,
-                      worker_init_fn=seed_worker, persistent_workers=workers_per_gpu > 0)
+                      worker_init_fn=seed_worker, persistent_workers=workers_per_gpu > 0,
+                      pin_memory=pin_memory)

@@ -3,6 +3,12 @@
 A launcher may have initialised the default process group already (Ray Train does); then
 it is used as it is. Otherwise ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` from
 the environment decide (torchrun and the launcher's backends set them).
+
+Devices: ``--device cpu``, ``cuda`` (this rank's GPU: ``LOCAL_RANK`` modulo the GPUs this
+process sees, so a Slurm task shown one GPU uses it whatever its local rank) or ``cuda:N``
+(GPU N of those visible, on every rank). Asking for CUDA where none is usable is a one-line
+:class:`~detcore.errors.ConfigError`. The process-group timeout (NCCL and gloo) is
+``dist_params.timeout_min`` in the config, :data:`DEFAULT_TIMEOUT_MIN` when unset.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from detcore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -35,34 +43,66 @@ class DistInfo:
 
 
 _OWN_GROUP = False  # the default group was created by init_distributed (not by Ray Train or a caller)
+# Rank 0 alone runs COCOeval or writes a checkpoint to slow storage while the others wait in the
+# next collective; torch's 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
+DEFAULT_TIMEOUT_MIN = 30.0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join (or create) the default process group; pick the device for this rank."""
+def resolve_device(device: str | None, local_rank: int) -> torch.device:
+    """The device this rank trains on (see the module docstring); ConfigError when it cannot be had.
+
+    ``None`` means CUDA when usable, else the CPU. Touches nothing but ``torch.cuda``'s queries.
+    """
+    text = (device or "").strip().lower()
+    if not text:
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        raise ConfigError(f"--device {device or 'cuda'}: no usable CUDA device in this process{shown}; check the "
+                          f"driver with nvidia-smi, or train on the CPU with --device cpu")
+    if index:
+        if int(index) >= count:
+            raise ConfigError(f"--device {device}: this process sees {count} GPU(s), numbered 0..{count - 1}; "
+                              f"pick one of those (CUDA_VISIBLE_DEVICES renumbers them from 0)")
+        return torch.device("cuda", int(index))
+    return torch.device("cuda", local_rank % count)
+
+
+def init_distributed(device: str | None = None, timeout_min: float | None = None) -> DistInfo:
+    """Join (or create) the default process group; pick and select the device for this rank.
+
+    The device is chosen and made current *before* the group exists, so NCCL binds each rank
+    to its own GPU. ``timeout_min`` bounds every collective (default :data:`DEFAULT_TIMEOUT_MIN`).
+    """
     global _OWN_GROUP
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        backend = "nccl" if use_cuda else "gloo"
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        timeout = timedelta(minutes=float(timeout_min if timeout_min is not None else DEFAULT_TIMEOUT_MIN))
         store = attempt_store()
         if store is None:
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
-                                    world_size=int(os.environ["WORLD_SIZE"]))
+                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
         _OWN_GROUP = True
         rank, world = dist.get_rank(), dist.get_world_size()
-        logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s", backend, rank, world,
-                    os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+        logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s device=%s timeout=%s", backend,
+                    rank, world, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dev, timeout)
     else:
         rank, world = 0, 1
-    dev = torch.device(f"cuda:{local_rank % max(1, torch.cuda.device_count())}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
     return DistInfo(rank, world, local_rank, dev)
 
 
@@ -119,25 +159,54 @@ class PendingMean:
     def wait(self) -> dict[str, float]:
         if self._tensor is None:
             return self._values
+        if self._work is None:
+            return dict(zip(self._keys, self._tensor.tolist()))
         self._work.wait()
         return dict(zip(self._keys, (self._tensor / dist.get_world_size()).tolist()))
 
 
-def all_reduce_mean_async(values: dict[str, float], device: torch.device) -> PendingMean:
-    """Start averaging ``values`` over all ranks and return at once.
+def all_reduce_mean_async(values: dict[str, float | torch.Tensor], device: torch.device) -> PendingMean:
+    """Start averaging ``values`` (numbers or 0-d tensors, e.g. detached losses) over all ranks.
 
-    The trainer starts it between forward and backward: the collective joins the queue before
-    DDP's gradient buckets, so the ranks meet once per step (in backward) instead of twice.
+    Returns at once and never waits for the device: tensors are stacked where they are, so
+    ``wait()`` makes the one host sync of the step (``tolist``) instead of one ``.item()`` per
+    value. The trainer starts it between forward and backward: the collective joins the queue
+    before DDP's gradient buckets, so the ranks meet once per step (in backward), not twice.
     """
-    if not is_distributed() or not values:
-        return PendingMean([], None, None, values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    return PendingMean(keys, t, dist.all_reduce(t, async_op=True), values)
+    if not values:
+        return PendingMean([], None, None, {})
+    on_device = sorted(k for k, v in values.items() if torch.is_tensor(v))
+    numbers = sorted(k for k in values if k not in on_device)
+    parts = [torch.stack([values[k].detach().reshape(()).to(device, torch.float64) for k in on_device])] \
+        if on_device else []
+    if numbers:
+        host = torch.tensor([float(values[k]) for k in numbers], dtype=torch.float64)
+        if device.type == "cuda":  # a pinned copy does not wait for the queued forward pass
+            host = host.pin_memory().to(device, non_blocking=True)
+        parts.append(host)
+    keys = on_device + numbers
+    t = torch.cat(parts)
+    if not is_distributed():
+        return PendingMean(keys, t, None, {})
+    return PendingMean(keys, t, dist.all_reduce(t, async_op=True), {})
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all ranks (the value itself when not distributed)."""
+    if not is_distributed():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def barrier() -> None:
-    if is_distributed():
+    """Wait for every rank; under NCCL on this rank's current GPU (no device guess, no warning)."""
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

@@ -18,25 +18,39 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def run_inference(model: nn.Module, loader: DataLoader, device: torch.device, *, progress: bool = False,
                   keep_images: int = 0, keepalive: Callable[[], object] | None = None,
-                  ) -> tuple[list[tuple[int, dict]], list[tuple[torch.Tensor, dict]]]:
+                  convert: Callable[[int, dict], Any] | None = None,
+                  ) -> tuple[list[tuple[int, Any]], list[tuple[torch.Tensor, dict]]]:
     """``[(image_id, output), ...]`` for this rank's shard, plus the first ``keep_images`` inputs.
 
     ``keepalive()`` is called after every batch (a rate-limited heartbeat for a hang watchdog).
+    With ``convert``, each output is replaced by ``convert(image_id, output)`` as soon as its
+    batch is done (e.g. COCO results with RLE masks), so full-size mask tensors live for one
+    batch instead of the whole shard (a Mask R-CNN output at 800x1333 with 100 detections is
+    about 400 MB). Only the ``keep_images`` kept predictions keep their tensors.
     """
     model.eval()
-    outputs: list[tuple[int, dict]] = []
+    outputs: list[tuple[int, Any]] = []
     kept: list[tuple[torch.Tensor, dict]] = []
     bar = tqdm(loader, desc="inference", unit="batch", disable=not progress or get_rank() != 0)
     for images, targets in bar:
-        preds = model([img.to(device) for img in images])
+        preds = model([img.to(device, non_blocking=True) for img in images])
         for img, target, pred in zip(images, targets, preds):
             pred = {k: v.cpu() for k, v in pred.items()}
-            outputs.append((int(target["image_id"]), pred))
+            image_id = int(target["image_id"])
             if len(kept) < keep_images:
                 kept.append((img, pred))
+            outputs.append((image_id, pred if convert is None else convert(image_id, pred)))
+        del preds, pred
         if keepalive is not None:
             keepalive()
     return outputs, kept
+
+
+def coco_converter(dataset: Any) -> Callable[[int, dict], list[dict]]:
+    """``convert`` for :func:`run_inference`: one image's output -> its COCO results (RLE masks)."""
+    from detcore.evaluation import results_to_coco
+
+    return lambda image_id, output: results_to_coco([(image_id, output)], dataset)
 
 
 def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -53,11 +67,15 @@ def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def gather_coco_results(outputs: list[tuple[int, dict]], dataset: Any) -> list[dict]:
-    """COCO results of every rank's outputs, each image exactly once, on rank 0 (``[]`` elsewhere)."""
+def gather_coco_results(outputs: list[tuple[int, Any]], dataset: Any, converted: bool = False) -> list[dict]:
+    """COCO results of every rank's outputs, each image exactly once, on rank 0 (``[]`` elsewhere).
+
+    ``converted``: ``outputs`` already hold COCO results per image (``run_inference(convert=...)``).
+    """
     from detcore.evaluation import gather_predictions, results_to_coco
 
-    per_image = [(image_id, results_to_coco([(image_id, out)], dataset)) for image_id, out in outputs]
+    per_image = outputs if converted else [(image_id, results_to_coco([(image_id, out)], dataset))
+                                           for image_id, out in outputs]
     return [r for _, results in gather_predictions(per_image) for r in results]
 
 
@@ -73,10 +91,10 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
     from detcore.apis.visualize import draw_result
     from detcore.evaluation import evaluate_coco
 
-    outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images,
-                                  keepalive=keepalive)
     dataset = loader.dataset
-    everything = gather_coco_results(outputs, dataset)
+    outputs, kept = run_inference(model, loader, device, progress=progress, keep_images=num_images,
+                                  keepalive=keepalive, convert=coco_converter(dataset))
+    everything = gather_coco_results(outputs, dataset, converted=True)
     drawn = [draw_result(img, pred, classes) for img, pred in kept]
     if get_rank() != 0:
         return {}, drawn

@@ -119,8 +119,8 @@ class CheckpointHook(HookBase):
         if not (t.at_boundary(self.interval) or t.iter == t.max_iters or t.stop_requested()):
             return
         name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
+        path = t.save(name)  # on every rank: each hands its random state to rank 0, which writes the file
         if t.dist.is_main:
-            path = t.save(name)
             for old in periodic_checkpoints_to_remove(t.work_dir, self.max_keep, protect={name}):
                 try:
                     old.unlink()

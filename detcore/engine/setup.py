@@ -8,7 +8,6 @@ whatever the number of loader workers.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from typing import Any, Mapping
 
@@ -21,14 +20,19 @@ from detcore.engine.dist import DistInfo
 logger = logging.getLogger(__name__)
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool = False, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU) with rank ``rank``'s seed of ``seed``.
+
+    Ranks get different seeds (:func:`~detcore.engine.rng.rank_seed`), so their RPN/ROI sampling
+    differs; model weights still agree (DDP broadcasts rank 0's at start).
+    """
+    from detcore.engine.rng import configure_determinism, rank_seed
+
+    seed = rank_seed(seed, rank)
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    configure_determinism(deterministic)
 
 
 class SeededSamples(Dataset):
@@ -98,13 +102,14 @@ def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed:
     dataset = build_dataset(split_cfg)
     per_gpu = int(data.get("samples_per_gpu", 2)) if train else int(data.get("test_samples_per_gpu", 1))
     workers = int(data.get("workers_per_gpu", 2))
+    pin = dist.device.type == "cuda"
     loader = build_dataloader(dataset, per_gpu, workers, shuffle=train, seed=seed, rank=dist.rank,
-                              world_size=dist.world_size, test_mode=not train)
+                              world_size=dist.world_size, test_mode=not train, pin_memory=pin and not train)
     if not train:
         return loader
     return DataLoader(SeededSamples(dataset, seed), batch_sampler=EpochTaggedBatches(loader.batch_sampler),
                       collate_fn=loader.collate_fn, num_workers=workers, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed), pin_memory=dist.device.type == "cuda")
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin)
 
 
 def build_loaders(cfg: Mapping[str, Any], dist: DistInfo, seed: int, validate: bool):

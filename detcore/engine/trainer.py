@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import resource
 import signal
 import threading
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -26,9 +24,11 @@ from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, remove
 from detcore.config import dump_config
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
-from detcore.engine.dist import DistInfo, all_reduce_mean_async, barrier, init_distributed
+from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
+from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
+from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.models import build_detector
@@ -77,10 +77,11 @@ class Trainer:
         (``detcore.contract.write_heartbeat``; ``detcore train`` passes ``$DETCORE_HEARTBEAT_DIR``)."""
         self.cfg = dict(cfg)
         self.work_dir = Path(work_dir)
-        self.dist: DistInfo = init_distributed(device)
+        configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
+        self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
         self.seed, self.deterministic = seed, deterministic
         self.heartbeat = Heartbeat(heartbeat_dir, self.dist.rank) if heartbeat_dir else None
-        seed_everything(seed, deterministic)
+        seed_everything(seed, deterministic, rank=self.dist.rank)
         if self.dist.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             for path in remove_stale_temp_files(self.work_dir):
@@ -106,11 +107,14 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, lr_factor_fn(
             self.cfg.get("lr_config"), iters_per_epoch=self.iters_per_epoch, by_epoch=self.by_epoch, max_units=units))
         self.amp = bool(amp and self.dist.device.type == "cuda")
+        if amp and not self.amp:
+            logger.warning("--amp needs a CUDA device; training on %s in full precision", self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.grad_clip = (self.cfg.get("optimizer_config") or {}).get("grad_clip")
         if self.dist.distributed:
             self.model = DistributedDataParallel(
-                self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
+                self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
+                broadcast_buffers=has_running_stats(self.model))
         self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
         self.hooks = self._build_hooks(validate)
         self.resumed = False
@@ -192,11 +196,12 @@ class Trainer:
         images, targets = next(data)
         t1 = time.perf_counter()
         images = [img.to(self.dist.device, non_blocking=True) for img in images]
-        targets = [{k: v.to(self.dist.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+        targets = [{k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]
         with torch.autocast(self.dist.device.type, enabled=self.amp):
             losses = self.model(images, targets)
         loss = sum(losses.values())
-        values = {k: v.detach().item() for k, v in losses.items()}
+        values: dict = {k: v.detach() for k, v in losses.items()}  # read once, after backward is queued
         values["stop_request"] = 1.0 if _STOP.is_set() else 0.0
         pending = all_reduce_mean_async(values, self.dist.device)  # overlaps backward: one meeting per step
         self.optimizer.zero_grad(set_to_none=True)
@@ -251,12 +256,22 @@ class Trainer:
         return None if heartbeat is None else (lambda: heartbeat.beat(self.iter))
 
     def memory_mb(self) -> float:
+        """Peak memory of the busiest rank (every rank calls this): CUDA memory allocated since the
+        previous call, or the CPU process's peak resident size. Collective when distributed."""
         if self.dist.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 20
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            mine = torch.cuda.max_memory_allocated(self.dist.device) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(self.dist.device)
+        else:
+            mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return all_reduce_max(mine, self.dist.device)
 
     # ---- checkpoints ------------------------------------------------------------------
-    def save(self, name: str) -> Path:
+    def save(self, name: str) -> Path | None:
+        """Write checkpoint ``name`` on rank 0 (its path; None elsewhere). Every rank must call it:
+        each hands its random state to rank 0."""
+        states = gather_rng_states(self.dist.device)
+        if not self.dist.is_main:
+            return None
         total_batch = self.train_loader.batch_size_total if hasattr(self.train_loader, "batch_size_total") else None
         meta = make_meta(config_text=dump_config(self.cfg), classes=self.classes, arch=self.arch, epoch=self.epoch,
                          iteration=self.iter, world_size=self.dist.world_size,
@@ -265,7 +280,8 @@ class Trainer:
         with beating(self._keepalive()):  # a slow file system is not a hang
             path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
                                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                                   rng=rng_state(), loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
+                                   rng=states[0], rng_per_rank=states,
+                                   loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
                                    hooks=[h.state_dict() for h in self.hooks])
         pointer = self.work_dir / "last_checkpoint"
         tmp = sibling_temp_path(pointer)
@@ -289,7 +305,8 @@ class Trainer:
         load_weights(self.model, ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt.get("scaler", {}))
+        if not restore_scaler(self.scaler, ckpt.get("scaler")) and self.amp:
+            logger.info("%s holds no AMP loss-scaler state (saved without --amp); starting with a fresh scale", path)
         self.iter = int(ckpt["loop"]["iter"])
         old_ipe = int(ckpt["loop"]["iters_per_epoch"])
         if old_ipe != self.iters_per_epoch:
@@ -298,8 +315,8 @@ class Trainer:
                            "iteration %d (epoch %d)", path, old_ipe, self.iters_per_epoch, self.iter, self.epoch)
         for hook, state in zip(self.hooks, ckpt.get("hooks", [])):
             hook.load_state_dict(state)
-        if self.dist.world_size == ckpt["meta"].get("world_size", 1):
-            set_rng_state(ckpt["rng"])
+        if not restore_rank_state(ckpt, self.dist.rank, self.dist.world_size, self.dist.device):
+            logger.info("world size changed since %s: random generators keep this run's seeds", path)
         self.resumed = True
         logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
 
@@ -322,27 +339,21 @@ def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": {"key": torch.from_numpy(np_state[1].copy()), "pos": np_state[2],
-                                                    "has_gauss": np_state[3], "cached": np_state[4]},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def restore_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> bool:
+    """Load a saved loss-scaler state into an enabled ``scaler``; False (scaler untouched) when it
+    is disabled or the checkpoint was saved without AMP (its state is empty: a CPU checkpoint
+    resumed with ``--amp`` starts with a fresh scale instead of failing)."""
+    if not scaler.is_enabled() or not state:
+        return False
+    scaler.load_state_dict(dict(state))
+    return True
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+def has_running_stats(model: torch.nn.Module) -> bool:
+    """True when a BatchNorm updates running statistics in training, so DDP must broadcast buffers
+    each step; frozen BN (torchvision's ``FrozenBatchNorm2d``) has none to keep in sync."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               for m in model.modules())
 
 
 __all__ = ["Trainer", "TrainingInterrupted", "request_stop", "install_stop_signals", "latest_checkpoint", "EXIT_STOPPED"]

@@ -24,14 +24,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--score-thr", type=float, default=0.3, help="score threshold for --show-dir (default 0.3)")
     p.add_argument("--split", default="test", help="data split to run on (default test)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
 
 
 def run(args: argparse.Namespace) -> int:
     from detcore.apis.visualize import draw_result
     from detcore.checkpoint import load_checkpoint, load_weights
     from detcore.engine.dist import init_distributed
-    from detcore.engine.evaluator import flatten_metrics, gather_coco_results, run_inference
+    from detcore.engine.evaluator import coco_converter, flatten_metrics, gather_coco_results, run_inference
     from detcore.engine.setup import build_split_loader
     from detcore.evaluation import evaluate_coco
     from detcore.models import build_detector
@@ -39,17 +39,26 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options)
     ckpt = load_checkpoint(args.checkpoint)
     work_dir = check_work_dir(Path(args.work_dir)) if args.work_dir else None
-    dist = init_distributed(args.device)
+    dist = init_distributed(args.device, (cfg.get("dist_params") or {}).get("timeout_min"))
     model = build_detector(cfg["model"]).to(dist.device)
     load_weights(model, ckpt)
     loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     if work_dir is not None:
         setup_logging(work_dir, "test.log")
-    outputs, _ = run_inference(model, loader, dist.device, progress=True)
     dataset = loader.dataset
-    results = gather_coco_results(outputs, dataset)
+    to_coco = coco_converter(dataset)
+    draw = None
     if args.show_dir:
-        _draw(outputs, dataset, Path(args.show_dir), args.score_thr, draw_result)
+        Path(args.show_dir).mkdir(parents=True, exist_ok=True)
+        draw = _drawer(dataset, Path(args.show_dir), args.score_thr, draw_result)
+
+    def convert(image_id: int, output: dict) -> list[dict]:  # per batch: no full-size masks are kept
+        if draw is not None:
+            draw(image_id, output)
+        return to_coco(image_id, output)
+
+    outputs, _ = run_inference(model, loader, dist.device, progress=True, convert=convert)
+    results = gather_coco_results(outputs, dataset, converted=True)
     if dist.rank != 0:
         return 0
     out = Path(args.out) if args.out else (work_dir / "results.json" if work_dir else None)
@@ -78,13 +87,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _draw(outputs, dataset, show_dir: Path, score_thr: float, draw_result) -> None:
+def _drawer(dataset, show_dir: Path, score_thr: float, draw_result):
+    """``draw(image_id, output)``: write the prediction drawn on the dataset's image to ``show_dir``."""
     from torchvision.io import write_png
 
-    show_dir.mkdir(parents=True, exist_ok=True)
-    by_id = dict(outputs)
-    for i in range(len(dataset)):
-        image, target = dataset[i]
-        pred = by_id.get(int(target["image_id"]))
-        if pred is not None:
-            write_png(draw_result(image, pred, dataset.CLASSES, score_thr), str(show_dir / f"{int(target['image_id'])}.png"))
+    position = {int(image_id): i for i, image_id in enumerate(dataset.img_ids)}
+
+    def draw(image_id: int, output: dict) -> None:
+        image, _ = dataset[position[image_id]]
+        write_png(draw_result(image, output, dataset.CLASSES, score_thr), str(show_dir / f"{image_id}.png"))
+
+    return draw

@@ -12,25 +12,34 @@ from launcher.spec import JobSpec, Mode
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def worker_args(spec: JobSpec) -> tuple[str, ...]:
+def worker_args(spec: JobSpec, device: str | None = None) -> tuple[str, ...]:
     """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``.
 
-    ``train CONFIG --work-dir D [--resume auto|PATH] [--seed N] [--cfg-options USER... SCALING...]``
-    or ``test CONFIG CHECKPOINT --work-dir D --out D/results.json [--eval M...] [--cfg-options ...]``.
-    ``--cfg-options`` comes last because it takes every following word.
+    ``train CONFIG --work-dir D --device cuda|cpu [--resume auto|PATH] [--seed N] [--amp]
+    [--deterministic] [--cfg-options USER... SCALING...]`` or ``test CONFIG CHECKPOINT --work-dir D
+    --out D/results.json --device cuda|cpu [--eval M...] [--cfg-options ...]``. The device is
+    always explicit: ``cuda`` (the rank's leased GPU) for a GPU job, else ``cpu`` (a CPU job never
+    lands on a GPU no lease covers; a GPU job without usable CUDA fails with one line). ``device``
+    overrides the choice (Ray's ``--gpus-per-worker``). ``--cfg-options`` comes last because it
+    takes every following word.
     """
+    device = device or ("cuda" if spec.resources.gpus else "cpu")
     overrides = list(spec.overrides) + (list(spec.scaling.overrides) if spec.scaling else [])
     if spec.mode is Mode.TEST:
         args = ["test", spec.config, str(spec.checkpoint), "--work-dir", spec.work_dir,
-                "--out", os.path.join(spec.work_dir, "results.json")]
+                "--out", os.path.join(spec.work_dir, "results.json"), "--device", device]
         if spec.eval_metrics:
             args += ["--eval", *spec.eval_metrics]
     else:
-        args = ["train", spec.config, "--work-dir", spec.work_dir]
+        args = ["train", spec.config, "--work-dir", spec.work_dir, "--device", device]
         if spec.resume != "never":
             args += ["--resume", spec.resume]
         if spec.seed is not None:
             args += ["--seed", str(spec.seed)]
+        if spec.amp:
+            args.append("--amp")
+        if spec.deterministic:
+            args.append("--deterministic")
     if overrides:
         args += ["--cfg-options", *overrides]
     return tuple(args)
@@ -50,7 +59,7 @@ def run_dir(spec: JobSpec) -> str:
     return str(contract.run_dir(spec.work_dir, spec.run_id or "default"))
 
 
-def shim_command(spec: JobSpec, python: str | None = None) -> tuple[str, ...]:
+def shim_command(spec: JobSpec, python: str | None = None, device: str | None = None) -> tuple[str, ...]:
     """The worker behind :mod:`launcher.worker` (rank log, start/end facts, hang watchdog, resume on restart).
 
     With ``python=None`` the result starts at ``-m`` (for ``torchrun -m`` style launchers that add
@@ -60,12 +69,16 @@ def shim_command(spec: JobSpec, python: str | None = None) -> tuple[str, ...]:
     head += ["-m", "launcher.worker", "--log-dir", log_dir(spec), "--run-dir", run_dir(spec)]
     if spec.hang_timeout_s:
         head += ["--hang-timeout", f"{spec.hang_timeout_s:g}"]
-    return (*head, "--", spec.worker_module, *worker_args(spec))
+    return (*head, "--", spec.worker_module, *worker_args(spec, device))
 
 
-def thread_env(cores: int, workers_on_node: int) -> dict[str, str]:
-    """Intra-op threads per worker so ``workers_on_node`` workers share ``cores`` without oversubscribing."""
-    threads = str(max(1, cores // max(1, workers_on_node)))
+def thread_env(cores: int, workers_on_node: int, loader_workers: int = 0) -> dict[str, str]:
+    """Intra-op threads per worker so ``workers_on_node`` workers share ``cores`` without oversubscribing.
+
+    ``loader_workers``: DataLoader processes per worker that need a core each (GPU jobs, where
+    the loaders are busy and the trainer's own CPU work is small); they come off each share.
+    """
+    threads = str(max(1, cores // max(1, workers_on_node) - loader_workers))
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 

@@ -81,3 +81,26 @@ def test_synthetic_coco_files_are_deterministic(tmp_path: Path) -> None:
 
 def test_rows_of_one_kind_only_get_a_goal_verdict() -> None:
     assert Row("figure only", 3.0, "s").met is None
+
+
+def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU check of issue 19 is import-safe, prints its steps, and its R50-FPN step runs on the CPU."""
+    import math
+
+    import torch
+
+    from benchmarks import gpu_check
+    from benchmarks.__main__ import main
+    from benchmarks.harness import Context, NotAvailable
+
+    assert main(["--gpu", "--dry-run", "--cpu-smoke"]) == 0
+    out = capsys.readouterr().out
+    assert all(step in out for step in gpu_check.STEPS) and "fake GPUs" in out
+    with pytest.raises(SystemExit):
+        parse_args(["--cpu-smoke"])  # only with --gpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NotAvailable, match="--cpu-smoke"):
+        gpu_check.run(Context(quick=True, out_dir=tmp_path, tmp=tmp_path))
+    fig = gpu_check.r50_figures("cpu", (64, 96), warmup=0, iters=1, amp=True)
+    assert fig["train_img_s"] > 0 and fig["infer_img_s"] > 0 and math.isfinite(fig["loss"])

@@ -86,6 +86,16 @@ def detect_gpus(environ: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(line.strip() for line in out.splitlines() if line.strip().isdigit())
 
 
+def device_env(gpus: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the workers' environment says about GPUs. A CPU job sees none (``CUDA_VISIBLE_DEVICES``
+    empty: it can never land on another job's GPU). A GPU job numbers GPUs as nvidia-smi and the
+    lease book do (``CUDA_DEVICE_ORDER=PCI_BUS_ID``, unless the caller already chose an order);
+    the supervisor adds the leased ``CUDA_VISIBLE_DEVICES`` at start."""
+    if not gpus:
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    return {"CUDA_DEVICE_ORDER": environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"}
+
+
 def available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -96,10 +106,12 @@ def available_cores() -> int:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None) -> None:
+    def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None,
+                 fake_gpus: bool | None = None) -> None:
         self.home = Path(home)
         self.cores = cores if cores is not None else available_cores()
         self._gpus = gpus
+        self.fake_gpus = (FAKE_GPUS_ENV in os.environ) if fake_gpus is None else fake_gpus
 
     @property
     def gpus(self) -> tuple[str, ...]:
@@ -119,13 +131,14 @@ class LocalBackend:
         if r.gpus > len(self.gpus):
             raise LauncherError(f"asked for {r.gpus} GPUs but this node has {len(self.gpus)} (set {FAKE_GPUS_ENV}=N "
                                 f"to test with fake ones); use --nproc N for CPU workers")
-        job_dir = self.job_dir(spec.id)
         torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(r.nproc),
                     "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", spec.id,
-                    "--max-restarts", str(spec.max_restarts), "--log-dir", str(job_dir / "torchelastic"))
-        worker = shim_command(spec)
-        env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc), "PYTHONUNBUFFERED": "1",
-               MARKER_ENV: spec.id}
+                    "--max-restarts", str(spec.max_restarts), "--log-dir",
+                    os.path.join(run_dir(spec), "torchelastic"))
+        device = "cpu" if self.fake_gpus else None  # fake GPUs test the leases; the workers train on the CPU
+        worker = shim_command(spec, device=device)
+        env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
+               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, **device_env(r.gpus, os.environ)}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
                  "a restarted worker group resumes from the newest checkpoint (--resume auto)",
                  f"facts of this launch: {run_dir(spec)}/events.jsonl"]
@@ -134,7 +147,13 @@ class LocalBackend:
                          f"{spec.hang_timeout_s:g} s is ended and restarted")
         if r.gpus:
             notes.append(f"CUDA_VISIBLE_DEVICES: {r.gpus} of GPUs {','.join(self.gpus)} leased at start "
-                         f"(queued while busy)")
+                         f"(queued while busy); each rank uses its own (--device cuda, LOCAL_RANK)")
+        else:
+            notes.append("CPU workers (--device cpu); CUDA_VISIBLE_DEVICES is empty, so no GPU is touched")
+        if r.gpus and self.fake_gpus:
+            notes.append(f"{FAKE_GPUS_ENV}: the GPUs are fake, so the workers train with --device cpu")
+        if spec.amp and not r.gpus:
+            notes.append("--amp is ignored by CPU workers (they train in full precision and say so in their log)")
         if spec.slots:
             notes.append(f"runs when one of {spec.slots.size} slots of sweep {spec.slots.name} is free")
         return DryRun(backend=self.name, commands=(torchrun + worker,), env=tuple(sorted(env.items())),

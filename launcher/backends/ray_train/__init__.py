@@ -144,6 +144,7 @@ class RayTrainBackend:
             "(ray.train.report), and a restarted worker group resumes with --resume auto",
             "an unreachable --address fails within seconds (a TCP check before ray.init)",
         )
+        notes += plan.notes
         if address.loopback:
             notes += (f"{LOOPBACK_ENV}=0 (before import ray) keeps the driver, Ray and MASTER_ADDR on 127.0.0.1",)
         return DryRun(backend=self.name, commands=(worker_command(spec),), env=tuple(sorted(env.items())),

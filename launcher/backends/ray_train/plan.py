@@ -170,6 +170,7 @@ class TrainerPlan:
     torch_backend: str
     env_vars: tuple[tuple[str, str], ...]
     worker: WorkerPlan
+    notes: tuple[str, ...] = ()
 
 
 def _number(x: float) -> float | int:
@@ -183,13 +184,15 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
     if spec.mode is not Mode.TRAIN:
         raise LauncherError("the ray backend runs training jobs; run --test jobs with --backend local or slurm")
     gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1 if r.gpus else 0)
+    backend, notes = torch_backend(gpus, spec.world_size)
     per_worker: dict[str, float] = {"CPU": _number(r.cpus_per_task or 1)}
     if gpus:
         per_worker["GPU"] = _number(gpus)
     if r.mem_gb:
         per_worker["memory"] = int(r.mem_gb * 2 ** 30 / max(1, r.nproc))
-    worker = WorkerPlan(module=spec.worker_module, args=worker_args(spec), cwd=spec.cwd, work_dir=spec.work_dir,
-                        log_dir=log_dir(spec), run_dir=run_dir(spec), hang_timeout_s=spec.hang_timeout_s)
+    worker = WorkerPlan(module=spec.worker_module, args=worker_args(spec, device="cuda" if gpus else "cpu"),
+                        cwd=spec.cwd, work_dir=spec.work_dir, log_dir=log_dir(spec), run_dir=run_dir(spec),
+                        hang_timeout_s=spec.hang_timeout_s)
     env = {**import_path_env(environ), "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id}
     return TrainerPlan(
         address=opts.address, run_name=f"detlaunch-{spec.id}",
@@ -197,8 +200,27 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
         num_workers=spec.world_size, use_gpu=bool(gpus), resources_per_worker=tuple(sorted(per_worker.items())),
         placement_strategy="SPREAD" if r.nodes > 1 else "PACK",
         max_failures=opts.max_failures if opts.max_failures is not None else spec.max_restarts,
-        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend="nccl" if gpus else "gloo",
-        env_vars=tuple(sorted(env.items())), worker=worker)
+        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend=backend,
+        env_vars=tuple(sorted(env.items())), worker=worker, notes=notes)
+
+
+def torch_backend(gpus_per_worker: float, world_size: int) -> tuple[str, tuple[str, ...]]:
+    """The process-group backend for workers with ``gpus_per_worker`` GPUs each, and why.
+
+    NCCL refuses two ranks on one GPU, which is what a fraction (``--gpus-per-worker 0.5``) lets
+    Ray do; such jobs use gloo (slower collectives; the tensors stay on the GPU). More than one
+    GPU per worker is refused: a detcore rank trains on one device.
+    """
+    if not gpus_per_worker:
+        return "gloo", ()
+    if gpus_per_worker > 1:
+        raise LauncherError(f"--gpus-per-worker {gpus_per_worker:g}: a detcore rank trains on one GPU; use "
+                            f"--gpus-per-worker 1 (or a fraction to share GPUs) and more workers instead")
+    if gpus_per_worker < 1 and world_size > 1:
+        return "gloo", (f"--gpus-per-worker {gpus_per_worker:g}: Ray may place several ranks on one GPU, which "
+                        f"NCCL refuses, so the process group uses gloo (slower gradient all-reduce); use "
+                        f"--gpus-per-worker 1 for NCCL",)
+    return "nccl", ()
 
 
 def render_plan(plan: TrainerPlan) -> str:

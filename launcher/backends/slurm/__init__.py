@@ -38,7 +38,7 @@ from launcher.backends.slurm.script import (MANAGED_OPTIONS, Options, SlurmDefau
 from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
                                            sbatch_error_line, scancel_error_is_harmless, squeue_command)
 from launcher.errors import LauncherError
-from launcher.runtime.command import REPO_ROOT, run_dir, shim_command
+from launcher.runtime.command import REPO_ROOT, run_dir, shim_command, thread_env
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources
 
@@ -179,6 +179,10 @@ class SlurmBackend:
             env[STOP_SIGNALS_ENV] = "USR2"
         if spec.resources.gpus:
             env["CUDA_VISIBLE_DEVICES"] = "<GPU number LOCAL_RANK of the node>"
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update(self._threads(spec, request))
         timeouts = f"at most {request.max_timeouts} time-limit requeues" if request.time_min else \
             "no --time given: every requeue counts as a preemption (unlimited)"
         notes = [f"sbatch {folder / SCRIPT_NAME}; each task runs the command below through submitit "
@@ -214,10 +218,17 @@ class SlurmBackend:
         from launcher.backends.slurm.task import SlurmTask
 
         # PYTHONPATH is set by the script's setup lines; the rest of the environment is the submitter's (--export=ALL)
-        return SlurmTask(spec.id, self._worker(spec), spec.cwd, {},
+        return SlurmTask(spec.id, self._worker(spec), spec.cwd, self._threads(spec, request),
                          os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
                          stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0),
                          run_dir=run_dir(spec))
+
+    @staticmethod
+    def _threads(spec: JobSpec, request: SlurmRequest) -> dict[str, str]:
+        """Intra-op threads of a task: its CPUs less the DataLoader processes of a GPU worker."""
+        if request.cpus_per_task is None:
+            return {}
+        return thread_env(request.cpus_per_task, 1, spec.loader_workers if request.gpus_per_node else 0)
 
     def _submit(self, specs: list[JobSpec]) -> list[JobHandle]:
         from submitit.core.utils import DelayedSubmission, JobPaths

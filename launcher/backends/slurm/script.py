@@ -214,13 +214,21 @@ def resolve(spec: JobSpec, defaults: SlurmDefaults) -> SlurmRequest:
     extra.update(dict(opts.extra))
     _no_newline("work dir", spec.work_dir)
     _no_newline("working directory", spec.cwd)
+    cpus = r.cpus_per_task if r.cpus_per_task is not None else defaults.cpus_per_task
     return SlurmRequest(nodes=r.nodes, tasks_per_node=r.nproc, gpus_per_node=r.gpus,
-                        cpus_per_task=r.cpus_per_task if r.cpus_per_task is not None else defaults.cpus_per_task,
+                        cpus_per_task=cpus if cpus is not None else default_cpus_per_task(spec),
                         mem_gb=r.mem_gb if r.mem_gb is not None else defaults.mem_gb, time_min=time_min,
                         partition=pick("partition"), account=pick("account"), qos=pick("qos"),
                         constraint=pick("constraint"), exclude=pick("exclude"), signal_delay_s=delay,
                         max_timeouts=pick("max_timeouts"), extra=tuple(sorted(extra.items())), setup=defaults.setup,
                         cwd=spec.cwd)
+
+
+def default_cpus_per_task(spec: JobSpec) -> int:
+    """CPUs per task when neither ``--cpus-per-task`` nor ``launcher.yaml`` gives one: the worker
+    itself plus its DataLoader processes (``data.workers_per_gpu``). Slurm's own default is one
+    CPU, on which the loaders of a GPU job would starve it."""
+    return 1 + spec.loader_workers
 
 
 def array_name(specs: Sequence[JobSpec]) -> str:

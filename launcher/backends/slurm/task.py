@@ -107,6 +107,9 @@ def task_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
            "MASTER_PORT": str(master_port(int(environ["SLURM_JOB_ID"])))}
     if gpus_per_node:
         out["CUDA_VISIBLE_DEVICES"] = task_gpu(environ.get("CUDA_VISIBLE_DEVICES"), local_rank)
+        out["CUDA_DEVICE_ORDER"] = environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"
+    else:  # a CPU task on a GPU node touches no GPU (detcore also gets --device cpu)
+        out["CUDA_VISIBLE_DEVICES"] = ""
     return out
 
 
@@ -174,7 +177,7 @@ class SlurmTask(Checkpointable):
 
         dist = task_env(os.environ, self.gpus_per_node)
         env = {**os.environ, **self.env, **dist, MARKER_ENV: self.experiment_id, "PYTHONUNBUFFERED": "1"}
-        if os.environ.get("SLURM_CPUS_PER_TASK"):  # --cpus-per-task: that many intra-op threads per worker
+        if os.environ.get("SLURM_CPUS_PER_TASK") and "OMP_NUM_THREADS" not in self.env:  # else: that many threads
             env["OMP_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
         env.setdefault("OMP_NUM_THREADS", "1")
         if self.stoppable:

@@ -14,7 +14,7 @@ import pytest
 
 from launcher.backends.local import LocalBackend, detect_gpus
 from launcher.errors import LauncherError
-from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units
+from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units, marked_experiments
 from launcher.locking import blocking_flock
 from launcher.procinfo import current_process, process_start
 
@@ -157,3 +157,63 @@ def test_lock_deadline_keeps_an_outer_timer(tmp_path):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ---- issue 19 (8 and 11): a $LAUNCHER_HOME shared by cluster nodes; workers outliving their keeper ----
+def _gone_pid() -> tuple[int, int]:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start(proc.pid) or 1
+    proc.wait()
+    return proc.pid, start
+
+
+def test_two_hosts_sharing_one_home_neither_reclaims_nor_blocks_the_other(tmp_path):
+    node_a = LeaseBook(tmp_path, host="node-a")
+    node_b = LeaseBook(tmp_path, host="node-b")
+    a_pid, a_start = _gone_pid()  # node-a's supervisor: a pid that means nothing in this (node-b's) /proc
+    assert node_a.acquire(GPU_POOL, INV, 4, "job-a", a_pid, a_start) == INV
+    me, my_start = current_process()
+    # node-b's GPUs are its own: all four are free there, and node-a's live lease is not reclaimed
+    assert node_b.acquire(GPU_POOL, INV, 4, "job-b", me, my_start) == INV
+    held_b = node_b.held()
+    assert {l.holder for l in held_b[GPU_POOL].values()} == {"job-b"}
+    assert {l.holder for l in held_b["gpu@node-a"].values()} == {"job-a"}
+    node_b.release("job-a")  # a cancel on the wrong node frees nothing of node-a
+    assert "gpu@node-a" in node_b.held()
+    # only node-a judges its own leases: there the keeper is dead, so they are reclaimed
+    assert node_a.acquire(GPU_POOL, INV, 2, "job-c", me, my_start) == ("0", "1")
+    assert {l.holder for l in node_a.held()[GPU_POOL].values()} == {"job-c"}
+
+
+def test_a_dead_keeper_lease_waits_for_its_experiment_processes_to_leave(tmp_path):
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, "DETLAUNCH_EXPERIMENT_ID": "job-orphan"})
+    try:
+        for _ in range(100):  # the child's environment is readable once it has exec'd
+            if "job-orphan" in marked_experiments():
+                break
+            time.sleep(0.05)
+        book = LeaseBook(tmp_path)
+        pid, start = _gone_pid()  # the supervisor died (SIGKILL); its worker still runs on the GPU
+        assert book.acquire(GPU_POOL, INV, 4, "job-orphan", pid, start) == INV
+        me, my_start = current_process()
+        assert book.acquire(GPU_POOL, INV, 1, "job-next", me, my_start) is None
+    finally:
+        worker.kill()
+        worker.wait()
+    assert book.acquire(GPU_POOL, INV, 1, "job-next", me, my_start) == ("0",)
+
+
+def test_leases_of_an_earlier_release_are_this_hosts(tmp_path):
+    import json
+
+    (tmp_path / "leases.json").write_text(json.dumps({"gpu": {"1": {"holder": "old", "pid": os.getpid(),
+                                                                    "start": process_start(os.getpid())}}}))
+    book = LeaseBook(tmp_path, host="here")
+    assert book.acquire(GPU_POOL, INV, 3, "new", *current_process()) == ("0", "2", "3")
+
+
+def test_cuda_visible_devices_set_by_the_user_or_scheduler_is_the_inventory():
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "GPU-1a2b,GPU-3c4d"}) == ("GPU-1a2b", "GPU-3c4d")
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == ()  # hidden: no GPU, never nvidia-smi's list
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == ()

@@ -27,13 +27,13 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
                     backend_options=Options())
     dry = LocalBackend(tmp_path, cores=8, gpus=()).dryrun(spec)
     work = str(ROOT / "work_dirs" / "faster_rcnn_tiny_shapes-0123abcd")
-    job = str(tmp_path / "jobs" / "0123abcd")
     assert dry.commands == ((
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "0123abcd", "--max-restarts", "1",
-        "--log-dir", f"{job}/torchelastic",
+        "--log-dir", f"{work}/runs/{spec.run_id}/torchelastic",
         "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
-        "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--resume", "auto", "--cfg-options",
+        "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--device", "cpu", "--resume", "auto",
+        "--cfg-options",
         "runner.max_iters=8", "optimizer.lr=0.04", "runner.max_iters=4", "lr_config.step=[120, 140]",
         "checkpoint_config.interval=50", "evaluation.interval=150", "lr_config.warmup_iters=25",
         "+_scaling={world_size: 2, samples_per_gpu: 4, total_batch: 8, base_batch_size: 4, base_lr: 0.02, lr: 0.04, "
@@ -63,7 +63,8 @@ def test_test_mode_and_resume_policies(tmp_path):
     assert args[:3] == ("test", str(ROOT / SHAPES), str(ckpt))
     assert args[args.index("--out") + 1] == f"{spec.work_dir}/results.json" and args[-2:] == ("--eval", "bbox")
     assert "--resume" not in worker_args(spec_for(resume="never"))
-    assert worker_args(spec_for(resume=str(ckpt), seed=7))[4:8] == ("--resume", str(ckpt), "--seed", "7")
+    assert worker_args(spec_for(resume=str(ckpt), seed=7))[4:10] == ("--device", "cpu", "--resume", str(ckpt),
+                                                                      "--seed", "7")
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -31,9 +31,9 @@ def test_master_port_is_fixed_range_and_distinct_for_concurrent_jobs():
 def test_rank_environment_from_slurm_variables():
     env = task_env(SLURM_ENV, gpus_per_node=4)
     assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "gpu07",
-                   "MASTER_PORT": "20345", "CUDA_VISIBLE_DEVICES": "1"}
+                   "MASTER_PORT": "20345", "CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     cpu = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n1,n2"}, gpus_per_node=0)
-    assert cpu["MASTER_ADDR"] == "n1" and "CUDA_VISIBLE_DEVICES" not in cpu
+    assert cpu["MASTER_ADDR"] == "n1" and cpu["CUDA_VISIBLE_DEVICES"] == ""  # a CPU task sees no GPU
     assert first_node("cpu-a[3,5-6],gpu1") == "cpu-a3"
 
 
