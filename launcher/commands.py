@@ -128,15 +128,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
         name = args.backend or exp.backend
         module = backend_module(name)
         old = spec_from_dict(exp.spec_dict, getattr(backend_module(exp.backend), "Options", None))
-        options = module.options_from_args(args) if (name != exp.backend or _backend_options_given(args)) else None
         spec, note = resume_spec(old, resources=_resume_resources(args, old.resources, module),
-                                 max_restarts=args.max_restarts, backend=name, backend_options=options,
+                                 max_restarts=args.max_restarts, backend=name,
+                                 backend_options=_resume_options(args, module, old.backend_options, name != exp.backend),
                                  hang_timeout_s=args.hang_timeout)
         backend = module.create(store.home)
         backend.dryrun(spec)
         print(f"launcher: {note}", file=sys.stderr)
+        from launcher.runtime.detached import kill_marked
+
+        kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
         handle = backend.submit(spec)
-        store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
+        try:
+            store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
+        except BaseException:  # never leave a job running that no row points to
+            backend.cancel(handle)
+            raise
     exp = store.get(spec.id)
     if args.json and args.detach:
         _print_json(exp.to_json())
@@ -145,9 +152,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0 if args.detach else _wait(store, backend, exp, args)
 
 
-def _backend_options_given(args: argparse.Namespace) -> bool:
-    return any(v not in (None, [], False) for k, v in vars(args).items()
-               if k.startswith(("slurm_", "ray_")) or k == "no_wait")
+def _resume_options(args: argparse.Namespace, module, old, moved: bool):
+    """The backend options of a resume: the new backend's from the flags when it moves; on the same backend
+    the old ones, with only the flags given now changed (``--exclude n3`` keeps the partition and account)."""
+    given = module.options_from_args(args)
+    if moved or old is None or given is None:
+        return given
+    defaults = type(given)()
+    changed = {f.name: getattr(given, f.name) for f in dataclasses.fields(given)
+               if getattr(given, f.name) != getattr(defaults, f.name)}
+    return dataclasses.replace(old, **changed) if changed else old
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from launcher.spec import JobHandle, JobState, JobStatus
 from launcher.store import Experiment, ExperimentStore
 
 logger = logging.getLogger(__name__)
-SUBMIT_TIMEOUT_S = 120.0
+SUBMIT_TIMEOUT_S = 300.0  # longer than any backend command may take (sbatch: 120 s)
 
 
 def handle_of(exp: Experiment) -> JobHandle:

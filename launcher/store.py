@@ -203,10 +203,16 @@ class ExperimentStore:
         # busy timeout, while another process reads it: the check and the creation hold a lock.
         with blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns
-                for statement in _MIGRATIONS[version]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns, all or none
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _MIGRATIONS[version]:
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
             elif version != SCHEMA_VERSION:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.executescript(_SCHEMA)

@@ -144,11 +144,16 @@ class HangWatchdog(threading.Thread):
                 return
 
 
-def _child_setup() -> None:  # in the worker, before exec: die with the shim (Linux PR_SET_PDEATHSIG)
+def _die_with_parent(sig: int) -> None:
+    """Receive ``sig`` when the parent process ends (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere)."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))
     except (OSError, AttributeError):
         pass
+
+
+def _child_setup() -> None:  # in the worker, before exec: die with the shim
+    _die_with_parent(signal.SIGKILL)
 
 
 def _exit_like(code: int) -> None:
@@ -210,8 +215,12 @@ class Shim:
         beat_dir = None
         if self.run_dir:
             beat_dir = heartbeat_dir(self.run_dir, self.attempt)
-            beat_dir.mkdir(parents=True, exist_ok=True)
-            env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
+            try:
+                beat_dir.mkdir(parents=True, exist_ok=True)
+            except OSError:  # a full work dir: no heartbeats, no watchdog, but the worker still runs
+                beat_dir = None
+            else:
+                env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
             env[contract.RUN_DIR_ENV] = str(self.run_dir)
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
@@ -228,7 +237,7 @@ class Shim:
         code = self.proc.wait()
         if watchdog is not None:
             watchdog.stopped.set()
-        if self.hung:
+        if self.hung and code == -signal.SIGKILL:  # ended by the watchdog, not on its own meanwhile
             code = contract.EXIT_HUNG
         if self.run_dir:
             record_end(self.run_dir, self.rank, self.attempt, self.proc.pid, code, self.log)
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-timeout", type=float, default=0.0,
                         help="seconds without a finished iteration on any rank before the attempt ends (0: off)")
     args = parser.parse_args(argv[:split])
+    _die_with_parent(signal.SIGTERM)  # torchrun or the Slurm task killed: the worker is stopped like a cancel
     Shim(args, argv[split + 1], argv[split + 2:]).run()
 
 

@@ -51,7 +51,7 @@ def status(job_dir: Path, handle: JobHandle, start_key: str, who: str) -> JobSta
     pid, started = monitor_of(handle, start_key)
     alive = bool(pid) and is_alive(pid, started)
     st, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))
-    return observed_status(st, outcome, alive, f"{who} (pid {pid})")
+    return observed_status(st, outcome, alive, f"{who} (pid {pid})", (job_dir / "cancel").exists())
 
 
 def logs(path: Path, follow: bool, finished, missing: str):
@@ -91,8 +91,11 @@ def cancel(job_dir: Path, handle: JobHandle, start_key: str, sig: int, grace_s: 
     kill_marked(handle.experiment_id)
     st = read_json(job_dir / "status.json") or {}
     if not JobState(st.get("state", "pending")).is_terminal():
-        write_json_atomic(job_dir / "status.json",
-                          {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
+        try:
+            write_json_atomic(job_dir / "status.json",
+                              {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
+        except OSError:  # a full disk: the `cancel` file already makes the job read as cancelled
+            pass
 
 
 def marked_processes(exp_id: str) -> list:

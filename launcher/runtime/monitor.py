@@ -114,8 +114,10 @@ class RunMonitor:
         return facts
 
 
-def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_alive: bool, who: str):
-    """The job's status from its monitor's files and whether the monitor still runs (pure)."""
+def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_alive: bool, who: str,
+                    cancel_requested: bool = False):
+    """The job's status from its monitor's files and whether the monitor still runs (pure). A dead monitor
+    whose job was asked to cancel is ``cancelled`` (``launcher cancel`` may have had to kill it)."""
     from launcher.spec import JobStatus
 
     def parsed(st: Mapping) -> JobStatus:
@@ -129,6 +131,8 @@ def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_ali
     if monitor_alive:
         return parsed(status) if status else JobStatus(JobState.PENDING)
     restarts = int(status.get("restarts", 0)) if status else 0
+    if cancel_requested:
+        return JobStatus(JobState.CANCELLED, restarts=restarts, ended=time.time(), reason="cancelled")
     return JobStatus(JobState.FAILED, restarts=restarts, ended=time.time(),
                      reason=f"monitor lost: {who} died without recording an ending (killed, out of memory or a "
                             f"reboot); its workers were stopped with it; `launcher resume` continues from the newest "

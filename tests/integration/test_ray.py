@@ -238,3 +238,18 @@ def test_a_job_across_two_ray_nodes(home, ray_head):
     assert len({a["node_id"] for a in ranks}) == 2 and node2 in {a["node_id"] for a in ranks}
     assert {a["master_addr"] for a in ranks} == {"127.0.0.1"}
     assert_nothing_left(ray_head, rec["id"])
+
+
+def test_driver_sigkilled_is_monitor_lost_and_resume_finishes_the_run(home, ray_head):
+    exp_id = launcher(home, "submit", SHAPES, *ray_args(ray_head), "--detach", *job(60)).stdout.strip()
+    rec = record(home, exp_id)
+    work = rec["work_dir"]
+    wait_for(lambda: committed_pointer(work, exp_id), "a checkpoint committed by Ray Train", poll=0.2)
+    os.kill(int(rec["backend_job_id"]), signal.SIGKILL)  # the detached driver, as the OOM killer would
+    rec = wait_until(home, exp_id, done, timeout=120)
+    assert rec["state"] == "failed" and rec["reason"].startswith("monitor lost: the Ray driver"), rec
+    launcher(home, "resume", exp_id, timeout=600)
+    rec = record(home, exp_id)
+    assert rec["state"] == "succeeded" and set(train_iters(work)) == set(range(1, 61)), rec["reason"]
+    assert [h["reason"][:12] for h in rec["history"]] == ["monitor lost"]
+    assert_nothing_left(ray_head, exp_id)

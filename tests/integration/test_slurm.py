@@ -298,3 +298,26 @@ def test_a_local_experiment_resumed_on_slurm_finishes_there(slurm_cluster, home,
     assert f"resumed from {work}/iter_{saved}.pth at iteration {saved // 2}" in rank0
     assert any("rank 1/2" in line for line in launcher_lines(work, 1))
     assert rec["last_iter"] is not None and (work / "last_checkpoint").exists()
+
+
+def test_a_hung_rank_is_named_and_the_job_requeued_from_its_checkpoint(slurm_cluster, home, tmp_path):
+    """A worker stopped with SIGSTOP: the shims' watchdog records the hang (rank 1 stopped), rank 0 requeues
+    the job (within --max-restarts) and the requeued run resumes from the newest checkpoint to the end."""
+    work = tmp_path / "hung"
+    iters = 30
+    exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "15", "--hang-timeout", "12", "--max-restarts", "1",
+                 "--work-dir", str(work), *tiny(iters, 4))
+    job = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "running", what="running")["backend_job_id"]
+    while not (work / "last_checkpoint").exists():
+        time.sleep(0.3)
+    (victim,) = [p for p in worker_processes(exp) if p.environ().get("RANK") == "1"]
+    victim.suspend()
+    rec = wait_for(slurm_cluster, home, exp, lambda r: r["restarts"] >= 1 or r["state"] == "preempted", timeout=120,
+                   what="the requeue after the hang")
+    slurm_cluster.release(job)
+    rec = wait_for(slurm_cluster, home, exp, done, what="the end")
+    assert rec["state"] == "succeeded" and rec["restarts"] == 1, rec["reason"]
+    assert sorted(set(train_iters(work))) == list(range(1, iters + 1))
+    hangs = [json.loads(x) for x in open(work / "runs" / rec["run_id"] / "events.jsonl") if '"hang"' in x]
+    assert {(h["rank"], h["state"]) for h in hangs} >= {(1, "stopped")}
+    assert any("requeueing job" in n for n in launcher_lines(work, 0))

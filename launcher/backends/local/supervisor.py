@@ -33,7 +33,7 @@ from detcore.contract import describe_exit
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.leases import GPU_POOL, LeaseBook
 from launcher.runtime.command import run_dir
-from launcher.runtime.detached import kill_tree
+from launcher.runtime.detached import kill_marked, kill_tree
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
 
@@ -108,6 +108,7 @@ class Supervisor:
             logger.exception("supervisor failed")
             self.monitor.finish(JobState.FAILED, None, f"supervisor error: {type(exc).__name__}: {exc}")
         finally:
+            kill_marked(self.spec.id)  # a shim or worker orphaned by a killed torchrun must not keep the GPUs
             try:
                 self.book.release(self.spec.id)
             except OSError as exc:  # a full disk: the lease is reclaimed anyway once this process is gone

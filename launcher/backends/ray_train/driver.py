@@ -165,6 +165,8 @@ class Driver:
             stop.set()
             watcher.join(5)
         facts = self.monitor.observe()
+        if facts.user_error and not self.stop_reason:  # the ranks returned before the monitor loop saw it
+            self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
         try:
             ray.shutdown()
         except Exception:

@@ -167,9 +167,12 @@ def train_loop_per_worker(config: dict) -> None:
     record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored,
                  node_id=ray.get_runtime_context().get_node_id())
     beats = heartbeat_dir(plan.run_dir, attempt)
-    beats.mkdir(parents=True, exist_ok=True)
-    os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
-    if plan.hang_timeout_s:
+    try:
+        beats.mkdir(parents=True, exist_ok=True)
+        os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
+    except OSError:  # a full work dir: no heartbeats, no watchdog, but the worker still runs
+        beats = None
+    if plan.hang_timeout_s and beats is not None:
         HangWatchdog(beats, world_size, plan.hang_timeout_s, lambda verdict: _hung(plan, rank, attempt, verdict)).start()
     argv = restart_argv(list(plan.args), 1 if (attempt or restored) else 0)
     if restored:

@@ -194,9 +194,12 @@ class SlurmBackend:
         if len(specs) > 1:
             notes.append(f"one job array of {len(specs)} tasks; task i runs experiment {', '.join(s.id for s in specs)}"
                          f" (in that order), each in its own work dir")
+        if spec.hang_timeout_s:
+            notes.append(f"hang watchdog ({spec.hang_timeout_s:g} s): rank 0 requeues the job at most "
+                         f"{spec.max_restarts} time(s) (--max-restarts); it resumes from the newest checkpoint")
         if spec.max_restarts:
-            notes.append("--max-restarts does not apply on Slurm: a failed worker fails the job; preemptions and "
-                         "time limits requeue it")
+            notes.append("on Slurm a failed worker fails the job (--max-restarts counts only hangs); preemptions "
+                         "and time limits requeue it")
         return DryRun(backend=self.name, commands=tuple(self._worker(s) for s in specs), env=tuple(sorted(env.items())),
                       resources=spec.resources, world_size=spec.world_size, scaling=spec.scaling,
                       work_dir=spec.work_dir, cwd=spec.cwd, files=((f"sbatch script {SCRIPT_NAME}", text),),
@@ -221,7 +224,7 @@ class SlurmBackend:
         return SlurmTask(spec.id, self._worker(spec), spec.cwd, self._threads(spec, request),
                          os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
                          stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0),
-                         run_dir=run_dir(spec))
+                         run_dir=run_dir(spec), hang_requeues=spec.max_restarts if spec.hang_timeout_s else 0)
 
     @staticmethod
     def _threads(spec: JobSpec, request: SlurmRequest) -> dict[str, str]:

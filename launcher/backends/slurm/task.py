@@ -50,7 +50,8 @@ from typing import Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from detcore.contract import EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, describe_exit, read_events
+from detcore.contract import (EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, describe_exit,
+                              read_events)
 
 from launcher.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
 REQUEUE_WAIT_S = 120.0
@@ -143,9 +144,10 @@ class SlurmTask(Checkpointable):
 
     def __init__(self, experiment_id: str, command: Sequence[str], cwd: str, env: Mapping[str, str], log_dir: str,
                  gpus_per_node: int = 0, stoppable: bool = True, stop_timeout_s: float = 100.0,
-                 run_dir: str = "") -> None:
+                 run_dir: str = "", hang_requeues: int = 0) -> None:
         self.experiment_id = experiment_id
         self.run_dir = run_dir
+        self.hang_requeues = hang_requeues  # how often the hang watchdog may requeue the job (--max-restarts)
         self.command = tuple(command)
         self.cwd = cwd
         self.env = dict(env)
@@ -163,7 +165,7 @@ class SlurmTask(Checkpointable):
 
     def fresh(self) -> "SlurmTask":
         return SlurmTask(self.experiment_id, self.command, self.cwd, self.env, self.log_dir, self.gpus_per_node,
-                         self.stoppable, self.stop_timeout_s, self.run_dir)
+                         self.stoppable, self.stop_timeout_s, self.run_dir, self.hang_requeues)
 
     def _note(self, rank: int, text: str) -> None:
         """A ``[launcher]`` line in this rank's log (the worker appends to the same file)."""
@@ -207,6 +209,8 @@ class SlurmTask(Checkpointable):
         if code == 0:
             self._note(rank, "worker finished")
             return 0
+        if code == EXIT_HUNG:
+            self._after_hang(rank, attempt)
         if rank != 0 and code in (EXIT_STOPPED, -signal.SIGTERM, -signal.SIGKILL):
             # Rank 0 checkpointed and is requeueing the job (or Slurm is ending it): Slurm kills this task.
             self._note(rank, f"worker stopped ({describe_exit(code)}); waiting for rank 0 to requeue the job")
@@ -225,6 +229,26 @@ class SlurmTask(Checkpointable):
             self._note(rank, f"worker failed with {describe_exit(code)}")
         raise WorkerFailed(f"rank {rank}: worker failed with {describe_exit(code)}; see "
                            f"{os.path.join(self.log_dir, f'rank{rank}.log')}")
+
+    def _after_hang(self, rank: int, attempt: int) -> None:
+        """The hang watchdog ended this rank's attempt. Rank 0 requeues the job (it resumes from the newest
+        checkpoint) while the budget lasts; the other ranks wait for that. Raises WorkerFailed otherwise."""
+        from launcher.runtime.facts import summarize
+
+        facts = summarize(read_events(self.run_dir)) if self.run_dir else None
+        reason = facts.last_failure if facts and facts.last_failure.startswith("hang") else "hang watchdog"
+        hangs = len([f for f in facts.failures if f.startswith("hang")]) if facts else 1
+        if hangs > self.hang_requeues:
+            self._note(rank, f"{reason}; not requeued ({self.hang_requeues} requeue(s) after a hang allowed)")
+            raise WorkerFailed(f"{reason} (after {hangs - 1} requeue(s), the most allowed by --max-restarts)")
+        if rank == 0:
+            job = os.environ["SLURM_JOB_ID"]
+            self._note(rank, f"{reason}; requeueing job {job} ({hangs} of at most {self.hang_requeues})")
+            subprocess.run(["scontrol", "requeue", job], check=False, stdin=subprocess.DEVNULL)
+        else:
+            self._note(rank, "hang watchdog ended this attempt; waiting for rank 0 to requeue the job")
+        time.sleep(REQUEUE_WAIT_S)  # Slurm ends this task when it requeues the job
+        raise WorkerFailed(f"rank {rank}: {reason}; the job was not requeued within {REQUEUE_WAIT_S:.0f} s")
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
         """Called by submitit on rank 0 on USR2: stop the worker after a checkpoint, then requeue."""

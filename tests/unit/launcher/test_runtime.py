@@ -138,3 +138,49 @@ def test_the_shim_passes_exit_codes_through(tmp_path, code):
     assert proc.returncode == code
     (rec,) = [e for e in contract.read_events(tmp_path / "run") if e["event"] == "end"]
     assert rec["exit_code"] == code and rec["detail"] == ("last words" if code else "")
+
+
+def test_a_dead_monitor_of_a_cancelled_job_reads_cancelled_not_lost():
+    """`launcher cancel` may have to kill the monitor; a reader between the kill and the cancel's own write sees
+    the `cancel` file, not a lost monitor."""
+    st = observed_status({"state": "running"}, None, monitor_alive=False, who="the driver", cancel_requested=True)
+    assert (st.state, st.reason) == (JobState.CANCELLED, "cancelled")
+
+
+def test_resume_on_the_same_backend_changes_only_the_options_given():
+    import argparse
+
+    from launcher.backends.slurm import options_from_args
+    from launcher.backends.slurm.script import Options
+    from launcher.commands import _resume_options
+    import launcher.backends.slurm as slurm_module
+
+    old = Options(partition="gpu", account="p", exclude="n2")
+    flags = {k: None for k in ("slurm_partition", "slurm_account", "slurm_qos", "slurm_constraint", "slurm_exclude",
+                               "slurm_signal_delay", "slurm_max_timeouts", "slurm_array_parallelism")}
+    args = argparse.Namespace(**{**flags, "slurm_exclude": "n3", "slurm_options": []})
+    merged = _resume_options(args, slurm_module, old, moved=False)
+    assert (merged.partition, merged.account, merged.exclude) == ("gpu", "p", "n3")
+    assert _resume_options(argparse.Namespace(**flags, slurm_options=[]), slurm_module, old, moved=False) == old
+    moved = _resume_options(args, slurm_module, None, moved=True)
+    assert moved == options_from_args(args) and moved.partition is None
+
+
+def test_slurm_hang_requeues_within_the_budget_then_fails(tmp_path, monkeypatch):
+    from launcher.backends.slurm import task as slurm_task
+
+    run = tmp_path / "run"
+    calls = []
+    monkeypatch.setattr(slurm_task, "REQUEUE_WAIT_S", 0.0)
+    monkeypatch.setattr(slurm_task.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    task = slurm_task.SlurmTask("0123abcd", (), str(tmp_path), {}, str(tmp_path / "logs"), run_dir=str(run),
+                                hang_requeues=1)
+    contract.append_event(run, {"event": "hang", "attempt": 0, "rank": 1, "state": "stopped", "detail": "no rank"})
+    with pytest.raises(slurm_task.WorkerFailed, match="not requeued within"):
+        task._after_hang(0, 0)
+    assert calls == [["scontrol", "requeue", "77"]]
+    contract.append_event(run, {"event": "hang", "attempt": 1, "rank": 1, "state": "stopped", "detail": "no rank"})
+    with pytest.raises(slurm_task.WorkerFailed, match="the most allowed by --max-restarts") as failed:
+        task._after_hang(0, 1)
+    assert "hang: rank 1 is stopped" in str(failed.value) and len(calls) == 1
