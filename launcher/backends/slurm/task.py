@@ -209,7 +209,8 @@ class SlurmTask(Checkpointable):
         if code == 0:
             self._note(rank, "worker finished")
             return 0
-        if code == EXIT_HUNG:
+        if code == EXIT_HUNG or self._attempt_hung(attempt):
+            # this rank's watchdog ended it, or another's did and this worker then failed in a collective
             self._after_hang(rank, attempt)
         if rank != 0 and code in (EXIT_STOPPED, -signal.SIGTERM, -signal.SIGKILL):
             # Rank 0 checkpointed and is requeueing the job (or Slurm is ending it): Slurm kills this task.
@@ -229,6 +230,11 @@ class SlurmTask(Checkpointable):
             self._note(rank, f"worker failed with {describe_exit(code)}")
         raise WorkerFailed(f"rank {rank}: worker failed with {describe_exit(code)}; see "
                            f"{os.path.join(self.log_dir, f'rank{rank}.log')}")
+
+    def _attempt_hung(self, attempt: int) -> bool:
+        """A rank's watchdog recorded a hang in this attempt (its fact is written before it ends its worker)."""
+        return bool(self.run_dir) and any(e.get("event") == "hang" and int(e.get("attempt", 0) or 0) == attempt
+                                          for e in read_events(self.run_dir))
 
     def _after_hang(self, rank: int, attempt: int) -> None:
         """The hang watchdog ended this rank's attempt. Rank 0 requeues the job (it resumes from the newest
