@@ -189,7 +189,10 @@ class ExperimentStore:
                 # A full disk: SQLite cannot create the WAL index a new connection needs. Read the database
                 # file as it is (complete when no other connection is open, which is the rule: no long-lived
                 # process holds the store); every write then fails, and readers show what the jobs report.
-                logger.warning("%s is full: reading the experiment store read-only", self.home)
+                wal = self.path.with_name(self.path.name + "-wal")
+                pending = wal.exists() and wal.stat().st_size > 0
+                logger.warning("%s is full: reading the experiment store read-only%s", self.home,
+                               " (another launcher holds it open: its newest changes may not show)" if pending else "")
                 self._conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, isolation_level=None)
                 self._conn.row_factory = sqlite3.Row
         return self._conn
