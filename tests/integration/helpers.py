@@ -1,6 +1,7 @@
 """Small helpers for integration tests that run the real command-line tools."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -8,8 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str, mode: str, what: str):
+    """A tmpfs of ``size`` mounted at ``mount`` for the ``with`` block (needs root; fails the test with why)."""
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode={mode}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for {what} (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from launcher.leases import LeaseBook
-from tests.integration.helpers import detcore
+from tests.integration.helpers import detcore, tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
                                           record, tiny, train_iters, wait_until)
 
@@ -77,14 +77,8 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 16 MiB tmpfs: room for one checkpoint of the shapes model (~10.7 MB), not two."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-disk test (needs root): {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "16m", "0755", "the full-disk test") as mount:
+        yield mount
 
 
 def test_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(small_disk: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from launcher.follow import planned_iters
+from tests.integration.helpers import tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, launcher, record, tiny,
                                             train_iters, wait_until)
 
@@ -79,14 +80,8 @@ def test_two_resumes_at_the_same_moment_start_exactly_one_run(home):
 @pytest.fixture
 def tiny_home(tmp_path: Path):
     """``$LAUNCHER_HOME`` on an 8 MiB tmpfs the test fills up while the job runs."""
-    mount = tmp_path / "home"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs for the full-home test (needs root): {proc.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "home", "8m", "0700", "the full-home test") as mount:
+        yield mount
 
 
 def _fill(folder: Path) -> Path:

@@ -197,14 +197,8 @@ class LocalBackend:
         return detached.status(self.job_dir(handle.experiment_id), handle, "supervisor_start", "the supervisor")
 
     # ---- logs -------------------------------------------------------------------------------
-    def _work_dir(self, exp_id: str) -> Path:
-        spec = read_json(self.job_dir(exp_id) / "spec.json")
-        if spec is None:
-            raise LauncherError(f"experiment {exp_id} has no local job folder in {self.home / 'jobs'}")
-        return Path(spec["work_dir"])
-
     def log_path(self, exp_id: str, rank: int) -> Path:
-        return rank_log(self._work_dir(exp_id), rank)
+        return rank_log(self.load_spec(exp_id).work_dir, rank)
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle.experiment_id, rank)
