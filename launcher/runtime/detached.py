@@ -8,12 +8,14 @@ SIGKILL of its session and of every process still marked with the experiment id)
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
@@ -60,6 +62,28 @@ def logs(path: Path, follow: bool, finished, missing: str):
     if not follow and not path.exists():
         raise LauncherError(missing)
     yield from follow_file(path, finished if follow else None)
+
+
+@contextlib.contextmanager
+def launch_folder(job_dir: Path, spec) -> Iterator[Path]:
+    """The job folder for a new launch, with ``spec.json`` written: a resume (the caller holds the experiment's
+    lock and saw the last launch end) first clears what the previous launch left. If the block raises, nothing
+    of this launch is left behind (a new folder is removed; a resumed one is cleared again)."""
+    from launcher.spec import spec_to_dict
+
+    created = not job_dir.exists()
+    if not created:
+        clear_previous_launch(job_dir, spec.id)
+    job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+    try:
+        write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
+        yield job_dir
+    except BaseException:
+        if created:
+            shutil.rmtree(job_dir, ignore_errors=True)
+        else:
+            clear_previous_launch(job_dir, spec.id)
+        raise
 
 
 def clear_previous_launch(job_dir: Path, exp_id: str) -> None:

@@ -37,8 +37,8 @@ from launcher.leases import GPU_POOL, LeaseBook
 from launcher.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
-from launcher.runtime.files import read_json, write_json_atomic
-from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict, spec_to_dict
+from launcher.runtime.files import read_json
+from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 CANCEL_GRACE_S = 20.0
@@ -164,34 +164,31 @@ class LocalBackend:
     def submit(self, spec: JobSpec) -> JobHandle:
         self.dryrun(spec)
         job_dir = self.job_dir(spec.id)
-        created = not job_dir.exists()
-        if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
-            detached.clear_previous_launch(job_dir, spec.id)
-        job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         try:
-            write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
-            opts = spec.backend_options or Options()
-            book = LeaseBook(self.home)
-            me, my_start = os.getpid(), process_start(os.getpid()) or 0
-            if spec.resources.gpus and not opts.wait:
-                got = book.acquire(GPU_POOL, self.gpus, spec.resources.gpus, spec.id, me, my_start)
-                if got is None:
-                    free = len(self.gpus) - sum(1 for _ in book.held().get(GPU_POOL, {}))
-                    raise LauncherError(f"asked for {spec.resources.gpus} GPUs but only {free} of {len(self.gpus)} "
-                                        f"are free now; leave out --no-wait to queue")
-            pid, start = detached.start(
-                [sys.executable, "-m", "launcher.backends.local.supervisor", "--home", str(self.home), spec.id],
-                {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, job_dir / "supervisor.log")
-            book.transfer(spec.id, pid, start)
+            with detached.launch_folder(job_dir, spec):
+                pid, start = self._start_supervisor(spec, job_dir)
         except BaseException:
             LeaseBook(self.home).release(spec.id)
-            if created:
-                shutil.rmtree(job_dir, ignore_errors=True)
-            else:
-                detached.clear_previous_launch(job_dir, spec.id)
             raise
         return JobHandle(spec.id, self.name, str(pid), (("supervisor_start", str(start)),
                                                         ("job_dir", str(job_dir)), ("run_dir", run_dir(spec))))
+
+    def _start_supervisor(self, spec: JobSpec, job_dir: Path) -> tuple[int, int]:
+        """With --no-wait, take the GPUs now (or fail); then start the supervisor and hand the leases to it."""
+        opts = spec.backend_options or Options()
+        book = LeaseBook(self.home)
+        me, my_start = os.getpid(), process_start(os.getpid()) or 0
+        if spec.resources.gpus and not opts.wait:
+            got = book.acquire(GPU_POOL, self.gpus, spec.resources.gpus, spec.id, me, my_start)
+            if got is None:
+                free = len(self.gpus) - sum(1 for _ in book.held().get(GPU_POOL, {}))
+                raise LauncherError(f"asked for {spec.resources.gpus} GPUs but only {free} of {len(self.gpus)} "
+                                    f"are free now; leave out --no-wait to queue")
+        pid, start = detached.start(
+            [sys.executable, "-m", "launcher.backends.local.supervisor", "--home", str(self.home), spec.id],
+            {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, job_dir / "supervisor.log")
+        book.transfer(spec.id, pid, start)
+        return pid, start
 
     def status(self, handle: JobHandle) -> JobStatus:
         return detached.status(self.job_dir(handle.experiment_id), handle, "supervisor_start", "the supervisor")

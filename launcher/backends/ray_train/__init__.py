@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -43,8 +42,8 @@ from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address,
 from launcher.errors import LauncherError
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
-from launcher.runtime.files import read_json, write_json_atomic
-from launcher.spec import JobHandle, JobSpec, JobStatus, Resources, spec_from_dict, spec_to_dict
+from launcher.runtime.files import read_json
+from launcher.spec import JobHandle, JobSpec, JobStatus, Resources, spec_from_dict
 
 __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
 
@@ -157,20 +156,9 @@ class RayTrainBackend:
         plan = trainer_plan(spec, spec.backend_options, self.environ)
         address = self._check_address(plan)
         job_dir = self.job_dir(spec.id)
-        created = not job_dir.exists()
-        if not created:  # a resume (the caller holds the experiment's lock and saw the last launch end)
-            detached.clear_previous_launch(job_dir, spec.id)
-        job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
-        try:
-            write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
+        with detached.launch_folder(job_dir, spec):
             env = {**self.environ, **dict(dry.env), **driver_env(address)}
             pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, job_dir / "driver.log")
-        except BaseException:
-            if created:
-                shutil.rmtree(job_dir, ignore_errors=True)
-            else:
-                detached.clear_previous_launch(job_dir, spec.id)
-            raise
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
                                                         ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
 
