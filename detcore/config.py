@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import logging
 import math
 import os
 import sys
@@ -133,13 +134,26 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, impor
     path = Path(path)
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found; pass the path to a .yaml config")
-    cfg = _load_tree(path, (), _Budget())
+    if path.suffix == ".py":  # an MMDetection config: read (never run) and mapped onto detcore's keys
+        cfg = _import_mmdet(path)
+    else:
+        cfg = _load_tree(path, (), _Budget())
     cfg = apply_overrides(cfg, overrides)
     cfg[RESERVED_KEY] = os.path.abspath(path)
     if import_custom:
         import_custom_modules(cfg)
     validate_config(cfg)
     return cfg
+
+
+def _import_mmdet(path: Path) -> dict:
+    """The detcore config for MMDetection config ``path``; what did not carry over is logged."""
+    from detcore.mmdet_import import import_config  # local: the importer itself builds on this module
+
+    imported = import_config(path)
+    if imported.summary:
+        logging.getLogger(__name__).warning("%s", imported.summary_text())
+    return imported.config
 
 
 def parse_override(item: str) -> tuple[str, Any, bool]:
