@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
                                  read_config_text)
+from detcore.config_habits import resolve_habits
 from detcore.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -140,6 +141,9 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, impor
         cfg = _load_tree(path, (), _Budget())
     cfg = apply_overrides(cfg, overrides)
     cfg[RESERVED_KEY] = os.path.abspath(path)
+    cfg, warnings = resolve_habits(cfg)
+    for warning in warnings:
+        logging.getLogger(__name__).warning("%s", warning)
     if import_custom:
         import_custom_modules(cfg)
     validate_config(cfg)
@@ -317,6 +321,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     set-up (or a traceback) first.
     """
     for key in ("data.samples_per_gpu", "model.num_classes", "runner.max_iters", "runner.max_epochs"):
+        _check_positive_int(cfg, key)
+    for key in ("data.test_samples_per_gpu", "data.val.samples_per_gpu", "data.test.samples_per_gpu"):
         _check_positive_int(cfg, key)
     for key in ("data.workers_per_gpu", "lr_config.warmup_iters"):
         _check_positive_int(cfg, key, allow_zero=True)
