@@ -38,7 +38,7 @@ def _import(args: argparse.Namespace) -> int:
     if not str(args.config).endswith(".py"):
         raise ConfigError(f"{args.config}: config import reads MMDetection .py configs; YAML configs need no import")
     imported = import_config(args.config)
-    print(imported.summary_text())
     out = write_yaml(imported, args.out)
+    print(imported.summary_text())
     print(f"wrote {out}")
     return 0
