@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from detcore.config import BASE_KEY, _Budget, merge
-from detcore.config_yaml import read_config_text
+from detcore.config_yaml import MAX_CONFIG_BYTES, MAX_NODES, read_config_text
 from detcore.errors import ConfigError
 
 MAX_VALUE_ITEMS = 100_000  # items one `list * n` or `str * n` may produce
@@ -162,14 +162,19 @@ class _Evaluator:
                 raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80} is larger than {MAX_INT}")
             return result
         if isinstance(op, ast.Add) and type(left) is type(right) and isinstance(left, (str, list)):
-            return left + right
+            return self._sized(node, left + right) if len(left) + len(right) <= _limit(left) else \
+                self._sized(node, None)
         if isinstance(op, ast.Mult) and isinstance(left, (str, list)) and isinstance(right, int) \
                 and not isinstance(right, bool):
-            if len(left) * max(right, 0) > MAX_VALUE_ITEMS:
-                raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80} makes more than "
-                                  f"{MAX_VALUE_ITEMS} items")
-            return left * right
+            return self._sized(node, left * right if len(left) * max(right, 0) <= _limit(left) else None)
         raise _code(self.path, node, f"the expression {_source(node)!r:.80}")
+
+    def _sized(self, node: ast.AST, value: Any) -> Any:
+        """``value``, or (None: it would be too long) one line saying so."""
+        if value is None:
+            raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80} makes a value longer than "
+                              f"{MAX_VALUE_ITEMS} items or {MAX_CONFIG_BYTES} characters")
+        return value
 
     def _Subscript(self, node: ast.Subscript) -> Any:
         container = self.value(node.value)
@@ -199,7 +204,25 @@ class _Evaluator:
                 out.append(str(value))
             else:
                 raise _code(self.path, node, f"the f-string {_source(node)!r:.80}")
-        return "".join(out)
+        return self._sized(node, "".join(out) if sum(map(len, out)) <= MAX_CONFIG_BYTES else None)
+
+
+def _limit(value: str | list) -> int:
+    return MAX_CONFIG_BYTES if isinstance(value, str) else MAX_VALUE_ITEMS
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """The number of values in ``value`` with shared references counted each time, up to ``limit``
+    (names reused in nested lists would otherwise build a "billion laughs" of references)."""
+    count, stack = 0, [value]
+    while stack and count < limit:
+        item = stack.pop()
+        count += 1 + (len(item) // 100 if isinstance(item, str) else 0)  # long text counts as many values
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def _is_number(value: Any) -> bool:
@@ -246,6 +269,10 @@ def read_file_names(path: Path, base: Mapping[str, Any], budget: _Budget) -> dic
             result = evaluator.value(value)
         except RecursionError:
             raise ConfigError(f"{path}:{stmt.lineno}: nested too deeply; flatten the value") from None
+        budget.values -= _expanded_size(result, budget.values + 1)
+        if budget.values < 0:
+            raise ConfigError(f"{path}:{stmt.lineno}: the _base_ tree holds more than {MAX_NODES} values once "
+                              f"names are expanded; a config is small, is this a data file?")
         for target in targets:
             if target.id.startswith("__"):
                 raise _code(path, stmt, f"an assignment to {target.id}")

@@ -187,3 +187,17 @@ def test_test_split_batch_size_as_mmdetection_writes_it(tmp_path: Path) -> None:
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 5
     with pytest.raises(ConfigError, match="data.test.samples_per_gpu must be a positive integer"):
         load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml", ["+data.test.samples_per_gpu=0"])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a = [1, 1]\n" + "".join(f"a = [a, a]\n" for _ in range(40)), "more than 100000 values once names are expanded"),
+    ("a = 'x' * 500000\n" + "".join(f"b{i} = a + a\n" for i in range(200)), "more than 100000 values"),
+    ("a = 'x' * 1000\n" + "a = a * 2\n" * 40, "makes a value longer than"),
+    ("x = " + " + ".join(["'ab'"] * 100000) + "\n", "cannot be parsed|nested too deeply"),
+    ("x = 10 ** 400\n", "is code"),
+    ("_base_ = 'self.py'\n", "cyclic _base_ chain"),
+])
+def test_hostile_literal_configs_are_one_line(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        read_mmdet_config(write(tmp_path / "self.py", text))
+    assert "\n" not in str(info.value)
