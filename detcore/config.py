@@ -155,7 +155,7 @@ def _import_mmdet(path: Path) -> dict:
     from detcore.mmdet_import import import_config  # local: the importer itself builds on this module
 
     imported = import_config(path)
-    if imported.summary:
+    if imported.summary and os.environ.get("RANK", "0") in ("", "0"):  # once per job, not per rank
         logging.getLogger(__name__).warning("%s", imported.summary_text())
     return imported.config
 

@@ -11,6 +11,7 @@ BUILT_IN = {"LoadImageFromFile", "DefaultFormatBundle", "Collect", "ImageToTenso
             "MultiScaleFlipAug", "Normalize"}
 LR_POLICIES = {"step": "step", "CosineAnnealing": "cosine", "fixed": "fixed"}
 SPLITS = ("train", "val", "test")
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
 def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
@@ -132,6 +133,8 @@ def map_schedule(src: Source) -> dict:
         opt = {k: src.get(f"optimizer.{k}") for k in ("type", "lr", "momentum", "weight_decay", "betas", "eps",
                                                        "nesterov") if src.has(f"optimizer.{k}")}
         out["optimizer"] = opt
+        if opt.get("type") not in OPTIMIZERS:
+            src.note("optimizer.type", f"detcore has {', '.join(OPTIMIZERS)}; kept as written, choose one of them")
     clip = src.get("optimizer_config.grad_clip")
     out["optimizer_config"] = {"grad_clip": dict(clip) if isinstance(clip, dict) else None}
     if src.get("optimizer_config.type", "OptimizerHook") != "OptimizerHook" or src.has("fp16"):

@@ -14,6 +14,7 @@ earlier, the child overrides, ``_delete_=True`` replaces, dicts merge, lists rep
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -237,8 +238,15 @@ def _source(node: ast.AST) -> str:
 
 
 def _parse(path: Path, text: str) -> ast.Module:
+    return _parse_text(str(path), text)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_text(path: str, text: str) -> ast.Module:
+    """Parse ``text`` (cached: a tree's bases are read once per file and by many configs; the
+    trees are only read, never changed)."""
     try:
-        return ast.parse(text, filename=str(path))
+        return ast.parse(text, filename=path)
     except SyntaxError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not valid Python ({exc.msg}); an MMDetection config is a .py "
                           f"file of assignments") from None
