@@ -5,6 +5,10 @@
   head's ``num_classes`` must agree.
 - ``data.<split>.samples_per_gpu`` on the val/test splits is MMDetection's test batch size; the
   loader reads it (detcore's own key is ``data.test_samples_per_gpu``, for val and test).
+- ``checkpoint_config.max_keep_ckpts`` is ``max_keep``; ``evaluation.save_best`` is
+  ``checkpoint_config.save_best`` (the MMDetection spelling wins, as detcore's bases never use it); ``log_config.hooks`` and ``by_epoch`` in these sections are
+  dropped with a warning (detcore always writes the text log, metrics.jsonl and TensorBoard, and
+  counts intervals in the runner's unit).
 - Top-level variables of MMDetection's Python configs (``dataset_type``, ``data_root``,
   ``img_norm_cfg``, ``train_pipeline``, ...) are not variables in YAML: nothing reads them, so
   each is named in a warning with the key to set instead.
@@ -79,6 +83,28 @@ def check_dataset_keys(split_cfg: Mapping[str, Any], where: str) -> None:
                           f"img_prefix, ...)")
 
 
+def _hook_sections(out: dict, where: str) -> list[str]:
+    """MMDetection's spellings in checkpoint_config / evaluation / log_config (in place on a copy)."""
+    warnings = []
+    ckpt, evaluation, log = (out.get(k) for k in ("checkpoint_config", "evaluation", "log_config"))
+    # detcore's own bases spell these the detcore way, so an MMDetection spelling is the user's and wins.
+    if isinstance(ckpt, dict) and "max_keep_ckpts" in ckpt:
+        ckpt["max_keep"] = ckpt.pop("max_keep_ckpts")
+    if isinstance(evaluation, dict) and "save_best" in evaluation:
+        out["checkpoint_config"] = {**(ckpt if isinstance(ckpt, dict) else {}), "save_best": evaluation.pop("save_best")}
+    if isinstance(log, dict) and "hooks" in log:
+        log.pop("hooks")
+        warnings.append(f"{where}: log_config.hooks is not read (detcore always writes the text log, "
+                        f"metrics.jsonl and TensorBoard scalars)")
+    for name in ("checkpoint_config", "evaluation", "log_config"):
+        section = out.get(name)
+        if isinstance(section, dict) and "by_epoch" in section:
+            section.pop("by_epoch")
+            warnings.append(f"{where}: {name}.by_epoch is not read (intervals count epochs for EpochBasedRunner "
+                            f"and iterations for IterBasedRunner)")
+    return warnings
+
+
 def resolve_habits(cfg: Mapping[str, Any]) -> tuple[dict, list[str]]:
     """``cfg`` with MMDetection's spellings resolved, and a warning per key nothing reads."""
     out = copy.deepcopy(dict(cfg))
@@ -93,4 +119,5 @@ def resolve_habits(cfg: Mapping[str, Any]) -> tuple[dict, list[str]]:
                 check_dataset_keys(data[split], f"{where}: data.{split}")
     if isinstance(out.get("model"), dict):
         _pop_head_classes(out["model"], where)
+    warnings += _hook_sections(out, where)
     return out, warnings

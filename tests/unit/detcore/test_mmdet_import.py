@@ -201,3 +201,14 @@ def test_hostile_literal_configs_are_one_line(tmp_path: Path, text: str, match: 
     with pytest.raises(ConfigError, match=match) as info:
         read_mmdet_config(write(tmp_path / "self.py", text))
     assert "\n" not in str(info.value)
+
+
+def test_mmdetection_hook_spellings_in_yaml(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write(tmp_path / "a.yaml", f"_base_: {ROOT / 'configs/shapes/faster_rcnn_tiny_shapes.yaml'}\n"
+                "checkpoint_config: {interval: 100, max_keep_ckpts: 2, by_epoch: false}\n"
+                "evaluation: {save_best: bbox_mAP}\nlog_config: {hooks: [{type: TextLoggerHook}]}\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_config(cfg)
+    assert loaded["checkpoint_config"] == {"interval": 100, "max_keep": 2, "save_best": "bbox_mAP"}
+    assert "save_best" not in loaded["evaluation"] and "hooks" not in loaded["log_config"]
+    assert "log_config.hooks is not read" in caplog.text and "checkpoint_config.by_epoch is not read" in caplog.text
