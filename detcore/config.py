@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import importlib
+import logging
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Mapping
 
 from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
                                  read_config_text)
+from detcore.config_habits import resolve_habits
 from detcore.errors import ConfigError
 
 BASE_KEY = "_base_"
@@ -133,13 +135,29 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = (), *, impor
     path = Path(path)
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found; pass the path to a .yaml config")
-    cfg = _load_tree(path, (), _Budget())
+    if path.suffix == ".py":  # an MMDetection config: read (never run) and mapped onto detcore's keys
+        cfg = _import_mmdet(path)
+    else:
+        cfg = _load_tree(path, (), _Budget())
     cfg = apply_overrides(cfg, overrides)
     cfg[RESERVED_KEY] = os.path.abspath(path)
+    cfg, warnings = resolve_habits(cfg)
+    for warning in warnings:
+        logging.getLogger(__name__).warning("%s", warning)
     if import_custom:
         import_custom_modules(cfg)
     validate_config(cfg)
     return cfg
+
+
+def _import_mmdet(path: Path) -> dict:
+    """The detcore config for MMDetection config ``path``; what did not carry over is logged."""
+    from detcore.mmdet_import import import_config  # local: the importer itself builds on this module
+
+    imported = import_config(path)
+    if imported.summary and os.environ.get("RANK", "0") in ("", "0"):  # once per job, not per rank
+        logging.getLogger(__name__).warning("%s", imported.summary_text())
+    return imported.config
 
 
 def parse_override(item: str) -> tuple[str, Any, bool]:
@@ -303,6 +321,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     set-up (or a traceback) first.
     """
     for key in ("data.samples_per_gpu", "model.num_classes", "runner.max_iters", "runner.max_epochs"):
+        _check_positive_int(cfg, key)
+    for key in ("data.test_samples_per_gpu", "data.val.samples_per_gpu", "data.test.samples_per_gpu"):
         _check_positive_int(cfg, key)
     for key in ("data.workers_per_gpu", "lr_config.warmup_iters"):
         _check_positive_int(cfg, key, allow_zero=True)

@@ -99,8 +99,12 @@ def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed:
     split_cfg = _split_cfg(cfg, split)
     if not train:
         split_cfg.setdefault("test_mode", True)
+    own_batch = split_cfg.pop("samples_per_gpu", None)  # MMDetection's data.test.samples_per_gpu
     dataset = build_dataset(split_cfg)
-    per_gpu = int(data.get("samples_per_gpu", 2)) if train else int(data.get("test_samples_per_gpu", 1))
+    if train:
+        per_gpu = int(own_batch or data.get("samples_per_gpu", 2))
+    else:
+        per_gpu = int(own_batch or data.get("test_samples_per_gpu", 1))
     workers = int(data.get("workers_per_gpu", 2))
     pin = dist.device.type == "cuda"
     loader = build_dataloader(dataset, per_gpu, workers, shuffle=train, seed=seed, rank=dist.rank,

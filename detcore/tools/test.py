@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("config", help="path to a YAML config")
+    p.add_argument("config", help="path to a YAML config (or an MMDetection .py config, imported on the fly)")
     p.add_argument("checkpoint", help="checkpoint file (.pth)")
     add_common(p)
     p.add_argument("--out", help="write the COCO results json here")

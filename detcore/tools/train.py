@@ -22,7 +22,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("config", help="path to a YAML config")
+    p.add_argument("config", help="path to a YAML config (or an MMDetection .py config, imported on the fly)")
     add_common(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
                    help="continue from the newest checkpoint in the work dir (auto) or from PATH")
@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
     setup_logging(work_dir, "train.log")
+    if args.config.endswith(".py") and int(os.environ.get("RANK", 0)) == 0:
+        from detcore.mmdet_import import import_config, write_yaml
+
+        # The MMDetection config as imported, with its summary: `detcore train` on it reruns this job.
+        write_yaml(import_config(args.config), work_dir / f"imported_{Path(args.config).stem}.yaml")
     if os.environ.get(contract.STOP_SIGNALS_ENV):
         logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ[contract.STOP_SIGNALS_ENV])))
     heartbeat_dir = os.environ.get(contract.HEARTBEAT_DIR_ENV) or None

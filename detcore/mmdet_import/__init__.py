@@ -1,0 +1,81 @@
+"""Import MMDetection 2.x ``.py`` configs as detcore YAML, without running them.
+
+``import_config(path)`` reads the file and its ``_base_`` chain with :mod:`ast`
+(:mod:`.reader`), maps the merged config onto detcore's schema (:mod:`.model_map`,
+:mod:`.data_map`) and returns the YAML-ready config and the summary of every key that did
+not carry over exactly (:mod:`.source`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from detcore.config_yaml import dump_yaml
+from detcore.errors import ConfigError
+from detcore.mmdet_import.data_map import map_data, map_schedule
+from detcore.mmdet_import.model_map import map_model
+from detcore.mmdet_import.reader import read_mmdet_config
+from detcore.mmdet_import.source import Source
+
+
+@dataclass(frozen=True)
+class ImportedConfig:
+    """A detcore config made from an MMDetection config, and what did not carry over."""
+
+    source: str
+    config: dict
+    summary: list[str]
+
+    def summary_text(self) -> str:
+        """The summary as printed by ``detcore config import`` (one key per line)."""
+        if not self.summary:
+            return f"{self.source}: every key was mapped onto detcore's config"
+        head = f"{self.source}: {len(self.summary)} key(s) did not carry over exactly:"
+        return "\n".join([head, *(f"  {line}" for line in self.summary)])
+
+    def to_yaml(self) -> str:
+        """The config as YAML, with the summary as a comment block on top."""
+        lines = [f"# Imported from the MMDetection config {' '.join(self.source.splitlines())}",
+                 "# by `detcore config import` (the file was read, never run)."]
+        if self.summary:
+            lines.append("# Not carried over exactly (key path: value (why)):")
+            lines += [f"#   {' '.join(line.splitlines())}" for line in self.summary]
+        return "\n".join(lines) + "\n" + dump_yaml(self.config)
+
+
+def write_yaml(imported: ImportedConfig, out: str | os.PathLike) -> Path:
+    """Write ``imported.to_yaml()`` to ``out`` atomically (a temp file beside it, then a rename)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give the path of the .yaml file to write")
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: give a .yaml path (detcore configs are YAML)")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(imported.to_yaml(), encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {out} ({exc.strerror}); pass a writable --out path") from None
+    return out
+
+
+def import_config(path: str | os.PathLike) -> ImportedConfig:
+    """Read the MMDetection config at ``path`` (never executing it) and map it onto detcore's schema."""
+    source = os.path.abspath(path)
+    src = Source(read_mmdet_config(Path(path)), source)
+    model = map_model(src)
+    cfg: dict = {"model": model}
+    cfg.update(map_data(src, model))
+    cfg.update(map_schedule(src))
+    return ImportedConfig(source, cfg, src.summary())
+
+
+def is_mmdet_config(path: str | os.PathLike) -> bool:
+    """True for a ``.py`` path: MMDetection configs are Python files, detcore's are YAML."""
+    return str(path).endswith(".py")
+
+
+__all__ = ["ImportedConfig", "import_config", "is_mmdet_config", "read_mmdet_config", "write_yaml"]

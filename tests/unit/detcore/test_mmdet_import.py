@@ -1,0 +1,214 @@
+"""`detcore config import`: MMDetection .py configs read with ast (never run), merged and mapped."""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detcore.config import load_config
+from detcore.errors import ConfigError
+from detcore.mmdet_import import import_config
+from detcore.mmdet_import.reader import read_mmdet_config
+
+ROOT = Path(__file__).resolve().parents[3]
+MMDET = ROOT / "tests/data/mmdet_configs"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "detcore.tools.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bases_merge_with_mmdetection_rules(tmp_path: Path) -> None:
+    write(tmp_path / "a.py", "root = 'data/x/'\nmodel = dict(type='A', neck=dict(out=256, levels=4), ids=[1, 2])\n"
+                             "opt = dict(type='SGD', lr=0.02, momentum=0.9)\nnorm = dict(mean=[1, 2], to_rgb=True)\n")
+    write(tmp_path / "b.py", "model = dict(neck=dict(levels=5))\nlr_steps = [8, 11]\n")
+    child = write(tmp_path / "sub/c.py", "_base_ = ['../a.py', '../b.py']\n"
+                  "model = dict(ids=[3], head=dict(**{'n': 1}))\nopt = dict(_delete_=True, type='Adam', lr=1e-3)\n"
+                  "path = root + 'train/'\nsteps = {{_base_.lr_steps}} + [12]\nhalf = -1.0 / 2\n"
+                  "pipe = [dict(type='Normalize', **norm)]\nfirst = pipe[0]['type']\nname = f'{root}ann.json'\n")
+    cfg = read_mmdet_config(child)
+    assert cfg["model"] == {"type": "A", "neck": {"out": 256, "levels": 5}, "ids": [3], "head": {"n": 1}}
+    assert cfg["opt"] == {"type": "Adam", "lr": 1e-3}
+    assert cfg["path"] == "data/x/train/" and cfg["steps"] == [8, 11, 12] and cfg["half"] == -0.5
+    assert cfg["pipe"] == [{"type": "Normalize", "mean": [1, 2], "to_rgb": True}] and cfg["first"] == "Normalize"
+    assert cfg["name"] == "data/x/ann.json" and "_base_" not in cfg
+
+
+@pytest.mark.parametrize("code, what", [
+    ("import os\nos.system('touch {marker}')\nmodel = dict(type='FasterRCNN')\n", "an import"),
+    ("model = dict(x=__import__('os').system('touch {marker}'))\n", "the call"),
+    ("x = open('{marker}', 'w')\n", "the call"),
+    ("x = [open('{marker}', 'w') for _ in range(1)]\n", "listcomp"),
+    ("x = f\"{{open('{marker}', 'w')}}\"\n", "the f-string"),
+    ("x = (lambda: open('{marker}', 'w'))\n", "lambda"),
+    ("import os\nx = os.path\n", "an import"),
+    ("x = dict(a=1)\nx.update(b=open('{marker}', 'w'))\n", "the statement"),
+])
+def test_code_in_a_config_is_refused_and_never_runs(tmp_path: Path, code: str, what: str) -> None:
+    marker = tmp_path / "pwned"
+    cfg = write(tmp_path / "evil.py", code.format(marker=marker))
+    with pytest.raises(ConfigError, match=rf"evil\.py:\d+: {what}.* is code"):
+        read_mmdet_config(cfg)
+    with pytest.raises(ConfigError, match=rf"evil\.py:\d+: {what}.* is code"):
+        load_config(cfg)  # what detcore train/test, config show and launcher submit read a .py through
+    assert not marker.exists()
+
+
+def test_code_in_a_config_on_the_command_line(tmp_path: Path) -> None:
+    """`config import` and `train` on a config with code: one line, exit 2, nothing run or written."""
+    marker = tmp_path / "pwned"
+    evil = write(tmp_path / "evil.py", f"import os\nos.system('touch {marker}')\nmodel = dict(type='FasterRCNN')\n")
+    evil_call = write(tmp_path / "evil_call.py", f"model = dict(x=__import__('os').system('touch {marker}'))\n")
+    for command in (["config", "import", str(evil), "--out", str(tmp_path / "out.yaml")],
+                    ["config", "import", str(evil_call), "--out", str(tmp_path / "out.yaml")],
+                    ["train", str(evil_call), "--work-dir", str(tmp_path / "work")]):
+        proc = cli(*command)
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "evil" in proc.stderr and "is code" in proc.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "out.yaml").exists() and not (tmp_path / "work").exists()
+
+
+def test_cascade_rcnn_is_refused_by_name(tmp_path: Path) -> None:
+    proc = cli("config", "import", str(MMDET / "cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.py"),
+               "--out", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 2 and not (tmp_path / "c.yaml").exists()
+    assert proc.stderr.count("\n") == 1 and "CascadeRCNN (Cascade R-CNN) is an architecture detcore does not have" \
+        in proc.stderr
+
+
+def _shapes(model_cfg: dict) -> dict[str, tuple]:
+    from detcore.models import build_detector
+
+    return {k: tuple(v.shape) for k, v in build_detector(model_cfg).state_dict().items()}
+
+
+@pytest.mark.parametrize("mmdet, shipped, same_with", [
+    ("faster_rcnn/faster_rcnn_r50_fpn_1x_coco", "faster_rcnn/faster_rcnn_r50_fpn_1x_coco", []),
+    ("mask_rcnn/mask_rcnn_r50_fpn_1x_coco", "mask_rcnn/mask_rcnn_r50_fpn_1x_coco", []),
+    ("fcos/fcos_r50_caffe_fpn_gn-head_1x_coco", "fcos/fcos_r50_fpn_1x_coco", []),
+    # MMDetection's RetinaNet takes P6 from C5 (add_extra_convs='on_input'); the shipped YAML is
+    # torchvision's RetinaNet (P6 from P5): the import keeps MMDetection's network.
+    ("retinanet/retinanet_r50_fpn_1x_coco", "retinanet/retinanet_r50_fpn_1x_coco", ["model.neck.p6p7_from=c5"]),
+])
+def test_the_four_1x_configs_build_the_shipped_networks(mmdet: str, shipped: str, same_with: list[str]) -> None:
+    imported = load_config(MMDET / f"{mmdet}.py")
+    ours = load_config(ROOT / f"configs/{shipped}.yaml", [f"+{o}" for o in same_with])
+    assert imported["model"]["backbone"]["weights"] is None and ours["model"]["backbone"]["weights"] is None
+    got = _shapes(imported["model"])
+    assert got == _shapes(ours["model"])
+    if same_with:
+        plain = _shapes(load_config(ROOT / f"configs/{shipped}.yaml")["model"])
+        assert {k for k in got if got[k] != plain[k]} == {"backbone.fpn.extra_blocks.p6.weight"}
+    # what the YAML configs share besides the network: schedule, data, classes
+    for key in ("optimizer", "runner", "classes"):
+        assert imported[key] == ours[key], key
+    assert imported["lr_config"]["step"] == ours["lr_config"]["step"]
+    assert imported["data"]["train"]["ann_file"] == ours["data"]["train"]["ann_file"]
+    assert imported["evaluation"]["metric"] == ours["evaluation"]["metric"]
+
+
+def test_summary_lists_what_did_not_carry_over_and_the_yaml_reloads(tmp_path: Path) -> None:
+    out = tmp_path / "faster.yaml"
+    proc = cli("config", "import", str(MMDET / "faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for line in ('model.rpn_head.loss_cls: {"type": "CrossEntropyLoss"', "opencv_num_threads: 0  (not mapped)",
+                 'model.backbone.init_cfg: {"type": "Pretrained", "checkpoint": "torchvision://resnet50"}  (not '
+                 "downloaded"):
+        assert line in proc.stdout
+    text = out.read_text()
+    assert text.startswith("# Imported from the MMDetection config") and "#   opencv_num_threads: 0" in text
+    again = load_config(out)
+    direct = import_config(MMDET / "faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py").config
+    assert {k: v for k, v in again.items() if k != "filename"} == direct
+
+
+def test_balloon_guide_config_maps_one_class_paths_and_load_from() -> None:
+    imported = import_config(MMDET / "mask_rcnn_r50_caffe_fpn_mstrain-poly_1x_balloon.py")
+    cfg = imported.config
+    assert cfg["model"]["type"] == "MaskRCNN" and cfg["model"]["num_classes"] == 1 and cfg["classes"] == ["balloon"]
+    assert cfg["data"]["train"] == {
+        "type": "CocoDataset", "ann_file": "balloon/train/annotation_coco.json", "img_prefix": "balloon/train/",
+        "classes": ["balloon"], "with_mask": True,
+        "pipeline": [{"type": "Resize", "scales": [[1333, s] for s in (640, 672, 704, 736, 768, 800)]},
+                     {"type": "RandomFlip", "prob": 0.5}]}
+    assert cfg["load_from"].startswith("checkpoints/mask_rcnn_r50_caffe_fpn_mstrain-poly_3x_coco")
+    assert any(line.startswith('dataset_type: "COCODataset"  (a plain variable') for line in imported.summary)
+    assert any(line.startswith('model.backbone.style: "caffe"') for line in imported.summary)
+
+
+def test_mmdetection_habits_in_yaml(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    base = ROOT / "configs/shapes/mask_rcnn_tiny_shapes.yaml"
+    cfg = write(tmp_path / "a.yaml", f"_base_: {base}\ndataset_type: CocoDataset\n"
+                "model: {roi_head: {bbox_head: {num_classes: 1}, mask_head: {num_classes: 1}}}\n"
+                "data: {test: {samples_per_gpu: 3}}\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_config(cfg)
+    assert loaded["model"]["num_classes"] == 1 and "bbox_head" not in loaded["model"]["roi_head"]
+    assert "top-level key 'dataset_type' is not read (YAML has no variables: set data.train.type" in caplog.text
+    bad = write(tmp_path / "b.yaml", f"_base_: {base}\nmodel: {{roi_head: {{bbox_head: {{num_classes: 1}}, "
+                "mask_head: {num_classes: 2}}}\n")
+    with pytest.raises(ConfigError, match="disagree; detcore has one model.num_classes"):
+        load_config(bad)
+    coco = write(tmp_path / "c.yaml", f"_base_: {base}\ndata: {{train: {{img_prefix: x/, ann_file: a.json}}}}\n")
+    with pytest.raises(ConfigError, match="data.train: ann_file/img_prefix are CocoDataset options, but the type is "
+                                          "ShapesDataset.*set type: CocoDataset"):
+        load_config(coco)
+    mixed = write(tmp_path / "d.yaml", f"_base_: {base}\ndata: {{train: {{type: CocoDataset, img_prefix: x/, "
+                  "ann_file: a.json}}\n")
+    with pytest.raises(ConfigError, match="data.train: split, num_train, num_val, size, seed are ShapesDataset "
+                                          "options left from the base; add _delete_: true"):
+        load_config(mixed)
+
+
+def test_test_split_batch_size_as_mmdetection_writes_it(tmp_path: Path) -> None:
+    from detcore.engine.dist import DistInfo
+    from detcore.engine.setup import build_split_loader
+
+    import torch
+
+    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
+                      ["+data.test.samples_per_gpu=3", "data.workers_per_gpu=0"])
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 3
+    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
+                      ["+data.test_samples_per_gpu=5", "data.workers_per_gpu=0"])
+    assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 5
+    with pytest.raises(ConfigError, match="data.test.samples_per_gpu must be a positive integer"):
+        load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml", ["+data.test.samples_per_gpu=0"])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a = [1, 1]\n" + "".join(f"a = [a, a]\n" for _ in range(40)), "more than 100000 values once names are expanded"),
+    ("a = 'x' * 500000\n" + "".join(f"b{i} = a + a\n" for i in range(200)), "more than 100000 values"),
+    ("a = 'x' * 1000\n" + "a = a * 2\n" * 40, "makes a value longer than"),
+    ("x = " + " + ".join(["'ab'"] * 100000) + "\n", "cannot be parsed|nested too deeply"),
+    ("x = 10 ** 400\n", "is code"),
+    ("_base_ = 'self.py'\n", "cyclic _base_ chain"),
+])
+def test_hostile_literal_configs_are_one_line(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        read_mmdet_config(write(tmp_path / "self.py", text))
+    assert "\n" not in str(info.value)
+
+
+def test_mmdetection_hook_spellings_in_yaml(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write(tmp_path / "a.yaml", f"_base_: {ROOT / 'configs/shapes/faster_rcnn_tiny_shapes.yaml'}\n"
+                "checkpoint_config: {interval: 100, max_keep_ckpts: 2, by_epoch: false}\n"
+                "evaluation: {save_best: bbox_mAP}\nlog_config: {hooks: [{type: TextLoggerHook}]}\n")
+    with caplog.at_level(logging.WARNING):
+        loaded = load_config(cfg)
+    assert loaded["checkpoint_config"] == {"interval": 100, "max_keep": 2, "save_best": "bbox_mAP"}
+    assert "save_best" not in loaded["evaluation"] and "hooks" not in loaded["log_config"]
+    assert "log_config.hooks is not read" in caplog.text and "checkpoint_config.by_epoch is not read" in caplog.text

@@ -1,0 +1,27 @@
+"""`launcher submit X.py`: an MMDetection config goes through detcore's loader (imported, never run)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+RETINANET = ROOT / "tests/data/mmdet_configs/retinanet/retinanet_r50_fpn_1x_coco.py"
+
+
+def test_submit_dry_run_of_an_mmdetection_config(tmp_path: Path) -> None:
+    env = {**os.environ, "LAUNCHER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(RETINANET), "--dry-run", "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    command = json.loads(proc.stdout)["commands"][0]
+    assert command[command.index("train") + 1] == str(RETINANET)  # the worker imports it on the fly
+    assert "did not carry over exactly" in proc.stderr and "opencv_num_threads: 0  (not mapped)" in proc.stderr
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"import os\nos.system('touch {tmp_path / 'pwned'}')\n")
+    proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(evil), "--dry-run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "is code" in proc.stderr
+    assert not (tmp_path / "pwned").exists()
