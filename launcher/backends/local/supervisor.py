@@ -42,6 +42,7 @@ from launcher.spec import JobSpec, JobState
 
 logger = logging.getLogger("launcher.supervisor")
 POLL_S = 0.5
+QUEUE_POLL_S = 0.5  # a queued job looks for free GPUs and cores every 0.5-1 s
 
 
 def _die_with_parent() -> None:
@@ -105,7 +106,7 @@ class Supervisor:
                     leased.update(got)
                     break
                 self.monitor.set(JobState.QUEUED, reason=f"waiting for {what}")
-                time.sleep(1.0 + random.random())
+                time.sleep(QUEUE_POLL_S * (1 + random.random()))  # jittered: waiters do not move in step
         return leased
 
     # ---- the run ------------------------------------------------------------------------------
