@@ -30,8 +30,10 @@ FAIR_GOAL = Goal("value", "<=", 1.25)
 
 
 def _overrides(iters: int, interval: int) -> list[str]:
+    """The same on both sides. A launcher job evaluates once at its end (it has no --no-validate):
+    4 validation images keep that from holding its cores, and a queued job from them, for long."""
     return [f"runner.max_iters={iters}", f"log_config.interval={interval}", jobs.NO_CHECKPOINTS,
-            "data.workers_per_gpu=0", "evaluation.interval=100000000"]
+            "data.workers_per_gpu=0", "evaluation.interval=100000000", "data.val.num_val=4"]
 
 
 def _rates(works: list[Path], warmup: int, iters: int, batch: int) -> tuple[float, list[float]]:
@@ -69,14 +71,14 @@ def plain_jobs(ctx: Context, n: int, batch: int, warmup: int, iters: int, interv
 
 
 def launcher_jobs(ctx: Context, n: int, batch: int, warmup: int, iters: int, interval: int,
-                  timeout: float) -> tuple[float, list[float]]:
+                  timeout: float, flags: tuple[str, ...] = ()) -> tuple[float, list[float]]:
     home = ctx.workdir(f"concurrent_home{n}")
     works = [ctx.workdir(f"concurrent_launcher{n}") for _ in range(n)]
     env = jobs.bench_env(extra={"LAUNCHER_HOME": str(home)})
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the launcher's defaults decide
         env.pop(var, None)
     cmds = [([sys.executable, "-m", "launcher", "submit", str(jobs.SHAPES_CONFIG), "--work-dir", str(w / "run"),
-              "--name", f"concurrent{i}", "--max-restarts", "0", "--cfg-options", *_overrides(iters, interval)],
+              "--name", f"concurrent{i}", "--max-restarts", "0", *flags, "--cfg-options", *_overrides(iters, interval)],
              w / "submit.log", env) for i, w in enumerate(works)]
     _run_all(cmds, timeout, "launcher job")
     return _rates([w / "run" for w in works], warmup, iters, batch)
@@ -91,6 +93,12 @@ def run(ctx: Context) -> Result:
     timeout = ctx.pick(600, 1200)
     rows = []
     details: dict = {}
+    oversubscribed = []  # before core leases: each job told to use every core, all sharing them
+    for r in range(repeats):
+        log(f"concurrent_jobs: 2 launcher jobs with --oversubscribe, run {r + 1}/{repeats}")
+        total, own = launcher_jobs(ctx, 2, batch, warmup, iters, interval, timeout, ("--oversubscribe",))
+        oversubscribed.append(total)
+        details.setdefault("2_oversubscribe_own_img_s", []).append(own)
     for n in (2, 4):
         plain, launched, fair, plain_fair = [], [], [], []
         for r in range(repeats):
@@ -109,6 +117,10 @@ def run(ctx: Context) -> Result:
             measured(f"{n} plain 1-thread jobs at once (the machine's ceiling)", plain, "img/s",
                      note=f"fairness {max(plain_fair):.2f}x"),
         ]
+        if n == 2:
+            rows.append(compared("2 launcher jobs at once with --oversubscribe (no core leases, as before)",
+                                 oversubscribed, plain, "img/s", pairwise=False,
+                                 note="ratio vs the ceiling; threads = cores per job, all jobs on all cores"))
     settings = {"config": str(jobs.SHAPES_CONFIG), "per_worker_batch": batch, "loader_workers": 0,
                 "warmup": warmup, "iters": iters, "log_interval": interval, "repeats": repeats, "jobs": [2, 4]}
     return Result(rows, settings, details)
