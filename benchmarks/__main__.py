@@ -31,6 +31,7 @@ BENCHMARKS = {
     "data_pipeline": "benchmarks.data_pipeline",
     "startup": "benchmarks.startup",
     "scaling": "benchmarks.scaling",
+    "concurrent_jobs": "benchmarks.concurrent_jobs",
     "evaluation": "benchmarks.evaluation",
     "inference": "benchmarks.inference",
     "bookkeeping": "benchmarks.bookkeeping",

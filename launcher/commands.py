@@ -269,6 +269,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "config", "config_hash", "work_dir", "world_size", "total_batch", "lr", "ports", "resources",
                 "last_iter", "last_loss", "last_ap"):
         print(f"{key}: {rec[key]}")
+    if exp.backend == "local" and not exp.state.is_terminal():
+        from launcher.backends.local.cores import describe_cores
+        from launcher.leases import CPU_POOL, LeaseBook
+
+        held = LeaseBook(store.home).held_by(exp.id)
+        if held:
+            print("leases: " + "; ".join(f"{pool} {describe_cores(units) if pool == CPU_POOL else ','.join(units)}"
+                                         for pool, units in sorted(held.items())))
     if rec["scaling"]:
         from launcher.scaling import ScaledSchedule
 

@@ -1,4 +1,4 @@
-"""Leases on countable local resources: GPUs, and a sweep's parallel slots.
+"""Leases on countable local resources: GPUs, CPU cores, and a sweep's parallel slots.
 
 The policy (:func:`choose_units`, :func:`live_leases`) is pure. :class:`LeaseBook` keeps the
 leases in ``$LAUNCHER_HOME/leases.json`` and changes it only under a file lock, writing a new
@@ -7,7 +7,8 @@ and the process that keeps it (pid and start tick).
 
 ``$LAUNCHER_HOME`` defaults to the home directory, which cluster nodes share, so:
 
-* GPUs are keyed by host (pool ``gpu@HOST``): GPU 0 of one node is not GPU 0 of another;
+* GPUs and CPU cores are keyed by host (pools ``gpu@HOST``, ``cpu@HOST``): GPU 0 of one node is
+  not GPU 0 of another;
 * only the host that holds a lease judges whether it is dead (a pid means nothing in another
   node's ``/proc``); other hosts' leases are left alone;
 * a lease whose keeper died is reclaimed only when no process of its experiment (one carrying
@@ -32,7 +33,8 @@ from launcher.locking import blocking_flock
 from launcher.procinfo import is_alive
 
 GPU_POOL = "gpu"
-HOST_POOLS = (GPU_POOL,)  # pools whose units belong to one host
+CPU_POOL = "cpu"
+HOST_POOLS = (GPU_POOL, CPU_POOL)  # pools whose units belong to one host
 LOCK_TIMEOUT_S = 60.0
 
 
@@ -150,17 +152,32 @@ class LeaseBook:
 
     def acquire(self, pool: str, inventory: Sequence[str], want: int, holder: str, pid: int,
                 start: int) -> tuple[str, ...] | None:
-        """Lease ``want`` units of ``pool`` (this host's, for GPUs) to ``holder`` kept by ``(pid, start)``;
-        None when busy."""
-        key = host_pool(pool, self.host)
+        """Lease ``want`` units of ``pool`` (this host's, for GPUs and cores) to ``holder`` kept by
+        ``(pid, start)``; None when busy."""
+        got = self.acquire_all([(pool, inventory, want)], holder, pid, start)
+        return None if got is None else got[pool]
+
+    def acquire_all(self, wants: Sequence[tuple[str, Sequence[str], int]], holder: str, pid: int,
+                    start: int) -> dict[str, tuple[str, ...]] | None:
+        """Lease every ``(pool, inventory, want)`` at once, or none of them (None when one is busy).
+
+        All or nothing, under one lock: a job never holds its GPUs while it waits for cores that
+        another job, holding those cores, waits for GPUs to give back.
+        """
         with self._lock():
             pools = self._live()
-            units = dict(pools.get(key, {}))
-            chosen = choose_units(inventory, units, want, holder)
-            if chosen is not None:
-                for unit in [u for u, lease in units.items() if lease.holder == holder and self._mine(lease)]:
-                    del units[unit]
-                units.update({unit: Lease(holder, pid, start, self.host) for unit in chosen})
+            chosen: dict[str, tuple[str, ...]] = {}
+            for pool, inventory, want in wants:
+                got = choose_units(inventory, pools.get(host_pool(pool, self.host), {}), want, holder)
+                if got is None:
+                    self._save(pools)
+                    return None
+                chosen[pool] = got
+            for pool, got in chosen.items():
+                key = host_pool(pool, self.host)
+                units = {u: lease for u, lease in pools.get(key, {}).items()
+                         if lease.holder != holder or not self._mine(lease)}
+                units.update({unit: Lease(holder, pid, start, self.host) for unit in got})
                 pools[key] = units
             self._save(pools)
             return chosen
@@ -185,10 +202,16 @@ class LeaseBook:
             self._save(pools)
 
     def held(self) -> dict[str, dict[str, Lease]]:
-        """The live leases (dead ones reclaimed), by pool then unit; this host's GPUs under ``gpu``,
-        other hosts' under ``gpu@HOST``."""
+        """The live leases (dead ones reclaimed), by pool then unit; this host's GPUs and cores under
+        ``gpu`` and ``cpu``, other hosts' under ``gpu@HOST`` and ``cpu@HOST``."""
         with self._lock():
             pools = self._live()
             self._save(pools)
-        mine = host_pool(GPU_POOL, self.host)
-        return {(GPU_POOL if pool == mine else pool): units for pool, units in pools.items()}
+        mine = {host_pool(pool, self.host): pool for pool in HOST_POOLS}
+        return {mine.get(pool, pool): units for pool, units in pools.items()}
+
+    def held_by(self, holder: str) -> dict[str, tuple[str, ...]]:
+        """This host's units leased to ``holder``, by pool (``gpu``, ``cpu``, ``slots:NAME``)."""
+        out = {pool: tuple(u for u, lease in units.items() if lease.holder == holder and self._mine(lease))
+               for pool, units in self.held().items()}
+        return {pool: units for pool, units in out.items() if units}

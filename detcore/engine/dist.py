@@ -75,6 +75,18 @@ def resolve_device(device: str | None, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % count)
 
 
+def set_default_threads() -> None:
+    """Intra-op threads = the cores this process may use (affinity, cgroup quota, Slurm), shared by
+    this node's workers, unless ``OMP_NUM_THREADS`` chose already. Torch's own default counts the
+    machine's cores, which oversubscribes a container, a taskset or a launcher's core lease."""
+    from detcore.engine.cores import default_threads, usable_cores
+
+    threads = default_threads(os.environ, len(usable_cores()))
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info("intra-op threads: %d (the cores this process may use; OMP_NUM_THREADS overrides)", threads)
+
+
 def init_distributed(device: str | None = None, timeout_min: float | None = None) -> DistInfo:
     """Join (or create) the default process group; pick and select the device for this rank.
 
@@ -82,6 +94,7 @@ def init_distributed(device: str | None = None, timeout_min: float | None = None
     to its own GPU. ``timeout_min`` bounds every collective (default :data:`DEFAULT_TIMEOUT_MIN`).
     """
     global _OWN_GROUP
+    set_default_threads()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":

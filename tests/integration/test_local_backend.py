@@ -46,8 +46,9 @@ def test_two_process_gloo_training_end_to_end(home):
 
 
 def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
+    # --oversubscribe: all eight run at once (with core leases they would take turns on 2 cores)
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach", "--json",
-                              "--name", f"many{i}", *tiny(2)], cwd=home.parent, env=env_for(home),
+                              "--oversubscribe", "--name", f"many{i}", *tiny(2)], cwd=home.parent, env=env_for(home),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
     ids = []
     for p in subs:
@@ -83,7 +84,7 @@ def test_sixteen_jobs_started_together_never_share_a_port(home, tmp_path):
     (tmp_path / "probe_worker.py").write_text(PROBE)
     extra = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach",
-                              "--max-restarts", "0", "--worker-module", "probe_worker", "--name", f"probe{i}"],
+                              "--oversubscribe", "--max-restarts", "0", "--worker-module", "probe_worker", "--name", f"probe{i}"],
                              cwd=tmp_path, env={**env_for(home), **extra}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(16)]
     ids = []

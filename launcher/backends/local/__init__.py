@@ -2,7 +2,8 @@
 
 ``submit`` writes ``$LAUNCHER_HOME/jobs/<id>/spec.json`` and starts a detached supervisor
 (:mod:`launcher.backends.local.supervisor`, its own session, so it outlives the terminal
-and the submitting process). The supervisor waits for GPU leases and sweep slots, runs
+and the submitting process). The supervisor waits for its GPU and CPU-core leases (see
+:mod:`launcher.backends.local.cores`) and sweep slot, pins torchrun to the leased cores, runs
 
     python -m torch.distributed.run --nproc-per-node N --rdzv-backend c10d
         --rdzv-endpoint 127.0.0.1:0 --max-restarts K ... -m launcher.worker ... -- detcore.tools.cli train ...
@@ -33,7 +34,8 @@ from detcore.contract import EXPERIMENT_ENV as MARKER_ENV
 from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
-from launcher.leases import GPU_POOL, LeaseBook
+from launcher.backends.local.cores import core_request, describe_cores
+from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
@@ -46,18 +48,22 @@ CANCEL_GRACE_S = 20.0
 
 @dataclass(frozen=True)
 class Options:
-    """Local-backend options. ``wait``: queue when GPUs are busy (False: fail at submit)."""
+    """Local-backend options. ``wait``: queue when GPUs or cores are busy (False: fail at submit);
+    ``oversubscribe``: lease no cores, share all of them (threads as if alone)."""
 
     wait: bool = True
+    oversubscribe: bool = False
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--no-wait", action="store_true",
-                       help="local: fail at once when the GPUs asked for are busy instead of queueing")
+                       help="local: fail at once when the GPUs or cores asked for are busy instead of queueing")
+    group.add_argument("--oversubscribe", action="store_true",
+                       help="local: lease no CPU cores; the job shares every core with the others (no pinning)")
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    return Options(wait=not getattr(args, "no_wait", False))
+    return Options(wait=not getattr(args, "no_wait", False), oversubscribe=getattr(args, "oversubscribe", False))
 
 
 def create(home: Path) -> "LocalBackend":
@@ -96,20 +102,20 @@ def device_env(gpus: int, environ: Mapping[str, str]) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"}
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 class LocalBackend:
     name = "local"
 
     def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None,
                  fake_gpus: bool | None = None) -> None:
+        """``cores``: pretend the launcher may use cores 0..cores-1 (tests); default: what it may use."""
         self.home = Path(home)
-        self.cores = cores if cores is not None else available_cores()
+        if cores is None:
+            from detcore.engine.cores import usable_cores
+
+            self.core_ids = tuple(str(c) for c in usable_cores())
+        else:
+            self.core_ids = tuple(str(c) for c in range(cores))
+        self.cores = len(self.core_ids)
         self._gpus = gpus
         self.fake_gpus = (FAKE_GPUS_ENV in os.environ) if fake_gpus is None else fake_gpus
 
@@ -121,6 +127,22 @@ class LocalBackend:
 
     def job_dir(self, exp_id: str) -> Path:
         return self.home / "jobs" / exp_id
+
+    def cores_wanted(self, spec: JobSpec) -> int:
+        """The CPU cores ``spec`` leases (0 with ``--oversubscribe``); LauncherError when never possible."""
+        if (spec.backend_options or Options()).oversubscribe:
+            return 0
+        return core_request(spec.resources, self.cores, len(self.gpus))
+
+    def lease_wants(self, spec: JobSpec) -> list[tuple[str, tuple[str, ...], int]]:
+        """``(pool, inventory, count)`` of the GPUs and cores ``spec`` leases together."""
+        wants = []
+        if spec.resources.gpus:
+            wants.append((GPU_POOL, self.gpus, spec.resources.gpus))
+        cores = self.cores_wanted(spec)
+        if cores:
+            wants.append((CPU_POOL, self.core_ids, cores))
+        return wants
 
     # ---- rendering ------------------------------------------------------------------------
     def dryrun(self, spec: JobSpec) -> DryRun:
@@ -137,7 +159,9 @@ class LocalBackend:
                     os.path.join(run_dir(spec), "torchelastic"))
         device = "cpu" if self.fake_gpus else None  # fake GPUs test the leases; the workers train on the CPU
         worker = shim_command(spec, device=device)
-        env = {**import_path_env(os.environ), **thread_env(self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
+        leased = self.cores_wanted(spec)
+        env = {**import_path_env(os.environ),
+               **thread_env(leased or self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
                "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, **device_env(r.gpus, os.environ)}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
                  "a restarted worker group resumes from the newest checkpoint (--resume auto)",
@@ -150,6 +174,12 @@ class LocalBackend:
                          f"(queued while busy); each rank uses its own (--device cuda, LOCAL_RANK)")
         else:
             notes.append("CPU workers (--device cpu); CUDA_VISIBLE_DEVICES is empty, so no GPU is touched")
+        if leased:
+            notes.append(f"CPU cores: {leased} of the {self.cores} this launcher may use ({describe_cores(self.core_ids)}), "
+                         f"leased at start (queued while busy); torchrun and its workers are pinned to them "
+                         f"(sched_setaffinity); --oversubscribe shares all cores instead")
+        else:
+            notes.append(f"CPU cores: none leased (--oversubscribe); the job shares all {self.cores} cores")
         if r.gpus and self.fake_gpus:
             notes.append(f"{FAKE_GPUS_ENV}: the GPUs are fake, so the workers train with --device cpu")
         if spec.amp and not r.gpus:
@@ -174,16 +204,20 @@ class LocalBackend:
                                                         ("job_dir", str(job_dir)), ("run_dir", run_dir(spec))))
 
     def _start_supervisor(self, spec: JobSpec, job_dir: Path) -> tuple[int, int]:
-        """With --no-wait, take the GPUs now (or fail); then start the supervisor and hand the leases to it."""
+        """With --no-wait, take the GPUs and cores now (or fail); then start the supervisor and hand the
+        leases to it."""
         opts = spec.backend_options or Options()
         book = LeaseBook(self.home)
         me, my_start = os.getpid(), process_start(os.getpid()) or 0
-        if spec.resources.gpus and not opts.wait:
-            got = book.acquire(GPU_POOL, self.gpus, spec.resources.gpus, spec.id, me, my_start)
-            if got is None:
-                free = len(self.gpus) - sum(1 for _ in book.held().get(GPU_POOL, {}))
-                raise LauncherError(f"asked for {spec.resources.gpus} GPUs but only {free} of {len(self.gpus)} "
-                                    f"are free now; leave out --no-wait to queue")
+        wants = self.lease_wants(spec)
+        if wants and not opts.wait:
+            if book.acquire_all(wants, spec.id, me, my_start) is None:
+                held = book.held()
+                busy = [f"{want} {'GPUs' if pool == GPU_POOL else 'CPU cores'} but only "
+                        f"{len(inventory) - len(held.get(pool, {}))} of {len(inventory)} are free now"
+                        for pool, inventory, want in wants]
+                raise LauncherError(f"asked for {' and '.join(busy)}; leave out --no-wait to queue"
+                                    + ("" if spec.resources.gpus else " (or pass --oversubscribe to share cores)"))
         pid, start = detached.start(
             [sys.executable, "-m", "launcher.backends.local.supervisor", "--home", str(self.home), spec.id],
             {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, job_dir / "supervisor.log")

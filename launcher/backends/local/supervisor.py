@@ -3,8 +3,10 @@
 Started detached by :meth:`LocalBackend.submit` (new session, stdin closed, output to
 ``jobs/<id>/supervisor.log``). It
 
-1. waits (state ``queued``) for its sweep slot and GPU leases, kept in its own name;
-2. runs the dry run's torchrun command with ``CUDA_VISIBLE_DEVICES`` set to the leased GPUs,
+1. waits (state ``queued``) for its sweep slot, then its GPU and CPU-core leases (both at once),
+   kept in its own name;
+2. runs the dry run's torchrun command with ``CUDA_VISIBLE_DEVICES`` set to the leased GPUs and
+   its CPU affinity set to the leased cores (inherited by the ranks and their loader workers),
    the agent's output in ``WORK_DIR/logs/agent.log``, each rank's in ``logs/rank{R}.log``;
 3. follows the launch through a :class:`~launcher.runtime.monitor.RunMonitor`: restarts,
    ports and failure reasons come from the facts the worker shims append to the run
@@ -31,7 +33,8 @@ from pathlib import Path
 
 from detcore.contract import describe_exit
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
-from launcher.leases import GPU_POOL, LeaseBook
+from launcher.backends.local.cores import describe_cores, pin_to
+from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.runtime.command import run_dir
 from launcher.runtime.detached import kill_marked, kill_tree
 from launcher.runtime.monitor import RunMonitor, monitor_main
@@ -39,6 +42,7 @@ from launcher.spec import JobSpec, JobState
 
 logger = logging.getLogger("launcher.supervisor")
 POLL_S = 0.5
+QUEUE_POLL_S = 0.5  # a queued job looks for free GPUs and cores every 0.5-1 s
 
 
 def _die_with_parent() -> None:
@@ -49,6 +53,17 @@ def _die_with_parent() -> None:
         pass
 
 
+def _preexec(cores: list[str]):
+    """torchrun's preexec: die with the supervisor; run only on the leased cores (when any)."""
+    pin = pin_to(cores) if cores else None
+
+    def preexec() -> None:
+        _die_with_parent()
+        if pin is not None:
+            pin()
+    return preexec
+
+
 class Supervisor:
     def __init__(self, spec: JobSpec, home: Path) -> None:
         self.spec, self.home = spec, home
@@ -56,7 +71,7 @@ class Supervisor:
         self.job_dir = self.backend.job_dir(spec.id)
         self.book = LeaseBook(home)
         self.monitor = RunMonitor(self.job_dir / "status.json", Path(run_dir(spec)), spec.max_restarts,
-                                  torchrun_pid=None, devices=[])
+                                  torchrun_pid=None, devices=[], cores=[])
         self.pid, self.start = self.monitor.status["monitor_pid"], self.monitor.status["monitor_start"]
         self.cancelled = False
 
@@ -68,29 +83,31 @@ class Supervisor:
         return self.cancelled
 
     # ---- resources --------------------------------------------------------------------------
-    def acquire(self) -> list[str] | None:
-        """Sweep slot, then GPUs; queued until both are held. None when cancelled while waiting."""
+    def acquire(self) -> dict[str, tuple[str, ...]] | None:
+        """Sweep slot, then GPUs and cores together; queued until all are held. The leased units by
+        pool (``gpu``, ``cpu``); None when cancelled while waiting."""
         spec = self.spec
-        pools = []
+        steps = []
         if spec.slots:
-            pools.append((f"slots:{spec.slots.name}", tuple(str(i) for i in range(spec.slots.size)), 1,
+            steps.append(([(f"slots:{spec.slots.name}", tuple(str(i) for i in range(spec.slots.size)), 1)],
                           f"a free slot of sweep {spec.slots.name} ({spec.slots.size} at a time)"))
-        if spec.resources.gpus:
-            pools.append((GPU_POOL, self.backend.gpus, spec.resources.gpus,
-                          f"{spec.resources.gpus} free GPUs of {len(self.backend.gpus)}"))
-        devices: list[str] = []
-        for pool, inventory, want, what in pools:
+        wants = self.backend.lease_wants(spec)
+        if wants:
+            steps.append((wants, " and ".join(
+                f"{want} free {'GPUs' if pool == GPU_POOL else 'CPU cores'} of {len(inventory)}"
+                for pool, inventory, want in wants)))
+        leased: dict[str, tuple[str, ...]] = {}
+        for step, what in steps:
             while True:
                 if self.cancel_requested():
                     return None
-                got = self.book.acquire(pool, inventory, want, spec.id, self.pid, self.start)
+                got = self.book.acquire_all(step, spec.id, self.pid, self.start)
                 if got is not None:
-                    if pool == GPU_POOL:
-                        devices = list(got)
+                    leased.update(got)
                     break
                 self.monitor.set(JobState.QUEUED, reason=f"waiting for {what}")
-                time.sleep(1.0 + random.random())
-        return devices
+                time.sleep(QUEUE_POLL_S * (1 + random.random()))  # jittered: waiters do not move in step
+        return leased
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -99,11 +116,11 @@ class Supervisor:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.monitor.set(JobState.PENDING)
         try:
-            devices = self.acquire()
-            if devices is None:
+            leased = self.acquire()
+            if leased is None:
                 self.monitor.finish(JobState.CANCELLED, None, "cancelled while queued")
             else:
-                self.launch(devices)
+                self.launch(list(leased.get(GPU_POOL, ())), list(leased.get(CPU_POOL, ())))
         except Exception as exc:
             logger.exception("supervisor failed")
             self.monitor.finish(JobState.FAILED, None, f"supervisor error: {type(exc).__name__}: {exc}")
@@ -115,7 +132,7 @@ class Supervisor:
                 logger.warning("could not release leases: %s", exc)
         return 0
 
-    def launch(self, devices: list[str]) -> None:
+    def launch(self, devices: list[str], cores: list[str]) -> None:
         dry = self.backend.dryrun(self.spec)
         env = {**os.environ, **dict(dry.env)}
         if self.spec.resources.gpus:
@@ -124,9 +141,10 @@ class Supervisor:
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "agent.log", "ab") as agent_log:
             proc = subprocess.Popen(list(dry.commands[0]), cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        logger.info("started torchrun pid %d for %s (devices %s)", proc.pid, self.spec.id, devices or "cpu")
-        self.monitor.set(JobState.PENDING, torchrun_pid=proc.pid, devices=devices, reason="",
+                                    stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_preexec(cores))
+        logger.info("started torchrun pid %d for %s (devices %s, cores %s)", proc.pid, self.spec.id,
+                    devices or "cpu", describe_cores(cores) if cores else "all (--oversubscribe)")
+        self.monitor.set(JobState.PENDING, torchrun_pid=proc.pid, devices=devices, cores=cores, reason="",
                          started=time.time())
         term_sent, stop_reason = None, ""
         facts = self.monitor.observe()

@@ -38,7 +38,7 @@ def test_local_cpu_job_on_a_gpu_machine_sees_no_gpu(tmp_path: Path) -> None:
     env = dict(dry.env)
     assert _device(dry.commands[0]) == "cpu"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # torch in the workers finds no GPU at all
-    assert env["OMP_NUM_THREADS"] == "4"  # CPU training: the loader workers are not subtracted
+    assert env["OMP_NUM_THREADS"] == "1"  # one leased core per CPU worker; loader workers are not subtracted
 
 
 def test_local_gpu_job_asks_for_cuda_in_pci_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ def test_local_gpu_job_asks_for_cuda_in_pci_order(tmp_path: Path, monkeypatch: p
     assert _device(dry.commands[0]) == "cuda"  # no usable CUDA then fails in the worker, with one line
     assert "CUDA_VISIBLE_DEVICES" not in env  # the supervisor sets the leased ones
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert env["OMP_NUM_THREADS"] == str(16 // 2 - 1)  # 11: each rank's share less its DataLoader worker
+    assert env["OMP_NUM_THREADS"] == str(16 // 4 - 1)  # 3: each GPU's 4 cores less its DataLoader worker
 
 
 # ---- 11/12. --amp and --deterministic through `launcher submit` ------------------------------------

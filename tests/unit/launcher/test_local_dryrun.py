@@ -39,7 +39,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
         "+_scaling={world_size: 2, samples_per_gpu: 4, total_batch: 8, base_batch_size: 4, base_lr: 0.02, lr: 0.04, "
         "scale_schedule: true}"),)
     env = dict(dry.env)
-    assert env["OMP_NUM_THREADS"] == "4" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"
+    assert env["OMP_NUM_THREADS"] == "1" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"  # 1 leased core each
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
     text = dry.render()
     assert "scaled lr: 0.04" in text and "127.0.0.1:0" in text
@@ -50,7 +50,8 @@ def test_threads_never_below_one_and_gpu_note(tmp_path):
     dry = LocalBackend(tmp_path, cores=2, gpus=("0", "1", "2", "3")).dryrun(spec_for(resources=Resources(nproc=2, gpus=2)))
     assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
     assert any("CUDA_VISIBLE_DEVICES" in n for n in dry.notes)
-    dry = LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec_for(resources=Resources(nproc=8)))
+    dry = LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec_for(resources=Resources(nproc=8),
+                                                                   backend_options=Options(oversubscribe=True)))
     assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
 
 
@@ -70,6 +71,8 @@ def test_test_mode_and_resume_policies(tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(resources=Resources(nodes=2)), "one node"),
     (dict(resources=Resources(nproc=2, gpus=2)), "asked for 2 GPUs but this node has 0"),
+    (dict(resources=Resources(nproc=3)), "needs 3 CPU cores .* may use 2 .* --oversubscribe"),
+    (dict(resources=Resources(nproc=1, cpus_per_task=4)), r"needs 4 CPU cores \(--cpus-per-task 4 x 1 workers\)"),
 ])
 def test_local_refuses(tmp_path, kw, match):
     with pytest.raises(LauncherError, match=match):
