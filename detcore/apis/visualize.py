@@ -78,5 +78,5 @@ def draw_comparison(image: torch.Tensor, target: Mapping[str, Any], result: Mapp
     if passed:
         draw.text((w + GAP_PX + 2, 1), f"{passed} predicted >= {score_thr:g}", fill=(0, 0, 0))
     else:
-        draw.text((w + GAP_PX + 2, 1), f"none >= {score_thr:g}", fill=(220, 0, 0))
+        draw.text((w + GAP_PX + 2, 1), f"no prediction >= {score_thr:g}", fill=(220, 0, 0))
     return torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()

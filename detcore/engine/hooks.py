@@ -106,7 +106,7 @@ class EvalHook(HookBase):
         if t.val_loader is None:
             return 0
         step = self.interval * (t.iters_per_epoch if t.by_epoch else 1)
-        now = int(self._done_at != t.iter and (t.iter == t.max_iters or (step > 0 and t.iter % step == 0)))
+        now = int(0 < t.iter != self._done_at and (t.iter == t.max_iters or (step > 0 and t.iter % step == 0)))
         if t.iter >= t.max_iters:
             return now
         if step <= 0:
