@@ -34,7 +34,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     argv = sys.argv[1:]
@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
         else:  # only its line in ``detcore --help``: its module is not imported
             sub.add_parser(name, help=help_text)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (package metadata is read from disk)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print detlaunch's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def version_text() -> str:
