@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-
-logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
