@@ -323,16 +323,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     import shlex
+    import tempfile
 
-    from launcher.tensorboard import serve, tensorboard_command
+    from launcher.tensorboard import link_runs, serve, tensorboard_command
 
     store = _store()
     exps = [store.get(i) for i in args.ids] if args.ids else store.list()
-    cmd = tensorboard_command(exps, args.host, args.port)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"launcher: warning: TensorBoard on {args.host} is reachable from other machines", file=sys.stderr)
-    print(f"TensorBoard for {len(exps)} experiment(s) at http://{args.host}:{args.port}/", flush=True)
-    if args.dry_run:
-        print(shlex.join(cmd))
-        return 0
-    return serve(cmd)  # SIGTERM/SIGINT/SIGHUP (or a SIGKILL of this process) end the server too
+    with tempfile.TemporaryDirectory(prefix="detlaunch-tensorboard-") as logdir:  # the runs, named by symlinks
+        links = link_runs(exps, logdir)
+        cmd = tensorboard_command(logdir, args.host, args.port)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"launcher: warning: TensorBoard on {args.host} is reachable from other machines", file=sys.stderr)
+        print(f"TensorBoard for {len(exps)} experiment(s) at http://{args.host}:{args.port}/", flush=True)
+        if args.dry_run:
+            print("\n".join(f"{logdir}/{name} -> {target}" for name, target in links))
+            print(shlex.join(cmd))
+            return 0
+        return serve(cmd)  # SIGTERM/SIGINT/SIGHUP (or a SIGKILL of this process) end the server too

@@ -1,4 +1,5 @@
-"""One TensorBoard over several experiments' ``tb/`` folders, bound to 127.0.0.1 by default."""
+"""One TensorBoard over several experiments' ``tb/`` folders (a folder of symlinks named after the
+experiments), bound to 127.0.0.1 by default."""
 from __future__ import annotations
 
 import ctypes
@@ -14,20 +15,33 @@ from launcher.store import Experiment
 
 
 def run_name(exp: Experiment) -> str:
-    """``name-id`` without the ``:`` and ``,`` that ``--logdir_spec`` uses as separators."""
-    return re.sub(r"[:,\s]", "_", f"{exp.name}-{exp.id}")
+    """``name-id``, one path component (no ``/``), as the run's name in TensorBoard."""
+    return re.sub(r"[/\s]", "_", f"{exp.name}-{exp.id}")
 
 
-def tensorboard_command(experiments: Iterable[Experiment], host: str = "127.0.0.1", port: int = 6006,
-                        python: str = sys.executable) -> tuple[str, ...]:
-    """``python -m tensorboard.main --logdir_spec name:path,... --host H --port P`` (pure)."""
-    runs = [f"{run_name(e)}:{os.path.join(e.work_dir, 'tb')}" for e in experiments]
-    if not runs:
+def link_runs(experiments: Iterable[Experiment], folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """In ``folder``, one symlink per experiment: ``run_name -> WORK_DIR/tb``; returns the pairs.
+
+    TensorBoard names a run by its folder's path under ``--logdir``, so each run shows as
+    ``name-id``. (``--logdir_spec name:WORK_DIR/tb`` showed ``name-id/.``: TensorBoard joins the
+    name with the events folder's path relative to the given one, which is ``.``.)
+    """
+    pairs = [(run_name(e), os.path.join(e.work_dir, "tb")) for e in experiments]
+    if not pairs:
         raise LauncherError("no experiments to show; pass experiment ids or submit one first")
-    bad = [r for r in runs if "," in r.split(":", 1)[1]]
-    if bad:
-        raise LauncherError(f"work dir of {bad[0].split(':')[0]} contains a comma, which --logdir_spec cannot hold")
-    return (python, "-m", "tensorboard.main", "--logdir_spec", ",".join(runs), "--host", host, "--port", str(port))
+    for name, target in pairs:
+        os.symlink(target, os.path.join(folder, name), target_is_directory=True)
+    return pairs
+
+
+def tensorboard_command(logdir: str | os.PathLike, host: str = "127.0.0.1", port: int = 6006,
+                        python: str = sys.executable) -> tuple[str, ...]:
+    """``python -m tensorboard.main --logdir D --load_fast false --host H --port P`` (pure).
+
+    ``--load_fast false``: the Python loader, which follows :func:`link_runs`' symlinks.
+    """
+    return (python, "-m", "tensorboard.main", "--logdir", str(logdir), "--load_fast", "false", "--host", host,
+            "--port", str(port))
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -202,6 +202,11 @@ class CocoDataset(torch.utils.data.Dataset):
                                 f"segmentation ({type(exc).__name__}: {exc}); expected polygons or RLE") from None
         return masks
 
+    def ground_truth(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of one image's usable xyxy boxes (original pixels) and labels (1..K), before the pipeline."""
+        boxes, labels, _ = self._targets[image_id]
+        return boxes.copy(), labels.copy()
+
     def __getitem__(self, i: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image_id = self.img_ids[i]
         image = self.load_image(image_id)

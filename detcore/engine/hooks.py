@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,16 +70,25 @@ class LoggerHook(HookBase):
         mean["lr"] = t.optimizer.param_groups[0]["lr"]
         mean["memory_mb"] = t.memory_mb()
         eta = (t.max_iters - t.iter) * mean.get("iter_time", 0.0)
+        evaluation = next((h for h in t.hooks if isinstance(h, EvalHook)), None)
+        pending = evaluation.evaluations_left() if evaluation is not None else 0
+        if pending and evaluation.last_seconds is not None:
+            eta += pending * evaluation.last_seconds
         t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean}, prefix="train")
         terms = " ".join(f"{k}={v:.4f}" for k, v in mean.items() if k.startswith("loss"))
-        logger.info("iter %d/%d epoch %d lr %.5f %s data %.3fs iter %.3fs %.1f img/s eta %ds", t.iter, t.max_iters,
+        untimed = " + evaluation" if pending and evaluation.last_seconds is None else ""
+        logger.info("iter %d/%d epoch %d lr %.5f %s data %.3fs iter %.3fs %.1f img/s eta %s%s", t.iter, t.max_iters,
                     t.epoch, mean["lr"], terms, mean.get("data_time", 0), mean.get("iter_time", 0),
-                    mean["throughput"], int(eta))
+                    mean["throughput"], timedelta(seconds=round(eta)), untimed)
 
 
 @HOOKS.register()
 class EvalHook(HookBase):
-    """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged."""
+    """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged.
+
+    ``last_seconds`` (the newest evaluation's wall time) times :meth:`evaluations_left` is the
+    evaluation part of the logged ETA.
+    """
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
                  backend: str = "pycocotools") -> None:
@@ -86,12 +96,30 @@ class EvalHook(HookBase):
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images
         self.backend = backend
+        self.last_seconds: float | None = None
+        self._done_at: int | None = None
+
+    def evaluations_left(self) -> int:
+        """Evaluations not run yet: at each later boundary, at the end, and at the current iteration
+        when it is one of those (the logger runs before this hook in the same step)."""
+        t = self.trainer
+        if t.val_loader is None:
+            return 0
+        step = self.interval * (t.iters_per_epoch if t.by_epoch else 1)
+        now = int(0 < t.iter != self._done_at and (t.iter == t.max_iters or (step > 0 and t.iter % step == 0)))
+        if t.iter >= t.max_iters:
+            return now
+        if step <= 0:
+            return now + 1
+        return now + t.max_iters // step - t.iter // step + (1 if t.max_iters % step else 0)
 
     def after_step(self) -> None:
         t = self.trainer
         if t.val_loader is None or not (t.at_boundary(self.interval) or t.iter == t.max_iters):
             return
+        start = time.perf_counter()
         results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend)
+        self.last_seconds, self._done_at = time.perf_counter() - start, t.iter
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")
@@ -113,6 +141,7 @@ class CheckpointHook(HookBase):
         self.max_keep = int(max_keep)
         self.save_best = save_best
         self.best: float = -math.inf
+        self.best_iter: int | None = None
 
     def after_step(self) -> None:
         t = self.trainer
@@ -128,17 +157,18 @@ class CheckpointHook(HookBase):
                     pass
             value = t.last_metrics.get(self.save_best) if self.save_best else None
             if value is not None and value > self.best:
-                self.best = float(value)
+                self.best, self.best_iter = float(value), t.iter
                 best = Path(t.work_dir, f"best_{self.save_best}.pth")
                 os.link(path, tmp := sibling_temp_path(best))
                 os.replace(tmp, best)
                 logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
 
     def state_dict(self) -> dict:
-        return {"best": self.best if math.isfinite(self.best) else None}
+        return {"best": self.best if math.isfinite(self.best) else None, "best_iter": self.best_iter}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best") if state.get("best") is not None else -math.inf
+        self.best_iter = state.get("best_iter")
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -79,7 +79,7 @@ class EpochTaggedBatches:
             yield [(epoch, i) for i in batch]
 
 
-def _split_cfg(cfg: Mapping[str, Any], split: str) -> dict:
+def split_config(cfg: Mapping[str, Any], split: str) -> dict:
     data = cfg.get("data") or {}
     if split not in data:
         from detcore.errors import ConfigError
@@ -96,7 +96,7 @@ def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed:
     from detcore.data import build_dataloader, build_dataset
 
     data = cfg["data"]
-    split_cfg = _split_cfg(cfg, split)
+    split_cfg = split_config(cfg, split)
     if not train:
         split_cfg.setdefault("test_mode", True)
     own_batch = split_cfg.pop("samples_per_gpu", None)  # MMDetection's data.test.samples_per_gpu

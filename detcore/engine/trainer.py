@@ -72,10 +72,12 @@ class Trainer:
     def __init__(self, cfg: Mapping[str, Any], work_dir: str | os.PathLike, *, resume: str | None = None,
                  load_from: str | None = None, validate: bool = True, amp: bool = False, seed: int = 0,
                  deterministic: bool = False, device: str | None = None,
-                 heartbeat_dir: str | os.PathLike | None = None) -> None:
+                 heartbeat_dir: str | os.PathLike | None = None, hparams: Mapping[str, Any] | None = None) -> None:
         """``heartbeat_dir``: where every rank records its newest finished iteration for a hang watchdog
-        (``detcore.contract.write_heartbeat``; ``detcore train`` passes ``$DETCORE_HEARTBEAT_DIR``)."""
+        (``detcore.contract.write_heartbeat``; ``detcore train`` passes ``$DETCORE_HEARTBEAT_DIR``).
+        ``hparams``: the run's varying keys, written to TensorBoard's HParams tab at the end."""
         self.cfg = dict(cfg)
+        self.hparams = dict(hparams or {})
         self.work_dir = Path(work_dir)
         configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
         self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
@@ -186,6 +188,9 @@ class Trainer:
         for hook in self.hooks:
             hook.after_train()
         if self.tb is not None:
+            from detcore.engine.hparams import metric_tags, write_hparams
+
+            write_hparams(self.tb, self.hparams, metric_tags(self.last_metrics), self.iter)
             self.tb.close()
         return self.last_metrics
 
@@ -233,7 +238,7 @@ class Trainer:
 
         results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
                                          classes=self.classes, num_images=num_images if self.tb else 0,
-                                         backend=backend, keepalive=self._keepalive())
+                                         backend=backend, keepalive=self._keepalive(), progress=True)
         self.model.train()
         if self.tb is not None:
             for i, img in enumerate(drawn):

@@ -146,7 +146,7 @@ def _coco_eval(coco_gt: COCO, results: list[dict], metric: str, backend: str) ->
 def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, metrics: Sequence[str] = ("bbox",),
                   classwise: bool = True, class_names: Sequence[str] | None = None, *,
                   cat_ids: Sequence[int] | None = None, img_ids: Sequence[int] | None = None,
-                  backend: str = "pycocotools") -> dict[str, dict]:
+                  backend: str = "pycocotools", table_level: int = logging.INFO) -> dict[str, dict]:
     """Run pycocotools COCOeval for each metric (``bbox``, ``segm``).
 
     Returns ``{metric: {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl}}`` with
@@ -156,6 +156,8 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
     subset); else all GT categories, with ``class_names`` as their display names. ``img_ids``
     restricts the images. Empty results evaluate to 0 (-1 where pycocotools would give -1).
     ``backend``: ``pycocotools`` (default) or ``faster-coco-eval`` (same numbers, faster).
+    ``table_level``: the logging level of pycocotools' summary table (training logs it at DEBUG
+    and its metrics as one line instead).
     """
     check_backend(backend)
     if isinstance(metrics, str):
@@ -189,7 +191,7 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
                 coco_eval.summarize()
         logger.debug("pycocotools (%s): %s", metric, log.getvalue().strip())
         text = summary.getvalue().rstrip() or " ".join(f"{k}={v:.3f}" for k, v in zip(METRIC_KEYS, coco_eval.stats))
-        logger.info("COCO %s metrics (%s):\n%s", metric, backend, text)
+        logger.log(table_level, "COCO %s metrics (%s):\n%s", metric, backend, text)
         out[metric] = {key: float(v) for key, v in zip(METRIC_KEYS, coco_eval.stats)}  # faster-coco-eval has more
         if classwise:
             per_cat = _per_class_ap(coco_eval)

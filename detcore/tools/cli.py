@@ -1,7 +1,8 @@
 """The ``detcore`` command: one subcommand per module in ``detcore.tools``.
 
-Each tool module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Modules are
-imported only when their subcommand runs, so ``detcore --help`` stays fast.
+Each tool module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. Only the chosen
+subcommand's module is imported, and tool modules import torch inside ``run``, so ``detcore
+--help`` and every ``detcore COMMAND --help`` start without torch (a unit test checks).
 """
 from __future__ import annotations
 
@@ -25,22 +26,52 @@ COMMANDS = {
     "shapes": ("detcore.tools.shapes", "write the embedded synthetic shapes dataset"),
     "convert": ("detcore.tools.convert", "convert VOC, Cityscapes or VIA annotations to COCO json"),
     "demo": ("detcore.tools.demo", "annotate a video file or a webcam stream"),
+    "analyze": ("detcore.tools.analyze", "analysis plots of a checkpoint (confusion matrix)"),
+    "browse": ("detcore.tools.browse", "draw the ground truth on a split's images after the pipeline"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     argv = sys.argv[1:]
     chosen = next((a for a in argv if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
-        if chosen is None or name == chosen:
+        if name == chosen:
             importlib.import_module(module).add_parser(sub, name, help_text)
-        else:
+        else:  # only its line in ``detcore --help``: its module is not imported
             sub.add_parser(name, help=help_text)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``--version``: looks the version up only when asked (package metadata is read from disk)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print detlaunch's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``detcore (detlaunch) X.Y.Z``, from the installed package's metadata.
+
+    torch's version is left out on purpose: finding it costs importing torch (seconds), and
+    ``--version`` should answer as fast as ``--help``; ``detcore config show`` or ``pip show
+    torch`` tell it.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"detcore (detlaunch) {version('detlaunch')}"
+    except PackageNotFoundError:
+        return "detcore (detlaunch, not installed: running from a source tree)"
 
 
 def one_line(exc: BaseException) -> str:

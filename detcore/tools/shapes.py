@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from detcore.data.shapes import generate_shapes
-
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -16,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
+    from detcore.data.shapes import generate_shapes
+
     root = generate_shapes(args.out_dir, num_train=args.train, num_val=args.val, size=args.size, seed=args.seed,
                            progress=True)
     print(f"{root}: annotations/instances_train.json ({args.train} images), "

@@ -5,6 +5,8 @@ import argparse
 import logging
 import os
 import shutil
+import time
+from datetime import timedelta
 from pathlib import Path
 
 from detcore import contract
@@ -77,6 +79,7 @@ def remove_new_work_dir(work_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detcore.engine.heartbeat import install_stack_dump_signal
+    from detcore.engine.hparams import hparams_from_options
     from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
 
     cfg = load_config(args.config, args.cfg_options)
@@ -95,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     if heartbeat_dir:  # a hang watchdog is watching: heartbeats, and Python stacks on SIGUSR1
         install_stack_dump_signal()
         logger.info("heartbeats to %s; SIGUSR1 prints every thread's Python stack to stderr", heartbeat_dir)
+    start = time.monotonic()
     try:
         trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
                           validate=not args.no_validate, amp=args.amp, seed=args.seed,
-                          deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir)
-        metrics = trainer.train()
+                          deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir,
+                          hparams=hparams_from_options(cfg, args.cfg_options))
+        trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)
         return contract.EXIT_STOPPED
@@ -108,6 +113,30 @@ def run(args: argparse.Namespace) -> int:
         if created and int(os.environ.get("RANK", 0)) == 0 and not any(work_dir.glob("*.pth")):
             remove_new_work_dir(work_dir)
         raise
-    if metrics:
-        logger.info("final metrics: %s", " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if "_AP_" not in k))
+    if trainer.dist.is_main:
+        logger.info("%s", closing_summary(trainer, time.monotonic() - start))
     return contract.EXIT_OK
+
+
+def closing_summary(trainer, seconds: float) -> str:
+    """What a user looks for when training ends: where everything is, how long it took, how good it got.
+
+    The last evaluation's full metrics were logged just before (``evaluation: ...``); this repeats
+    only the best-checkpoint metric, so each number is printed once.
+    """
+    from detcore.engine.hooks import CheckpointHook
+
+    work_dir = trainer.work_dir
+    marker = work_dir / "last_checkpoint"
+    last = work_dir / marker.read_text().strip() if marker.is_file() else None
+    lines = [f"done: {trainer.iter} iterations in {timedelta(seconds=round(seconds))} (wall time)",
+             f"  work dir:        {work_dir}",
+             f"  last checkpoint: {last or 'none'}"]
+    ckpt = next((h for h in trainer.hooks if isinstance(h, CheckpointHook)), None)
+    if ckpt is not None and ckpt.save_best and ckpt.best_iter is not None:
+        lines.append(f"  best checkpoint: {work_dir / f'best_{ckpt.save_best}.pth'} "
+                     f"({ckpt.save_best}={ckpt.best:.4f} at iter {ckpt.best_iter})")
+    elif trainer.last_metrics:
+        key = next(iter(trainer.last_metrics))
+        lines.append(f"  final {key}={trainer.last_metrics[key]:.4f} (no save_best in checkpoint_config)")
+    return "\n".join(lines)

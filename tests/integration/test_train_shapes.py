@@ -48,7 +48,7 @@ def test_tensorboard_has_scalars_images_and_config(trained: Path) -> None:
         assert f"val/{name}" in scalars, name
     assert acc.Scalars("train/loss")[-1].step == 300
     assert acc.Scalars("train/loss")[-1].value < acc.Scalars("train/loss")[0].value
-    assert len(acc.Tags()["images"]) >= 1 and acc.Images(acc.Tags()["images"][0])[-1].width == 128
+    assert len(acc.Tags()["images"]) >= 1 and acc.Images(acc.Tags()["images"][0])[-1].width == 2 * 128 + 4
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "FasterRCNN" in text and "ShapesDataset" in text
 
