@@ -294,9 +294,10 @@ class ExperimentStore:
         return _row(rows[0])
 
     def list(self, state: JobState | None = None, backend: str | None = None, sweep: str | None = None,
-             ids: Iterable[str] | None = None, active: bool = False) -> list[Experiment]:
-        """Rows (without the spec) filtered by state, backend, sweep, ids, or only non-terminal (``active``)."""
-        sql, args = self.select_sql(", ".join(_LIST_COLUMNS), state, backend, sweep, ids, active)
+             ids: Iterable[str] | None = None, active: bool = False, tags: Iterable[str] = (),
+             order: str = "created, id", limit: int | None = None) -> list[Experiment]:
+        """Rows (without the spec) filtered by state, backend, sweep, ids, tags, or only non-terminal (``active``)."""
+        sql, args = self.select_sql(", ".join(_LIST_COLUMNS), state, backend, sweep, ids, active, tags, order, limit)
         return [_row(r) for r in self.conn.execute(sql, args)]
 
     @staticmethod
