@@ -22,8 +22,11 @@ SORT_KEYS = {
     "ap": "COALESCE(best_ap, last_ap)", "loss": "last_loss", "iter": "last_iter", "lr": "lr",
     "duration": "(COALESCE(ended, {now}) - started)", "restarts": "restarts",
 }
-_SELECT = ("id, name, state, backend, mode, world_size, lr, json_extract(scaling, '$.base_lr') AS base_lr, "
-           "last_iter, max_iter, max_epoch, json_extract(last_metrics, '$.epoch') AS epoch, started, ended, created, "
+_SELECT = ("id, name, state, backend, mode, world_size, lr, "
+           "CASE WHEN scaling = '' THEN NULL ELSE json_extract(scaling, '$.base_lr') END AS base_lr, "
+           "last_iter, max_iter, max_epoch, "
+           "CASE WHEN max_epoch IS NULL THEN NULL ELSE json_extract(last_metrics, '$.epoch') END AS epoch, "
+           "started, ended, created, "
            "last_loss, COALESCE(best_ap, last_ap) AS ap, restarts, tags, note, grid")
 
 

@@ -55,12 +55,14 @@ def plot_curves(labels: Sequence[str], work_dirs: Sequence[str], metric: str, ou
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     try:
         for label, (xs, ys) in zip(labels, curves):
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("iteration")
         ax.set_ylabel(metric)
         ax.set_title(title or metric)
