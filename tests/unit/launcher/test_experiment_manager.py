@@ -188,3 +188,20 @@ def test_rm_refuses_a_job_that_has_not_ended(tmp_path, monkeypatch, capsys):
     assert cli.main(["note", spec(1).id, "kept", "for", "later"]) == 0
     assert ExperimentStore().get(spec(1).id).note == "kept for later"
     assert cli.main(["list", "--sort", "-nope"]) == 2
+
+
+def test_purge_never_deletes_a_work_dir_another_experiment_uses(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    shared.mkdir()
+    own.mkdir()
+    s = ExperimentStore()
+    for i, work in ((1, shared), (2, shared), (3, own)):
+        s.insert(experiment_from_spec(spec(i, work_dir=str(work)), JobState.SUCCEEDED, now=NOW))
+    s.close()
+    assert cli.main(["rm", spec(1).id, spec(3).id, "--purge", "--yes"]) == 0
+    err = capsys.readouterr().err
+    assert f"keeping {shared}: experiment {spec(2).id} still uses it" in err
+    assert shared.is_dir() and not own.exists()
+    assert [e.id for e in ExperimentStore().list()] == [spec(2).id]
