@@ -1,7 +1,7 @@
-"""The ``launcher list`` table: SQLite filters, sorts and limits; :func:`format_table` lays the rows out (pure).
+"""The ``launcher list`` table: SQLite filters, sorts, limits and formats each cell; :func:`layout` aligns them.
 
-Only the columns the table shows are read (JSON columns are picked apart by SQLite's
-``json_extract``), so 10,000 rows print in well under 0.3 s. A sweep's rows show their grid
+Every cell is an SQL expression (``printf``, ``json_extract``, ``json_each``), so Python touches
+no row field by field and 10,000 rows print in well under 0.3 s. A sweep's rows show their grid
 values as columns of their own (one per grid key) next to the sweep's base name; the LR column
 shows the configured (grid) value, and the scaled one next to it when the scaling rule changed it.
 """
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from launcher.errors import LauncherError
 from launcher.state import JobState
 from launcher.store import ExperimentStore
-from launcher.sweep import combination_name
 
 # --sort KEY -> an SQL expression over the table's own columns (never user text)
 SORT_KEYS = {
@@ -22,14 +21,6 @@ SORT_KEYS = {
     "ap": "COALESCE(best_ap, last_ap)", "loss": "last_loss", "iter": "last_iter", "lr": "lr",
     "duration": "(COALESCE(ended, {now}) - started)", "restarts": "restarts",
 }
-_SELECT = ("id, name, state, backend, mode, world_size, lr, "
-           "CASE WHEN scaling = '' THEN NULL ELSE json_extract(scaling, '$.base_lr') END AS base_lr, "
-           "last_iter, max_iter, max_epoch, "
-           "CASE WHEN max_epoch IS NULL THEN NULL ELSE json_extract(last_metrics, '$.epoch') END AS epoch, "
-           "started, ended, created, "
-           "last_loss, COALESCE(best_ap, last_ap) AS ap, restarts, tags, note, grid")
-
-
 def order_sql(key: str, reverse: bool = False, now: float | None = None) -> str:
     """``ORDER BY`` text for ``--sort KEY`` (``-KEY`` or ``reverse``: descending); rows without a value last."""
     desc = reverse
@@ -40,17 +31,6 @@ def order_sql(key: str, reverse: bool = False, now: float | None = None) -> str:
                             f"(prefix - or add --reverse for descending)")
     expr = SORT_KEYS[key].format(now=repr(float(time.time() if now is None else now)))
     return f"({expr}) IS NULL, {expr}{' DESC' if desc else ''}, created, id"
-
-
-def fetch_rows(store: ExperimentStore, state: JobState | None = None, backend: str | None = None,
-               sweep: str | None = None, ids: Iterable[str] | None = None, tags: Iterable[str] = (),
-               sort: str = "created", reverse: bool = False, limit: int | None = None) -> list[Mapping[str, Any]]:
-    """The rows ``launcher list`` shows, filtered, sorted and limited by SQLite."""
-    if limit is not None and limit < 1:
-        raise LauncherError(f"--limit {limit}: expected a positive number of rows")
-    sql, args = store.select_sql(_SELECT, state, backend, sweep, ids, tags=tags, order=order_sql(sort, reverse),
-                                 limit=limit)
-    return store.conn.execute(sql, args).fetchall()
 
 
 def duration_text(seconds: float | None) -> str:
@@ -70,59 +50,86 @@ def lr_text(base_lr: float | None, lr: float | None) -> str:
     return f"{base_lr:g} (x{lr / base_lr:.3g} {lr:g})"
 
 
-def progress_text(row: Mapping[str, Any]) -> str:
-    """``iter/max`` for iteration-based runs, ``epoch/max ep`` for epoch-based ones, ``test`` for a test job."""
-    if row["mode"] == "test":
-        return "test"
-    if row["max_epoch"] is not None:
-        return f"{row['epoch'] or 0}/{row['max_epoch']} ep"
-    if row["max_iter"] is not None:
-        return f"{row['last_iter'] or 0}/{row['max_iter']}"
-    return "-" if row["last_iter"] is None else str(row["last_iter"])
-
-
 def grid_headers(keys: Sequence[str]) -> list[str]:
     """Column headers for grid keys: the last part of each dotted key, the whole key where two would clash."""
     short = [k.split(".")[-1] for k in keys]
     return [s if short.count(s) == 1 else k for s, k in zip(short, keys)]
 
 
-def _loads(text: str | None, empty: Any) -> Any:
-    return json.loads(text) if text and text not in ("[]", "{}") else empty
+# One SQL expression per column, evaluated over ``experiments`` rows plus ``ap`` (best, else newest AP), ``dur``
+# (whole seconds run so far) and ``sfx`` (a sweep row's grid suffix of its name); they mirror lr_text,
+# duration_text and progress_text, which status uses.
+_CELLS = {
+    "ID": "id",
+    "NAME": "CASE WHEN sfx IS NOT NULL AND length(name) > length(sfx) AND substr(name, -length(sfx)) = sfx "
+            "THEN substr(name, 1, length(name) - length(sfx)) ELSE name END",
+    "STATE": "state",
+    "BACKEND": "backend",
+    "PROGRESS": "CASE WHEN mode = 'test' THEN 'test' "
+                "WHEN max_epoch IS NOT NULL THEN COALESCE(json_extract(last_metrics, '$.epoch'), 0) || '/' || "
+                "max_epoch || ' ep' WHEN max_iter IS NOT NULL THEN COALESCE(last_iter, 0) || '/' || max_iter "
+                "ELSE COALESCE(CAST(last_iter AS TEXT), '-') END",
+    "DURATION": "CASE WHEN dur IS NULL OR dur < 0 THEN '-' ELSE printf('%d:%02d:%02d', dur / 3600, dur / 60 % 60, "
+                "dur % 60) END",
+    "LOSS": "CASE WHEN last_loss IS NULL THEN '-' ELSE printf('%.4f', last_loss) END",
+    "BEST AP": "CASE WHEN ap IS NULL THEN '-' ELSE printf('%.3f', ap) END",
+    "LR": "CASE WHEN lr IS NULL THEN COALESCE(printf('%g', base_lr), '-') "
+          "WHEN base_lr IS NULL OR base_lr = lr OR base_lr = 0 THEN printf('%g', lr) "
+          "ELSE printf('%g (x%.3g %g)', base_lr, lr / base_lr, lr) END",
+    "TAGS": "CASE WHEN tags = '[]' THEN '-' ELSE (SELECT group_concat(value, ',') FROM json_each(tags)) END",
+}
+_WIDE = {
+    "NAME": "name",
+    "WORLD": "CAST(world_size AS TEXT)",
+    "RESTARTS": "CAST(restarts AS TEXT)",
+    "CREATED": "strftime('%Y-%m-%d %H:%M', created, 'unixepoch', 'localtime')",
+    "NOTE": "CASE WHEN note = '' THEN '-' ELSE note END",
+}
+_DERIVED = ("COALESCE(best_ap, last_ap) AS ap, "
+            "CAST(COALESCE(ended, ?) - started AS INTEGER) AS dur, "
+            "CASE WHEN scaling = '' THEN NULL ELSE json_extract(scaling, '$.base_lr') END AS base_lr, "
+            "CASE WHEN grid = '{}' THEN NULL ELSE (SELECT group_concat('-' || "
+            "replace(key, rtrim(key, replace(key, '.', '')), '') || '=' || value, '') FROM json_each(grid)) END AS sfx")
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], wide: bool = False, now: float | None = None) -> list[str]:
-    """Header plus one aligned line per row (rows as :func:`fetch_rows` returns them: mappings by column)."""
-    now = time.time() if now is None else now
-    grids = [_loads(r["grid"], {}) for r in rows]
-    keys = list(dict.fromkeys(k for g in grids for k in g))
-    head = ["ID", "NAME", *grid_headers(keys), "STATE", "BACKEND", "PROGRESS", "DURATION", "LOSS", "BEST AP",
-            "LR", "TAGS"]
-    if wide:
-        head += ["WORLD", "RESTARTS", "CREATED", "NOTE"]
-    table = [head]
-    for row, grid in zip(rows, grids):
-        name = row["name"]
-        if grid and not wide:  # the sweep's base name; the values have their own columns
-            suffix = combination_name("", tuple(f"{k}={v}" for k, v in grid.items()))
-            name = name[:-len(suffix)] if suffix and name.endswith(suffix) else name
-        started, ended = row["started"], row["ended"]
-        cells = [row["id"], name, *(str(grid.get(k, "-")) for k in keys), row["state"], row["backend"],
-                 progress_text(row), duration_text(None if started is None else (ended or now) - started),
-                 "-" if row["last_loss"] is None else f"{row['last_loss']:.4f}",
-                 "-" if row["ap"] is None else f"{row['ap']:.3f}", lr_text(row["base_lr"], row["lr"]),
-                 ",".join(_loads(row["tags"], [])) or "-"]
-        if wide:
-            cells += [str(row["world_size"]), str(row["restarts"]),
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created"])), row["note"] or "-"]
-        table.append(cells)
-    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table]
+def layout(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Header plus one line per row of string cells, each column padded to its widest cell, two spaces
+    apart (pure)."""
+    table = [tuple(head), *rows]
+    widths = [max(map(len, column)) for column in zip(*table)]
+    fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + ("  %s" if len(widths) > 1 else "%s")
+    return [fmt % line for line in table]
 
 
 def table_lines(store: ExperimentStore, state: JobState | None = None, backend: str | None = None,
                 sweep: str | None = None, ids: Iterable[str] | None = None, tags: Iterable[str] = (),
-                sort: str = "created", reverse: bool = False, limit: int | None = None,
-                wide: bool = False) -> list[str]:
-    """Header plus one aligned line per experiment (oldest first unless ``sort`` says otherwise)."""
-    return format_table(fetch_rows(store, state, backend, sweep, ids, tags, sort, reverse, limit), wide)
+                sort: str = "created", reverse: bool = False, limit: int | None = None, wide: bool = False,
+                now: float | None = None) -> list[str]:
+    """Header plus one aligned line per experiment (oldest first unless ``sort`` says otherwise). A column per
+    grid key of the rows shown holds a sweep row's value; NAME is then the sweep's base name (``wide``: full)."""
+    if limit is not None and limit < 1:
+        raise LauncherError(f"--limit {limit}: expected a positive number of rows")
+    now = time.time() if now is None else now
+    order = order_sql(sort, reverse, now)
+    shown, shown_args = store.select_sql("created, grid", state, backend, sweep, ids, tags=tags, order=order,
+                                         limit=limit)
+    keys = [k for k, in store.conn.execute(f"SELECT j.key FROM ({shown}) AS e, json_each(e.grid) AS j "
+                                           f"GROUP BY j.key ORDER BY MIN(e.created), j.key", shown_args)]
+    inner, args = store.select_sql(f"*, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
+    args = [now, *args]
+    cells = dict(_CELLS)
+    if wide:
+        cells.update(_WIDE)
+    exprs = [cells["ID"], cells["NAME"]]
+    exprs += [f"COALESCE(json_extract(grid, {_quote('$.' + json.dumps(k))}), '-')" for k in keys]
+    exprs += [e for h, e in cells.items() if h not in ("ID", "NAME")]
+    head = ["ID", "NAME", *grid_headers(keys), *(h for h in cells if h not in ("ID", "NAME"))]
+    cur = store.conn.cursor()
+    cur.row_factory = None
+    rows = cur.execute(f"SELECT {', '.join(exprs)} FROM ({inner})", args).fetchall()
+    return layout(head, rows)
+
+
+def _quote(text: str) -> str:
+    """An SQL string literal (the grid keys come from the store, but are quoted all the same)."""
+    return "'" + text.replace("'", "''") + "'"

@@ -12,7 +12,7 @@ import launcher.store as store_module
 from launcher import cli
 from launcher.compare import comparison, comparison_lines, differing_keys, export_rows, flatten
 from launcher.errors import LauncherError
-from launcher.listing import duration_text, fetch_rows, format_table, lr_text, order_sql
+from launcher.listing import duration_text, layout, lr_text, order_sql, table_lines
 from launcher.metrics import best_evaluation
 from launcher.plot import available_metrics, curve, plot_curves
 from launcher.reconcile import observed_metrics
@@ -23,36 +23,44 @@ from launcher.store import ExperimentStore, experiment_from_spec
 NOW = 1_800_000_000.0
 
 
-def row(**kw) -> dict:
-    """A row as `fetch_rows` returns it (recorded from a real sweep, values trimmed)."""
-    base = dict(id="7bed4457", name="shapes-lr=0.01", state="succeeded", backend="local", mode="train", world_size=1,
-                lr=0.005, base_lr=0.01, last_iter=4, max_iter=4, max_epoch=None, epoch=1, started=NOW - 45,
-                ended=NOW, created=NOW - 50, last_loss=2.0791708, ap=0.4321, restarts=0, tags='["best","a"]',
-                note="", grid='{"optimizer.lr": "0.01"}')
-    base.update(kw)
-    return base
+def recorded(store: ExperimentStore, i: int, **kw) -> str:
+    """A row as a real sweep left it (values from one, trimmed), written straight into the store."""
+    values = experiment_from_spec(spec(i, name=f"shapes-lr=0.0{i}"), JobState.SUCCEEDED, now=NOW - 50,
+                                  grid={"optimizer.lr": f"0.0{i}"})
+    values.update(lr=0.005 * i, scaling=json.dumps({"base_lr": 0.01 * i, "lr": 0.005 * i}), last_iter=4, max_iter=4,
+                  started=NOW - 45, ended=NOW, last_loss=2.0791708, best_ap=0.4321, last_ap=0.1,
+                  tags=json.dumps(["best", "a"]), last_metrics=json.dumps({"epoch": 1}))
+    values.update(kw)
+    store.insert(values)
+    return values["id"]
 
 
-def test_list_shows_grid_values_as_columns_and_the_configured_lr_next_to_the_scaled_one():
-    lines = format_table([row(), row(id="2c94b106", name="shapes-lr=0.02", grid='{"optimizer.lr": "0.02"}', lr=0.02,
-                                     base_lr=0.02, tags="[]", ap=None, state="running", ended=None)], now=NOW + 15)
+def test_list_shows_grid_values_as_columns_and_the_configured_lr_next_to_the_scaled_one(store):
+    a = recorded(store, 1)
+    b = recorded(store, 2, scaling=json.dumps({"base_lr": 0.02, "lr": 0.02}), lr=0.02, tags="[]", best_ap=None,
+                 last_ap=None, state="running", ended=None)
+    lines = table_lines(store, now=NOW + 15)
     head = lines[0].split()
-    assert head[:4] == ["ID", "NAME", "lr", "STATE"] and "PROGRESS" in head and "TAGS" in head
-    first, second = lines[1].split("  "), lines[2]
-    assert lines[1].startswith("7bed4457  shapes  ") and "0.01 (x0.5 0.005)" in lines[1]
+    assert head[:4] == ["ID", "NAME", "lr", "STATE"] and "PROGRESS" in head and head[-1] == "TAGS"
+    assert lines[1].startswith(f"{a}  shapes  ") and "0.01 (x0.5 0.005)" in lines[1]
     assert "4/4" in lines[1] and "0:00:45" in lines[1] and "2.0792" in lines[1] and "0.432" in lines[1]
-    assert "best,a" in lines[1] and first
+    assert lines[1].endswith("best,a") and lines[2].startswith(b)
     # the running row's duration grows with the clock; no AP yet; LR not scaled: one value
-    assert "0:01:00" in second and " 0.02 " in second + " " and "(x" not in second
-    wide = format_table([row(note="first try")], wide=True, now=NOW)
-    assert "shapes-lr=0.01" in wide[1] and "first try" in wide[1] and "RESTARTS" in wide[0]
+    assert "0:01:00" in lines[2] and " 0.02 " in lines[2] and "(x" not in lines[2] and lines[2].endswith("-")
+    store.set_note(a, "first try")
+    wide = table_lines(store, wide=True, now=NOW)
+    assert "shapes-lr=0.01" in wide[1] and wide[1].endswith("first try") and "RESTARTS" in wide[0]
 
 
-def test_progress_and_duration_texts():
-    assert format_table([row(mode="test", max_iter=None, last_iter=None, grid="{}")], now=NOW)[1].split()[4] == "test"
-    assert "3/12 ep" in format_table([row(max_epoch=12, epoch=3, max_iter=None)], now=NOW)[1]
+def test_progress_and_duration_texts(store):
+    recorded(store, 1, mode="test", max_iter=None, last_iter=None, grid="{}", scaling="", lr=None)
+    recorded(store, 2, max_epoch=12, max_iter=None, last_metrics=json.dumps({"epoch": 3}), started=None)
+    lines = table_lines(store, now=NOW)
+    assert lines[1].split()[5] == "test" and " - " in lines[1]  # a test job: no LR (and no grid value)
+    assert "3/12 ep" in lines[2] and lines[2].split()[7] == "-"  # never started: no duration
     assert duration_text(None) == "-" and duration_text(3725.9) == "1:02:05" and duration_text(90061) == "25:01:01"
     assert lr_text(None, None) == "-" and lr_text(0.02, 0.02) == "0.02" and lr_text(0.02, 0.08) == "0.02 (x4 0.08)"
+    assert layout(["A", "BB"], [("xyz", "1")]) == ["A    BB", "xyz  1"]
 
 
 def test_sort_keys_are_checked_and_never_user_sql():
@@ -80,14 +88,17 @@ def test_sort_limit_and_tag_filters_happen_in_the_store(store):
             store.record_metrics(spec(i).id, 10, loss, None, {"loss": loss})
     store.update_tags(spec(2).id, add=["good", "x"])
     store.update_tags(spec(4).id, add=["good"])
-    assert [r["id"][-1] for r in fetch_rows(store, sort="loss")] == ["2", "1", "4", "3"]  # no value: last
-    assert [r["id"][-1] for r in fetch_rows(store, sort="-loss", limit=2)] == ["4", "1"]
-    assert [r["id"][-1] for r in fetch_rows(store, sort="created", reverse=True, limit=1)] == ["4"]
-    assert [r["id"][-1] for r in fetch_rows(store, tags=["good"])] == ["2", "4"]
-    assert [r["id"][-1] for r in fetch_rows(store, tags=["good", "x"])] == ["2"]
+    def ids(**kw) -> list[str]:
+        return [line[7] for line in table_lines(store, **kw)[1:]]
+
+    assert ids(sort="loss") == ["2", "1", "4", "3"]  # no value: last
+    assert ids(sort="-loss", limit=2) == ["4", "1"]
+    assert ids(sort="created", reverse=True, limit=1) == ["4"]
+    assert ids(tags=["good"]) == ["2", "4"]
+    assert ids(tags=["good", "x"]) == ["2"]
     assert store.update_tags(spec(2).id, remove=["x"]) == ["good"]
     with pytest.raises(LauncherError, match="positive"):
-        fetch_rows(store, limit=0)
+        table_lines(store, limit=0)
 
 
 def test_a_version_2_store_is_migrated_to_3_in_one_step(tmp_path):
@@ -105,7 +116,7 @@ def test_a_version_2_store_is_migrated_to_3_in_one_step(tmp_path):
     exp = store.get("0000000a")
     assert (exp.tag_list, exp.note, exp.best_ap, exp.grid_values) == ([], "", None, {})
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == store_module.SCHEMA_VERSION == 3
-    assert len(format_table(fetch_rows(store))) == 2
+    assert len(table_lines(store)) == 2
 
 
 def test_status_is_plain_text(store):
@@ -133,8 +144,8 @@ def test_best_evaluation_and_a_test_jobs_ap_are_recorded(tmp_path, store):
     store.insert(experiment_from_spec(spec(2, work_dir=str(work), mode=Mode.TEST, checkpoint="/w/iter_2.pth"), JobState.RUNNING))
     test = observed_metrics(store.get(spec(2).id))
     store.record_metrics(spec(2).id, **test)
-    rows = {r["id"]: r for r in fetch_rows(store)}
-    assert "0.550" in format_table([rows[spec(2).id]])[1] and "test" in format_table([rows[spec(2).id]])[1]
+    line = table_lines(store, ids=[spec(2).id])[1]
+    assert "0.550" in line and " test " in line
 
 
 def test_compare_and_export_keep_the_differing_keys_only():
