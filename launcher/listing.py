@@ -73,7 +73,7 @@ _CELLS = {
                 "dur % 60) END",
     "LOSS": "CASE WHEN last_loss IS NULL THEN '-' ELSE printf('%.4f', last_loss) END",
     "BEST AP": "CASE WHEN ap IS NULL THEN '-' ELSE printf('%.3f', ap) END",
-    "LR": "CASE WHEN lr IS NULL THEN COALESCE(printf('%g', base_lr), '-') "
+    "LR": "CASE WHEN lr IS NULL THEN (CASE WHEN base_lr IS NULL THEN '-' ELSE printf('%g', base_lr) END) "
           "WHEN base_lr IS NULL OR base_lr = lr OR base_lr = 0 THEN printf('%g', lr) "
           "ELSE printf('%g (x%.3g %g)', base_lr, lr / base_lr, lr) END",
     "TAGS": "CASE WHEN tags = '[]' THEN '-' ELSE (SELECT group_concat(value, ',') FROM json_each(tags)) END",

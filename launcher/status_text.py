@@ -50,7 +50,8 @@ def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
         ("config hash", exp.config_hash), ("work dir", exp.work_dir), ("world size", exp.world_size),
         ("total batch", exp.total_batch), ("lr", lr_text(base_lr, exp.lr)), ("progress", progress),
         ("duration", duration_text(duration)), ("loss", exp.last_loss), ("AP (newest)", exp.last_ap),
-        ("best AP", None if exp.best_ap is None else f"{exp.best_ap:.6g} at iteration {plain(best.get('iter'))}"),
+        ("best AP", None if exp.best_ap is None else f"{exp.best_ap:.6g}"
+                    + (f" at iteration {best['iter']}" if best.get("iter") is not None else "")),
         ("metrics", json.loads(exp.last_metrics or "{}")), ("tags", exp.tag_list), ("note", exp.note),
         ("ports", exp.port_list), ("resources", json.loads(exp.resources or "{}")),
         ("sweep", exp.sweep), ("earlier launches", len(json.loads(exp.history or "[]")) or None),

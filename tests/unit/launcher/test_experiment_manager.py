@@ -56,7 +56,7 @@ def test_progress_and_duration_texts(store):
     recorded(store, 1, mode="test", max_iter=None, last_iter=None, grid="{}", scaling="", lr=None)
     recorded(store, 2, max_epoch=12, max_iter=None, last_metrics=json.dumps({"epoch": 3}), started=None)
     lines = table_lines(store, now=NOW)
-    assert lines[1].split()[5] == "test" and " - " in lines[1]  # a test job: no LR (and no grid value)
+    assert lines[1].split()[5] == "test" and lines[1].split()[-2:] == ["-", "best,a"]  # a test job: no LR
     assert "3/12 ep" in lines[2] and lines[2].split()[7] == "-"  # never started: no duration
     assert duration_text(None) == "-" and duration_text(3725.9) == "1:02:05" and duration_text(90061) == "25:01:01"
     assert lr_text(None, None) == "-" and lr_text(0.02, 0.02) == "0.02" and lr_text(0.02, 0.08) == "0.02 (x4 0.08)"
