@@ -1,4 +1,5 @@
-"""The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard.
+"""The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard, and the experiment
+manager's compare, export, plot, tag, note, rm (:mod:`launcher.manage`).
 
 Only the chosen subcommand's parser is built in full, and backend modules are imported only
 for ``submit``/``sweep`` (each adds its own option group through ``add_arguments``), so

@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
 _LIST_COLUMNS = ("id", "name", "config", "config_hash", "mode", "backend", "backend_job_id", "backend_extra", "state",
                  "exit_code", "reason", "restarts", "resources", "world_size", "total_batch", "lr", "ports",
                  "work_dir", "sweep", "created", "started", "ended", "updated", "last_iter", "last_loss", "last_ap",
-                 "run_id", "tags", "note", "grid", "max_iter", "max_epoch", "best_ap")
+                 "run_id", "tags", "note", "grid", "max_iter", "max_epoch", "best_ap", "best_metrics")
 # Statements that bring a store of version N to N + 1; a store is migrated step by step, in one transaction.
 _MIGRATIONS = {1: ("ALTER TABLE experiments ADD COLUMN run_id TEXT NOT NULL DEFAULT ''",
                    "ALTER TABLE experiments ADD COLUMN history TEXT NOT NULL DEFAULT '[]'"),
@@ -95,7 +95,7 @@ _MIGRATIONS = {1: ("ALTER TABLE experiments ADD COLUMN run_id TEXT NOT NULL DEFA
                    "ALTER TABLE experiments ADD COLUMN max_epoch INTEGER",
                    "ALTER TABLE experiments ADD COLUMN best_ap REAL",
                    "ALTER TABLE experiments ADD COLUMN best_metrics TEXT NOT NULL DEFAULT '{}'")}
-_ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec", "history", "best_metrics")
+_ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec", "history")
 
 
 def launcher_home() -> Path:

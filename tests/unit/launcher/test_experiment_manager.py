@@ -216,3 +216,14 @@ def test_purge_never_deletes_a_work_dir_another_experiment_uses(tmp_path, monkey
     assert f"keeping {shared}: experiment {spec(2).id} still uses it" in err
     assert shared.is_dir() and not own.exists()
     assert [e.id for e in ExperimentStore().list()] == [spec(2).id]
+
+
+def test_version_names_detlaunch_and_torch_without_importing_it(capsys):
+    import sys
+
+    had_torch = "torch" in sys.modules
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["--version"])
+    out = capsys.readouterr().out
+    assert ended.value.code == 0 and out.startswith("launcher (detlaunch) ") and ", torch " in out
+    assert had_torch or "torch" not in sys.modules
