@@ -21,6 +21,12 @@ SORT_KEYS = {
     "ap": "COALESCE(best_ap, last_ap)", "loss": "last_loss", "iter": "last_iter", "lr": "lr",
     "duration": "(COALESCE(ended, {now}) - started)", "restarts": "restarts",
 }
+_NOT_NULL = ("created", "id")
+# the columns the cells below read (never ``spec``: sorting whole rows would carry every spec along)
+_READ = ("id, name, state, backend, mode, world_size, restarts, lr, scaling, last_iter, max_iter, max_epoch, "
+         "last_metrics, started, ended, created, last_loss, last_ap, best_ap, tags, note, grid")
+
+
 def order_sql(key: str, reverse: bool = False, now: float | None = None) -> str:
     """``ORDER BY`` text for ``--sort KEY`` (``-KEY`` or ``reverse``: descending); rows without a value last."""
     desc = reverse
@@ -29,6 +35,8 @@ def order_sql(key: str, reverse: bool = False, now: float | None = None) -> str:
     if key not in SORT_KEYS:
         raise LauncherError(f"--sort {key!r}: unknown key; choose one of {', '.join(SORT_KEYS)} "
                             f"(prefix - or add --reverse for descending)")
+    if key in _NOT_NULL:  # plain, so SQLite can walk an index instead of sorting
+        return f"{key} DESC, id DESC" if desc else f"{key}, id"
     expr = SORT_KEYS[key].format(now=repr(float(time.time() if now is None else now)))
     return f"({expr}) IS NULL, {expr}{' DESC' if desc else ''}, created, id"
 
@@ -115,7 +123,7 @@ def table_lines(store: ExperimentStore, state: JobState | None = None, backend: 
                                          limit=limit)
     keys = [k for k, in store.conn.execute(f"SELECT j.key FROM ({shown}) AS e, json_each(e.grid) AS j "
                                            f"GROUP BY j.key ORDER BY MIN(e.created), j.key", shown_args)]
-    inner, args = store.select_sql(f"*, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
+    inner, args = store.select_sql(f"{_READ}, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
     args = [now, *args]
     cells = dict(_CELLS)
     if wide:
