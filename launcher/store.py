@@ -3,7 +3,7 @@
 WAL mode, a 30 s busy timeout and one statement per write (each its own short transaction),
 so many CLIs can write at once without losing an update. Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
-``delete``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
+``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
 comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
 reports. Terminal states are sticky: a status write never moves a succeeded/failed/cancelled
 row back; only ``start_run`` begins a new launch (the old one goes into ``history``). A status
@@ -395,7 +395,8 @@ class ExperimentStore:
 
     def start_run(self, exp_id: str, spec: JobSpec, job_id: str, extra: Mapping[str, str]) -> None:
         """Begin a new launch of a finished experiment (``launcher resume``), on ``spec``'s backend with the
-        backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew."""
+        backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew; the
+        schedule length is read again (a new world size may scale it)."""
         old = self.get(exp_id)
         history = json.loads(old.history or "[]")
         history.append({"run_id": old.run_id, "backend": old.backend, "backend_job_id": old.backend_job_id,
@@ -405,7 +406,7 @@ class ExperimentStore:
         values = experiment_from_spec(spec, JobState.PENDING)
         self.conn.execute(
             "UPDATE experiments SET state = ?, exit_code = NULL, reason = '', ended = NULL, started = NULL, "
-            "restarts = 0, ports = '[]', backend = ?, backend_job_id = ?, backend_extra = ?, run_id = ?, history = ?, "
+            "restarts = 0, ports = '[]', max_iter = NULL, max_epoch = NULL, backend = ?, backend_job_id = ?, backend_extra = ?, run_id = ?, history = ?, "
             "world_size = ?, total_batch = ?, lr = ?, scaling = ?, resources = ?, spec = ?, config_hash = ?, "
             "updated = ? WHERE id = ?",
             (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,
