@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from launcher.errors import LauncherError
 from launcher.state import JobState
