@@ -65,12 +65,16 @@ def grid_headers(keys: Sequence[str]) -> list[str]:
 
 
 # One SQL expression per column, evaluated over ``experiments`` rows plus ``ap`` (best, else newest AP), ``dur``
-# (whole seconds run so far) and ``sfx`` (a sweep row's grid suffix of its name); they mirror lr_text,
-# duration_text and progress_text, which status uses.
+# (whole seconds run so far), ``base_lr`` (the configured LR, from the scaling record) and ``gk`` (the last part
+# of a sweep row's first grid key: its name is cut before ``-gk=``, see sweep.combination_name). JSON columns
+# are read with string functions where their form is fixed (a JSON parse per row is most of the cost): ``tags``
+# is ``["a", "b"]`` of tags without quotes or commas (manage.TAG_RE), ``grid`` is ``{"key": ...}``, and the
+# number after ``"base_lr":`` in ``scaling`` is read by CAST (which stops at the comma; null reads as 0: none).
+# LR and DURATION mirror lr_text and duration_text, which status uses.
 _CELLS = {
     "ID": "id",
-    "NAME": "CASE WHEN sfx IS NOT NULL AND length(name) > length(sfx) AND substr(name, -length(sfx)) = sfx "
-            "THEN substr(name, 1, length(name) - length(sfx)) ELSE name END",
+    "NAME": "CASE WHEN gk IS NOT NULL AND instr(name, '-' || gk || '=') > 1 "
+            "THEN substr(name, 1, instr(name, '-' || gk || '=') - 1) ELSE name END",
     "STATE": "state",
     "BACKEND": "backend",
     "PROGRESS": "CASE WHEN mode = 'test' THEN 'test' "
@@ -84,7 +88,7 @@ _CELLS = {
     "LR": "CASE WHEN lr IS NULL THEN (CASE WHEN base_lr IS NULL THEN '-' ELSE printf('%g', base_lr) END) "
           "WHEN base_lr IS NULL OR base_lr = lr OR base_lr = 0 THEN printf('%g', lr) "
           "ELSE printf('%g (x%.3g %g)', base_lr, lr / base_lr, lr) END",
-    "TAGS": "CASE WHEN tags = '[]' THEN '-' ELSE (SELECT group_concat(value, ',') FROM json_each(tags)) END",
+    "TAGS": "CASE WHEN tags = '[]' THEN '-' ELSE replace(substr(tags, 3, length(tags) - 4), '\", \"', ',') END",
 }
 _WIDE = {
     "NAME": "name",
@@ -95,9 +99,11 @@ _WIDE = {
 }
 _DERIVED = ("COALESCE(best_ap, last_ap) AS ap, "
             "CAST(COALESCE(ended, ?) - started AS INTEGER) AS dur, "
-            "CASE WHEN scaling = '' THEN NULL ELSE json_extract(scaling, '$.base_lr') END AS base_lr, "
-            "CASE WHEN grid = '{}' THEN NULL ELSE (SELECT group_concat('-' || "
-            "replace(key, rtrim(key, replace(key, '.', '')), '') || '=' || value, '') FROM json_each(grid)) END AS sfx")
+            "CASE WHEN instr(scaling, '\"base_lr\":') = 0 THEN NULL "
+            "ELSE NULLIF(CAST(substr(scaling, instr(scaling, '\"base_lr\":') + 10) AS REAL), 0.0) END AS base_lr, "
+            "CASE WHEN grid = '{}' THEN NULL ELSE replace(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), "
+            "rtrim(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), "
+            "replace(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), '.', '')), '') END AS gk")
 
 
 def layout(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -122,14 +128,16 @@ def table_lines(store: ExperimentStore, state: JobState | None = None, backend: 
     shown, shown_args = store.select_sql("created, grid", state, backend, sweep, ids, tags=tags, order=order,
                                          limit=limit)
     keys = [k for k, in store.conn.execute(f"SELECT j.key FROM ({shown}) AS e, json_each(e.grid) AS j "
-                                           f"GROUP BY j.key ORDER BY MIN(e.created), j.key", shown_args)]
+                                           f"WHERE e.grid != '{{}}' GROUP BY j.key ORDER BY MIN(e.created), j.key",
+                                           shown_args)]
     inner, args = store.select_sql(f"{_READ}, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
     args = [now, *args]
     cells = dict(_CELLS)
     if wide:
         cells.update(_WIDE)
     exprs = [cells["ID"], cells["NAME"]]
-    exprs += [f"COALESCE(json_extract(grid, {_quote('$.' + json.dumps(k))}), '-')" for k in keys]
+    exprs += [f"CASE WHEN grid = '{{}}' THEN '-' ELSE COALESCE(json_extract(grid, {_quote('$.' + json.dumps(k))}), "
+              f"'-') END" for k in keys]
     exprs += [e for h, e in cells.items() if h not in ("ID", "NAME")]
     head = ["ID", "NAME", *grid_headers(keys), *(h for h in cells if h not in ("ID", "NAME"))]
     cur = store.conn.cursor()

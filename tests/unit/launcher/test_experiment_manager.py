@@ -55,7 +55,10 @@ def test_list_shows_grid_values_as_columns_and_the_configured_lr_next_to_the_sca
 def test_progress_and_duration_texts(store):
     recorded(store, 1, mode="test", max_iter=None, last_iter=None, grid="{}", scaling="", lr=None)
     recorded(store, 2, max_epoch=12, max_iter=None, last_metrics=json.dumps({"epoch": 3}), started=None)
+    recorded(store, 3, scaling='{"lr":0.04,"base_lr":0.02}', lr=0.04)  # compact JSON, keys in another order
+    recorded(store, 4, scaling='{"base_lr": null, "lr": 0.04}', lr=0.04, tags='["x"]')
     lines = table_lines(store, now=NOW)
+    assert "0.02 (x2 0.04)" in lines[3] and lines[4].split()[-2:] == ["0.04", "x"]
     assert lines[1].split()[5] == "test" and lines[1].split()[-2:] == ["-", "best,a"]  # a test job: no LR
     assert "3/12 ep" in lines[2] and lines[2].split()[7] == "-"  # never started: no duration
     assert duration_text(None) == "-" and duration_text(3725.9) == "1:02:05" and duration_text(90061) == "25:01:01"
