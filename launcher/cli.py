@@ -1,4 +1,5 @@
-"""The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard.
+"""The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard, and the experiment
+manager's compare, export, plot, tag, note, rm (:mod:`launcher.manage`).
 
 Only the chosen subcommand's parser is built in full, and backend modules are imported only
 for ``submit``/``sweep`` (each adds its own option group through ``add_arguments``), so
@@ -25,7 +26,15 @@ COMMANDS = {
     "resume": "run a finished, failed or cancelled experiment again from its newest checkpoint",
     "sweep": "one experiment per combination of --grid values",
     "tensorboard": "one TensorBoard over several experiments",
+    "compare": "configs and metrics of experiments side by side",
+    "export": "experiments as one CSV or JSON table (hyperparameters and metrics) for pandas",
+    "plot": "curves of a metric for several experiments in one PNG",
+    "tag": "add (or --remove) tags",
+    "note": "set an experiment's note",
+    "rm": "remove finished experiments from the store (--purge: and their work dirs)",
 }
+# subcommands whose code lives in launcher.manage (the rest: launcher.commands)
+MANAGE = ("compare", "export", "plot", "tag", "note", "rm")
 
 
 def _add_backend_groups(p: argparse.ArgumentParser) -> None:
@@ -84,6 +93,7 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
 def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launcher", description="detlaunch: run detcore jobs locally, on Slurm or "
                                                                   "on Ray, and manage them as experiments")
+    parser.add_argument("--version", action=_VersionAction, help="print the detlaunch (and torch) version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
@@ -97,6 +107,14 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("--state", help="only this state (queued, pending, running, ..., cancelled)")
             p.add_argument("--backend", help="only this backend")
             p.add_argument("--sweep", help="only this sweep's experiments")
+            p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                           help="only experiments with this tag (repeat: with all of them)")
+            p.add_argument("--sort", default="created", metavar="KEY",
+                           help="created (default), name, state, backend, ap, loss, duration, iter, lr, restarts, id; "
+                                "-KEY for descending")
+            p.add_argument("--reverse", action="store_true", help="descending order")
+            p.add_argument("--limit", type=int, metavar="N", help="only the first N rows of that order")
+            p.add_argument("--wide", action="store_true", help="full sweep names, world size, restarts, created, note")
             p.add_argument("--json", action="store_true", help="one JSON array of records")
         elif name == "status":
             p.add_argument("id", help="experiment id (a unique prefix is enough)")
@@ -128,15 +146,52 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("--port", type=int, default=6006, help="port (default 6006)")
             p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
             p.add_argument("--dry-run", action="store_true", help="print the TensorBoard command and exit")
+        else:
+            from launcher.manage import add_arguments
+
+            add_arguments(name, p)
     return parser
+
+
+def version_text() -> str:
+    """``launcher (detlaunch) X``, plus the installed torch version, read from its metadata (torch is not imported)."""
+    from importlib import metadata
+
+    def installed(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    text = f"launcher (detlaunch) {installed('detlaunch') or 'unknown (not installed)'}"
+    torch = installed("torch")
+    return text + (f", torch {torch}" if torch else "")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for (metadata reads cost milliseconds every start-up otherwise)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if a in COMMANDS), None)
+    for i, arg in enumerate(argv[:-1]):  # `--sort -ap`: argparse would take -ap for an option
+        if arg == "--sort" and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"--sort={argv[i + 1]}"]
+            break
     args = build_parser(chosen).parse_args(argv)
     os.umask(os.umask(0) | 0o022)  # nothing the launcher writes is group- or world-writable
-    from launcher import commands
+    if args.command in MANAGE:
+        from launcher import manage as commands
+    else:
+        from launcher import commands
 
     try:
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)

@@ -191,7 +191,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print("\n\n".join(d.render() for d in dries))
         return 0
     store = _store()
-    submitted = submit_specs(store, backend, specs, sweep=sweep_id)
+    grids = [dict(item.lstrip("+").split("=", 1) for item in combo) for combo in combos]
+    submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
           + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
     if args.json and args.detach:
@@ -238,37 +239,40 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
 # ---- reading ---------------------------------------------------------------------------------
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from launcher.listing import order_sql, table_lines
+
     store = _store()
     state = JobState.parse(args.state) if args.state else None
-    active = store.list(backend=args.backend, sweep=args.sweep, active=True)
+    filters = dict(backend=args.backend, sweep=args.sweep, tags=args.tag)
+    active = store.list(active=True, **filters)
     derived = {}
     if active:
         from launcher.reconcile import refresh
 
         derived = {e.id: e for e in refresh(store, active)}  # what the jobs report, even if it could not be saved
     if args.json:
-        rows = [derived.get(e.id, e) for e in store.list(backend=args.backend, sweep=args.sweep)]
-        _print_json([e.to_json() for e in rows if state is None or e.state is state])
+        if args.limit is not None and args.limit < 1:
+            raise LauncherError(f"--limit {args.limit}: expected a positive number of rows")
+        rows = [derived.get(e.id, e) for e in store.list(order=order_sql(args.sort, args.reverse), **filters)]
+        rows = [e for e in rows if state is None or e.state is state][:args.limit]
+        _print_json([e.to_json() for e in rows])
     else:
-        from launcher.listing import table_lines
-
-        sys.stdout.write("\n".join(table_lines(store, state, args.backend, args.sweep)) + "\n")
+        lines = table_lines(store, state, sort=args.sort, reverse=args.reverse, limit=args.limit, wide=args.wide,
+                            **filters)
+        sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from launcher.reconcile import refresh
+    from launcher.status_text import status_lines
 
     store = _store()
     exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
     if args.json:
         _print_json(exp.to_json())
         return 0
-    rec = exp.to_json()
-    for key in ("id", "name", "state", "reason", "exit_code", "restarts", "backend", "backend_job_id", "mode",
-                "config", "config_hash", "work_dir", "world_size", "total_batch", "lr", "ports", "resources",
-                "last_iter", "last_loss", "last_ap"):
-        print(f"{key}: {rec[key]}")
+    print("\n".join(status_lines(exp)))
     if exp.backend == "local" and not exp.state.is_terminal():
         from launcher.backends.local.cores import describe_cores
         from launcher.leases import CPU_POOL, LeaseBook
@@ -277,13 +281,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         if held:
             print("leases: " + "; ".join(f"{pool} {describe_cores(units) if pool == CPU_POOL else ','.join(units)}"
                                          for pool, units in sorted(held.items())))
-    if rec["scaling"]:
-        from launcher.scaling import ScaledSchedule
-
-        print(f"scaling: {ScaledSchedule.from_dict(rec['scaling']).describe()}")
-    for key in ("created", "started", "ended"):
-        if rec[key]:
-            print(f"{key}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec[key]))}")
     return 0
 
 

@@ -126,9 +126,10 @@ def loader_workers(cfg: dict) -> int:
     return value
 
 
-def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None) -> Experiment:
+def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None,
+                grid: dict[str, str] | None = None) -> Experiment:
     """Record ``spec`` as a pending experiment and hand it to ``backend``; undo the row if that fails."""
-    store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep))
+    store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
     try:
         handle = backend.submit(spec)
     except BaseException:
@@ -138,13 +139,14 @@ def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | Non
     return store.get(spec.id)
 
 
-def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: str | None = None) -> list[Experiment]:
-    """Submit a sweep: through the backend's optional ``submit_array(specs)`` (one array job) when it
+def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: str | None = None,
+                 grids: list[dict[str, str]] | None = None) -> list[Experiment]:
+    """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``): through the backend's optional ``submit_array(specs)`` (one array job) when it
     has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
     or the jobs already started are cancelled (one by one), and the error is raised."""
     if hasattr(backend, "submit_array"):
-        for spec in specs:
-            store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep))
+        for spec, grid in zip(specs, grids or [None] * len(specs)):
+            store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
         try:
             handles = backend.submit_array(specs)
         except BaseException:
@@ -156,8 +158,8 @@ def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: s
         return [store.get(spec.id) for spec in specs]
     done: list[Experiment] = []
     try:
-        for spec in specs:
-            done.append(submit_spec(store, backend, spec, sweep=sweep))
+        for spec, grid in zip(specs, grids or [None] * len(specs)):
+            done.append(submit_spec(store, backend, spec, sweep=sweep, grid=grid))
     except BaseException:
         from launcher.reconcile import handle_of, refresh
 

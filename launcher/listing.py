@@ -1,40 +1,151 @@
-"""The ``launcher list`` table, formatted inside SQLite (``printf``) so 10,000 rows print in milliseconds."""
+"""The ``launcher list`` table: SQLite filters, sorts, limits and formats each cell; :func:`layout` aligns them.
+
+Every cell is an SQL expression (``printf``, ``json_extract``, ``json_each``), so Python touches
+no row field by field and 10,000 rows print in well under 0.3 s. A sweep's rows show their grid
+values as columns of their own (one per grid key) next to the sweep's base name; the LR column
+shows the configured (grid) value, and the scaled one next to it when the scaling rule changed it.
+"""
 from __future__ import annotations
 
+import json
 import time
-from typing import Iterable
+from typing import Iterable, Sequence
 
+from launcher.errors import LauncherError
 from launcher.state import JobState
 from launcher.store import ExperimentStore
 
-NAME_MAX = 40
-# header, width (None: NAME, sized to the longest name), SQL expression
-_COLUMNS = (
-    ("ID", 8, "id"),
-    ("NAME", None, f"substr(name, 1, {NAME_MAX})"),
-    ("STATE", 10, "state"),
-    ("BACKEND", 7, "backend"),
-    ("WORLD", 5, "world_size"),
-    ("LR", 8, "CASE WHEN lr IS NULL THEN '-' ELSE printf('%g', lr) END"),
-    ("ITER", 6, "COALESCE(last_iter, '-')"),
-    ("LOSS", 8, "CASE WHEN last_loss IS NULL THEN '-' ELSE printf('%.4f', last_loss) END"),
-    ("AP", 6, "CASE WHEN last_ap IS NULL THEN '-' ELSE printf('%.3f', last_ap) END"),
-    ("RESTARTS", 8, "restarts"),
-    ("AGE", 0, "CASE WHEN age < 120 THEN age || 's' WHEN age < 7200 THEN (age / 60) || 'm' "
-               "WHEN age < 172800 THEN (age / 3600) || 'h' ELSE (age / 86400) || 'd' END"),
-)
+# --sort KEY -> an SQL expression over the table's own columns (never user text)
+SORT_KEYS = {
+    "created": "created", "id": "id", "name": "name", "state": "state", "backend": "backend",
+    "ap": "COALESCE(best_ap, last_ap)", "loss": "last_loss", "iter": "last_iter", "lr": "lr",
+    "duration": "(COALESCE(ended, {now}) - started)", "restarts": "restarts",
+}
+_NOT_NULL = ("created", "id")
+# the columns the cells below read (never ``spec``: sorting whole rows would carry every spec along)
+_READ = ("id, name, state, backend, mode, world_size, restarts, lr, scaling, last_iter, max_iter, max_epoch, "
+         "last_metrics, started, ended, created, last_loss, last_ap, best_ap, tags, note, grid")
+
+
+def order_sql(key: str, reverse: bool = False, now: float | None = None) -> str:
+    """``ORDER BY`` text for ``--sort KEY`` (``-KEY`` or ``reverse``: descending); rows without a value last."""
+    desc = reverse
+    if key.startswith("-"):
+        key, desc = key[1:], not desc
+    if key not in SORT_KEYS:
+        raise LauncherError(f"--sort {key!r}: unknown key; choose one of {', '.join(SORT_KEYS)} "
+                            f"(prefix - or add --reverse for descending)")
+    if key in _NOT_NULL:  # plain, so SQLite can walk an index instead of sorting
+        return f"{key} DESC, id DESC" if desc else f"{key}, id"
+    expr = SORT_KEYS[key].format(now=repr(float(time.time() if now is None else now)))
+    return f"({expr}) IS NULL, {expr}{' DESC' if desc else ''}, created, id"
+
+
+def duration_text(seconds: float | None) -> str:
+    """``1:02:03`` (hours grow past 24), ``-`` when unknown."""
+    if seconds is None or seconds < 0:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def lr_text(base_lr: float | None, lr: float | None) -> str:
+    """The configured LR, and the scaled one next to it when they differ: ``0.02 (x2 0.04)``."""
+    if lr is None:
+        return "-" if base_lr is None else f"{base_lr:g}"
+    if base_lr is None or base_lr == lr or not base_lr:
+        return f"{lr:g}"
+    return f"{base_lr:g} (x{lr / base_lr:.3g} {lr:g})"
+
+
+def grid_headers(keys: Sequence[str]) -> list[str]:
+    """Column headers for grid keys: the last part of each dotted key, the whole key where two would clash."""
+    short = [k.split(".")[-1] for k in keys]
+    return [s if short.count(s) == 1 else k for s, k in zip(short, keys)]
+
+
+# One SQL expression per column, evaluated over ``experiments`` rows plus ``ap`` (best, else newest AP), ``dur``
+# (whole seconds run so far), ``base_lr`` (the configured LR, from the scaling record) and ``gk`` (the last part
+# of a sweep row's first grid key: its name is cut before ``-gk=``, see sweep.combination_name). JSON columns
+# are read with string functions where their form is fixed (a JSON parse per row is most of the cost): ``tags``
+# is ``["a", "b"]`` of tags without quotes or commas (manage.TAG_RE), ``grid`` is ``{"key": ...}``, and the
+# number after ``"base_lr":`` in ``scaling`` is read by CAST (which stops at the comma; null reads as 0: none).
+# LR and DURATION mirror lr_text and duration_text, which status uses.
+_CELLS = {
+    "ID": "id",
+    "NAME": "CASE WHEN gk IS NOT NULL AND instr(name, '-' || gk || '=') > 1 "
+            "THEN substr(name, 1, instr(name, '-' || gk || '=') - 1) ELSE name END",
+    "STATE": "state",
+    "BACKEND": "backend",
+    "PROGRESS": "CASE WHEN mode = 'test' THEN 'test' "
+                "WHEN max_epoch IS NOT NULL THEN COALESCE(json_extract(last_metrics, '$.epoch'), 0) || '/' || "
+                "max_epoch || ' ep' WHEN max_iter IS NOT NULL THEN COALESCE(last_iter, 0) || '/' || max_iter "
+                "ELSE COALESCE(CAST(last_iter AS TEXT), '-') END",
+    "DURATION": "CASE WHEN dur IS NULL OR dur < 0 THEN '-' ELSE printf('%d:%02d:%02d', dur / 3600, dur / 60 % 60, "
+                "dur % 60) END",
+    "LOSS": "CASE WHEN last_loss IS NULL THEN '-' ELSE printf('%.4f', last_loss) END",
+    "BEST AP": "CASE WHEN ap IS NULL THEN '-' ELSE printf('%.3f', ap) END",
+    "LR": "CASE WHEN lr IS NULL THEN (CASE WHEN base_lr IS NULL THEN '-' ELSE printf('%g', base_lr) END) "
+          "WHEN base_lr IS NULL OR base_lr = lr OR base_lr = 0 THEN printf('%g', lr) "
+          "ELSE printf('%g (x%.3g %g)', base_lr, lr / base_lr, lr) END",
+    "TAGS": "CASE WHEN tags = '[]' THEN '-' ELSE replace(substr(tags, 3, length(tags) - 4), '\", \"', ',') END",
+}
+_WIDE = {
+    "NAME": "name",
+    "WORLD": "CAST(world_size AS TEXT)",
+    "RESTARTS": "CAST(restarts AS TEXT)",
+    "CREATED": "strftime('%Y-%m-%d %H:%M', created, 'unixepoch', 'localtime')",
+    "NOTE": "CASE WHEN note = '' THEN '-' ELSE note END",
+}
+_DERIVED = ("COALESCE(best_ap, last_ap) AS ap, "
+            "CAST(COALESCE(ended, ?) - started AS INTEGER) AS dur, "
+            "CASE WHEN instr(scaling, '\"base_lr\":') = 0 THEN NULL "
+            "ELSE NULLIF(CAST(substr(scaling, instr(scaling, '\"base_lr\":') + 10) AS REAL), 0.0) END AS base_lr, "
+            "CASE WHEN grid = '{}' THEN NULL ELSE replace(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), "
+            "rtrim(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), "
+            "replace(substr(grid, 3, instr(substr(grid, 3), '\"') - 1), '.', '')), '') END AS gk")
+
+
+def layout(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Header plus one line per row of string cells, each column padded to its widest cell, two spaces
+    apart (pure)."""
+    table = [tuple(head), *rows]
+    widths = [max(map(len, column)) for column in zip(*table)]
+    fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + ("  %s" if len(widths) > 1 else "%s")
+    return [fmt % line for line in table]
 
 
 def table_lines(store: ExperimentStore, state: JobState | None = None, backend: str | None = None,
-                sweep: str | None = None, ids: Iterable[str] | None = None) -> list[str]:
-    """Header plus one aligned line per experiment, oldest first."""
-    inner, args = store.select_sql("*, MAX(0, CAST(? - created AS INTEGER)) AS age", state, backend, sweep, ids)
-    args = [time.time(), *args]
-    names = store.conn.execute(f"SELECT MAX(LENGTH(name)) FROM ({inner})", args).fetchone()[0] or 0
-    widths = [w if w is not None else max(4, min(NAME_MAX, names)) for _, w, _ in _COLUMNS]
-    fmt = "  ".join("%s" if w == 0 else f"%-{w}s" for w in widths)
-    sql = f"SELECT printf('{fmt}', {', '.join(expr for _, _, expr in _COLUMNS)}) FROM ({inner})"
+                sweep: str | None = None, ids: Iterable[str] | None = None, tags: Iterable[str] = (),
+                sort: str = "created", reverse: bool = False, limit: int | None = None, wide: bool = False,
+                now: float | None = None) -> list[str]:
+    """Header plus one aligned line per experiment (oldest first unless ``sort`` says otherwise). A column per
+    grid key of the rows shown holds a sweep row's value; NAME is then the sweep's base name (``wide``: full)."""
+    if limit is not None and limit < 1:
+        raise LauncherError(f"--limit {limit}: expected a positive number of rows")
+    now = time.time() if now is None else now
+    order = order_sql(sort, reverse, now)
+    shown, shown_args = store.select_sql("created, grid", state, backend, sweep, ids, tags=tags, order=order,
+                                         limit=limit)
+    keys = [k for k, in store.conn.execute(f"SELECT j.key FROM ({shown}) AS e, json_each(e.grid) AS j "
+                                           f"WHERE e.grid != '{{}}' GROUP BY j.key ORDER BY MIN(e.created), j.key",
+                                           shown_args)]
+    inner, args = store.select_sql(f"{_READ}, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
+    args = [now, *args]
+    cells = dict(_CELLS)
+    if wide:
+        cells.update(_WIDE)
+    exprs = [cells["ID"], cells["NAME"]]
+    exprs += [f"CASE WHEN grid = '{{}}' THEN '-' ELSE COALESCE(json_extract(grid, {_quote('$.' + json.dumps(k))}), "
+              f"'-') END" for k in keys]
+    exprs += [e for h, e in cells.items() if h not in ("ID", "NAME")]
+    head = ["ID", "NAME", *grid_headers(keys), *(h for h in cells if h not in ("ID", "NAME"))]
     cur = store.conn.cursor()
     cur.row_factory = None
-    head = fmt % tuple(h for h, _, _ in _COLUMNS)
-    return [head] + [row[0] for row in cur.execute(sql, args)]
+    rows = cur.execute(f"SELECT {', '.join(exprs)} FROM ({inner})", args).fetchall()
+    return layout(head, rows)
+
+
+def _quote(text: str) -> str:
+    """An SQL string literal (the grid keys come from the store, but are quoted all the same)."""
+    return "'" + text.replace("'", "''") + "'"

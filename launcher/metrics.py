@@ -50,7 +50,7 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
             break
     if train is None and val is None:
         return LastMetrics()
-    ap = next((val[k] for k in AP_KEYS if val and isinstance(val.get(k), (int, float))), None)
+    ap = ap_of(val) if val else None
     values: dict[str, Any] = {}
     if train:
         values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch")})
@@ -58,3 +58,65 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
         values.update({k: v for k, v in val.items() if isinstance(v, (int, float)) and k not in ("iter", "epoch")})
     return LastMetrics(iter=(train or val or {}).get("iter"), epoch=(train or val or {}).get("epoch"),
                        loss=train.get("loss") if train else None, ap=ap, values=values)
+
+
+def ap_of(record: dict[str, Any]) -> float | None:
+    """The headline AP of an evaluation record (the first of ``AP_KEYS`` it has), or None."""
+    return next((float(record[k]) for k in AP_KEYS if isinstance(record.get(k), (int, float))), None)
+
+
+def read_history(work_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every record of ``work_dir/metrics.jsonl`` in order (none when the file is missing); bad lines skipped."""
+    path = Path(work_dir) / "metrics.jsonl"
+    records: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except FileNotFoundError:
+        pass
+    return records
+
+
+def best_evaluation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The evaluation record with the highest AP (its numeric values, with ``iter``), or None without one."""
+    evals = [r for r in records if r.get("mode") == "val" and ap_of(r) is not None]
+    if not evals:
+        return None
+    best = max(evals, key=lambda r: ap_of(r))  # the first of equal APs: the earliest checkpoint reaching it
+    return {k: v for k, v in best.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_test_metrics(work_dir: str | os.PathLike) -> dict[str, float] | None:
+    """A test job's ``work_dir/test_metrics.json`` (written by ``detcore test --work-dir``), or None."""
+    try:
+        data = json.loads((Path(work_dir) / "test_metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def schedule_length(work_dir: str | os.PathLike) -> tuple[int | None, int | None]:
+    """``(max_iters, max_epochs)`` from the resolved ``work_dir/config.yaml`` the trainer writes at start
+    (after any LR/schedule scaling), one of them None; ``(None, None)`` before it exists."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(work_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None, None
+    runner = cfg.get("runner") if isinstance(cfg, dict) else None
+    if not isinstance(runner, dict):
+        return None, None
+    if runner.get("type", "EpochBasedRunner") == "EpochBasedRunner":  # detcore's default runner
+        value = runner.get("max_epochs")
+        return None, value if isinstance(value, int) and not isinstance(value, bool) else None
+    value = runner.get("max_iters")
+    return (value if isinstance(value, int) and not isinstance(value, bool) else None), None

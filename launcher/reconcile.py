@@ -18,7 +18,8 @@ import time
 from typing import Iterable
 
 from launcher.errors import LauncherError
-from launcher.metrics import read_last_metrics
+from launcher.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
+    schedule_length
 from launcher.spec import JobHandle, JobState, JobStatus
 from launcher.store import Experiment, ExperimentStore
 
@@ -36,7 +37,34 @@ def _differs(exp: Experiment, st: JobStatus) -> bool:
                                                                     and st.exit_code != exp.exit_code))
 
 
-def _derived(exp: Experiment, st: JobStatus | None, metrics) -> Experiment:
+def observed_metrics(exp: Experiment) -> dict | None:
+    """What the work dir says now, as :meth:`ExperimentStore.record_metrics` arguments; None when nothing
+    changed. A training run: the newest loss/AP (the tail of ``metrics.jsonl``), the best evaluation (the
+    whole file, read only when a new evaluation appeared) and the schedule length (``config.yaml``, once).
+    A test job: its ``test_metrics.json``."""
+    if exp.mode == "test":
+        values = read_test_metrics(exp.work_dir)
+        if values is None or ap_of(values) == exp.last_ap and exp.best_ap is not None:
+            return None
+        ap = ap_of(values)
+        return dict(last_iter=None, loss=None, ap=ap, metrics=values, best=values, best_ap=ap)
+    last: LastMetrics = read_last_metrics(exp.work_dir)
+    max_iter = max_epoch = None
+    if exp.max_iter is None and exp.max_epoch is None:
+        max_iter, max_epoch = schedule_length(exp.work_dir)
+    if last.empty and max_iter is None and max_epoch is None:
+        return None
+    if (last.iter, last.loss, last.ap) == (exp.last_iter, exp.last_loss, exp.last_ap) and max_iter is None \
+            and max_epoch is None:
+        return None
+    best = None
+    if last.ap is not None and (last.ap != exp.last_ap or exp.best_ap is None):
+        best = best_evaluation(read_history(exp.work_dir))
+    return dict(last_iter=last.iter, loss=last.loss, ap=last.ap, metrics=last.values, best=best,
+                best_ap=ap_of(best) if best else None, max_iter=max_iter, max_epoch=max_epoch)
+
+
+def _derived(exp: Experiment, st: JobStatus | None, metrics: dict | None) -> Experiment:
     """The row as it would read after the writes (for a store that cannot be written)."""
     changes = {}
     if st is not None:
@@ -44,9 +72,12 @@ def _derived(exp: Experiment, st: JobStatus | None, metrics) -> Experiment:
                        exit_code=st.exit_code if st.exit_code is not None else exp.exit_code,
                        ports=json.dumps(list(st.ports)) if st.ports else exp.ports,
                        started=exp.started or st.started, ended=st.ended if st.state.is_terminal() else None)
-    if metrics is not None and not metrics.empty:
-        changes.update(last_iter=metrics.iter, last_loss=metrics.loss, last_ap=metrics.ap,
-                       last_metrics=json.dumps(metrics.values, sort_keys=True))
+    if metrics is not None:
+        changes.update(last_iter=metrics["last_iter"], last_loss=metrics["loss"], last_ap=metrics["ap"],
+                       last_metrics=json.dumps(metrics["metrics"], sort_keys=True))
+        if metrics.get("best") is not None:
+            changes.update(best_ap=metrics["best_ap"], best_metrics=json.dumps(metrics["best"], sort_keys=True))
+        changes.update({k: metrics[k] for k in ("max_iter", "max_epoch") if metrics.get(k) is not None})
     return dataclasses.replace(exp, **changes)
 
 
@@ -65,13 +96,12 @@ def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experim
             st = backends[exp.backend].status(handle_of(exp))
         except LauncherError:
             return exp
-    metrics = read_last_metrics(exp.work_dir) if st.state is not JobState.PENDING else None
+    metrics = observed_metrics(exp) if st.state is not JobState.PENDING else None
     try:
         if _differs(exp, st):
             store.record_status(exp.id, st, run_id=exp.run_id)
-        if metrics is not None and not metrics.empty and (metrics.iter, metrics.loss, metrics.ap) != (
-                exp.last_iter, exp.last_loss, exp.last_ap):
-            store.record_metrics(exp.id, metrics.iter, metrics.loss, metrics.ap, metrics.values)
+        if metrics is not None:
+            store.record_metrics(exp.id, **metrics)
         return store.get(exp.id)
     except sqlite3.Error as exc:
         logger.warning("cannot update the experiment store (%s); showing what the job reports", exc)

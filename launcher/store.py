@@ -3,7 +3,7 @@
 WAL mode, a 30 s busy timeout and one statement per write (each its own short transaction),
 so many CLIs can write at once without losing an update. Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
-``delete``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
+``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
 comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
 reports. Terminal states are sticky: a status write never moves a succeeded/failed/cancelled
 row back; only ``start_run`` begins a new launch (the old one goes into ``history``). A status
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
 
 logger = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 INIT_LOCK_TIMEOUT_S = 60.0
 _TERMINAL = tuple(s.value for s in JobState if s.is_terminal())
 
@@ -68,7 +68,14 @@ CREATE TABLE IF NOT EXISTS experiments (
     last_metrics TEXT NOT NULL DEFAULT '{}',
     spec TEXT NOT NULL DEFAULT '{}',
     run_id TEXT NOT NULL DEFAULT '',
-    history TEXT NOT NULL DEFAULT '[]'
+    history TEXT NOT NULL DEFAULT '[]',
+    tags TEXT NOT NULL DEFAULT '[]',
+    note TEXT NOT NULL DEFAULT '',
+    grid TEXT NOT NULL DEFAULT '{}',
+    max_iter INTEGER,
+    max_epoch INTEGER,
+    best_ap REAL,
+    best_metrics TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS experiments_state ON experiments(state);
 CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
@@ -77,9 +84,17 @@ CREATE INDEX IF NOT EXISTS experiments_created ON experiments(created);
 _LIST_COLUMNS = ("id", "name", "config", "config_hash", "mode", "backend", "backend_job_id", "backend_extra", "state",
                  "exit_code", "reason", "restarts", "resources", "world_size", "total_batch", "lr", "ports",
                  "work_dir", "sweep", "created", "started", "ended", "updated", "last_iter", "last_loss", "last_ap",
-                 "run_id")
+                 "run_id", "tags", "note", "grid", "max_iter", "max_epoch", "best_ap", "best_metrics")
+# Statements that bring a store of version N to N + 1; a store is migrated step by step, in one transaction.
 _MIGRATIONS = {1: ("ALTER TABLE experiments ADD COLUMN run_id TEXT NOT NULL DEFAULT ''",
-                   "ALTER TABLE experiments ADD COLUMN history TEXT NOT NULL DEFAULT '[]'")}
+                   "ALTER TABLE experiments ADD COLUMN history TEXT NOT NULL DEFAULT '[]'"),
+               2: ("ALTER TABLE experiments ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+                   "ALTER TABLE experiments ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+                   "ALTER TABLE experiments ADD COLUMN grid TEXT NOT NULL DEFAULT '{}'",
+                   "ALTER TABLE experiments ADD COLUMN max_iter INTEGER",
+                   "ALTER TABLE experiments ADD COLUMN max_epoch INTEGER",
+                   "ALTER TABLE experiments ADD COLUMN best_ap REAL",
+                   "ALTER TABLE experiments ADD COLUMN best_metrics TEXT NOT NULL DEFAULT '{}'")}
 _ALL_COLUMNS = _LIST_COLUMNS + ("scaling", "last_metrics", "spec", "history")
 
 
@@ -126,6 +141,22 @@ class Experiment:
     last_metrics: str = "{}"
     spec: str = field(default="{}", repr=False)
     history: str = "[]"
+    tags: str = "[]"
+    note: str = ""
+    grid: str = "{}"
+    max_iter: int | None = None
+    max_epoch: int | None = None
+    best_ap: float | None = None
+    best_metrics: str = "{}"
+
+    @property
+    def tag_list(self) -> list[str]:
+        return json.loads(self.tags or "[]")
+
+    @property
+    def grid_values(self) -> dict[str, str]:
+        """A sweep row's grid values (``{"optimizer.lr": "0.02"}``); empty for a single submit."""
+        return json.loads(self.grid or "{}")
 
     @property
     def extra(self) -> dict[str, str]:
@@ -149,11 +180,15 @@ class Experiment:
         out["scaling"] = json.loads(self.scaling) if self.scaling else None
         out["last_metrics"] = json.loads(self.last_metrics or "{}")
         out["history"] = json.loads(self.history or "[]")
+        out["tags"] = self.tag_list
+        out["grid"] = self.grid_values
+        out["best_metrics"] = json.loads(self.best_metrics or "{}")
         return out
 
 
-def experiment_from_spec(spec: JobSpec, state: JobState, now: float | None = None, sweep: str | None = None) -> dict:
-    """The column values of a new row for ``spec`` (pure)."""
+def experiment_from_spec(spec: JobSpec, state: JobState, now: float | None = None, sweep: str | None = None,
+                         grid: Mapping[str, str] | None = None) -> dict:
+    """The column values of a new row for ``spec`` (pure); ``grid``: a sweep row's values of the grid keys."""
     from launcher.spec import spec_to_dict
 
     now = time.time() if now is None else now
@@ -165,7 +200,7 @@ def experiment_from_spec(spec: JobSpec, state: JobState, now: float | None = Non
         "resources": json.dumps(d["resources"], sort_keys=True), "world_size": spec.world_size,
         "total_batch": scaling.total_batch if scaling else None, "lr": scaling.lr if scaling else None,
         "scaling": json.dumps(scaling.to_dict()) if scaling else "", "work_dir": spec.work_dir,
-        "sweep": sweep, "created": now, "updated": now, "spec": json.dumps(d, sort_keys=True), "run_id": spec.run_id,
+        "sweep": sweep, "grid": json.dumps(dict(grid or {})), "created": now, "updated": now, "spec": json.dumps(d, sort_keys=True), "run_id": spec.run_id,
     }
 
 
@@ -209,8 +244,9 @@ class ExperimentStore:
             if version in _MIGRATIONS:  # a store written by an older launcher: add the new columns, all or none
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _MIGRATIONS[version]:
-                        conn.execute(statement)
+                    for step in range(version, SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[step]:
+                            conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -258,15 +294,18 @@ class ExperimentStore:
         return _row(rows[0])
 
     def list(self, state: JobState | None = None, backend: str | None = None, sweep: str | None = None,
-             ids: Iterable[str] | None = None, active: bool = False) -> list[Experiment]:
-        """Rows (without the spec) filtered by state, backend, sweep, ids, or only non-terminal (``active``)."""
-        sql, args = self.select_sql(", ".join(_LIST_COLUMNS), state, backend, sweep, ids, active)
+             ids: Iterable[str] | None = None, active: bool = False, tags: Iterable[str] = (),
+             order: str = "created, id", limit: int | None = None) -> list[Experiment]:
+        """Rows (without the spec) filtered by state, backend, sweep, ids, tags, or only non-terminal (``active``)."""
+        sql, args = self.select_sql(", ".join(_LIST_COLUMNS), state, backend, sweep, ids, active, tags, order, limit)
         return [_row(r) for r in self.conn.execute(sql, args)]
 
     @staticmethod
     def select_sql(columns: str, state: JobState | None = None, backend: str | None = None, sweep: str | None = None,
-                   ids: Iterable[str] | None = None, active: bool = False) -> tuple[str, list]:
-        """``SELECT columns FROM experiments WHERE <filters> ORDER BY created, id`` and its parameters."""
+                   ids: Iterable[str] | None = None, active: bool = False, tags: Iterable[str] = (),
+                   order: str = "created, id", limit: int | None = None) -> tuple[str, list]:
+        """``SELECT columns FROM experiments WHERE <filters> ORDER BY order [LIMIT n]`` and its parameters.
+        ``tags``: only rows carrying every one of them. ``order`` is SQL the caller built, never user text."""
         where, args = [], []
         if active:
             where.append(f"state NOT IN ({', '.join('?' * len(_TERMINAL))})")
@@ -284,10 +323,17 @@ class ExperimentStore:
             ids = list(ids)
             where.append(f"id IN ({', '.join('?' * len(ids))})")
             args.extend(ids)
+        for tag in tags:
+            where.append("EXISTS (SELECT 1 FROM json_each(experiments.tags) WHERE json_each.value = ?)")
+            args.append(tag)
         sql = f"SELECT {columns} FROM experiments"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return sql + " ORDER BY created, id", args
+        sql += f" ORDER BY {order}"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return sql, args
 
     # ---- updates ----------------------------------------------------------------------------
     def set_backend_job(self, exp_id: str, job_id: str, extra: Mapping[str, str] | None = None) -> None:
@@ -312,14 +358,45 @@ class ExperimentStore:
         return cur.rowcount > 0
 
     def record_metrics(self, exp_id: str, last_iter: int | None, loss: float | None, ap: float | None,
-                       metrics: Mapping[str, Any]) -> None:
+                       metrics: Mapping[str, Any], best: Mapping[str, Any] | None = None,
+                       best_ap: float | None = None, max_iter: int | None = None,
+                       max_epoch: int | None = None) -> None:
+        """The newest metrics (and, when given, the best evaluation and the run's length); only
+        :mod:`launcher.reconcile` calls this."""
         self.conn.execute("UPDATE experiments SET last_iter = ?, last_loss = ?, last_ap = ?, last_metrics = ?, "
+                          "best_ap = COALESCE(?, best_ap), best_metrics = COALESCE(?, best_metrics), "
+                          "max_iter = COALESCE(?, max_iter), max_epoch = COALESCE(?, max_epoch), "
                           "updated = ? WHERE id = ?",
-                          (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), time.time(), exp_id))
+                          (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), best_ap,
+                           json.dumps(dict(best), sort_keys=True) if best is not None else None, max_iter, max_epoch,
+                           time.time(), exp_id))
+
+    # ---- what the user says about a row (the commands write these) -----------------------------
+    def update_tags(self, exp_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> list[str]:
+        """Add and remove tags in one transaction (two ``launcher tag`` at once both count); the new tags."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT tags FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+            if row is None:
+                raise LauncherError(f"no experiment {exp_id!r} in {self.path}; `launcher list` shows the ids")
+            gone = set(remove)
+            tags = [t for t in json.loads(row[0] or "[]") if t not in gone]
+            tags += [t for t in dict.fromkeys(add) if t not in tags]
+            conn.execute("UPDATE experiments SET tags = ? WHERE id = ?", (json.dumps(tags), exp_id))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return tags
+
+    def set_note(self, exp_id: str, note: str) -> None:
+        self.conn.execute("UPDATE experiments SET note = ? WHERE id = ?", (note, exp_id))
 
     def start_run(self, exp_id: str, spec: JobSpec, job_id: str, extra: Mapping[str, str]) -> None:
         """Begin a new launch of a finished experiment (``launcher resume``), on ``spec``'s backend with the
-        backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew."""
+        backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew; the
+        schedule length is read again (a new world size may scale it)."""
         old = self.get(exp_id)
         history = json.loads(old.history or "[]")
         history.append({"run_id": old.run_id, "backend": old.backend, "backend_job_id": old.backend_job_id,
@@ -329,7 +406,7 @@ class ExperimentStore:
         values = experiment_from_spec(spec, JobState.PENDING)
         self.conn.execute(
             "UPDATE experiments SET state = ?, exit_code = NULL, reason = '', ended = NULL, started = NULL, "
-            "restarts = 0, ports = '[]', backend = ?, backend_job_id = ?, backend_extra = ?, run_id = ?, history = ?, "
+            "restarts = 0, ports = '[]', max_iter = NULL, max_epoch = NULL, backend = ?, backend_job_id = ?, backend_extra = ?, run_id = ?, history = ?, "
             "world_size = ?, total_batch = ?, lr = ?, scaling = ?, resources = ?, spec = ?, config_hash = ?, "
             "updated = ? WHERE id = ?",
             (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,

@@ -31,10 +31,14 @@ class RunFacts:
     user_error: str = ""                       # the first rank that ended with EXIT_USER_ERROR
     current: Mapping[int, Mapping] = field(default_factory=dict)   # rank -> start record of the newest attempt
     ended: Mapping[int, Mapping] = field(default_factory=dict)     # rank -> end record of the newest attempt
+    user_error_attempt: int = -1               # the attempt in which that user error happened
 
     @property
     def restarts(self) -> int:
-        return max(0, self.attempt)
+        """Restarts that happened: attempts begun after a failure. A user error stops the group: an attempt
+        torchrun began before the stop reached it is not a restart (the run was stopped, not restarted)."""
+        newest = self.attempt if self.user_error_attempt < 0 else min(self.attempt, self.user_error_attempt)
+        return max(0, newest)
 
     def all_succeeded(self, world_size: int) -> bool:
         """Every rank of the newest attempt ended with exit code 0."""
@@ -104,7 +108,7 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
             ends.setdefault(key, rec)
     attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs))
     failures: list[str] = []
-    user_error = ""
+    user_error, user_error_attempt = "", -1
     for attempt in attempts:
         if attempt in hangs:
             failures.append(hang_line(hangs[attempt]))
@@ -122,8 +126,9 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
             failures.append(min(candidates)[2])
         for (r, a), rec in sorted(ends.items()):
             if a == attempt and int(rec.get("exit_code", 0) or 0) == EXIT_USER_ERROR and not user_error:
-                user_error = end_line(rec)
+                user_error, user_error_attempt = end_line(rec), attempt
     newest = attempts[-1] if attempts else -1
     current = {r: rec for (r, a), rec in starts.items() if a == newest}
     ended = {r: rec for (r, a), rec in ends.items() if a == newest}
-    return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended)
+    return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended,
+                    user_error_attempt)

@@ -95,7 +95,8 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path):
     home = tmp_path / "old"
     home.mkdir()
     conn = sqlite3.connect(home / "experiments.db")
-    schema = store_module._SCHEMA.replace(",\n    run_id TEXT NOT NULL DEFAULT '',\n    history TEXT NOT NULL DEFAULT '[]'", "")
+    head, _, tail = store_module._SCHEMA.partition(",\n    run_id TEXT")
+    schema = head + "\n" + tail[tail.index(");"):]
     conn.executescript(schema)
     conn.execute("PRAGMA user_version=1")
     conn.execute("INSERT INTO experiments (id, name, config, mode, backend, state, world_size, work_dir, created, "

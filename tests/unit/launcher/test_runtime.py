@@ -44,6 +44,18 @@ def test_a_worker_error_outranks_signals_and_a_user_error_is_kept():
     assert facts.user_error == facts.failures[0] and not facts.all_succeeded(2) and facts.restarts == 0
 
 
+def test_an_attempt_torchrun_began_after_a_user_error_is_not_a_restart():
+    # rank 0 ends with a user error; before the supervisor's SIGTERM reaches torchrun it begins attempt 1,
+    # which the stop then ends: the run was stopped, not restarted, and the row must say 0 restarts
+    events = [start(0, 0), start(1, 0), end(0, 0, contract.EXIT_USER_ERROR, "bad key"), end(1, 0, -signal.SIGTERM),
+              start(0, 1, 29501), start(1, 1, 29501), end(0, 1, -signal.SIGTERM), end(1, 1, -signal.SIGTERM)]
+    facts = summarize(events)
+    assert facts.user_error.startswith("rank 0: exit code 2") and facts.attempt == 1 and facts.restarts == 0
+    # a user error after a real restart keeps that restart
+    later = summarize([start(0, 0), end(0, 0, -signal.SIGKILL), start(0, 1), end(0, 1, contract.EXIT_USER_ERROR)])
+    assert later.restarts == 1
+
+
 def test_a_rank_that_died_without_an_end_record_is_reported_killed_only_when_its_pid_is_gone():
     events = [start(0, 0), start(1, 0, pid=4242)]
     assert summarize(events, alive=lambda rec: True).failures == ()

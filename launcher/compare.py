@@ -1,0 +1,142 @@
+"""Experiments side by side: resolved configs as dotted keys, the keys that differ, and metric tables (pure
+except :func:`resolved_config`, which reads the config files).
+
+Used by ``launcher compare`` (a row per differing key, a column per experiment) and ``launcher export``
+(a row per experiment, a flat column per varying key and per metric, numbers kept as numbers).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from launcher.errors import LauncherError
+from launcher.store import Experiment
+
+MISSING = None  # a key one experiment's config does not have
+_IGNORED = ("filename",)  # where the config was read from: not a hyperparameter
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.02}}`` -> ``{"optimizer.lr": 0.02}``; lists stay values (compared whole)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def resolved_config(exp: Experiment) -> dict[str, Any]:
+    """The experiment's config with its overrides applied, flattened: from its config file, else (the file
+    was moved or deleted) from the ``config.yaml`` the trainer wrote into the work dir."""
+    from detcore.config import load_config
+    from detcore.errors import DetcoreError
+
+    spec = exp.spec_dict
+    config = spec.get("config") or exp.config
+    if os.path.isfile(config):
+        try:
+            cfg = load_config(config, tuple(spec.get("overrides") or ()), import_custom=False)
+        except DetcoreError as exc:
+            raise LauncherError(f"experiment {exp.id}: its config no longer loads: {exc}") from None
+    else:
+        import yaml
+
+        dumped = Path(exp.work_dir) / "config.yaml"
+        try:
+            cfg = yaml.safe_load(dumped.read_text())
+        except (OSError, yaml.YAMLError):
+            raise LauncherError(f"experiment {exp.id}: its config {config} is gone and its work dir has no readable "
+                                f"config.yaml ({dumped}); restore the config file to compare it") from None
+        if not isinstance(cfg, dict):
+            raise LauncherError(f"experiment {exp.id}: {dumped} is not a YAML mapping")
+    return {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in _IGNORED}
+
+
+def differing_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Dotted keys whose value is not the same in every config (a key some lack counts), sorted."""
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({json.dumps(c.get(k, MISSING), sort_keys=True, default=str)
+                                    for c in configs}) > 1]
+
+
+def metric_keys(metric_sets: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The union of the metric names, in first-seen order."""
+    return list(dict.fromkeys(k for m in metric_sets for k in m))
+
+
+def final_metrics(exp: Experiment) -> dict[str, Any]:
+    return json.loads(exp.last_metrics or "{}")
+
+
+def best_metrics(exp: Experiment) -> dict[str, Any]:
+    return json.loads(exp.best_metrics or "{}")
+
+
+def comparison(exps: Sequence[Experiment], configs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What ``launcher compare --json`` prints: the experiments, each differing key's values and the
+    final/best metrics, every list in the experiments' order."""
+    finals = [final_metrics(e) for e in exps]
+    bests = [best_metrics(e) for e in exps]
+    return {
+        "experiments": [{"id": e.id, "name": e.name, "state": e.state.value} for e in exps],
+        "config": {k: [c.get(k, MISSING) for c in configs] for k in differing_keys(configs)},
+        "final": {k: [m.get(k) for m in finals] for k in metric_keys(finals)},
+        "best": {k: [m.get(k) for m in bests] for k in metric_keys(bests)},
+    }
+
+
+def cell(value: Any) -> str:
+    """A table cell: ``-`` for nothing, numbers short, lists and mappings as JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def comparison_lines(data: Mapping[str, Any]) -> list[str]:
+    """``compare`` as an aligned text table: a row per key, a column per experiment, three sections."""
+    head = ["KEY", *(f"{e['id']} {e['name']}" for e in data["experiments"])]
+    table: list[list[str]] = [head]
+    for section, title in (("config", "config (differing keys)"), ("final", "final metrics"),
+                           ("best", "best evaluation")):
+        table.append([f"[{title}]"] + [""] * (len(head) - 1))
+        if not data[section]:
+            table.append(["(none)" if section != "config" else "(the configs are the same)"] + [""] * (len(head) - 1))
+        table += [[key, *(cell(v) for v in values)] for key, values in data[section].items()]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+
+
+def export_rows(exps: Sequence[Experiment], configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat record per experiment: who it is, its varying hyperparameters (dotted keys), the effective
+    LR and batch, and ``final.<metric>`` / ``best.<metric>`` columns. Every record has every column."""
+    keys = differing_keys(configs)
+    finals = [final_metrics(e) for e in exps]
+    bests = [best_metrics(e) for e in exps]
+    final_keys, best_keys = metric_keys(finals), metric_keys(bests)
+    rows = []
+    for exp, cfg, final, best in zip(exps, configs, finals, bests):
+        scaling = json.loads(exp.scaling) if exp.scaling else {}
+        row: dict[str, Any] = {
+            "id": exp.id, "name": exp.name, "state": exp.state.value, "backend": exp.backend, "mode": exp.mode,
+            "sweep": exp.sweep, "tags": ",".join(exp.tag_list), "note": exp.note, "world_size": exp.world_size,
+            "total_batch": exp.total_batch, "base_lr": scaling.get("base_lr"), "lr": exp.lr,
+            "max_iter": exp.max_iter, "last_iter": exp.last_iter, "restarts": exp.restarts,
+            "duration_s": None if exp.started is None or exp.ended is None else round(exp.ended - exp.started, 3),
+            "created": exp.created,
+        }
+        for key in keys:
+            value = cfg.get(key, MISSING)
+            row[key] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+        row.update({f"final.{k}": final.get(k) for k in final_keys})
+        row.update({f"best.{k}": best.get(k) for k in best_keys})
+        rows.append(row)
+    return rows

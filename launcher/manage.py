@@ -1,0 +1,210 @@
+"""The experiment manager's subcommands: compare, export, plot, tag, note, rm.
+
+Argument parsing for them lives here too (:func:`add_arguments`, called by :mod:`launcher.cli`
+for the chosen subcommand only). Tags and notes are what the user says about a row, so these
+commands write them; observed state (metrics, state) is refreshed through
+:func:`launcher.reconcile.refresh` first, which stays its only writer.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from launcher.errors import LauncherError
+from launcher.store import Experiment, ExperimentStore
+
+TAG_RE = re.compile(r"^[A-Za-z0-9._:+@/-]{1,64}$")
+
+
+def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """The options of subcommand ``name``."""
+    if name == "compare":
+        p.add_argument("ids", nargs="+", metavar="ID", help="two or more experiment ids")
+        p.add_argument("--json", action="store_true", help="one JSON object (config, final and best metrics)")
+    elif name == "export":
+        p.add_argument("ids", nargs="*", metavar="ID", help="experiments (default: all, or those --sweep/--tag pick)")
+        p.add_argument("--sweep", help="only this sweep's experiments")
+        p.add_argument("--tag", action="append", default=[], metavar="TAG", help="only experiments with this tag")
+        p.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
+        p.add_argument("--out", metavar="FILE", help="write here (replaced atomically) instead of to stdout")
+    elif name == "plot":
+        p.add_argument("ids", nargs="+", metavar="ID", help="experiments, one curve each")
+        p.add_argument("--metric", default="loss", help="loss (default), bbox_AP, lr, ...: a key of metrics.jsonl")
+        p.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    elif name == "tag":
+        p.add_argument("id", help="experiment id")
+        p.add_argument("tags", nargs="+", metavar="TAG", help="tags (letters, digits, . _ : + @ / -)")
+        p.add_argument("--remove", action="store_true", help="remove these tags instead")
+    elif name == "note":
+        p.add_argument("id", help="experiment id")
+        p.add_argument("text", nargs="+", help="the note (replaces the old one; '' clears it)")
+    elif name == "rm":
+        p.add_argument("ids", nargs="+", metavar="ID", help="finished experiments to remove")
+        p.add_argument("--purge", action="store_true", help="also delete their work dirs")
+        p.add_argument("--yes", action="store_true", help="with --purge: do not ask (needed without a terminal)")
+
+
+def _experiments(store: ExperimentStore, ids: list[str]) -> list[Experiment]:
+    """Full rows (with the spec) for ``ids``, each refreshed from its backend first; duplicates dropped."""
+    from launcher.reconcile import refresh
+
+    rows = list({e.id: e for e in (store.get(i) for i in ids)}.values())
+    return refresh(store, rows)
+
+
+def _write_text(text: str, out: str | None) -> None:
+    """``text`` to stdout, or to ``out`` through a temporary file renamed into place."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise LauncherError(f"--out {out!r}: folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from launcher.compare import comparison, comparison_lines, resolved_config
+
+    store = ExperimentStore()
+    exps = _experiments(store, args.ids)
+    if len(exps) < 2:
+        raise LauncherError("compare needs two or more different experiment ids")
+    data = comparison(exps, [resolved_config(e) for e in exps])
+    if args.json:
+        print(json.dumps(data, sort_keys=True, default=str))
+    else:
+        print("\n".join(comparison_lines(data)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from launcher.compare import export_rows, resolved_config
+
+    store = ExperimentStore()
+    ids = args.ids or [e.id for e in store.list(sweep=args.sweep, tags=args.tag)]
+    exps = _experiments(store, ids) if ids else []
+    rows = export_rows(exps, [resolved_config(e) for e in exps])
+    if args.format == "json":
+        text = json.dumps(rows, indent=1, default=str) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buf.getvalue()
+    _write_text(text, args.out)
+    if args.out:
+        print(f"launcher: {len(rows)} experiment(s) written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def curve_label(exp: Experiment, names: list[str]) -> str:
+    """A sweep row by its grid values, another by its name; the id added where two would read the same."""
+    from launcher.listing import grid_headers
+
+    grid = exp.grid_values
+    label = ", ".join(f"{h}={v}" for h, v in zip(grid_headers(list(grid)), grid.values())) if grid else exp.name
+    return f"{label} ({exp.id})" if names.count(label) > 1 else label
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from launcher.plot import plot_curves
+
+    store = ExperimentStore()
+    exps = _experiments(store, args.ids)
+    plain = [", ".join(f"{k}={v}" for k, v in e.grid_values.items()) if e.grid_values else e.name for e in exps]
+    points = plot_curves([curve_label(e, plain) for e in exps], [e.work_dir for e in exps], args.metric, args.out)
+    print(f"launcher: {args.metric} of {len(exps)} experiment(s) ({sum(points)} points) written to {args.out}",
+          file=sys.stderr)
+    for exp, n in zip(exps, points):
+        if not n:
+            print(f"launcher: {exp.id} has no {args.metric} values yet", file=sys.stderr)
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    bad = [t for t in args.tags if not TAG_RE.match(t)]
+    if bad:
+        raise LauncherError(f"tag {bad[0]!r}: use 1-64 letters, digits or . _ : + @ / - (no spaces or commas)")
+    store = ExperimentStore()
+    exp_id = store.get(args.id).id
+    tags = store.update_tags(exp_id, remove=args.tags) if args.remove else store.update_tags(exp_id, add=args.tags)
+    print(f"{exp_id}: {', '.join(tags) or '(no tags)'}")
+    return 0
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    store = ExperimentStore()
+    exp_id = store.get(args.id).id
+    store.set_note(exp_id, " ".join(args.text).strip())
+    return 0
+
+
+def _unsafe_to_delete(work_dir: str) -> bool:
+    """The filesystem root, the home folder, the current folder or one above it: never purged."""
+    path = os.path.realpath(work_dir)
+    here = os.path.realpath(os.getcwd())
+    return path in (os.path.sep, os.path.realpath(os.path.expanduser("~"))) or \
+        here == path or here.startswith(path.rstrip(os.sep) + os.sep)
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = ExperimentStore()
+    exps = _experiments(store, args.ids)
+    busy = [e for e in exps if not e.state.is_terminal()]
+    if busy:
+        raise LauncherError("cannot remove experiments that have not ended: " + ", ".join(
+            f"{e.id} ({e.state.value})" for e in busy) + "; `launcher cancel` them first")
+    gone = {e.id for e in exps}
+    purge: list[str] = []
+    if args.purge:
+        kept = {e.work_dir: e.id for e in store.list() if e.id not in gone}
+        for work_dir in dict.fromkeys(e.work_dir for e in exps):
+            if work_dir in kept:
+                print(f"launcher: keeping {work_dir}: experiment {kept[work_dir]} still uses it", file=sys.stderr)
+            elif _unsafe_to_delete(work_dir):
+                print(f"launcher: keeping {work_dir}: it is /, your home or contains the current folder",
+                      file=sys.stderr)
+            elif os.path.isdir(work_dir):
+                purge.append(work_dir)
+        if purge and not args.yes:
+            if not sys.stdin.isatty():
+                raise LauncherError("--purge would delete work dirs and there is no terminal to confirm on; "
+                                    "add --yes to delete them")
+            print("\n".join(purge), file=sys.stderr)
+            answer = input(f"delete these {len(purge)} work dir(s) and everything in them? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("launcher: nothing removed", file=sys.stderr)
+                return 1
+    conn = store.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for exp in exps:
+            store.delete(exp.id)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    for exp in exps:
+        print(f"{exp.id}: removed")
+    for work_dir in purge:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        print(f"{work_dir}: deleted" if not os.path.exists(work_dir) else f"{work_dir}: could not be deleted fully")
+    return 0

@@ -1,0 +1,65 @@
+"""``launcher status ID`` as plain text: one ``key: value`` line each, no Python reprs (pure)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from launcher.listing import duration_text, lr_text
+from launcher.store import Experiment
+
+
+def plain(value: Any) -> str:
+    """A value as a person reads it: ``-`` for nothing, ``k=v, k=v`` for a mapping, ``a, b`` for a list,
+    numbers in their shortest form."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value)
+    return str(value)
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
+    """The lines ``launcher status`` prints for ``exp``."""
+    now = time.time() if now is None else now
+    scaling = json.loads(exp.scaling) if exp.scaling else None
+    base_lr = scaling.get("base_lr") if scaling else None
+    if exp.mode == "test":
+        progress = "test job"
+    elif exp.max_epoch is not None:
+        progress = f"epoch {json.loads(exp.last_metrics or '{}').get('epoch') or 0} of {exp.max_epoch}"
+    else:
+        progress = f"iteration {exp.last_iter or 0}" + (f" of {exp.max_iter}" if exp.max_iter is not None else "")
+    best = json.loads(exp.best_metrics or "{}")
+    backend = exp.backend + (f" (job {exp.backend_job_id})" if exp.backend_job_id else "")
+    duration = None if exp.started is None else (exp.ended or now) - exp.started
+    fields: list[tuple[str, Any]] = [
+        ("id", exp.id), ("name", exp.name), ("state", exp.state.value), ("reason", exp.reason),
+        ("exit code", exp.exit_code), ("restarts", exp.restarts), ("backend", backend), ("mode", exp.mode),
+        ("config", exp.config), ("overrides", exp.spec_dict.get("overrides")), ("grid", exp.grid_values),
+        ("config hash", exp.config_hash), ("work dir", exp.work_dir), ("world size", exp.world_size),
+        ("total batch", exp.total_batch), ("lr", lr_text(base_lr, exp.lr)), ("progress", progress),
+        ("duration", duration_text(duration)), ("loss", exp.last_loss), ("AP (newest)", exp.last_ap),
+        ("best AP", None if exp.best_ap is None else f"{exp.best_ap:.6g}"
+                    + (f" at iteration {best['iter']}" if best.get("iter") is not None else "")),
+        ("metrics", json.loads(exp.last_metrics or "{}")), ("tags", exp.tag_list), ("note", exp.note),
+        ("ports", exp.port_list), ("resources", json.loads(exp.resources or "{}")),
+        ("sweep", exp.sweep), ("earlier launches", len(json.loads(exp.history or "[]")) or None),
+    ]
+    lines = [f"{key}: {plain(value)}" for key, value in fields]
+    if scaling:
+        from launcher.scaling import ScaledSchedule
+
+        lines.append(f"scaling: {ScaledSchedule.from_dict(scaling).describe()}")
+    lines += [f"{key}: {_when(getattr(exp, key))}" for key in ("created", "started", "ended")]
+    return lines
