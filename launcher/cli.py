@@ -64,6 +64,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms, cuDNN and cuBLAS (slower; see the README's limits on CUDA)")
+    p.add_argument("--load-from", metavar="CHECKPOINT",
+                   help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
+    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")
@@ -141,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except DetcoreError as exc:
-        print(f"launcher {args.command}: error: {exc}", file=sys.stderr)
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            print(f"launcher {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"launcher {args.command}: interrupted", file=sys.stderr)

@@ -3,7 +3,7 @@
 Called whenever rows are read (``list``, ``status``, following a job, ``resume``, ``cancel``).
 For each non-terminal experiment it asks the backend (``status``: the monitor's files and
 liveness for local and Ray, squeue/sacct for Slurm) and reads the newest metrics from the work
-dir, and writes what changed. Terminal rows are never touched, so reading 10,000 finished
+dir and the scaling the worker applied (its ``scaling`` fact), and writes what changed. Terminal rows are never touched, so reading 10,000 finished
 experiments costs nothing here. A backend that is not importable leaves its rows as they are.
 When the store cannot be written (a full disk, a lock held too long), the derived rows are
 still returned, so a reader always sees the truth even when it cannot save it.
@@ -17,6 +17,7 @@ import sqlite3
 import time
 from typing import Iterable
 
+from detcore.contract import read_events, run_dir
 from launcher.errors import LauncherError
 from launcher.metrics import read_last_metrics
 from launcher.spec import JobHandle, JobState, JobStatus
@@ -36,7 +37,15 @@ def _differs(exp: Experiment, st: JobStatus) -> bool:
                                                                     and st.exit_code != exp.exit_code))
 
 
-def _derived(exp: Experiment, st: JobStatus | None, metrics) -> Experiment:
+def scaling_fact(exp: Experiment) -> dict | None:
+    """The newest ``scaling`` fact of the row's current launch (written by rank 0 of the worker), or None."""
+    for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):
+        if rec.get("event") == "scaling" and isinstance(rec.get("scaling"), dict):
+            return rec["scaling"]
+    return None
+
+
+def _derived(exp: Experiment, st: JobStatus | None, metrics, scaling: dict | None = None) -> Experiment:
     """The row as it would read after the writes (for a store that cannot be written)."""
     changes = {}
     if st is not None:
@@ -44,6 +53,9 @@ def _derived(exp: Experiment, st: JobStatus | None, metrics) -> Experiment:
                        exit_code=st.exit_code if st.exit_code is not None else exp.exit_code,
                        ports=json.dumps(list(st.ports)) if st.ports else exp.ports,
                        started=exp.started or st.started, ended=st.ended if st.state.is_terminal() else None)
+    if scaling is not None:
+        changes.update(total_batch=scaling.get("total_batch"), lr=scaling.get("lr"),
+                       scaling=json.dumps(scaling))
     if metrics is not None and not metrics.empty:
         changes.update(last_iter=metrics.iter, last_loss=metrics.loss, last_ap=metrics.ap,
                        last_metrics=json.dumps(metrics.values, sort_keys=True))
@@ -66,16 +78,19 @@ def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experim
         except LauncherError:
             return exp
     metrics = read_last_metrics(exp.work_dir) if st.state is not JobState.PENDING else None
+    scaling = scaling_fact(exp) if st.state is not JobState.PENDING else None
     try:
         if _differs(exp, st):
             store.record_status(exp.id, st, run_id=exp.run_id)
         if metrics is not None and not metrics.empty and (metrics.iter, metrics.loss, metrics.ap) != (
                 exp.last_iter, exp.last_loss, exp.last_ap):
             store.record_metrics(exp.id, metrics.iter, metrics.loss, metrics.ap, metrics.values)
+        if scaling is not None and (json.loads(exp.scaling) if exp.scaling else None) != scaling:
+            store.record_scaling(exp.id, scaling)
         return store.get(exp.id)
     except sqlite3.Error as exc:
         logger.warning("cannot update the experiment store (%s); showing what the job reports", exc)
-        return _derived(exp, st, metrics)
+        return _derived(exp, st, metrics, scaling)
 
 
 def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends: dict | None = None) -> list[Experiment]:

@@ -78,20 +78,25 @@ class LoggerHook(HookBase):
 
 @HOOKS.register()
 class EvalHook(HookBase):
-    """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged."""
+    """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged.
+
+    ``metric``: any of bbox, segm (COCO) and mAP (Pascal VOC at IoU 0.5, ``voc_method`` area or 11points).
+    """
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
-                 backend: str = "pycocotools") -> None:
+                 backend: str = "pycocotools", voc_method: str = "area") -> None:
         self.interval = int(interval)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images
         self.backend = backend
+        self.voc_method = voc_method
 
     def after_step(self) -> None:
         t = self.trainer
         if t.val_loader is None or not (t.at_boundary(self.interval) or t.iter == t.max_iters):
             return
-        results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend)
+        results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend,
+                             voc_method=self.voc_method)
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")

@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except DetcoreError as exc:
-        print(f"detcore {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        for line in getattr(exc, "problems", None) or [one_line(exc)]:
+            print(f"detcore {args.command}: error: {one_line(line)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"detcore {args.command}: interrupted", file=sys.stderr)

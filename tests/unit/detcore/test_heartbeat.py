@@ -16,7 +16,7 @@ from detcore.engine.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
 SPLITS = ("train", "val", "test")
-TINY = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1",
+TINY = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "log_config.interval=1",
         *(f"data.{s}.num_train=40" for s in SPLITS), *(f"data.{s}.num_val=4" for s in SPLITS)]
 
 

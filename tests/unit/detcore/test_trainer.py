@@ -14,7 +14,7 @@ from detcore.tools.cli import main as detcore_main
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
-FAST = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1"]
+FAST = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "log_config.interval=1"]
 
 
 def test_custom_imports_example_trains_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

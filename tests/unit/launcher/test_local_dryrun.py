@@ -33,11 +33,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
         "--log-dir", f"{work}/runs/{spec.run_id}/torchelastic",
         "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
         "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--device", "cpu", "--resume", "auto",
-        "--cfg-options",
-        "runner.max_iters=8", "optimizer.lr=0.04", "runner.max_iters=4", "lr_config.step=[120, 140]",
-        "checkpoint_config.interval=50", "evaluation.interval=150", "lr_config.warmup_iters=25",
-        "+_scaling={world_size: 2, samples_per_gpu: 4, total_batch: 8, base_batch_size: 4, base_lr: 0.02, lr: 0.04, "
-        "scale_schedule: true}"),)
+        "--cfg-options", "runner.max_iters=8"),)  # never pre-scaled: the worker applies auto_scale_lr itself
     env = dict(dry.env)
     assert env["OMP_NUM_THREADS"] == "4" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
