@@ -29,7 +29,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools")
+    parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools",
+                                     allow_abbrev=False)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text)
+    for p in sub.choices.values():  # --show must never be read as --show-dir, nor --resume-from as --resume
+        p.allow_abbrev = False
     return parser
 
 

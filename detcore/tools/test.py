@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from detcore.config import load_config
+from detcore.tools.old_flags import TEST_HINTS, add_hints
 from detcore.tools.train import add_common, check_work_dir, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--split", default="test", help="data split to run on (default test)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
+    add_hints(p, TEST_HINTS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from detcore import contract
 from detcore.config import load_config
 from detcore.errors import ConfigError, DetcoreError
+from detcore.tools.old_flags import TRAIN_HINTS, add_hints
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms, cuDNN and cuBLAS (see the README's limits on CUDA)")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
+    add_hints(p, TRAIN_HINTS)
 
 
 def default_work_dir(config: str) -> Path:
