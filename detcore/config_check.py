@@ -72,38 +72,44 @@ def _path_problems(cfg: Mapping[str, Any], splits: Sequence[str], cwd: str) -> I
         if not isinstance(split_cfg, Mapping):
             continue
         root = split_cfg.get("data_root") or cfg.get("data_root") or ""
-        for key in ("ann_file", "img_prefix"):
+        missing = []
+        for key in ("ann_file",):  # a missing image folder is named by the dataset, with the image it looked for
             value = split_cfg.get(key)
             if not isinstance(value, str) or not value:
                 continue
             if not (os.path.exists(os.path.join(cwd, value))
                     or (root and os.path.exists(os.path.join(cwd, str(root), value)))):
-                yield (f"data.{split}.{key}: {value} does not exist (looked from {cwd}); fix the path or "
-                       f"pass --cfg-options data.{split}.{key}=PATH")
+                missing.append((key, value))
+        if missing:  # one line per split
+            what = " and ".join(f"data.{split}.{key} {value}" for key, value in missing)
+            fix = " ".join(f"data.{split}.{key}=PATH" for key, _ in missing)
+            yield f"{what} does not exist (looked from {cwd}); fix the path or pass --cfg-options {fix}"
 
 
 def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: bool = True,
                     load_from: str | None = None, eval_metrics: Sequence[str] | None = None,
-                    cwd: str | None = None) -> list[str]:
+                    cwd: str | None = None, registries: bool = True) -> list[str]:
     """One line per problem found in ``cfg`` for a training run (``test=False``) or a test run.
 
     ``validate``: the run evaluates on ``data.val`` (its metrics are checked too). ``load_from``:
     a checkpoint given on the command line (checked instead of the config's). ``eval_metrics``:
     the metrics a test run was asked for (default: the config's ``evaluation.metric``).
     Relative paths are looked up from ``cwd`` (default: the working directory). Imports
-    ``custom_imports``, as the run will.
+    ``custom_imports``, as the run will, and checks registry names (which imports torch) unless
+    ``registries`` is False (``config show`` stays torch-free).
     """
     from detcore.evaluation.metrics import metric_problem
 
     cwd = cwd or os.getcwd()
     problems: list[str] = []
-    try:
-        import_custom_modules(cfg)
-    except DetcoreError as exc:
-        problems.append(str(exc))
-    _register_builtin_types()
     splits = ["test"] if test else (["train", "val"] if validate else ["train"])
-    for key, registry, name in _registered(cfg, splits):
+    if registries:
+        try:
+            import_custom_modules(cfg)
+        except DetcoreError as exc:
+            problems.append(str(exc))
+        _register_builtin_types()
+    for key, registry, name in _registered(cfg, splits) if registries else ():
         try:
             registry.get(name)
         except RegistryError as exc:

@@ -20,6 +20,6 @@ def run(args: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
     cfg = load_config(args.config, args.cfg_options)
-    check_config(cfg)  # what a training run would refuse (registry names, checkpoints, metrics, data paths)
+    check_config(cfg, registries=False)  # what a training run would refuse: checkpoints, metrics, data paths
     print(json.dumps(cfg, indent=2) if args.json else dump_config(cfg), end="" if not args.json else "\n")
     return 0

@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
     cfg = load_config(args.config, args.cfg_options)
-    check_config(cfg, test=True, eval_metrics=args.eval)
     evaluation = cfg.get("evaluation") or {}
     metrics = check_metrics(args.eval if args.eval is not None else evaluation.get("metric", ["bbox"]),
                             "--eval" if args.eval is not None else "evaluation.metric")
@@ -55,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device, (cfg.get("dist_params") or {}).get("timeout_min"))
     model = build_detector(cfg["model"]).to(dist.device)
     load_weights(model, ckpt)
+    check_config(cfg, test=True, eval_metrics=args.eval)  # before the data is read or a work dir exists
     loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     if work_dir is not None:
         setup_logging(work_dir, "test.log")
