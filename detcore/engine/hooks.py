@@ -109,8 +109,9 @@ class CheckpointHook(HookBase):
 
     ``max_keep`` counts every ``iter_N.pth``/``epoch_N.pth`` in the work dir, also those of
     earlier runs and the one this run resumed from (``max_keep <= 0`` keeps all).
-    ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``last_checkpoint`` names the
-    newest complete file and is itself replaced atomically after that file is on disk.
+    ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``latest.pth`` (a link, see
+    :func:`detcore.checkpoint.point_latest`) and ``last_checkpoint`` name the
+    newest complete file; each is replaced atomically after that file is on disk.
     """
 
     def __init__(self, interval: int = 1, max_keep: int = 3, save_best: str | None = None) -> None:

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, remove_stale_temp_files, save_checkpoint,
-                                sibling_temp_path, unwrap)
+from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_latest, remove_stale_temp_files,
+                                save_checkpoint, sibling_temp_path, unwrap)
 from detcore.config import dump_config
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
@@ -292,6 +292,7 @@ class Trainer:
         tmp = sibling_temp_path(pointer)
         tmp.write_text(name + "\n")
         os.replace(tmp, pointer)
+        point_latest(self.work_dir, name)
         if self.heartbeat is not None:
             self.heartbeat.beat(self.iter, force=True)
         logger.info("saved checkpoint %s", path)
