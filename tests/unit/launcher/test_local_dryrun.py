@@ -9,7 +9,7 @@ import pytest
 from launcher.runtime.command import worker_args
 from launcher.backends.local import LocalBackend, Options
 from launcher.errors import LauncherError
-from launcher.jobs import SubmitRequest, build_spec
+from launcher.jobs import SubmitRequest, build_spec, request_from_spec
 from launcher.spec import Resources
 from launcher.worker import restart_argv
 
@@ -95,3 +95,16 @@ def test_shim_resumes_on_restart_only():
     assert restart_argv(fresh, 2) == fresh + ["--resume", "auto"]
     test = ["test", "c.yaml", "m.pth", "--work-dir", "w"]
     assert restart_argv(test, 1) == test
+
+
+def test_load_from_and_no_validate_reach_the_worker_like_detcore_train(tmp_path):
+    (tmp_path / "iter_4.pth").write_bytes(b"x")
+    (tmp_path / "latest.pth").symlink_to("iter_4.pth")
+    latest = str(tmp_path / "latest.pth")
+    spec = spec_for(load_from=latest, validate=False, overrides=("runner.max_iters=8",))
+    args = worker_args(spec)
+    assert args[args.index("--load-from") + 1] == latest and "--no-validate" in args
+    assert args.index("--no-validate") < args.index("--cfg-options")
+    assert "--no-validate" not in worker_args(spec_for()) and "--load-from" not in worker_args(spec_for())
+    again = request_from_spec(spec)  # a resume keeps them
+    assert (again.load_from, again.validate) == (latest, False)
