@@ -29,7 +29,7 @@ COMMANDS = {
 
 _GPU_IDS = "use --gpus N: the launcher leases free GPUs itself and sets CUDA_VISIBLE_DEVICES per job"
 _PORT = "the launcher picks a free rendezvous port itself; drop it"
-# MMDetection (tools/train.py, dist_train.sh) and torchrun habits -> the launcher's own flags (see detcore.tools.old_flags)
+# MMDetection (tools/train.py, dist_train.sh) and torchrun habits -> the launcher's flags (detcore.tools.old_flags)
 RESOURCE_HINTS = {
     "--launcher": "use --backend local|slurm|ray (the launcher starts torchrun, srun or Ray Train itself)",
     "--gpu-ids": _GPU_IDS, "--gpu-id": _GPU_IDS,

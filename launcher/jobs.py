@@ -133,7 +133,8 @@ def check_before_start(cfg: dict, req: SubmitRequest, mode: Mode, load_from: str
     problems = config_problems(cfg, test=mode is Mode.TEST, validate=req.validate, load_from=load_from,
                                eval_metrics=(list(req.eval_metrics) or None) if mode is Mode.TEST else None, cwd=cwd)
     if req.backend != "local":
-        problems = [f"{p} (checked on this node, {os.uname().nodename}; the {req.backend} job reads it on its own nodes)"
+        node = os.uname().nodename
+        problems = [f"{p} (checked on this node, {node}; the {req.backend} job reads it on its own nodes)"
                     if "does not exist" in p else p for p in problems]
     if problems:
         raise ConfigProblems([f"{req.config}: {p}" for p in problems])

@@ -52,7 +52,8 @@ def metric_problem(metric: str, model_type: str | None, split_cfg: Mapping[str, 
     return None
 
 
-def evaluate_detections(gt: COCO | str | Path, results: Sequence[dict] | str | Path, metrics: Sequence[str] = ("bbox",), *,
+def evaluate_detections(gt: COCO | str | Path, results: Sequence[dict] | str | Path,
+                        metrics: Sequence[str] = ("bbox",), *,
                         classwise: bool = True, class_names: Sequence[str] | None = None,
                         backend: str = "pycocotools", voc_method: str = "area") -> dict[str, dict]:
     """``evaluate_coco``'s dict for the COCO metrics, plus for ``mAP``: ``{"mAP": {"mAP": value},

@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     add_common(p)
     p.add_argument("--out", help="write the COCO results json here")
     p.add_argument("--eval", nargs="*", default=None, metavar="METRIC",
-                   help="bbox, segm (COCO) and/or mAP (Pascal VOC at IoU 0.5) (default: the config's evaluation.metric)")
+                   help="bbox, segm (COCO) and/or mAP (Pascal VOC at IoU 0.5) "
+                        "(default: the config's evaluation.metric)")
     p.add_argument("--voc-method", choices=("area", "11points"), default=None,
                    help="for mAP: area (VOC2010+) or 11points (VOC2007) (default: evaluation.voc_method, else area)")
     p.add_argument("--show-dir", help="draw predictions of every image into this folder")

@@ -23,17 +23,17 @@ TINY = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_pe
 
 
 def test_latest_survives_the_clean_up_resumes_and_loads_for_inference(tmp_path: Path) -> None:
-    Trainer(load_config(SHAPES, ["runner.max_iters=3", *TINY]), tmp_path, validate=False, device="cpu").train()
+    Trainer(load_config(SHAPES, ["runner.max_iters=2", *TINY]), tmp_path, validate=False, device="cpu").train()
     latest = tmp_path / "latest.pth"
-    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["iter_3.pth", "latest.pth"]  # max_keep 1 kept it
-    assert latest.resolve() == (tmp_path / "iter_3.pth").resolve()
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["iter_2.pth", "latest.pth"]  # max_keep 1 kept it
+    assert latest.resolve() == (tmp_path / "iter_2.pth").resolve()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
-    resumed = Trainer(load_config(SHAPES, ["runner.max_iters=4", *TINY]), tmp_path / "more", validate=False,
+    resumed = Trainer(load_config(SHAPES, ["runner.max_iters=3", *TINY]), tmp_path / "more", validate=False,
                       device="cpu", resume=str(latest))
-    assert resumed.iter == 3
+    assert resumed.iter == 2
     resumed.train()
-    assert torch.load(tmp_path / "more" / "latest.pth", weights_only=True)["meta"]["iter"] == 4
+    assert torch.load(tmp_path / "more" / "latest.pth", weights_only=True)["meta"]["iter"] == 3
 
     model = init_detector(None, latest)  # the config comes from the checkpoint's meta
     img = np.zeros((64, 64, 3), dtype=np.uint8)
