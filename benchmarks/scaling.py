@@ -26,7 +26,8 @@ GOAL = Goal("ratio", ">=", 1.7)
 
 def _command(work: Path, nproc: int, batch: int, iters: int, interval: int) -> list[str]:
     overrides = [f"runner.max_iters={iters}", f"log_config.interval={interval}", jobs.NO_CHECKPOINTS,
-                 f"data.samples_per_gpu={batch}", "data.workers_per_gpu=0"]
+                 f"data.samples_per_gpu={batch}", "data.workers_per_gpu=0",
+                 "auto_scale_lr.enable=false"]  # the worker would scale the schedule for the world size
     return jobs.torchrun_command(nproc, jobs.detcore_train_args(jobs.SHAPES_CONFIG, work / "run", overrides))
 
 

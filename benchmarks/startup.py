@@ -9,8 +9,8 @@ process is spawned and stops when ``metrics.jsonl`` in the work dir first holds 
 iteration 1 (polled every 20 ms). Runs alternate launcher/torchrun; the first pair is an
 unmeasured warm-up in full mode (page cache, shapes data). Goal: ratio <= 1.15.
 
-The launcher scales the schedule for world size 2 (``auto_scale_lr`` in the config), so it
-runs 1 iteration where torchrun runs 2; that changes nothing before the first iteration.
+Both run the same worker, which scales the schedule for its world size (``auto_scale_lr`` in
+the config) the same way under either; the measure ends before the first iteration anyway.
 
 Slurm and Ray (figures only, no goal): the same command with ``--backend slurm`` / ``--backend
 ray``, when the backend exists and its local test cluster answers (``cluster/slurm/start.sh``

@@ -72,7 +72,8 @@ def same_architecture(case: Case) -> bool:
 
 def _overrides(case: Case, workers: int) -> list[str]:
     out = [f"runner.max_iters={case.iters}", f"log_config.interval={case.log_interval}", jobs.NO_CHECKPOINTS,
-           f"data.samples_per_gpu={case.batch}", f"data.workers_per_gpu={workers}"]
+           f"data.samples_per_gpu={case.batch}", f"data.workers_per_gpu={workers}",
+           "auto_scale_lr.enable=false"]  # the same iterations whatever the batch (the worker would scale them)
     if case.input_size:
         out += [f"model.min_size={case.input_size}", f"model.max_size={case.input_size}"]
     return out

@@ -89,13 +89,42 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+        if _TEMP_NAME.match(entry.name) and (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
             try:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
             except OSError:
                 pass
     return removed
+
+
+LATEST = "latest.pth"
+
+
+def point_latest(work_dir: str | os.PathLike, name: str) -> Path:
+    """Make ``work_dir/latest.pth`` name the checkpoint ``work_dir/name``, atomically (MMDetection's habit).
+
+    A relative symlink where the file system has them, else a hard link, else a copy; each is made
+    under a temporary name and renamed over ``latest.pth``, so a reader sees the old or the new one.
+    It always names the newest save, which the ``max_keep`` clean-up never removes (a hard link or
+    copy would survive it anyway).
+    """
+    work_dir = Path(work_dir)
+    latest = work_dir / LATEST
+    tmp = sibling_temp_path(latest)
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    try:
+        os.symlink(name, tmp)
+    except OSError:
+        try:
+            os.link(work_dir / name, tmp)
+        except OSError:
+            shutil.copyfile(work_dir / name, tmp)
+    os.replace(tmp, latest)
+    return latest
 
 
 def periodic_checkpoints_to_remove(work_dir: str | os.PathLike, max_keep: int, protect: set[str]) -> list[Path]:

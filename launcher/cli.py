@@ -36,6 +36,33 @@ COMMANDS = {
 # subcommands whose code lives in launcher.manage (the rest: launcher.commands)
 MANAGE = ("compare", "export", "plot", "tag", "note", "rm")
 
+_GPU_IDS = "use --gpus N: the launcher leases free GPUs itself and sets CUDA_VISIBLE_DEVICES per job"
+_PORT = "the launcher picks a free rendezvous port itself; drop it"
+# MMDetection (tools/train.py, dist_train.sh) and torchrun habits -> the launcher's flags (detcore.tools.old_flags)
+RESOURCE_HINTS = {
+    "--launcher": "use --backend local|slurm|ray (the launcher starts torchrun, srun or Ray Train itself)",
+    "--gpu-ids": _GPU_IDS, "--gpu-id": _GPU_IDS,
+    "--nproc-per-node": "use --nproc N (CPU workers) or --gpus N (one worker per GPU), per node",
+    "--nproc_per_node": "use --nproc N (CPU workers) or --gpus N (one worker per GPU), per node",
+    "--nnodes": "use --nodes N", "--master-port": _PORT, "--master_port": _PORT, "--rdzv-endpoint": _PORT,
+    "--local_rank": "the launcher starts one worker per rank itself; drop it",
+}
+JOB_HINTS = {
+    **RESOURCE_HINTS,
+    "--resume-from": "use --resume PATH (the default, auto, continues from the work dir's newest checkpoint)",
+    "--auto-resume": "--resume auto is the default: a job continues from its work dir's newest checkpoint",
+    "--options": "use --cfg-options KEY=VALUE ... (the same syntax)",
+    "--auto-scale-lr": ("the worker applies auto_scale_lr whenever the config enables it, at the world size it runs "
+                        "at; turn it on with --cfg-options auto_scale_lr.enable=true"),
+    "--diff-seed": "each rank already draws its own seed from --seed; drop --diff-seed",
+}
+
+
+def _add_hints(p: argparse.ArgumentParser, hints: dict[str, str]) -> None:
+    from detcore.tools.old_flags import add_hints
+
+    add_hints(p, hints, origin="MMDetection's tools/train.py or torchrun")
+
 
 def _add_backend_groups(p: argparse.ArgumentParser) -> None:
     from launcher.backends import BACKENDS, backend_module
@@ -73,6 +100,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms, cuDNN and cuBLAS (slower; see the README's limits on CUDA)")
+    p.add_argument("--load-from", metavar="CHECKPOINT",
+                   help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
+    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")
@@ -88,16 +118,18 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
                        help="a config key and its values; repeat for more keys (every combination runs)")
         p.add_argument("--max-parallel", type=int, help="at most P of the sweep's jobs run at once")
     _add_backend_groups(p)
+    _add_hints(p, JOB_HINTS)
 
 
 def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launcher", description="detlaunch: run detcore jobs locally, on Slurm or "
-                                                                  "on Ray, and manage them as experiments")
+                                                                  "on Ray, and manage them as experiments",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action=_VersionAction, help="print the detlaunch (and torch) version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False,
                            epilog=EXIT_HELP if name in ("submit", "sweep", "resume") else None)
         if chosen is not None and name != chosen:
             continue
@@ -139,6 +171,7 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("--max-restarts", type=int, help="new restart budget")
             p.add_argument("--hang-timeout", type=float, metavar="S", help="new hang watchdog limit (0: off)")
             _add_backend_groups(p)
+            _add_hints(p, RESOURCE_HINTS)
             p.add_argument("--detach", action="store_true", help="return at once")
             p.add_argument("--json", action="store_true", help="print the record as JSON")
         elif name == "tensorboard":
@@ -196,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except DetcoreError as exc:
-        print(f"launcher {args.command}: error: {exc}", file=sys.stderr)
+        for line in getattr(exc, "problems", None) or [str(exc)]:
+            print(f"launcher {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"launcher {args.command}: interrupted", file=sys.stderr)

@@ -46,7 +46,8 @@ def _request(args: argparse.Namespace, module):
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
                          seed=args.seed, backend_options=module.options_from_args(args),
                          worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None),
-                         amp=args.amp, deterministic=args.deterministic)
+                         amp=args.amp, deterministic=args.deterministic, load_from=args.load_from,
+                         validate=not args.no_validate)
 
 
 def _print_json(data) -> None:

@@ -1,8 +1,8 @@
 """From a request to a stored, running experiment: the flow every backend shares.
 
 ``build_spec`` loads the config once (through detcore's ``load_config``, so a bad config or
-override fails here with detcore's message), computes the scaling for the world size and
-resolves every path. ``submit_spec`` inserts the row, hands the spec to the backend and
+override fails here with detcore's message), predicts the scaling the worker will apply at the
+world size and resolves every path. ``submit_spec`` inserts the row, hands the spec to the backend and
 removes the row again if the backend refuses: a user error never leaves a half-made
 experiment. ``resume_spec`` rebuilds a finished experiment's spec for another run in the
 same work dir, recomputing the scaling when the world size changed.
@@ -19,11 +19,10 @@ from typing import Any
 
 from detcore.contract import seed_error
 from launcher.errors import LauncherError
-from launcher.scaling import scale_for_world
+from launcher.scaling import predict_scaling
 from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
 
-EVAL_METRICS = ("bbox", "segm")
 # The hang watchdog: 30 minutes, the collective timeout Ray Train uses, is longer than any healthy gap between
 # two iterations (an evaluation or a checkpoint to slow storage heartbeats as it goes). A run shorter than a few
 # thousand iterations ends before a hang would be noticed at that limit, so it is off there by default.
@@ -52,6 +51,8 @@ class SubmitRequest:
     hang_timeout_s: float | None = None  # None: default_hang_timeout
     amp: bool = False
     deterministic: bool = False
+    load_from: str | None = None
+    validate: bool = True
 
 
 def default_hang_timeout(cfg: dict, mode: Mode) -> float:
@@ -92,30 +93,51 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
             raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test")
     if req.seed is not None and seed_error(req.seed):
         raise LauncherError(f"--seed: {seed_error(req.seed)}")
-    bad = [m for m in req.eval_metrics if m not in EVAL_METRICS]
-    if bad:
-        raise LauncherError(f"--eval {' '.join(bad)}: unknown metric; choose from {' '.join(EVAL_METRICS)}")
     resume = req.resume
     if resume not in ("auto", "never"):
         resume = os.path.join(cwd, resume)
         if not os.path.isfile(resume):
             raise LauncherError(f"--resume {req.resume!r}: expected auto, never or an existing checkpoint file")
+    load_from = None
+    if req.load_from:
+        load_from = os.path.join(cwd, req.load_from)
+        if not os.path.isfile(load_from):
+            raise LauncherError(f"--load-from {req.load_from!r}: no such checkpoint file; pass an existing .pth "
+                                f"(or a work dir's latest.pth)")
+    check_before_start(cfg, req, mode, load_from, cwd)
     name = req.name or default_name(config)
     work_dir = os.path.join(cwd, req.work_dir) if req.work_dir else os.path.join(cwd, "work_dirs", f"{name}-{exp_id}")
     if os.path.exists(work_dir) and not os.path.isdir(work_dir):
         raise LauncherError(f"work dir {work_dir} exists and is not a folder; pass another --work-dir")
     scaling = None
     if mode is Mode.TRAIN:
-        samples = (cfg.get("data") or {}).get("samples_per_gpu", 2)
-        scaling = scale_for_world(cfg, req.resources.world_size, samples)
+        scaling = predict_scaling(cfg, req.resources.world_size)  # shown and stored; the worker applies it
     return JobSpec(id=exp_id, name=name, config=config, work_dir=os.path.normpath(work_dir), cwd=cwd, mode=mode,
                    overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
                    worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
-                   loader_workers=loader_workers(cfg), run_id=new_run_id(),
+                   loader_workers=loader_workers(cfg), run_id=new_run_id(), load_from=load_from,
+                   validate=req.validate,
                    hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
                                    else float(req.hang_timeout_s)))
+
+
+def check_before_start(cfg: dict, req: SubmitRequest, mode: Mode, load_from: str | None, cwd: str) -> None:
+    """detcore's own pre-start check (:func:`detcore.config_check.check_config`), before any row, work dir or job.
+
+    Paths are checked on this node; for a remote backend each such line says so.
+    """
+    from detcore.config_check import ConfigProblems, config_problems
+
+    problems = config_problems(cfg, test=mode is Mode.TEST, validate=req.validate, load_from=load_from,
+                               eval_metrics=(list(req.eval_metrics) or None) if mode is Mode.TEST else None, cwd=cwd)
+    if req.backend != "local":
+        node = os.uname().nodename
+        problems = [f"{p} (checked on this node, {node}; the {req.backend} job reads it on its own nodes)"
+                    if "does not exist" in p else p for p in problems]
+    if problems:
+        raise ConfigProblems([f"{req.config}: {p}" for p in problems])
 
 
 def loader_workers(cfg: dict) -> int:
@@ -176,7 +198,8 @@ def request_from_spec(spec: JobSpec) -> SubmitRequest:
                          name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
                          eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
                          backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None,
-                         hang_timeout_s=spec.hang_timeout_s, amp=spec.amp, deterministic=spec.deterministic)
+                         hang_timeout_s=spec.hang_timeout_s, amp=spec.amp, deterministic=spec.deterministic,
+                         load_from=spec.load_from, validate=spec.validate)
 
 
 def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,

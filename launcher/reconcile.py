@@ -3,7 +3,7 @@
 Called whenever rows are read (``list``, ``status``, following a job, ``resume``, ``cancel``).
 For each non-terminal experiment it asks the backend (``status``: the monitor's files and
 liveness for local and Ray, squeue/sacct for Slurm) and reads the newest metrics from the work
-dir, and writes what changed. Terminal rows are never touched, so reading 10,000 finished
+dir and the scaling the worker applied (its ``scaling`` fact), and writes what changed. Terminal rows are never touched, so reading 10,000 finished
 experiments costs nothing here. A backend that is not importable leaves its rows as they are.
 When the store cannot be written (a full disk, a lock held too long), the derived rows are
 still returned, so a reader always sees the truth even when it cannot save it.
@@ -17,6 +17,7 @@ import sqlite3
 import time
 from typing import Iterable
 
+from detcore.contract import read_events, run_dir
 from launcher.errors import LauncherError
 from launcher.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
     schedule_length
@@ -64,7 +65,15 @@ def observed_metrics(exp: Experiment) -> dict | None:
                 best_ap=ap_of(best) if best else None, max_iter=max_iter, max_epoch=max_epoch)
 
 
-def _derived(exp: Experiment, st: JobStatus | None, metrics: dict | None) -> Experiment:
+def scaling_fact(exp: Experiment) -> dict | None:
+    """The newest ``scaling`` fact of the row's current launch (written by rank 0 of the worker), or None."""
+    for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):
+        if rec.get("event") == "scaling" and isinstance(rec.get("scaling"), dict):
+            return rec["scaling"]
+    return None
+
+
+def _derived(exp: Experiment, st: JobStatus | None, metrics: dict | None, scaling: dict | None = None) -> Experiment:
     """The row as it would read after the writes (for a store that cannot be written)."""
     changes = {}
     if st is not None:
@@ -78,6 +87,9 @@ def _derived(exp: Experiment, st: JobStatus | None, metrics: dict | None) -> Exp
         if metrics.get("best") is not None:
             changes.update(best_ap=metrics["best_ap"], best_metrics=json.dumps(metrics["best"], sort_keys=True))
         changes.update({k: metrics[k] for k in ("max_iter", "max_epoch") if metrics.get(k) is not None})
+    if scaling is not None:
+        changes.update(total_batch=scaling.get("total_batch"), lr=scaling.get("lr"),
+                       scaling=json.dumps(scaling))
     return dataclasses.replace(exp, **changes)
 
 
@@ -97,15 +109,18 @@ def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experim
         except LauncherError:
             return exp
     metrics = observed_metrics(exp) if st.state is not JobState.PENDING else None
+    scaling = scaling_fact(exp) if st.state is not JobState.PENDING else None
     try:
         if _differs(exp, st):
             store.record_status(exp.id, st, run_id=exp.run_id)
         if metrics is not None:
             store.record_metrics(exp.id, **metrics)
+        if scaling is not None and (json.loads(exp.scaling) if exp.scaling else None) != scaling:
+            store.record_scaling(exp.id, scaling)
         return store.get(exp.id)
     except sqlite3.Error as exc:
         logger.warning("cannot update the experiment store (%s); showing what the job reports", exc)
-        return _derived(exp, st, metrics)
+        return _derived(exp, st, metrics, scaling)
 
 
 def refresh(store: ExperimentStore, experiments: Iterable[Experiment], backends: dict | None = None) -> list[Experiment]:

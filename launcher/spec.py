@@ -77,9 +77,10 @@ class JobSpec:
 
     ``backend_options`` is the backend's own frozen dataclass (e.g. ``LocalOptions``) or None.
     ``resume`` is ``auto`` (continue from the work dir's newest checkpoint, fresh when none),
-    ``never`` or a checkpoint path. ``scaling`` holds the linear-scaling decision for this world
-    size; its overrides follow the user's ``overrides`` on the worker command line.
-    ``amp``/``deterministic`` become the worker's ``--amp`` and ``--deterministic``;
+    ``never`` or a checkpoint path. ``scaling`` is the launcher's prediction of the linear-scaling
+    decision for this world size (for display; the worker applies the rule itself).
+    ``amp``/``deterministic``/``load_from``/``validate`` become the worker's ``--amp``,
+    ``--deterministic``, ``--load-from PATH`` and ``--no-validate``;
     ``loader_workers`` is the config's ``data.workers_per_gpu`` (for sizing CPUs and threads).
     """
 
@@ -107,6 +108,8 @@ class JobSpec:
     amp: bool = False
     deterministic: bool = False
     loader_workers: int = 2
+    load_from: str | None = None
+    validate: bool = True
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{8}", self.id):

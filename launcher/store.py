@@ -393,6 +393,13 @@ class ExperimentStore:
     def set_note(self, exp_id: str, note: str) -> None:
         self.conn.execute("UPDATE experiments SET note = ? WHERE id = ?", (note, exp_id))
 
+    def record_scaling(self, exp_id: str, scaling: Mapping[str, Any]) -> None:
+        """The scaling the worker applied (its ``scaling`` fact): ``total_batch``, ``lr`` and ``scaling``.
+        Only :mod:`launcher.reconcile` calls this."""
+        self.conn.execute("UPDATE experiments SET total_batch = ?, lr = ?, scaling = ?, updated = ? WHERE id = ?",
+                          (scaling.get("total_batch"), scaling.get("lr"), json.dumps(dict(scaling)), time.time(),
+                           exp_id))
+
     def start_run(self, exp_id: str, spec: JobSpec, job_id: str, extra: Mapping[str, str]) -> None:
         """Begin a new launch of a finished experiment (``launcher resume``), on ``spec``'s backend with the
         backend's handle: the previous launch goes into ``history``; metrics stay; restarts count anew; the

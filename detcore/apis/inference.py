@@ -30,7 +30,9 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
                   device: str = "cpu", cfg_options: Sequence[str] = ()) -> nn.Module:
     """Build a detector in eval mode; the config may be omitted and read from the checkpoint's meta.
 
-    The model gets ``cfg`` and ``class_names`` attributes. ``device``: cpu, cuda or cuda:N; a CUDA
+    The model gets ``cfg`` and ``class_names`` attributes and a ``show_result(img, result,
+    score_thr=0.3, out_file=None)`` method (MMDetection's; :func:`show_result` with the model's class
+    names). ``checkpoint`` may be a work dir's ``latest.pth``. ``device``: cpu, cuda or cuda:N; a CUDA
     device that is not there is a one-line ConfigError.
     """
     from detcore.engine.dist import resolve_device
@@ -52,7 +54,31 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
     classes = (ckpt or {}).get("meta", {}).get("classes") or cfg.get("classes")
     model.cfg = cfg
     model.class_names = list(classes) if classes else [str(i + 1) for i in range(cfg["model"]["num_classes"])]
+    model.show_result = _ShowResult(model.class_names)
     return model.to(target).eval()
+
+
+class _ShowResult:
+    """``model.show_result(img, result, score_thr=0.3, out_file=None)`` as on MMDetection's detectors.
+
+    MMDetection's drawing-style arguments (colours, thickness, font size, window name, wait time) are
+    accepted and not used; ``show=True`` is refused, there is no display here: pass ``out_file``.
+    """
+
+    STYLE = frozenset({"bbox_color", "text_color", "mask_color", "thickness", "font_size", "win_name", "wait_time"})
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = list(class_names)
+
+    def __call__(self, img: ImageLike, result: dict, score_thr: float = 0.3, *,
+                 out_file: str | os.PathLike | None = None, show: bool = False, **style: Any) -> np.ndarray:
+        unknown = sorted(set(style) - self.STYLE)
+        if unknown:
+            raise TypeError(f"show_result() got unexpected keyword arguments {unknown}")
+        if show:
+            raise DataError("show_result(show=True): there is no display here; pass out_file=PATH to write the "
+                            "drawing (the array is also returned)")
+        return show_result(img, result, score_thr=score_thr, out_file=out_file, class_names=self.class_names)
 
 
 def load_image(img: ImageLike) -> torch.Tensor:

@@ -92,7 +92,7 @@ def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
             base = metric[: -len("_per_class")]
             flat.update({f"{base}_AP_{name}": float(v) for name, v in values.items()})
         else:
-            flat.update({f"{metric}_{k}": float(v) for k, v in values.items()})
+            flat.update({k if k == metric else f"{metric}_{k}": float(v) for k, v in values.items()})  # VOC: mAP
     return flat
 
 
@@ -110,7 +110,8 @@ def gather_coco_results(outputs: list[tuple[int, Any]], dataset: Any, converted:
 
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
                     classes: Sequence[str], num_images: int = 0, progress: bool = False,
-                    backend: str = "pycocotools", keepalive: Callable[[], object] | None = None,
+                    backend: str = "pycocotools", voc_method: str = "area",
+                    keepalive: Callable[[], object] | None = None,
                     ) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings.
 
@@ -118,7 +119,7 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
     (local work only; never around the gather, so a rank stuck in a collective still looks hung).
     """
     from detcore.apis.visualize import draw_comparison
-    from detcore.evaluation import evaluate_coco
+    from detcore.evaluation.metrics import evaluate_detections
 
     dataset = loader.dataset
     outputs, kept = run_inference(model, loader, device, progress=progress, desc="evaluation",
@@ -128,8 +129,9 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
     if get_rank() != 0:
         return {}, drawn
     with beating(keepalive):
-        results = evaluate_coco(dataset.coco, everything, metrics=tuple(metrics), classwise=True,
-                                class_names=classes, backend=backend, table_level=logging.DEBUG)
+        results = evaluate_detections(dataset.coco, everything, metrics=tuple(metrics), classwise=True,
+                                      class_names=classes, backend=backend, voc_method=voc_method,
+                                      table_level=logging.DEBUG)
     flat = flatten_metrics(results)
     logger.info("evaluation: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items() if "_AP_" not in k))
     return flat, drawn

@@ -86,12 +86,14 @@ class LoggerHook(HookBase):
 class EvalHook(HookBase):
     """Evaluate on the val split every ``interval`` runner units and at the end; metrics are logged.
 
+    ``metric``: any of bbox, segm (COCO) and mAP (Pascal VOC at IoU 0.5, ``voc_method`` area or 11points).
+
     ``last_seconds`` (the newest evaluation's wall time) times :meth:`evaluations_left` is the
     evaluation part of the logged ETA.
     """
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
-                 backend: str = "pycocotools") -> None:
+                 backend: str = "pycocotools", voc_method: str = "area") -> None:
         self.interval = int(interval)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images
@@ -112,13 +114,15 @@ class EvalHook(HookBase):
         if step <= 0:
             return now + 1
         return now + t.max_iters // step - t.iter // step + (1 if t.max_iters % step else 0)
+        self.voc_method = voc_method
 
     def after_step(self) -> None:
         t = self.trainer
         if t.val_loader is None or not (t.at_boundary(self.interval) or t.iter == t.max_iters):
             return
         start = time.perf_counter()
-        results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend)
+        results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend,
+                             voc_method=self.voc_method)
         self.last_seconds, self._done_at = time.perf_counter() - start, t.iter
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
@@ -132,8 +136,9 @@ class CheckpointHook(HookBase):
 
     ``max_keep`` counts every ``iter_N.pth``/``epoch_N.pth`` in the work dir, also those of
     earlier runs and the one this run resumed from (``max_keep <= 0`` keeps all).
-    ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``last_checkpoint`` names the
-    newest complete file and is itself replaced atomically after that file is on disk.
+    ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``latest.pth`` (a link, see
+    :func:`detcore.checkpoint.point_latest`) and ``last_checkpoint`` name the
+    newest complete file; each is replaced atomically after that file is on disk.
     """
 
     def __init__(self, interval: int = 1, max_keep: int = 3, save_best: str | None = None) -> None:

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, remove_stale_temp_files, save_checkpoint,
-                                sibling_temp_path, unwrap)
+from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_latest, remove_stale_temp_files,
+                                save_checkpoint, sibling_temp_path, unwrap)
 from detcore.config import dump_config
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
@@ -29,6 +29,7 @@ from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
 from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
+from detcore.engine.scaling import SCALING_KEY, scale_config
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.models import build_detector
@@ -81,6 +82,9 @@ class Trainer:
         self.work_dir = Path(work_dir)
         configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
         self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
+        # auto_scale_lr, once, at the world size this run really has (launcher, torchrun or one process alike)
+        self.cfg, self.scaling = scale_config(self.cfg, self.dist.world_size)
+        logger.info("auto_scale_lr: %s", self.scaling.describe())
         self.seed, self.deterministic = seed, deterministic
         self.heartbeat = Heartbeat(heartbeat_dir, self.dist.rank) if heartbeat_dir else None
         seed_everything(seed, deterministic, rank=self.dist.rank)
@@ -233,12 +237,14 @@ class Trainer:
             hook.after_step()
 
     # ---- evaluation, logging ----------------------------------------------------------
-    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = "pycocotools") -> dict:
+    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = "pycocotools",
+                 voc_method: str = "area") -> dict:
         from detcore.engine.evaluator import evaluate_loader
 
         results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
                                          classes=self.classes, num_images=num_images if self.tb else 0,
-                                         backend=backend, keepalive=self._keepalive(), progress=True)
+                                         backend=backend, voc_method=voc_method, keepalive=self._keepalive(),
+                                         progress=True)
         self.model.train()
         if self.tb is not None:
             for i, img in enumerate(drawn):
@@ -281,7 +287,7 @@ class Trainer:
         meta = make_meta(config_text=dump_config(self.cfg), classes=self.classes, arch=self.arch, epoch=self.epoch,
                          iteration=self.iter, world_size=self.dist.world_size,
                          total_batch=total_batch or self.cfg["data"]["samples_per_gpu"] * self.dist.world_size,
-                         seed=self.seed, scaling=self.cfg.get("_scaling"))
+                         seed=self.seed, scaling=self.cfg.get(SCALING_KEY))
         with beating(self._keepalive()):  # a slow file system is not a hang
             path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
                                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -292,6 +298,7 @@ class Trainer:
         tmp = sibling_temp_path(pointer)
         tmp.write_text(name + "\n")
         os.replace(tmp, pointer)
+        point_latest(self.work_dir, name)
         if self.heartbeat is not None:
             self.heartbeat.beat(self.iter, force=True)
         logger.info("saved checkpoint %s", path)
@@ -308,8 +315,10 @@ class Trainer:
             raise CheckpointError(f"{path} holds weights only (no {', '.join(missing)}); use --load-from to "
                                   f"fine-tune from it instead of --resume")
         load_weights(self.model, ckpt)
+        base_lrs = list(self.scheduler.base_lrs)  # this run's (scaled for this world size)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._keep_base_lrs(base_lrs, path, ckpt.get("meta") or {})
         if not restore_scaler(self.scaler, ckpt.get("scaler")) and self.amp:
             logger.info("%s holds no AMP loss-scaler state (saved without --amp); starting with a fresh scale", path)
         self.iter = int(ckpt["loop"]["iter"])
@@ -324,6 +333,26 @@ class Trainer:
             logger.info("world size changed since %s: random generators keep this run's seeds", path)
         self.resumed = True
         logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
+
+
+    def _keep_base_lrs(self, base_lrs: list[float], path: Path, meta: Mapping[str, Any]) -> None:
+        """After loading optimizer and scheduler state: train on at this run's base LR, not the saved one.
+
+        The saved base LR was scaled for the world size that wrote ``path``; this run's was scaled
+        from the original config for its own world size, so it replaces the saved one (the schedule's
+        position is kept). Nothing changes when the two agree.
+        """
+        saved = list(self.scheduler.base_lrs)
+        if saved == base_lrs:
+            return
+        self.scheduler.base_lrs = base_lrs
+        for group, base, fn in zip(self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        logger.info("base lr %s (world size %s in %s) -> %s for world size %d", ", ".join(f"{x:g}" for x in saved),
+                    meta.get("world_size", "?"), path.name, ", ".join(f"{x:g}" for x in base_lrs),
+                    self.dist.world_size)
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:

@@ -88,14 +88,23 @@ def voc_map(gt_by_image: ImageRecords, det_by_image: ImageRecords, num_classes: 
 
 def evaluate_voc_from_coco(gt_json: str | os.PathLike, results_json: str | os.PathLike, iou_thr: float = 0.5,
                            area_method: bool = True, progress: bool = True) -> dict[str, Any]:
-    """VOC mAP of a COCO results file against a COCO ground-truth json.
+    """VOC mAP of a COCO results file against a COCO ground-truth json (see :func:`evaluate_voc_coco`)."""
+    gt = _load_json(gt_json, dict, "a COCO ground-truth json with images, annotations, categories")
+    results = _load_json(results_json, list, "a COCO results list of {image_id, category_id, bbox, score}")
+    return evaluate_voc_coco(gt, results, iou_thr=iou_thr, area_method=area_method, progress=progress,
+                             gt_name=str(gt_json), results_name=str(results_json))
+
+
+def evaluate_voc_coco(gt: Mapping[str, Any], results: Sequence[Mapping[str, Any]], iou_thr: float = 0.5,
+                      area_method: bool = True, progress: bool = False, gt_name: str = "the ground truth",
+                      results_name: str = "the results") -> dict[str, Any]:
+    """VOC mAP of COCO results (a list) against a COCO ground-truth dict (``COCO.dataset``).
 
     Ground truth with ``difficult: 1`` (as ``detcore convert voc`` writes) or ``iscrowd: 1``
     is treated as difficult. Categories map to classes in ascending category id. Returns
     :func:`voc_map`'s dict plus ``"classes"`` (category names in that order).
     """
-    gt = _load_json(gt_json, dict, "a COCO ground-truth json with images, annotations, categories")
-    results = _load_json(results_json, list, "a COCO results list of {image_id, category_id, bbox, score}")
+    gt_json, results_json = gt_name, results_name
     try:
         cats = sorted(gt["categories"], key=lambda c: c["id"])
         label_of = {c["id"]: i for i, c in enumerate(cats)}

@@ -32,7 +32,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools")
+    parser = argparse.ArgumentParser(prog="detcore", description="detcore: object detection library tools",
+                                     allow_abbrev=False)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(module).add_parser(sub, name, help_text)
         else:  # only its line in ``detcore --help``: its module is not imported
             sub.add_parser(name, help=help_text)
+    for p in sub.choices.values():  # --show must never be read as --show-dir, nor --resume-from as --resume
+        p.allow_abbrev = False
     return parser
 
 
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except DetcoreError as exc:
-        print(f"detcore {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        for line in getattr(exc, "problems", None) or [one_line(exc)]:
+            print(f"detcore {args.command}: error: {one_line(line)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"detcore {args.command}: interrupted", file=sys.stderr)

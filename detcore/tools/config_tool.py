@@ -23,7 +23,10 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 def run(args: argparse.Namespace) -> int:
     if args.action == "import":
         return _import(args)
+    from detcore.config_check import check_config
+
     cfg = load_config(args.config, args.cfg_options)
+    check_config(cfg, registries=False)  # what a training run would refuse: checkpoints, metrics, data paths
     print(json.dumps(cfg, indent=2) if args.json else dump_config(cfg), end="" if not args.json else "\n")
     return 0
 

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from detcore.config import load_config
+from detcore.tools.old_flags import TEST_HINTS, add_hints
 from detcore.tools.train import add_common, check_work_dir, setup_logging
 
 logger = logging.getLogger(__name__)
@@ -19,12 +20,17 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("checkpoint", help="checkpoint file (.pth)")
     add_common(p)
     p.add_argument("--out", help="write the COCO results json here")
-    p.add_argument("--eval", nargs="*", default=None, metavar="METRIC", help="bbox and/or segm (default: config's)")
+    p.add_argument("--eval", nargs="*", default=None, metavar="METRIC",
+                   help="bbox, segm (COCO) and/or mAP (Pascal VOC at IoU 0.5) "
+                        "(default: the config's evaluation.metric)")
+    p.add_argument("--voc-method", choices=("area", "11points"), default=None,
+                   help="for mAP: area (VOC2010+) or 11points (VOC2007) (default: evaluation.voc_method, else area)")
     p.add_argument("--show-dir", help="draw predictions of every image into this folder")
     p.add_argument("--score-thr", type=float, default=0.3, help="score threshold for --show-dir (default 0.3)")
     p.add_argument("--split", default="test", help="data split to run on (default test)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
+    add_hints(p, TEST_HINTS)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,15 +39,23 @@ def run(args: argparse.Namespace) -> int:
     from detcore.engine.dist import init_distributed
     from detcore.engine.evaluator import coco_converter, flatten_metrics, gather_coco_results, run_inference
     from detcore.engine.setup import build_split_loader
-    from detcore.evaluation import evaluate_coco
+    from detcore.evaluation.metrics import check_metrics, evaluate_detections
+    from detcore.tools.eval_tool import render
     from detcore.models import build_detector
 
+    from detcore.config_check import check_config
+
     cfg = load_config(args.config, args.cfg_options)
+    evaluation = cfg.get("evaluation") or {}
+    metrics = check_metrics(args.eval if args.eval is not None else evaluation.get("metric", ["bbox"]),
+                            "--eval" if args.eval is not None else "evaluation.metric")
+    voc_method = args.voc_method or evaluation.get("voc_method", "area")
     ckpt = load_checkpoint(args.checkpoint)
     work_dir = check_work_dir(Path(args.work_dir)) if args.work_dir else None
     dist = init_distributed(args.device, (cfg.get("dist_params") or {}).get("timeout_min"))
     model = build_detector(cfg["model"]).to(dist.device)
     load_weights(model, ckpt)
+    check_config(cfg, test=True, eval_metrics=args.eval)  # before the data is read or a work dir exists
     loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     if work_dir is not None:
         setup_logging(work_dir, "test.log")
@@ -68,22 +82,18 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(results))
         os.replace(tmp, out)
         logger.info("wrote %d detections to %s", len(results), out)
-    metrics = args.eval if args.eval is not None else (cfg.get("evaluation") or {}).get("metric", ["bbox"])
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if metrics:
         names = list(ckpt["meta"].get("classes") or dataset.CLASSES)
-        backend = (cfg.get("evaluation") or {}).get("backend", "pycocotools")
-        evaluated = evaluate_coco(dataset.coco, results, metrics=tuple(metrics), classwise=True, class_names=names,
-                                  backend=backend)
+        evaluated = evaluate_detections(dataset.coco, results, metrics=tuple(metrics), classwise=True,
+                                        class_names=names, backend=evaluation.get("backend", "pycocotools"),
+                                        voc_method=voc_method)
         flat = flatten_metrics(evaluated)
         if work_dir is not None:
             (work_dir / "test_metrics.json").write_text(json.dumps(flat, indent=2))
         if args.json:
             print(json.dumps({m: evaluated[m] for m in metrics}))
         else:
-            from detcore.evaluation import format_table
-
-            print(format_table(evaluated))
+            print(render(evaluated, voc_method))
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from detcore import contract
 from detcore.config import load_config
 from detcore.errors import ConfigError, DetcoreError
+from detcore.tools.old_flags import TRAIN_HINTS, add_hints
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms, cuDNN and cuBLAS (see the README's limits on CUDA)")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
+    add_hints(p, TRAIN_HINTS)
 
 
 def default_work_dir(config: str) -> Path:
@@ -77,12 +79,23 @@ def remove_new_work_dir(work_dir: Path) -> None:
     shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def record_scaling(scaling: dict) -> None:
+    """Rank 0 appends the scaling decision as a fact of this launch (``DETLAUNCH_RUN_DIR``), for the
+    experiment row; nothing without a launcher."""
+    run_dir = os.environ.get(contract.RUN_DIR_ENV)
+    if run_dir and int(os.environ.get("RANK", 0)) == 0:
+        contract.append_event(run_dir, {"event": "scaling", "rank": 0, "scaling": scaling})
+
+
 def run(args: argparse.Namespace) -> int:
     from detcore.engine.heartbeat import install_stack_dump_signal
     from detcore.engine.hparams import hparams_from_options
     from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
 
+    from detcore.config_check import check_config
+
     cfg = load_config(args.config, args.cfg_options)
+    check_config(cfg, validate=not args.no_validate, load_from=args.load_from)  # before any work dir exists
     work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
@@ -104,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                           validate=not args.no_validate, amp=args.amp, seed=args.seed,
                           deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir,
                           hparams=hparams_from_options(cfg, args.cfg_options))
+        record_scaling(trainer.scaling.to_dict())
         trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)

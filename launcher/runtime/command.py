@@ -16,7 +16,7 @@ def worker_args(spec: JobSpec, device: str | None = None) -> tuple[str, ...]:
     """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``.
 
     ``train CONFIG --work-dir D --device cuda|cpu [--resume auto|PATH] [--seed N] [--amp]
-    [--deterministic] [--cfg-options USER... SCALING...]`` or ``test CONFIG CHECKPOINT --work-dir D
+    [--deterministic] [--load-from PATH] [--no-validate] [--cfg-options USER...]`` or ``test CONFIG CHECKPOINT --work-dir D
     --out D/results.json --device cuda|cpu [--eval M...] [--cfg-options ...]``. The device is
     always explicit: ``cuda`` (the rank's leased GPU) for a GPU job, else ``cpu`` (a CPU job never
     lands on a GPU no lease covers; a GPU job without usable CUDA fails with one line). ``device``
@@ -24,7 +24,7 @@ def worker_args(spec: JobSpec, device: str | None = None) -> tuple[str, ...]:
     takes every following word.
     """
     device = device or ("cuda" if spec.resources.gpus else "cpu")
-    overrides = list(spec.overrides) + (list(spec.scaling.overrides) if spec.scaling else [])
+    overrides = list(spec.overrides)  # never pre-scaled: the worker applies auto_scale_lr at its own world size
     if spec.mode is Mode.TEST:
         args = ["test", spec.config, str(spec.checkpoint), "--work-dir", spec.work_dir,
                 "--out", os.path.join(spec.work_dir, "results.json"), "--device", device]
@@ -40,6 +40,10 @@ def worker_args(spec: JobSpec, device: str | None = None) -> tuple[str, ...]:
             args.append("--amp")
         if spec.deterministic:
             args.append("--deterministic")
+        if spec.load_from:
+            args += ["--load-from", spec.load_from]
+        if not spec.validate:
+            args.append("--no-validate")
     if overrides:
         args += ["--cfg-options", *overrides]
     return tuple(args)

@@ -49,7 +49,7 @@ def test_via_balloon_converts_trains_and_tests(tmp_path: Path) -> None:
              for k, f in (("ann_file", "coco.json"), ("img_prefix", ""))]
     work = tmp_path / "work"
     detcore("train", str(cfg), "--work-dir", str(work), "--cfg-options", *paths, "runner.max_iters=6",
-            "evaluation.interval=6", "checkpoint_config.interval=6", "data.samples_per_gpu=2",
+            "evaluation.interval=6", "checkpoint_config.interval=6", "data.samples_per_gpu=2", "auto_scale_lr.enable=false",
             "data.workers_per_gpu=0", "lr_config.warmup_iters=2")
     val = final_val(work)
     assert val["iter"] == 6 and "segm_AP" in val and "bbox_AP_balloon" in val

@@ -11,7 +11,7 @@ from pathlib import Path
 from detcore.contract import HEARTBEAT_DIR_ENV, read_heartbeat
 from tests.integration.helpers import ROOT, SHAPES, env
 
-TINY = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "data.train.num_train=40", "data.train.num_val=4"]
+TINY = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "data.train.num_train=40", "data.train.num_val=4"]
 
 
 def test_heartbeat_dir_env_gives_heartbeats_and_sigusr1_prints_stacks(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ dist.destroy_process_group()
 """
 
 TRAIN_ARGS = ["--no-validate", "--cfg-options", "runner.max_iters=3", "checkpoint_config.interval=3",
-              "data.samples_per_gpu=1", "data.workers_per_gpu=0", "data.train.num_train=8", "log_config.interval=1"]
+              "data.samples_per_gpu=1", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "data.train.num_train=8", "log_config.interval=1"]
 
 
 def test_train_on_two_gloo_ranks_ends_its_process_group(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from detcore.config import load_config
 from detcore.engine.trainer import Trainer
 from tests.integration.helpers import SHAPES
 
-TINY = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1",
+TINY = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "log_config.interval=1",
         "data.train.num_train=40", "data.train.num_val=4"]
 
 

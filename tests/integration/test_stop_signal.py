@@ -14,7 +14,7 @@ from tests.integration.helpers import ROOT, SHAPES, detcore, env, train_losses
 
 def opts(max_iters: int) -> list[str]:
     return ["--no-validate", "--cfg-options", f"runner.max_iters={max_iters}", "checkpoint_config.interval=1000",
-            "log_config.interval=1", "data.samples_per_gpu=2", "data.workers_per_gpu=0"]
+            "log_config.interval=1", "data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0"]
 
 
 def test_usr2_checkpoints_and_stops_then_resume_finishes(tmp_path) -> None:

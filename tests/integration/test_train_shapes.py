@@ -81,7 +81,7 @@ def test_finetune_from_checkpoint_with_other_classes(trained: Path, tmp_path: Pa
 
 
 RESUME_OPTS = ["--deterministic", "--no-validate", "--cfg-options", "runner.max_iters=12", "checkpoint_config.interval=6",
-               "checkpoint_config.max_keep=5", "log_config.interval=1", "data.samples_per_gpu=2",
+               "checkpoint_config.max_keep=5", "log_config.interval=1", "data.samples_per_gpu=2", "auto_scale_lr.enable=false",
                "data.workers_per_gpu=1", "lr_config.warmup_iters=4"]
 
 

@@ -360,7 +360,7 @@ def test_amp_on_the_cpu_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFi
 
     root = Path(__file__).resolve().parents[3]
     cfg = load_config(root / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
-                      ["runner.max_iters=1", "data.workers_per_gpu=0", "data.samples_per_gpu=2"])
+                      ["runner.max_iters=1", "data.workers_per_gpu=0", "data.samples_per_gpu=2", "auto_scale_lr.enable=false"])
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(cfg, tmp_path, validate=False, amp=True, device="cpu")
     assert not trainer.amp and not trainer.scaler.is_enabled()

@@ -8,7 +8,7 @@ import pytest
 
 from detcore.config import load_config
 from detcore.contract import read_heartbeat
-import detcore.evaluation
+import detcore.evaluation.coco_eval
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.hooks import HookBase
 from detcore.engine.trainer import Trainer
@@ -16,7 +16,7 @@ from detcore.engine.trainer import Trainer
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
 SPLITS = ("train", "val", "test")
-TINY = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1",
+TINY = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "log_config.interval=1",
         *(f"data.{s}.num_train=40" for s in SPLITS), *(f"data.{s}.num_val=4" for s in SPLITS)]
 
 
@@ -50,7 +50,7 @@ def test_heartbeat_advances_every_iteration_and_during_coco_eval(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     hb = tmp_path / "hb"
     monkeypatch.setattr(Heartbeat, "min_interval", 0.0)  # see every iteration (the real limit is 0.5 s)
-    real_eval = detcore.evaluation.evaluate_coco
+    real_eval = detcore.evaluation.coco_eval.evaluate_coco
     refreshed = []
 
     def slow_coco_eval(*args, **kwargs):
@@ -62,7 +62,7 @@ def test_heartbeat_advances_every_iteration_and_during_coco_eval(tmp_path: Path,
         refreshed.append(read_heartbeat(hb, 0) != before)
         return real_eval(*args, **kwargs)
 
-    monkeypatch.setattr(detcore.evaluation, "evaluate_coco", slow_coco_eval)
+    monkeypatch.setattr(detcore.evaluation.coco_eval, "evaluate_coco", slow_coco_eval)
     cfg = load_config(SHAPES, ["runner.max_iters=4", "checkpoint_config.interval=4", "evaluation.interval=4",
                                "checkpoint_config.save_best=null", *TINY])
     trainer = Trainer(cfg, tmp_path / "work", validate=True, heartbeat_dir=hb)

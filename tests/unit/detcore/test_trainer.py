@@ -1,6 +1,8 @@
 """Trainer pieces on a tiny CPU job: one-step training with a user module, LR schedules, failure modes."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from detcore.tools.cli import main as detcore_main
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
-FAST = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "log_config.interval=1"]
+FAST = ["data.samples_per_gpu=2", "auto_scale_lr.enable=false", "data.workers_per_gpu=0", "log_config.interval=1"]
 
 
 def test_custom_imports_example_trains_one_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,3 +75,17 @@ def test_num_classes_must_match_dataset(tmp_path: Path) -> None:
     cfg = load_config(SHAPES, ["model.num_classes=5", *FAST])
     with pytest.raises(Exception, match=r"model.num_classes is 5 but the dataset has 3 classes"):
         Trainer(cfg, tmp_path, validate=False)
+
+
+def test_training_evaluates_voc_map_and_keeps_its_work_dir(tmp_path: Path) -> None:
+    """``evaluation.metric: [bbox, mAP]`` evaluates both during training (it used to fail at the end and delete
+    the work dir)."""
+    code = detcore_main(["train", str(SHAPES), "--work-dir", str(tmp_path), "--cfg-options", "runner.max_iters=2",
+                         "evaluation.metric=[bbox, mAP]", "+evaluation.voc_method=11points",
+                         "checkpoint_config.save_best=mAP", "data.train.num_train=8", "data.train.num_val=4",
+                         "data.val.num_train=8", "data.val.num_val=4",
+                         "evaluation.interval=2", *FAST])
+    assert code == 0
+    val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert 0.0 <= val["mAP"] <= 1.0 and "bbox_AP" in val and any(k.startswith("mAP_AP_") for k in val)
+    assert (tmp_path / "iter_2.pth").is_file() and (tmp_path / "best_mAP.pth").is_file()

@@ -153,3 +153,28 @@ def test_evaluate_from_coco_errors(tmp_path):
     res_path.write_text(json.dumps({"not": "a list"}))
     with pytest.raises(DataError, match="expected a COCO results list"):
         evaluate_voc_from_coco(gt_path, res_path, progress=False)
+
+
+def test_detcore_eval_metric_map_both_methods_ignores_difficult(tmp_path, capsys):
+    """``detcore eval --metric mAP`` over COCO files: TP, FP, TP as in the hand-computed case above; a missed
+    difficult box costs nothing."""
+    from detcore.tools.cli import main
+
+    box = lambda x: [x, 0, 10, 10]  # noqa: E731  (COCO x, y, w, h)
+    gt = {"images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+          "categories": [{"id": 1, "name": "cat"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box(x), "area": 100, "iscrowd": 0,
+                           "difficult": int(x == 80)} for i, x in enumerate((0, 40, 80))]}
+    results = [{"image_id": 1, "category_id": 1, "bbox": box(x), "score": s} for x, s in ((0, .9), (20, .8), (40, .7))]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(results))
+    argv = ["eval", "--ann", str(tmp_path / "gt.json"), "--results", str(tmp_path / "dt.json"), "--metric", "mAP"]
+    got = {}
+    for method in ("area", "11points"):
+        assert main([*argv, "--voc-method", method, "--json"]) == 0
+        got[method] = json.loads(capsys.readouterr().out)["mAP"]["mAP"]
+    assert got["area"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert got["11points"] == pytest.approx((6 * 1 + 5 * 2 / 3) / 11)
+    assert main([*argv, "bbox", "--classwise"]) == 0
+    out = capsys.readouterr().out
+    assert "VOC mAP@0.5 (area): 0.8333" in out and "bbox" in out

@@ -9,7 +9,7 @@ import pytest
 from launcher.runtime.command import worker_args
 from launcher.backends.local import LocalBackend, Options
 from launcher.errors import LauncherError
-from launcher.jobs import SubmitRequest, build_spec
+from launcher.jobs import SubmitRequest, build_spec, request_from_spec
 from launcher.spec import Resources
 from launcher.worker import restart_argv
 
@@ -33,11 +33,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
         "--log-dir", f"{work}/runs/{spec.run_id}/torchelastic",
         "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
         "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--device", "cpu", "--resume", "auto",
-        "--cfg-options",
-        "runner.max_iters=8", "optimizer.lr=0.04", "runner.max_iters=4", "lr_config.step=[120, 140]",
-        "checkpoint_config.interval=50", "evaluation.interval=150", "lr_config.warmup_iters=25",
-        "+_scaling={world_size: 2, samples_per_gpu: 4, total_batch: 8, base_batch_size: 4, base_lr: 0.02, lr: 0.04, "
-        "scale_schedule: true}"),)
+        "--cfg-options", "runner.max_iters=8"),)  # never pre-scaled: the worker applies auto_scale_lr itself
     env = dict(dry.env)
     assert env["OMP_NUM_THREADS"] == "1" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"  # 1 leased core each
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
@@ -102,3 +98,16 @@ def test_shim_resumes_on_restart_only():
     assert restart_argv(fresh, 2) == fresh + ["--resume", "auto"]
     test = ["test", "c.yaml", "m.pth", "--work-dir", "w"]
     assert restart_argv(test, 1) == test
+
+
+def test_load_from_and_no_validate_reach_the_worker_like_detcore_train(tmp_path):
+    (tmp_path / "iter_4.pth").write_bytes(b"x")
+    (tmp_path / "latest.pth").symlink_to("iter_4.pth")
+    latest = str(tmp_path / "latest.pth")
+    spec = spec_for(load_from=latest, validate=False, overrides=("runner.max_iters=8",))
+    args = worker_args(spec)
+    assert args[args.index("--load-from") + 1] == latest and "--no-validate" in args
+    assert args.index("--no-validate") < args.index("--cfg-options")
+    assert "--no-validate" not in worker_args(spec_for()) and "--load-from" not in worker_args(spec_for())
+    again = request_from_spec(spec)  # a resume keeps them
+    assert (again.load_from, again.validate) == (latest, False)

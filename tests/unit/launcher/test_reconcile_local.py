@@ -41,3 +41,27 @@ def test_dead_supervisor_is_failed_and_finished_one_is_read_from_its_file(tmp_pa
     # terminal rows are not touched again, whatever the backend says later
     (tmp_path / "home" / "jobs" / "000000ff" / "status.json").write_text(json.dumps({"state": "failed"}))
     assert {e.id: e for e in refresh(store, store.list())}["000000ff"].state is JobState.SUCCEEDED
+
+
+def test_the_workers_scaling_fact_replaces_the_launchers_prediction_in_the_row(tmp_path):
+    """The row's lr/total_batch/scaling come from what the worker applied, not from what the launcher predicted."""
+    from detcore.contract import append_event, run_dir
+    from detcore.engine.scaling import scale_for_world
+
+    store = ExperimentStore(tmp_path / "home")
+    me, my_start = current_process()
+    cfg = {"optimizer": {"lr": 0.02}, "runner": {"type": "IterBasedRunner", "max_iters": 8},
+           "auto_scale_lr": {"enable": True, "base_batch_size": 4}}
+    spec = JobSpec(id="0000cafe", name="x", config="/c.yaml", work_dir=str(tmp_path / "w"), cwd="/",
+                   scaling=scale_for_world(cfg, 1, 2), run_id="r1")
+    store.insert(experiment_from_spec(spec, JobState.RUNNING))
+    store.set_backend_job(spec.id, str(me), {"supervisor_start": str(my_start)})
+    (tmp_path / "home" / "jobs" / spec.id).mkdir(parents=True)
+    write_json_atomic(tmp_path / "home" / "jobs" / spec.id / "status.json", {"state": "running"})
+    assert store.get(spec.id).lr == 0.01  # the prediction, until the worker says
+    applied = scale_for_world(cfg, 4, 2).to_dict()
+    append_event(run_dir(spec.work_dir, "r1"), {"event": "start", "rank": 0, "attempt": 0, "pid": me})
+    append_event(run_dir(spec.work_dir, "r1"), {"event": "scaling", "rank": 0, "scaling": applied})
+    row = refresh(store, [store.get(spec.id)])[0]
+    assert (row.lr, row.total_batch) == (0.04, 8)
+    assert row.to_json()["scaling"]["base_lr"] == 0.02 and row.to_json()["scaling"]["world_size"] == 4

@@ -1,13 +1,14 @@
-"""The linear scaling rule as a table: config + world size -> LR and schedule overrides."""
+"""The linear scaling rule as a table: config + world size -> LR and schedule changes; applied once, from the
+original values, whatever config (configured or already scaled) it is given."""
 from __future__ import annotations
 
 import copy
 
 import pytest
 
-from detcore.config import apply_overrides, parse_override
+from detcore.config import parse_override
 from detcore.errors import ConfigError
-from launcher.scaling import ScaledSchedule, format_value, scale_for_world
+from detcore.engine.scaling import ScaledSchedule, apply_schedule, format_value, original_config, scale_config, scale_for_world
 
 ITER = {
     "optimizer": {"lr": 0.02},
@@ -53,21 +54,19 @@ def test_scaling_table(label, config, world, per_gpu, lr, changes):
     before = copy.deepcopy(config)
     s = scale_for_world(config, world, per_gpu)
     assert s.total_batch == world * per_gpu
-    assert s.lr == (pytest.approx(lr) if lr is not None else None)
+    assert s.enabled is (lr is not None) and s.base_lr == 0.02
+    assert s.lr == pytest.approx(lr if lr is not None else 0.02)  # off: the configured LR is the one trained at
     got = {c.key: c.new for c in s.changes if c.key != "optimizer.lr"}
     assert got == changes
-    if lr is None:
-        assert s.overrides == ()
-    else:
-        # the overrides, applied the way the worker applies them, give the scaled config
-        out = apply_overrides(config, s.overrides)
-        assert out["optimizer"]["lr"] == pytest.approx(lr)
-        assert out["_scaling"]["total_batch"] == world * per_gpu and out["_scaling"]["lr"] == pytest.approx(lr)
-        for key, value in changes.items():
-            node = out
-            for part in key.split("."):
-                node = node[part]
-            assert (tuple(node) if isinstance(node, list) else node) == value
+    # applied the way the worker applies it: the scaled config, with the decision recorded
+    out = apply_schedule(config, s)
+    assert out["optimizer"]["lr"] == pytest.approx(s.lr)
+    assert out["_scaling"]["total_batch"] == world * per_gpu and out["_scaling"]["lr"] == pytest.approx(s.lr)
+    for key, value in changes.items():
+        node = out
+        for part in key.split("."):
+            node = node[part]
+        assert (tuple(node) if isinstance(node, list) else node) == value
     assert config == before  # never mutated
 
 
@@ -102,3 +101,28 @@ def test_schedule_round_trips_as_dict():
     s = scale_for_world(cfg(ITER, enable=True, base_batch_size=4, scale_schedule=True), 2, 4)
     assert ScaledSchedule.from_dict(s.to_dict()) == s
     assert "lr 0.02 -> 0.04" in s.describe() and "runner.max_iters 300 -> 150" in s.describe()
+
+
+SHAPES_LIKE = {**ITER, "data": {"samples_per_gpu": 2},
+               "auto_scale_lr": {"enable": True, "base_batch_size": 4, "scale_schedule": True}}
+
+
+@pytest.mark.parametrize("first,second", [(1, 2), (2, 1), (4, 4), (1, 8)])
+def test_scaling_an_already_scaled_config_starts_from_the_original_values(first, second):
+    """A resume at another world size (or a config.yaml saved by a run) is scaled exactly once."""
+    before = copy.deepcopy(SHAPES_LIKE)
+    once, s1 = scale_config(SHAPES_LIKE, first)
+    twice, s2 = scale_config(once, second)
+    direct, s3 = scale_config(SHAPES_LIKE, second)
+    assert twice == direct and s2 == s3
+    assert s2.base_lr == 0.02 and s2.lr == pytest.approx(0.02 * second * 2 / 4)
+    assert twice["runner"]["max_iters"] == round(300 * 4 / (second * 2))
+    assert original_config(twice) == SHAPES_LIKE
+    assert SHAPES_LIKE == before
+
+
+def test_an_override_of_a_scaled_key_wins_over_the_recorded_original():
+    scaled, _ = scale_config(SHAPES_LIKE, 2)  # total 4 = base: lr stays 0.02; at world 4 it would double
+    scaled = {**scaled, "optimizer": {"lr": 0.05}}  # the user changed the LR of a saved config
+    again, s = scale_config(scaled, 4)
+    assert s.base_lr == 0.05 and again["optimizer"]["lr"] == pytest.approx(0.1)

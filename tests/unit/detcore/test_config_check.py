@@ -1,0 +1,83 @@
+"""What a run would refuse is refused before it starts: one line per problem, nothing created."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detcore.config import load_config
+from detcore.config_check import ConfigProblems, check_config, config_problems
+from detcore.tools.cli import main as detcore_main
+
+ROOT = Path(__file__).resolve().parents[3]
+SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
+MASK = ROOT / "configs/shapes/mask_rcnn_tiny_shapes.yaml"
+
+
+def problems(config: Path, *overrides: str, **kwargs) -> list[str]:
+    return config_problems(load_config(config, overrides, import_custom=False), **kwargs)
+
+
+def test_the_shipped_configs_have_no_problem():
+    assert problems(SHAPES) == [] and problems(MASK) == []
+    assert problems(SHAPES, "evaluation.metric=[bbox, mAP]") == []
+    assert problems(MASK, test=True, eval_metrics=["segm", "mAP"]) == []
+
+
+@pytest.mark.parametrize("overrides,kwargs,words", [
+    (["evaluation.metric=[segm]"], {}, ["evaluation.metric", "segm needs a detector that predicts masks",
+                                       "FasterRCNN"]),
+    (["evaluation.metric=[AP50]"], {}, ["unknown metric 'AP50'", "bbox, segm, mAP"]),
+    (["model.backbone.type=ResNet51"], {}, ["model.backbone.type", "did you mean 'ResNet'"]),
+    (["data.train.pipeline.0.type=RandomFlipp"], {}, ["data.train.pipeline.0.type", "RandomFlip"]),
+    (["+load_from=gone.pth"], {}, ["load_from: checkpoint gone.pth does not exist", "latest.pth"]),
+    ([], {"load_from": "gone.pth"}, ["--load-from: checkpoint gone.pth does not exist"]),
+    (["+custom_imports=[no_such_module_x]"], {}, ["cannot import 'no_such_module_x'"]),
+    (["data.test.with_mask=false"], {"test": True, "eval_metrics": ["segm"]}, ["--eval", "with_mask: true"]),
+])
+def test_each_problem_is_one_line_naming_the_key(overrides, kwargs, words):
+    config = MASK if "data.test.with_mask=false" in overrides else SHAPES
+    found = problems(config, *overrides, **kwargs)
+    assert len(found) == 1, found
+    for word in words:
+        assert word in found[0], found[0]
+
+
+def test_segm_is_not_checked_when_training_does_not_validate():
+    assert problems(SHAPES, "evaluation.metric=[segm]", validate=False) == []
+
+
+def test_all_problems_at_once_each_on_its_own_line():
+    cfg = load_config(SHAPES, ["evaluation.metric=[segm]", "+load_from=gone.pth"], import_custom=False)
+    with pytest.raises(ConfigProblems) as exc:
+        check_config(cfg)
+    assert len(exc.value.problems) == 2 and all(str(SHAPES) in p for p in exc.value.problems)
+
+
+def test_train_with_a_metric_the_dataset_cannot_produce_fails_before_the_work_dir(tmp_path, capsys):
+    code = detcore_main(["train", str(SHAPES), "--work-dir", str(tmp_path / "work"), "--cfg-options",
+                         "evaluation.metric=[segm, mAP]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "segm needs a detector that predicts masks" in err[0], err
+    assert not (tmp_path / "work").exists()
+
+
+def test_config_show_refuses_an_unknown_metric(capsys):
+    assert detcore_main(["config", "show", str(SHAPES), "--cfg-options", "evaluation.metric=[mAP50]"]) == 2
+    assert "unknown metric 'mAP50'" in capsys.readouterr().err
+
+
+def test_launcher_submit_checks_with_detcore_before_anything_starts(tmp_path, monkeypatch, capsys):
+    from launcher.cli import main as launcher_main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAUNCHER_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for extra, word in ((["--cfg-options", "evaluation.metric=[segm]"], "segm needs"),
+                        (["--load-from", "gone.pth"], "--load-from 'gone.pth': no such checkpoint"),
+                        (["--backend", "slurm", "--cfg-options", "data.train.type=CocoDataset",
+                          "+data.train.ann_file=gone.json"], "checked on this node")):
+        code = launcher_main(["submit", str(SHAPES), *extra])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and word in lines[0], lines
+        assert not (tmp_path / "work_dirs").exists() and not (home / "jobs").exists()
