@@ -98,6 +98,7 @@ class EvalHook(HookBase):
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images
         self.backend = backend
+        self.voc_method = voc_method
         self.last_seconds: float | None = None
         self._done_at: int | None = None
 
@@ -114,7 +115,6 @@ class EvalHook(HookBase):
         if step <= 0:
             return now + 1
         return now + t.max_iters // step - t.iter // step + (1 if t.max_iters % step else 0)
-        self.voc_method = voc_method
 
     def after_step(self) -> None:
         t = self.trainer
