@@ -73,11 +73,13 @@ def test_launcher_submit_checks_with_detcore_before_anything_starts(tmp_path, mo
     home = tmp_path / "home"
     monkeypatch.setenv("LAUNCHER_HOME", str(home))
     monkeypatch.chdir(tmp_path)
-    for extra, word in ((["--cfg-options", "evaluation.metric=[segm]"], "segm needs"),
-                        (["--load-from", "gone.pth"], "--load-from 'gone.pth': no such checkpoint"),
-                        (["--backend", "slurm", "--cfg-options", "data.train.type=CocoDataset",
-                          "+data.train.ann_file=gone.json"], "checked on this node")):
-        code = launcher_main(["submit", str(SHAPES), *extra])
+    coco = tmp_path / "coco_train.yaml"  # a COCO train split whose annotation file is missing
+    coco.write_text(f"_base_: {SHAPES}\ndata:\n  train: {{_delete_: true, type: CocoDataset, ann_file: gone.json, "
+                    f"img_prefix: imgs/}}\n")
+    for config, extra, word in ((SHAPES, ["--cfg-options", "evaluation.metric=[segm]"], "segm needs"),
+                                (SHAPES, ["--load-from", "gone.pth"], "--load-from 'gone.pth': no such checkpoint"),
+                                (coco, ["--backend", "slurm"], "checked on this node")):
+        code = launcher_main(["submit", str(config), *extra])
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and word in lines[0], lines
         assert not (tmp_path / "work_dirs").exists() and not (home / "jobs").exists()
