@@ -13,6 +13,10 @@ RETINANET = ROOT / "tests/data/mmdet_configs/retinanet/retinanet_r50_fpn_1x_coco
 
 def test_submit_dry_run_of_an_mmdetection_config(tmp_path: Path) -> None:
     env = {**os.environ, "LAUNCHER_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    annotations = tmp_path / "data/coco/annotations"  # submit checks the config's data paths before anything starts
+    annotations.mkdir(parents=True)
+    for split in ("train", "val"):
+        (annotations / f"instances_{split}2017.json").write_text('{"images": [], "annotations": [], "categories": []}')
     proc = subprocess.run([sys.executable, "-m", "launcher", "submit", str(RETINANET), "--dry-run", "--json"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
