@@ -56,6 +56,25 @@ def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple
             yield f"custom_hooks.{i}.type", R.HOOKS, hook["type"]
 
 
+def _hook_key_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
+    """Keys of ``log_config``/``evaluation``/``checkpoint_config`` that their hook does not take (the
+    trainer passes each section to its hook as keyword arguments)."""
+    import inspect
+
+    from detcore.engine import hooks as H
+
+    for section, hook in (("log_config", H.LoggerHook), ("evaluation", H.EvalHook),
+                          ("checkpoint_config", H.CheckpointHook)):
+        values = cfg.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        accepted = [name for name in inspect.signature(hook.__init__).parameters if name != "self"]
+        unknown = [str(k) for k in values if k not in accepted]
+        if unknown:
+            yield (f"{section}: unknown key(s) {', '.join(unknown)}; {section} takes {', '.join(accepted)} "
+                   f"(remove the key, or add a hook under custom_hooks)")
+
+
 def _register_builtin_types() -> None:
     import detcore.engine.hooks  # noqa: F401
     import detcore.engine.optim  # noqa: F401
@@ -116,6 +135,8 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
             problems.append(f"{key}: {exc}")
         except TypeError:  # an unhashable name (a list, a mapping)
             problems.append(f"{key}: expected a type name, got {name!r:.100}")
+    if registries:
+        problems += _hook_key_problems(cfg)
     checkpoints = [("--load-from", load_from)] if load_from else [("load_from", cfg.get("load_from"))]
     if not test:
         checkpoints.append(("resume_from", cfg.get("resume_from")))

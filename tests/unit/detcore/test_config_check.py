@@ -83,3 +83,14 @@ def test_launcher_submit_checks_with_detcore_before_anything_starts(tmp_path, mo
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and word in lines[0], lines
         assert not (tmp_path / "work_dirs").exists() and not (home / "jobs").exists()
+
+
+def test_a_hook_section_key_no_hook_takes_is_one_line_before_the_work_dir(tmp_path, capsys):
+    work = tmp_path / "work"
+    code = detcore_main(["train", str(SHAPES), "--work-dir", str(work), "--cfg-options",
+                         "+checkpoint_config.max_keep_ckpt=2", "+evaluation.rule=greater"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 2, err
+    assert "evaluation: unknown key(s) rule; evaluation takes interval, metric" in err[0]
+    assert "checkpoint_config: unknown key(s) max_keep_ckpt; checkpoint_config takes interval, max_keep" in err[1]
+    assert not work.exists()
