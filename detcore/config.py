@@ -276,12 +276,16 @@ def import_custom_modules(cfg: Mapping[str, Any]) -> list[str]:
     return imported
 
 
-def _lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+def lookup(cfg: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
+    """``(True, value)`` at the dotted key (a digit part indexes a list), or ``(False, None)``."""
     node: Any = cfg
     for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
             return False, None
-        node = node[part]
     return True, node
 
 
@@ -290,7 +294,7 @@ def _where(cfg: Mapping[str, Any]) -> str:
 
 
 def _check_positive_int(cfg: Mapping[str, Any], dotted: str, *, allow_zero: bool = False) -> None:
-    found, node = _lookup(cfg, dotted)
+    found, node = lookup(cfg, dotted)
     if not found:
         return
     ok = isinstance(node, int) and not isinstance(node, bool) and (node >= 0 if allow_zero else node > 0)
@@ -301,7 +305,7 @@ def _check_positive_int(cfg: Mapping[str, Any], dotted: str, *, allow_zero: bool
 
 def _check_number(cfg: Mapping[str, Any], dotted: str, *, positive: bool = False, at_most: float | None = None) -> None:
     """A finite real number, >= 0 (> 0 when ``positive``) and <= ``at_most`` when given."""
-    found, node = _lookup(cfg, dotted)
+    found, node = lookup(cfg, dotted)
     if not found or (node is None and not positive):
         return
     ok = (isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
@@ -335,7 +339,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key in ("optimizer.momentum", "lr_config.warmup_ratio"):
         _check_number(cfg, key, at_most=1.0)
     _check_number(cfg, "optimizer_config.grad_clip.max_norm", positive=True)
-    found, betas = _lookup(cfg, "optimizer.betas")
+    found, betas = lookup(cfg, "optimizer.betas")
     if found and not (isinstance(betas, list) and len(betas) == 2 and all(
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
         raise ConfigError(f"{_where(cfg)}: optimizer.betas must be two numbers in [0, 1), got {betas!r:.100}")

@@ -9,19 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-_MISSING = object()
-
-
-def _lookup(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return _MISSING
-    return node
+from detcore.config import lookup
 
 
 def hparams_from_options(cfg: Mapping[str, Any], cfg_options: Sequence[str]) -> dict[str, bool | int | float | str]:
@@ -37,8 +25,8 @@ def hparams_from_options(cfg: Mapping[str, Any], cfg_options: Sequence[str]) -> 
         key = key.strip().lstrip("+")
         if not sep or not key:
             continue
-        value = _lookup(cfg, key)
-        value = raw if value is _MISSING else value
+        found, value = lookup(cfg, key)
+        value = value if found else raw
         out[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value, sort_keys=True)
     return out
 

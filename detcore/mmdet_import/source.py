@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from detcore.errors import ConfigError
+from detcore.config import lookup
 
 _MISSING = object()
 
@@ -22,15 +23,8 @@ class Source:
         self.notes: list[tuple[str, Any, str]] = []
 
     def lookup(self, path: str) -> Any:
-        node: Any = self.cfg
-        for part in path.split("."):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                return _MISSING
-        return node
+        found, value = lookup(self.cfg, path)
+        return value if found else _MISSING
 
     def has(self, path: str) -> bool:
         return self.lookup(path) is not _MISSING
