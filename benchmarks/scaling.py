@@ -56,7 +56,7 @@ def run(ctx: Context) -> Result:
 
     batch = int(load_config(jobs.SHAPES_CONFIG)["data"]["samples_per_gpu"])
     warmup, iters, interval = ctx.pick((5, 20, 5), (10, 60, 10))
-    repeats = ctx.pick(1, 5)
+    repeats = ctx.shared.get("pairs") or ctx.pick(1, 5)
     timeout = ctx.pick(300, 600)
     one, two, pair = [], [], []
     for r in range(repeats):

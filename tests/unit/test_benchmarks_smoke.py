@@ -102,5 +102,27 @@ def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(NotAvailable, match="--cpu-smoke"):
         gpu_check.run(Context(quick=True, out_dir=tmp_path, tmp=tmp_path))
-    fig = gpu_check.r50_figures("cpu", (64, 96), warmup=0, iters=1, amp=True)
-    assert fig["train_img_s"] > 0 and fig["infer_img_s"] > 0 and math.isfinite(fig["loss"])
+    assert "Faster and Mask R-CNN, detcore vs plain torchvision loop, fp32 and AMP" in out
+
+
+def test_gpu_train_sides_build_the_same_model_and_step_on_the_cpu() -> None:
+    """The GPU benchmark compares like with like (same trainable parameters on both sides) and
+    its Mask R-CNN case runs end to end on the CPU path (no CUDA call there), with a table row
+    carrying the published reference."""
+    import math
+
+    from benchmarks import gpu_train
+
+    assert gpu_train.same_parameters("mask")  # Faster R-CNN is its box part
+    rows, figures = gpu_train.run_all("cpu", (64, 96), warmup=0, iters=1, budget_s=600,
+                                      only=[gpu_train.Case("mask", "detcore", True), gpu_train.Case("mask", "plain", True)])
+    assert [f["side"] for f in figures] == ["detcore", "plain"]
+    assert all(f["img_s"] > 0 and f["infer_img_s"] > 0 and math.isfinite(f["loss"]) for f in figures)
+    assert rows[0].ratio is not None and rows[0].met and rows[1].ratio is None
+    assert "0.21 s/iter" in gpu_train.table(figures) and "published" in rows[0].note
+
+
+def test_pairs_option_is_checked() -> None:
+    assert parse_args(["--only", "train_throughput", "--pairs", "8", "--case", "mobilenet"]).pairs == 8
+    with pytest.raises(SystemExit):
+        parse_args(["--pairs", "0"])
