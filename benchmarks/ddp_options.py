@@ -2,8 +2,9 @@
 
 Each round runs, in an order that alternates between rounds, the 1-worker job and the 2-worker
 job once per variant of ``dist_params`` (torch's defaults; ``gradient_as_bucket_view``;
-``static_graph``; a small and a large ``bucket_cap_mb``); each variant's figure is the median
-over rounds of its images/s divided by the same round's 1-worker images/s:
+``static_graph``; a small and a large ``bucket_cap_mb``) and the machine's ceiling (two
+independent 1-worker jobs at once, as in ``scaling``); each figure is the median over rounds of
+its images/s divided by the same round's 1-worker images/s:
 
     python -m benchmarks.ddp_options [--rounds 3] [--out benchmarks/results/ddp_options.json]
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from benchmarks import jobs
 from benchmarks.harness import Context, log
-from benchmarks.scaling import one_run
+from benchmarks.scaling import independent_pair, one_run
 
 VARIANTS: dict[str, list[str]] = {
     "defaults (bucket 25 MB, no bucket view, dynamic graph)": [],
@@ -43,19 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     batch = int(load_config(jobs.SHAPES_CONFIG)["data"]["samples_per_gpu"])
     ctx = Context(quick=False, out_dir=Path(args.out).parent, tmp=Path(tempfile.mkdtemp(prefix="ddp-options-")))
-    names = ["1 worker", *VARIANTS]
+    ceiling = "ceiling: 2 independent 1-worker jobs"
+    names = ["1 worker", *VARIANTS, ceiling]
     samples: dict[str, list[float]] = {n: [] for n in names}
     load_start = os.getloadavg()
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             log(f"ddp_options: {name}, round {r + 1}/{args.rounds}")
+            if name == ceiling:
+                samples[name].append(independent_pair(ctx, batch, args.warmup, args.iters, 10, 600))
+                continue
             nproc, extra = (1, []) if name == "1 worker" else (2, VARIANTS[name])
             samples[name].append(one_run(ctx, nproc, batch, args.warmup, args.iters, 10, 600, extra))
-    ratios = {n: [s / one for s, one in zip(samples[n], samples["1 worker"])] for n in VARIANTS}
+    ratios = {n: [s / one for s, one in zip(samples[n], samples["1 worker"])] for n in names[1:]}
     lines = ["| 2 workers x 1 thread, dist_params | img/s (median) | x 1 worker (median of per-round ratios) | "
              "per-round ratios |", "|---|---|---|---|",
              f"| 1 worker (baseline) | {statistics.median(samples['1 worker']):.2f} | 1 | |"]
-    for n in VARIANTS:
+    for n in names[1:]:
         lines.append(f"| {n} | {statistics.median(samples[n]):.2f} | {statistics.median(ratios[n]):.3f} | "
                      f"{', '.join(f'{x:.2f}' for x in ratios[n])} |")
     table = "\n".join(lines)

@@ -169,9 +169,12 @@ def markdown(result: dict[str, Any], top: int = 25) -> str:
         a, b = d["ops"].get(name, {}), p["ops"].get(name, {})
         lines.append(f"| `{name}` | {a.get('calls', 0)} | {b.get('calls', 0)} | {a.get('self_cpu_ms', 0)} | "
                      f"{b.get('self_cpu_ms', 0)} |")
-    only = sorted((k for k in d["ops"] if k not in p["ops"]), key=lambda k: -d["ops"][k]["self_cpu_ms"])[:15]
-    lines += ["", "operators only on the detcore side: " + (", ".join(f"`{k}` ({d['ops'][k]['calls']})" for k in only)
-                                                          or "none")]
+    differ = [k for k in sorted(set(d["ops"]) | set(p["ops"]))
+              if d["ops"].get(k, {}).get("calls", 0) != p["ops"].get(k, {}).get("calls", 0)]
+    lines += ["", "operators whose calls per step differ (detcore / plain; self CPU ms detcore / plain): "
+              + (", ".join(f"`{k}` {d['ops'].get(k, {}).get('calls', 0)} / {p['ops'].get(k, {}).get('calls', 0)} "
+                           f"({d['ops'].get(k, {}).get('self_cpu_ms', 0)} / {p['ops'].get(k, {}).get('self_cpu_ms', 0)})"
+                           for k in differ) or "none")]
     return "\n".join(lines) + "\n"
 
 
