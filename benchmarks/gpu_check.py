@@ -192,7 +192,7 @@ def step_r50(ctx: Context, gpus: int, smoke: bool, env: dict) -> list[Row]:
     from benchmarks import gpu_train
 
     device, size = ("cpu", (96, 160)) if smoke else ("cuda", (800, 1333))
-    warmup, iters = (1, 2) if smoke else (5, 20)
+    warmup, iters = (0, 1) if smoke else (5, 20)
     rows, figures = gpu_train.run_all(device, size, warmup, iters, budget_s=600 if smoke else 300)
     ctx.shared["gpu_train_figures"] = figures
     print(gpu_train.table(figures), file=sys.stderr, flush=True)

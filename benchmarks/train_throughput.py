@@ -113,7 +113,7 @@ def run(ctx: Context) -> Result:
     threads = os.cpu_count() or 1
     workers = int(load_config(jobs.SHAPES_CONFIG)["data"]["workers_per_gpu"])
     repeats = ctx.shared.get("pairs") or ctx.pick(1, 5)
-    timeout = ctx.pick(300, 900)
+    timeout = ctx.pick(600, 900)  # a loaded machine can take 10x longer than a quiet one
     train = load_config(jobs.SHAPES_CONFIG)["data"]["train"]
     ensure_shapes(num_train=train["num_train"], num_val=train["num_val"], size=train["size"], seed=train["seed"])
 
