@@ -161,20 +161,20 @@ def markdown(result: dict[str, Any], top: int = 25) -> str:
     sd, sp = _summary(d), _summary(p)
     for key in sd:
         lines.append(f"| {key} | {sd[key]} | {sp[key]} |")
-    names = sorted(set(d["ops"]) | set(p["ops"]),
-                   key=lambda k: -max(d["ops"].get(k, {}).get("self_cpu_ms", 0), p["ops"].get(k, {}).get("self_cpu_ms", 0)))
+    def op(side: dict, name: str, key: str) -> float:
+        return side["ops"].get(name, {}).get(key, 0)
+
+    every = sorted(set(d["ops"]) | set(p["ops"]))
+    names = sorted(every, key=lambda k: -max(op(d, k, "self_cpu_ms"), op(p, k, "self_cpu_ms")))
     lines += ["", f"top {top} operators per step (calls, self CPU ms), sorted by the larger self time", "",
               "| operator | detcore calls | plain calls | detcore self ms | plain self ms |", "|---|---|---|---|---|"]
-    for name in names[:top]:
-        a, b = d["ops"].get(name, {}), p["ops"].get(name, {})
-        lines.append(f"| `{name}` | {a.get('calls', 0)} | {b.get('calls', 0)} | {a.get('self_cpu_ms', 0)} | "
-                     f"{b.get('self_cpu_ms', 0)} |")
-    differ = [k for k in sorted(set(d["ops"]) | set(p["ops"]))
-              if d["ops"].get(k, {}).get("calls", 0) != p["ops"].get(k, {}).get("calls", 0)]
+    for k in names[:top]:
+        lines.append(f"| `{k}` | {op(d, k, 'calls')} | {op(p, k, 'calls')} | {op(d, k, 'self_cpu_ms')} | "
+                     f"{op(p, k, 'self_cpu_ms')} |")
+    differ = [k for k in every if op(d, k, "calls") != op(p, k, "calls")]
     lines += ["", "operators whose calls per step differ (detcore / plain; self CPU ms detcore / plain): "
-              + (", ".join(f"`{k}` {d['ops'].get(k, {}).get('calls', 0)} / {p['ops'].get(k, {}).get('calls', 0)} "
-                           f"({d['ops'].get(k, {}).get('self_cpu_ms', 0)} / {p['ops'].get(k, {}).get('self_cpu_ms', 0)})"
-                           for k in differ) or "none")]
+              + (", ".join(f"`{k}` {op(d, k, 'calls')} / {op(p, k, 'calls')} "
+                           f"({op(d, k, 'self_cpu_ms')} / {op(p, k, 'self_cpu_ms')})" for k in differ) or "none")]
     return "\n".join(lines) + "\n"
 
 

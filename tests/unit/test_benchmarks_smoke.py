@@ -85,9 +85,8 @@ def test_rows_of_one_kind_only_get_a_goal_verdict() -> None:
 
 def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU check of issue 19 is import-safe, prints its steps, and its R50-FPN step runs on the CPU."""
-    import math
-
+    """The GPU check of issues 18/19 is import-safe and prints its steps (the R50-FPN step's CPU
+    path is the next test)."""
     import torch
 
     from benchmarks import gpu_check
@@ -114,8 +113,8 @@ def test_gpu_train_sides_build_the_same_model_and_step_on_the_cpu() -> None:
     from benchmarks import gpu_train
 
     assert gpu_train.same_parameters("mask")  # Faster R-CNN is its box part
-    rows, figures = gpu_train.run_all("cpu", (64, 96), warmup=0, iters=1, budget_s=600,
-                                      only=[gpu_train.Case("mask", "detcore", True), gpu_train.Case("mask", "plain", True)])
+    both = [gpu_train.Case("mask", "detcore", True), gpu_train.Case("mask", "plain", True)]
+    rows, figures = gpu_train.run_all("cpu", (64, 96), warmup=0, iters=1, budget_s=600, only=both)
     assert [f["side"] for f in figures] == ["detcore", "plain"]
     assert all(f["img_s"] > 0 and f["infer_img_s"] > 0 and math.isfinite(f["loss"]) for f in figures)
     assert rows[0].ratio is not None and rows[0].met and rows[1].ratio is None
