@@ -112,12 +112,14 @@ DDP_KEYS = {"bucket_cap_mb": (int, float), "gradient_as_bucket_view": bool, "sta
 
 def ddp_options(dist_params: dict | None) -> dict:
     """``DistributedDataParallel`` keyword arguments from ``dist_params`` (``bucket_cap_mb``,
-    ``gradient_as_bucket_view``, ``static_graph``; torch's defaults when unset). Any other key
-    except ``timeout_min`` is a :class:`ConfigError` naming the allowed ones."""
+    ``gradient_as_bucket_view``, ``static_graph``; torch's defaults when unset). ``timeout_min``
+    is the process group's; ``backend`` (MMDetection's ``dist_params``) is ignored: the device
+    picks nccl or gloo. Any other key is a :class:`ConfigError` naming the allowed ones."""
     params = dict(dist_params or {})
-    unknown = sorted(set(params) - set(DDP_KEYS) - {"timeout_min"})
+    unknown = sorted(set(params) - set(DDP_KEYS) - {"timeout_min", "backend"})
     if unknown:
-        raise ConfigError(f"dist_params: unknown option(s) {unknown}; allowed: timeout_min, {', '.join(DDP_KEYS)}")
+        raise ConfigError(f"dist_params: unknown option(s) {unknown}; allowed: timeout_min, backend, "
+                          f"{', '.join(DDP_KEYS)}")
     out = {}
     for key, kind in DDP_KEYS.items():
         if key not in params:

@@ -156,7 +156,7 @@ def test_ddp_options_from_dist_params_reach_ddp(tmp_path: Path) -> None:
     a wrong key or value is one ConfigError naming it."""
     from torch.nn.parallel import DistributedDataParallel
 
-    assert D.ddp_options(None) == {} and D.ddp_options({"timeout_min": 5}) == {}
+    assert D.ddp_options(None) == {} and D.ddp_options({"timeout_min": 5, "backend": "nccl"}) == {}
     opts = D.ddp_options({"timeout_min": 5, "bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True})
     assert opts == {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True}
     for bad, words in (({"bucket_size": 1}, "unknown option(s) ['bucket_size']"),
