@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,6 +34,21 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def _rounds(ctx: Context, args: argparse.Namespace, batch: int, names: list[str],
+            ceiling: str) -> dict[str, list[float]]:
+    """Images/s of every name in every round, the order alternating between rounds."""
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            log(f"ddp_options: {name}, round {r + 1}/{args.rounds}")
+            if name == ceiling:
+                samples[name].append(independent_pair(ctx, batch, args.warmup, args.iters, 10, 600))
+                continue
+            nproc, extra = (1, []) if name == "1 worker" else (2, VARIANTS[name])
+            samples[name].append(one_run(ctx, nproc, batch, args.warmup, args.iters, 10, 600, extra))
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     from detcore.config import load_config
 
@@ -46,16 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(quick=False, out_dir=Path(args.out).parent, tmp=Path(tempfile.mkdtemp(prefix="ddp-options-")))
     ceiling = "ceiling: 2 independent 1-worker jobs"
     names = ["1 worker", *VARIANTS, ceiling]
-    samples: dict[str, list[float]] = {n: [] for n in names}
     load_start = os.getloadavg()
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            log(f"ddp_options: {name}, round {r + 1}/{args.rounds}")
-            if name == ceiling:
-                samples[name].append(independent_pair(ctx, batch, args.warmup, args.iters, 10, 600))
-                continue
-            nproc, extra = (1, []) if name == "1 worker" else (2, VARIANTS[name])
-            samples[name].append(one_run(ctx, nproc, batch, args.warmup, args.iters, 10, 600, extra))
+    try:
+        samples = _rounds(ctx, args, batch, names, ceiling)
+    finally:
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
     ratios = {n: [s / one for s, one in zip(samples[n], samples["1 worker"])] for n in names[1:]}
     lines = ["| 2 workers x 1 thread, dist_params | img/s (median) | x 1 worker (median of per-round ratios) | "
              "per-round ratios |", "|---|---|---|---|",
