@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="startup: start the local Slurm and Ray test clusters when they are down (cluster/*/start.sh); "
                         "a cluster started this way is stopped after its runs")
     p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
+    p.add_argument("--pairs", type=int, metavar="N",
+                   help="interleaved pairs (repeats) for train_throughput and scaling (default: 5, --quick: 1)")
+    p.add_argument("--case", nargs="+", metavar="KEY", choices=["shapes", "mobilenet"],
+                   help="train_throughput: only these cases (shapes, mobilenet)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py) instead, on a GPU "
                                                       "node: under 8 minutes on one")
@@ -66,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             p.error(f"unknown benchmark {name!r}{hint}; choose from {', '.join(BENCHMARKS)}")
+    if args.pairs is not None and args.pairs < 1:
+        p.error(f"--pairs must be at least 1, got {args.pairs}")
     return args
 
 
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(tempfile.mkdtemp(prefix="detlaunch-gpu-smoke-"))
     ctx = Context(quick=args.quick, out_dir=out_dir, tmp=tmp, start_clusters=args.start_clusters)
     ctx.shared["cpu_smoke"] = args.cpu_smoke
+    ctx.shared["pairs"] = args.pairs
+    ctx.shared["cases"] = args.case
     log(f"{'quick' if args.quick else 'full'} run of {', '.join(names)}; work dirs under {tmp}")
     machine = machine_description()
     results: list[tuple[str, list[Row]]] = []

@@ -9,8 +9,10 @@ Steps (each reports its own row; one failing does not stop the others):
    --amp`` on the GPU (the empty scaler state of a CPU checkpoint).
 4. ``leases``: two ``--gpus 1`` jobs submitted at once: distinct GPUs (or, on a 1-GPU node, one
    after the other), both succeed, no lease left.
-5. ``R50-FPN``: Faster R-CNN R50-FPN training (batch 2, 800x1333 generated images) in fp32 and
-   AMP: images/s and peak GPU memory; inference images/s.
+5. ``R50-FPN``: Faster R-CNN and Mask R-CNN R50-FPN training (batch 2, 800x1333 generated
+   images), detcore against a plain torchvision loop in the same run, fp32 and AMP: s/iter,
+   images/s, peak GPU memory, inference images/s, beside the published figures
+   (``benchmarks/gpu_train.py``). About 2-4 minutes of the run on one modern GPU.
 
 ``--cpu-smoke`` runs the same steps on the CPU with tiny settings (the leases on 2 fake GPUs,
 whose jobs train on the CPU), so CI knows the script at least starts; ``--dry-run``
@@ -49,7 +51,8 @@ def describe(gpus: int, smoke: bool) -> list[str]:
             f"--device {'cpu' if smoke else 'cuda'}",
             f"  4. {STEPS[3]}: two launcher submit --gpus 1 --detach at once"
             + (" (LAUNCHER_FAKE_GPUS=2)" if smoke else ""),
-            f"  5. {STEPS[4]}: train fp32 and AMP, batch 2, {'128x213' if smoke else '800x1333'}; inference"]
+            f"  5. {STEPS[4]}: Faster and Mask R-CNN, detcore vs plain torchvision loop, fp32 and AMP, batch 2, "
+            f"{'96x160' if smoke else '800x1333'}; s/iter, img/s, peak memory, inference"]
 
 
 def _fail(name: str, exc: BaseException) -> Row:
@@ -78,7 +81,7 @@ def step_nccl_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     work = ctx.workdir("nccl_job")
     ranks = 2 if (smoke or gpus >= 2) else 1
     res = ["--nproc", "2"] if smoke else ["--gpus", str(ranks)]
-    t0 = time.perf_counter()
+    t0, submitted = time.perf_counter(), time.time()
     proc = _launcher(["submit", str(SHAPES), *res, "--work-dir", str(work / "w"), "--cfg-options",
                       *_shapes_overrides(4 if smoke else 40)], env, 600, work / "launcher.log")
     wall = time.perf_counter() - t0
@@ -91,8 +94,11 @@ def step_nccl_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     want_dev = "cpu" if smoke else "cuda:0"
     if ranks > 1 and f"device={want_dev}" not in text:
         raise RuntimeError(f"rank 0's log does not say device={want_dev}")
+    logged = jobs.log_times(work / "w")
+    startup = f"; submit to iteration {min(logged)} logged: {min(logged.values()) - submitted:.1f} s (start-up)" \
+        if logged else ""
     return Row(f"{STEPS[0]} ({ranks} rank{'s' if ranks > 1 else ''}, {backend or 'single GPU'})", wall, "s",
-               note="submit to finish, start-up included", met=True)
+               note=f"submit to finish, start-up included{startup}", met=True)
 
 
 def _detcore(args: list[str], env: dict, log_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -181,80 +187,15 @@ def jobs_status(home: Path, exp_id: str) -> dict | None:
         return None
 
 
-def r50_figures(device: str, size: tuple[int, int], warmup: int, iters: int, amp: bool) -> dict[str, float]:
-    """Train R50-FPN Faster R-CNN on generated images (batch 2 of ``size``): img/s and peak MiB.
-
-    Random boxes on random images: the figure is the step rate of the detector, not learning.
-    """
-    import torch
-
-    from detcore.config import load_config
-    from detcore.models import build_detector
-
-    cfg = load_config(R50, [f"model.min_size={min(size)}", f"model.max_size={max(size)}"])
-    dev = torch.device(device)
-    model = build_detector(cfg["model"]).to(dev).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.002, momentum=0.9)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and dev.type == "cuda")
-    gen = torch.Generator().manual_seed(0)
-    h, w = size
-
-    def batch():
-        images = [torch.rand(3, h, w, generator=gen).to(dev, non_blocking=True) for _ in range(2)]
-        targets = []
-        for _ in range(2):
-            xy = torch.rand(8, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
-            wh = 16 + torch.rand(8, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3])
-            targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(dev), "labels": torch.randint(1, 81, (8,),
-                                                                                              generator=gen).to(dev)})
-        return images, targets
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = 0.0
-    for i in range(warmup + iters):
-        if i == warmup:
-            sync()
-            t0 = time.perf_counter()
-        images, targets = batch()
-        with torch.autocast(dev.type, enabled=scaler.is_enabled()):
-            loss = sum(model(images, targets).values())
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    sync()
-    train_img_s = 2 * iters / (time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda" else float("nan")
-    model.eval()
-    with torch.no_grad(), torch.autocast(dev.type, enabled=scaler.is_enabled()):
-        images, _ = batch()
-        model(images)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            model(images)
-        sync()
-    infer_img_s = 2 * iters / (time.perf_counter() - t0)
-    return {"train_img_s": train_img_s, "peak_mib": peak, "infer_img_s": infer_img_s, "loss": float(loss.detach())}
-
-
 def step_r50(ctx: Context, gpus: int, smoke: bool, env: dict) -> list[Row]:
-    device, size = ("cpu", (128, 213)) if smoke else ("cuda", (800, 1333))
-    warmup, iters = (1, 2) if smoke else (5, 20)
-    rows = []
-    for amp in (False, True):
-        fig = r50_figures(device, size, warmup, iters, amp)
-        if not math.isfinite(fig["loss"]):
-            raise RuntimeError(f"non-finite loss with amp={amp}")
-        label = "AMP" if amp and device == "cuda" else ("AMP (ignored on CPU)" if amp else "fp32")
-        rows.append(Row(f"{STEPS[4]} train, batch 2, {size[0]}x{size[1]}, {label}", fig["train_img_s"], "img/s",
-                        note=f"peak {fig['peak_mib']:.0f} MiB allocated; inference {fig['infer_img_s']:.1f} img/s",
-                        met=True))
+    """R50-FPN Faster and Mask R-CNN, detcore vs a plain torchvision loop, fp32 and AMP (``gpu_train``)."""
+    from benchmarks import gpu_train
+
+    device, size = ("cpu", (96, 160)) if smoke else ("cuda", (800, 1333))
+    warmup, iters = (0, 1) if smoke else (5, 20)
+    rows, figures = gpu_train.run_all(device, size, warmup, iters, budget_s=600 if smoke else 300)
+    ctx.shared["gpu_train_figures"] = figures
+    print(gpu_train.table(figures), file=sys.stderr, flush=True)
     return rows
 
 
@@ -286,4 +227,4 @@ def run(ctx: Context) -> Result:
         except Exception as exc:  # one failed check must not hide the others
             rows.append(_fail(name, exc))
     return Result(rows, {"gpus": gpus, "cpu_smoke": smoke, "cuda_visible_devices": os.environ.get(
-        "CUDA_VISIBLE_DEVICES")})
+        "CUDA_VISIBLE_DEVICES")}, {"r50_fpn": ctx.shared.get("gpu_train_figures", [])})

@@ -16,6 +16,7 @@ separates it from 2x is the machine (shared caches and memory bandwidth, the OS)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from benchmarks import jobs
 from benchmarks.harness import Context, Goal, Result, compared, log, measured
@@ -24,16 +25,18 @@ TITLE = "scaling: 2 gloo workers x 1 thread vs 1 worker x 1 thread"
 GOAL = Goal("ratio", ">=", 1.7)
 
 
-def _command(work: Path, nproc: int, batch: int, iters: int, interval: int) -> list[str]:
+def _command(work: Path, nproc: int, batch: int, iters: int, interval: int, extra: Sequence[str] = ()) -> list[str]:
     overrides = [f"runner.max_iters={iters}", f"log_config.interval={interval}", jobs.NO_CHECKPOINTS,
                  f"data.samples_per_gpu={batch}", "data.workers_per_gpu=0",
-                 "auto_scale_lr.enable=false"]  # the worker would scale the schedule for the world size
+                 "auto_scale_lr.enable=false", *extra]  # the worker would scale the schedule for the world size
     return jobs.torchrun_command(nproc, jobs.detcore_train_args(jobs.SHAPES_CONFIG, work / "run", overrides))
 
 
-def one_run(ctx: Context, nproc: int, batch: int, warmup: int, iters: int, interval: int, timeout: float) -> float:
+def one_run(ctx: Context, nproc: int, batch: int, warmup: int, iters: int, interval: int, timeout: float,
+            extra: Sequence[str] = ()) -> float:
+    """Images/s of one ``nproc``-worker job; ``extra``: more ``--cfg-options`` (e.g. ``dist_params.*``)."""
     work = ctx.workdir(f"scaling_{nproc}")
-    jobs.run(_command(work, nproc, batch, iters, interval), work / "torchrun.log", jobs.bench_env(threads=1), timeout,
+    jobs.run(_command(work, nproc, batch, iters, interval, extra), work / "torchrun.log", jobs.bench_env(threads=1), timeout,
              f"torchrun --nproc-per-node {nproc}")
     return jobs.detcore_throughput(work / "run", warmup, iters, batch * nproc).wall
 
@@ -57,7 +60,7 @@ def run(ctx: Context) -> Result:
 
     batch = int(load_config(jobs.SHAPES_CONFIG)["data"]["samples_per_gpu"])
     warmup, iters, interval = ctx.pick((5, 20, 5), (10, 60, 10))
-    repeats = ctx.pick(1, 5)
+    repeats = ctx.shared.get("pairs") or ctx.pick(1, 5)
     timeout = ctx.pick(300, 600)
     one, two, pair = [], [], []
     for r in range(repeats):

@@ -45,6 +45,12 @@ class Case:
 
 
 def cases(ctx: Context) -> list[Case]:
+    """The cases to run (``--case`` picks some by key)."""
+    wanted = ctx.shared.get("cases")
+    return [c for c in _all_cases(ctx) if not wanted or c.key in wanted]
+
+
+def _all_cases(ctx: Context) -> list[Case]:
     return [
         Case("shapes", "shapes tiny Faster R-CNN", jobs.SHAPES_CONFIG, batch=4, input_size=None,
              warmup=ctx.pick(5, 20), iters=ctx.pick(25, 120), log_interval=ctx.pick(5, 10)),
@@ -107,8 +113,8 @@ def run(ctx: Context) -> Result:
 
     threads = os.cpu_count() or 1
     workers = int(load_config(jobs.SHAPES_CONFIG)["data"]["workers_per_gpu"])
-    repeats = ctx.pick(1, 5)
-    timeout = ctx.pick(300, 900)
+    repeats = ctx.shared.get("pairs") or ctx.pick(1, 5)
+    timeout = ctx.pick(600, 900)  # a loaded machine can take 10x longer than a quiet one
     train = load_config(jobs.SHAPES_CONFIG)["data"]["train"]
     ensure_shapes(num_train=train["num_train"], num_val=train["num_val"], size=train["size"], seed=train["seed"])
 

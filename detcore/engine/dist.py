@@ -8,7 +8,8 @@ Devices: ``--device cpu``, ``cuda`` (this rank's GPU: ``LOCAL_RANK`` modulo the 
 process sees, so a Slurm task shown one GPU uses it whatever its local rank) or ``cuda:N``
 (GPU N of those visible, on every rank). Asking for CUDA where none is usable is a one-line
 :class:`~detcore.errors.ConfigError`. The process-group timeout (NCCL and gloo) is
-``dist_params.timeout_min`` in the config, :data:`DEFAULT_TIMEOUT_MIN` when unset.
+``dist_params.timeout_min`` in the config, :data:`DEFAULT_TIMEOUT_MIN` when unset; the other
+``dist_params`` keys are passed to ``DistributedDataParallel`` (:func:`ddp_options`).
 """
 from __future__ import annotations
 
@@ -117,6 +118,32 @@ def init_distributed(device: str | None = None, timeout_min: float | None = None
     else:
         rank, world = 0, 1
     return DistInfo(rank, world, local_rank, dev)
+
+
+DDP_KEYS = {"bucket_cap_mb": (int, float), "gradient_as_bucket_view": bool, "static_graph": bool}
+
+
+def ddp_options(dist_params: dict | None) -> dict:
+    """``DistributedDataParallel`` keyword arguments from ``dist_params`` (``bucket_cap_mb``,
+    ``gradient_as_bucket_view``, ``static_graph``; torch's defaults when unset). ``timeout_min``
+    is the process group's; ``backend`` (MMDetection's ``dist_params``) is ignored: the device
+    picks nccl or gloo. Any other key is a :class:`ConfigError` naming the allowed ones."""
+    params = dict(dist_params or {})
+    unknown = sorted(set(params) - set(DDP_KEYS) - {"timeout_min", "backend"})
+    if unknown:
+        raise ConfigError(f"dist_params: unknown option(s) {unknown}; allowed: timeout_min, backend, "
+                          f"{', '.join(DDP_KEYS)}")
+    out = {}
+    for key, kind in DDP_KEYS.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or \
+                (key == "bucket_cap_mb" and value <= 0):
+            want = "true or false" if kind is bool else "a positive number of megabytes"
+            raise ConfigError(f"dist_params.{key} must be {want}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def shutdown_distributed() -> None:

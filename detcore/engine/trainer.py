@@ -24,7 +24,7 @@ from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_
 from detcore.config import dump_config
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
-from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, init_distributed
+from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
@@ -81,6 +81,7 @@ class Trainer:
         self.hparams = dict(hparams or {})
         self.work_dir = Path(work_dir)
         configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
+        ddp_kwargs = ddp_options(self.cfg.get("dist_params"))  # checked before any process group exists
         self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
         # auto_scale_lr, once, at the world size this run really has (launcher, torchrun or one process alike)
         self.cfg, self.scaling = scale_config(self.cfg, self.dist.world_size)
@@ -120,7 +121,7 @@ class Trainer:
         if self.dist.distributed:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
-                broadcast_buffers=has_running_stats(self.model))
+                broadcast_buffers=has_running_stats(self.model), **ddp_kwargs)
         self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
         self.hooks = self._build_hooks(validate)
         self.resumed = False

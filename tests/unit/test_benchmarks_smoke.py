@@ -85,9 +85,8 @@ def test_rows_of_one_kind_only_get_a_goal_verdict() -> None:
 
 def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU check of issue 19 is import-safe, prints its steps, and its R50-FPN step runs on the CPU."""
-    import math
-
+    """The GPU check of issues 18/19 is import-safe and prints its steps (the R50-FPN step's CPU
+    path is the next test)."""
     import torch
 
     from benchmarks import gpu_check
@@ -102,5 +101,27 @@ def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(NotAvailable, match="--cpu-smoke"):
         gpu_check.run(Context(quick=True, out_dir=tmp_path, tmp=tmp_path))
-    fig = gpu_check.r50_figures("cpu", (64, 96), warmup=0, iters=1, amp=True)
-    assert fig["train_img_s"] > 0 and fig["infer_img_s"] > 0 and math.isfinite(fig["loss"])
+    assert "Faster and Mask R-CNN, detcore vs plain torchvision loop, fp32 and AMP" in out
+
+
+def test_gpu_train_sides_build_the_same_model_and_step_on_the_cpu() -> None:
+    """The GPU benchmark compares like with like (same trainable parameters on both sides) and
+    its Mask R-CNN case runs end to end on the CPU path (no CUDA call there), with a table row
+    carrying the published reference."""
+    import math
+
+    from benchmarks import gpu_train
+
+    assert gpu_train.same_parameters("mask")  # Faster R-CNN is its box part
+    both = [gpu_train.Case("mask", "detcore", True), gpu_train.Case("mask", "plain", True)]
+    rows, figures = gpu_train.run_all("cpu", (64, 96), warmup=0, iters=1, budget_s=600, only=both)
+    assert [f["side"] for f in figures] == ["detcore", "plain"]
+    assert all(f["img_s"] > 0 and f["infer_img_s"] > 0 and math.isfinite(f["loss"]) for f in figures)
+    assert rows[0].ratio is not None and rows[0].met and rows[1].ratio is None
+    assert "0.21 s/iter" in gpu_train.table(figures) and "published" in rows[0].note
+
+
+def test_pairs_option_is_checked() -> None:
+    assert parse_args(["--only", "train_throughput", "--pairs", "8", "--case", "mobilenet"]).pairs == 8
+    with pytest.raises(SystemExit):
+        parse_args(["--pairs", "0"])

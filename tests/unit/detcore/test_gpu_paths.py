@@ -3,6 +3,7 @@ process-group calls are replaced by recording fakes; AMP and RNG state use the r
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from datetime import timedelta
 from pathlib import Path
@@ -148,6 +149,31 @@ def test_process_group_timeout_default_and_config(monkeypatch: pytest.MonkeyPatc
     D.init_distributed("cpu", timeout_min=90)
     assert group.init_kwargs["timeout"] == timedelta(minutes=90)
     D._OWN_GROUP = False
+
+
+def test_ddp_options_from_dist_params_reach_ddp(tmp_path: Path) -> None:
+    """``dist_params`` keys become DDP keyword arguments that DDP accepts (a 1-rank gloo group);
+    a wrong key or value is one ConfigError naming it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    assert D.ddp_options(None) == {} and D.ddp_options({"timeout_min": 5, "backend": "nccl"}) == {}
+    opts = D.ddp_options({"timeout_min": 5, "bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True})
+    assert opts == {"bucket_cap_mb": 1, "gradient_as_bucket_view": True, "static_graph": True}
+    for bad, words in (({"bucket_size": 1}, "unknown option(s) ['bucket_size']"),
+                       ({"bucket_cap_mb": 0}, "dist_params.bucket_cap_mb must be a positive number"),
+                       ({"static_graph": "yes"}, "dist_params.static_graph must be true or false")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            D.ddp_options(bad)
+    store = tdist.FileStore(str(tmp_path / "store"), 1)
+    tdist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.nn.Linear(4, 2), **opts)
+        for _ in range(2):  # static_graph records the graph in the first iteration
+            model.zero_grad(set_to_none=True)
+            model(torch.ones(3, 4)).sum().backward()
+        assert torch.equal(model.module.bias.grad, torch.full((2,), 3.0))
+    finally:
+        tdist.destroy_process_group()
 
 
 def test_barrier_names_the_current_gpu_under_nccl(monkeypatch: pytest.MonkeyPatch) -> None:
