@@ -22,6 +22,19 @@ def tiny(iters: int, ckpt_every: int = 2) -> list[str]:
     return ["--cfg-options", f"runner.max_iters={iters}", f"checkpoint_config.interval={ckpt_every}", *DATA]
 
 
+def user_error_neck(folder: Path, broken: bool = True) -> list[str]:
+    """Write ``detl_user_neck.py`` into ``folder`` (the jobs' working directory) and return the overrides
+    that build it. Broken, its constructor raises a ConfigError: a user error only the worker can find
+    (``launcher submit`` checks registry names, paths and metrics, not what a module does when built)."""
+    body = 'raise ConfigError("model.neck: DetlNeck got a setting it cannot use (the user\'s mistake)")' if broken \
+        else "super().__init__(*args, **kwargs)"
+    (folder / "detl_user_neck.py").write_text(
+        "from detcore.errors import ConfigError\nfrom detcore.models.necks import FPN\n"
+        "from detcore.registry import NECKS\n\n\n@NECKS.register()\nclass DetlNeck(FPN):\n"
+        f"    def __init__(self, *args, **kwargs):\n        {body}\n")
+    return ["+custom_imports={imports: [detl_user_neck], allow_failed_imports: false}", "model.neck.type=DetlNeck"]
+
+
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_FAKE_GPUS"}
     env.update(LAUNCHER_HOME=str(home), PYTHONPATH=str(ROOT), **extra)

@@ -17,7 +17,7 @@ import psutil
 import yaml
 
 from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, checkpointed, done, env_for, job_processes,
-                                          launcher, record, tiny, train_iters, wait_until)
+                                          launcher, record, tiny, train_iters, user_error_neck, wait_until)
 
 
 def test_two_process_gloo_training_end_to_end(home):
@@ -193,13 +193,13 @@ def test_gpu_leases_queue_and_no_wait_with_fake_gpus(home):
 
 def test_a_worker_user_error_fails_fast_without_restarts(home):
     exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2", *tiny(4),
-                      "model.type=NoSuchDetector").stdout.strip()
+                      *user_error_neck(home.parent)).stdout.strip()
     rec = wait_until(home, exp_id, done)
     # the supervisor stops the group on exit code 2; an attempt torchrun may already have begun by then is
     # not a restart: the row says 0, as its reason says "not restarted"
     assert rec["state"] == "failed" and rec["restarts"] == 0
     assert "exit code 2 (user error)" in rec["reason"] and "not restarted" in rec["reason"]
-    assert "NoSuchDetector" in rec["reason"]
+    assert "DetlNeck got a setting" in rec["reason"]
     assert not job_processes({exp_id})
 
 

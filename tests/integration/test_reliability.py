@@ -46,6 +46,7 @@ def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -
     jobs = []
     for seed in (1, 2, 3):
         exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2",
+                          "--oversubscribe",  # all three at once on 2 cores (core leases would run them in turn)
                           "--name", f"fault{seed}", *tiny(400, 3)).stdout.strip()
         jobs.append((seed, exp_id))
 
@@ -110,10 +111,12 @@ def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
     assert len(set(ids)) == 32
     listed = json.loads(launcher(home, "list", "--json", **gpus).stdout)
     assert sorted(e["id"] for e in listed) == sorted(ids)
-    assert sum(e["state"] == "queued" for e in listed) >= 24  # at most 2 hold a GPU, the rest wait
-    keep = [e["id"] for e in listed if e["state"] != "queued"]
+    # at most 2 hold a GPU, the rest wait (or, 1-iteration jobs, already ran while the burst was submitted)
+    assert sum(e["state"] not in ("queued", "succeeded") for e in listed) <= 2, [e["state"] for e in listed]
     queued = [e["id"] for e in listed if e["state"] == "queued"]
-    keep += queued[: 8 - len(keep)]
+    assert len(queued) >= 16, [e["state"] for e in listed]
+    keep = [e["id"] for e in listed if e["state"] != "queued"]
+    keep += queued[: max(0, 8 - len(keep))]
     cancel = [i for i in ids if i not in keep]
     launcher(home, "cancel", *cancel, **gpus)
     for exp_id in ids:
@@ -123,7 +126,7 @@ def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
     assert {final[i]["state"] for i in keep} == {"succeeded"}, [(i, final[i]["reason"]) for i in keep]
     # a queued job may win a GPU between the listing and the cancel and finish first: that is a final state too
     assert {final[i]["state"] for i in cancel} <= {"cancelled", "succeeded"}
-    assert sum(final[i]["state"] == "cancelled" for i in cancel) >= 20
+    assert sum(final[i]["state"] == "cancelled" for i in cancel) >= len(cancel) - 4
     assert not job_processes(set(ids))
 
 

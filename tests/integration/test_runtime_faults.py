@@ -18,7 +18,7 @@ import pytest
 from launcher.follow import planned_iters
 from tests.integration.helpers import tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, launcher, record, tiny,
-                                            train_iters, wait_until)
+                                            train_iters, user_error_neck, wait_until)
 
 
 def _runs(work_dir: str) -> list[Path]:
@@ -28,10 +28,10 @@ def _runs(work_dir: str) -> list[Path]:
 def test_user_error_fixed_then_resumed_succeeds_and_a_reused_work_dir_starts_clean(home):
     work = home.parent / "w-user-error"
     exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--work-dir", str(work), *tiny(4),
-                      "+custom_imports={imports: [detl_missing_neck], allow_failed_imports: false}").stdout.strip()
+                      *user_error_neck(home.parent)).stdout.strip()
     rec = wait_until(home, exp_id, done)
-    assert rec["state"] == "failed" and "detl_missing_neck" in rec["reason"] and "user error" in rec["reason"], rec
-    (home.parent / "detl_missing_neck.py").write_text("# the module the user forgot\n")
+    assert rec["state"] == "failed" and "DetlNeck got a setting" in rec["reason"] and "user error" in rec["reason"], rec
+    user_error_neck(home.parent, broken=False)  # the user fixes the module
     launcher(home, "resume", exp_id)  # follows the run; exit 0 only when it succeeded
     rec = record(home, exp_id)
     assert rec["state"] == "succeeded" and rec["reason"] == "", rec
