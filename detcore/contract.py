@@ -108,10 +108,11 @@ def append_event(run: str | os.PathLike, event: Mapping[str, Any]) -> bool:
         return False
 
 
-def read_events(run: str | os.PathLike) -> list[dict]:
-    """Every complete fact of ``run`` in order (a half-written last line is skipped)."""
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every JSON object line of ``path`` in order (none when it cannot be read; a half-written or bad line
+    is skipped)."""
     try:
-        data = events_path(run).read_bytes()
+        data = Path(path).read_bytes()
     except OSError:
         return []
     out = []
@@ -123,6 +124,11 @@ def read_events(run: str | os.PathLike) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def read_events(run: str | os.PathLike) -> list[dict]:
+    """Every complete fact of ``run`` in order (a half-written last line is skipped)."""
+    return read_jsonl(events_path(run))
 
 
 def describe_exit(code: int | None) -> str:

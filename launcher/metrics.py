@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detcore.contract import read_jsonl
 from launcher.tail import tail_lines
 
 TAIL_BYTES = 64 * 1024
@@ -67,20 +68,7 @@ def ap_of(record: dict[str, Any]) -> float | None:
 
 def read_history(work_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of ``work_dir/metrics.jsonl`` in order (none when the file is missing); bad lines skipped."""
-    path = Path(work_dir) / "metrics.jsonl"
-    records: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-    except FileNotFoundError:
-        pass
-    return records
+    return read_jsonl(Path(work_dir) / "metrics.jsonl")
 
 
 def best_evaluation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
