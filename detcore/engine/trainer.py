@@ -26,6 +26,7 @@ from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
+from detcore.engine.malloc import keep_freed_memory
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
 from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
@@ -83,6 +84,7 @@ class Trainer:
         configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
         ddp_kwargs = ddp_options(self.cfg.get("dist_params"))  # checked before any process group exists
         self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
+        logger.info(keep_freed_memory())  # before the model and loaders allocate (loader workers inherit it)
         # auto_scale_lr, once, at the world size this run really has (launcher, torchrun or one process alike)
         self.cfg, self.scaling = scale_config(self.cfg, self.dist.world_size)
         logger.info("auto_scale_lr: %s", self.scaling.describe())
