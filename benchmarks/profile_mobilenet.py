@@ -1,11 +1,13 @@
 """Profile one training step of ``fasterrcnn_mobilenet_v3_large_320_fpn``: detcore's trainer vs the plain loop.
 
-Both sides run in this process, one after the other, with the same thread count, seed, batch
-size and input size (the settings of ``benchmarks.train_throughput``'s mobilenet case). For each
-side it records, per step, what the model was given and what it did, independent of machine
-load: the images' dtype/size/value range out of the loader, their size after the model's own
-``GeneralizedRCNNTransform``, the number of RPN proposals and of sampled RoIs (the box head's
-batch), and ``torch.profiler``'s operator table (calls and self CPU time). It writes the
+Each side runs in a fresh process of its own (as in the throughput benchmark, so nothing one
+side sets up, such as threads or the allocator, reaches the other), with the same thread count,
+seed, batch size and input size (the settings of ``benchmarks.train_throughput``'s mobilenet
+case). For each side it records, per step, what the model was given and what it did,
+independent of machine load: the images' dtype/size/value range out of the loader, their size
+after the model's own ``GeneralizedRCNNTransform``, the number of RPN proposals and of sampled
+RoIs (the box head's batch), ``torch.profiler``'s operator table (calls and self CPU time), and
+the process's minor page faults and kernel CPU time per step. It writes the
 comparison as JSON and Markdown:
 
     python -m benchmarks.profile_mobilenet [--steps 6] [--warmup 2] [--size 320] [--out benchmarks/results]
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -69,18 +74,23 @@ def _profile(step: Callable[[], None], probe: Probe, warmup: int, steps: int) ->
         probe.start()
         step()
     probe.steps.clear()
-    times = []
+    times, faults, kernel = [], [], []
     with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
         for _ in range(steps):
             probe.start()
+            u0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
+            u1 = resource.getrusage(resource.RUSAGE_SELF)
+            faults.append(u1.ru_minflt - u0.ru_minflt)
+            kernel.append(u1.ru_stime - u0.ru_stime)
     ops: dict[str, dict[str, float]] = defaultdict(lambda: {"calls": 0, "self_cpu_ms": 0.0})
     for event in prof.key_averages():
         ops[event.key]["calls"] += event.count / steps
         ops[event.key]["self_cpu_ms"] += event.self_cpu_time_total / 1000 / steps
-    return {"threads": torch.get_num_threads(), "step_s": times, "steps": probe.steps,
+    return {"threads": torch.get_num_threads(), "step_s": times, "minor_faults": faults, "kernel_s": kernel,
+            "steps": probe.steps,
             "ops": {k: {"calls": round(v["calls"], 2), "self_cpu_ms": round(v["self_cpu_ms"], 2)}
                     for k, v in ops.items()}}
 
@@ -143,13 +153,20 @@ def plain_side(size: int, workers: int, warmup: int, steps: int) -> dict[str, An
     return _profile(step, probe, warmup, steps)
 
 
+def _median(values: list) -> Any:
+    return sorted(values)[len(values) // 2]
+
+
 def _summary(side: dict[str, Any]) -> dict[str, Any]:
     steps = side["steps"]
     first = steps[0]
     return {"loader_image": first.get("loader_images", [{}])[0], "model_input": first.get("model_input"),
             "proposals_per_step": [sum(s.get("proposals", [])) for s in steps],
             "sampled_rois_per_step": [s.get("sampled_rois") for s in steps],
-            "median_step_s": sorted(side["step_s"])[len(side["step_s"]) // 2],
+            "median_step_s": _median(side["step_s"]),
+            "minor_page_faults_per_step": _median(side.get("minor_faults", [0])),
+            "kernel_cpu_s_per_step": round(_median(side.get("kernel_s", [0])), 3),
+            "malloc": side.get("malloc", ""),
             "total_op_calls": round(sum(o["calls"] for o in side["ops"].values()), 1)}
 
 
@@ -178,20 +195,38 @@ def markdown(result: dict[str, Any], top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(size: int, workers: int, warmup: int, steps: int, threads: int, label: str,
-        plain_first: bool = False) -> dict[str, Any]:
+def profile_side(side: str, size: int, workers: int, warmup: int, steps: int, threads: int) -> dict[str, Any]:
+    """One side, profiled in this process (``--side``)."""
     import torch
 
     torch.set_num_threads(threads)
-    if plain_first:
-        p = plain_side(size, workers, warmup, steps)
+    if side == "plain":
+        return plain_side(size, workers, warmup, steps)
+    from detcore.engine.malloc import keep_freed_memory
+
     with tempfile.TemporaryDirectory(prefix="profile_mobilenet_") as tmp:
-        d = detcore_side(size, workers, warmup, steps, Path(tmp) / "run")
-    if not plain_first:
-        p = plain_side(size, workers, warmup, steps)
+        result = detcore_side(size, workers, warmup, steps, Path(tmp) / "run")
+    result["malloc"] = keep_freed_memory()  # what the trainer decided (it runs once per process)
+    return result
+
+
+def run(size: int, workers: int, warmup: int, steps: int, threads: int, label: str,
+        plain_first: bool = False) -> dict[str, Any]:
+    """Each side in a fresh process of its own, as ``detcore train`` and the plain loop run in the
+    throughput benchmark: what one process sets up (threads, allocator) cannot leak into the other."""
+    sides = {}
+    with tempfile.TemporaryDirectory(prefix="profile_mobilenet_") as tmp:
+        for side in (("plain", "detcore") if plain_first else ("detcore", "plain")):
+            out = Path(tmp) / f"{side}.json"
+            cmd = [sys.executable, "-m", "benchmarks.profile_mobilenet", "--side", side, "--side-out", str(out),
+                   "--size", str(size), "--workers", str(workers), "--warmup", str(warmup), "--steps", str(steps),
+                   "--threads", str(threads)]
+            subprocess.run(cmd, check=True, env=jobs.bench_env(threads))
+            sides[side] = json.loads(out.read_text())
     return {"label": label, "settings": {"size": size, "batch": BATCH, "workers": workers, "warmup": warmup,
-                                         "steps": steps, "threads": threads, "plain_first": plain_first},
-            "detcore": d, "plain": p}
+                                         "steps": steps, "threads": threads, "plain_first": plain_first,
+                                         "processes": "one per side"},
+            "detcore": sides["detcore"], "plain": sides["plain"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-first", action="store_true", help="profile the plain loop first (order effects)")
     ap.add_argument("--label", default="profile")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--side", choices=["detcore", "plain"], help=argparse.SUPPRESS)  # one side, in this process
+    ap.add_argument("--side-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.side:
+        side = profile_side(args.side, args.size, args.workers, args.warmup, args.steps, args.threads)
+        Path(args.side_out).write_text(json.dumps(side))
+        return 0
     result = run(args.size, args.workers, args.warmup, args.steps, args.threads, args.label,
                  args.plain_first)
     out = Path(args.out)
