@@ -58,21 +58,27 @@ def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple
 
 def _hook_key_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
     """Keys of ``log_config``/``evaluation``/``checkpoint_config`` that their hook does not take (the
-    trainer passes each section to its hook as keyword arguments)."""
-    import inspect
+    trainer passes each section to its hook as keyword arguments; the table is kept equal to the
+    hooks' signatures by a test)."""
+    from detcore.builtin_names import HOOK_KEYS
 
-    from detcore.engine import hooks as H
-
-    for section, hook in (("log_config", H.LoggerHook), ("evaluation", H.EvalHook),
-                          ("checkpoint_config", H.CheckpointHook)):
+    for section, (_hook, accepted) in HOOK_KEYS.items():
         values = cfg.get(section)
         if not isinstance(values, Mapping):
             continue
-        accepted = [name for name in inspect.signature(hook.__init__).parameters if name != "self"]
         unknown = [str(k) for k in values if k not in accepted]
         if unknown:
             yield (f"{section}: unknown key(s) {', '.join(unknown)}; {section} takes {', '.join(accepted)} "
                    f"(remove the key, or add a hook under custom_hooks)")
+
+
+def _only_builtin_names(cfg: Mapping[str, Any], splits: Sequence[str]) -> bool:
+    """True when ``cfg`` imports no module of its own and names only types detcore registers itself
+    (then the registries, and torch with them, need not be imported to check it)."""
+    from detcore.builtin_names import BUILTIN
+
+    return not cfg.get("custom_imports") and all(
+        isinstance(name, str) and name in BUILTIN.get(registry.name, ()) for _, registry, name in _registered(cfg, splits))
 
 
 def _register_builtin_types() -> None:
@@ -114,21 +120,24 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     a checkpoint given on the command line (checked instead of the config's). ``eval_metrics``:
     the metrics a test run was asked for (default: the config's ``evaluation.metric``).
     Relative paths are looked up from ``cwd`` (default: the working directory). Imports
-    ``custom_imports``, as the run will, and checks registry names (which imports torch) unless
-    ``registries`` is False (``config show`` stays torch-free).
+    ``custom_imports``, as the run will, and checks registry names unless ``registries`` is False
+    (``config show`` stays torch-free). A config that names only built-in types and imports no
+    module is checked against :mod:`detcore.builtin_names` without importing torch; anything else
+    imports the registries (and torch).
     """
     from detcore.evaluation.metrics import metric_problem
 
     cwd = cwd or os.getcwd()
     problems: list[str] = []
     splits = ["test"] if test else (["train", "val"] if validate else ["train"])
-    if registries:
+    full = registries and not _only_builtin_names(cfg, splits)
+    if full:
         try:
             import_custom_modules(cfg)
         except DetcoreError as exc:
             problems.append(str(exc))
         _register_builtin_types()
-    for key, registry, name in _registered(cfg, splits) if registries else ():
+    for key, registry, name in _registered(cfg, splits) if full else ():
         try:
             registry.get(name)
         except RegistryError as exc:
