@@ -291,7 +291,9 @@ def role_of(proc) -> str | None:
         return "launcher supervisor"
     if "torch.distributed.run" in argv or any(Path(a).name == "torchrun" for a in argv[:2]):
         return "torchrun agent"
-    if "launcher.worker" in argv or "detcore.tools.cli" in argv:
+    if "launcher.worker" in argv:
+        return "worker shim"  # the launcher's parent of a rank; the rank is its detcore.tools.cli child
+    if "detcore.tools.cli" in argv:
         return "worker"
     if "launcher" in argv:
         return "launcher cli"

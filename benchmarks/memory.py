@@ -6,10 +6,11 @@ The shapes job (``iters`` iterations, 2 CPU workers, validation at the end as co
 train``. A thread polls (psutil, every ``interval`` s) every process under the command it
 started and keeps each one's peak RSS, naming it by its command line and parent:
 
-* ``worker``: a training rank (``launcher.worker`` / ``detcore.tools.cli``);
+* ``worker``: a training rank (``detcore.tools.cli``);
+* ``worker shim``: the launcher's small parent of each rank (``launcher.worker``, no torch);
 * ``loader worker``: a DataLoader process forked by a rank;
 * ``torchrun agent``: PyTorch's elastic agent (both sides run one);
-* ``launcher supervisor`` and ``launcher cli``: what the launcher adds.
+* ``launcher supervisor``, ``launcher cli`` and the shims: what the launcher adds.
 
 RSS counts shared pages (torch's libraries) in every process, so figures do not add up to
 the machine's use; peaks shorter than the poll interval are missed. As a cross-check, rank
@@ -25,7 +26,7 @@ from benchmarks import jobs
 from benchmarks.harness import Context, Result, Row, log, measured, not_available
 
 TITLE = "memory: peak RSS per worker of the shapes job, and of the launcher while it runs"
-ROLE_ORDER = ("worker", "loader worker", "torchrun agent", "launcher supervisor", "launcher cli")
+ROLE_ORDER = ("worker", "loader worker", "torchrun agent", "worker shim", "launcher supervisor", "launcher cli")
 
 
 def classify(root_pid: int) -> dict[int, str]:
@@ -113,8 +114,9 @@ def run(ctx: Context) -> Result:
         if ours and theirs:
             rows[0].ratio = max(ours) / max(theirs)
             rows[0].note += "; ratio: largest worker vs torchrun's"
-        extra = sum(max(runs["launcher"]["peaks_mb"].get(r, [0])) for r in ("launcher supervisor", "launcher cli"))
-        rows.append(Row("launcher's own processes (supervisor + cli), peak RSS", extra, "MiB",
+        own = runs["launcher"]["peaks_mb"]
+        extra = sum(max(own.get(r, [0])) for r in ("launcher supervisor", "launcher cli")) + sum(own.get("worker shim", []))
+        rows.append(Row("launcher's own processes (supervisor + cli + one shim per rank), peak RSS", extra, "MiB",
                         note="added on top of what torchrun runs"))
     settings = {"config": str(jobs.SHAPES_CONFIG), "iters": iters, "nproc": 2, "poll_interval_s": interval,
                 "overrides": overrides, "validate": True}
