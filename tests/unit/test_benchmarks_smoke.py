@@ -64,6 +64,23 @@ def test_steady_state_throughput_from_a_trainer_work_dir(tmp_path: Path) -> None
     assert jobs.has_iteration(tmp_path, 20)() and not jobs.has_iteration(tmp_path, 21)()
 
 
+def test_concurrent_totals_count_every_image_end_to_end_and_steady_images_in_the_joint_window(tmp_path: Path) -> None:
+    from benchmarks.concurrent_jobs import _totals
+
+    # two jobs of 20 iterations (batch 4), logged every 10: the second ran 4 s later and slower
+    for name, (t10, t20) in {"a": (10, 20), "b": (14, 34)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.log").write_text("".join(
+            f"2026-01-01 00:00:{t:02d},000 INFO detcore.engine.hooks: iter {i}/20 epoch 0 lr 0.1\n"
+            for i, t in ((10, t10), (20, t20))))
+    t = _totals([tmp_path / "a", tmp_path / "b"], warmup=10, iters=20, batch=4, wall=40.0)
+    assert t.end_to_end == pytest.approx(2 * 20 * 4 / 40.0)  # all 160 images over the whole wall time
+    assert t.steady == pytest.approx(2 * 10 * 4 / (34 - 10))  # 80 steady images from the first start to the last end
+    assert t.own == pytest.approx([40 / 10, 40 / 20])
+    with pytest.raises(jobs.JobFailed, match="iteration 10 or 30"):
+        _totals([tmp_path / "a"], warmup=10, iters=30, batch=4, wall=1.0)
+
+
 def test_plain_loop_throughput_skips_warmup() -> None:
     result = {"ends": [1.0, 2.0, 2.5, 3.0], "iter_times": [1.0, 1.0, 0.5, 0.5], "batch": 2}
     wall, step = throughput(result, warmup=2)
