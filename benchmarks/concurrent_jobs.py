@@ -107,8 +107,8 @@ def run(ctx: Context) -> Result:
     from detcore.config import load_config
 
     batch = int(load_config(jobs.SHAPES_CONFIG)["data"]["samples_per_gpu"])
-    # long enough that start-up is a fair share of a job, not most of it (a job of about 1.5
-    # minutes on one core here; real jobs run for hours)
+    # long enough that start-up is a fair share of a job, not most of it (about 30 s on one core
+    # of this machine, quiet; real jobs run for hours)
     warmup, iters, interval = ctx.pick((5, 20, 5), (10, 150, 10))
     repeats = ctx.pick(1, 2)
     timeout = ctx.pick(600, 1800)

@@ -77,8 +77,8 @@ def _only_builtin_names(cfg: Mapping[str, Any], splits: Sequence[str]) -> bool:
     (then the registries, and torch with them, need not be imported to check it)."""
     from detcore.builtin_names import BUILTIN
 
-    return not cfg.get("custom_imports") and all(
-        isinstance(name, str) and name in BUILTIN.get(registry.name, ()) for _, registry, name in _registered(cfg, splits))
+    return not cfg.get("custom_imports") and all(isinstance(name, str) and name in BUILTIN.get(registry.name, ())
+                                                 for _, registry, name in _registered(cfg, splits))
 
 
 def _register_builtin_types() -> None:

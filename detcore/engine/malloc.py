@@ -1,4 +1,4 @@
-"""Keep freed memory for reuse in training and test processes (glibc's malloc only).
+"""Keep freed memory for reuse in training processes (glibc's malloc only; the trainer calls it).
 
 A detection step on the CPU allocates and frees the same large buffers every iteration: feature
 maps and their gradients, and the box head's RoI features (1024 RoIs x 256 x 7 x 7 floats, 51 MB).
@@ -22,12 +22,9 @@ memory. ``DETCORE_MALLOC=system`` keeps glibc's defaults. An allocator preloaded
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import platform
 from typing import Mapping
-
-logger = logging.getLogger(__name__)
 
 ENV = "DETCORE_MALLOC"
 # from glibc's malloc.h
