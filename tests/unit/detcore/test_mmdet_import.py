@@ -214,21 +214,34 @@ def test_mmdetection_habits_in_yaml(tmp_path: Path, caplog: pytest.LogCaptureFix
         load_config(mixed)
 
 
-def test_test_split_batch_size_as_mmdetection_writes_it(tmp_path: Path) -> None:
+def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) -> None:
+    """``--cfg-options data.test.samples_per_gpu=3`` as MMDetection's guide spells it (no '+'); the
+    training batch a split sets is the one its loader uses and the one the LR is scaled by."""
     from detcore.engine.dist import DistInfo
+    from detcore.engine.scaling import scale_config
     from detcore.engine.setup import build_split_loader
 
     import torch
 
-    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
-                      ["+data.test.samples_per_gpu=3", "data.workers_per_gpu=0"])
+    shapes = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = load_config(shapes, ["data.test.samples_per_gpu=3", "data.workers_per_gpu=0",
+                               "data.train.samples_per_gpu=2", "data.train.workers_per_gpu=1"])
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 3
-    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
-                      ["+data.test_samples_per_gpu=5", "data.workers_per_gpu=0"])
+    train = build_split_loader(cfg, "train", dist, 0, train=True)
+    assert train.batch_sampler.inner.batch_size == 2 and train.num_workers == 1
+    assert cfg["data"]["samples_per_gpu"] == 4  # the shapes base's; the train split's own 2 wins
+    scaled, schedule = scale_config(cfg, 2)
+    assert (schedule.samples_per_gpu, schedule.total_batch) == (2, 4)
+    assert scaled["optimizer"]["lr"] == pytest.approx(cfg["optimizer"]["lr"] * 4 / cfg["auto_scale_lr"]["base_batch_size"])
+    cfg = load_config(shapes, ["+data.test_samples_per_gpu=5", "data.workers_per_gpu=0"])
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 5
     with pytest.raises(ConfigError, match="data.test.samples_per_gpu must be a positive integer"):
-        load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml", ["+data.test.samples_per_gpu=0"])
+        load_config(shapes, ["data.test.samples_per_gpu=0"])
+    with pytest.raises(ConfigError, match="data.train.workers_per_gpu must be an integer >= 0"):
+        load_config(shapes, ["data.train.workers_per_gpu=-1"])
+    with pytest.raises(ConfigError, match="override 'data.testing.samples_per_gpu': no such key"):
+        load_config(shapes, ["data.testing.samples_per_gpu=2"])  # only the splits the config has
 
 
 @pytest.mark.parametrize("text, match", [
