@@ -14,7 +14,6 @@ line naming the file and the line.
 from __future__ import annotations
 
 import ast
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -235,7 +234,7 @@ class Evaluator:
         if isinstance(node.value, ast.Name) and node.value.id == BASE_KEY:
             if node.attr not in self.base:
                 raise ConfigError(f"{self.path}:{node.lineno}: {source_text(node)} is not in the _base_ files")
-            return copy.deepcopy(self.base[node.attr])  # a copy: changing it leaves the base as it is
+            return self.base[node.attr]  # the base's own value: changing it changes what is inherited, as in MMEngine
         owner = self._raw(node.value)
         if isinstance(owner, Lazy):
             return Lazy(f"{owner.dotted}.{node.attr}")

@@ -1,9 +1,11 @@
-# A child in the older new-style spelling (if '_base_':), changing what it inherits the
-# ways MMEngine's pure-Python configs do: merge, update, and assignments into keys and items.
-if '_base_':
-    from .faster_rcnn_r50_fpn_1x_coco import *
+# A child changing what it inherits the ways MMEngine's pure-Python configs do: merge, update,
+# and assignments into keys and list items.
+from mmengine.config import read_base
 from mmengine.optim import AmpOptimWrapper
 from torch.optim import AdamW
+
+with read_base():
+    from .faster_rcnn_r50_fpn_1x_coco import *
 
 model.merge(dict(backbone=dict(depth=101, init_cfg=dict(type=PretrainedInit))))
 model.backbone.init_cfg.checkpoint = 'torchvision://resnet101'
