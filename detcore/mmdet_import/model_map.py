@@ -40,7 +40,7 @@ EQUIVALENT = {("type", "'MaxIoUAssigner'"), ("type", "'RandomSampler'"), ("type"
 def unsupported(src: Source, path: str, name: str) -> ConfigError:
     """The one-line refusal of an architecture (or part) detcore does not build."""
     return ConfigError(f"{src.filename}: {path}: {name} is an architecture detcore does not have; detcore builds "
-                       f"{', '.join(FAMILIES.values())} on ResNet + FPN (see README, 'Coming from MMDetection')")
+                       f"{', '.join(FAMILIES.values())} on ResNet + FPN (see docs/mmdetection.md)")
 
 
 def detector_type(src: Source) -> str:
