@@ -57,27 +57,38 @@ def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
 
 
 def _normalize(src: Source, p: str, model: dict) -> None:
-    mean, std = src.get(f"{p}.mean"), src.get(f"{p}.std")
     src.use(f"{p}.type")
-    if src.get(f"{p}.to_rgb", True) is False and isinstance(mean, list) and isinstance(std, list):
+    normalization(src, p, "to_rgb", True, model)
+
+
+def normalization(src: Source, p: str, rgb_key: str, rgb_default: bool, model: dict) -> None:
+    """The model's ``image_mean``/``image_std`` (0..1 scale, RGB) from MMDetection's ``mean``/``std``
+    at ``p`` (0..255, in BGR order when the ``rgb_key`` flag is false: reordered, and said so)."""
+    mean, std = src.get(f"{p}.mean"), src.get(f"{p}.std")
+    if src.get(f"{p}.{rgb_key}", rgb_default) is False and isinstance(mean, list) and isinstance(std, list):
         mean, std = mean[::-1], std[::-1]
-        src.note(f"{p}.to_rgb", "detcore feeds RGB images; mean and std reordered to RGB, but BGR-trained "
-                                "(caffe) weights do not carry over")
+        src.note(f"{p}.{rgb_key}", "detcore feeds RGB images; mean and std reordered to RGB, but BGR-trained "
+                                   "(caffe) weights do not carry over")
     if isinstance(mean, list) and isinstance(std, list):
         model["image_mean"] = [round(m / 255, 6) for m in mean]
         model["image_std"] = [round(s / 255, 6) for s in std]
 
 
-def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
+def dataset_head(src: Source, path: str) -> tuple[str, dict]:
+    """The path of the dataset inside any wrappers at ``path`` (each wrapper noted) and ``{"type": ...}``."""
     while src.lookup(f"{path}.type") in WRAPPERS:
         src.note(f"{path}.type", f"{src.lookup(f'{path}.type')} wrapper dropped; the inner dataset is used")
         src.use(f"{path}.times", f"{path}.oversample_thr")
         path = f"{path}.dataset"
     kind = src.get(f"{path}.type", "CocoDataset")
-    out: dict = {"type": kind}
     if kind != "CocoDataset":
         src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
                                  "cityscapes|via) and set type: CocoDataset")
+    return path, {"type": kind}
+
+
+def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
+    path, out = dataset_head(src, path)
     root = src.get(f"{path}.data_root") or ""
     for key in ("ann_file", "img_prefix"):
         if src.has(f"{path}.{key}"):

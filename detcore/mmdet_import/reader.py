@@ -83,6 +83,10 @@ class _FileReader:
             result = self.evaluator.value(node)
         except RecursionError:
             raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
+        return self._counted(result, stmt)
+
+    def _counted(self, result: Any, stmt: ast.stmt) -> Any:
+        """``result``, counted against the tree's budget of values."""
         self.budget.values -= expanded_size(result, self.budget.values + 1)
         if self.budget.values < 0:
             raise ConfigError(f"{self.path}:{stmt.lineno}: the _base_ tree holds more than {MAX_NODES} values once "
@@ -109,12 +113,9 @@ class _FileReader:
         if not isinstance(target, dict):
             raise code_error(self.path, stmt, f"the call {source_text(call)!r:.80} (on a {type(target).__name__})")
         try:
-            update = self.evaluator.dict_call(call)
+            update = self._counted(self.evaluator.dict_call(call), stmt)
         except RecursionError:
             raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
-        self.budget.values -= expanded_size(update, self.budget.values + 1)
-        if self.budget.values < 0:
-            raise ConfigError(f"{self.path}:{stmt.lineno}: the config holds more than {MAX_NODES} values")
         merged = merge(target, update)
         target.clear()
         target.update(merged)

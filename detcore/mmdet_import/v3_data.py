@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detcore.mmdet_import.data_map import WRAPPERS, plain_variables, under_root
+from detcore.mmdet_import.data_map import dataset_head, normalization, plain_variables, under_root
 from detcore.mmdet_import.source import Source
 
 LOADERS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
@@ -70,15 +70,7 @@ def _pairs(value: Any) -> bool:
 
 
 def _dataset(src: Source, path: str, model: dict, masks: bool, train: bool) -> dict:
-    while src.lookup(f"{path}.type") in WRAPPERS:
-        src.note(f"{path}.type", f"{src.lookup(f'{path}.type')} wrapper dropped; the inner dataset is used")
-        src.use(f"{path}.times", f"{path}.oversample_thr")
-        path = f"{path}.dataset"
-    kind = src.get(f"{path}.type", "CocoDataset")
-    out: dict = {"type": kind}
-    if kind != "CocoDataset":
-        src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
-                                 "cityscapes|via) and set type: CocoDataset")
+    path, out = dataset_head(src, path)
     root = src.get(f"{path}.data_root") or ""
     if src.has(f"{path}.ann_file"):
         out["ann_file"] = under_root(root, src.get(f"{path}.ann_file"))
@@ -140,14 +132,7 @@ def map_preprocessor(src: Source, model: dict) -> None:
     """``model.data_preprocessor`` -> the model's ``image_mean``/``image_std`` (0..1 scale, RGB)."""
     p = "model.data_preprocessor"
     src.use_if(f"{p}.type", "DetDataPreprocessor")
-    mean, std = src.get(f"{p}.mean"), src.get(f"{p}.std")
-    if src.get(f"{p}.bgr_to_rgb", False) is False and isinstance(mean, list) and isinstance(std, list):
-        mean, std = mean[::-1], std[::-1]
-        src.note(f"{p}.bgr_to_rgb", "detcore feeds RGB images; mean and std reordered to RGB, but BGR-trained "
-                                    "(caffe) weights do not carry over")
-    if isinstance(mean, list) and isinstance(std, list):
-        model["image_mean"] = [round(m / 255, 6) for m in mean]
-        model["image_std"] = [round(s / 255, 6) for s in std]
+    normalization(src, p, "bgr_to_rgb", False, model)
     src.use_if(f"{p}.pad_size_divisor", 32, 1)  # torchvision's model pads batches to a multiple of 32
     src.use_if(f"{p}.pad_mask", True, False)
     src.use_if(f"{p}.pad_value", 0)
