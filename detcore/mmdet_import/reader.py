@@ -63,6 +63,12 @@ class _FileReader:
         self.evaluator = Evaluator(path, names, base)
 
     def statement(self, stmt: ast.stmt) -> None:
+        try:
+            self._statement(stmt)
+        except RecursionError:
+            raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
+
+    def _statement(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
             return  # a docstring
         if isinstance(stmt, ast.Pass):
@@ -79,11 +85,7 @@ class _FileReader:
             raise code_error(self.path, stmt, f"{kind} {source_text(stmt)!r:.80}")
 
     def _evaluate(self, node: ast.expr, stmt: ast.stmt) -> Any:
-        try:
-            result = self.evaluator.value(node)
-        except RecursionError:
-            raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
-        return self._counted(result, stmt)
+        return self._counted(self.evaluator.value(node), stmt)
 
     def _counted(self, result: Any, stmt: ast.stmt) -> Any:
         """``result``, counted against the tree's budget of values."""
@@ -112,10 +114,7 @@ class _FileReader:
         target = self.evaluator.reference(call.func.value)  # type: ignore[attr-defined]
         if not isinstance(target, dict):
             raise code_error(self.path, stmt, f"the call {source_text(call)!r:.80} (on a {type(target).__name__})")
-        try:
-            update = self._counted(self.evaluator.dict_call(call), stmt)
-        except RecursionError:
-            raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
+        update = self._counted(self.evaluator.dict_call(call), stmt)
         merged = merge(target, update)
         target.clear()
         target.update(merged)
