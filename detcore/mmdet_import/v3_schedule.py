@@ -199,6 +199,8 @@ def _evaluation(src: Source, out: dict, data: dict) -> None:
     """``evaluation`` from ``val_evaluator`` (CocoMetric, VOCMetric) and the loop's ``val_interval``."""
     e = "val_evaluator"
     if not isinstance(src.lookup(e), dict):
+        for key in (e, "test_evaluator", "val_cfg", "test_cfg"):
+            src.use_if(key, None)  # validation switched off: detcore validates when data.val is set
         return
     kind = src.get(f"{e}.type")
     evaluation: dict = {"interval": src.get("train_cfg.val_interval", 1)}
