@@ -80,14 +80,19 @@ class EpochTaggedBatches:
             yield [(epoch, i) for i in batch]
 
 
+LOADER_KEYS = ("samples_per_gpu", "workers_per_gpu")  # MMDetection's per-split loader keys, not the dataset's
+
+
 def split_config(cfg: Mapping[str, Any], split: str) -> dict:
+    """The dataset config of ``data.<split>`` (top-level ``classes`` filled in; the loader's keys,
+    read by :func:`~detcore.engine.scaling.split_batch_size`/``split_workers``, left out)."""
     data = cfg.get("data") or {}
     if split not in data:
         from detcore.errors import ConfigError
 
         raise ConfigError(f"{cfg.get('filename', 'config')}: data.{split} is missing; add a dataset for the "
                           f"{split} split")
-    split_cfg = dict(data[split])
+    split_cfg = {k: v for k, v in data[split].items() if k not in LOADER_KEYS}
     if cfg.get("classes") is not None and "classes" not in split_cfg:
         split_cfg["classes"] = list(cfg["classes"])
     return split_cfg
@@ -99,8 +104,6 @@ def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed:
     split_cfg = split_config(cfg, split)
     if not train:
         split_cfg.setdefault("test_mode", True)
-    for key in ("samples_per_gpu", "workers_per_gpu"):  # MMDetection's per-split loader keys, not the dataset's
-        split_cfg.pop(key, None)
     dataset = build_dataset(split_cfg)
     per_gpu, workers = int(split_batch_size(cfg, split)), int(split_workers(cfg, split))
     pin = dist.device.type == "cuda"

@@ -219,7 +219,7 @@ def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) 
     training batch a split sets is the one its loader uses and the one the LR is scaled by."""
     from detcore.engine.dist import DistInfo
     from detcore.engine.scaling import scale_config
-    from detcore.engine.setup import build_split_loader
+    from detcore.engine.setup import build_split_loader, split_config
 
     import torch
 
@@ -228,6 +228,7 @@ def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) 
     cfg = load_config(shapes, ["data.test.samples_per_gpu=3", "data.workers_per_gpu=0",
                                "data.train.samples_per_gpu=2", "data.train.workers_per_gpu=1"])
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 3
+    assert not {"samples_per_gpu", "workers_per_gpu"} & set(split_config(cfg, "train"))  # the loader's, not the dataset's
     train = build_split_loader(cfg, "train", dist, 0, train=True)
     assert train.batch_sampler.inner.batch_size == 2 and train.num_workers == 1
     assert cfg["data"]["samples_per_gpu"] == 4  # the shapes base's; the train split's own 2 wins
