@@ -133,7 +133,8 @@ def map_preprocessor(src: Source, model: dict) -> None:
     p = "model.data_preprocessor"
     src.use_if(f"{p}.type", "DetDataPreprocessor")
     normalization(src, p, "bgr_to_rgb", False, model)
-    src.use_if(f"{p}.pad_size_divisor", 32, 1)  # torchvision's model pads batches to a multiple of 32
+    if not src.use_if(f"{p}.pad_size_divisor", 32, 1) and src.has(f"{p}.pad_size_divisor"):
+        src.note(f"{p}.pad_size_divisor", "torchvision's models pad each batch to a multiple of 32")
     src.use_if(f"{p}.pad_mask", True, False)
     src.use_if(f"{p}.pad_value", 0)
     src.use_if(f"{p}.boxtype2tensor", True)
