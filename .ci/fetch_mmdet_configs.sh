@@ -13,6 +13,10 @@ fetch() {  # fetch VERSION SHA256 DEST
     mkdir -p "$dest"
     [ -f "$wheel" ] || python3 -m pip download -q --no-deps --only-binary=:all: -d "$dest" "mmdet==$version"
     echo "$sha  $wheel" | sha256sum -c --quiet -
+    if [ "$(cat "$dest/configs/.wheel-sha256" 2>/dev/null)" = "$sha" ]; then  # already unpacked: leave it be
+        echo "MMDetection $version configs: $(find "$dest/configs" -name '*.py' | wc -l) files in $dest/configs"
+        return
+    fi
     rm -rf "$dest/configs.tmp" && mkdir "$dest/configs.tmp"
     python3 - "$wheel" "$dest/configs.tmp" <<'PY'
 import os, sys, zipfile
@@ -25,6 +29,7 @@ with zipfile.ZipFile(sys.argv[1]) as wheel:
             with wheel.open(name) as src, open(target, "wb") as out:
                 out.write(src.read())
 PY
+    echo "$sha" > "$dest/configs.tmp/.wheel-sha256"
     rm -rf "$dest/configs" && mv "$dest/configs.tmp" "$dest/configs"
     echo "MMDetection $version configs: $(find "$dest/configs" -name '*.py' | wc -l) files in $dest/configs"
 }
