@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 RESERVED_KEY = "filename"  # set by load_config to the top file's path
 MAX_TREE_FILES = 256  # files one config may load through _base_ (repeats counted)
+# Keys detcore reads when present that a config need not spell out: overrides may set them without
+# a '+', as MMDetection users type them (--cfg-options data.test.samples_per_gpu=2).
+OPTIONAL_KEYS = re.compile(r"data\.(train|val|test)\.(samples_per_gpu|workers_per_gpu)|data\.test_samples_per_gpu|amp")
 
 
 @dataclass
@@ -203,7 +207,9 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict:
     As MMEngine's ``merge_from_dict``: a mapping value merges into the mapping it overrides
     (``_delete_: true`` in it replaces instead); any other value replaces. Integer parts index
     lists. Stricter than MMEngine: a key that does not exist is an error naming the closest
-    existing key, unless it is marked new with a leading ``+`` (``+model.extra=1``).
+    existing key, unless it is marked new with a leading ``+`` (``+model.extra=1``) or is one of
+    :data:`OPTIONAL_KEYS` (MMDetection's per-split ``data.test.samples_per_gpu`` and the like, on
+    a split the config has).
     """
     out = copy.deepcopy(dict(cfg))
     for item in overrides:
@@ -223,7 +229,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str]) -> dict:
             else:
                 exists = part in node
             if not exists:
-                if not is_new:
+                if not is_new and not (last and OPTIONAL_KEYS.fullmatch(key)):
                     close = difflib.get_close_matches(key, _all_keys(out), n=1, cutoff=0.6)
                     hint = f"the closest existing key is {close[0]!r}; " if close else ""
                     raise ConfigError(f"override {key!r}: no such key in the config; {hint}"
@@ -326,10 +332,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     """
     for key in ("data.samples_per_gpu", "model.num_classes", "runner.max_iters", "runner.max_epochs"):
         _check_positive_int(cfg, key)
-    for key in ("data.test_samples_per_gpu", "data.val.samples_per_gpu", "data.test.samples_per_gpu"):
-        _check_positive_int(cfg, key)
+    for split in ("train", "val", "test"):
+        _check_positive_int(cfg, f"data.{split}.samples_per_gpu")
+        _check_positive_int(cfg, f"data.{split}.workers_per_gpu", allow_zero=True)
+    _check_positive_int(cfg, "data.test_samples_per_gpu")
     for key in ("data.workers_per_gpu", "lr_config.warmup_iters"):
         _check_positive_int(cfg, key, allow_zero=True)
+    if "amp" in cfg and not isinstance(cfg["amp"], bool):
+        raise ConfigError(f"{_where(cfg)}: amp must be true or false (mixed precision on CUDA), got {cfg['amp']!r:.100}")
     for key in ("model", "data", "optimizer"):
         if key in cfg and not isinstance(cfg[key], Mapping):
             raise ConfigError(f"{_where(cfg)}: {key} must be a mapping, got {type(cfg[key]).__name__}")

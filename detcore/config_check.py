@@ -146,7 +146,8 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
             problems.append(f"{key}: expected a type name, got {name!r:.100}")
     if registries:
         problems += _hook_key_problems(cfg)
-    checkpoints = [("--load-from", load_from)] if load_from else [("load_from", cfg.get("load_from"))]
+    # A test run loads the checkpoint it is given (MMDetection's tools/test.py ignores load_from too).
+    checkpoints = [("--load-from", load_from)] if load_from else [] if test else [("load_from", cfg.get("load_from"))]
     if not test:
         checkpoints.append(("resume_from", cfg.get("resume_from")))
     for key, path in checkpoints:

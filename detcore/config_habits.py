@@ -29,7 +29,7 @@ IGNORED_TOP_LEVEL = {
     "test_pipeline": "YAML has no variables: set data.test.pipeline",
     "val_pipeline": "YAML has no variables: set data.val.pipeline",
     "total_epochs": "set runner.max_epochs",
-    "fp16": "pass --amp to detcore train",
+    "fp16": "set amp: true (or pass --amp to detcore train)",
     "workflow": "detcore trains, then evaluates every evaluation.interval",
     "gpu_ids": "use launcher submit --gpus/--nproc, or torchrun",
 }

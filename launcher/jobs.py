@@ -117,7 +117,7 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
                    worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
-                   loader_workers=loader_workers(cfg), run_id=new_run_id(), load_from=load_from,
+                   loader_workers=loader_workers(cfg, mode), run_id=new_run_id(), load_from=load_from,
                    validate=req.validate,
                    hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
                                    else float(req.hang_timeout_s)))
@@ -140,9 +140,12 @@ def check_before_start(cfg: dict, req: SubmitRequest, mode: Mode, load_from: str
         raise ConfigProblems([f"{req.config}: {p}" for p in problems])
 
 
-def loader_workers(cfg: dict) -> int:
-    """The config's DataLoader workers per rank (``data.workers_per_gpu``, detcore's default 2)."""
-    value = (cfg.get("data") or {}).get("workers_per_gpu", 2)
+def loader_workers(cfg: dict, mode: Mode = Mode.TRAIN) -> int:
+    """The DataLoader workers per rank of the split the job reads (``data.train`` or ``data.test``'s own
+    ``workers_per_gpu``, else ``data.workers_per_gpu``, detcore's default 2)."""
+    from detcore.engine.scaling import split_workers
+
+    value = split_workers(cfg, "test" if mode is Mode.TEST else "train")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise LauncherError(f"data.workers_per_gpu must be an integer >= 0, got {value!r}")
     return value

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from detcore.engine.scaling import ScaledSchedule, ScheduleChange, format_value, original_config, scale_for_world
+from detcore.engine.scaling import (ScaledSchedule, ScheduleChange, format_value, original_config, scale_for_world,
+                                    split_batch_size)
 
 
 def predict_scaling(cfg: Mapping[str, Any], world_size: int) -> ScaledSchedule:
     """What the worker will decide for ``cfg`` at ``world_size`` workers (same function, same inputs)."""
     base = original_config(cfg)
-    return scale_for_world(base, world_size, (base.get("data") or {}).get("samples_per_gpu", 2))
+    return scale_for_world(base, world_size, split_batch_size(base, "train"))
 
 
 __all__ = ["ScaledSchedule", "ScheduleChange", "format_value", "predict_scaling", "scale_for_world"]

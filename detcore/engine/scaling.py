@@ -1,7 +1,8 @@
 """Linear scaling by total batch size: the one rule, applied by the worker at the world size it runs at.
 
 With ``auto_scale_lr: {enable: true, base_batch_size: B}`` the learning rate becomes
-``lr * total / B`` where ``total = world_size * samples_per_gpu``. With
+``lr * total / B`` where ``total = world_size * samples_per_gpu`` (the batch the training
+loader really uses, :func:`split_batch_size`). With
 ``auto_scale_lr.scale_schedule: true`` an iteration-based schedule is also rescaled by
 ``B / total`` (max_iters, warmup_iters, LR steps, checkpoint and evaluation intervals), so the
 run covers the same number of epochs, as detectron2's ``REFERENCE_WORLD_SIZE`` does. An
@@ -93,6 +94,25 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
+def split_batch_size(cfg: Mapping[str, Any], split: str = "train") -> int:
+    """The batch per worker ``data.<split>``'s loader uses: the split's own ``samples_per_gpu``
+    (MMDetection's per-split key) when set, else ``data.samples_per_gpu`` (train, default 2) or
+    ``data.test_samples_per_gpu`` (val and test, default 1). The loader and the LR scaling both
+    read it here, so they never disagree."""
+    data = cfg.get("data") or {}
+    own = (data.get(split) or {}).get("samples_per_gpu") if isinstance(data.get(split), Mapping) else None
+    if own is not None:
+        return own
+    return data.get("samples_per_gpu", 2) if split == "train" else data.get("test_samples_per_gpu", 1)
+
+
+def split_workers(cfg: Mapping[str, Any], split: str) -> int:
+    """Loader processes for ``data.<split>``: its own ``workers_per_gpu``, else ``data.workers_per_gpu`` (2)."""
+    data = cfg.get("data") or {}
+    own = (data.get(split) or {}).get("workers_per_gpu") if isinstance(data.get(split), Mapping) else None
+    return own if own is not None else data.get("workers_per_gpu", 2)
+
+
 def _clean_float(x: float) -> float:
     return float(f"{x:.12g}")
 
@@ -106,7 +126,8 @@ def scale_for_world(cfg_view: Mapping[str, Any], world_size: int, samples_per_gp
     Raises ConfigError naming the key when a needed value is missing or of the wrong type.
     """
     world_size = _positive_int(world_size, "world size")
-    samples_per_gpu = _positive_int(samples_per_gpu, "data.samples_per_gpu")
+    samples_per_gpu = _positive_int(samples_per_gpu, "the training batch (data.train.samples_per_gpu or "
+                                                      "data.samples_per_gpu)")
     total = world_size * samples_per_gpu
     runner = cfg_view.get("runner") or {}
     by_epoch = runner.get("type", "EpochBasedRunner") == "EpochBasedRunner"
@@ -226,6 +247,5 @@ def scale_config(cfg: Mapping[str, Any], world_size: int) -> tuple[dict, ScaledS
     already scaled config for any world size gives the same result as on the configured one.
     """
     base = original_config(cfg)
-    samples = (base.get("data") or {}).get("samples_per_gpu", 2)
-    schedule = scale_for_world(base, world_size, samples)
+    schedule = scale_for_world(base, world_size, split_batch_size(base, "train"))
     return apply_schedule(base, schedule), schedule

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detcore.engine.dist import DistInfo
+from detcore.engine.scaling import split_batch_size, split_workers
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,19 @@ class EpochTaggedBatches:
             yield [(epoch, i) for i in batch]
 
 
+LOADER_KEYS = ("samples_per_gpu", "workers_per_gpu")  # MMDetection's per-split loader keys, not the dataset's
+
+
 def split_config(cfg: Mapping[str, Any], split: str) -> dict:
+    """The dataset config of ``data.<split>`` (top-level ``classes`` filled in; the loader's keys,
+    read by :func:`~detcore.engine.scaling.split_batch_size`/``split_workers``, left out)."""
     data = cfg.get("data") or {}
     if split not in data:
         from detcore.errors import ConfigError
 
         raise ConfigError(f"{cfg.get('filename', 'config')}: data.{split} is missing; add a dataset for the "
                           f"{split} split")
-    split_cfg = dict(data[split])
+    split_cfg = {k: v for k, v in data[split].items() if k not in LOADER_KEYS}
     if cfg.get("classes") is not None and "classes" not in split_cfg:
         split_cfg["classes"] = list(cfg["classes"])
     return split_cfg
@@ -95,17 +101,11 @@ def split_config(cfg: Mapping[str, Any], split: str) -> dict:
 def build_split_loader(cfg: Mapping[str, Any], split: str, dist: DistInfo, seed: int, *, train: bool) -> DataLoader:
     from detcore.data import build_dataloader, build_dataset
 
-    data = cfg["data"]
     split_cfg = split_config(cfg, split)
     if not train:
         split_cfg.setdefault("test_mode", True)
-    own_batch = split_cfg.pop("samples_per_gpu", None)  # MMDetection's data.test.samples_per_gpu
     dataset = build_dataset(split_cfg)
-    if train:
-        per_gpu = int(own_batch or data.get("samples_per_gpu", 2))
-    else:
-        per_gpu = int(own_batch or data.get("test_samples_per_gpu", 1))
-    workers = int(data.get("workers_per_gpu", 2))
+    per_gpu, workers = int(split_batch_size(cfg, split)), int(split_workers(cfg, split))
     pin = dist.device.type == "cuda"
     loader = build_dataloader(dataset, per_gpu, workers, shuffle=train, seed=seed, rank=dist.rank,
                               world_size=dist.world_size, test_mode=not train, pin_memory=pin and not train)

@@ -30,7 +30,7 @@ from detcore.engine.malloc import keep_freed_memory
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
 from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
-from detcore.engine.scaling import SCALING_KEY, scale_config
+from detcore.engine.scaling import SCALING_KEY, scale_config, split_batch_size
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.models import build_detector
@@ -115,9 +115,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.cfg.get("optimizer") or {"type": "SGD", "lr": 0.02})
         self.scheduler = build_scheduler(self.optimizer, lr_factor_fn(
             self.cfg.get("lr_config"), iters_per_epoch=self.iters_per_epoch, by_epoch=self.by_epoch, max_units=units))
+        amp = amp or self.cfg.get("amp") is True  # --amp, or the config's amp: true (MMDetection's AMP wrapper)
         self.amp = bool(amp and self.dist.device.type == "cuda")
         if amp and not self.amp:
-            logger.warning("--amp needs a CUDA device; training on %s in full precision", self.dist.device)
+            logger.warning("mixed precision (--amp, amp: true) needs a CUDA device; training on %s in full precision",
+                           self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.grad_clip = (self.cfg.get("optimizer_config") or {}).get("grad_clip")
         if self.dist.distributed:
@@ -289,7 +291,7 @@ class Trainer:
         total_batch = self.train_loader.batch_size_total if hasattr(self.train_loader, "batch_size_total") else None
         meta = make_meta(config_text=dump_config(self.cfg), classes=self.classes, arch=self.arch, epoch=self.epoch,
                          iteration=self.iter, world_size=self.dist.world_size,
-                         total_batch=total_batch or self.cfg["data"]["samples_per_gpu"] * self.dist.world_size,
+                         total_batch=total_batch or split_batch_size(self.cfg, "train") * self.dist.world_size,
                          seed=self.seed, scaling=self.cfg.get(SCALING_KEY))
         with beating(self._keepalive()):  # a slow file system is not a hang
             path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),

@@ -1,8 +1,10 @@
-"""Import MMDetection 2.x ``.py`` configs as detcore YAML, without running them.
+"""Import MMDetection 2.x and 3.x ``.py`` configs as detcore YAML, without running them.
 
-``import_config(path)`` reads the file and its ``_base_`` chain with :mod:`ast`
-(:mod:`.reader`), maps the merged config onto detcore's schema (:mod:`.model_map`,
-:mod:`.data_map`) and returns the YAML-ready config and the summary of every key that did
+``import_config(path)`` reads the file and its bases with :mod:`ast` (:mod:`.reader`; ``_base_``
+lists and MMEngine's ``with read_base():`` imports), maps the merged config onto detcore's
+schema (:mod:`.model_map`; 2.x's ``data``/``optimizer``/``lr_config``/... in :mod:`.data_map`,
+3.x's ``train_dataloader``/``optim_wrapper``/``param_scheduler``/... in :mod:`.v3_data` and
+:mod:`.v3_schedule`) and returns the YAML-ready config and the summary of every key that did
 not carry over exactly (:mod:`.source`).
 """
 from __future__ import annotations
@@ -17,6 +19,14 @@ from detcore.mmdet_import.data_map import map_data, map_schedule
 from detcore.mmdet_import.model_map import map_model
 from detcore.mmdet_import.reader import read_mmdet_config
 from detcore.mmdet_import.source import Source
+from detcore.mmdet_import.v3_data import map_data_v3
+from detcore.mmdet_import.v3_schedule import map_schedule_v3
+
+# Keys only MMDetection 3.x (MMEngine) reads, and the 2.x keys it ignores.
+V3_KEYS = ("train_dataloader", "val_dataloader", "test_dataloader", "optim_wrapper", "param_scheduler",
+           "default_hooks", "val_evaluator", "test_evaluator")
+V2_KEYS = ("data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config", "evaluation",
+           "log_config", "total_epochs", "fp16", "workflow", "resume_from", "dist_params")
 
 
 @dataclass(frozen=True)
@@ -68,9 +78,21 @@ def import_config(path: str | os.PathLike) -> ImportedConfig:
     src = Source(read_mmdet_config(Path(path)), source)
     model = map_model(src)
     cfg: dict = {"model": model}
-    cfg.update(map_data(src, model))
-    cfg.update(map_schedule(src))
+    if is_mmdet3(src.cfg):
+        cfg.update(map_data_v3(src, model))
+        cfg.update(map_schedule_v3(src, cfg["data"]))
+        for key in V2_KEYS:
+            if src.has(key):
+                src.note(key, "an MMDetection 2.x key, which MMDetection 3.x does not read either")
+    else:
+        cfg.update(map_data(src, model))
+        cfg.update(map_schedule(src))
     return ImportedConfig(source, cfg, src.summary())
+
+
+def is_mmdet3(cfg: dict) -> bool:
+    """An MMDetection 3.x (MMEngine) config: one of the keys only 3.x reads, or a data preprocessor."""
+    return any(key in cfg for key in V3_KEYS) or "data_preprocessor" in (cfg.get("model") or {})
 
 
 def is_mmdet_config(path: str | os.PathLike) -> bool:
@@ -78,4 +100,4 @@ def is_mmdet_config(path: str | os.PathLike) -> bool:
     return str(path).endswith(".py")
 
 
-__all__ = ["ImportedConfig", "import_config", "is_mmdet_config", "read_mmdet_config", "write_yaml"]
+__all__ = ["ImportedConfig", "import_config", "is_mmdet3", "is_mmdet_config", "read_mmdet_config", "write_yaml"]

@@ -1,9 +1,12 @@
 """Map MMDetection's ``data``, pipelines, schedule and runtime keys onto detcore's."""
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 from detcore.mmdet_import.source import Source
+from detcore.mmdet_import.v3_schedule import metric_key
+from detcore.mmdet_import.weights_map import map_load_from
 
 WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset")
 # Transforms whose job detcore (or torchvision's model transform) already does.
@@ -54,32 +57,42 @@ def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
 
 
 def _normalize(src: Source, p: str, model: dict) -> None:
-    mean, std = src.get(f"{p}.mean"), src.get(f"{p}.std")
     src.use(f"{p}.type")
-    if src.get(f"{p}.to_rgb", True) is False and isinstance(mean, list) and isinstance(std, list):
+    normalization(src, p, "to_rgb", True, model)
+
+
+def normalization(src: Source, p: str, rgb_key: str, rgb_default: bool, model: dict) -> None:
+    """The model's ``image_mean``/``image_std`` (0..1 scale, RGB) from MMDetection's ``mean``/``std``
+    at ``p`` (0..255, in BGR order when the ``rgb_key`` flag is false: reordered, and said so)."""
+    mean, std = src.get(f"{p}.mean"), src.get(f"{p}.std")
+    if src.get(f"{p}.{rgb_key}", rgb_default) is False and isinstance(mean, list) and isinstance(std, list):
         mean, std = mean[::-1], std[::-1]
-        src.note(f"{p}.to_rgb", "detcore feeds RGB images; mean and std reordered to RGB, but BGR-trained "
-                                "(caffe) weights do not carry over")
+        src.note(f"{p}.{rgb_key}", "detcore feeds RGB images; mean and std reordered to RGB, but BGR-trained "
+                                   "(caffe) weights do not carry over")
     if isinstance(mean, list) and isinstance(std, list):
         model["image_mean"] = [round(m / 255, 6) for m in mean]
         model["image_std"] = [round(s / 255, 6) for s in std]
 
 
-def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
+def dataset_head(src: Source, path: str) -> tuple[str, dict]:
+    """The path of the dataset inside any wrappers at ``path`` (each wrapper noted) and ``{"type": ...}``."""
     while src.lookup(f"{path}.type") in WRAPPERS:
         src.note(f"{path}.type", f"{src.lookup(f'{path}.type')} wrapper dropped; the inner dataset is used")
         src.use(f"{path}.times", f"{path}.oversample_thr")
         path = f"{path}.dataset"
     kind = src.get(f"{path}.type", "CocoDataset")
-    out: dict = {"type": kind}
     if kind != "CocoDataset":
         src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
                                  "cityscapes|via) and set type: CocoDataset")
+    return path, {"type": kind}
+
+
+def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
+    path, out = dataset_head(src, path)
     root = src.get(f"{path}.data_root") or ""
     for key in ("ann_file", "img_prefix"):
         if src.has(f"{path}.{key}"):
-            value = src.get(f"{path}.{key}")
-            out[key] = root + value if isinstance(value, str) and root and not value.startswith("/") else value
+            out[key] = under_root(root, src.get(f"{path}.{key}"))
     if src.has(f"{path}.classes"):
         out["classes"] = list(src.get(f"{path}.classes"))
     src.use(f"{path}.filter_empty_gt", f"{path}.test_mode")
@@ -100,6 +113,8 @@ def map_data(src: Source, model: dict) -> dict:
     for key in ("samples_per_gpu", "workers_per_gpu"):
         if src.has(f"data.{key}"):
             data[key] = src.get(f"data.{key}")
+        if src.has(f"data.train_dataloader.{key}"):  # overrides data.<key> for the training loader
+            data[key] = src.get(f"data.train_dataloader.{key}")
     for key in ("test_dataloader", "val_dataloader"):
         if src.has(f"data.{key}.samples_per_gpu") and "test_samples_per_gpu" not in data:
             data["test_samples_per_gpu"] = src.get(f"data.{key}.samples_per_gpu")
@@ -114,6 +129,13 @@ def map_data(src: Source, model: dict) -> dict:
         classes = None
     out["classes"] = list(classes) if classes else None
     out["data"] = data
+    plain_variables(src, data)
+    return out
+
+
+def plain_variables(src: Source, data: dict) -> None:
+    """The top-level variables MMDetection's configs use to fill ``data`` (used: what they hold
+    is mapped where they were used); a ``dataset_type`` no dataset has is listed."""
     dataset_type = src.lookup("dataset_type")
     if isinstance(dataset_type, str):
         types = {d.get("type") for d in data.values() if isinstance(d, dict)}
@@ -122,8 +144,28 @@ def map_data(src: Source, model: dict) -> dict:
                                      f"{', '.join(sorted(map(str, types)))}; set data.<split>.type to change it")
         else:
             src.use("dataset_type")
-    src.use("data_root", "img_norm_cfg", "train_pipeline", "test_pipeline", "val_pipeline")
-    return out
+    src.use("data_root", "img_norm_cfg", "train_pipeline", "test_pipeline", "val_pipeline", "backend_args",
+            "file_client_args")
+
+
+def under_root(root: str, value: Any) -> Any:
+    """``value`` joined onto ``data_root`` as MMDetection joins it (``os.path.join``; absolute paths
+    and an empty root leave it as it is)."""
+    return posixpath.join(root, value) if isinstance(value, str) and root and value else value
+
+
+def _amp(src: Source, out: dict) -> None:
+    """``fp16 = dict(loss_scale=...)`` and the FP16 optimizer hooks -> ``amp: true``."""
+    hook = src.get("optimizer_config.type", "OptimizerHook")
+    if hook in ("Fp16OptimizerHook", "GradientCumulativeFp16OptimizerHook") or src.has("fp16"):
+        out["amp"] = True
+        for key in ("fp16.loss_scale", "optimizer_config.loss_scale"):
+            if not src.use_if(key, "dynamic") and src.has(key):
+                src.note(key, "detcore scales the loss dynamically (torch.amp.GradScaler)")
+        src.use("fp16", "optimizer_config.type")
+    elif hook != "OptimizerHook":
+        src.note("optimizer_config.type", "detcore steps the optimizer once per batch (amp: true for mixed "
+                                          "precision)")
 
 
 def map_schedule(src: Source) -> dict:
@@ -137,10 +179,7 @@ def map_schedule(src: Source) -> dict:
             src.note("optimizer.type", f"detcore has {', '.join(OPTIMIZERS)}; kept as written, choose one of them")
     clip = src.get("optimizer_config.grad_clip")
     out["optimizer_config"] = {"grad_clip": dict(clip) if isinstance(clip, dict) else None}
-    if src.get("optimizer_config.type", "OptimizerHook") != "OptimizerHook" or src.has("fp16"):
-        for key in ("optimizer_config.type", "fp16"):
-            if src.has(key):
-                src.note(key, "mixed precision is detcore train --amp")
+    _amp(src, out)
     if src.has("lr_config"):
         lr = {"policy": LR_POLICIES.get(src.get("lr_config.policy"), src.get("lr_config.policy"))}
         if lr["policy"] not in LR_POLICIES.values():
@@ -169,17 +208,22 @@ def map_schedule(src: Source) -> dict:
         metric = src.get("evaluation.metric", "bbox")
         ev = {"interval": src.get("evaluation.interval", 1), "metric": [metric] if isinstance(metric, str) else metric}
         if src.has("evaluation.save_best"):
-            out["checkpoint_config"]["save_best"] = src.get("evaluation.save_best")
+            best = src.get("evaluation.save_best")
+            out["checkpoint_config"]["save_best"] = metric_key(best, ev["metric"]) or best
+            if not metric_key(best, ev["metric"]):
+                src.note("evaluation.save_best", "not a metric detcore computes (bbox_AP, segm_AP, mAP, ...); kept "
+                                                 "as written")
         out["evaluation"] = ev
     out["log_config"] = {"interval": src.get("log_config.interval", 50)}
-    for i, hook in enumerate(src.lookup("log_config.hooks") or []):
+    for i, hook in enumerate(src.items("log_config.hooks")):
         if isinstance(hook, dict) and hook.get("type") in ("TextLoggerHook", "TensorboardLoggerHook"):
             src.use(f"log_config.hooks.{i}")  # detcore always writes both
-    for i, hook in enumerate(src.lookup("custom_hooks") or []):
+    for i, hook in enumerate(src.items("custom_hooks")):
         if isinstance(hook, dict) and hook.get("type") == "NumClassCheckHook":
             src.use(f"custom_hooks.{i}")  # detcore checks num_classes against the dataset itself
     out["custom_hooks"] = []
-    for key in ("load_from", "resume_from", "work_dir"):
+    map_load_from(src, out)
+    for key in ("resume_from", "work_dir"):
         if src.has(key):
             out[key] = src.get(key)
     if src.has("auto_scale_lr"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from detcore.errors import ConfigError
 from detcore.mmdet_import.source import Source
+from detcore.mmdet_import.weights_map import backbone_weights
 
 FAMILIES = {"FasterRCNN": "Faster R-CNN", "MaskRCNN": "Mask R-CNN", "RetinaNet": "RetinaNet", "FCOS": "FCOS"}
 KNOWN_OTHERS = {
@@ -28,6 +29,8 @@ KNOWN_OTHERS = {
 TWO_STAGE_HEADS = {"rpn_head": "RPNHead", "roi_head": "StandardRoIHead", "roi_head.bbox_head": "Shared2FCBBoxHead",
                    "roi_head.bbox_roi_extractor": "SingleRoIExtractor"}
 MASK_HEADS = {"roi_head.mask_head": "FCNMaskHead", "roi_head.mask_roi_extractor": "SingleRoIExtractor"}
+# The torch classes new-style (MMEngine "pure Python") configs name instead of MMCV's aliases.
+NORM_ALIASES = {"BatchNorm2d": "BN", "SyncBatchNorm": "SyncBN", "GroupNorm": "GN"}
 # (key, repr(value)) pairs in train_cfg/test_cfg that match what torchvision's models do.
 EQUIVALENT = {("type", "'MaxIoUAssigner'"), ("type", "'RandomSampler'"), ("type", "'nms'"), ("debug", "False"),
               ("min_bbox_size", "0"), ("pos_weight", "-1"), ("allowed_border", "-1"), ("allowed_border", "0"),
@@ -37,7 +40,7 @@ EQUIVALENT = {("type", "'MaxIoUAssigner'"), ("type", "'RandomSampler'"), ("type"
 def unsupported(src: Source, path: str, name: str) -> ConfigError:
     """The one-line refusal of an architecture (or part) detcore does not build."""
     return ConfigError(f"{src.filename}: {path}: {name} is an architecture detcore does not have; detcore builds "
-                       f"{', '.join(FAMILIES.values())} on ResNet + FPN (see README, 'Coming from MMDetection')")
+                       f"{', '.join(FAMILIES.values())} on ResNet + FPN (see docs/mmdetection.md)")
 
 
 def detector_type(src: Source) -> str:
@@ -49,6 +52,11 @@ def detector_type(src: Source) -> str:
     if kind not in FAMILIES:
         raise unsupported(src, "model.type", f"{kind} ({KNOWN_OTHERS.get(kind, 'not one of the four families')})")
     return kind
+
+
+def _norm_type(norm: Any, default: str | None = "BN") -> str | None:
+    kind = norm.get("type", default) if isinstance(norm, dict) else default
+    return NORM_ALIASES.get(kind, kind)
 
 
 def _require_type(src: Source, path: str, expected: str) -> None:
@@ -73,7 +81,7 @@ def _backbone(src: Source, start_level: int) -> dict:
     frozen = src.get(f"{p}.frozen_stages", -1)
     norm = src.get(f"{p}.norm_cfg", {"type": "BN", "requires_grad": True}) or {}
     norm_eval = src.get(f"{p}.norm_eval", True)
-    kind = norm.get("type", "BN")
+    kind = _norm_type(norm)
     if kind in ("BN", "SyncBN") and norm_eval:
         detcore_norm = "frozen_bn"
         if norm.get("requires_grad", True):
@@ -91,15 +99,10 @@ def _backbone(src: Source, start_level: int) -> dict:
     if style != "pytorch":
         src.note(f"{p}.style", "torchvision's ResNet is pytorch style (stride in the 3x3 conv); caffe weights "
                                "do not carry over")
-    if src.has(f"{p}.init_cfg") or src.has("model.pretrained"):
-        for key in (f"{p}.init_cfg", "model.pretrained"):
-            if src.has(key):
-                src.note(key, "not downloaded: set model.backbone.weights to a local torchvision state dict, "
-                              "or load_from")
     trainable = 5 if frozen < 0 else max(0, 4 - frozen)
     returned = [int(i) + 1 for i in out_indices][start_level:]
     return {"type": "ResNet", "depth": depth, "norm": detcore_norm, "trainable_layers": trainable,
-            "returned_layers": returned, "weights": None}
+            "returned_layers": returned, "weights": backbone_weights(src)}
 
 
 def _neck(src: Source, n_body: int) -> dict:
@@ -126,7 +129,7 @@ def _neck(src: Source, n_body: int) -> dict:
         raise unsupported(src, p, f"FPN with {n_body} inputs, num_outs={extra + n_body}, add_extra_convs={convs}")
     norm = src.get(f"{p}.norm_cfg")
     if norm:
-        if norm.get("type") != "GN":
+        if _norm_type(norm) != "GN":
             raise unsupported(src, f"{p}.norm_cfg", f"FPN with {norm.get('type')}")
         out["norm"] = "gn"
     return out
@@ -216,7 +219,7 @@ def _single_stage(src: Source, model: dict, kind: str) -> None:
         model["anchor_generator"] = {"sizes": [[int(s)] for s in strides], "aspect_ratios": [1.0]}
         if src.get(f"{h}.center_sampling", False):
             test["center_sampling_radius"] = src.get(f"{h}.center_sample_radius", 1.5)
-        if (src.get(f"{h}.norm_cfg") or {}).get("type") != "GN":
+        if _norm_type(src.get(f"{h}.norm_cfg") or {}, None) != "GN":
             src.note(f"{h}.norm_cfg", "torchvision's FCOS head always has GroupNorm")
     model["test_cfg"] = test
 

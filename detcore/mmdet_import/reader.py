@@ -1,240 +1,41 @@
-"""Read an MMDetection 2.x ``.py`` config and its ``_base_`` chain without running it.
+"""Read an MMDetection ``.py`` config (2.x or 3.x) and its bases without running it.
 
-The file is parsed with :mod:`ast` and only these expressions are evaluated: literals
-(strings, numbers, booleans, None), dicts, ``dict(...)`` calls (keywords and ``**name``),
-lists, tuples, names bound earlier in the file or in its bases, ``_base_.key`` /
-``{{_base_.key}}`` references, ``+ - * / //`` on numbers, ``+`` and ``* n`` on strings and
-lists, ``x[i]`` with a literal index and f-strings whose fields are plain names. Anything
-else (other calls, imports, attribute access, comprehensions, lambdas) is code: the file
-is refused with one line naming the file and the line, and nothing in it is run.
+The file is parsed with :mod:`ast`; values are evaluated by :mod:`.evaluator` (literals, dicts,
+lists, names, ``_base_`` references and a little arithmetic). Statements: assignments to a
+name, to ``name.key`` / ``name[i]`` chains (``_base_.optim_wrapper.type = 'AmpOptimWrapper'``
+changes what the file inherits, as MMEngine does), and ``name.update(...)`` /
+``name.merge(...)`` (MMEngine's recursive merge). Anything else (imports, calls, loops,
+functions) is code: the file is refused with one line naming the file and the line, and
+nothing in it is run.
 
-Bases merge as MMDetection merges them (:func:`detcore.config.merge`: later bases override
-earlier, the child overrides, ``_delete_=True`` replaces, dicts merge, lists replace).
+Two ways to inherit:
+
+- ``_base_ = [...]`` (MMDetection 2.x and 3.x): bases merge as MMDetection merges them
+  (:func:`detcore.config.merge`: later bases override earlier, the child overrides,
+  ``_delete_=True`` replaces, dicts merge, lists replace).
+- MMEngine's new ("pure Python") style: ``with read_base(): from .._base_.x import *`` (or
+  ``if '_base_':``). The imported base files are read the same way; their names are bound as
+  Python binds them (an assignment replaces, ``update``/``merge`` merge). Other imports
+  (``from mmdet.models import FasterRCNN``) are never executed: the name stands for the class's
+  name. Bases must be relative imports (files beside the config); an import from an installed
+  package is refused.
 """
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 from detcore.config import BASE_KEY, _Budget, merge
-from detcore.config_yaml import MAX_CONFIG_BYTES, MAX_NODES, read_config_text
+from detcore.config_yaml import MAX_NODES, read_config_text
 from detcore.errors import ConfigError
+from detcore.mmdet_import.evaluator import Evaluator, Lazy, code_error, expanded_size, source_text
 
-MAX_VALUE_ITEMS = 100_000  # items one `list * n` or `str * n` may produce
-MAX_INT = 2 ** 63
-
-
-class CodeInConfig(ConfigError):
-    """The config holds an expression or statement that only running Python could evaluate."""
-
-
-def _code(path: Path, node: ast.AST, what: str) -> CodeInConfig:
-    return CodeInConfig(f"{path}:{getattr(node, 'lineno', '?')}: {what} is code; detcore reads MMDetection configs "
-                        f"without running them, so write the value as a literal (dict(...), [...], 'text', 1.0)")
-
-
-class _Evaluator:
-    """Evaluates the literal subset of Python described in the module docstring."""
-
-    def __init__(self, path: Path, names: dict[str, Any], base: Mapping[str, Any]) -> None:
-        self.path, self.names, self.base = path, names, base
-
-    def value(self, node: ast.AST) -> Any:
-        method = getattr(self, f"_{type(node).__name__}", None)
-        if method is None:
-            raise _code(self.path, node, f"{type(node).__name__.lower()} {_source(node)!r}")
-        return method(node)
-
-    def _Constant(self, node: ast.Constant) -> Any:
-        if node.value is Ellipsis or isinstance(node.value, (bytes, complex)):
-            raise _code(self.path, node, f"the constant {_source(node)!r}")
-        return node.value
-
-    def _Dict(self, node: ast.Dict) -> dict:
-        out: dict = {}
-        for key, value in zip(node.keys, node.values):
-            if key is None:
-                out.update(self._mapping(value))
-                continue
-            k = self.value(key)
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
-                raise _code(self.path, key, f"the dict key {_source(key)!r}")
-            out[k] = self.value(value)
-        return out
-
-    def _mapping(self, node: ast.AST) -> dict:
-        value = self.value(node)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{self.path}:{node.lineno}: **{_source(node)} is a {type(value).__name__}, "
-                              f"not a dict; unpack only dicts")
-        return value
-
-    def _sequence(self, elts: list[ast.expr]) -> list:
-        out: list = []
-        for elt in elts:
-            if isinstance(elt, ast.Starred):
-                value = self.value(elt.value)
-                if not isinstance(value, list):
-                    raise _code(self.path, elt, f"*{_source(elt.value)}")
-                out.extend(value)
-            else:
-                out.append(self.value(elt))
-        return out
-
-    def _List(self, node: ast.List) -> list:
-        return self._sequence(node.elts)
-
-    _Tuple = _List  # tuples become lists, as YAML has only lists
-
-    def _Call(self, node: ast.Call) -> dict:
-        if not (isinstance(node.func, ast.Name) and node.func.id == "dict" and "dict" not in self.names):
-            raise _code(self.path, node, f"the call {_source(node)!r:.80}")
-        out: dict = {}
-        for arg in node.args:  # dict({...}) / dict(other)
-            out.update(self._mapping(arg))
-        for kw in node.keywords:
-            if kw.arg is None:
-                out.update(self._mapping(kw.value))
-            else:
-                out[kw.arg] = self.value(kw.value)
-        return out
-
-    def _Name(self, node: ast.Name) -> Any:
-        if node.id in self.names:
-            return self.names[node.id]
-        if node.id in self.base and not node.id.startswith("__"):
-            return self.base[node.id]
-        raise ConfigError(f"{self.path}:{node.lineno}: name {node.id!r} is not defined in the file or its "
-                          f"_base_ files; define it above its first use")
-
-    def _Attribute(self, node: ast.Attribute) -> Any:
-        parts = []
-        cur: ast.AST = node
-        while isinstance(cur, ast.Attribute):
-            parts.insert(0, cur.attr)
-            cur = cur.value
-        if not (isinstance(cur, ast.Name) and cur.id == BASE_KEY):
-            raise _code(self.path, node, f"the attribute access {_source(node)!r:.80}")
-        value: Any = self.base
-        for part in parts:
-            if not isinstance(value, Mapping) or part not in value:
-                raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)} is not in the _base_ files")
-            value = value[part]
-        return value
-
-    def _Set(self, node: ast.Set) -> Any:  # MMCV's {{_base_.key}} substitution
-        if len(node.elts) == 1 and isinstance(node.elts[0], ast.Set) and len(node.elts[0].elts) == 1:
-            inner = node.elts[0].elts[0]
-            if isinstance(inner, ast.Attribute):
-                return self._Attribute(inner)
-        raise _code(self.path, node, f"the set {_source(node)!r:.80}")
-
-    def _UnaryOp(self, node: ast.UnaryOp) -> Any:
-        value = self.value(node.operand)
-        if isinstance(node.op, (ast.USub, ast.UAdd)) and _is_number(value):
-            return -value if isinstance(node.op, ast.USub) else +value
-        if isinstance(node.op, ast.Not) and isinstance(value, bool):
-            return not value
-        raise _code(self.path, node, f"the expression {_source(node)!r:.80}")
-
-    def _BinOp(self, node: ast.BinOp) -> Any:
-        left, right = self.value(node.left), self.value(node.right)
-        op = node.op
-        if _is_number(left) and _is_number(right):
-            try:
-                if isinstance(op, ast.Add):
-                    result = left + right
-                elif isinstance(op, ast.Sub):
-                    result = left - right
-                elif isinstance(op, ast.Mult):
-                    result = left * right
-                elif isinstance(op, ast.Div):
-                    result = left / right
-                elif isinstance(op, ast.FloorDiv):
-                    result = left // right
-                else:
-                    raise _code(self.path, node, f"the operator in {_source(node)!r:.80}")
-            except ZeroDivisionError:
-                raise ConfigError(f"{self.path}:{node.lineno}: division by zero in {_source(node)!r:.80}") from None
-            if abs(result) > MAX_INT:
-                raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80} is larger than {MAX_INT}")
-            return result
-        if isinstance(op, ast.Add) and type(left) is type(right) and isinstance(left, (str, list)):
-            return self._sized(node, left + right) if len(left) + len(right) <= _limit(left) else \
-                self._sized(node, None)
-        if isinstance(op, ast.Mult) and isinstance(left, (str, list)) and isinstance(right, int) \
-                and not isinstance(right, bool):
-            return self._sized(node, left * right if len(left) * max(right, 0) <= _limit(left) else None)
-        raise _code(self.path, node, f"the expression {_source(node)!r:.80}")
-
-    def _sized(self, node: ast.AST, value: Any) -> Any:
-        """``value``, or (None: it would be too long) one line saying so."""
-        if value is None:
-            raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80} makes a value longer than "
-                              f"{MAX_VALUE_ITEMS} items or {MAX_CONFIG_BYTES} characters")
-        return value
-
-    def _Subscript(self, node: ast.Subscript) -> Any:
-        container = self.value(node.value)
-        key = self.value(node.slice)
-        try:
-            if isinstance(container, (list, str)) and isinstance(key, int) and not isinstance(key, bool):
-                return container[key]
-            if isinstance(container, dict):
-                return container[key]
-        except (IndexError, KeyError, TypeError):
-            raise ConfigError(f"{self.path}:{node.lineno}: {_source(node)!r:.80}: no such item") from None
-        raise _code(self.path, node, f"the subscript {_source(node)!r:.80}")
-
-    def _Index(self, node: Any) -> Any:  # Python 3.8's wrapper around a subscript
-        return self.value(node.value)
-
-    def _JoinedStr(self, node: ast.JoinedStr) -> str:
-        out = []
-        for part in node.values:
-            if isinstance(part, ast.Constant):
-                out.append(str(part.value))
-            elif (isinstance(part, ast.FormattedValue) and part.conversion == -1 and part.format_spec is None
-                  and isinstance(part.value, (ast.Name, ast.Constant))):
-                value = self.value(part.value)
-                if not isinstance(value, (str, int, float)):
-                    raise _code(self.path, node, f"the f-string {_source(node)!r:.80}")
-                out.append(str(value))
-            else:
-                raise _code(self.path, node, f"the f-string {_source(node)!r:.80}")
-        return self._sized(node, "".join(out) if sum(map(len, out)) <= MAX_CONFIG_BYTES else None)
-
-
-def _limit(value: str | list) -> int:
-    return MAX_CONFIG_BYTES if isinstance(value, str) else MAX_VALUE_ITEMS
-
-
-def _expanded_size(value: Any, limit: int) -> int:
-    """The number of values in ``value`` with shared references counted each time, up to ``limit``
-    (names reused in nested lists would otherwise build a "billion laughs" of references)."""
-    count, stack = 0, [value]
-    while stack and count < limit:
-        item = stack.pop()
-        count += 1 + (len(item) // 100 if isinstance(item, str) else 0)  # long text counts as many values
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _source(node: ast.AST) -> str:
-    try:
-        return " ".join(ast.unparse(node).split())
-    except Exception:  # noqa: BLE001 - only used to describe the node
-        return type(node).__name__
+MERGE_METHODS = ("update", "merge")  # ConfigDict methods a statement may call (both merge recursively)
 
 
 def _parse(path: Path, text: str) -> ast.Module:
@@ -254,37 +55,104 @@ def _parse_text(path: str, text: str) -> ast.Module:
         raise ConfigError(f"{path}: cannot be parsed ({type(exc).__name__}); nested too deeply or not text") from None
 
 
-def read_file_names(path: Path, base: Mapping[str, Any], budget: _Budget) -> dict[str, Any]:
-    """The names one file binds (``_base_`` included), evaluated without running the file."""
-    text = read_config_text(path)
-    budget.read(path, len(text))
-    names: dict[str, Any] = {}
-    evaluator = _Evaluator(path, names, base)
-    for stmt in _parse(path, text).body:
+class _FileReader:
+    """Runs the statements of one parsed file over ``names`` (its bindings) without executing them."""
+
+    def __init__(self, path: Path, names: dict[str, Any], base: Mapping[str, Any], budget: _Budget) -> None:
+        self.path, self.names, self.budget = path, names, budget
+        self.evaluator = Evaluator(path, names, base)
+
+    def statement(self, stmt: ast.stmt) -> None:
+        try:
+            self._statement(stmt)
+        except RecursionError:
+            raise ConfigError(f"{self.path}:{stmt.lineno}: nested too deeply; flatten the value") from None
+
+    def _statement(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str):
-            continue  # a docstring
+            return  # a docstring
         if isinstance(stmt, ast.Pass):
-            continue
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-            targets, value = [stmt.target], stmt.value
-        elif isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-            targets, value = stmt.targets, stmt.value
+            return
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            self._assign([stmt.target], stmt.value, stmt)
+        elif isinstance(stmt, ast.Assign):
+            self._assign(stmt.targets, stmt.value, stmt)
+        elif isinstance(stmt, ast.Expr) and _is_merge_call(stmt.value):
+            self._merge_call(stmt.value, stmt)  # type: ignore[arg-type]
         else:
             kind = {ast.Import: "an import", ast.ImportFrom: "an import", ast.Expr: "the statement"}.get(
                 type(stmt), f"a {type(stmt).__name__.lower()} statement")
-            raise _code(path, stmt, f"{kind} {_source(stmt)!r:.80}")
-        try:
-            result = evaluator.value(value)
-        except RecursionError:
-            raise ConfigError(f"{path}:{stmt.lineno}: nested too deeply; flatten the value") from None
-        budget.values -= _expanded_size(result, budget.values + 1)
-        if budget.values < 0:
-            raise ConfigError(f"{path}:{stmt.lineno}: the _base_ tree holds more than {MAX_NODES} values once "
+            raise code_error(self.path, stmt, f"{kind} {source_text(stmt)!r:.80}")
+
+    def _evaluate(self, node: ast.expr, stmt: ast.stmt) -> Any:
+        return self._counted(self.evaluator.value(node), stmt)
+
+    def _counted(self, result: Any, stmt: ast.stmt) -> Any:
+        """``result``, counted against the tree's budget of values."""
+        self.budget.values -= expanded_size(result, self.budget.values + 1)
+        if self.budget.values < 0:
+            raise ConfigError(f"{self.path}:{stmt.lineno}: the _base_ tree holds more than {MAX_NODES} values once "
                               f"names are expanded; a config is small, is this a data file?")
+        return result
+
+    def _assign(self, targets: list[ast.expr], value: ast.expr, stmt: ast.stmt) -> None:
         for target in targets:
-            if target.id.startswith("__"):
-                raise _code(path, stmt, f"an assignment to {target.id}")
-            names[target.id] = result
+            if not (isinstance(target, ast.Name) or _is_item_chain(target)):
+                raise code_error(self.path, stmt, f"an assignment to {source_text(target)!r:.80}")
+            if isinstance(target, ast.Name) and target.id.startswith("__"):
+                raise code_error(self.path, stmt, f"an assignment to {target.id}")
+        result = self._evaluate(value, stmt)
+        for target in targets:
+            if isinstance(target, ast.Name):
+                self.names[target.id] = result
+                continue
+            container = self.evaluator.reference(target.value)  # type: ignore[attr-defined]
+            key = target.attr if isinstance(target, ast.Attribute) else self.evaluator.value(target.slice)
+            _store(container, key, copy.deepcopy(result), self.path, stmt)  # a copy: no cycles, no aliases
+
+    def _merge_call(self, call: ast.Call, stmt: ast.stmt) -> None:
+        target = self.evaluator.reference(call.func.value)  # type: ignore[attr-defined]
+        if not isinstance(target, dict):
+            raise code_error(self.path, stmt, f"the call {source_text(call)!r:.80} (on a {type(target).__name__})")
+        update = self._counted(self.evaluator.dict_call(call), stmt)
+        merged = merge(target, update)
+        target.clear()
+        target.update(merged)
+
+
+def _is_item_chain(node: ast.expr) -> bool:
+    """``a.b``, ``a['b']``, ``_base_.x[1].y``: keys and indexes below a name."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def _is_merge_call(node: ast.expr) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MERGE_METHODS
+            and _is_item_chain(node.func.value))
+
+
+def _store(container: Any, key: Any, value: Any, path: Path, stmt: ast.stmt) -> None:
+    if isinstance(container, dict) and isinstance(key, (str, int, float, bool)):
+        container[key] = value
+        return
+    if isinstance(container, list) and isinstance(key, int) and not isinstance(key, bool):
+        if not -len(container) <= key < len(container):
+            raise ConfigError(f"{path}:{stmt.lineno}: index {key} is outside the list of {len(container)}")
+        container[key] = value
+        return
+    raise code_error(path, stmt, f"the assignment {source_text(stmt)!r:.80} (into a {type(container).__name__})")
+
+
+def read_file_names(path: Path, base: Mapping[str, Any], budget: _Budget) -> dict[str, Any]:
+    """The names one old-style file binds (``_base_`` included), evaluated without running the file.
+    ``base`` (the merged ``_base_`` files) may be changed by ``_base_.key = value`` statements."""
+    text = read_config_text(path)
+    budget.read(path, len(text))
+    names: dict[str, Any] = {}
+    reader = _FileReader(path, names, base, budget)
+    for stmt in _parse(path, text).body:
+        reader.statement(stmt)
     return names
 
 
@@ -297,24 +165,35 @@ def _bases_of(path: Path, text_names_base: Any) -> list[str]:
     return bases
 
 
-def _base_list(path: Path, budget: _Budget) -> list[str]:
-    """The ``_base_`` of ``path``, read first (its value may not use other names)."""
-    text = read_config_text(path)
-    for stmt in _parse(path, text).body:
-        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == BASE_KEY for t in stmt.targets):
-            return _bases_of(path, _Evaluator(path, {}, {}).value(stmt.value))
-    return []
+def _base_assignment(tree: ast.Module) -> ast.Assign | None:
+    return next((stmt for stmt in tree.body if isinstance(stmt, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == BASE_KEY for t in stmt.targets)), None)
 
 
-def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
-    path = Path(os.path.abspath(path))
+def _check_cycle(path: Path, chain: tuple[Path, ...]) -> Path:
     real = Path(os.path.realpath(path))
     if real in chain:
         raise ConfigError(f"cyclic _base_ chain: {' -> '.join(str(p) for p in (*chain, real))}; remove one of "
                           f"these _base_ entries")
+    return real
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
+    """The config at ``path`` merged over its bases (old style), or read in the new style."""
+    path = Path(os.path.abspath(path))
+    real = _check_cycle(path, chain)
+    tree = _parse(path, read_config_text(path))
+    if is_new_style(tree):
+        return _load_new_style(path, tree, (*chain, real), budget)
+    assignment = _base_assignment(tree)
+    bases = _bases_of(path, Evaluator(path, {}, {}).value(assignment.value)) if assignment else []
     merged: dict = {}
-    for base in _base_list(path, budget):
+    for base in bases:
         base_path = path.parent / os.path.expanduser(base)
+        if "::" in base and not os.path.lexists(base_path):
+            raise ConfigError(f"{path}: _base_ file {base!r} is a config inside the installed package "
+                              f"{base.split('::')[0]!r}; copy it (and its bases) beside this config and give its "
+                              f"relative path")
         if not os.path.lexists(base_path):
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path})")
         if base_path.suffix != ".py":
@@ -325,9 +204,103 @@ def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
     return merge(merged, names)
 
 
+def _stdlib(module: str | None) -> bool:
+    return bool(module) and module.split(".")[0] in sys.stdlib_module_names  # type: ignore[union-attr]
+
+
+def is_new_style(tree: ast.Module) -> bool:
+    """MMEngine's rule for a "pure Python" config: no ``_base_ =`` and a ``with`` block, a relative
+    import or an import of a non-standard-library module (an ``import os`` alone is old-style code)."""
+    if _base_assignment(tree) is not None:
+        return False
+    for stmt in tree.body:
+        if isinstance(stmt, ast.With) or _is_base_if(stmt):
+            return True
+        if isinstance(stmt, ast.ImportFrom) and (stmt.level > 0 or not _stdlib(stmt.module)):
+            return True
+        if isinstance(stmt, ast.Import) and any(not _stdlib(alias.name) for alias in stmt.names):
+            return True
+    return False
+
+
+def _is_base_if(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Constant) and stmt.test.value == BASE_KEY
+            and not stmt.orelse)
+
+
+def _is_read_base(stmt: ast.stmt) -> bool:
+    if not (isinstance(stmt, ast.With) and len(stmt.items) == 1 and stmt.items[0].optional_vars is None):
+        return False
+    call = stmt.items[0].context_expr
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "read_base" \
+        and not call.args and not call.keywords
+
+
+def _load_new_style(path: Path, tree: ast.Module, chain: tuple[Path, ...], budget: _Budget) -> dict:
+    """The names a new-style file leaves bound (the classes it imported too, as a child's
+    ``import *`` sees them; :func:`read_mmdet_config` drops those at the top, as MMEngine does)."""
+    budget.read(path, len(read_config_text(path)))
+    names: dict[str, Any] = {}
+    reader = _FileReader(path, names, names, budget)  # `_base_.key` reads what the bases bound
+    for stmt in tree.body:
+        if _is_read_base(stmt) or _is_base_if(stmt):
+            for inner in stmt.body:  # type: ignore[attr-defined]
+                _import_base(path, inner, names, chain, budget)
+        elif isinstance(stmt, ast.With):
+            raise code_error(path, stmt, f"the block {source_text(stmt.items[0].context_expr)!r:.80} (only `with "
+                                         f"read_base():` may open a block)")
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            _bind_lazy(path, stmt, names)
+        else:
+            reader.statement(stmt)
+    names.pop(BASE_KEY, None)
+    return {k: v for k, v in names.items() if not k.startswith("__")}
+
+
+def _import_base(path: Path, stmt: ast.stmt, names: dict[str, Any], chain: tuple[Path, ...], budget: _Budget) -> None:
+    """``from .rel.module import *`` (or some names) inside ``with read_base():``."""
+    if not isinstance(stmt, ast.ImportFrom):
+        raise code_error(path, stmt, f"the statement {source_text(stmt)!r:.80} inside `with read_base():` (only "
+                                     f"`from .base_file import *` belongs there)")
+    if stmt.level == 0:
+        raise ConfigError(f"{path}:{stmt.lineno}: base {stmt.module!r} is a config inside an installed package; "
+                          f"copy it (and its bases) beside this config and import it relatively "
+                          f"(from .{str(stmt.module).rsplit('.', 1)[-1]} import *)")
+    base_path = path.parent.joinpath(*([".."] * (stmt.level - 1)), *str(stmt.module or "").split(".")) \
+        .with_suffix(".py")
+    if not stmt.module or not os.path.lexists(base_path):
+        raise ConfigError(f"{path}:{stmt.lineno}: base file for {'.' * stmt.level}{stmt.module or ''} not found "
+                          f"(looked for {base_path})")
+    base = _load_tree(base_path, chain, budget)
+    for alias in stmt.names:
+        if alias.name == "*":
+            names.update(copy.deepcopy(base))
+        elif alias.name in base:
+            names[alias.asname or alias.name] = copy.deepcopy(base[alias.name])
+        else:
+            raise ConfigError(f"{path}:{stmt.lineno}: {alias.name!r} is not defined in {base_path}")
+
+
+def _bind_lazy(path: Path, stmt: ast.Import | ast.ImportFrom, names: dict[str, Any]) -> None:
+    """Bind the names an import would bind to :class:`Lazy` placeholders; nothing is imported."""
+    if isinstance(stmt, ast.ImportFrom):
+        if stmt.level > 0 or _stdlib(stmt.module):
+            raise code_error(path, stmt, f"an import {source_text(stmt)!r:.80}" + (
+                " outside `with read_base():`" if stmt.level > 0 else ""))
+        for alias in stmt.names:
+            if alias.name == "*":
+                raise code_error(path, stmt, f"an import {source_text(stmt)!r:.80}")
+            names[alias.asname or alias.name] = Lazy(f"{stmt.module}.{alias.name}")
+        return
+    for alias in stmt.names:
+        if _stdlib(alias.name):
+            raise code_error(path, stmt, f"an import {source_text(stmt)!r:.80}")
+        names[alias.asname or alias.name.split(".")[0]] = Lazy(alias.name if alias.asname else alias.name.split(".")[0])
+
+
 def read_mmdet_config(path: str | os.PathLike) -> dict:
     """The merged MMDetection config at ``path`` as plain data (tuples become lists)."""
     path = Path(path)
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: config file not found; pass the path to an MMDetection .py config")
-    return _load_tree(path, (), _Budget())
+    return {k: v for k, v in _load_tree(path, (), _Budget()).items() if not isinstance(v, Lazy)}

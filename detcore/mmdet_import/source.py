@@ -37,6 +37,18 @@ class Source:
         self.used.add(path)
         return value
 
+    def items(self, path: str) -> list:
+        """The list at ``path`` (not marked used), or ``[]`` when it is absent or not a list."""
+        value = self.lookup(path)
+        return value if isinstance(value, list) else []
+
+    def use_if(self, path: str, *expected: Any) -> bool:
+        """Mark ``path`` used when its value is one of ``expected`` (what detcore does anyway)."""
+        found = self.has(path) and any(self.lookup(path) == e and type(self.lookup(path)) is type(e) for e in expected)
+        if found:
+            self.used.add(path)
+        return found
+
     def use(self, *paths: str) -> None:
         """Mark ``paths`` (and everything under them) as used without reading them."""
         self.used.update(p for p in paths if self.has(p))

@@ -1,7 +1,7 @@
-"""The MMDetection user guide's balloon flow, end to end on generated VIA data:
+"""The MMDetection user guides' balloon flow (2.x and 3.x), end to end on generated VIA data:
 `detcore convert via`, `detcore config import` of the guide's .py config, `detcore train` with
 its `load_from`, `detcore test --eval bbox segm`. Shrunk to seconds with --cfg-options
-(ResNet-18, 128-pixel images, 3 iterations); the config itself is the guide's, unchanged."""
+(ResNet-18, 128-pixel images, 3 iterations); the configs themselves are the guides', unchanged."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from tests.integration.helpers import ROOT, env
 from tests.integration.test_balloon_via import _balloon_split
 
 GUIDE = ROOT / "tests/data/mmdet_configs/mask_rcnn_r50_caffe_fpn_mstrain-poly_1x_balloon.py"
+GUIDE3 = ROOT / "tests/data/mmdet_configs/v3/balloon/mask-rcnn_r50-caffe_fpn_ms-poly-1x_balloon.py"
 SMALL = ["model.backbone.depth=18", "model.min_size=128", "model.max_size=128",
          "data.train.pipeline=[{type: Resize, scale: [128, 128]}, {type: RandomFlip, prob: 0.5}]",
          "data.samples_per_gpu=2", "data.workers_per_gpu=0", "runner={type: IterBasedRunner, max_iters: 3}",
@@ -25,18 +26,33 @@ SMALL = ["model.backbone.depth=18", "model.min_size=128", "model.max_size=128",
 MARKER = 0.123
 
 
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def run(cwd: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "detcore.tools.cli", *args], cwd=cwd, env=env(),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"detcore {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    assert proc.returncode == code, f"detcore {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return proc
 
 
-def test_guide_balloon_config_imports_trains_from_load_from_and_tests(tmp_path: Path) -> None:
+def balloon_data(root: Path) -> None:
+    """The guide's balloon dataset, generated: root/{train,val}/ images and annotation_coco.json."""
     for split, n, seed in (("train", 6, 0), ("val", 2, 1)):
-        _balloon_split(tmp_path / "balloon" / split, n, seed)
-        run(tmp_path, "convert", "via", f"balloon/{split}/via_region_data.json",
-            f"balloon/{split}/annotation_coco.json", "--class-name", "balloon")
+        _balloon_split(root / split, n, seed)
+        run(root.parent, "convert", "via", str(root / split / "via_region_data.json"),
+            str(root / split / "annotation_coco.json"), "--class-name", "balloon")
+
+
+def marked_checkpoint(cfg: dict, path: Path) -> None:
+    """A checkpoint of the (shrunk) network the config builds, with one weight made recognisable."""
+    from detcore.models import build_detector
+
+    state = build_detector(cfg["model"]).state_dict()
+    state["roi_heads.box_predictor.cls_score.bias"].fill_(MARKER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+
+
+def test_guide_balloon_config_imports_trains_from_load_from_and_tests(tmp_path: Path) -> None:
+    balloon_data(tmp_path / "balloon")
     config = shutil.copy(GUIDE, tmp_path / GUIDE.name)
     shutil.copytree(GUIDE.parent / "mask_rcnn", tmp_path / "mask_rcnn")
     shutil.copytree(GUIDE.parent / "_base_", tmp_path / "_base_")
@@ -46,14 +62,9 @@ def test_guide_balloon_config_imports_trains_from_load_from_and_tests(tmp_path: 
 
     # The guide's load_from: a checkpoint of the same (shrunk) network, with one weight made recognisable.
     from detcore.config import load_config
-    from detcore.models import build_detector
 
     cfg = load_config(tmp_path / "balloon.yaml", SMALL)
-    model = build_detector(cfg["model"])
-    state = model.state_dict()
-    state["roi_heads.box_predictor.cls_score.bias"].fill_(MARKER)
-    (tmp_path / cfg["load_from"]).parent.mkdir(parents=True)
-    torch.save(state, tmp_path / cfg["load_from"])
+    marked_checkpoint(cfg, tmp_path / cfg["load_from"])
 
     # Train straight from the .py (imported on the fly): the imported YAML lands in the work dir.
     proc = run(tmp_path, "train", config.name, "--work-dir", "work", "--no-validate", "--cfg-options", *SMALL)
@@ -66,6 +77,42 @@ def test_guide_balloon_config_imports_trains_from_load_from_and_tests(tmp_path: 
     assert torch.allclose(bias, torch.full_like(bias, MARKER), atol=1e-4)  # started from load_from, lr ~0
 
     proc = run(tmp_path, "test", "balloon.yaml", "work/iter_3.pth", "--eval", "bbox", "segm", "--json",
+               "--cfg-options", *SMALL)
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(metrics) == {"bbox", "segm"} and 0.0 <= metrics["segm"]["AP"] <= 1.0
+
+
+def test_3x_guide_balloon_config_imports_trains_from_a_downloaded_load_from_and_tests(tmp_path: Path) -> None:
+    """MMDetection 3.x's guide: data under data/balloon/, load_from an https URL of MMDetection's model
+    zoo. Training refuses the URL in one line; with the file downloaded (--cfg-options load_from=FILE,
+    as a user on an offline cluster does) it trains from it and tests."""
+    balloon_data(tmp_path / "data/balloon")
+    configs = tmp_path / "configs"
+    shutil.copytree(GUIDE3.parents[1], configs)
+    config = configs / "balloon" / GUIDE3.name
+    proc = run(tmp_path, "config", "import", str(config), "--out", "balloon.yaml")
+    assert 'load_from: "https://download.openmmlab.com/' in proc.stdout and "a URL; detcore does not download it" \
+        in proc.stdout
+
+    refused = run(tmp_path, "train", str(config), "--work-dir", "work", "--cfg-options", *SMALL, code=2)
+    errors = [line for line in refused.stderr.splitlines() if "error:" in line]  # after the import's summary
+    assert len(errors) == 1 and "load_from" in errors[0] and "https://download.openmmlab.com/" in errors[0]
+    assert not (tmp_path / "work").exists()
+
+    from detcore.config import load_config
+
+    downloaded = "checkpoints/mask_rcnn_r50_caffe_fpn_mstrain-poly_3x_coco.pth"
+    cfg = load_config(tmp_path / "balloon.yaml", [*SMALL, f"load_from={downloaded}"])
+    assert cfg["classes"] == ["balloon"] and cfg["model"]["num_classes"] == 1
+    marked_checkpoint(cfg, tmp_path / downloaded)
+    run(tmp_path, "train", str(config), "--work-dir", "work", "--no-validate", "--cfg-options", *SMALL,
+        f"load_from={downloaded}")
+    ckpt = torch.load(tmp_path / "work/iter_3.pth", weights_only=True)
+    assert ckpt["meta"]["classes"] == ["balloon"]
+    bias = ckpt["state_dict"]["roi_heads.box_predictor.cls_score.bias"]
+    assert torch.allclose(bias, torch.full_like(bias, MARKER), atol=1e-4)  # started from load_from, lr ~0
+
+    proc = run(tmp_path, "test", str(config), "work/iter_3.pth", "--eval", "bbox", "segm", "--json",
                "--cfg-options", *SMALL)
     metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(metrics) == {"bbox", "segm"} and 0.0 <= metrics["segm"]["AP"] <= 1.0

@@ -22,6 +22,8 @@ def test_the_shipped_configs_have_no_problem():
     assert problems(SHAPES) == [] and problems(MASK) == []
     assert problems(SHAPES, "evaluation.metric=[bbox, mAP]") == []
     assert problems(MASK, test=True, eval_metrics=["segm", "mAP"]) == []
+    # a test run loads the checkpoint it is given: the config's load_from (a URL in MMDetection's guide) is not read
+    assert problems(SHAPES, "+load_from=https://download.openmmlab.com/x.pth", test=True) == []
 
 
 @pytest.mark.parametrize("overrides,kwargs,words", [

@@ -1,6 +1,8 @@
 """`detcore config import`: MMDetection .py configs read with ast (never run), merged and mapped."""
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import subprocess
 import sys
@@ -49,18 +51,33 @@ def test_bases_merge_with_mmdetection_rules(tmp_path: Path) -> None:
     ("import os\nos.system('touch {marker}')\nmodel = dict(type='FasterRCNN')\n", "an import"),
     ("model = dict(x=__import__('os').system('touch {marker}'))\n", "the call"),
     ("x = open('{marker}', 'w')\n", "the call"),
-    ("x = [open('{marker}', 'w') for _ in range(1)]\n", "listcomp"),
+    ("x = [open('{marker}', 'w') for _ in range(1)]\n", "the call"),
+    ("x = [a for a in [1, 2] if open('{marker}', 'w')]\n", "the comprehension"),
+    ("x = [a for a in range(1000001)]\n", "the call"),
+    ("x = [a for a in open('{marker}', 'w')]\n", "the call"),
     ("x = f\"{{open('{marker}', 'w')}}\"\n", "the f-string"),
     ("x = (lambda: open('{marker}', 'w'))\n", "lambda"),
     ("import os\nx = os.path\n", "an import"),
-    ("x = dict(a=1)\nx.update(b=open('{marker}', 'w'))\n", "the statement"),
+    ("x = dict(a=1)\nx.update(b=open('{marker}', 'w'))\n", "the call"),
+    ("x = dict(a=1)\nx.pop('a')\n", "the statement"),
+    ("x = 'a'\ny = x.join(['{marker}'])\n", "the call"),
+    ("x = 'a'\ny = x.upper\n", "the attribute access"),
+    # MMEngine's new style: imports are names only, never imported; stdlib imports and blocks are code
+    ("from mmengine.config import read_base\nimport os\nos.system('touch {marker}')\n", "an import"),
+    ("from evil import touch\ntouch('{marker}')\n", "the statement"),
+    ("from evil import touch\nx = dict(y=touch('{marker}'))\n", "the call"),
+    ("from evil import touch\nwith open('{marker}', 'w'):\n    pass\n", "the block"),
+    ("from mmengine.config import read_base\nwith read_base():\n    import os\n", "the statement"),
+    ("from mmengine.config import read_base\nwith read_base():\n    from mmdet.configs.x import *\n",
+     "base 'mmdet.configs.x' is a config inside an installed package"),
 ])
 def test_code_in_a_config_is_refused_and_never_runs(tmp_path: Path, code: str, what: str) -> None:
     marker = tmp_path / "pwned"
     cfg = write(tmp_path / "evil.py", code.format(marker=marker))
-    with pytest.raises(ConfigError, match=rf"evil\.py:\d+: {what}.* is code"):
+    expected = rf"evil\.py:\d+: {what}.* is code" if "installed" not in what else what
+    with pytest.raises(ConfigError, match=expected):
         read_mmdet_config(cfg)
-    with pytest.raises(ConfigError, match=rf"evil\.py:\d+: {what}.* is code"):
+    with pytest.raises(ConfigError, match=expected):
         load_config(cfg)  # what detcore train/test, config show and launcher submit read a .py through
     assert not marker.exists()
 
@@ -89,44 +106,69 @@ def test_cascade_rcnn_is_refused_by_name(tmp_path: Path) -> None:
 
 
 def _shapes(model_cfg: dict) -> dict[str, tuple]:
+    return dict(_shapes_of(json.dumps(model_cfg, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes_of(model_json: str) -> tuple[tuple[str, tuple], ...]:
+    """Parameter shapes of the network (cached: the 2.x and 3.x imports build the same one)."""
     from detcore.models import build_detector
 
-    return {k: tuple(v.shape) for k, v in build_detector(model_cfg).state_dict().items()}
+    return tuple((k, tuple(v.shape)) for k, v in build_detector(json.loads(model_json)).state_dict().items())
 
 
-@pytest.mark.parametrize("mmdet, shipped, same_with", [
-    ("faster_rcnn/faster_rcnn_r50_fpn_1x_coco", "faster_rcnn/faster_rcnn_r50_fpn_1x_coco", []),
-    ("mask_rcnn/mask_rcnn_r50_fpn_1x_coco", "mask_rcnn/mask_rcnn_r50_fpn_1x_coco", []),
-    ("fcos/fcos_r50_caffe_fpn_gn-head_1x_coco", "fcos/fcos_r50_fpn_1x_coco", []),
+def _without_weights(model_cfg: dict) -> dict:
+    """The network only: ``weights`` names what to load into it, not its shape."""
+    return {**model_cfg, "backbone": {**model_cfg["backbone"], "weights": None}}
+
+
+# (MMDetection 2.28.2 config, MMDetection 3.3.0 config, the shipped YAML, overrides that make it MMDetection's network)
+FOUR = [
+    ("faster_rcnn/faster_rcnn_r50_fpn_1x_coco", "v3/faster_rcnn/faster-rcnn_r50_fpn_1x_coco",
+     "faster_rcnn/faster_rcnn_r50_fpn_1x_coco", []),
+    ("mask_rcnn/mask_rcnn_r50_fpn_1x_coco", "v3/mask_rcnn/mask-rcnn_r50_fpn_1x_coco", "mask_rcnn/mask_rcnn_r50_fpn_1x_coco",
+     []),
+    ("fcos/fcos_r50_caffe_fpn_gn-head_1x_coco", "v3/fcos/fcos_r50-caffe_fpn_gn-head_1x_coco", "fcos/fcos_r50_fpn_1x_coco",
+     []),
     # MMDetection's RetinaNet takes P6 from C5 (add_extra_convs='on_input'); the shipped YAML is
     # torchvision's RetinaNet (P6 from P5): the import keeps MMDetection's network.
-    ("retinanet/retinanet_r50_fpn_1x_coco", "retinanet/retinanet_r50_fpn_1x_coco", ["model.neck.p6p7_from=c5"]),
-])
-def test_the_four_1x_configs_build_the_shipped_networks(mmdet: str, shipped: str, same_with: list[str]) -> None:
+    ("retinanet/retinanet_r50_fpn_1x_coco", "v3/retinanet/retinanet_r50_fpn_1x_coco",
+     "retinanet/retinanet_r50_fpn_1x_coco", ["model.neck.p6p7_from=c5"]),
+]
+
+
+@pytest.mark.parametrize("version", ["2.x", "3.x"])
+@pytest.mark.parametrize("mmdet2, mmdet3, shipped, same_with", FOUR, ids=[row[2].split("/")[0] for row in FOUR])
+def test_the_four_1x_configs_build_the_shipped_networks(version: str, mmdet2: str, mmdet3: str, shipped: str,
+                                                        same_with: list[str]) -> None:
+    mmdet = mmdet2 if version == "2.x" else mmdet3
     imported = load_config(MMDET / f"{mmdet}.py")
     ours = load_config(ROOT / f"configs/{shipped}.yaml", [f"+{o}" for o in same_with])
-    assert imported["model"]["backbone"]["weights"] is None and ours["model"]["backbone"]["weights"] is None
-    got = _shapes(imported["model"])
-    assert got == _shapes(ours["model"])
+    # MMDetection's ImageNet init, by name; the caffe-style FCOS backbone (open-mmlab://) has no torchvision weights
+    caffe = "caffe" in mmdet
+    assert imported["model"]["backbone"]["weights"] == (None if caffe else "torchvision://resnet50")
+    got = _shapes(_without_weights(imported["model"]))
+    assert got == _shapes(_without_weights(ours["model"]))
     if same_with:
-        plain = _shapes(load_config(ROOT / f"configs/{shipped}.yaml")["model"])
+        plain = _shapes(_without_weights(load_config(ROOT / f"configs/{shipped}.yaml")["model"]))
         assert {k for k in got if got[k] != plain[k]} == {"backbone.fpn.extra_blocks.p6.weight"}
     # what the YAML configs share besides the network: schedule, data, classes
     for key in ("optimizer", "runner", "classes"):
         assert imported[key] == ours[key], key
     assert imported["lr_config"]["step"] == ours["lr_config"]["step"]
     assert imported["data"]["train"]["ann_file"] == ours["data"]["train"]["ann_file"]
+    assert imported["data"]["val"]["img_prefix"] == ours["data"]["val"]["img_prefix"]
     assert imported["evaluation"]["metric"] == ours["evaluation"]["metric"]
+    assert imported["data"]["samples_per_gpu"] == 2 and imported["auto_scale_lr"]["base_batch_size"] == 16
 
 
 def test_summary_lists_what_did_not_carry_over_and_the_yaml_reloads(tmp_path: Path) -> None:
     out = tmp_path / "faster.yaml"
     proc = cli("config", "import", str(MMDET / "faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    for line in ('model.rpn_head.loss_cls: {"type": "CrossEntropyLoss"', "opencv_num_threads: 0  (not mapped)",
-                 'model.backbone.init_cfg: {"type": "Pretrained", "checkpoint": "torchvision://resnet50"}  (not '
-                 "downloaded"):
+    for line in ('model.rpn_head.loss_cls: {"type": "CrossEntropyLoss"', "opencv_num_threads: 0  (not mapped)"):
         assert line in proc.stdout
+    assert "init_cfg" not in proc.stdout  # torchvision://resnet50 carried over as model.backbone.weights
     text = out.read_text()
     assert text.startswith("# Imported from the MMDetection config") and "#   opencv_num_threads: 0" in text
     again = load_config(out)
@@ -172,21 +214,35 @@ def test_mmdetection_habits_in_yaml(tmp_path: Path, caplog: pytest.LogCaptureFix
         load_config(mixed)
 
 
-def test_test_split_batch_size_as_mmdetection_writes_it(tmp_path: Path) -> None:
+def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) -> None:
+    """``--cfg-options data.test.samples_per_gpu=3`` as MMDetection's guide spells it (no '+'); the
+    training batch a split sets is the one its loader uses and the one the LR is scaled by."""
     from detcore.engine.dist import DistInfo
-    from detcore.engine.setup import build_split_loader
+    from detcore.engine.scaling import scale_config
+    from detcore.engine.setup import build_split_loader, split_config
 
     import torch
 
-    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
-                      ["+data.test.samples_per_gpu=3", "data.workers_per_gpu=0"])
+    shapes = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
     dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = load_config(shapes, ["data.test.samples_per_gpu=3", "data.workers_per_gpu=0",
+                               "data.train.samples_per_gpu=2", "data.train.workers_per_gpu=1"])
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 3
-    cfg = load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml",
-                      ["+data.test_samples_per_gpu=5", "data.workers_per_gpu=0"])
+    assert not {"samples_per_gpu", "workers_per_gpu"} & set(split_config(cfg, "train"))  # the loader's, not the dataset's
+    train = build_split_loader(cfg, "train", dist, 0, train=True)
+    assert train.batch_sampler.inner.batch_size == 2 and train.num_workers == 1
+    assert cfg["data"]["samples_per_gpu"] == 4  # the shapes base's; the train split's own 2 wins
+    scaled, schedule = scale_config(cfg, 2)
+    assert (schedule.samples_per_gpu, schedule.total_batch) == (2, 4)
+    assert scaled["optimizer"]["lr"] == pytest.approx(cfg["optimizer"]["lr"] * 4 / cfg["auto_scale_lr"]["base_batch_size"])
+    cfg = load_config(shapes, ["+data.test_samples_per_gpu=5", "data.workers_per_gpu=0"])
     assert build_split_loader(cfg, "test", dist, 0, train=False).batch_sampler.batch_size == 5
     with pytest.raises(ConfigError, match="data.test.samples_per_gpu must be a positive integer"):
-        load_config(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml", ["+data.test.samples_per_gpu=0"])
+        load_config(shapes, ["data.test.samples_per_gpu=0"])
+    with pytest.raises(ConfigError, match="data.train.workers_per_gpu must be an integer >= 0"):
+        load_config(shapes, ["data.train.workers_per_gpu=-1"])
+    with pytest.raises(ConfigError, match="override 'data.testing.samples_per_gpu': no such key"):
+        load_config(shapes, ["data.testing.samples_per_gpu=2"])  # only the splits the config has
 
 
 @pytest.mark.parametrize("text, match", [
@@ -196,6 +252,9 @@ def test_test_split_batch_size_as_mmdetection_writes_it(tmp_path: Path) -> None:
     ("x = " + " + ".join(["'ab'"] * 100000) + "\n", "cannot be parsed|nested too deeply"),
     ("x = 10 ** 400\n", "is code"),
     ("_base_ = 'self.py'\n", "cyclic _base_ chain"),
+    ("a = dict()\na" + ".b" * 2000 + " = 1\n", "nested too deeply|cannot be parsed"),
+    ("a = [0] * 1000\n" + "a[0] = a\n" * 40, "more than 100000 values"),
+    ("a = [[b, c] for b in range(1000) for c in range(1000)]\n", "makes more than 100000 items"),
 ])
 def test_hostile_literal_configs_are_one_line(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as info:

@@ -8,7 +8,8 @@ import pytest
 
 from detcore.config import parse_override
 from detcore.errors import ConfigError
-from detcore.engine.scaling import ScaledSchedule, apply_schedule, format_value, original_config, scale_config, scale_for_world
+from detcore.engine.scaling import (ScaledSchedule, apply_schedule, format_value, original_config, scale_config,
+                                    scale_for_world, split_batch_size)
 
 ITER = {
     "optimizer": {"lr": 0.02},
@@ -126,3 +127,17 @@ def test_an_override_of_a_scaled_key_wins_over_the_recorded_original():
     scaled = {**scaled, "optimizer": {"lr": 0.05}}  # the user changed the LR of a saved config
     again, s = scale_config(scaled, 4)
     assert s.base_lr == 0.05 and again["optimizer"]["lr"] == pytest.approx(0.1)
+
+
+def test_the_training_batch_is_the_train_splits_own_when_it_sets_one():
+    """MMDetection 3.x configs set the batch per loader (train_dataloader.batch_size); a split's own
+    samples_per_gpu is what its loader uses, so it is what the LR is scaled by."""
+    config = {**cfg(ITER, enable=True, base_batch_size=16),
+              "data": {"samples_per_gpu": 2, "train": {"samples_per_gpu": 8}, "val": {"samples_per_gpu": 3}}}
+    assert split_batch_size(config, "train") == 8 and split_batch_size(config, "val") == 3
+    assert split_batch_size(config, "test") == 1  # no test split: data.test_samples_per_gpu's default
+    scaled, s = scale_config(config, 2)
+    assert (s.samples_per_gpu, s.total_batch, s.lr) == (8, 16, 0.02)
+    plain = {**config, "data": {"samples_per_gpu": 2}}
+    assert scale_config(plain, 2)[1].lr == pytest.approx(0.005)
+    assert split_batch_size({}, "train") == 2

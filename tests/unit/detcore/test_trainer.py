@@ -11,7 +11,7 @@ import torch
 from detcore.config import load_config
 from detcore.engine.optim import lr_factor_fn
 from detcore.engine.trainer import Trainer, latest_checkpoint
-from detcore.errors import CheckpointError, TrainingError
+from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.tools.cli import main as detcore_main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -89,3 +89,17 @@ def test_training_evaluates_voc_map_and_keeps_its_work_dir(tmp_path: Path) -> No
     val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
     assert 0.0 <= val["mAP"] <= 1.0 and "bbox_AP" in val and any(k.startswith("mAP_AP_") for k in val)
     assert (tmp_path / "iter_2.pth").is_file() and (tmp_path / "best_mAP.pth").is_file()
+
+
+def test_amp_from_the_config_is_read_like_the_flag(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``amp: true`` (what MMDetection's AmpOptimWrapper and fp16 import to) asks for mixed precision as
+    --amp does; on a CPU it says so and trains in full precision."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(load_config(SHAPES, [*FAST, "amp=true"]), tmp_path, validate=False)
+    on_gpu = trainer.dist.device.type == "cuda"
+    assert trainer.amp is on_gpu and trainer.scaler.is_enabled() is on_gpu
+    assert on_gpu or "mixed precision (--amp, amp: true) needs a CUDA device" in caplog.text
+    with pytest.raises(ConfigError, match="amp must be true or false"):
+        load_config(SHAPES, ["amp=yes please"])

@@ -42,6 +42,20 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
     assert dry.to_json()["lr"] == 0.04
 
 
+def test_dryrun_scales_by_the_batch_the_train_loader_uses(tmp_path):
+    """A per-split training batch, typed as MMDetection users type it (no '+'), is the batch the
+    dry run scales by, and the same decision the worker makes."""
+    from detcore.config import load_config
+    from detcore.engine.scaling import scale_config
+
+    overrides = ("data.train.samples_per_gpu=2",)  # the shapes base says data.samples_per_gpu: 4
+    dry = LocalBackend(tmp_path, cores=8, gpus=()).dryrun(spec_for(resources=Resources(nproc=2), overrides=overrides))
+    text = dry.render()
+    assert "world size 2 x 2 per worker = total batch 4" in text and "scaled lr: 0.02\n" in text
+    worker = scale_config(load_config(ROOT / SHAPES, overrides), 2)[1]
+    assert worker.describe() in text and dry.to_json()["lr"] == worker.lr
+
+
 def test_threads_never_below_one_and_gpu_note(tmp_path):
     dry = LocalBackend(tmp_path, cores=2, gpus=("0", "1", "2", "3")).dryrun(spec_for(resources=Resources(nproc=2, gpus=2)))
     assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
