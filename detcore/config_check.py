@@ -13,15 +13,9 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 from detcore.config import import_custom_modules
-from detcore.errors import ConfigError, DetcoreError, RegistryError
+from detcore.errors import ConfigProblems, DetcoreError, RegistryError
 
-
-class ConfigProblems(ConfigError):
-    """Several problems found at once; ``problems`` holds one line each (the CLIs print one per line)."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+__all__ = ["ConfigProblems", "check_config", "config_problems", "missing_file_problems"]
 
 
 def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
