@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
-                                 read_config_text)
+                                 read_config_text, symlink_loop)
 from detcore.config_habits import resolve_habits
 from detcore.config_values import value_problems
 from detcore.errors import ConfigError, ConfigProblems
@@ -122,6 +122,10 @@ def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
         if not os.path.lexists(base_path):
             via = " <- ".join(str(p) for p in (path, *reversed(chain)))
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path}; included via {via})")
+        loop = symlink_loop(base_path)
+        if loop:
+            raise ConfigError(f"{path}: _base_ file {base!r} is a symbolic link loop ({loop}); point one of these "
+                              f"links at a config file")
         merged = merge(merged, _load_tree(base_path, (*chain, real), budget))
     return merge(merged, data)
 
