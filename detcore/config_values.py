@@ -124,6 +124,10 @@ def per_level(flat: Rule, what: str) -> Rule:
     return rule
 
 
+def boolean(key: str, value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r:.100}"
+
+
 THRESHOLD = number(0, 1, what="a number in [0, 1]")
 FRACTION = number(0, 1, above_low=True, what="a number in (0, 1]")
 SIDE = integer(1, MAX_IMAGE_SIDE, "pixels per image side")
@@ -158,6 +162,7 @@ CHECKS: tuple[Check, ...] = (
     Check("data.*.samples_per_gpu", BATCH),
     Check("data.workers_per_gpu", integer(0, MAX_WORKERS_PER_GPU, "DataLoader processes per GPU")),
     Check("data.*.max_boxes_per_image", integer(1)),
+    *(Check(f"data.*.{k}", boolean) for k in ("skip_degenerate_boxes", "with_mask", "test_mode", "filter_empty_gt")),
     Check("data.*.pipeline.*.scale", SCALE, step="Resize"),
     Check("data.*.pipeline.*.size", SIDE, step="Resize"),
     Check("data.*.pipeline.*.max_size", SIDE, step="Resize"),

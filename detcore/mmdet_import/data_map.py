@@ -72,6 +72,8 @@ def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
         path = f"{path}.dataset"
     kind = src.get(f"{path}.type", "CocoDataset")
     out: dict = {"type": kind}
+    if kind == "CocoDataset":  # MMDetection's CocoDataset drops boxes under 1 pixel without a word
+        out["skip_degenerate_boxes"] = True
     if kind != "CocoDataset":
         src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
                                  "cityscapes|via) and set type: CocoDataset")
