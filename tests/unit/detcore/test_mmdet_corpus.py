@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from detcore.config import validate_config
+from detcore.config_values import value_problems
 from detcore.errors import ConfigError
 from detcore.mmdet_import import import_config
 
@@ -46,6 +47,7 @@ def test_every_mmdetection_config_imports_or_fails_with_one_line() -> None:
             imported = import_config(path)
             outcome["imported"] += 1
             assert imported.config["model"]["type"] in ("FasterRCNN", "MaskRCNN", "RetinaNet", "FCOS")
+            assert value_problems(imported.config) == [], path  # no real config is past a bound
             validate_config(imported.config)  # the checks load_config runs on every config
         except ConfigError as exc:
             message = str(exc)
