@@ -100,3 +100,13 @@ def test_every_bad_key_is_listed_at_load_each_on_its_own_line():
 
 def test_keys_a_config_leaves_out_are_not_checked():
     assert value_problems({}) == [] and value_problems({"model": {"type": "FCOS"}, "data": {"train": None}}) == []
+
+
+def test_the_docs_list_every_checked_key_and_bound():
+    from detcore.config_values import CHECKS, MAX_DETECTIONS, MAX_PER_IMAGE
+
+    text = (ROOT / "docs/config-checks.md").read_text()
+    missing = [c.key for c in CHECKS if f"`{c.key}`" not in text and c.key.rsplit(".", 1)[-1] not in text]
+    assert missing == []
+    for bound in (MAX_IMAGE_SIDE, MAX_BATCH_PER_GPU, MAX_WORKERS_PER_GPU, MAX_CLASSES, MAX_PER_IMAGE, MAX_DETECTIONS):
+        assert f"{bound:,}" in text or str(bound) in text, bound
