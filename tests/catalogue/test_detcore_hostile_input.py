@@ -82,10 +82,11 @@ VALUES = [
      ["data.workers_per_gpu must be at most 256", "got 100000"]),
     ("num-classes-1e8", f"_base_: {SHAPES}\n", ["--cfg-options", "model.num_classes=100000000"],
      ["model.num_classes must be at most 100000"]),
-    ("resize-scale-100000", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scale: [100000, 800]}}]}}}}\n",
-     [], ["data.train.pipeline.0.scale.0 must be at most 16384", "got 100000"]),
-    ("resize-scales-string", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scales: [[1333, '800']]}}]}}}}\n",
-     [], ["data.train.pipeline.0.scales.0.1 must be a positive integer, got '800'", "without quotes"]),
+    ("resize-scale-100000", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scale: [100000, 800]}}]}}}}"
+                            "\n", [], ["data.train.pipeline.0.scale.0 must be at most 16384", "got 100000"]),
+    ("resize-scales-string", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scales: [[1333, "
+                             "'800']]}]}}\n", [],
+     ["data.train.pipeline.0.scales.0.1 must be a positive integer, got '800'", "without quotes"]),
     ("aspect-ratio-zero", f"_base_: {SHAPES}\nmodel: {{anchor_generator: {{aspect_ratios: [0.0, 1.0]}}}}\n", [],
      ["model.anchor_generator.aspect_ratios.0 must be an aspect ratio", "got 0.0"]),
     ("rpn-samples-1e9", f"_base_: {SHAPES}\n", ["--cfg-options", "model.rpn.batch_size_per_image=1000000000"],

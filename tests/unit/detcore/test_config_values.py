@@ -30,7 +30,8 @@ def test_every_shipped_config_passes():
 def test_the_bounds_themselves_are_accepted():
     cfg = shapes(f"data.samples_per_gpu={MAX_BATCH_PER_GPU}", f"data.workers_per_gpu={MAX_WORKERS_PER_GPU}",
                  f"model.num_classes={MAX_CLASSES}", f"model.min_size=[{MAX_IMAGE_SIDE}, 1]",
-                 f"model.max_size={MAX_IMAGE_SIDE}", f"model.anchor_generator.sizes=[[{MAX_IMAGE_SIDE}], [1], [2.5], 4]",
+                 f"model.max_size={MAX_IMAGE_SIDE}",
+                 f"model.anchor_generator.sizes=[[{MAX_IMAGE_SIDE}], [1], [2.5], 4]",
                  "model.anchor_generator.aspect_ratios=[[0.01, 100], [1], [1], [1]]", "+model.rpn.nms_thresh=1",
                  "+model.roi_head.fg_iou_thresh=0", "+model.roi_head.bg_iou_thresh=0")
     assert value_problems(cfg) == []
