@@ -25,8 +25,8 @@ otherwise surface minutes later as a traceback or a 100 GB allocation:
   in [0.01, 100].
 
 Keys are dotted paths; ``*`` matches any split name or list position, and a row with
-``step`` applies only to pipeline steps of that ``type``. Keys a config leaves out are not
-checked (the builders' defaults are sane).
+``of_type`` applies only to pipeline steps or datasets of those types. Keys a config leaves
+out are not checked (the builders' defaults are sane).
 """
 from __future__ import annotations
 
@@ -148,11 +148,16 @@ UNIT_STD = items(number(0, 1, above_low=True, what="a standard deviation of 0..1
 
 @dataclass(frozen=True)
 class Check:
-    """One row: the value at ``key`` must pass ``rule``; with ``step``, only in pipeline steps of that type."""
+    """One row: the value at ``key`` must pass ``rule``; with ``of_type``, only where the mapping
+    holding the key has one of these ``type`` names (a pipeline step, a dataset of detcore's own)."""
 
     key: str
     rule: Rule
-    step: str | None = None
+    of_type: tuple[str, ...] | None = None
+
+
+RESIZE = ("Resize",)
+DATASETS = ("CocoDataset", "ShapesDataset")  # a dataset of custom_imports may give these keys other meanings
 
 
 CHECKS: tuple[Check, ...] = (
@@ -161,13 +166,14 @@ CHECKS: tuple[Check, ...] = (
     Check("data.test_samples_per_gpu", BATCH),
     Check("data.*.samples_per_gpu", BATCH),
     Check("data.workers_per_gpu", integer(0, MAX_WORKERS_PER_GPU, "DataLoader processes per GPU")),
-    Check("data.*.max_boxes_per_image", integer(1)),
-    *(Check(f"data.*.{k}", boolean) for k in ("skip_degenerate_boxes", "with_mask", "test_mode", "filter_empty_gt")),
-    Check("data.*.pipeline.*.scale", SCALE, step="Resize"),
-    Check("data.*.pipeline.*.size", SIDE, step="Resize"),
-    Check("data.*.pipeline.*.max_size", SIDE, step="Resize"),
+    Check("data.*.max_boxes_per_image", integer(1), DATASETS),
+    *(Check(f"data.*.{k}", boolean, DATASETS) for k in ("skip_degenerate_boxes", "with_mask", "test_mode",
+                                                        "filter_empty_gt")),
+    Check("data.*.pipeline.*.scale", SCALE, of_type=RESIZE),
+    Check("data.*.pipeline.*.size", SIDE, of_type=RESIZE),
+    Check("data.*.pipeline.*.max_size", SIDE, of_type=RESIZE),
     Check("data.*.pipeline.*.scales", items(SCALE, most=256, what="a list of sides or [max_long, max_short] pairs"),
-          step="Resize"),
+          of_type=RESIZE),
     # --- model: classes, input size, anchors
     Check("model.num_classes", integer(1, MAX_CLASSES, "foreground classes; LVIS has 1203")),
     Check("model.min_size", SIDES),
@@ -253,7 +259,7 @@ def value_problems(cfg: Mapping[str, Any]) -> list[str]:
     problems = []
     for check in CHECKS:
         for key, value, holder in _matches(cfg, check.key.split("."), ""):
-            if check.step is not None and holder.get("type") != check.step:
+            if check.of_type is not None and holder.get("type") not in check.of_type:
                 continue
             problem = check.rule(key, value)
             if problem:

@@ -1,5 +1,6 @@
 """Hostile or broken input: devices, FIFOs, alias bombs, deep nesting, decompression bombs, a
-flood of boxes. Each case runs ``detcore`` as a subprocess under an address-space limit
+flood of boxes, model and data values past their bounds, symbolic link loops, image file names
+that leave ``img_prefix``, boxes without area. Each case runs ``detcore`` as a subprocess under an address-space limit
 (``RLIMIT_AS``) and a wall-clock limit enforced by the harness (the subprocess timeout; no
 timing is asserted). It must exit 2 with one line naming the file or key, no traceback, and
 leave nothing behind.
