@@ -1,11 +1,12 @@
 """Everything about a resolved config that can be checked before a run starts, as one list of problems.
 
-:func:`load_config` checks types as it loads; this module checks what needs the outside world:
-registry names (after ``custom_imports``), checkpoints named by ``load_from``/``resume_from``,
-evaluation metrics against the model and dataset, and the data paths the run will read.
-``detcore config show``, ``detcore train``/``test`` and ``launcher submit`` all call
-:func:`check_config`, so a bad config fails in one place with the same lines, before any work dir,
-experiment or job exists. Paths are checked on the machine that runs the check.
+:func:`load_config` checks values as it loads (:mod:`detcore.config_values`); this module checks
+what needs the outside world: registry names (after ``custom_imports``), checkpoints named by
+``load_from``/``resume_from``, evaluation metrics against the model and dataset, and the data paths
+the run will read. ``detcore train``/``test`` and ``launcher submit`` all call :func:`check_config`,
+so a bad config fails in one place with the same lines, before any work dir, experiment or job
+exists; ``detcore config show`` refuses the same problems except missing files, which it prints as
+warnings (:func:`missing_file_problems`). Paths are checked on the machine that runs the check.
 """
 from __future__ import annotations
 
