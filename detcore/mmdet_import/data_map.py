@@ -74,7 +74,7 @@ def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
     out: dict = {"type": kind}
     if kind == "CocoDataset":  # MMDetection's CocoDataset drops boxes under 1 pixel without a word
         out["skip_degenerate_boxes"] = True
-    if kind != "CocoDataset":
+    else:
         src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
                                  "cityscapes|via) and set type: CocoDataset")
     root = src.get(f"{path}.data_root") or ""
