@@ -11,7 +11,6 @@ import copy
 import difflib
 import importlib
 import logging
-import math
 import os
 import re
 import sys
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from detcore.config_yaml import (MAX_CONFIG_BYTES, MAX_NODES, dump_yaml, parse_yaml, parse_yaml_counted,
-                                 read_config_text)
+                                 read_config_text, symlink_loop)
 from detcore.config_habits import resolve_habits
-from detcore.errors import ConfigError
+from detcore.config_values import value_problems
+from detcore.errors import ConfigError, ConfigProblems
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -126,6 +126,10 @@ def _load_tree(path: Path, chain: tuple[Path, ...], budget: _Budget) -> dict:
         if not os.path.lexists(base_path):
             via = " <- ".join(str(p) for p in (path, *reversed(chain)))
             raise ConfigError(f"{path}: _base_ file {base!r} not found (looked for {base_path}; included via {via})")
+        loop = symlink_loop(base_path)
+        if loop:
+            raise ConfigError(f"{path}: _base_ file {base!r} is a symbolic link loop ({loop}); point one of these "
+                              f"links at a config file")
         merged = merge(merged, _load_tree(base_path, (*chain, real), budget))
     return merge(merged, data)
 
@@ -299,60 +303,18 @@ def _where(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get(RESERVED_KEY, "config"))
 
 
-def _check_positive_int(cfg: Mapping[str, Any], dotted: str, *, allow_zero: bool = False) -> None:
-    found, node = lookup(cfg, dotted)
-    if not found:
-        return
-    ok = isinstance(node, int) and not isinstance(node, bool) and (node >= 0 if allow_zero else node > 0)
-    if not ok:
-        expected = "an integer >= 0" if allow_zero else "a positive integer"
-        raise ConfigError(f"{_where(cfg)}: {dotted} must be {expected}, got {node!r:.100}")
-
-
-def _check_number(cfg: Mapping[str, Any], dotted: str, *, positive: bool = False, at_most: float | None = None) -> None:
-    """A finite real number, >= 0 (> 0 when ``positive``) and <= ``at_most`` when given."""
-    found, node = lookup(cfg, dotted)
-    if not found or (node is None and not positive):
-        return
-    ok = (isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
-          and (node > 0 if positive else node >= 0) and (at_most is None or node <= at_most))
-    if not ok:
-        expected = "a positive number" if positive else "a number >= 0"
-        if at_most is not None:
-            expected += f" and <= {at_most}"
-        hint = " (write numbers without quotes, e.g. 1e-4)" if isinstance(node, str) else ""
-        raise ConfigError(f"{_where(cfg)}: {dotted} must be {expected}, got {node!r:.100}{hint}")
-
-
 def validate_config(cfg: Mapping[str, Any]) -> None:
-    """Check the types of the keys the library relies on; raise ConfigError naming the key.
+    """Check the values the library relies on against :mod:`detcore.config_values`' table.
 
     Runs when a config is loaded, before anything is built, so a bad value never costs a
-    set-up (or a traceback) first.
+    set-up (or a traceback) first. Raises :class:`ConfigProblems` with one line per bad key.
     """
-    for key in ("data.samples_per_gpu", "model.num_classes", "runner.max_iters", "runner.max_epochs"):
-        _check_positive_int(cfg, key)
-    for split in ("train", "val", "test"):
-        _check_positive_int(cfg, f"data.{split}.samples_per_gpu")
-        _check_positive_int(cfg, f"data.{split}.workers_per_gpu", allow_zero=True)
-    _check_positive_int(cfg, "data.test_samples_per_gpu")
-    for key in ("data.workers_per_gpu", "lr_config.warmup_iters"):
-        _check_positive_int(cfg, key, allow_zero=True)
-    if "amp" in cfg and not isinstance(cfg["amp"], bool):
-        raise ConfigError(f"{_where(cfg)}: amp must be true or false (mixed precision on CUDA), got {cfg['amp']!r:.100}")
     for key in ("model", "data", "optimizer"):
         if key in cfg and not isinstance(cfg[key], Mapping):
             raise ConfigError(f"{_where(cfg)}: {key} must be a mapping, got {type(cfg[key]).__name__}")
-    _check_number(cfg, "optimizer.lr", positive=True)
-    for key in ("optimizer.weight_decay", "optimizer.eps", "lr_config.gamma", "lr_config.min_lr_ratio"):
-        _check_number(cfg, key)
-    for key in ("optimizer.momentum", "lr_config.warmup_ratio"):
-        _check_number(cfg, key, at_most=1.0)
-    _check_number(cfg, "optimizer_config.grad_clip.max_norm", positive=True)
-    found, betas = lookup(cfg, "optimizer.betas")
-    if found and not (isinstance(betas, list) and len(betas) == 2 and all(
-            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
-        raise ConfigError(f"{_where(cfg)}: optimizer.betas must be two numbers in [0, 1), got {betas!r:.100}")
+    problems = value_problems(cfg)
+    if problems:
+        raise ConfigProblems([f"{_where(cfg)}: {p}" for p in problems])
     evaluation = cfg.get("evaluation")
     if isinstance(evaluation, Mapping) and "backend" in evaluation:
         from detcore.evaluation.coco_eval import check_backend

@@ -1,11 +1,12 @@
 """Everything about a resolved config that can be checked before a run starts, as one list of problems.
 
-:func:`load_config` checks types as it loads; this module checks what needs the outside world:
-registry names (after ``custom_imports``), checkpoints named by ``load_from``/``resume_from``,
-evaluation metrics against the model and dataset, and the data paths the run will read.
-``detcore config show``, ``detcore train``/``test`` and ``launcher submit`` all call
-:func:`check_config`, so a bad config fails in one place with the same lines, before any work dir,
-experiment or job exists. Paths are checked on the machine that runs the check.
+:func:`load_config` checks values as it loads (:mod:`detcore.config_values`); this module checks
+what needs the outside world: registry names (after ``custom_imports``), checkpoints named by
+``load_from``/``resume_from``, evaluation metrics against the model and dataset, and the data paths
+the run will read. ``detcore train``/``test`` and ``launcher submit`` all call :func:`check_config`,
+so a bad config fails in one place with the same lines, before any work dir, experiment or job
+exists; ``detcore config show`` refuses the same problems except missing files, which it prints as
+warnings (:func:`missing_file_problems`). Paths are checked on the machine that runs the check.
 """
 from __future__ import annotations
 
@@ -13,15 +14,9 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 from detcore.config import import_custom_modules
-from detcore.errors import ConfigError, DetcoreError, RegistryError
+from detcore.errors import ConfigProblems, DetcoreError, RegistryError
 
-
-class ConfigProblems(ConfigError):
-    """Several problems found at once; ``problems`` holds one line each (the CLIs print one per line)."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+__all__ = ["ConfigProblems", "check_config", "config_problems", "missing_file_problems", "with_file"]
 
 
 def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple[str, Any, Any]]:
@@ -111,9 +106,35 @@ def _path_problems(cfg: Mapping[str, Any], splits: Sequence[str], cwd: str) -> I
             yield f"{what} does not exist (looked from {cwd}); fix the path or pass --cfg-options {fix}"
 
 
+def missing_file_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: bool = True,
+                          load_from: str | None = None, cwd: str | None = None) -> list[str]:
+    """One line per file a run would read that is not on this machine: checkpoints named by
+    ``load_from`` (or the ``load_from`` argument) and ``resume_from``, and the splits' ``ann_file``.
+
+    ``detcore config show`` prints these as warnings (a config can be read before its data is
+    downloaded); ``detcore train``/``test`` and ``launcher submit`` refuse them (see
+    :func:`config_problems`)."""
+    cwd = cwd or os.getcwd()
+    problems = []
+    # A test run loads the checkpoint it is given (MMDetection's tools/test.py ignores load_from too).
+    checkpoints = [("--load-from", load_from)] if load_from else [] if test else [("load_from", cfg.get("load_from"))]
+    if not test:
+        checkpoints.append(("resume_from", cfg.get("resume_from")))
+    for key, path in checkpoints:
+        if path and not os.path.isfile(os.path.join(cwd, str(path))):
+            problems.append(f"{key}: checkpoint {path} does not exist; pass an existing .pth file (a work dir's "
+                            f"latest.pth is one)")
+    problems += _path_problems(cfg, _splits(test, validate), cwd)
+    return problems
+
+
+def _splits(test: bool, validate: bool) -> list[str]:
+    return ["test"] if test else (["train", "val"] if validate else ["train"])
+
+
 def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: bool = True,
                     load_from: str | None = None, eval_metrics: Sequence[str] | None = None,
-                    cwd: str | None = None, registries: bool = True) -> list[str]:
+                    cwd: str | None = None, registries: bool = True, files: bool = True) -> list[str]:
     """One line per problem found in ``cfg`` for a training run (``test=False``) or a test run.
 
     ``validate``: the run evaluates on ``data.val`` (its metrics are checked too). ``load_from``:
@@ -123,13 +144,13 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     ``custom_imports``, as the run will, and checks registry names unless ``registries`` is False
     (``config show`` stays torch-free). A config that names only built-in types and imports no
     module is checked against :mod:`detcore.builtin_names` without importing torch; anything else
-    imports the registries (and torch).
+    imports the registries (and torch). ``files``: include :func:`missing_file_problems`.
     """
     from detcore.evaluation.metrics import metric_problem
 
     cwd = cwd or os.getcwd()
     problems: list[str] = []
-    splits = ["test"] if test else (["train", "val"] if validate else ["train"])
+    splits = _splits(test, validate)
     full = registries and not _only_builtin_names(cfg, splits)
     if full:
         try:
@@ -146,14 +167,6 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
             problems.append(f"{key}: expected a type name, got {name!r:.100}")
     if registries:
         problems += _hook_key_problems(cfg)
-    # A test run loads the checkpoint it is given (MMDetection's tools/test.py ignores load_from too).
-    checkpoints = [("--load-from", load_from)] if load_from else [] if test else [("load_from", cfg.get("load_from"))]
-    if not test:
-        checkpoints.append(("resume_from", cfg.get("resume_from")))
-    for key, path in checkpoints:
-        if path and not os.path.isfile(os.path.join(cwd, str(path))):
-            problems.append(f"{key}: checkpoint {path} does not exist; pass an existing .pth file (a work dir's "
-                            f"latest.pth is one)")
     evaluation = cfg.get("evaluation") or {}
     if test or validate:
         asked = eval_metrics if eval_metrics is not None else evaluation.get("metric", ["bbox"])
@@ -169,7 +182,8 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     method = evaluation.get("voc_method", "area")
     if method not in ("area", "11points"):
         problems.append(f"evaluation.voc_method: got {method!r}; expected area (VOC2010+) or 11points (VOC2007)")
-    problems += _path_problems(cfg, splits, cwd)
+    if files:
+        problems += missing_file_problems(cfg, test=test, validate=validate, load_from=load_from, cwd=cwd)
     return problems
 
 
@@ -177,5 +191,10 @@ def check_config(cfg: Mapping[str, Any], **kwargs: Any) -> None:
     """Raise :class:`ConfigProblems` (one line per problem) when :func:`config_problems` finds any."""
     problems = config_problems(cfg, **kwargs)
     if problems:
-        where = cfg.get("filename")
-        raise ConfigProblems([f"{where}: {p}" if where else p for p in problems])
+        raise ConfigProblems(with_file(cfg, problems))
+
+
+def with_file(cfg: Mapping[str, Any], problems: Sequence[str]) -> list[str]:
+    """``problems`` prefixed with the config's path (when it has one)."""
+    where = cfg.get("filename")
+    return [f"{where}: {p}" if where else p for p in problems]

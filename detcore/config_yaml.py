@@ -14,6 +14,7 @@ Torch-free on purpose (``detcore config show`` and the launcher read configs wit
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -123,10 +124,8 @@ def read_config_text(path: Path) -> str:
     """The text of config file ``path``: a regular file of at most MAX_CONFIG_BYTES, UTF-8."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass the path to a .yaml config") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror}); check the path") from None
+        raise ConfigError(unreadable_config(path, exc)) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -149,6 +148,35 @@ def read_config_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+
+
+def unreadable_config(path: str | os.PathLike, exc: OSError) -> str:
+    """Why config ``path`` could not be opened, as one line: not found, a dangling link, a link loop."""
+    if exc.errno == errno.ELOOP:
+        loop = symlink_loop(path)
+        return (f"{path}: symbolic link loop ({loop}); point one of these links at a config file" if loop else
+                f"{path}: a symbolic link in its path loops back on itself; fix the link")
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist; fix or remove the link"
+    if isinstance(exc, FileNotFoundError):
+        return f"{path}: config file not found; pass the path to a .yaml config"
+    return f"{path}: cannot read config ({exc.strerror}); check the path"
+
+
+def symlink_loop(path: str | os.PathLike, hops: int = 40) -> str:
+    """``a.yaml -> b.yaml -> a.yaml``: the links from ``path`` that lead back to one of them ('' if none)."""
+    seen: list[str] = []
+    current = os.path.abspath(path)
+    for _ in range(hops):
+        if current in seen:
+            return " -> ".join(seen[seen.index(current):] + [current])
+        seen.append(current)
+        try:
+            target = os.readlink(current)
+        except OSError:
+            return ""
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+    return ""
 
 
 class ConfigDumper(yaml.SafeDumper):

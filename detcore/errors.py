@@ -6,6 +6,8 @@ keeps its traceback.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class DetcoreError(Exception):
     """Base class of errors caused by user input (configs, data, checkpoints, options)."""
@@ -13,6 +15,14 @@ class DetcoreError(Exception):
 
 class ConfigError(DetcoreError):
     """A config file, a `_base_` chain or a `--cfg-options` override is wrong."""
+
+
+class ConfigProblems(ConfigError):
+    """Several problems found at once; ``problems`` holds one line each (the CLIs print one per line)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class RegistryError(DetcoreError):

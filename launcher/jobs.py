@@ -82,7 +82,7 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
     cwd = os.path.abspath(cwd or os.getcwd())
     exp_id = exp_id or new_experiment_id()
     config = os.path.join(cwd, req.config)
-    if not os.path.isfile(config):
+    if not os.path.lexists(config):  # a link loop, a dangling link or a folder: load_config names which
         raise LauncherError(f"config {req.config!r} not found (looked in {cwd}); pass the path to a .yaml config")
     cfg = load_config(config, req.overrides, import_custom=False)
     mode = Mode.TEST if req.checkpoint else Mode.TRAIN

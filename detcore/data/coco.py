@@ -4,12 +4,15 @@
 ``classes``, ``pipeline``, ...) and returns ``(image, target)`` pairs that torchvision's
 detection models accept.
 
-Bad-box policy: a box partially outside its image is clipped to the image; a box with a
-non-positive width or height, or one entirely outside the image, is skipped, counted in
-``dataset.skipped`` and reported in one warning per annotation file. Boxes that are not four
-finite numbers, unknown category ids, duplicate ids, missing, corrupt or over-large image
-files (``detcore.data.image_file``) and, for training, an image with more than
-``max_boxes_per_image`` boxes raise :class:`~detcore.errors.DataError` naming the file and
+Bad-box policy: a box partially outside its image is clipped to the image; a box entirely
+outside the image is skipped, counted in ``dataset.skipped`` and reported in one warning per
+annotation file. A box with a non-positive width or height is refused, naming the file, the
+annotation id and the image id, unless the dataset sets ``skip_degenerate_boxes: true`` (then it
+is skipped and counted like the others; COCO 2017 train has two boxes of height 0, so the COCO
+configs set it). Boxes that are not four finite numbers, unknown category ids, duplicate ids,
+image file names that leave ``img_prefix`` (absolute, or with a ``..`` part), missing, corrupt
+or over-large image files (``detcore.data.image_file``) and, for training, an image with more
+than ``max_boxes_per_image`` boxes raise :class:`~detcore.errors.DataError` naming the file and
 the record.
 """
 from __future__ import annotations
@@ -60,7 +63,7 @@ class CocoDataset(torch.utils.data.Dataset):
     def __init__(self, ann_file: str | Path, img_prefix: str | Path, classes: Sequence[str] | None = None,
                  pipeline: Sequence[Mapping[str, Any]] | Callable = (), filter_empty_gt: bool = True,
                  test_mode: bool = False, with_mask: bool = False,
-                 max_boxes_per_image: int = MAX_BOXES_PER_IMAGE) -> None:
+                 max_boxes_per_image: int = MAX_BOXES_PER_IMAGE, skip_degenerate_boxes: bool = False) -> None:
         self.ann_file = Path(ann_file)
         self.img_prefix = Path(img_prefix)
         self.test_mode = test_mode
@@ -71,8 +74,10 @@ class CocoDataset(torch.utils.data.Dataset):
             self.pipeline = Pipeline([pipeline])
         else:
             self.pipeline = build_pipeline(pipeline)
+        if not isinstance(skip_degenerate_boxes, bool):
+            raise DataError(f"skip_degenerate_boxes must be true or false, got {skip_degenerate_boxes!r:.100}")
         data = load_coco_json(self.ann_file)
-        validate_coco(data, self.ann_file)
+        validate_coco(data, self.ann_file, skip_degenerate_boxes=skip_degenerate_boxes)
         data.setdefault("annotations", [])
         data.setdefault("categories", [])
         self.coco = coco_from_dict(data)

@@ -89,7 +89,12 @@ def voc_map(gt_by_image: ImageRecords, det_by_image: ImageRecords, num_classes: 
 def evaluate_voc_from_coco(gt_json: str | os.PathLike, results_json: str | os.PathLike, iou_thr: float = 0.5,
                            area_method: bool = True, progress: bool = True) -> dict[str, Any]:
     """VOC mAP of a COCO results file against a COCO ground-truth json (see :func:`evaluate_voc_coco`)."""
+    from detcore.data.coco_json import check_ground_truth
+
     gt = _load_json(gt_json, dict, "a COCO ground-truth json with images, annotations, categories")
+    if not isinstance(gt.get("images"), list):
+        raise DataError(f"VOC eval: {gt_json} has no 'images' list; expected a COCO ground-truth json")
+    check_ground_truth(gt, Path(gt_json))
     results = _load_json(results_json, list, "a COCO results list of {image_id, category_id, bbox, score}")
     return evaluate_voc_coco(gt, results, iou_thr=iou_thr, area_method=area_method, progress=progress,
                              gt_name=str(gt_json), results_name=str(results_json))

@@ -75,16 +75,19 @@ def normalization(src: Source, p: str, rgb_key: str, rgb_default: bool, model: d
 
 
 def dataset_head(src: Source, path: str) -> tuple[str, dict]:
-    """The path of the dataset inside any wrappers at ``path`` (each wrapper noted) and ``{"type": ...}``."""
+    """The path of the dataset inside any wrappers at ``path`` (each wrapper noted) and its head (``type``, and ``skip_degenerate_boxes`` for COCO)."""
     while src.lookup(f"{path}.type") in WRAPPERS:
         src.note(f"{path}.type", f"{src.lookup(f'{path}.type')} wrapper dropped; the inner dataset is used")
         src.use(f"{path}.times", f"{path}.oversample_thr")
         path = f"{path}.dataset"
     kind = src.get(f"{path}.type", "CocoDataset")
-    if kind != "CocoDataset":
+    out: dict = {"type": kind}
+    if kind == "CocoDataset":  # MMDetection's CocoDataset drops boxes under 1 pixel without a word
+        out["skip_degenerate_boxes"] = True
+    else:
         src.note(f"{path}.type", "detcore reads COCO json: convert the annotations (detcore convert voc|"
                                  "cityscapes|via) and set type: CocoDataset")
-    return path, {"type": kind}
+    return path, out
 
 
 def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:

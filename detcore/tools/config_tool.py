@@ -1,9 +1,11 @@
-"""``detcore config show CONFIG``: print the fully resolved config.
+"""``detcore config show CONFIG``: print the fully resolved config (files a run would need but this
+machine lacks are warnings on stderr, so a config can be read before its data is downloaded).
 ``detcore config import MMDET_CONFIG.py --out CONFIG.yaml``: bring an MMDetection config over."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from detcore.config import dump_config, load_config
 from detcore.errors import ConfigError
@@ -23,11 +25,14 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 def run(args: argparse.Namespace) -> int:
     if args.action == "import":
         return _import(args)
-    from detcore.config_check import check_config
+    from detcore.config_check import check_config, missing_file_problems, with_file
 
     cfg = load_config(args.config, args.cfg_options)
-    check_config(cfg, registries=False)  # what a training run would refuse: checkpoints, metrics, data paths
+    check_config(cfg, registries=False, files=False)  # syntax, values and metrics: what no machine can fix
     print(json.dumps(cfg, indent=2) if args.json else dump_config(cfg), end="" if not args.json else "\n")
+    sys.stdout.flush()
+    for line in with_file(cfg, missing_file_problems(cfg)):  # data not downloaded yet: shown, not refused
+        print(f"detcore config: warning: {line} (a training run here would refuse this)", file=sys.stderr)
     return 0
 
 

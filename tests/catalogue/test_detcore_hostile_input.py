@@ -1,5 +1,6 @@
 """Hostile or broken input: devices, FIFOs, alias bombs, deep nesting, decompression bombs, a
-flood of boxes. Each case runs ``detcore`` as a subprocess under an address-space limit
+flood of boxes, model and data values past their bounds, symbolic link loops, image file names
+that leave ``img_prefix``, boxes without area. Each case runs ``detcore`` as a subprocess under an address-space limit
 (``RLIMIT_AS``) and a wall-clock limit enforced by the harness (the subprocess timeout; no
 timing is asserted). It must exit 2 with one line naming the file or key, no traceback, and
 leave nothing behind.
@@ -31,6 +32,7 @@ CONFIG_AS, TORCH_AS = 1 * GIB, 6 * GIB
 TIMEOUT_S = 180  # the harness's bound: a hang fails the case, it is not a benchmark
 
 FIFO, HEADER_60K, HEADER_12K, BOXES = "__fifo__", "__png60000__", "__png12000__", "__200k_boxes__"
+LINK = "__link__:"  # a symbolic link to what follows
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -62,6 +64,43 @@ def diamond(levels: int = 5, width: int = 10) -> dict[str, str]:
 
 CATS3 = ((1, "a"), (2, "b"), (3, "c"))
 SHOW = ["config", "show", "{t}/c.yaml", "--json"]
+WORK = ["train", "{t}/c.yaml", "--work-dir", "{t}/work", "--no-validate"]
+# (name, c.yaml, extra argv, words): model and data values a run must refuse before it starts
+VALUES = [
+    ("anchor-sizes-strings", f"_base_: {SHAPES}\nmodel: {{anchor_generator: {{sizes: [[a], [b], [c], [d]]}}}}\n", [],
+     ["c.yaml: model.anchor_generator.sizes.0.0 must be an anchor side in pixels", "got 'a'"]),
+    ("min-size-100000", f"_base_: {SHAPES}\n", ["--cfg-options", "model.min_size=100000"],
+     ["model.min_size must be at most 16384", "got 100000"]),
+    ("max-size-list", f"_base_: {SHAPES}\n", ["--cfg-options", "model.max_size=[800]"],
+     ["model.max_size must be a positive integer, got [800]"]),
+    ("batch-1e9-float", f"_base_: {SHAPES}\n", ["--cfg-options", "data.samples_per_gpu=1e9"],
+     ["data.samples_per_gpu must be a positive integer, got 1000000000.0"]),
+    ("batch-1e9", f"_base_: {SHAPES}\n", ["--cfg-options", "data.samples_per_gpu=1000000000"],
+     ["data.samples_per_gpu must be at most 4096", "got 1000000000"]),
+    ("split-batch", f"_base_: {SHAPES}\ndata: {{val: {{samples_per_gpu: 0}}}}\n", [],
+     ["data.val.samples_per_gpu must be a positive integer, got 0"]),
+    ("workers-100000", f"_base_: {SHAPES}\n", ["--cfg-options", "data.workers_per_gpu=100000"],
+     ["data.workers_per_gpu must be at most 256", "got 100000"]),
+    ("num-classes-1e8", f"_base_: {SHAPES}\n", ["--cfg-options", "model.num_classes=100000000"],
+     ["model.num_classes must be at most 100000"]),
+    ("resize-scale-100000", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scale: [100000, 800]}}]}}}}"
+                            "\n", [], ["data.train.pipeline.0.scale.0 must be at most 16384", "got 100000"]),
+    ("resize-scales-string", f"_base_: {SHAPES}\ndata: {{train: {{pipeline: [{{type: Resize, scales: [[1333, "
+                             "'800']]}]}}\n", [],
+     ["data.train.pipeline.0.scales.0.1 must be a positive integer, got '800'", "without quotes"]),
+    ("aspect-ratio-zero", f"_base_: {SHAPES}\nmodel: {{anchor_generator: {{aspect_ratios: [0.0, 1.0]}}}}\n", [],
+     ["model.anchor_generator.aspect_ratios.0 must be an aspect ratio", "got 0.0"]),
+    ("rpn-samples-1e9", f"_base_: {SHAPES}\n", ["--cfg-options", "model.rpn.batch_size_per_image=1000000000"],
+     ["model.rpn.batch_size_per_image must be at most 100000"]),
+    ("rpn-iou-above-one", f"_base_: {SHAPES}\nmodel: {{rpn: {{fg_iou_thresh: 7}}}}\n", [],
+     ["model.rpn.fg_iou_thresh must be a number in [0, 1], got 7"]),
+    ("rpn-bg-above-fg", f"_base_: {SHAPES}\nmodel: {{rpn: {{bg_iou_thresh: 0.8}}}}\n", [],
+     ["model.rpn.bg_iou_thresh (0.8) must not be above fg_iou_thresh (0.7)"]),
+    ("roi-fraction-zero", f"_base_: {SHAPES}\nmodel: {{roi_head: {{positive_fraction: 0}}}}\n", [],
+     ["model.roi_head.positive_fraction must be a number in (0, 1], got 0"]),
+    ("image-mean-255", f"_base_: {SHAPES}\nmodel: {{image_mean: [123.675, 116.28, 103.53]}}\n", [],
+     ["model.image_mean.0 must be a mean of 0..1 pixel values", "divide 0..255 values by 255"]),
+]
 # (id, files, argv, words in the one error line, address-space limit)
 CASES = [
     ("base-dev-zero", {"c.yaml": "_base_: /dev/zero\n"}, SHOW, ["/dev/zero", "not a regular file"], CONFIG_AS),
@@ -94,6 +133,49 @@ CASES = [
     ("train-200k-boxes", {"c.yaml": dataset_config(), "img/a.png": PNG, "ann.json": BOXES},
      ["train", "{t}/c.yaml", "--work-dir", "{t}/work", "--no-validate"],
      ["ann.json", "image id 1 (a.png) has 200000 boxes", "max_boxes_per_image"], TORCH_AS),
+    # ---- model and data values: refused with the config, before a work dir (train imports torch first)
+    *((f"value-{name}", {"c.yaml": text}, [*WORK, *extra], words, TORCH_AS) for name, text, extra, words in VALUES),
+    ("value-config-show", {"c.yaml": VALUES[0][1]}, [*SHOW, *VALUES[0][2]], VALUES[0][3], CONFIG_AS),
+    ("value-test", {}, ["test", SHAPES, "{t}/none.pth", "--cfg-options", "+data.test_samples_per_gpu=100000"],
+     ["data.test_samples_per_gpu must be at most 4096", "got 100000"], TORCH_AS),
+    # ---- symbolic link loops: named as loops, not "not found"
+    ("config-link-loop", {"a.yaml": "__link__:b.yaml", "b.yaml": "__link__:a.yaml"},
+     ["config", "show", "{t}/a.yaml"], ["a.yaml: symbolic link loop", "a.yaml -> {t}/b.yaml -> {t}/a.yaml"],
+     CONFIG_AS),
+    ("config-link-to-itself", {"c.yaml": "__link__:c.yaml"}, ["train", "{t}/c.yaml", "--work-dir", "{t}/work"],
+     ["c.yaml: symbolic link loop", "c.yaml -> {t}/c.yaml"], TORCH_AS),
+    ("base-link-loop", {"a.yaml": "__link__:b.yaml", "b.yaml": "__link__:a.yaml", "c.yaml": "_base_: a.yaml\n"},
+     SHOW, ["c.yaml: _base_ file 'a.yaml' is a symbolic link loop", "b.yaml"], CONFIG_AS),
+    ("config-link-dangling", {"c.yaml": "__link__:gone.yaml"}, SHOW,
+     ["c.yaml: is a symbolic link to gone.yaml, which does not exist"], CONFIG_AS),
+    # ---- annotation files: names confined to img_prefix, boxes with a size
+    ("file-name-traversal", {"c.yaml": dataset_config(), "img/a.png": PNG,
+                             "ann.json": coco(images=((1, "../../../../../../etc/hostname", 32, 32),))},
+     [*WORK], ["ann.json: image id 1 has file_name '../../../../../../etc/hostname'", "leaves the image folder",
+               "img_prefix"], TORCH_AS),
+    ("file-name-absolute", {"c.yaml": dataset_config(), "img/a.png": PNG,
+                            "ann.json": coco(images=((1, "/etc/hostname", 32, 32),))},
+     [*WORK], ["ann.json: image id 1 has file_name '/etc/hostname'", "an absolute path"], TORCH_AS),
+    ("bbox-negative-width", {"c.yaml": dataset_config(), "img/a.png": PNG,
+                             "ann.json": coco(anns=((1, 1, 1, [2, 2, 10, 10]), (7, 1, 1, [2, 2, -5, 4])))},
+     [*WORK], ["ann.json: annotation id 7 of image id 1", "bbox [2, 2, -5, 4]", "non-positive width or height",
+               "skip_degenerate_boxes"], TORCH_AS),
+    ("eval-gt-negative-width", {"gt.json": coco(anns=((1, 1, 1, [2, 2, 10, 10]), (7, 1, 1, [2, 2, -5, 4]))),
+                                "dt.json": json.dumps([{"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10],
+                                                        "score": 0.9}])},
+     ["eval", "--ann", "{t}/gt.json", "--results", "{t}/dt.json"],
+     ["gt.json: annotation id 7 of image id 1", "non-positive width or height"], CONFIG_AS),
+    ("eval-gt-zero-height-map", {"gt.json": coco(anns=((3, 1, 1, [2, 2, 10, 0]),)), "dt.json": "[]"},
+     ["eval", "--ann", "{t}/gt.json", "--results", "{t}/dt.json", "--metric", "mAP"],
+     ["gt.json: annotation id 3 of image id 1", "bbox [2, 2, 10, 0]"], CONFIG_AS),
+    ("convert-via-traversal", {"img/a.png": PNG, "via.json": json.dumps(
+        {"k": {"filename": "../../../../etc/hostname", "size": 1, "regions": []}})},
+     ["convert", "via", "{t}/via.json", "{t}/out.json", "--class-name", "x", "--img-dir", "{t}/img"],
+     ["via.json entry 'k': filename '../../../../etc/hostname'", "leaves the image folder"], CONFIG_AS),
+    ("convert-via-image-60000", {"img/big.png": HEADER_60K, "via.json": json.dumps(
+        {"k": {"filename": "big.png", "size": 1, "regions": []}})},
+     ["convert", "via", "{t}/via.json", "{t}/out.json", "--class-name", "x", "--img-dir", "{t}/img"],
+     ["big.png", "via.json entry 'k'", "pixels", "DETCORE_MAX_IMAGE_PIXELS"], CONFIG_AS),
 ]
 
 
@@ -105,6 +187,8 @@ def _write_special(t: Path, files: dict) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         if content == FIFO:
             os.mkfifo(path)
+        elif isinstance(content, str) and content.startswith(LINK):
+            path.symlink_to(content[len(LINK):])
         elif content in (HEADER_60K, HEADER_12K):
             side = 60000 if content == HEADER_60K else 12000
             path.write_bytes(png_header(side, side))

@@ -26,6 +26,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from detcore.data.converters.coco_json import build_coco_dict, read_image_size, summarize, write_coco_json
+from detcore.data.image_file import check_image_file
 from detcore.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def convert_cityscapes(root: str | os.PathLike, out_json: str | os.PathLike, spl
 
 def _read_instance_ids(png: Path) -> np.ndarray:
     """Read an ``instanceIds`` png (Pillow gives mode ``I`` or ``I;16``) as an int64 array."""
+    check_image_file(png, " (a Cityscapes instanceIds png)")  # the size limit, from the header, before decoding
     try:
         with Image.open(png) as img:
             if img.mode not in ("I", "I;16", "I;16B", "L"):

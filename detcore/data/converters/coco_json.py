@@ -12,8 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
+from detcore.data.image_file import check_image_file
 from detcore.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,13 +67,11 @@ def summarize(dataset: dict[str, Any], skipped: int, out_path: Path, source: str
 def read_image_size(path: Path, record: str) -> tuple[int, int]:
     """Return ``(width, height)`` of the image file at ``path`` (reads the header only).
 
-    ``record`` names the annotation that needs the size, for the error message.
+    ``record`` names the annotation that needs the size, for the error message. The image size
+    limit of the datasets applies (:mod:`detcore.data.image_file`): a converted dataset holds no
+    image that training would refuse.
     """
-    try:
-        with Image.open(path) as img:
-            return int(img.width), int(img.height)
-    except FileNotFoundError:
+    if not path.is_file():
         raise DataError(f"{record}: image file {path} does not exist; it is needed for the image size. "
-                        f"Check the image folder option.") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{record}: cannot read image {path} ({exc}); expected a readable image file") from None
+                        f"Check the image folder option.")
+    return check_image_file(path, f" ({record})")

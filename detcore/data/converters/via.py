@@ -26,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from detcore.data.converters.coco_json import build_coco_dict, read_image_size, summarize, write_coco_json
+from detcore.data.image_file import file_name_problem
 from detcore.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ def convert_via(via_json: str | os.PathLike, out_json: str | os.PathLike, class_
     for key, entry in tqdm(entries.items(), desc=f"VIA {src.name}", unit="img", disable=not progress):
         record = f"VIA: {src} entry {key!r}"
         filename = entry["filename"]
+        problem = file_name_problem(filename)
+        if problem:
+            raise DataError(f"{record}: filename {filename!r:.200}: {problem}; expected a name relative to the "
+                            f"image folder (--img-dir)")
         if filename in seen:
             raise DataError(f"{record}: filename {filename!r} also appears in entry {seen[filename]!r}; "
                             f"expected one entry per image")

@@ -34,6 +34,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from detcore.data.converters.coco_json import build_coco_dict, read_image_size, summarize, write_coco_json
+from detcore.data.image_file import check_pixels, file_name_problem
 from detcore.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ def _read_split_list(path: Path) -> list[str]:
     ids = [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not ids:
         raise DataError(f"VOC: split list {path} is empty; expected one image id per line")
+    for image_id in ids:  # an id names Annotations/<id>.xml and JPEGImages/<id>.jpg
+        problem = file_name_problem(image_id)
+        if problem:
+            raise DataError(f"VOC: split list {path} has image id {image_id!r:.200}: {problem}; expected ids "
+                            f"such as 2008_000123")
     return ids
 
 
@@ -137,6 +143,8 @@ def _parse_annotation(root: Path, year_dir: Path, image_id: str) -> tuple[dict, 
         width, height = read_image_size(image_path, f"VOC: {xml_path} has no <size>")
     elif not image_path.is_file():
         raise DataError(f"VOC: image {image_path} for {xml_path} does not exist; expected JPEGImages/{image_id}.jpg")
+    else:
+        check_pixels(image_path, width, height, f" (the <size> of {xml_path})")
     image = {"file_name": image_path.relative_to(root).as_posix(), "width": width, "height": height}
     objects = [_parse_object(obj, xml_path, index) for index, obj in enumerate(node.findall("object"))]
     return image, objects

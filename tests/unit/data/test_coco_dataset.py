@@ -72,7 +72,7 @@ def test_masks_from_polygons_and_rle(write_coco, coco_spec):
     assert int(masks[0].sum()) == 80
 
 
-def test_partially_outside_box_clipped_and_degenerate_skipped(write_coco, coco_spec, caplog):
+def test_partially_outside_box_clipped_and_degenerate_skipped_when_asked(write_coco, coco_spec, caplog):
     spec = coco_spec()
     spec["annotations"][0]["bbox"] = [30, 20, 20, 20]  # partially outside a 40x30 image
     spec["annotations"] += [
@@ -81,11 +81,55 @@ def test_partially_outside_box_clipped_and_degenerate_skipped(write_coco, coco_s
     ]
     ann, img_dir = write_coco(spec)
     with caplog.at_level(logging.WARNING, logger="detcore.data.coco"):
-        ds = CocoDataset(ann, img_dir)
+        ds = CocoDataset(ann, img_dir, skip_degenerate_boxes=True)
     _, target = ds[0]
     assert target["boxes"].tolist() == [[30, 20, 40, 30], [20, 10, 35, 22]]
     assert ds.skipped == {"non-positive width or height": 1, "entirely outside the image": 1}
     assert str(ann) in caplog.text and "skipped 2 annotations" in caplog.text and "annotation id 20" in caplog.text
+
+
+@pytest.mark.parametrize("box", [[5, 5, 0, 4], [5, 5, -3, 4], [5, 5, 4, 0], [5, 5, 4, -0.5]])
+@pytest.mark.parametrize("test_mode", [False, True])
+def test_a_box_with_non_positive_size_is_refused_naming_the_annotation(write_coco, coco_spec, box, test_mode):
+    spec = coco_spec()
+    spec["annotations"].append({"id": 20, "image_id": 2, "category_id": 1, "bbox": box, "iscrowd": 0})
+    ann, img_dir = write_coco(spec)
+    with pytest.raises(DataError) as exc:
+        CocoDataset(ann, img_dir, test_mode=test_mode)
+    message = str(exc.value)
+    assert "\n" not in message
+    for words in (str(ann), "annotation id 20 of image id 2", f"bbox {box}", "non-positive width or height",
+                  "skip_degenerate_boxes: true"):
+        assert words in message, message
+
+
+@pytest.mark.parametrize("name", ["../../../etc/hostname", "/etc/hostname", "sub/../../rgb.png", "a/../rgb.png", "",
+                                  7])
+def test_an_image_file_name_outside_img_prefix_is_refused(write_coco, coco_spec, name):
+    spec = coco_spec()
+    ann, img_dir = write_coco(spec)
+    data = json.loads(ann.read_text())
+    data["images"][1]["file_name"] = name
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError) as exc:
+        CocoDataset(ann, img_dir, test_mode=True)
+    assert str(ann) in str(exc.value) and "image id 2 has file_name" in str(exc.value), exc.value
+
+
+def test_links_the_user_placed_inside_img_prefix_are_followed(write_coco, coco_spec, tmp_path):
+    """A dataset folder made of links into a shared store: a linked file and a linked folder."""
+    ann, img_dir = write_coco(coco_spec())
+    store = tmp_path / "store"
+    (store / "sub").mkdir(parents=True)
+    (img_dir / "gray.png").rename(store / "gray.png")
+    (img_dir / "rgba.png").rename(store / "sub" / "rgba.png")
+    (img_dir / "gray.png").symlink_to(store / "gray.png")
+    (img_dir / "linked").symlink_to(store / "sub")
+    data = json.loads(ann.read_text())
+    data["images"][2]["file_name"] = "linked/rgba.png"
+    ann.write_text(json.dumps(data))
+    ds = CocoDataset(ann, img_dir, test_mode=True)
+    assert [tuple(ds[i][0].shape) for i in (1, 2)] == [(3, 48, 32), (3, 20, 20)]
 
 
 def test_build_dataset_from_config(write_coco):

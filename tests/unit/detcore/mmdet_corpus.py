@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from detcore.config import validate_config
+from detcore.config_values import value_problems
 from detcore.errors import ConfigError
 from detcore.mmdet_import import import_config
 
@@ -47,6 +48,7 @@ def import_tree(tree: Path, version: str, min_files: int) -> Counter:
             imported = import_config(path)
             outcome["imported"] += 1
             assert imported.config["model"]["type"] in FAMILIES
+            assert value_problems(imported.config) == [], path  # no real config is past a bound
             validate_config(imported.config)  # the checks load_config runs on every config
         except ConfigError as exc:
             message = str(exc)

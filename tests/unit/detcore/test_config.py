@@ -160,7 +160,7 @@ def test_dump_round_trips_and_saved_config_loads_again(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text,match", [
     ("optimizer: {lr: .nan}\n", "optimizer.lr must be a positive number, got nan"),
     ("optimizer: {lr: 0.1, weight_decay: '1e-4'}\n", "optimizer.weight_decay must be a number >= 0, got '1e-4'"),
-    ("optimizer: {lr: 0.1, momentum: 2}\n", "optimizer.momentum must be a number >= 0 and <= 1.0"),
+    ("optimizer: {lr: 0.1, momentum: 2}\n", "optimizer.momentum must be a number in \\[0, 1\\], got 2"),
     ("optimizer: {lr: 0.1, betas: [0.9]}\n", "optimizer.betas must be two numbers"),
     ("optimizer_config: {grad_clip: {max_norm: -1}}\n", "grad_clip.max_norm must be a positive number"),
     ("filename: x.yaml\n", "'filename' is reserved"),

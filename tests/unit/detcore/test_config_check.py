@@ -69,6 +69,40 @@ def test_config_show_refuses_an_unknown_metric(capsys):
     assert "unknown metric 'mAP50'" in capsys.readouterr().err
 
 
+def test_config_show_prints_a_config_whose_data_is_not_here_and_warns_on_stderr(tmp_path, monkeypatch, capsys):
+    """A user reads a shipped COCO config (or an imported MMDetection one) before downloading COCO."""
+    monkeypatch.chdir(tmp_path)  # no data/coco here
+    coco = ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"
+    assert detcore_main(["config", "show", str(coco), "--cfg-options", "+load_from=gone.pth"]) == 0
+    out, err = capsys.readouterr()
+    shown = load_config(coco)  # the printed text is the resolved config
+    assert "instances_train2017.json" in out and f"max_size: {shown['model']['max_size']}" in out
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("detcore config: warning: ") for w in warnings), warnings
+    assert ["load_from: checkpoint gone.pth" in warnings[0], "data.train.ann_file" in warnings[1],
+            "data.val.ann_file" in warnings[2]] == [True] * 3, warnings
+
+
+def test_config_show_of_config_import_output(tmp_path, monkeypatch, capsys):
+    mmdet = ROOT / ".cache/mmdet/configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.py"
+    monkeypatch.chdir(tmp_path)
+    assert detcore_main(["config", "import", str(mmdet), "--out", str(tmp_path / "imported.yaml")]) == 0
+    capsys.readouterr()
+    for shown in (tmp_path / "imported.yaml", mmdet):
+        assert detcore_main(["config", "show", str(shown), "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert '"type": "FasterRCNN"' in out and "error" not in err and "data.train.ann_file" in err
+
+
+def test_a_training_run_still_refuses_the_missing_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    coco = ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"
+    assert detcore_main(["train", str(coco), "--work-dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(": error: " in line and "does not exist" in line for line in err), err
+    assert not (tmp_path / "work").exists()
+
+
 def test_launcher_submit_checks_with_detcore_before_anything_starts(tmp_path, monkeypatch, capsys):
     from launcher.cli import main as launcher_main
 

@@ -181,7 +181,8 @@ def test_balloon_guide_config_maps_one_class_paths_and_load_from() -> None:
     cfg = imported.config
     assert cfg["model"]["type"] == "MaskRCNN" and cfg["model"]["num_classes"] == 1 and cfg["classes"] == ["balloon"]
     assert cfg["data"]["train"] == {
-        "type": "CocoDataset", "ann_file": "balloon/train/annotation_coco.json", "img_prefix": "balloon/train/",
+        "type": "CocoDataset", "skip_degenerate_boxes": True,  # as MMDetection's CocoDataset does
+        "ann_file": "balloon/train/annotation_coco.json", "img_prefix": "balloon/train/",
         "classes": ["balloon"], "with_mask": True,
         "pipeline": [{"type": "Resize", "scales": [[1333, s] for s in (640, 672, 704, 736, 768, 800)]},
                      {"type": "RandomFlip", "prob": 0.5}]}

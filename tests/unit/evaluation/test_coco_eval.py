@@ -151,6 +151,38 @@ def test_malformed_inputs_name_the_file(gt_file, tmp_path, capsys, monkeypatch):
         evaluate_coco(gt_file, no_segm, metrics=["segm"])
 
 
+@pytest.mark.parametrize("metric", ["bbox", "mAP"])
+@pytest.mark.parametrize("box", [[10, 10, -5, 8], [10, 10, 8, 0]])
+def test_ground_truth_with_a_non_positive_box_is_refused_naming_the_annotation(gt_file, results_file, tmp_path,
+                                                                               capsys, monkeypatch, metric, box):
+    """pycocotools scores such a box without a word (it can never be matched, so recall drops)."""
+    data = json.loads(gt_file.read_text())
+    ann = data["annotations"][3]
+    ann["bbox"] = box
+    bad_gt = tmp_path / "gt_degenerate.json"
+    bad_gt.write_text(json.dumps(data))
+    assert _cli(monkeypatch, "--ann", str(bad_gt), "--results", str(results_file), "--metric", metric) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err
+    for words in (str(bad_gt), f"annotation id {ann['id']} of image id {ann['image_id']}", "non-positive width"):
+        assert words in err, err
+
+
+def test_ground_truth_with_duplicate_ids_or_a_dangling_image_is_refused(gt_file, results_file, tmp_path):
+    data = json.loads(gt_file.read_text())
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    dup = tmp_path / "gt_dup.json"
+    dup.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="duplicate annotation id"):
+        evaluate_coco(dup, results_file)
+    data = json.loads(gt_file.read_text())
+    data["annotations"][0]["image_id"] = 12345
+    dangling = tmp_path / "gt_dangling.json"
+    dangling.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="refers to image id 12345"):
+        evaluate_coco(dangling, results_file)
+
+
 def _outputs_from_targets(dataset) -> list[tuple[int, dict]]:
     """Perfect predictions in the coordinates of the transformed image, as a detector returns them."""
     outputs = []
