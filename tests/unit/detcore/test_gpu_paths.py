@@ -390,4 +390,4 @@ def test_amp_on_the_cpu_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(cfg, tmp_path, validate=False, amp=True, device="cpu")
     assert not trainer.amp and not trainer.scaler.is_enabled()
-    assert "--amp needs a CUDA device" in caplog.text
+    assert "--amp" in caplog.text and "needs a CUDA device" in caplog.text
