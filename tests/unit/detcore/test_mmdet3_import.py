@@ -65,12 +65,13 @@ def test_the_3x_guide_balloon_config_maps_classes_paths_num_classes_and_load_fro
     assert cfg["model"]["type"] == "MaskRCNN" and cfg["model"]["num_classes"] == 1 and cfg["classes"] == ["balloon"]
     assert cfg["data"]["samples_per_gpu"] == 1 and cfg["data"]["test_samples_per_gpu"] == 1
     assert cfg["data"]["train"] == {
-        "type": "CocoDataset", "ann_file": "data/balloon/train/annotation_coco.json",
+        "type": "CocoDataset", "skip_degenerate_boxes": True, "ann_file": "data/balloon/train/annotation_coco.json",
         "img_prefix": "data/balloon/train/", "classes": ["balloon"], "with_mask": True,
         "pipeline": [{"type": "Resize", "scales": [[1333, s] for s in (640, 672, 704, 736, 768, 800)]},
                      {"type": "RandomFlip", "prob": 0.5}]}
     for split in ("val", "test"):
-        assert cfg["data"][split] == {"type": "CocoDataset", "ann_file": "data/balloon/val/annotation_coco.json",
+        assert cfg["data"][split] == {"type": "CocoDataset", "skip_degenerate_boxes": True,
+                                      "ann_file": "data/balloon/val/annotation_coco.json",
                                       "img_prefix": "data/balloon/val/", "classes": ["balloon"], "with_mask": True,
                                       "pipeline": []}
     assert cfg["evaluation"] == {"interval": 1, "metric": ["bbox", "segm"]}
