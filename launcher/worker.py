@@ -268,7 +268,8 @@ class Shim:
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
         scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
-        env["TMPDIR"] = str(scratch)
+        if scratch is not None:
+            env["TMPDIR"] = str(scratch)
         subreaper = _become_subreaper()
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv], env=env,
                                      preexec_fn=_child_setup)
@@ -285,7 +286,8 @@ class Shim:
             watchdog.stopped.set()
         if subreaper:
             end_orphans()
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if self.hung and code == -signal.SIGKILL:  # ended by the watchdog, not on its own meanwhile
             code = contract.EXIT_HUNG
         if self.run_dir:

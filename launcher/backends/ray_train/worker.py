@@ -157,11 +157,13 @@ def train_loop_per_worker(config: dict) -> None:
     the next worker that starts on the node, or by ``launcher cancel``)."""
     scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
     before = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # tempfile caches its folder per process
+    if scratch is not None:
+        os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # tempfile caches its folder per process
     try:
         _train_loop(config)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         tempfile.tempdir = before[1]
         if before[0] is None:
             os.environ.pop("TMPDIR", None)
