@@ -86,9 +86,11 @@ def diagnose(path: Path, home: Path, conn: sqlite3.Connection | None = None, tho
         if own:
             conn = read_only_connection(path)
         found = [r[0] for r in conn.execute(f"PRAGMA {pragma}").fetchall()]
-        if found != ["ok"]:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            return Diagnosis(problem=f"SQLite's {pragma}: {found[0]}{more}")
+        if found != ["ok"]:  # one line per problem, some of them several lines long
+            lines = [line.strip() for text in found for line in str(text).splitlines()
+                     if line.strip() and not line.startswith("***")] or ["not ok"]
+            more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+            return Diagnosis(problem=f"SQLite's {pragma}: {lines[0]}{more}")
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'experiments'").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         if not is_damage(exc):

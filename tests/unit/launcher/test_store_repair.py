@@ -257,3 +257,19 @@ def test_damage_met_in_the_middle_of_a_command_is_one_line_and_repaired(tmp_path
     assert "run the command again" in err[0]
     assert len([p for p in home.glob("experiments.db.corrupt-*") if not p.name.endswith("-wal")]) == 1
     assert len(ExperimentStore(home).list()) == 4
+
+
+def test_what_quick_check_finds_is_one_line(tmp_path):
+    class Checked:
+        def execute(self, sql):
+            class Rows:
+                @staticmethod
+                def fetchall():
+                    return [("*** in database main ***\nPage 5: btreeInitPage() returns error code 11\n"
+                             "On tree page 4 cell 1: Extends off end of page",), ("row 3 missing from index",)]
+            return Rows()
+
+    db = tmp_path / "experiments.db"
+    db.write_bytes(store_repair.SQLITE_HEADER + b"\0" * 100)
+    found = store_repair.diagnose(db, tmp_path, Checked())
+    assert found.problem == "SQLite's quick_check: Page 5: btreeInitPage() returns error code 11 (and 2 more)"
