@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from launcher.spec import Resources
 
 EXIT_BY_STATE = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 3}
+SAY_SIZE_FIRST = 20  # a sweep that builds more specs says its size before building them (with a progress bar)
 
 
 def _store() -> ExperimentStore:
@@ -175,9 +176,9 @@ def _resume_options(args: argparse.Namespace, module, old, moved: bool):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """A grid's size at once (a refusal past the limit without --yes; else said as soon as the first combination's
-    config checks out, so a bad config stays one line); then the specs, built one by one (a dry run of a big
-    grid builds and renders only the first few)."""
+    """A grid's size at once: a refusal past the limit without --yes (every value checked first); else said as
+    soon as the first combination's config checks out (a small grid: once all have, so any bad one stays one
+    line). The specs are built one by one; a dry run of a big grid builds and renders only the first few."""
     import itertools
 
     from tqdm import tqdm
@@ -185,12 +186,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from launcher.backends import backend_module
     from launcher.jobs import build_spec, default_name, submit_specs
     from launcher.spec import SlotPool, new_experiment_id
-    from launcher.sweep import (DRY_RUN_SHOWN, SWEEP_LIMIT, combination_name, grid_shape, grid_size, iter_grid,
-                                parse_grid, size_error)
+    from launcher.sweep import (DRY_RUN_SHOWN, SWEEP_LIMIT, check_values, combination_name, grid_shape, grid_size,
+                                iter_grid, parse_grid, size_error)
 
     axes = parse_grid(args.grid)
     size, shape = grid_size(axes), grid_shape(axes)
     refusal = None if args.yes else size_error(size, shape)
+    check_values(axes)
     if refusal and not args.dry_run:
         raise LauncherError(refusal)
     module = backend_module(args.backend)
@@ -211,9 +213,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return build_spec(dataclasses.replace(base, overrides=base.overrides + combo, name=name, work_dir=work_dir))
 
     specs = [spec_of(combos[0])]
-    print(f"launcher: sweep of {size:,} experiment(s) ({shape})", file=sys.stderr, flush=True)
+    said = f"launcher: sweep of {size:,} experiment(s) ({shape})"
+    if len(combos) > SAY_SIZE_FIRST:  # building the rest takes a while: say what is coming
+        print(said, file=sys.stderr, flush=True)
     specs += [spec_of(combo) for combo in tqdm(combos[1:], desc="checking configs", unit="exp", file=sys.stderr,
-                                                disable=len(combos) < 20 or not sys.stderr.isatty())]
+                                                disable=len(combos) <= SAY_SIZE_FIRST or not sys.stderr.isatty())]
+    if len(combos) <= SAY_SIZE_FIRST:  # all checked: a bad combination stayed one line
+        print(said, file=sys.stderr, flush=True)
     dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:

@@ -81,8 +81,9 @@ class ExperimentStore:
                 # The check, a repair and the creation of the schema each happen once, under this lock.
                 held.enter_context(blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S))
             except OSError as exc:
-                if exc.errno not in _CANNOT_WRITE:
-                    raise
+                if exc.errno not in _CANNOT_WRITE:  # LAUNCHER_HOME is a file, the lock a folder, ...
+                    raise LauncherError(f"cannot open the experiment store in {self.home}: {exc.strerror} "
+                                        f"({exc.filename}); LAUNCHER_HOME must be a folder of yours") from None
                 full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 return self._open_read_only(f"{'full' if full else 'read-only'} ({exc.strerror})")
             if self.path.exists() and not os.access(self.path, os.W_OK):
@@ -129,7 +130,7 @@ class ExperimentStore:
         from launcher import store_repair
 
         self.read_only = why
-        conn = store_repair.read_only_connection(self.path) if self.path.exists() else None
+        conn = store_repair.read_only_connection(self.path) if self.path.is_file() else None
         found = store_repair.diagnose(self.path, self.home, conn)
         version = conn.execute("PRAGMA user_version").fetchone()[0] if conn is not None and not found else 0
         if conn is None or found or version != SCHEMA_VERSION:

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,13 @@ def diagnose(path: Path, home: Path, conn: sqlite3.Connection | None = None, tho
     connection to check through; else a read-only one is opened and closed here. ``thorough``: SQLite's
     ``integrity_check`` (indexes against their tables too) instead of ``quick_check``."""
     try:
-        with open(path, "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
+        st = path.stat()
     except FileNotFoundError:
         return Diagnosis(lost="missing") if _has_sources(home) else Diagnosis()
+    if not stat.S_ISREG(st.st_mode):  # a folder, a FIFO (reading it would wait forever), a device
+        return Diagnosis(problem=f"not a regular file (mode {stat.filemode(st.st_mode)})")
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
     if not header:
         return Diagnosis(lost="empty (0 bytes)") if _has_sources(home) else Diagnosis()
     if header != SQLITE_HEADER:
@@ -187,7 +191,7 @@ def set_aside(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
-    while aside.exists():
+    while aside.exists() or aside.is_symlink():
         n += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     os.replace(path, aside)

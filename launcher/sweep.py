@@ -36,6 +36,16 @@ def parse_grid(items: list[str]) -> list[tuple[str, tuple[str, ...]]]:
     return axes
 
 
+def check_values(axes: list[tuple[str, tuple[str, ...]]]) -> None:
+    """Every value read as ``--cfg-options`` reads it (YAML), so a bad one is found before anything is built;
+    ConfigError naming it otherwise."""
+    from detcore.config import parse_override
+
+    for key, values in axes:
+        for value in values:
+            parse_override(f"{key}={value}")
+
+
 def iter_grid(axes: list[tuple[str, tuple[str, ...]]]) -> Iterator[tuple[str, ...]]:
     """Every combination as ``key=value`` overrides, first axis slowest, one at a time."""
     keys = [k for k, _ in axes]
