@@ -1,7 +1,7 @@
 """The experiment store: one SQLite row per experiment under ``$LAUNCHER_HOME``.
 
-WAL mode, a 30 s busy timeout and one statement per write (each its own short transaction),
-so many CLIs can write at once without losing an update. Two kinds of writes, by two kinds of
+WAL mode, a 30 s busy timeout and one short transaction per write, so many CLIs can write at
+once without losing an update. Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
 ``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
 comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
