@@ -117,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         text = buf.getvalue()
     _write_text(text, args.out)
     if args.out:
-        print(f"launcher: {len(rows)} experiment(s) written to {args.out}", file=sys.stderr)
+        print(f"launcher: {len(rows)} experiment(s) written to {printable(args.out)}", file=sys.stderr)
     return 0
 
 
@@ -137,8 +137,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     exps = _experiments(store, args.ids)
     plain = [", ".join(f"{k}={v}" for k, v in e.grid_values.items()) if e.grid_values else e.name for e in exps]
     points = plot_curves([curve_label(e, plain) for e in exps], [e.work_dir for e in exps], args.metric, args.out)
-    print(f"launcher: {args.metric} of {len(exps)} experiment(s) ({sum(points)} points) written to {args.out}",
-          file=sys.stderr)
+    print(f"launcher: {printable(args.metric)} of {len(exps)} experiment(s) ({sum(points)} points) written to "
+          f"{printable(args.out)}", file=sys.stderr)
     for exp, n in zip(exps, points):
         if not n:
             print(f"launcher: {exp.id} has no {args.metric} values yet", file=sys.stderr)
