@@ -102,7 +102,11 @@ def parse_yaml(text: str, source: str) -> Any:
 
 def parse_yaml_counted(text: str, source: str) -> tuple[Any, int]:
     """:func:`parse_yaml` and the number of values it holds with aliases expanded."""
-    loader = ConfigLoader(text)
+    try:
+        loader = ConfigLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters before any parsing
+        raise ConfigError(f"{source}: invalid YAML: {str(exc).splitlines()[0]}; remove it, or write it as an "
+                          f"escape (\\x1b) in a double-quoted string") from None
     try:
         return loader.get_single_data(), loader.values
     except ConfigError as exc:

@@ -32,9 +32,10 @@ COMMANDS = {
     "tag": "add (or --remove) tags",
     "note": "set an experiment's note",
     "rm": "remove finished experiments from the store (--purge: and their work dirs)",
+    "store": "check the experiment store, or repair it from the experiment records and job folders",
 }
 # subcommands whose code lives in launcher.manage (the rest: launcher.commands)
-MANAGE = ("compare", "export", "plot", "tag", "note", "rm")
+MANAGE = ("compare", "export", "plot", "tag", "note", "rm", "store")
 
 _GPU_IDS = "use --gpus N: the launcher leases free GPUs itself and sets CUDA_VISIBLE_DEVICES per job"
 _PORT = "the launcher picks a free rendezvous port itself; drop it"
@@ -114,9 +115,13 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
         p.add_argument("--test", metavar="CHECKPOINT", help="a test job: evaluate CHECKPOINT on the test split")
         p.add_argument("--eval", nargs="+", default=[], metavar="METRIC", help="with --test: bbox and/or segm")
     else:
+        from launcher.sweep import SWEEP_LIMIT
+
         p.add_argument("--grid", action="append", default=[], required=True, metavar="KEY=V1,V2",
                        help="a config key and its values; repeat for more keys (every combination runs)")
         p.add_argument("--max-parallel", type=int, help="at most P of the sweep's jobs run at once")
+        p.add_argument("--yes", action="store_true",
+                       help=f"submit a grid of more than {SWEEP_LIMIT} experiments (refused without it)")
     _add_backend_groups(p)
     _add_hints(p, JOB_HINTS)
 
@@ -229,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except DetcoreError as exc:
-        for line in getattr(exc, "problems", None) or [str(exc)]:
-            print(f"launcher {args.command}: error: {line}", file=sys.stderr)
+        from launcher.printable import printable
+
+        for line in getattr(exc, "problems", None) or [str(exc)]:  # they may quote a path or a value the user gave
+            print(f"launcher {args.command}: error: {printable(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"launcher {args.command}: interrupted", file=sys.stderr)
@@ -238,6 +245,28 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `launcher list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        line = _damaged_store(exc)
+        if line is None:
+            raise
+        print(f"launcher {args.command}: error: {line}", file=sys.stderr)
+        return 1
+
+
+def _damaged_store(exc: Exception) -> str | None:
+    """A damaged store found in the middle of a command (opening it checks it first, so this is rare):
+    rebuilt now; the line to print. None for any other error."""
+    import sqlite3
+
+    from launcher.store_repair import is_damage
+
+    if not isinstance(exc, sqlite3.DatabaseError) or not is_damage(exc):
+        return None
+    from launcher.store import ExperimentStore
+
+    done = ExperimentStore().rebuild(f"SQLite: {exc}")
+    return f"the experiment store was found damaged while this command ran; {done.removeprefix('launcher: ')}; " \
+           f"run the command again"
 
 
 if __name__ == "__main__":

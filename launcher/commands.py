@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from launcher.errors import LauncherError
+from launcher.printable import printable
 from launcher.state import JobState
 from launcher.store import Experiment, ExperimentStore
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from launcher.spec import Resources
 
 EXIT_BY_STATE = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 3}
+SAY_SIZE_FIRST = 20  # a sweep that builds more specs says its size before building them (with a progress bar)
 
 
 def _store() -> ExperimentStore:
@@ -67,7 +69,7 @@ def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Names
             _print_json(exp.to_json())
         else:
             exp = follow_experiment(store, backend, exp.id)
-            tail = f" ({exp.reason})" if exp.reason else ""
+            tail = f" ({printable(exp.reason)})" if exp.reason else ""
             print(f"launcher: experiment {exp.id} {exp.state.value}{tail}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"launcher: stopped following; {exp.id} keeps running (`launcher cancel {exp.id}` stops it)",
@@ -83,7 +85,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from launcher.jobs import build_spec, submit_spec
 
     module = backend_module(args.backend)
-    backend = module.create(_store().home)
+    store = _store()
+    if not args.dry_run:
+        store.writable()  # before the config is loaded: a read-only home is one line at once
+    backend = module.create(store.home)
     spec = build_spec(_request(args, module))
     dry = backend.dryrun(spec)
     if args.dry_run:
@@ -91,7 +96,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     if spec.scaling is not None:
         print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
-    store = _store()
     exp = submit_spec(store, backend, spec)
     if args.json and args.detach:
         _print_json(exp.to_json())
@@ -129,7 +133,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         name = args.backend or exp.backend
         module = backend_module(name)
         old = spec_from_dict(exp.spec_dict, getattr(backend_module(exp.backend), "Options", None))
-        spec, note = resume_spec(old, resources=_resume_resources(args, old.resources, module),
+        resources = _resume_resources(args, old.resources, module)
+        nodes = (resources or old.resources).nodes
+        if name == "local" and nodes > 1:
+            raise LauncherError(f"experiment {exp.id} ran on {nodes} nodes and the local backend runs on one: add "
+                                f"--nodes 1 (with --nproc N or --gpus N for this machine's workers; the scaling is "
+                                f"recomputed for the new world size)")
+        spec, note = resume_spec(old, resources=resources,
                                  max_restarts=args.max_restarts, backend=name,
                                  backend_options=_resume_options(args, module, old.backend_options, name != exp.backend),
                                  hang_timeout_s=args.hang_timeout)
@@ -166,32 +176,61 @@ def _resume_options(args: argparse.Namespace, module, old, moved: bool):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """A grid's size at once: a refusal past the limit without --yes (every value checked first); else said as
+    soon as the first combination's config checks out (a small grid: once all have, so any bad one stays one
+    line). The specs are built one by one; a dry run of a big grid builds and renders only the first few."""
+    import itertools
+
+    from tqdm import tqdm
+
     from launcher.backends import backend_module
     from launcher.jobs import build_spec, default_name, submit_specs
     from launcher.spec import SlotPool, new_experiment_id
-    from launcher.sweep import combination_name, expand_grid, parse_grid
+    from launcher.sweep import (DRY_RUN_SHOWN, SWEEP_LIMIT, check_values, combination_name, grid_shape, grid_size,
+                                iter_grid, parse_grid, size_error)
 
+    axes = parse_grid(args.grid)
+    size, shape = grid_size(axes), grid_shape(axes)
+    refusal = None if args.yes else size_error(size, shape)
+    check_values(axes)
+    if refusal and not args.dry_run:
+        raise LauncherError(refusal)
     module = backend_module(args.backend)
-    backend = module.create(_store().home)
-    combos = expand_grid(parse_grid(args.grid))
+    store = _store()
+    if not args.dry_run:
+        store.writable()
+    backend = module.create(store.home)
     sweep_id = new_experiment_id()
     slots = SlotPool(sweep_id, args.max_parallel) if args.max_parallel is not None else None
     base = dataclasses.replace(_request(args, module), work_dir=None, slots=slots)
     base_name = args.name or default_name(args.config)
-    specs = []
-    for combo in combos:
+    shown = min(size, DRY_RUN_SHOWN) if args.dry_run and size > SWEEP_LIMIT else size
+    combos = list(itertools.islice(iter_grid(axes), shown))
+
+    def spec_of(combo: tuple[str, ...]):
         name = combination_name(base_name, combo)
         work_dir = os.path.join(args.work_dir, name) if args.work_dir else None
-        specs.append(build_spec(dataclasses.replace(base, overrides=base.overrides + combo, name=name,
-                                                    work_dir=work_dir)))
+        return build_spec(dataclasses.replace(base, overrides=base.overrides + combo, name=name, work_dir=work_dir))
+
+    specs = [spec_of(combos[0])]
+    said = f"launcher: sweep of {size:,} experiment(s) ({shape})"
+    if len(combos) > SAY_SIZE_FIRST:  # building the rest takes a while: say what is coming
+        print(said, file=sys.stderr, flush=True)
+    specs += [spec_of(combo) for combo in tqdm(combos[1:], desc="checking configs", unit="exp", file=sys.stderr,
+                                                disable=len(combos) <= SAY_SIZE_FIRST or not sys.stderr.isatty())]
+    if len(combos) <= SAY_SIZE_FIRST:  # all checked: a bad combination stayed one line
+        print(said, file=sys.stderr, flush=True)
     dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:
             _print_json([d.to_json() for d in dries])
         else:
             print("\n\n".join(d.render() for d in dries))
+        if shown < size:
+            print(f"launcher: the first {shown} of {size:,} experiments are shown"
+                  + (f" (an array job of {size:,} tasks on submit)" if hasattr(backend, "dryrun_array") else "")
+                  + (f"; submitting more than {SWEEP_LIMIT} needs --yes" if refusal else ""), file=sys.stderr)
         return 0
-    store = _store()
     grids = [dict(item.lstrip("+").split("=", 1) for item in combo) for combo in combos]
     submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
@@ -200,7 +239,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_json([e.to_json() for e in submitted])
     elif not args.json:
         for exp in submitted:
-            print(f"{exp.id}  {exp.name}", flush=True)
+            print(f"{exp.id}  {printable(exp.name)}", flush=True)
     if args.detach:
         return 0
     return _wait_sweep(store, [e.id for e in submitted], args.json)
@@ -258,10 +297,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [e for e in rows if state is None or e.state is state][:args.limit]
         _print_json([e.to_json() for e in rows])
     else:
+        # the derived states, also where the store could not save them, and last known ones marked "?"
+        shown = {e.id: state_text(e) for e in derived.values()}
         lines = table_lines(store, state, sort=args.sort, reverse=args.reverse, limit=args.limit, wide=args.wide,
-                            **filters)
+                            states=shown, **filters)
         sys.stdout.write("\n".join(lines) + "\n")
+    warn_stale(derived.values())
     return 0
+
+
+def state_text(exp: Experiment) -> str:
+    """``running``, or ``running?`` when it is the last known state (its backend could not be asked)."""
+    return exp.state.value + ("?" if exp.stale else "")
+
+
+def warn_stale(exps) -> None:
+    """One line on stderr per reason some states are only the last known ones."""
+    reasons: dict[str, int] = {}
+    for exp in exps:
+        if exp.stale:
+            reasons[exp.stale] = reasons.get(exp.stale, 0) + 1
+    for reason, n in reasons.items():
+        print(f"launcher: warning: {n} experiment(s) show their last known state, marked '?': {printable(reason)}",
+              file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -274,7 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(exp.to_json())
         return 0
     print("\n".join(status_lines(exp)))
-    if exp.backend == "local" and not exp.state.is_terminal():
+    if exp.backend == "local" and not exp.state.is_terminal() and not store.read_only:
         from launcher.backends.local.cores import describe_cores
         from launcher.leases import CPU_POOL, LeaseBook
 
@@ -334,7 +392,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
             print(f"launcher: warning: TensorBoard on {args.host} is reachable from other machines", file=sys.stderr)
         print(f"TensorBoard for {len(exps)} experiment(s) at http://{args.host}:{args.port}/", flush=True)
         if args.dry_run:
-            print("\n".join(f"{logdir}/{name} -> {target}" for name, target in links))
+            print("\n".join(printable(f"{logdir}/{name} -> {target}") for name, target in links))
             print(shlex.join(cmd))
             return 0
         return serve(cmd)  # SIGTERM/SIGINT/SIGHUP (or a SIGKILL of this process) end the server too

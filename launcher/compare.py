@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from launcher.errors import LauncherError
+from launcher.printable import printable_cells
 from launcher.store import Experiment
 
 MISSING = None  # a key one experiment's config does not have
@@ -111,6 +112,7 @@ def comparison_lines(data: Mapping[str, Any]) -> list[str]:
         if not data[section]:
             table.append(["(none)" if section != "config" else "(the configs are the same)"] + [""] * (len(head) - 1))
         table += [[key, *(cell(v) for v in values)] for key, values in data[section].items()]
+    table = [list(row) for row in printable_cells(table)]  # names and config values are user text
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
 

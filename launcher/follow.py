@@ -76,8 +76,8 @@ def follow_experiment(store: ExperimentStore, backend, exp_id: str, rank: int = 
                 bar.write(item, file=out)
             if time.monotonic() >= next_check:
                 exp = refresh(store, [store.get(exp_id)])[0]
-                if bar.total is None:
-                    bar.total = planned_iters(exp.work_dir)
+                if bar.total is None and exp.max_iter is not None:  # this launch's schedule (reconcile reads it
+                    bar.total = exp.max_iter                       # once this launch's trainer has written it)
                 if exp.last_iter is not None:
                     bar.n = exp.last_iter
                 bar.set_postfix_str(progress_text(exp))

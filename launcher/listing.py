@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from launcher.errors import LauncherError
+from launcher.printable import printable_cells
 from launcher.state import JobState
 from launcher.store import ExperimentStore
 
@@ -108,8 +109,8 @@ _DERIVED = ("COALESCE(best_ap, last_ap) AS ap, "
 
 def layout(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Header plus one line per row of string cells, each column padded to its widest cell, two spaces
-    apart (pure)."""
-    table = [tuple(head), *rows]
+    apart (pure). Control characters in a cell (a note, a name, a grid value) are shown escaped."""
+    table = printable_cells([tuple(head), *rows])
     widths = [max(map(len, column)) for column in zip(*table)]
     fmt = "  ".join(f"%-{w}s" for w in widths[:-1]) + ("  %s" if len(widths) > 1 else "%s")
     return [fmt % line for line in table]
@@ -118,9 +119,11 @@ def layout(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def table_lines(store: ExperimentStore, state: JobState | None = None, backend: str | None = None,
                 sweep: str | None = None, ids: Iterable[str] | None = None, tags: Iterable[str] = (),
                 sort: str = "created", reverse: bool = False, limit: int | None = None, wide: bool = False,
-                now: float | None = None) -> list[str]:
+                now: float | None = None, states: Mapping[str, str] | None = None) -> list[str]:
     """Header plus one aligned line per experiment (oldest first unless ``sort`` says otherwise). A column per
-    grid key of the rows shown holds a sweep row's value; NAME is then the sweep's base name (``wide``: full)."""
+    grid key of the rows shown holds a sweep row's value; NAME is then the sweep's base name (``wide``: full).
+    ``states``: id -> the STATE cell to show instead of the stored state (a derived state the store could not
+    save, or a last known one marked ``running?``)."""
     if limit is not None and limit < 1:
         raise LauncherError(f"--limit {limit}: expected a positive number of rows")
     now = time.time() if now is None else now
@@ -133,6 +136,8 @@ def table_lines(store: ExperimentStore, state: JobState | None = None, backend: 
     inner, args = store.select_sql(f"{_READ}, {_DERIVED}", state, backend, sweep, ids, tags=tags, order=order, limit=limit)
     args = [now, *args]
     cells = dict(_CELLS)
+    if states:  # ids are hex digits, so '$."<id>"' is a plain JSON path
+        cells["STATE"] = f"COALESCE(json_extract({_quote(json.dumps(dict(states)))}, '$.\"' || id || '\"'), state)"
     if wide:
         cells.update(_WIDE)
     exprs = [cells["ID"], cells["NAME"]]

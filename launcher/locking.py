@@ -70,6 +70,14 @@ def experiment_lock(home: Path, exp_id: str, timeout: float = EXPERIMENT_LOCK_TI
     """The lock every change of one experiment's launches takes (``resume``, ``cancel``): two resumes at
     once start exactly one run, and a cancel never races a resume. Readers do not take it."""
     folder = Path(home) / "locks"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with blocking_flock(folder / f"{exp_id}.lock", timeout):
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = blocking_flock(folder / f"{exp_id}.lock", timeout)
+        lock.__enter__()
+    except OSError as exc:
+        raise LauncherError(f"cannot take experiment {exp_id}'s lock in {folder} ({exc.strerror}); this command "
+                            f"changes the experiment, so $LAUNCHER_HOME must be writable") from None
+    try:
         yield
+    finally:
+        lock.__exit__(None, None, None)

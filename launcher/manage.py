@@ -1,4 +1,4 @@
-"""The experiment manager's subcommands: compare, export, plot, tag, note, rm.
+"""The experiment manager's subcommands: compare, export, plot, tag, note, rm, store.
 
 Argument parsing for them lives here too (:func:`add_arguments`, called by :mod:`launcher.cli`
 for the chosen subcommand only). Tags and notes are what the user says about a row, so these
@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from launcher.errors import LauncherError
+from launcher.printable import printable
 from launcher.store import Experiment, ExperimentStore
 
 TAG_RE = re.compile(r"^[A-Za-z0-9._:+@/-]{1,64}$")
@@ -46,6 +47,11 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "note":
         p.add_argument("id", help="experiment id")
         p.add_argument("text", nargs="+", help="the note (replaces the old one; '' clears it)")
+    elif name == "store":
+        p.add_argument("action", choices=("check", "repair"),
+                       help="check: SQLite's integrity check, nothing changed; repair: a damaged store is kept "
+                            "aside and rebuilt, and rows that the experiment records hold but the store lacks "
+                            "are put back")
     elif name == "rm":
         p.add_argument("ids", nargs="+", metavar="ID", help="finished experiments to remove")
         p.add_argument("--purge", action="store_true", help="also delete their work dirs")
@@ -111,7 +117,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         text = buf.getvalue()
     _write_text(text, args.out)
     if args.out:
-        print(f"launcher: {len(rows)} experiment(s) written to {args.out}", file=sys.stderr)
+        print(f"launcher: {len(rows)} experiment(s) written to {printable(args.out)}", file=sys.stderr)
     return 0
 
 
@@ -131,8 +137,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     exps = _experiments(store, args.ids)
     plain = [", ".join(f"{k}={v}" for k, v in e.grid_values.items()) if e.grid_values else e.name for e in exps]
     points = plot_curves([curve_label(e, plain) for e in exps], [e.work_dir for e in exps], args.metric, args.out)
-    print(f"launcher: {args.metric} of {len(exps)} experiment(s) ({sum(points)} points) written to {args.out}",
-          file=sys.stderr)
+    print(f"launcher: {printable(args.metric)} of {len(exps)} experiment(s) ({sum(points)} points) written to "
+          f"{printable(args.out)}", file=sys.stderr)
     for exp, n in zip(exps, points):
         if not n:
             print(f"launcher: {exp.id} has no {args.metric} values yet", file=sys.stderr)
@@ -157,6 +163,28 @@ def cmd_note(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    """``store check`` (exit 1 when damaged) and ``store repair``."""
+    from launcher.store_repair import integrity_problem
+
+    store = ExperimentStore()
+    if args.action == "check":
+        problem = integrity_problem(store.path, store.home)
+        if problem:
+            print(f"{store.path}: {problem}; `launcher store repair` keeps it aside and rebuilds it")
+            return 1
+        count = store.conn.execute("SELECT count(*) FROM experiments").fetchone()[0]
+        print(f"{store.path}: ok (SQLite's integrity_check), {count} experiment(s)")
+        return 0
+    store.conn  # opening it rebuilds a damaged or lost store and says so
+    restored = store.restore_missing()
+    if restored.ids or restored.unreadable:
+        print(f"launcher: restored {restored.describe()}")
+    elif not store.repaired:
+        print(f"launcher: {store.path} is sound and holds every experiment its records describe; nothing to repair")
+    return 0
+
+
 def _unsafe_to_delete(work_dir: str) -> bool:
     """The filesystem root, the home folder, the current folder or one above it: never purged."""
     path = os.path.realpath(work_dir)
@@ -167,6 +195,7 @@ def _unsafe_to_delete(work_dir: str) -> bool:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     store = ExperimentStore()
+    store.writable()
     exps = _experiments(store, args.ids)
     busy = [e for e in exps if not e.state.is_terminal()]
     if busy:
@@ -178,9 +207,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
         kept = {e.work_dir: e.id for e in store.list() if e.id not in gone}
         for work_dir in dict.fromkeys(e.work_dir for e in exps):
             if work_dir in kept:
-                print(f"launcher: keeping {work_dir}: experiment {kept[work_dir]} still uses it", file=sys.stderr)
+                print(f"launcher: keeping {printable(work_dir)}: experiment {kept[work_dir]} still uses it",
+                      file=sys.stderr)
             elif _unsafe_to_delete(work_dir):
-                print(f"launcher: keeping {work_dir}: it is /, your home or contains the current folder",
+                print(f"launcher: keeping {printable(work_dir)}: it is /, your home or contains the current folder",
                       file=sys.stderr)
             elif os.path.isdir(work_dir):
                 purge.append(work_dir)
@@ -188,7 +218,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
             if not sys.stdin.isatty():
                 raise LauncherError("--purge would delete work dirs and there is no terminal to confirm on; "
                                     "add --yes to delete them")
-            print("\n".join(purge), file=sys.stderr)
+            print("\n".join(map(printable, purge)), file=sys.stderr)
             answer = input(f"delete these {len(purge)} work dir(s) and everything in them? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("launcher: nothing removed", file=sys.stderr)
@@ -206,5 +236,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
         print(f"{exp.id}: removed")
     for work_dir in purge:
         shutil.rmtree(work_dir, ignore_errors=True)
-        print(f"{work_dir}: deleted" if not os.path.exists(work_dir) else f"{work_dir}: could not be deleted fully")
+        shown = printable(work_dir)
+        print(f"{shown}: deleted" if not os.path.exists(work_dir) else f"{shown}: could not be deleted fully")
     return 0

@@ -5,8 +5,10 @@ For each non-terminal experiment it asks the backend (``status``: the monitor's 
 liveness for local and Ray, squeue/sacct for Slurm) and reads the newest metrics from the work
 dir and the scaling the worker applied (its ``scaling`` fact), and writes what changed. Terminal rows are never touched, so reading 10,000 finished
 experiments costs nothing here. A backend that is not importable leaves its rows as they are.
-When the store cannot be written (a full disk, a lock held too long), the derived rows are
-still returned, so a reader always sees the truth even when it cannot save it.
+When the store cannot be written (a full disk, a read-only home, a lock held too long), the derived
+rows are still returned, so a reader always sees the truth even when it cannot save it. When the
+backend cannot be asked (slurmctld down, Ray not importable), the row keeps its last known state
+and says why in ``Experiment.stale``; the commands mark it (``running?``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from launcher.errors import LauncherError
 from launcher.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
     schedule_length
 from launcher.spec import JobHandle, JobState, JobStatus
-from launcher.store import Experiment, ExperimentStore
+from launcher.store import Experiment, ExperimentStore, StoreReadOnly
 
 logger = logging.getLogger(__name__)
 SUBMIT_TIMEOUT_S = 300.0  # longer than any backend command may take (sbatch: 120 s)
@@ -38,10 +40,12 @@ def _differs(exp: Experiment, st: JobStatus) -> bool:
                                                                     and st.exit_code != exp.exit_code))
 
 
-def observed_metrics(exp: Experiment) -> dict | None:
+def observed_metrics(exp: Experiment, schedule_written: bool = True) -> dict | None:
     """What the work dir says now, as :meth:`ExperimentStore.record_metrics` arguments; None when nothing
     changed. A training run: the newest loss/AP (the tail of ``metrics.jsonl``), the best evaluation (the
-    whole file, read only when a new evaluation appeared) and the schedule length (``config.yaml``, once).
+    whole file, read only when a new evaluation appeared) and the schedule length (``config.yaml``, once,
+    and only when ``schedule_written``: after a resume the work dir's ``config.yaml`` is the previous
+    launch's, scaled for its world size, until this launch's trainer writes its own).
     A test job: its ``test_metrics.json``."""
     if exp.mode == "test":
         values = read_test_metrics(exp.work_dir)
@@ -51,7 +55,7 @@ def observed_metrics(exp: Experiment) -> dict | None:
         return dict(last_iter=None, loss=None, ap=ap, metrics=values, best=values, best_ap=ap)
     last: LastMetrics = read_last_metrics(exp.work_dir)
     max_iter = max_epoch = None
-    if exp.max_iter is None and exp.max_epoch is None:
+    if exp.max_iter is None and exp.max_epoch is None and schedule_written:
         max_iter, max_epoch = schedule_length(exp.work_dir)
     if last.empty and max_iter is None and max_epoch is None:
         return None
@@ -106,10 +110,11 @@ def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experim
             if exp.backend not in backends:
                 backends[exp.backend] = get_backend(exp.backend, store.home)
             st = backends[exp.backend].status(handle_of(exp))
-        except LauncherError:
-            return exp
-    metrics = observed_metrics(exp) if st.state is not JobState.PENDING else None
+        except LauncherError as exc:
+            return dataclasses.replace(exp, stale=str(exc))
     scaling = scaling_fact(exp) if st.state is not JobState.PENDING else None
+    metrics = observed_metrics(exp, schedule_written=scaling is not None) if st.state is not JobState.PENDING \
+        else None
     try:
         if _differs(exp, st):
             store.record_status(exp.id, st, run_id=exp.run_id)
@@ -118,6 +123,9 @@ def _observe(store: ExperimentStore, exp: Experiment, backends: dict) -> Experim
         if scaling is not None and (json.loads(exp.scaling) if exp.scaling else None) != scaling:
             store.record_scaling(exp.id, scaling)
         return store.get(exp.id)
+    except StoreReadOnly:
+        store.note_read_only("; showing what the jobs report")
+        return _derived(exp, st, metrics, scaling)
     except sqlite3.Error as exc:
         logger.warning("cannot update the experiment store (%s); showing what the job reports", exc)
         return _derived(exp, st, metrics, scaling)

@@ -1,4 +1,5 @@
-"""``launcher status ID`` as plain text: one ``key: value`` line each, no Python reprs (pure)."""
+"""``launcher status ID`` as plain text: one ``key: value`` line each, no Python reprs, control characters
+escaped (pure)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import time
 from typing import Any
 
 from launcher.listing import duration_text, lr_text
+from launcher.printable import printable
 from launcher.store import Experiment
 
 
@@ -44,7 +46,9 @@ def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
     backend = exp.backend + (f" (job {exp.backend_job_id})" if exp.backend_job_id else "")
     duration = None if exp.started is None else (exp.ended or now) - exp.started
     fields: list[tuple[str, Any]] = [
-        ("id", exp.id), ("name", exp.name), ("state", exp.state.value), ("reason", exp.reason),
+        ("id", exp.id), ("name", exp.name),
+        ("state", f"{exp.state.value}? (the last known state: {exp.stale})" if exp.stale else exp.state.value),
+        ("reason", exp.reason),
         ("exit code", exp.exit_code), ("restarts", exp.restarts), ("backend", backend), ("mode", exp.mode),
         ("config", exp.config), ("overrides", exp.spec_dict.get("overrides")), ("grid", exp.grid_values),
         ("config hash", exp.config_hash), ("work dir", exp.work_dir), ("world size", exp.world_size),
@@ -56,7 +60,7 @@ def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
         ("ports", exp.port_list), ("resources", json.loads(exp.resources or "{}")),
         ("sweep", exp.sweep), ("earlier launches", len(json.loads(exp.history or "[]")) or None),
     ]
-    lines = [f"{key}: {plain(value)}" for key, value in fields]
+    lines = [f"{key}: {printable(plain(value))}" for key, value in fields]
     if scaling:
         from launcher.scaling import ScaledSchedule
 

@@ -16,7 +16,11 @@ Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`re
    own handler, and delivered by Slurm to every process of the step, so never forwarded twice;
 4. on a restart (attempt > 0) makes the worker continue from the newest checkpoint
    (``--resume auto``);
-5. with ``--hang-timeout S`` > 0 runs the hang watchdog: the worker writes a heartbeat per
+5. runs the worker with ``TMPDIR`` set to a folder of its own (:mod:`launcher.runtime.scratch`) and,
+   as the child subreaper of everything the worker starts, ends whatever the worker left running
+   when it exits (DataLoader workers orphaned by a killed worker), then removes that folder, so
+   no ``pymp-*`` folder or other temporary file outlives a rank;
+6. with ``--hang-timeout S`` > 0 runs the hang watchdog: the worker writes a heartbeat per
    finished iteration (``DETCORE_HEARTBEAT_DIR``); when no rank of this attempt has finished an
    iteration for S seconds, the shim records a ``hang`` fact naming the ranks that are stuck,
    asks its worker for its Python stacks (SIGUSR1, detcore's ``faulthandler``), kills it and
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,10 +43,12 @@ from pathlib import Path
 from typing import Mapping
 
 from detcore import contract
+from launcher.runtime.scratch import make_scratch
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 STARTUP_LIMIT_S = 600.0   # before the first heartbeat of an attempt, the watchdog waits at least this long
 STACKS_WAIT_S = 2.0
+ORPHAN_WAIT_S = 30.0
 
 
 def attempt_number(environ: Mapping[str, str] = os.environ) -> int:
@@ -156,6 +163,42 @@ def _child_setup() -> None:  # in the worker, before exec: die with the shim
     _die_with_parent(signal.SIGKILL)
 
 
+def _become_subreaper() -> bool:
+    """Adopt the orphans of this process's descendants (Linux ``PR_SET_CHILD_SUBREAPER``); False elsewhere."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def end_orphans(limit_s: float = ORPHAN_WAIT_S) -> int:
+    """SIGKILL and reap every child this (subreaper) process still has once its worker was reaped: what the
+    worker left running (a DataLoader worker outlives a killed trainer for seconds). How many were reaped;
+    gives up after ``limit_s`` (a process stuck in the kernel ignores even SIGKILL)."""
+    import psutil
+
+    ended, deadline = 0, time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            children = psutil.Process().children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            ended += 1
+        else:
+            time.sleep(0.05)
+    return ended
+
+
 def _exit_like(code: int) -> None:
     """End this process the way the worker ended: the same exit code, or the same signal."""
     sys.stdout.flush()
@@ -224,6 +267,10 @@ class Shim:
             env[contract.RUN_DIR_ENV] = str(self.run_dir)
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
+        scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
+        if scratch is not None:
+            env["TMPDIR"] = str(scratch)
+        subreaper = _become_subreaper()
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv], env=env,
                                      preexec_fn=_child_setup)
         if self.pending is not None:
@@ -237,6 +284,10 @@ class Shim:
         code = self.proc.wait()
         if watchdog is not None:
             watchdog.stopped.set()
+        if subreaper:
+            end_orphans()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if self.hung and code == -signal.SIGKILL:  # ended by the watchdog, not on its own meanwhile
             code = contract.EXIT_HUNG
         if self.run_dir:

@@ -49,6 +49,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, runtime_checkable
 
+from launcher.printable import printable
 from launcher.scaling import ScaledSchedule
 from launcher.spec import JobHandle, JobSpec, JobStatus, Resources
 
@@ -84,7 +85,7 @@ class DryRun:
             lines.append(f"file {name}:")
             lines += ["  " + line for line in text.splitlines()]
         lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # overrides and paths are user text
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "commands": [list(c) for c in self.commands], "env": dict(self.env),

@@ -22,6 +22,7 @@ from launcher.errors import LauncherError
 from launcher.procinfo import is_alive, process_start
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.monitor import observed_status, read_monitor_files
+from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobHandle, JobState, JobStatus
 
 MONITOR_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in the job folder; the log is kept
@@ -90,6 +91,7 @@ def clear_previous_launch(job_dir: Path, exp_id: str) -> None:
     """Before a resume (the caller holds the experiment's lock): kill whatever a lost monitor left behind and
     remove the previous launch's files."""
     kill_marked(exp_id)
+    remove_dead_scratch(exp_id)
     for name in MONITOR_FILES:
         (job_dir / name).unlink(missing_ok=True)
 
@@ -113,6 +115,7 @@ def cancel(job_dir: Path, handle: JobHandle, start_key: str, sig: int, grace_s: 
     while marked_processes(handle.experiment_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     kill_marked(handle.experiment_id)
+    remove_dead_scratch(handle.experiment_id)  # the TMPDIRs of ranks killed before they could remove them
     st = read_json(job_dir / "status.json") or {}
     if not JobState(st.get("state", "pending")).is_terminal():
         try:

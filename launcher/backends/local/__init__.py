@@ -148,8 +148,8 @@ class LocalBackend:
     def dryrun(self, spec: JobSpec) -> DryRun:
         r = spec.resources
         if r.nodes != 1:
-            raise LauncherError(f"the local backend runs on one node, got --nodes {r.nodes}; use --backend slurm "
-                                f"or ray for several nodes")
+            raise LauncherError(f"the local backend runs on one node, got --nodes {r.nodes}; pass --nodes 1, or use "
+                                f"--backend slurm or ray for several nodes")
         if r.gpus > len(self.gpus):
             raise LauncherError(f"asked for {r.gpus} GPUs but this node has {len(self.gpus)} (set {FAKE_GPUS_ENV}=N "
                                 f"to test with fake ones); use --nproc N for CPU workers")

@@ -38,6 +38,7 @@ from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.runtime.command import run_dir
 from launcher.runtime.detached import kill_marked, kill_tree
 from launcher.runtime.monitor import RunMonitor, monitor_main
+from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobSpec, JobState
 
 logger = logging.getLogger("launcher.supervisor")
@@ -126,6 +127,7 @@ class Supervisor:
             self.monitor.finish(JobState.FAILED, None, f"supervisor error: {type(exc).__name__}: {exc}")
         finally:
             kill_marked(self.spec.id)  # a shim or worker orphaned by a killed torchrun must not keep the GPUs
+            remove_dead_scratch(self.spec.id)  # and the TMPDIRs of ranks killed before they removed them
             try:
                 self.book.release(self.spec.id)
             except OSError as exc:  # a full disk: the lease is reclaimed anyway once this process is gone

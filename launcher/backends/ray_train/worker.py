@@ -53,6 +53,7 @@ from typing import Any, Sequence
 from detcore import contract
 from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
+from launcher.runtime.scratch import make_scratch
 from launcher.worker import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
 
 logger = logging.getLogger(__name__)
@@ -151,7 +152,26 @@ def _report(view: CheckpointView, rank: int, work_dir: str) -> None:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's per-worker function (see the module docstring)."""
+    """Ray Train's per-worker function (see the module docstring), with ``TMPDIR`` a folder of this worker's
+    own (:mod:`launcher.runtime.scratch`), removed when it returns or raises (a killed worker's is removed by
+    the next worker that starts on the node, or by ``launcher cancel``)."""
+    scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    if scratch is not None:
+        os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # tempfile caches its folder per process
+    try:
+        _train_loop(config)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        tempfile.tempdir = before[1]
+        if before[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before[0]
+
+
+def _train_loop(config: dict) -> None:
     import ray
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero

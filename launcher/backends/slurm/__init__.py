@@ -12,8 +12,12 @@ user as one line.
 
 Every call to Slurm (``sbatch``, ``squeue``, ``sacct``, ``scancel``) goes through
 :meth:`SlurmBackend._run`, the one subprocess seam; unit tests replace it with recorded
-output. State lives in Slurm and the job folder, never in this process, so a job submitted by
-a launcher that has exited is fully manageable. Clients need ``SLURM_CONF`` where the
+output. Queries are time-boxed (``QUERY_TIMEOUT_S``): a daemon that does not answer (slurmctld
+for ``squeue``, slurmdbd for ``sacct``) is asked once per command, not once per job; ``status``
+then raises :class:`SlurmUnreachable` and the experiment keeps its last known state, marked
+stale, unless ``sacct`` still knows that the job completed or was cancelled. State lives in
+Slurm and the job folder, never in this process, so a job submitted by a launcher that has
+exited is fully manageable. Clients need ``SLURM_CONF`` where the
 cluster requires it (for the test cluster: ``source /tmp/detlaunch-slurm/env.sh``).
 """
 from __future__ import annotations
@@ -40,12 +44,20 @@ from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch
 from launcher.errors import LauncherError
 from launcher.runtime.command import REPO_ROOT, run_dir, shim_command, thread_env
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
-from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources
+from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources, spec_to_dict
 
 __all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
            "MANAGED_OPTIONS"]
 
-COMMAND_TIMEOUT_S = 120.0
+COMMAND_TIMEOUT_S = 120.0  # sbatch: a busy controller may take a while to accept a job
+QUERY_TIMEOUT_S = 5.0      # squeue, sacct, scontrol: a controller that is up answers in well under a second
+CANCEL_TIMEOUT_S = 30.0
+UNREACHABLE_RETRY_S = 30.0  # a daemon that did not answer is asked again after this long (a command that follows)
+# which daemon answers each command, and what its clients print when that daemon is down
+DAEMON = {"squeue": "slurmctld", "scontrol": "slurmctld", "scancel": "slurmctld", "sbatch": "slurmctld",
+          "sacct": "slurmdbd"}
+UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "connection refused",
+                    "problem talking to the database", "persistent connection", "connection timed out")
 STATUS_TTL_S = 2.0
 CANCEL_WAIT_S = 30.0
 SCRIPT_NAME = "submission.sh"
@@ -109,6 +121,10 @@ class SlurmError(LauncherError):
     """A Slurm command failed; the message is its error output in one line."""
 
 
+class SlurmUnreachable(SlurmError):
+    """A Slurm daemon did not answer (not running, unreachable, or too slow)."""
+
+
 class SlurmBackend:
     name = "slurm"
 
@@ -119,20 +135,33 @@ class SlurmBackend:
         self.python = python or self.defaults.python or sys.executable
         self.repo_root = repo_root
         self._status_cache: dict[str, tuple[float, JobStatus]] = {}
+        self._unreachable: dict[str, tuple[float, str]] = {}  # daemon -> (when, why) it did not answer
 
     # ---- the one subprocess seam ----------------------------------------------------------
     def _run(self, cmd: Sequence[str]) -> str:
-        """Run a Slurm client command; its stdout, or SlurmError with its stderr in one line."""
+        """Run a Slurm client command, time-boxed; its stdout, or SlurmError with its stderr in one line
+        (SlurmUnreachable when its daemon did not answer, now or within the last ``UNREACHABLE_RETRY_S``)."""
+        daemon = DAEMON.get(cmd[0], cmd[0])
+        known = self._unreachable.get(daemon)
+        if known is not None and time.monotonic() - known[0] < UNREACHABLE_RETRY_S:
+            raise SlurmUnreachable(known[1])
+        timeout = {"sbatch": COMMAND_TIMEOUT_S, "scancel": CANCEL_TIMEOUT_S}.get(cmd[0], QUERY_TIMEOUT_S)
         try:
-            proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+            proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise SlurmError(f"{cmd[0]} not found: run the launcher on a Slurm login node (or put Slurm's client "
                              f"commands on PATH)") from None
         except subprocess.TimeoutExpired:
-            raise SlurmError(f"{cmd[0]} did not answer within {COMMAND_TIMEOUT_S:.0f} s; is slurmctld up?") from None
+            self._unreachable[daemon] = (time.monotonic(), f"{daemon} unreachable: {cmd[0]} did not answer within "
+                                                            f"{timeout:g} s")
+            raise SlurmUnreachable(self._unreachable[daemon][1]) from None
         if proc.returncode != 0:
-            raise SlurmError(f"{cmd[0]} failed: {sbatch_error_line(proc.stderr or proc.stdout)}")
+            line = sbatch_error_line(proc.stderr or proc.stdout)
+            if any(text in line.lower() for text in UNREACHABLE_TEXT):
+                self._unreachable[daemon] = (time.monotonic(), f"{daemon} unreachable: {cmd[0]}: {line}")
+                raise SlurmUnreachable(self._unreachable[daemon][1])
+            raise SlurmError(f"{cmd[0]} failed: {line}")
         return proc.stdout
 
     # ---- rendering ----------------------------------------------------------------------------
@@ -253,8 +282,10 @@ class SlurmBackend:
                 path = folder / f".{uuid.uuid4().hex}.pkl"
                 delayed.dump(path)
                 pickles.append(path)
+            # the specs too: a rebuilt experiment store reads them back (launcher.store_repair)
             write_json_atomic(folder / "manifest.json", {"experiments": [s.id for s in specs], "array": array,
-                                                         "work_dirs": [s.work_dir for s in specs]})
+                                                         "work_dirs": [s.work_dir for s in specs],
+                                                         "specs": [spec_to_dict(s) for s in specs]})
             (folder / SCRIPT_NAME).write_text(text)
             try:
                 job_id = parse_sbatch(self._run(["sbatch", "--parsable", str(folder / SCRIPT_NAME)]))
@@ -299,6 +330,8 @@ class SlurmBackend:
             return cached[1]
         try:
             queue = parse_squeue(self._run(squeue_command(job_id)))
+        except SlurmUnreachable as exc:
+            return self._status_from_accounting(job_id, str(exc))
         except SlurmError as exc:
             if "invalid job id" not in str(exc).lower():
                 raise
@@ -312,6 +345,22 @@ class SlurmBackend:
             detail = self._failure_detail(handle)
             if detail:
                 st = dataclasses.replace(st, reason=f"{st.reason}: {detail}")
+        self._status_cache[job_id] = (time.monotonic(), st)
+        return st
+
+    def _status_from_accounting(self, job_id: str, why: str) -> JobStatus:
+        """The job's status while squeue does not answer (``why``): its ending when slurmdbd's records say it
+        completed or was cancelled (final; a failed job might still be requeued by slurmctld), else
+        SlurmUnreachable."""
+        from launcher.backends.slurm.task import master_port
+
+        try:
+            records = parse_sacct(self._run(sacct_command(job_id)))
+        except SlurmUnreachable:
+            raise SlurmUnreachable(why) from None
+        st = job_status(job_id, [], records, master_port)
+        if st.state not in (JobState.SUCCEEDED, JobState.CANCELLED):
+            raise SlurmUnreachable(why)
         self._status_cache[job_id] = (time.monotonic(), st)
         return st
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import launcher.store as store_module
+import launcher.store_schema as store_schema
 from launcher import cli
 from launcher.compare import comparison, comparison_lines, differing_keys, export_rows, flatten
 from launcher.errors import LauncherError
@@ -108,7 +109,7 @@ def test_a_version_2_store_is_migrated_to_3_in_one_step(tmp_path):
     home = tmp_path / "v2"
     home.mkdir()
     conn = sqlite3.connect(home / "experiments.db")
-    head, _, tail = store_module._SCHEMA.partition(",\n    tags TEXT")
+    head, _, tail = store_schema.SCHEMA.partition(",\n    tags TEXT")
     conn.executescript(head + "\n" + tail[tail.index(");"):])
     conn.execute("PRAGMA user_version=2")
     conn.execute("INSERT INTO experiments (id, name, config, mode, backend, state, world_size, work_dir, created, "

@@ -14,6 +14,7 @@ import pytest
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, JobStatus, Resources
 import launcher.store as store_module
+import launcher.store_schema as store_schema
 from launcher.store import ExperimentStore, experiment_from_spec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -95,7 +96,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path):
     home = tmp_path / "old"
     home.mkdir()
     conn = sqlite3.connect(home / "experiments.db")
-    head, _, tail = store_module._SCHEMA.partition(",\n    run_id TEXT")
+    head, _, tail = store_schema.SCHEMA.partition(",\n    run_id TEXT")
     schema = head + "\n" + tail[tail.index(");"):]
     conn.executescript(schema)
     conn.execute("PRAGMA user_version=1")

@@ -65,3 +65,39 @@ def test_the_workers_scaling_fact_replaces_the_launchers_prediction_in_the_row(t
     row = refresh(store, [store.get(spec.id)])[0]
     assert (row.lr, row.total_batch) == (0.04, 8)
     assert row.to_json()["scaling"]["base_lr"] == 0.02 and row.to_json()["scaling"]["world_size"] == 4
+
+
+def test_progress_is_out_of_the_schedule_this_launch_runs(tmp_path):
+    """After a resume at another world size the work dir's config.yaml is the earlier launch's (its schedule
+    scaled for the old world size) until this launch's trainer writes its own; the row's schedule is read only
+    then, so progress never reads "24 of 12"."""
+    from detcore.contract import append_event, run_dir
+
+    store = ExperimentStore(tmp_path / "home")
+    me, my_start = current_process()
+    work = tmp_path / "w"
+    work.mkdir()
+    first = JobSpec(id="0000beef", name="x", config="/c.yaml", work_dir=str(work), cwd="/", run_id="r1")
+    store.insert(experiment_from_spec(first, JobState.PENDING))
+    store.set_backend_job(first.id, str(me), {"supervisor_start": str(my_start)})
+    job = tmp_path / "home" / "jobs" / first.id
+    job.mkdir(parents=True)
+    write_json_atomic(job / "status.json", {"state": "running"})
+    (work / "config.yaml").write_text("runner: {type: IterBasedRunner, max_iters: 12}\n")  # world size 2
+    append_event(run_dir(str(work), "r1"), {"event": "scaling", "rank": 0, "scaling": {"world_size": 2}})
+    (work / "metrics.jsonl").write_text('{"mode": "train", "iter": 12, "loss": 0.5}\n')
+    assert refresh(store, [store.get(first.id)])[0].max_iter == 12
+    write_json_atomic(job / "status.json", {"state": "succeeded", "exit_code": 0})
+    refresh(store, [store.get(first.id)])
+    # resumed at world size 1: the schedule doubles to 24 once this launch's trainer has written its config
+    resumed = JobSpec(id=first.id, name="x", config="/c.yaml", work_dir=str(work), cwd="/", run_id="r2")
+    store.start_run(first.id, resumed, str(me), {"supervisor_start": str(my_start)})
+    write_json_atomic(job / "status.json", {"state": "running"})
+    exp = refresh(store, [store.get(first.id)])[0]
+    assert exp.max_iter is None  # config.yaml is still the first launch's
+    (work / "config.yaml").write_text("runner: {type: IterBasedRunner, max_iters: 24}\n")
+    append_event(run_dir(str(work), "r2"), {"event": "scaling", "rank": 0, "scaling": {"world_size": 1}})
+    with open(work / "metrics.jsonl", "a") as f:
+        f.write('{"mode": "train", "iter": 24, "loss": 0.4}\n')
+    exp = refresh(store, [store.get(first.id)])[0]
+    assert (exp.last_iter, exp.max_iter) == (24, 24)

@@ -178,6 +178,31 @@ def test_resume_on_the_same_backend_changes_only_the_options_given():
     assert moved == options_from_args(args) and moved.partition is None
 
 
+def test_a_two_node_slurm_experiment_resumed_locally_is_told_to_pass_nodes_1(tmp_path):
+    """Every node ran --nproc workers: on one machine the user chooses how many; the advice names --nodes 1."""
+    from launcher.backends.slurm.script import Options
+    from launcher.spec import JobSpec, JobStatus, Resources
+    from launcher.store import ExperimentStore, experiment_from_spec
+
+    home = tmp_path / "home"
+    store = ExperimentStore(home)
+    shapes = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
+    spec = JobSpec(id="0123abcd", name="two", config=shapes, work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
+                   backend="slurm", backend_options=Options(), resources=Resources(nproc=2, nodes=2))
+    store.insert(experiment_from_spec(spec, JobState.PENDING))
+    store.set_backend_job(spec.id, "5", {"folder": "/nowhere"})
+    store.record_status(spec.id, JobStatus(JobState.FAILED, exit_code=1))
+    store.close()
+    env = {**os.environ, "LAUNCHER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "launcher", "resume", spec.id, "--backend", "local"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "launcher resume: error: experiment 0123abcd ran on 2 nodes and the local backend runs on one: add --nodes 1 "
+        "(with --nproc N or --gpus N for this machine's workers; the scaling is recomputed for the new world size)"]
+    assert not (home / "jobs").exists()
+
+
 def test_slurm_hang_requeues_within_the_budget_then_fails(tmp_path, monkeypatch):
     from launcher.backends.slurm import task as slurm_task
 
