@@ -135,27 +135,49 @@ def test_task_pickles_without_its_process():
     proc.wait()
 
 
-@pytest.mark.parametrize("rank1_events, expected", [
-    ([{"attempt": 0, "exit_code": -6}, {"attempt": 0, "exit_code": 1, "detail": "RuntimeError: boom"}],
-     "rank 1: exit code 1: RuntimeError: boom; see {log_dir}/rank1.log (rank 0 was ended by signal SIGTERM)"),
-    # rank 1 failed in an earlier attempt only: Slurm itself ended this one
-    ([{"attempt": 0, "exit_code": 1, "detail": "x"}],
-     "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
-])
-def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_events, expected):
-    """srun ends every task of the step when one fails; the job's reason names the one that failed, from the
-    end facts the shims recorded (never from a log)."""
+def _rank0_task(tmp_path, monkeypatch, events, attempt, worker_code):
+    """Rank 0's task after ``events`` were recorded, its worker ending with ``worker_code`` (-N: signal N)."""
     from detcore.contract import append_event
 
     log_dir, run_dir = tmp_path / "logs", tmp_path / "runs" / "r1"
-    log_dir.mkdir()
-    for rec in rank1_events:
-        append_event(run_dir, {"event": "end", "rank": 1, **rec})
+    log_dir.mkdir(parents=True)
+    for rec in events:
+        append_event(run_dir, {"event": "end", **rec})
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
-                       "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": "1" if len(rank1_events) == 1 else "0"}.items():
+                       "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": str(attempt)}.items():
         monkeypatch.setenv(key, value)
-    worker = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-    task = SlurmTask("0123abcd", worker, str(tmp_path), {}, str(log_dir), run_dir=str(run_dir))
+    body = f"import os, signal; os.kill(os.getpid(), {-worker_code})" if worker_code < 0 else \
+        f"raise SystemExit({worker_code})"
+    task = SlurmTask("0123abcd", [sys.executable, "-c", body], str(tmp_path), {}, str(log_dir), run_dir=str(run_dir))
     with pytest.raises(slurm_task.WorkerFailed) as failed:
         task()
-    assert str(failed.value) == expected.format(log_dir=log_dir)
+    return str(failed.value).replace(str(log_dir), "{log_dir}")
+
+
+@pytest.mark.parametrize("rank1_events, attempt, expected", [
+    ([{"rank": 1, "attempt": 0, "exit_code": -9, "time": 10.0}], 0,
+     "rank 1 killed by SIGKILL; see {log_dir}/rank1.log (rank 0 then ended with signal SIGTERM)"),
+    ([{"rank": 1, "attempt": 0, "exit_code": 1, "detail": "RuntimeError: boom", "time": 10.0}], 0,
+     "rank 1: exit code 1: RuntimeError: boom; see {log_dir}/rank1.log (rank 0 then ended with signal SIGTERM)"),
+    # rank 1 failed in an earlier attempt only: Slurm itself ended this one
+    ([{"rank": 1, "attempt": 0, "exit_code": 1, "detail": "x"}], 1,
+     "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
+])
+def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_events, attempt, expected):
+    """srun ends every task of the step when one fails; the job's reason names the one that failed, from the
+    end facts the shims recorded (never from a log)."""
+    assert _rank0_task(tmp_path, monkeypatch, rank1_events, attempt, -signal.SIGTERM) == expected
+
+
+def test_rank_0_failing_in_a_collective_after_rank_1_was_killed_names_rank_1(tmp_path, monkeypatch):
+    """Rank 1's worker is SIGKILLed; rank 0's worker then fails on its own (gloo lost its peer, exit code 1).
+    Both shims recorded their ends; rank 1's came first, so rank 1 is named, not rank 0's later error."""
+    events = [{"rank": 1, "attempt": 0, "exit_code": -9, "time": 10.0},
+              {"rank": 0, "attempt": 0, "exit_code": 1, "detail": "RuntimeError: Connection closed by peer",
+               "time": 10.4}]
+    assert _rank0_task(tmp_path, monkeypatch, events, 0, 1) == \
+        "rank 1 killed by SIGKILL; see {log_dir}/rank1.log (rank 0 then ended with exit code 1)"
+    # rank 0's own error came first: it is named, with its detail
+    events[1]["time"] = 9.0
+    assert _rank0_task(tmp_path / "b", monkeypatch, events, 0, 1) == \
+        "rank 0: exit code 1: RuntimeError: Connection closed by peer; see {log_dir}/rank0.log"
