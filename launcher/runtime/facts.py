@@ -139,20 +139,28 @@ def lost_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
     return f"rank {rank}: {detail or 'failed'}"
 
 
+EXTERNAL_LOSSES = ("node", "process", "unreachable")  # killed or cut off from outside: a cause, not a consequence
+
+
 @dataclass(frozen=True)
 class _Candidate:
     rank: int
     text: str
-    own: bool            # a failure of its own, not the group being stopped after another rank's failure
-    when: float          # when it ended: the end fact's time, the scheduler's report; -inf/inf when unknown
+    tier: int            # 0 lost from outside, 1 unresponsive, 2 a failure of its own, 3 stopped with the group
+    when: float          # when it ended: the end fact's time, the scheduler's report; inf when unknown
 
     def key(self) -> tuple:
-        return (not self.own, self.when, self.rank)
+        return (self.tier, self.when, self.rank)
 
 
-def _when(rec: Mapping, unknown: float) -> float:
+def _when(rec: Mapping) -> float:
     t = rec.get("time")
-    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else unknown
+    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else math.inf
+
+
+def _tier_of_loss(report: Mapping) -> int:
+    kind = report.get("kind")
+    return 0 if kind in EXTERNAL_LOSSES else 1 if kind == "unresponsive" else 2
 
 
 def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], hangs: list[Mapping],
@@ -160,33 +168,35 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
     """The failure that ended one attempt (None: nothing failed), from that attempt's facts.
 
     1. A hang: the watchdog recorded it before it ended any worker.
-    2. Else the earliest failure of a rank's own, by the time it ended: a worker's error (exit code > 0),
-       a death by a signal other than SIGTERM/SIGINT, a rank the scheduler reported lost, a rank known
-       dead that left no record (``alive(start) is False``). A loss the scheduler reported without a
-       time (a Slurm node failure) comes first, a death nobody timed last. When the scheduler reported
-       a loss, ranks that died afterwards without a record were torn down with the group: not their own.
-    3. Else the earliest SIGTERM/SIGINT (how torchrun, srun and Ray stop the rest of a group).
+    2. A rank the scheduler reported killed or cut off from outside (its process died, it became
+       unreachable, its node was lost) and that left no end record: such a death is a cause, and
+       the other ranks' errors (a collective that lost its peer) are its consequences. Then a rank
+       that missed the scheduler's health checks.
+    3. The earliest failure of a rank's own, by the time its end fact was written: a worker's error
+       (exit code > 0), a death by a signal other than SIGTERM/SIGINT, an error the scheduler
+       reported, a rank known dead (``alive(start) is False``) that left no record, timed last.
+    4. The earliest SIGTERM/SIGINT (how torchrun, srun and Ray stop the rest of a group), and
+       ranks that died without a record after the scheduler reported another rank: torn down.
     Ties go to the lower rank. Times from different hosts are compared as they are (clocks in sync).
     """
     if hangs:
         return Ending(None, hang_line(hangs))
-    reported = bool(lost)
     found: list[_Candidate] = []
     for rank, rec in ends.items():
         code = int(rec.get("exit_code", 0) or 0)
         if code in (EXIT_OK, EXIT_STOPPED):
             continue
-        own = not (code < 0 and -code in GROUP_STOP_SIGNALS)
-        found.append(_Candidate(rank, end_line(rec), own, _when(rec, math.inf)))
+        stopped = code < 0 and -code in GROUP_STOP_SIGNALS
+        found.append(_Candidate(rank, end_line(rec), 3 if stopped else 2, _when(rec)))
     for rank in sorted(set(starts) - set(ends)):
         report = lost.get(rank) or lost.get(None)
         if report is not None:
-            found.append(_Candidate(rank, lost_line(rank, report, starts[rank]), True, _when(report, -math.inf)))
+            found.append(_Candidate(rank, lost_line(rank, report, starts[rank]), _tier_of_loss(report), _when(report)))
         elif alive is not None and alive(starts[rank]) is False:
-            found.append(_Candidate(rank, vanished_line(rank, starts[rank]), not reported, math.inf))
+            found.append(_Candidate(rank, vanished_line(rank, starts[rank]), 3 if lost else 2, math.inf))
     for rank, report in lost.items():  # reported before its start fact was written
         if rank is not None and rank not in starts and rank not in ends:
-            found.append(_Candidate(rank, lost_line(rank, report, None), True, _when(report, -math.inf)))
+            found.append(_Candidate(rank, lost_line(rank, report, None), _tier_of_loss(report), _when(report)))
     if not found:
         return None
     first = min(found, key=_Candidate.key)

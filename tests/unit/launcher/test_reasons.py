@@ -87,6 +87,17 @@ def test_ray_a_killed_rank_1_is_named_from_ray_trains_report():
         "signal such as SIGKILL, the OOM killer or a crash)",)
 
 
+def test_ray_a_killed_rank_is_named_before_the_error_its_peer_raised_in_the_same_report():
+    """Rank 0's collective lost its peer and raised (an end record, exit code 1) before Ray Train's poll, which
+    then reported both: the rank killed from outside is the cause, whatever the times say."""
+    events = [start(0), start(1), end(0, 1, 152.1, detail="RuntimeError: [gloo] Connection closed by peer"),
+              {"event": "lost", "attempt": 0, "rank": 0, "kind": "error", "source": "ray", "time": 153.0},
+              {"event": "lost", "attempt": 0, "rank": 1, "kind": "process", "source": "ray", "time": 153.0}]
+    assert failure(events).startswith("rank 1: its worker (pid 4101 on gpu7) died without recording an exit")
+    # rank 0 raised from Ray's own collective instead (no end record): still rank 1
+    assert failure([e for e in events if e["event"] != "end"]).startswith("rank 1: its worker")
+
+
 def test_ray_a_lost_second_node_names_its_rank_and_the_node():
     events = [start(0, node_id=HEAD), start(1, node_id=NODE2),
               {"event": "lost", "attempt": 0, "rank": 1, "kind": "unreachable", "source": "ray", "time": 153.5,
