@@ -320,8 +320,9 @@ def test_a_hung_rank_is_named_and_the_job_requeued_from_its_checkpoint(slurm_clu
     assert rec["state"] == "succeeded" and rec["restarts"] == 1, rec["reason"]
     assert rec["reason"] == "finished after 1 requeue(s), the last after a hang (rank 1 is stopped)"
     assert sorted(set(train_iters(work))) == list(range(1, iters + 1))
-    hangs = [json.loads(x) for x in open(work / "runs" / rec["run_id"] / "events.jsonl") if '"hang"' in x]
-    assert {(h["rank"], h["state"]) for h in hangs} >= {(1, "stopped")}
+    events = [json.loads(x) for x in open(work / "runs" / rec["run_id"] / "events.jsonl")]
+    assert {(e["rank"], e["state"]) for e in events if e["event"] == "hang"} >= {(1, "stopped")}
+    assert [e["cause"] for e in events if e["event"] == "requeue"] == ["hang"]  # rank 0 said why it requeued
     assert any("requeueing job" in n for n in launcher_lines(work, 0))
 
 

@@ -96,6 +96,24 @@ def test_worker_checkpoints_and_stops_then_the_job_requeues(tmp_path):
     assert "worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in (tmp_path / "rank0.log").read_text()
 
 
+def test_rank_0_records_how_long_the_job_had_left_when_usr2_came(tmp_path, monkeypatch):
+    """The requeue fact, written before submitit requeues: what tells a time limit from a preemption."""
+    from detcore.contract import read_events
+
+    asked = []
+    monkeypatch.setattr(slurm_task, "job_time_left", lambda job: asked.append(job) or 95.0)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    task, proc = start_worker(startup=0.0, finish=60)
+    task.log_dir, task.run_dir, task.signal_delay_s = str(tmp_path), str(tmp_path / "run"), 120
+    assert proc.stdout.readline() == "handler installed\n"
+    task.checkpoint()
+    (fact,) = read_events(tmp_path / "run")
+    assert asked == ["77"] and proc.wait() == 3
+    assert {k: fact[k] for k in ("event", "attempt", "rank", "signal", "time_left_s", "signal_delay_s")} == \
+        {"event": "requeue", "attempt": 2, "rank": 0, "signal": "USR2", "time_left_s": 95.0, "signal_delay_s": 120}
+
+
 def test_signal_during_worker_start_up_is_not_fatal_and_requeues_at_once(tmp_path):
     task, proc = start_worker(startup=30.0, finish=60)
     task.log_dir = str(tmp_path)
