@@ -45,14 +45,22 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(inner).__name__)[:300]
 
 
-def newest_attempt(events: Sequence[Mapping]) -> int:
-    return max((int(e.get("attempt", 0) or 0) for e in events if e.get("event") == "start"), default=0)
+def current_attempt(events: Sequence[Mapping]) -> int:
+    """The attempt the worker group Ray Train runs now belongs to: the newest any rank started, or the next
+    one when the controller placed a new group since (its workers have not recorded their start yet)."""
+    newest, new_group = -1, False
+    for e in events:
+        if e.get("event") == "start":
+            newest, new_group = max(newest, int(e.get("attempt", 0) or 0)), False
+        elif e.get("event") == "stage":
+            new_group = True
+    return 0 if newest < 0 else newest + new_group
 
 
 def failure_facts(worker_exceptions: Mapping[int, BaseException], events: Sequence[Mapping],
                   now: float) -> list[dict]:
     """One ``lost`` fact per rank Ray Train reported failed in this poll (pure)."""
-    attempt = newest_attempt(events)
+    attempt = current_attempt(events)
     return [{"event": "lost", "attempt": attempt, "rank": int(rank), "kind": loss_kind(error),
              "detail": _first_line(error), "source": "ray", "time": now}
             for rank, error in sorted(worker_exceptions.items())]

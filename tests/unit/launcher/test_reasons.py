@@ -142,9 +142,13 @@ def test_ray_failure_reports_become_lost_facts_of_the_current_attempt():
     gone = WorkerHealthCheckFailedError("Worker health check failed.", ActorUnavailableError("socket closed", None))
     assert [loss_kind(e) for e in (died, gone, WorkerHealthCheckTimeoutError("60 s"), KeyError("boxes"))] == \
         ["process", "unreachable", "unresponsive", "error"]
-    facts = failure_facts({1: died}, [start(0), start(1), start(0, attempt=1), start(1, attempt=1)], now=7.0)
+    placing = {"event": "stage", "stage": "placing", "workers": 2}
+    facts = failure_facts({1: died}, [placing, start(0), start(1), start(0, attempt=1), start(1, attempt=1)], now=7.0)
     assert facts == [{"event": "lost", "attempt": 1, "rank": 1, "kind": "process", "source": "ray", "time": 7.0,
                       "detail": "The actor died unexpectedly before finishing this task."}]
+    # a worker of a new group that died before it recorded its start belongs to the new attempt
+    assert failure_facts({0: died}, [start(0), start(1), placing], now=8.0)[0]["attempt"] == 1
+    assert failure_facts({0: died}, [placing], now=8.0)[0]["attempt"] == 0
 
 
 def test_ray_trainer_gets_the_callbacks_that_record_failures_and_stages(tmp_path):
