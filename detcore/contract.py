@@ -19,8 +19,9 @@ Exit codes of ``python -m detcore.tools.cli``:
 
 The run directory of one launch (a submit or a resume) lives in the work dir:
 ``WORK_DIR/runs/<run id>/`` holds ``events.jsonl`` (one JSON line per fact: an attempt of a
-rank started or ended, a hang seen) and ``heartbeat/rank{R}`` (the newest finished
-iteration of rank R). Each launch gets a fresh run id, so it never reads an earlier ending.
+rank started or ended, a hang seen, a rank lost, a requeue; see ``launcher.runtime.facts``) and
+``heartbeat/a{ATTEMPT}/rank{R}`` (the newest finished iteration of rank R, and whether it is
+training or evaluating). Each launch gets a fresh run id, so it never reads an earlier ending.
 Rank logs stay in ``WORK_DIR/logs/rank{R}.log`` across launches (appended).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,24 +71,37 @@ def heartbeat_path(heartbeat_dir: str | os.PathLike, rank: int) -> Path:
     return Path(heartbeat_dir) / f"rank{rank}"
 
 
-def write_heartbeat(heartbeat_dir: str | os.PathLike, rank: int, iteration: int) -> None:
-    """Record that ``rank`` finished ``iteration`` now (a tiny file replaced atomically; errors ignored,
-    a full disk must never stop training)."""
+class Beat(NamedTuple):
+    """A rank's newest heartbeat: the iteration it finished, when (unix time), and what it is doing since
+    (``training``, or ``evaluating`` while a validation pass runs)."""
+
+    iteration: int
+    time: float
+    phase: str = "training"
+
+
+PHASES = ("training", "evaluating")
+
+
+def write_heartbeat(heartbeat_dir: str | os.PathLike, rank: int, iteration: int, phase: str = "training") -> None:
+    """Record that ``rank`` finished ``iteration`` now and is ``phase`` (one of ``PHASES``): a tiny file
+    ``ITERATION TIME PHASE`` replaced atomically; errors ignored, a full disk must never stop training."""
     path = heartbeat_path(heartbeat_dir, rank)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(f"{iteration} {time.time():.3f}\n")
+        tmp.write_text(f"{iteration} {time.time():.3f} {phase}\n")
         os.replace(tmp, path)
     except OSError:
         pass
 
 
-def read_heartbeat(heartbeat_dir: str | os.PathLike, rank: int) -> tuple[int, float] | None:
-    """``(iteration, unix time)`` of ``rank``'s newest heartbeat, or None."""
+def read_heartbeat(heartbeat_dir: str | os.PathLike, rank: int) -> Beat | None:
+    """``rank``'s newest :class:`Beat` (``(iteration, unix time, phase)``), or None."""
     try:
-        it, t = heartbeat_path(heartbeat_dir, rank).read_text().split()
-        return int(it), float(t)
-    except (OSError, ValueError):
+        fields = heartbeat_path(heartbeat_dir, rank).read_text().split()
+        phase = fields[2] if len(fields) > 2 and fields[2] in PHASES else "training"
+        return Beat(int(fields[0]), float(fields[1]), phase)
+    except (OSError, ValueError, IndexError):
         return None
 
 

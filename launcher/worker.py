@@ -94,7 +94,7 @@ def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, 
         "host": socket.gethostname(), "time": time.time(), "master_addr": env.get("MASTER_ADDR"),
         "master_port": int(env.get("MASTER_PORT") or 0), "world_size": int(env.get("WORLD_SIZE") or 1),
         "local_rank": int(env.get("LOCAL_RANK") or 0), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        **extra})
+        **({"node": env["SLURMD_NODENAME"]} if env.get("SLURMD_NODENAME") else {}), **extra})
 
 
 def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:

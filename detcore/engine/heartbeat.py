@@ -21,12 +21,17 @@ from detcore import contract
 
 
 class Heartbeat:
-    """Rate-limited ``contract.write_heartbeat(directory, rank, iteration)`` for one rank (thread-safe)."""
+    """Rate-limited ``contract.write_heartbeat(directory, rank, iteration, phase)`` for one rank (thread-safe).
+
+    ``phase`` is what the rank does since its newest iteration (``training``, ``evaluating``): a monitor
+    shows it as the job's stage.
+    """
 
     min_interval = 0.5  # seconds between two writes (an iteration slower than this writes every time)
 
     def __init__(self, directory: str | os.PathLike, rank: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.directory, self.rank, self.clock = directory, rank, clock
+        self.phase = "training"
         self._last = -float("inf")
         self._lock = threading.Lock()
         try:
@@ -41,8 +46,13 @@ class Heartbeat:
             if not force and now - self._last < self.min_interval:
                 return False
             self._last = now
-            contract.write_heartbeat(self.directory, self.rank, iteration)
+            contract.write_heartbeat(self.directory, self.rank, iteration, self.phase)
             return True
+
+    def enter(self, phase: str, iteration: int) -> None:
+        """Say at once that this rank is now ``phase`` (one of ``contract.PHASES``) after ``iteration``."""
+        self.phase = phase
+        self.beat(iteration, force=True)
 
 
 @contextmanager

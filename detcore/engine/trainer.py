@@ -246,10 +246,16 @@ class Trainer:
                  voc_method: str = "area") -> dict:
         from detcore.engine.evaluator import evaluate_loader
 
-        results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
-                                         classes=self.classes, num_images=num_images if self.tb else 0,
-                                         backend=backend, voc_method=voc_method, keepalive=self._keepalive(),
-                                         progress=True)
+        if self.heartbeat is not None:
+            self.heartbeat.enter("evaluating", self.iter)
+        try:
+            results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
+                                             classes=self.classes, num_images=num_images if self.tb else 0,
+                                             backend=backend, voc_method=voc_method, keepalive=self._keepalive(),
+                                             progress=True)
+        finally:
+            if self.heartbeat is not None:
+                self.heartbeat.enter("training", self.iter)
         self.model.train()
         if self.tb is not None:
             for i, img in enumerate(drawn):

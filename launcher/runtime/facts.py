@@ -1,23 +1,46 @@
-"""What the facts of one launch say: restarts, ports, failures, a user error, a hang (all pure).
+"""What the facts of one launch say: restarts, ports, the rank that failed first, requeues (all pure).
 
-The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see
-:mod:`detcore.contract`):
+The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see :mod:`detcore.contract`):
 
-``{"event": "start", "rank", "attempt", "pid", "host", "master_addr", "master_port", ...}``
-    written by the worker shim when a rank's attempt begins;
-``{"event": "end", "rank", "attempt", "pid", "exit_code", "detail"}``
-    written by the shim when the worker returns or raises (a rank killed by a signal writes
-    none: :func:`summarize` reports it from the start record and the liveness of its pid);
-``{"event": "hang", "attempt", "detail"}``
-    written by the monitor's hang watchdog before it ends the attempt.
+``{"event": "start", "rank", "attempt", "pid", "host", "node"?, "master_addr", "master_port", "time", ...}``
+    written by the worker shim (a Ray worker: by itself) when a rank's attempt begins;
+``{"event": "end", "rank", "attempt", "pid", "exit_code", "detail", "time"}``
+    written by the shim when its worker returns, raises or is killed. The shim outlives its worker,
+    so a SIGKILLed worker is recorded exactly; a rank whose shim died too (a lost node) or that has
+    no shim (a Ray worker runs detcore in-process) writes none;
+``{"event": "hang", "attempt", "rank", "state", "detail", "time"}``
+    written by each rank's hang watchdog before it ends the attempt;
+``{"event": "lost", "attempt", "rank", "kind", "detail", "node"?, "source", "time"}``
+    the scheduler's word on a rank that ended: written by the Ray controller's callback when Ray
+    Train reports a failed worker (kind ``process``: its process died, ``unreachable``,
+    ``unresponsive``, ``error``), and by the Ray driver once Ray declares that worker's node dead
+    (kind ``node``). The Slurm backend derives one from a ``NODE_FAIL`` in ``sacct`` (kind ``node``,
+    no rank: every rank of the attempt without an ``end``) and passes it in; it never writes one;
+``{"event": "requeue", "attempt", "rank", "signal"?, "time_left_s"?, "signal_delay_s"?, "cause"?, "time"}``
+    written by rank 0 of a Slurm job just before it requeues the job itself (on USR2, or after a hang);
+``{"event": "stage", "stage": "placing" | "starting", "workers", "time"}``
+    written by the Ray controller's callback when it places and starts a worker group.
+
+Which rank failed first (:func:`first_failure`) is decided here once, for every backend.
 """
 from __future__ import annotations
 
+import math
 import signal
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from detcore.contract import EXIT_HUNG, EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, describe_exit
+from detcore.contract import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, describe_exit
+
+GROUP_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # how torchrun, srun and Ray stop the rest of a group
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The failure that ended an attempt: which rank (None for a hang), in one line."""
+
+    rank: int | None
+    text: str
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,10 @@ class RunFacts:
     current: Mapping[int, Mapping] = field(default_factory=dict)   # rank -> start record of the newest attempt
     ended: Mapping[int, Mapping] = field(default_factory=dict)     # rank -> end record of the newest attempt
     user_error_attempt: int = -1               # the attempt in which that user error happened
+    endings: Mapping[int, Ending] = field(default_factory=dict)    # attempt -> the failure that ended it
+    requeues: Mapping[int, Mapping] = field(default_factory=dict)  # attempt -> the requeue fact rank 0 wrote
+    hangs: Mapping[int, str] = field(default_factory=dict)         # attempt -> which ranks a hang found stuck
+    stage: Mapping | None = None               # the newest ``stage`` fact, when no rank has started since
 
     @property
     def restarts(self) -> int:
@@ -49,6 +76,16 @@ class RunFacts:
     def last_failure(self) -> str:
         return self.failures[-1] if self.failures else ""
 
+    @property
+    def newest_failed(self) -> bool:
+        """The newest attempt has ended with a failure (a restart or the end of the run follows)."""
+        return self.attempt in self.endings
+
+    def failure_before(self, attempt: int) -> str:
+        """The failure of the newest attempt before ``attempt``: what the restart into ``attempt`` followed."""
+        earlier = [a for a in self.endings if a < attempt]
+        return self.endings[max(earlier)].text if earlier else ""
+
 
 def end_line(rec: Mapping) -> str:
     """``rank 1 killed by SIGKILL`` or ``rank 1: exit code 2 (user error): <detail>`` for an end record."""
@@ -59,71 +96,170 @@ def end_line(rec: Mapping) -> str:
     return text + (f": {rec['detail']}" if rec.get("detail") else "")
 
 
-def hang_line(records: list[Mapping]) -> str:
-    """One line from the watchdog's hang facts of an attempt: the verdict and which ranks are stuck."""
-    verdict = str(records[0].get("detail") or "no rank finished an iteration in time")
+def hang_stuck(records: list[Mapping]) -> str:
+    """Which ranks a hang found stuck: ``rank 1 is stopped``, or that every rank was running."""
     stuck = sorted({(int(r.get("rank", 0) or 0), r.get("state")) for r in records
                     if r.get("state") not in (None, "running")})
     if stuck:
-        who = ", ".join(f"rank {r} is {state}" for r, state in stuck)
-    else:
-        who = "every rank that reported is running (waiting in a collective?)"
-    return f"hang: {who}; {verdict}; Python stacks are in the rank logs"
+        return ", ".join(f"rank {r} is {state}" for r, state in stuck)
+    return "every rank that reported is running (waiting in a collective?)"
 
 
-def _blame(code: int) -> int:
-    """Which ending caused an attempt's failure, lowest first: a worker's own error, a signal from outside,
-    the hang watchdog, and last a SIGTERM/SIGINT that torchrun or srun sent to stop the rest of the group."""
-    if code > 0:
-        return 2 if code == EXIT_HUNG else 0
-    return 3 if -code in (signal.SIGTERM, signal.SIGINT) else 1
+def hang_line(records: list[Mapping]) -> str:
+    """One line from the watchdog's hang facts of an attempt: the verdict and which ranks are stuck."""
+    verdict = str(records[0].get("detail") or "no rank finished an iteration in time")
+    return f"hang: {hang_stuck(records)}; {verdict}; Python stacks are in the rank logs"
+
+
+def _worker(start: Mapping | None) -> str:
+    if not start:
+        return "its worker"
+    return f"its worker (pid {start.get('pid')} on {start.get('node') or start.get('host', '?')})"
+
+
+def vanished_line(rank: int, start: Mapping) -> str:
+    """A rank known dead that left no end record and that no scheduler reported."""
+    return (f"rank {rank}: the worker (pid {start.get('pid')} on {start.get('host', '?')}) died without recording "
+            f"an exit: killed by a signal (SIGKILL, the OOM killer or a node failure)")
+
+
+def lost_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
+    """A rank the scheduler reported lost (a ``lost`` fact), in one line."""
+    kind, detail = lost.get("kind"), str(lost.get("detail") or "").strip()
+    if kind == "node":
+        node = lost.get("node") or (start or {}).get("node") or (start or {}).get("host") or "?"
+        return f"rank {rank} lost with its node {node}" + (f" ({detail})" if detail else "")
+    if kind == "process":
+        return (f"rank {rank}: {_worker(start)} died without recording an exit; Ray reports its process died "
+                f"(a signal such as SIGKILL, the OOM killer or a crash)")
+    if kind == "unreachable":
+        return f"rank {rank}: {_worker(start)} stopped answering Ray (its process or its node is gone)"
+    if kind == "unresponsive":
+        return f"rank {rank}: {_worker(start)} missed Ray Train's health checks (hung or overloaded)"
+    return f"rank {rank}: {detail or 'failed'}"
+
+
+EXTERNAL_LOSSES = ("node", "process", "unreachable")  # killed or cut off from outside: a cause, not a consequence
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    rank: int
+    text: str
+    tier: int            # 0 lost from outside, 1 unresponsive, 2 a failure of its own, 3 stopped with the group
+    when: float          # when it ended: the end fact's time, the scheduler's report; inf when unknown
+
+    def key(self) -> tuple:
+        return (self.tier, self.when, self.rank)
+
+
+def _when(rec: Mapping) -> float:
+    t = rec.get("time")
+    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else math.inf
+
+
+def _tier_of_loss(report: Mapping) -> int:
+    kind = report.get("kind")
+    return 0 if kind in EXTERNAL_LOSSES else 1 if kind == "unresponsive" else 2
+
+
+def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], hangs: list[Mapping],
+                  lost: Mapping[int | None, Mapping], alive: Callable[[Mapping], bool | None] | None) -> Ending | None:
+    """The failure that ended one attempt (None: nothing failed), from that attempt's facts.
+
+    1. A hang: the watchdog recorded it before it ended any worker.
+    2. A rank the scheduler reported killed or cut off from outside (its process died, it became
+       unreachable, its node was lost) and that left no end record: such a death is a cause, and
+       the other ranks' errors (a collective that lost its peer) are its consequences. Then a rank
+       that missed the scheduler's health checks.
+    3. The earliest failure of a rank's own, by the time its end fact was written: a worker's error
+       (exit code > 0), a death by a signal other than SIGTERM/SIGINT, an error the scheduler
+       reported, a rank known dead (``alive(start) is False``) that left no record, timed last.
+    4. The earliest SIGTERM/SIGINT (how torchrun, srun and Ray stop the rest of a group), and
+       ranks that died without a record after the scheduler reported another rank: torn down.
+    Ties go to the lower rank. Times from different hosts are compared as they are (clocks in sync).
+    """
+    if hangs:
+        return Ending(None, hang_line(hangs))
+    found: list[_Candidate] = []
+    for rank, rec in ends.items():
+        code = int(rec.get("exit_code", 0) or 0)
+        if code in (EXIT_OK, EXIT_STOPPED):
+            continue
+        stopped = code < 0 and -code in GROUP_STOP_SIGNALS
+        found.append(_Candidate(rank, end_line(rec), 3 if stopped else 2, _when(rec)))
+    for rank in sorted(set(starts) - set(ends)):
+        report = lost.get(rank) or lost.get(None)
+        if report is not None:
+            found.append(_Candidate(rank, lost_line(rank, report, starts[rank]), _tier_of_loss(report), _when(report)))
+        elif alive is not None and alive(starts[rank]) is False:
+            found.append(_Candidate(rank, vanished_line(rank, starts[rank]), 3 if lost else 2, math.inf))
+    for rank, report in lost.items():  # reported before its start fact was written
+        if rank is not None and rank not in starts and rank not in ends:
+            found.append(_Candidate(rank, lost_line(rank, report, None), _tier_of_loss(report), _when(report)))
+    if not found:
+        return None
+    first = min(found, key=_Candidate.key)
+    return Ending(first.rank, first.text)
+
+
+def _merge_lost(into: dict, rec: Mapping) -> None:
+    """Keep the first report of a rank's loss (its time orders it); a later ``node`` verdict names the cause."""
+    key = rec.get("rank")
+    key = None if key is None else int(key)
+    old = into.get(key)
+    if old is None:
+        into[key] = dict(rec)
+    elif rec.get("kind") == "node" and old.get("kind") != "node":
+        into[key] = {**old, "kind": "node", "node": rec.get("node") or old.get("node"), "detail": rec.get("detail")}
 
 
 def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None] | None = None) -> RunFacts:
     """The :class:`RunFacts` of a launch's events.
 
     ``alive(start_record)`` says whether that rank's process still runs (None: cannot tell, e.g. on
-    another host). A rank whose newest attempt has a start record, no end record and a dead pid
-    was killed by a signal (SIGKILL, the OOM killer, a node failure) and is reported as such.
+    another host). A rank whose attempt has a start record, no end record and a dead pid died
+    without recording an exit (SIGKILL of its shim, the OOM killer, a node failure).
     """
     starts: dict[tuple[int, int], Mapping] = {}
     ends: dict[tuple[int, int], Mapping] = {}
     hangs: dict[int, list[Mapping]] = {}
+    lost: dict[int, dict] = {}
+    requeues: dict[int, Mapping] = {}
     ports, addrs = set(), set()
+    stage = None
     for rec in events:
         kind, attempt = rec.get("event"), int(rec.get("attempt", 0) or 0)
         if kind == "hang":
             hangs.setdefault(attempt, []).append(rec)
-            continue
-        if kind not in ("start", "end"):
-            continue
-        key = (int(rec.get("rank", 0) or 0), attempt)
-        if kind == "start":
-            starts[key] = rec
-            if rec.get("master_port"):
-                ports.add(int(rec["master_port"]))
-            if rec.get("master_addr"):
-                addrs.add(str(rec["master_addr"]))
-        else:
-            ends.setdefault(key, rec)
-    attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs))
+        elif kind == "lost":
+            _merge_lost(lost.setdefault(attempt, {}), rec)
+        elif kind == "requeue":
+            requeues.setdefault(attempt, rec)
+        elif kind == "stage":
+            stage = rec
+        elif kind in ("start", "end"):
+            key = (int(rec.get("rank", 0) or 0), attempt)
+            if kind == "start":
+                starts[key] = rec
+                stage = None
+                if rec.get("master_port"):
+                    ports.add(int(rec["master_port"]))
+                if rec.get("master_addr"):
+                    addrs.add(str(rec["master_addr"]))
+            else:
+                ends.setdefault(key, rec)
+    attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs) | set(lost))
     failures: list[str] = []
+    endings: dict[int, Ending] = {}
     user_error, user_error_attempt = "", -1
     for attempt in attempts:
-        if attempt in hangs:
-            failures.append(hang_line(hangs[attempt]))
-            continue
-        candidates = [(_blame(int(rec.get("exit_code", 0) or 0)), r, end_line(rec))
-                      for (r, a), rec in ends.items() if a == attempt
-                      and int(rec.get("exit_code", 0) or 0) not in (EXIT_OK, EXIT_STOPPED)]
-        if alive is not None:
-            candidates += [(1, r, f"rank {r}: the worker (pid {rec.get('pid')} on {rec.get('host', '?')}) died "
-                                  f"without recording an exit: killed by a signal (SIGKILL, the OOM killer or a "
-                                  f"node failure)")
-                           for (r, a), rec in starts.items() if a == attempt and (r, a) not in ends
-                           and alive(rec) is False]
-        if candidates:
-            failures.append(min(candidates)[2])
+        ending = first_failure({r: rec for (r, a), rec in starts.items() if a == attempt},
+                               {r: rec for (r, a), rec in ends.items() if a == attempt},
+                               hangs.get(attempt, []), lost.get(attempt, {}), alive)
+        if ending is not None:
+            endings[attempt] = ending
+            failures.append(ending.text)
         for (r, a), rec in sorted(ends.items()):
             if a == attempt and int(rec.get("exit_code", 0) or 0) == EXIT_USER_ERROR and not user_error:
                 user_error, user_error_attempt = end_line(rec), attempt
@@ -131,4 +267,5 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
     current = {r: rec for (r, a), rec in starts.items() if a == newest}
     ended = {r: rec for (r, a), rec in ends.items() if a == newest}
     return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended,
-                    user_error_attempt)
+                    user_error_attempt, endings, requeues, {a: hang_stuck(recs) for a, recs in sorted(hangs.items())},
+                    stage)

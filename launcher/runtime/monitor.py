@@ -23,8 +23,10 @@ from typing import Any, Mapping
 from detcore import contract
 from launcher.procinfo import current_process, process_start
 from launcher.runtime.facts import RunFacts, summarize
+from launcher.runtime.phase import running_reason, stage_line
 from launcher.runtime.files import read_json, write_json_atomic
 from launcher.state import JobState
+from launcher.worker import heartbeat_dir
 
 logger = logging.getLogger(__name__)
 OUTCOME_FILE = "outcome.json"
@@ -95,23 +97,35 @@ class RunMonitor:
         return summarize(contract.read_events(self.run_dir), local_alive)
 
     def observe(self) -> RunFacts:
-        """Restarts, ports and the running/restarting state from the facts of this launch."""
+        """State, restarts, ports and the reason (the stage, the newest restart and its cause) from the facts
+        of this launch and the heartbeats of its newest attempt."""
         facts = self.facts()
         fields: dict[str, Any] = {"ports": list(facts.ports), "master_addrs": list(facts.master_addrs)}
         state = None
-        if facts.attempt >= 0 and JobState(self.status["state"]) in (JobState.PENDING, JobState.RESTARTING,
-                                                                      JobState.RUNNING):
-            state = JobState.RUNNING
+        if JobState(self.status["state"]) in (JobState.PENDING, JobState.RESTARTING, JobState.RUNNING):
+            if facts.attempt >= 0:
+                state = JobState.RUNNING
             if facts.restarts > self.status["restarts"]:
                 fields["restarts"] = facts.restarts
-                fields["reason"] = (f"restart {facts.restarts} of at most {self.max_restarts} after "
-                                    f"{facts.last_failure or 'a worker failure'}")
-            elif len(facts.failures) > facts.restarts and facts.restarts < self.max_restarts \
-                    and not facts.user_error:
-                state = JobState.RESTARTING
-                fields["reason"] = f"restarting after {facts.last_failure}"
+            world_size = max([int(rec.get("world_size") or 1) for rec in facts.current.values()] or [1])
+            reason = running_reason(facts, self._beats(facts.attempt, world_size), world_size, self.max_restarts)
+            if facts.newest_failed and not facts.user_error:
+                stage = stage_line(facts, {}, world_size) if facts.stage is not None else ""
+                if self.max_restarts < 0 or facts.restarts < self.max_restarts:
+                    state = JobState.RESTARTING
+                    reason = f"restarting after {facts.last_failure}" + (f"; {stage}" if stage else "")
+                else:
+                    reason = f"ending after {facts.last_failure}"
+            if reason:
+                fields["reason"] = reason
         self.set(state, **fields)
         return facts
+
+    def _beats(self, attempt: int, world_size: int) -> dict[int, contract.Beat | None]:
+        if attempt < 0:
+            return {}
+        beats = heartbeat_dir(self.run_dir, attempt)
+        return {r: contract.read_heartbeat(beats, r) for r in range(world_size)}
 
 
 def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_alive: bool, who: str,

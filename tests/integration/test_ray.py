@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from launcher.runtime.detached import marked_processes as job_processes
@@ -139,11 +140,16 @@ def test_killed_worker_restarts_the_group_from_the_newest_checkpoint(home, ray_h
                       *job()).stdout.strip()
     work = record(home, exp_id)["work_dir"]
     wait_for(lambda: committed_pointer(work, exp_id), "a checkpoint committed by Ray Train")
+    rec = record(home, exp_id)  # the reason follows the job's stage (the workers' heartbeats)
+    assert rec["state"] == "running" and rec["reason"].startswith(("training at iteration ", "evaluating at ")), rec
     victim = [a for a in starts(work) if a["rank"] == 1][-1]
     os.kill(victim["pid"], signal.SIGKILL)
     rec = wait_until(home, exp_id, done, timeout=600, poll=2.0)
     assert rec["state"] == "succeeded", rec["reason"]
     assert rec["restarts"] == 1 and rec["last_iter"] == ITERS
+    # the killed rank is named: Ray Train reported rank 1, and rank 0 (torn down afterwards) is not blamed
+    assert f"last failure: rank 1: its worker (pid {victim['pid']} on " in rec["reason"], rec["reason"]
+    assert "rank 0" not in rec["reason"]
     assert set(train_iters(work)) == set(range(1, ITERS + 1))
     assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{ITERS}.pth"
     second = [a for a in starts(work) if a["attempt"] == 1]
@@ -221,15 +227,20 @@ def test_a_local_experiment_resumed_on_ray_finishes_there(home, ray_head):
     assert_nothing_left(ray_head, exp_id)
 
 
+def add_node(head, min_worker_port: int, max_worker_port: int) -> str:
+    """Join a second Ray node (2 CPUs) to the head with cluster/ray/add_node.py; its node id."""
+    added = subprocess.run([sys.executable, str(ROOT / "cluster" / "ray" / "add_node.py"), "--address", head.address,
+                            "--num-cpus", "2", "--min-worker-port", str(min_worker_port), "--max-worker-port",
+                            str(max_worker_port)], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           text=True, timeout=240)
+    assert added.returncode == 0, f"cannot add a second Ray node:\n{added.stderr[-3000:]}"
+    return added.stdout.strip().splitlines()[-1]
+
+
 def test_a_job_across_two_ray_nodes(home, ray_head):
     """A second Ray node joins the head (cluster/ray/add_node.py, on 127.0.0.1); `--nodes 2` places one
     worker on each node and the job trains to the end across them."""
-    added = subprocess.run([sys.executable, str(ROOT / "cluster" / "ray" / "add_node.py"), "--address",
-                            ray_head.address, "--num-cpus", "2", "--min-worker-port", "12500", "--max-worker-port",
-                            "13999"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                           timeout=240)
-    assert added.returncode == 0, f"cannot add a second Ray node:\n{added.stderr[-3000:]}"
-    node2 = added.stdout.strip().splitlines()[-1]
+    node2 = add_node(ray_head, 12500, 13999)
     rec = json.loads(launcher(home, "submit", SHAPES, "--backend", "ray", "--address", ray_head.address, "--nodes",
                               "2", "--workers", "1", "--json", *job(), timeout=900).stdout)
     assert rec["state"] == "succeeded" and rec["world_size"] == 2 and rec["last_iter"] == ITERS, rec["reason"]
@@ -238,6 +249,39 @@ def test_a_job_across_two_ray_nodes(home, ray_head):
     assert len({a["node_id"] for a in ranks}) == 2 and node2 in {a["node_id"] for a in ranks}
     assert {a["master_addr"] for a in ranks} == {"127.0.0.1"}
     assert_nothing_left(ray_head, rec["id"])
+
+
+def raylet_of(head, node_id: str) -> tuple[psutil.Process, bool] | None:
+    """The raylet of one node of this head (its command line names the node id), and whether it is the head's."""
+    for proc in head_processes(head):
+        try:
+            cmd = proc.cmdline()
+        except psutil.Error:
+            continue
+        if cmd and cmd[0].endswith("raylet") and any(node_id in arg for arg in cmd):
+            return proc, "--head" in cmd
+    return None
+
+
+def test_a_lost_second_node_is_named_with_its_rank(home, ray_head):
+    """The raylet of the node running one rank is SIGKILLed (its worker dies with it) and Ray Train does not
+    retry (--max-failures 0): the reason names that rank and its lost node, from Ray's report and Ray's own
+    verdict on the node, not rank 0, which Ray tore down afterwards."""
+    add_node(ray_head, 11000, 11999)  # worker ports of its own: another test's node may still run
+    exp_id = launcher(home, "submit", SHAPES, "--backend", "ray", "--address", ray_head.address, "--nodes", "2",
+                      "--workers", "1", "--max-failures", "0", "--detach", *job(LONG)).stdout.strip()
+    work = record(home, exp_id)["work_dir"]
+    ranks = wait_for(lambda: len(starts(work)) == 2 and starts(work), "both ranks started")
+    raylets = {a["rank"]: raylet_of(ray_head, a["node_id"]) for a in ranks}
+    assert all(raylets.values()), f"a rank's node has no raylet among the head's processes: {raylets}"
+    victim = next(rank for rank, (_, is_head) in raylets.items() if not is_head)  # SPREAD: one rank off the head
+    node = next(a["node_id"] for a in ranks if a["rank"] == victim)
+    wait_for(lambda: (Path(work) / "metrics.jsonl").exists(), "a trained iteration")
+    raylets[victim][0].kill()  # the node is gone: its worker dies with its raylet
+    rec = wait_until(home, exp_id, done, timeout=300, poll=2.0)
+    assert rec["state"] == "failed", rec
+    assert rec["reason"].startswith(f"rank {victim} lost with its node {node[:12]} (127.0.0.1) (Ray: "), rec
+    assert_nothing_left(ray_head, exp_id)
 
 
 def test_driver_sigkilled_is_monitor_lost_and_resume_finishes_the_run(home, ray_head):

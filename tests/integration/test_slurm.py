@@ -155,10 +155,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm_cluster, home,
     wait_iters(work, 3)
     slurm_cluster.run("scancel", "--signal=USR2", job)  # what Slurm sends a preempted job
     rec = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "preempted", timeout=60, what="preempted")
-    assert rec["restarts"] == 1 and "requeued" in rec["reason"]
+    assert rec["restarts"] == 1 and rec["reason"].startswith("requeued after a preemption signal (USR2 with "), rec
     slurm_cluster.release(job)
     rec = wait_for(slurm_cluster, home, exp, done, what="the end")
     assert_resumed_to_the_end(work, rec, iters)
+    assert rec["reason"].startswith("finished after 1 requeue(s), the last after a preemption signal"), rec["reason"]
 
 
 def worker_processes(exp_id: str) -> list[psutil.Process]:
@@ -200,7 +201,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, home,
     for proc in workers:
         proc.resume()
     rec = wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "preempted", timeout=60, what="requeued")
-    assert rec["restarts"] == 1
+    assert rec["restarts"] == 1 and rec["reason"].startswith("requeued after the time limit (USR2 with "), rec
     slurm_cluster.release(job, TimeLimit="12")  # the requeued run gets the job's full limit again
     rec = wait_for(slurm_cluster, home, exp, done, what="the end")
     assert_resumed_to_the_end(work, rec, iters)
@@ -317,7 +318,25 @@ def test_a_hung_rank_is_named_and_the_job_requeued_from_its_checkpoint(slurm_clu
     slurm_cluster.release(job)
     rec = wait_for(slurm_cluster, home, exp, done, what="the end")
     assert rec["state"] == "succeeded" and rec["restarts"] == 1, rec["reason"]
+    assert rec["reason"] == "finished after 1 requeue(s), the last after a hang (rank 1 is stopped)"
     assert sorted(set(train_iters(work))) == list(range(1, iters + 1))
-    hangs = [json.loads(x) for x in open(work / "runs" / rec["run_id"] / "events.jsonl") if '"hang"' in x]
-    assert {(h["rank"], h["state"]) for h in hangs} >= {(1, "stopped")}
+    events = [json.loads(x) for x in open(work / "runs" / rec["run_id"] / "events.jsonl")]
+    assert {(e["rank"], e["state"]) for e in events if e["event"] == "hang"} >= {(1, "stopped")}
+    assert [e["cause"] for e in events if e["event"] == "requeue"] == ["hang"]  # rank 0 said why it requeued
     assert any("requeueing job" in n for n in launcher_lines(work, 0))
+
+
+def test_a_killed_rank_1_is_named_as_rank_1(slurm_cluster, home, tmp_path):
+    """SIGKILL of rank 1's detcore worker: rank 0's worker then fails on its own (gloo lost its peer, exit code 1)
+    and its task ends the job, but the rank that ended first is named, from the ranks' end facts."""
+    work = tmp_path / "killed rank"
+    exp = submit(slurm_cluster, home, "--nproc", "2", "--time", "15", "--work-dir", str(work), *tiny(300))
+    wait_for(slurm_cluster, home, exp, lambda r: r["state"] == "running", what="running")
+    wait_iters(work, 2)
+    (victim,) = [p for p in worker_processes(exp) if p.environ().get("RANK") == "1"]
+    victim.kill()
+    rec = wait_for(slurm_cluster, home, exp, done, timeout=180, what="the end")
+    assert rec["state"] == "failed", rec
+    assert rec["reason"].startswith(f"Slurm job {rec['backend_job_id']} failed") and \
+        rec["reason"].endswith(": rank 1 killed by SIGKILL"), rec["reason"]
+    assert any("after rank 1 killed by SIGKILL" in line for line in launcher_lines(work, 0)), launcher_lines(work, 0)

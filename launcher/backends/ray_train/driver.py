@@ -14,9 +14,10 @@ the submitting process, exactly like the local backend's supervisor. It
    experiment id in the job's runtime environment (``DETLAUNCH_EXPERIMENT_ID``) so every Ray
    process of the job can be found on this node;
 3. follows the launch through the same :class:`~launcher.runtime.monitor.RunMonitor` as the
-   local supervisor (restarts, rendezvous ports and failure reasons from the workers' facts;
-   ``ray/<id>/status.json`` best effort); after a worker's user error (exit code 2) the
-   workers end the run instead of letting Ray retry it;
+   local supervisor (stage, restarts, rendezvous ports and failure reasons from the facts the
+   workers and Ray Train's controller append, see :mod:`.reports`; ``ray/<id>/status.json`` best
+   effort), and adds Ray's verdict on the node of a worker Ray reported lost; after a worker's
+   user error (exit code 2) the workers end the run instead of letting Ray retry it;
 4. on SIGINT or SIGTERM (``launcher cancel``) lets Ray Train abort the run gracefully (its
    controller stops the worker group and frees the placement group);
 5. records the ending (``status.json`` and the launch's ``outcome.json``).
@@ -36,7 +37,9 @@ import threading
 import time
 from pathlib import Path
 
+from detcore import contract
 from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
+from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
@@ -78,12 +81,30 @@ class Driver:
     def monitor_loop(self, stop: threading.Event) -> None:
         while not stop.wait(POLL_S):
             try:
+                self.record_node_losses()
                 facts = self.monitor.observe()
                 if facts.user_error and not self.stop_reason:  # the workers end the run themselves, no retry
                     self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
                     logger.info("the workers stop the run: %s", self.stop_reason)
             except Exception:
                 logger.exception("monitor error (ignored)")
+
+    def record_node_losses(self, wait_s: float = 0.0) -> None:
+        """Append Ray's node verdict for workers it reported failed (see :mod:`.reports`); with ``wait_s``, keep
+        asking that long while a fresh loss has none (Ray declares a node dead ~15 s after it stopped)."""
+        import ray
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            events = contract.read_events(self.monitor.run_dir)
+            if not awaiting_node_verdict(events, time.time()):
+                return
+            for fact in node_losses(events, ray.nodes(), time.time()):
+                contract.append_event(self.monitor.run_dir, fact)
+                events.append(fact)
+            if time.monotonic() >= deadline or not awaiting_node_verdict(events, time.time(), ("unreachable",)):
+                return
+            time.sleep(POLL_S)
 
     # ---- signals ------------------------------------------------------------------------------
     def on_cancel(self, signum, frame) -> None:
@@ -164,6 +185,11 @@ class Driver:
         finally:
             stop.set()
             watcher.join(5)
+        if error is not None:
+            try:
+                self.record_node_losses(wait_s=NODE_VERDICT_WAIT_S / 2)
+            except Exception:  # Ray gone with the failure: the reason names the rank without its node
+                logger.exception("could not ask Ray about its nodes")
         facts = self.monitor.observe()
         if facts.user_error and not self.stop_reason:  # the ranks returned before the monitor loop saw it
             self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
@@ -198,13 +224,16 @@ def ray_configs(plan: TrainerPlan) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
+    from launcher.backends.ray_train.callbacks import train_callbacks
+
     return {
         "scaling_config": ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
                                         resources_per_worker=dict(plan.resources_per_worker),
                                         placement_strategy=plan.placement_strategy),
         "run_config": RunConfig(name=plan.run_name, storage_path=plan.storage_path,
                                 failure_config=FailureConfig(max_failures=plan.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep)),
+                                checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
+                                callbacks=train_callbacks(plan.worker.run_dir)),
         "torch_config": TorchConfig(backend=plan.torch_backend),
     }
 

@@ -34,13 +34,14 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from detcore.contract import STOP_SIGNALS_ENV
+from detcore.contract import STOP_SIGNALS_ENV, read_events
 from launcher.backends.protocol import DryRun
 from launcher.backends.slurm.script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
                                             resolve)
-from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sacct_command,
-                                           sbatch_error_line, scancel_error_is_harmless, squeue_command)
+from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, requeue_recorded,
+                                           sacct_command, sbatch_error_line, scancel_error_is_harmless,
+                                           squeue_command)
 from launcher.errors import LauncherError
 from launcher.runtime.command import REPO_ROOT, run_dir, shim_command, thread_env
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
@@ -253,7 +254,8 @@ class SlurmBackend:
         return SlurmTask(spec.id, self._worker(spec), spec.cwd, self._threads(spec, request),
                          os.path.join(spec.work_dir, "logs"), gpus_per_node=request.gpus_per_node,
                          stoppable=spec.mode is Mode.TRAIN, stop_timeout_s=max(10.0, request.signal_delay_s - 20.0),
-                         run_dir=run_dir(spec), hang_requeues=spec.max_restarts if spec.hang_timeout_s else 0)
+                         run_dir=run_dir(spec), hang_requeues=spec.max_restarts if spec.hang_timeout_s else 0,
+                         signal_delay_s=request.signal_delay_s)
 
     @staticmethod
     def _threads(spec: JobSpec, request: SlurmRequest) -> dict[str, str]:
@@ -336,15 +338,14 @@ class SlurmBackend:
             if "invalid job id" not in str(exc).lower():
                 raise
             queue = []
+        events = read_events(handle.get("run_dir")) if handle.get("run_dir") else []
         records = []
-        # a requeued job waiting to start again: sacct tells why it was requeued (e.g. NODE_FAIL)
-        if not queue or queue[0].state == "COMPLETING" or (queue[0].restarts and queue[0].state == "PENDING"):
+        # sacct: the final state, and why a requeued job was requeued when rank 0 did not record it (NODE_FAIL,
+        # or someone's scontrol requeue); a running job that was never requeued costs one squeue only
+        if not queue or queue[0].state == "COMPLETING" or (queue[0].restarts and (
+                queue[0].state == "PENDING" or not requeue_recorded(events, queue[0].restarts - 1))):
             records = parse_sacct(self._run(sacct_command(job_id)))
-        st = job_status(job_id, queue, records, master_port)
-        if st.state is JobState.FAILED:
-            detail = self._failure_detail(handle)
-            if detail:
-                st = dataclasses.replace(st, reason=f"{st.reason}: {detail}")
+        st = job_status(job_id, queue, records, master_port, events, lambda: self._failure_detail(handle))
         self._status_cache[job_id] = (time.monotonic(), st)
         return st
 
@@ -365,7 +366,8 @@ class SlurmBackend:
         return st
 
     def _failure_detail(self, handle: JobHandle) -> str:
-        """The last line of the error submitit recorded for rank 0 (e.g. which rank's worker failed)."""
+        """The last line of the error submitit recorded for rank 0, for a job whose facts name no failure
+        (e.g. a task that failed before its worker started)."""
         folder = handle.get("folder")
         if not folder:
             return ""

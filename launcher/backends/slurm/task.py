@@ -22,9 +22,11 @@ limit, on preemption (``preempt_send_user_signal``) or on ``scancel --signal=USR
   to its worker once more if the worker catches it (a worker still starting up ignores USR2,
   so an early signal does not kill it; having trained nothing yet, it is killed at once),
   waits until the worker has exited, and returns a fresh :class:`SlurmTask`; submitit pickles it and runs
-  ``scontrol requeue``. Slurm kills the other ranks (they wait for that) and starts the job
-  again later with the same job id (so the same port) and ``SLURM_RESTART_COUNT`` + 1; the
-  worker resumes from the newest checkpoint (``--resume auto``).
+  ``scontrol requeue``. Before that it appends a ``requeue`` fact saying how long the job had
+  left when the signal came, which tells a time limit from a preemption. Slurm kills the other
+  ranks (they wait for that) and starts the job again later with the same job id (so the same
+  port) and ``SLURM_RESTART_COUNT`` + 1; the worker resumes from the newest checkpoint
+  (``--resume auto``).
 - If the worker had already finished (exit 0) when the signal came, ``checkpoint`` raises
   :class:`WorkerFinished`, which ends the wait in ``__call__`` and the job completes normally
   instead of being requeued for nothing.
@@ -50,8 +52,10 @@ from typing import Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from detcore.contract import (EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, describe_exit,
-                              read_events)
+from detcore.contract import (EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, append_event,
+                              describe_exit, read_events)
+from launcher.backends.slurm.state import end_time_command, parse_end_time
+from launcher.runtime.facts import Ending, summarize
 
 from launcher.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
 REQUEUE_WAIT_S = 120.0
@@ -144,9 +148,10 @@ class SlurmTask(Checkpointable):
 
     def __init__(self, experiment_id: str, command: Sequence[str], cwd: str, env: Mapping[str, str], log_dir: str,
                  gpus_per_node: int = 0, stoppable: bool = True, stop_timeout_s: float = 100.0,
-                 run_dir: str = "", hang_requeues: int = 0) -> None:
+                 run_dir: str = "", hang_requeues: int = 0, signal_delay_s: int = 0) -> None:
         self.experiment_id = experiment_id
         self.run_dir = run_dir
+        self.signal_delay_s = signal_delay_s  # --signal=USR2@DELAY: USR2 this long before the time limit
         self.hang_requeues = hang_requeues  # how often the hang watchdog may requeue the job (--max-restarts)
         self.command = tuple(command)
         self.cwd = cwd
@@ -165,7 +170,8 @@ class SlurmTask(Checkpointable):
 
     def fresh(self) -> "SlurmTask":
         return SlurmTask(self.experiment_id, self.command, self.cwd, self.env, self.log_dir, self.gpus_per_node,
-                         self.stoppable, self.stop_timeout_s, self.run_dir, self.hang_requeues)
+                         self.stoppable, self.stop_timeout_s, self.run_dir, self.hang_requeues,
+                         getattr(self, "signal_delay_s", 0))
 
     def _note(self, rank: int, text: str) -> None:
         """A ``[launcher]`` line in this rank's log (the worker appends to the same file)."""
@@ -218,18 +224,31 @@ class SlurmTask(Checkpointable):
             time.sleep(REQUEUE_WAIT_S)
             raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
                                f"{REQUEUE_WAIT_S:.0f} s")
+        first = self._first_failure(attempt)
+        if first is not None and first.rank is not None and first.rank != rank:
+            # this worker failed because another rank did first (a collective lost its peer, or srun ended
+            # the step): name that rank, as every backend does
+            self._note(rank, f"worker ended by {describe_exit(code)} after {first.text}")
+            raise WorkerFailed(f"{first.text}; see {self._log(first.rank)} (rank {rank} then ended with "
+                               f"{describe_exit(code)})")
         if code in (-signal.SIGTERM, -signal.SIGKILL):
-            peer = peer_failure(self.run_dir, rank, attempt)
-            if peer is not None:  # srun ends the whole step when one task fails: name that task, not this one
-                self._note(rank, f"worker ended by {describe_exit(code)} after {peer}")
-                log = os.path.join(self.log_dir, f"rank{peer.split(':')[0].removeprefix('rank ')}.log")
-                raise WorkerFailed(f"{peer}; see {log} (rank {rank} was ended by {describe_exit(code)})")
             self._note(rank, f"worker ended by {describe_exit(code)}: Slurm is ending the job (cancel, time limit "
                              f"or node failure)")
         else:
             self._note(rank, f"worker failed with {describe_exit(code)}")
-        raise WorkerFailed(f"rank {rank}: worker failed with {describe_exit(code)}; see "
-                           f"{os.path.join(self.log_dir, f'rank{rank}.log')}")
+        text = first.text if first is not None and first.rank == rank else \
+            f"rank {rank}: worker failed with {describe_exit(code)}"
+        raise WorkerFailed(f"{text}; see {self._log(rank)}")
+
+    def _log(self, rank: int) -> str:
+        return os.path.join(self.log_dir, f"rank{rank}.log")
+
+    def _first_failure(self, attempt: int) -> Ending | None:
+        """The failure that ended ``attempt`` so far, from the facts every rank's shim recorded (each is
+        written when its worker exits, before srun ends the other tasks of the step), never from a log."""
+        if not self.run_dir:
+            return None
+        return summarize(read_events(self.run_dir)).endings.get(attempt)
 
     def _attempt_hung(self, attempt: int) -> bool:
         """A rank's watchdog recorded a hang in this attempt (its fact is written before it ends its worker)."""
@@ -239,17 +258,17 @@ class SlurmTask(Checkpointable):
     def _after_hang(self, rank: int, attempt: int) -> None:
         """The hang watchdog ended this rank's attempt. Rank 0 requeues the job (it resumes from the newest
         checkpoint) while the budget lasts; the other ranks wait for that. Raises WorkerFailed otherwise."""
-        from launcher.runtime.facts import summarize
-
         facts = summarize(read_events(self.run_dir)) if self.run_dir else None
-        reason = facts.last_failure if facts and facts.last_failure.startswith("hang") else "hang watchdog"
-        hangs = len([f for f in facts.failures if f.startswith("hang")]) if facts else 1
+        ending = facts.endings.get(attempt) if facts else None
+        reason = ending.text if ending is not None and ending.rank is None else "hang watchdog"
+        hangs = len(facts.hangs) if facts else 1
         if hangs > self.hang_requeues:
             self._note(rank, f"{reason}; not requeued ({self.hang_requeues} requeue(s) after a hang allowed)")
             raise WorkerFailed(f"{reason} (after {hangs - 1} requeue(s), the most allowed by --max-restarts)")
         if rank == 0:
             job = os.environ["SLURM_JOB_ID"]
             self._note(rank, f"{reason}; requeueing job {job} ({hangs} of at most {self.hang_requeues})")
+            self._record_requeue(attempt, cause="hang")
             subprocess.run(["scontrol", "requeue", job], check=False, stdin=subprocess.DEVNULL)
         else:
             self._note(rank, "hang watchdog ended this attempt; waiting for rank 0 to requeue the job")
@@ -257,14 +276,24 @@ class SlurmTask(Checkpointable):
         raise WorkerFailed(f"rank {rank}: {reason}; the job was not requeued within {REQUEUE_WAIT_S:.0f} s")
 
     def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
-        """Called by submitit on rank 0 on USR2: stop the worker after a checkpoint, then requeue."""
+        """Called by submitit on rank 0 on USR2: stop the worker after a checkpoint, then requeue. The
+        ``requeue`` fact says how long the job had left when the signal came (time limit or preemption)."""
+        time_left = job_time_left(os.environ.get("SLURM_JOB_ID", ""))
         proc = self._proc
         if proc is not None:
             code = self._stop_worker(proc)
             if code == 0:
                 raise WorkerFinished()
             self._note(0, f"preemption/time-limit signal: worker stopped with {describe_exit(code)}; requeueing")
+        self._record_requeue(int(os.environ.get("SLURM_RESTART_COUNT") or 0), signal="USR2", time_left_s=time_left,
+                             signal_delay_s=getattr(self, "signal_delay_s", 0))
         return DelayedSubmission(self.fresh())
+
+    def _record_requeue(self, attempt: int, **why) -> None:
+        """The ``requeue`` fact of ``attempt``, written by rank 0 just before it requeues the job."""
+        if self.run_dir:
+            append_event(self.run_dir, {"event": "requeue", "attempt": attempt, "rank": 0, "time": time.time(),
+                                        **why})
 
     def _stop_worker(self, proc: subprocess.Popen) -> int:
         """Make the worker checkpoint and exit (or terminate a test run); its exit status.
@@ -295,20 +324,18 @@ class SlurmTask(Checkpointable):
             time.sleep(0.1)
 
 
-def peer_failure(run_dir: str, rank: int, attempt: int) -> str | None:
-    """``rank N: exit code 1: <detail>`` when another rank's worker failed on its own in this attempt.
-
-    From the end facts the ranks' shims recorded (each is written when its worker exits, before
-    srun ends the other tasks of the step), never from a log.
-    """
-    from launcher.runtime.facts import end_line
-
-    for rec in read_events(run_dir) if run_dir else ():
-        code = int(rec.get("exit_code", 0) or 0)
-        if (rec.get("event") == "end" and rec.get("rank") != rank and int(rec.get("attempt", 0) or 0) == attempt
-                and code > 0 and code != EXIT_STOPPED):
-            return end_line(rec)
-    return None
+def job_time_left(job_id: str) -> float | None:
+    """Seconds until Slurm's end time of job ``job_id`` (its time limit), or None when Slurm cannot say (no
+    limit, no answer within 10 s)."""
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(end_time_command(job_id), capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    end = parse_end_time(out)
+    return None if end is None else round(end - time.time(), 1)
 
 
 def worker_pid(shim_pid: int) -> int | None:

@@ -31,6 +31,17 @@ def test_writes_are_rate_limited_unless_forced(tmp_path: Path) -> None:
     assert hb.beat(5) and read_heartbeat(tmp_path / "hb", 3)[0] == 5  # slow iterations write every time
 
 
+def test_a_heartbeat_says_what_the_rank_is_doing(tmp_path: Path) -> None:
+    hb = Heartbeat(tmp_path / "hb", rank=0)
+    hb.beat(7)
+    assert read_heartbeat(tmp_path / "hb", 0)[::2] == (7, "training")
+    hb.enter("evaluating", 8)
+    beat = read_heartbeat(tmp_path / "hb", 0)
+    assert (beat.iteration, beat.phase) == (8, "evaluating") and beat.time > 0
+    (tmp_path / "hb" / "rank1").write_text("3 1700000000.5\n")  # the two-field form an older worker writes
+    assert read_heartbeat(tmp_path / "hb", 1) == (3, 1700000000.5, "training")
+
+
 def test_unwritable_directory_never_raises(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     Heartbeat(tmp_path / "file" / "hb", rank=0).beat(1)  # a full or broken disk must not stop training
@@ -51,7 +62,7 @@ def test_heartbeat_advances_every_iteration_and_during_coco_eval(tmp_path: Path,
     hb = tmp_path / "hb"
     monkeypatch.setattr(Heartbeat, "min_interval", 0.0)  # see every iteration (the real limit is 0.5 s)
     real_eval = detcore.evaluation.coco_eval.evaluate_coco
-    refreshed = []
+    refreshed, phases = [], []
 
     def slow_coco_eval(*args, **kwargs):
         """A COCOeval long enough that a watchdog would look: the file must still be rewritten meanwhile."""
@@ -60,6 +71,7 @@ def test_heartbeat_advances_every_iteration_and_during_coco_eval(tmp_path: Path,
         while read_heartbeat(hb, 0) == before and time.monotonic() < deadline:
             time.sleep(0.05)
         refreshed.append(read_heartbeat(hb, 0) != before)
+        phases.append(read_heartbeat(hb, 0).phase)
         return real_eval(*args, **kwargs)
 
     monkeypatch.setattr(detcore.evaluation.coco_eval, "evaluate_coco", slow_coco_eval)
@@ -71,7 +83,9 @@ def test_heartbeat_advances_every_iteration_and_during_coco_eval(tmp_path: Path,
     trainer.train()
     assert probe.seen == [1, 2, 3, 4]
     assert refreshed == [True]
-    assert read_heartbeat(hb, 0)[0] == 4 and (tmp_path / "work/iter_4.pth").is_file()
+    assert phases == ["evaluating"]  # what a monitor shows as the job's stage meanwhile
+    assert read_heartbeat(hb, 0).iteration == 4 and read_heartbeat(hb, 0).phase == "training"
+    assert (tmp_path / "work/iter_4.pth").is_file()
 
 
 def test_no_heartbeat_directory_means_no_files(tmp_path: Path) -> None:

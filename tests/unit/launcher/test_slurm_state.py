@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,100 @@ def test_submission_writes_script_and_pickles(tmp_path):
         ["50_0_submitted.pkl", "50_1_submitted.pkl", "50_2_submitted.pkl"]
 
 
+
+
+# ---- why a job was requeued, and which rank failed: Slurm's records plus the launch's facts ----------
+
+SA_REQUEUED_RUNNING = ("13|13|REQUEUED|0:0|2026-11-24T16:17:16|2026-11-24T16:17:43|n1\n"
+                       "13|13|RUNNING|0:0|2026-11-24T16:17:44|Unknown|n1\n")
+SA_REQUEUED_PENDING = ("4|4|REQUEUED|0:0|2026-11-24T16:11:27|2026-11-24T16:11:29|n1\n"
+                       "4|4|PENDING|0:0|Unknown|Unknown|None assigned\n")
+SA_NODE_FAIL = "41|41|NODE_FAIL|1:0|2026-11-24T17:03:28|2026-11-24T17:10:34|n[1-2]\n"
+# squeue -h -j ID -O EndTime:|
+SQ_END_TIME = "2026-12-07T09:07:19|\n"
+
+
+def shim_start(rank, attempt=0, node="n1"):
+    return {"event": "start", "rank": rank, "attempt": attempt, "pid": 900 + rank, "host": "login1", "node": node,
+            "time": 1000.0 + attempt, "master_addr": "n1", "master_port": 20016, "world_size": 2}
+
+
+def usr2_requeue(attempt, left):
+    return {"event": "requeue", "attempt": attempt, "rank": 0, "signal": "USR2", "time_left_s": left,
+            "signal_delay_s": 120, "time": 1500.0}
+
+
+def with_facts(job_id, squeue="", sacct="", events=()):
+    return job_status(job_id, parse_squeue(squeue), parse_sacct(sacct), master_port, list(events))
+
+
+@pytest.mark.parametrize("events, cause", [
+    ([], "a manual scontrol requeue (no preemption, time limit or hang was recorded)"),
+    ([usr2_requeue(0, 141.0)], "the time limit (USR2 with 141 s left)"),
+    ([usr2_requeue(0, 3480.0)], "a preemption signal (USR2 with 58 min left before the time limit)"),
+    ([usr2_requeue(0, None)], "a USR2 signal (a preemption or the time limit)"),
+    ([{"event": "hang", "attempt": 0, "rank": 1, "state": "stopped", "detail": "no rank finished ..."},
+      {"event": "requeue", "attempt": 0, "rank": 0, "cause": "hang", "time": 1500.0}], "a hang (rank 1 is stopped)"),
+])
+def test_a_requeue_says_why(events, cause):
+    facts = [shim_start(0), shim_start(1), *events]
+    st = with_facts("4", SQ_REQUEUED, SA_REQUEUED_PENDING, facts)
+    assert st.state is JobState.PREEMPTED and st.restarts == 1
+    assert st.reason == f"requeued after {cause}, waiting to start again (restart 1); Slurm: BeginTime"
+    running = with_facts("13", SQ_RUNNING_AGAIN, SA_REQUEUED_RUNNING, facts)
+    assert running.reason == f"running again after 1 requeue(s), the last after {cause}"
+    done = with_facts("13", sacct=SA_REQUEUED_COMPLETED, events=facts)
+    assert done.state is JobState.SUCCEEDED and done.reason == f"finished after 1 requeue(s), the last after {cause}"
+
+
+def test_a_node_failure_requeue_names_the_rank_on_the_lost_node():
+    facts = [shim_start(0, node="n1"), shim_start(1, node="n2"),
+             {"event": "end", "rank": 0, "attempt": 0, "exit_code": 1, "detail": "RuntimeError: [gloo] timed out",
+              "time": 1060.0}]
+    st = with_facts("41", SQ_REQUEUED_TWICE, SA_REQUEUED_NODE_FAIL, [*facts, usr2_requeue(0, 100.0),
+                                                                       *[{**f, "attempt": 1} for f in facts]])
+    assert st.state is JobState.PREEMPTED and st.restarts == 2
+    assert st.reason.startswith("requeued after a node failure (rank 1 lost with its node n2), waiting to start again")
+    failed = with_facts("41", sacct=SA_NODE_FAIL, events=facts)
+    assert failed.state is JobState.FAILED
+    assert failed.reason == "Slurm job 41 lost a node (exit 1): rank 1 lost with its node n2"
+
+
+def test_a_failed_job_names_the_rank_that_failed_first_not_rank_0():
+    facts = [shim_start(0), shim_start(1),
+             {"event": "end", "rank": 1, "attempt": 0, "exit_code": -9, "detail": "", "time": 1030.02},
+             {"event": "end", "rank": 0, "attempt": 0, "exit_code": 1, "time": 1030.4,
+              "detail": "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"}]
+    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, facts, lambda: "WorkerFailed: rank 0: ...")
+    assert st.reason == "Slurm job 16 failed (exit 15): rank 1 killed by SIGKILL"
+    # out of memory: Slurm's word and the rank the OOM killer took
+    oom = job_status("22", [], parse_sacct(SA_OOM), master_port, facts[:3])
+    assert oom.reason == ("Slurm job 22 ran out of memory (raise --mem-gb) (exit 0, signal 125): rank 1 killed by "
+                          "SIGKILL")
+    # a time limit or a cancel is Slurm's own doing: the ranks' SIGTERMs are not the reason
+    assert status("21", sacct=SA_TIMEOUT).reason == "Slurm job 21 reached its time limit and was not requeued (exit 0)"
+
+
+def test_the_time_left_at_a_usr2_comes_from_squeues_end_time():
+    from launcher.backends.slurm.state import end_time_command, parse_end_time
+
+    assert end_time_command("16") == ["squeue", "-h", "-j", "16", "-O", "EndTime:|"]
+    assert parse_end_time(SQ_END_TIME) == time.mktime(time.strptime("2026-12-07T09:07:19", "%Y-%m-%dT%H:%M:%S"))
+    assert parse_end_time("Unknown|\n") is None and parse_end_time("") is None
+
+
+def test_status_reads_the_facts_and_asks_sacct_only_when_they_cannot_say(tmp_path):
+    from detcore.contract import append_event
+
+    run = tmp_path / "w" / "runs" / "r1"
+    for fact in (shim_start(0), shim_start(1), usr2_requeue(0, 100.0)):
+        append_event(run, fact)
+    h = JobHandle("0123abcd", "slurm", "13", (("folder", str(tmp_path)), ("work_dir", str(tmp_path / "w")),
+                                             ("run_dir", str(run))))
+    b = RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING_AGAIN, "sacct": SA_REQUEUED_RUNNING})
+    st = b.status(h)
+    assert st.reason == "running again after 1 requeue(s), the last after the time limit (USR2 with 100 s left)"
+    assert [c[0] for c in b.calls] == ["squeue"]  # rank 0 recorded why: no sacct
+    b = RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING_AGAIN, "sacct": SA_REQUEUED_RUNNING})
+    st = b.status(JobHandle("0123abcd", "slurm", "13", (("folder", str(tmp_path)),)))  # no facts (an older job)
+    assert [c[0] for c in b.calls] == ["squeue", "sacct"] and "manual scontrol requeue" in st.reason

@@ -96,6 +96,24 @@ def test_worker_checkpoints_and_stops_then_the_job_requeues(tmp_path):
     assert "worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in (tmp_path / "rank0.log").read_text()
 
 
+def test_rank_0_records_how_long_the_job_had_left_when_usr2_came(tmp_path, monkeypatch):
+    """The requeue fact, written before submitit requeues: what tells a time limit from a preemption."""
+    from detcore.contract import read_events
+
+    asked = []
+    monkeypatch.setattr(slurm_task, "job_time_left", lambda job: asked.append(job) or 95.0)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    task, proc = start_worker(startup=0.0, finish=60)
+    task.log_dir, task.run_dir, task.signal_delay_s = str(tmp_path), str(tmp_path / "run"), 120
+    assert proc.stdout.readline() == "handler installed\n"
+    task.checkpoint()
+    (fact,) = read_events(tmp_path / "run")
+    assert asked == ["77"] and proc.wait() == 3
+    assert {k: fact[k] for k in ("event", "attempt", "rank", "signal", "time_left_s", "signal_delay_s")} == \
+        {"event": "requeue", "attempt": 2, "rank": 0, "signal": "USR2", "time_left_s": 95.0, "signal_delay_s": 120}
+
+
 def test_signal_during_worker_start_up_is_not_fatal_and_requeues_at_once(tmp_path):
     task, proc = start_worker(startup=30.0, finish=60)
     task.log_dir = str(tmp_path)
@@ -135,27 +153,49 @@ def test_task_pickles_without_its_process():
     proc.wait()
 
 
-@pytest.mark.parametrize("rank1_events, expected", [
-    ([{"attempt": 0, "exit_code": -6}, {"attempt": 0, "exit_code": 1, "detail": "RuntimeError: boom"}],
-     "rank 1: exit code 1: RuntimeError: boom; see {log_dir}/rank1.log (rank 0 was ended by signal SIGTERM)"),
-    # rank 1 failed in an earlier attempt only: Slurm itself ended this one
-    ([{"attempt": 0, "exit_code": 1, "detail": "x"}],
-     "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
-])
-def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_events, expected):
-    """srun ends every task of the step when one fails; the job's reason names the one that failed, from the
-    end facts the shims recorded (never from a log)."""
+def _rank0_task(tmp_path, monkeypatch, events, attempt, worker_code):
+    """Rank 0's task after ``events`` were recorded, its worker ending with ``worker_code`` (-N: signal N)."""
     from detcore.contract import append_event
 
     log_dir, run_dir = tmp_path / "logs", tmp_path / "runs" / "r1"
-    log_dir.mkdir()
-    for rec in rank1_events:
-        append_event(run_dir, {"event": "end", "rank": 1, **rec})
+    log_dir.mkdir(parents=True)
+    for rec in events:
+        append_event(run_dir, {"event": "end", **rec})
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
-                       "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": "1" if len(rank1_events) == 1 else "0"}.items():
+                       "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": str(attempt)}.items():
         monkeypatch.setenv(key, value)
-    worker = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
-    task = SlurmTask("0123abcd", worker, str(tmp_path), {}, str(log_dir), run_dir=str(run_dir))
+    body = f"import os, signal; os.kill(os.getpid(), {-worker_code})" if worker_code < 0 else \
+        f"raise SystemExit({worker_code})"
+    task = SlurmTask("0123abcd", [sys.executable, "-c", body], str(tmp_path), {}, str(log_dir), run_dir=str(run_dir))
     with pytest.raises(slurm_task.WorkerFailed) as failed:
         task()
-    assert str(failed.value) == expected.format(log_dir=log_dir)
+    return str(failed.value).replace(str(log_dir), "{log_dir}")
+
+
+@pytest.mark.parametrize("rank1_events, attempt, expected", [
+    ([{"rank": 1, "attempt": 0, "exit_code": -9, "time": 10.0}], 0,
+     "rank 1 killed by SIGKILL; see {log_dir}/rank1.log (rank 0 then ended with signal SIGTERM)"),
+    ([{"rank": 1, "attempt": 0, "exit_code": 1, "detail": "RuntimeError: boom", "time": 10.0}], 0,
+     "rank 1: exit code 1: RuntimeError: boom; see {log_dir}/rank1.log (rank 0 then ended with signal SIGTERM)"),
+    # rank 1 failed in an earlier attempt only: Slurm itself ended this one
+    ([{"rank": 1, "attempt": 0, "exit_code": 1, "detail": "x"}], 1,
+     "rank 0: worker failed with signal SIGTERM; see {log_dir}/rank0.log"),
+])
+def test_rank_0_ended_by_srun_names_the_rank_that_failed(tmp_path, monkeypatch, rank1_events, attempt, expected):
+    """srun ends every task of the step when one fails; the job's reason names the one that failed, from the
+    end facts the shims recorded (never from a log)."""
+    assert _rank0_task(tmp_path, monkeypatch, rank1_events, attempt, -signal.SIGTERM) == expected
+
+
+def test_rank_0_failing_in_a_collective_after_rank_1_was_killed_names_rank_1(tmp_path, monkeypatch):
+    """Rank 1's worker is SIGKILLed; rank 0's worker then fails on its own (gloo lost its peer, exit code 1).
+    Both shims recorded their ends; rank 1's came first, so rank 1 is named, not rank 0's later error."""
+    events = [{"rank": 1, "attempt": 0, "exit_code": -9, "time": 10.0},
+              {"rank": 0, "attempt": 0, "exit_code": 1, "detail": "RuntimeError: Connection closed by peer",
+               "time": 10.4}]
+    assert _rank0_task(tmp_path, monkeypatch, events, 0, 1) == \
+        "rank 1 killed by SIGKILL; see {log_dir}/rank1.log (rank 0 then ended with exit code 1)"
+    # rank 0's own error came first: it is named, with its detail
+    events[1]["time"] = 9.0
+    assert _rank0_task(tmp_path / "b", monkeypatch, events, 0, 1) == \
+        "rank 0: exit code 1: RuntimeError: Connection closed by peer; see {log_dir}/rank0.log"
