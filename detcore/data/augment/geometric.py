@@ -144,21 +144,28 @@ class Translate(AffineAugment):
         return _affine(translate=(offset, 0) if self.direction == "horizontal" else (0, offset))
 
 
-class _Translate3x(AffineAugment):
-    """MMDetection 3.x's translation by ``int(size * magnitude)`` pixels along one axis."""
+class Affine3x(AffineAugment):
+    """MMDetection 3.x's geometric transforms (``GeomTransform``): ``prob`` 1.0, ``level`` None (drawn),
+    a magnitude from ``min_mag`` to ``max_mag`` (at most ``limit``) rounded to 0.1 and reversed
+    with ``reversal_prob``, ``img_border_value``, ``mask_border_value``, ``interpolation``."""
 
-    name = ""
-    horizontal = True
+    name, limit, default_max = "", 1.0, 1.0
 
-    def __init__(self, prob: float = 1.0, level: int | None = None, min_mag: float = 0.0, max_mag: float = 0.1,
-                 reversal_prob: float = 0.5, img_border_value: Any = 128, mask_border_value: int = 0,
-                 seg_ignore_label: int = 255, interpolation: str = "bilinear") -> None:
-        low, high = check_range(self.name, min_mag, max_mag, 1)
+    def __init__(self, prob: float = 1.0, level: int | None = None, min_mag: float = 0.0,
+                 max_mag: float | None = None, reversal_prob: float = 0.5, img_border_value: Any = 128,
+                 mask_border_value: int = 0, seg_ignore_label: int = 255, interpolation: str = "bilinear") -> None:
+        low, high = check_range(self.name, min_mag, self.default_max if max_mag is None else max_mag, self.limit)
         self.seg_ignore_label = check_seg_ignore_label(seg_ignore_label, self.name)
         magnitude = Magnitude(check_level(level, self.name, False), low, high, check_prob(reversal_prob, self.name),
                               rounded=True)
         super().__init__(self.name, prob, magnitude, fill_rgb(img_border_value, self.name, "img_border_value"),
                          check_mask_fill(mask_border_value, self.name), interpolation)
+
+
+class _Translate3x(Affine3x):
+    """3.x's translation by ``int(size * magnitude)`` pixels along one axis (``max_mag`` 0.1 of it)."""
+
+    limit, default_max, horizontal = 1.0, 0.1, True
 
     def affine_args(self, mag: float, h: int, w: int) -> dict[str, Any]:
         return _affine(translate=(int(w * mag), 0) if self.horizontal else (0, int(h * mag)))
@@ -198,21 +205,10 @@ class Shear(AffineAugment):
         return _shear(mag, self.direction)
 
 
-class _Shear3x(AffineAugment):
-    """MMDetection 3.x's shear by an angle in degrees (slope ``tan(angle)``)."""
+class _Shear3x(Affine3x):
+    """3.x's shear by an angle in degrees (slope ``tan(angle)``; ``max_mag`` 30, at most 90)."""
 
-    name = ""
-    direction = "horizontal"
-
-    def __init__(self, prob: float = 1.0, level: int | None = None, min_mag: float = 0.0, max_mag: float = 30.0,
-                 reversal_prob: float = 0.5, img_border_value: Any = 128, mask_border_value: int = 0,
-                 seg_ignore_label: int = 255, interpolation: str = "bilinear") -> None:
-        low, high = check_range(self.name, min_mag, max_mag, 90)
-        self.seg_ignore_label = check_seg_ignore_label(seg_ignore_label, self.name)
-        magnitude = Magnitude(check_level(level, self.name, False), low, high, check_prob(reversal_prob, self.name),
-                              rounded=True)
-        super().__init__(self.name, prob, magnitude, fill_rgb(img_border_value, self.name, "img_border_value"),
-                         check_mask_fill(mask_border_value, self.name), interpolation)
+    limit, default_max, direction = 90.0, 30.0, "horizontal"
 
     def affine_args(self, mag: float, h: int, w: int) -> dict[str, Any]:
         return _shear(math.tan(math.radians(mag)), self.direction)
