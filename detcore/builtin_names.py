@@ -23,7 +23,12 @@ BUILTIN: dict[str, frozenset[str]] = {
     "neck": frozenset({"FPN"}),
     "optimizer": frozenset({"Adam", "AdamW", "SGD"}),
     "transform": frozenset({"Normalize", "PhotoMetricDistortion", "RandomAffine", "RandomFlip", "RandomRotate",
-                            "Resize", "SanitizeBoxes"}),
+                            "Resize", "SanitizeBoxes",
+                            # MMDetection's augmentation names (detcore.data.augment)
+                            "AutoAugment", "AutoContrast", "Brightness", "BrightnessTransform", "Color",
+                            "ColorTransform", "Contrast", "ContrastTransform", "Equalize", "EqualizeTransform",
+                            "Invert", "Posterize", "Rotate", "Sharpness", "Shear", "ShearX", "ShearY", "Solarize",
+                            "SolarizeAdd", "Translate", "TranslateX", "TranslateY"}),
 }
 
 # config section -> (its hook class in detcore.engine.hooks, the keyword arguments it takes)

@@ -37,9 +37,7 @@ def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple
             continue
         if "type" in split_cfg:
             yield f"data.{split}.type", R.DATASETS, split_cfg["type"]
-        for i, step in enumerate(split_cfg.get("pipeline") or []):
-            if isinstance(step, Mapping) and "type" in step:
-                yield f"data.{split}.pipeline.{i}.type", R.TRANSFORMS, step["type"]
+        yield from _pipeline_names(f"data.{split}.pipeline", split_cfg.get("pipeline"))
     optimizer = cfg.get("optimizer")
     if isinstance(optimizer, Mapping) and "type" in optimizer:
         yield "optimizer.type", R.OPTIMIZERS, optimizer["type"]
@@ -49,6 +47,18 @@ def _registered(cfg: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple
     for i, hook in enumerate(cfg.get("custom_hooks") or []):
         if isinstance(hook, Mapping) and "type" in hook:
             yield f"custom_hooks.{i}.type", R.HOOKS, hook["type"]
+
+
+def _pipeline_names(key: str, steps: Any) -> Iterator[tuple[str, Any, Any]]:
+    """Every transform name of a pipeline, with those inside ``AutoAugment``'s policies."""
+    from detcore import registry as R
+
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, Mapping) and "type" in step:
+            yield f"{key}.{i}.type", R.TRANSFORMS, step["type"]
+            policies = step.get("policies") if step["type"] == "AutoAugment" else None
+            for j, policy in enumerate(policies if isinstance(policies, list) else []):
+                yield from _pipeline_names(f"{key}.{i}.policies.{j}", policy)
 
 
 def _hook_key_problems(cfg: Mapping[str, Any]) -> Iterator[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from detcore.errors import RegistryError
 
@@ -21,18 +21,43 @@ class Entry:
 
 
 class Registry:
-    """A named table of builders. ``register`` is a decorator; ``build`` makes an object."""
+    """A named table of builders. ``register`` (or MMDetection's ``register_module``) is a decorator;
+    ``build`` makes an object."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str | None = None, *, force: bool = False) -> Callable[[Callable], Callable]:
+    def register(self, name: str | Sequence[str] | None = None, *, force: bool = False) -> Callable[[Callable], Callable]:
+        """Decorator: ``@R.register()``, ``@R.register("Name")`` or ``@R.register(["Name", "Alias"])``."""
+        names = _names(self.name, name)
+
         def decorator(obj: Callable) -> Callable:
-            self.add(obj, name=name, force=force)
+            for key in names or [None]:
+                self.add(obj, name=key, force=force)
             return obj
 
         return decorator
+
+    def register_module(self, name: str | Sequence[str] | Callable | None = None, force: bool = False,
+                        module: Callable | None = None) -> Any:
+        """MMDetection's spelling (mmcv's and mmengine's ``Registry.register_module``), so modules written
+        for MMDetection register unchanged:
+
+        - ``@R.register_module()`` or ``@R.register_module`` (mmcv's old form, without parentheses);
+        - ``@R.register_module(name="Name", force=True)``; ``name`` may be a list of names;
+        - ``R.register_module(module=Cls)`` (or ``R.register_module(name=..., module=Cls)``) registers at once
+          and returns ``Cls``.
+
+        ``force=True`` replaces an entry of another origin; without it that is a :class:`RegistryError`.
+        """
+        if not isinstance(force, bool):
+            raise RegistryError(f"{self.name} registry: register_module(force=...) must be true or false, got {force!r}")
+        if module is None and name is not None and not isinstance(name, (str, list, tuple)) and callable(name):
+            module, name = name, None  # @R.register_module without parentheses
+        if module is not None:
+            return self.register(name, force=force)(module)
+        return self.register(name, force=force)
 
     def add(self, obj: Callable, name: str | None = None, *, force: bool = False) -> None:
         key = name or obj.__name__
@@ -90,6 +115,16 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.name!r}, {sorted(self._entries)})"
+
+
+def _names(registry: str, name: Any) -> list[str]:
+    """``name`` as a list of names (empty: the object's own name); RegistryError for anything else."""
+    if name is None:
+        return []
+    names = [name] if isinstance(name, str) else list(name) if isinstance(name, (list, tuple)) else None
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise RegistryError(f"{registry} registry: name must be a non-empty string or a list of them, got {name!r}")
+    return names
 
 
 DETECTORS = Registry("detector")

@@ -3,7 +3,7 @@
 Names are imported on first use (``detcore.data.CocoDataset`` imports ``detcore.data.coco``),
 so tools that need only the annotation-file code (``detcore eval``, the converters) start
 without importing torch. Building a dataset registers the built-in types (``CocoDataset``,
-``ShapesDataset`` and the transforms) in ``detcore.registry`` first.
+``ShapesDataset``, the transforms and MMDetection's augmentations) in ``detcore.registry`` first.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
 def register_builtin_types() -> None:
     """Import the modules whose classes register themselves in DATASETS and TRANSFORMS."""
-    for module in ("detcore.data.transforms", "detcore.data.coco", "detcore.data.shapes"):
+    for module in ("detcore.data.transforms", "detcore.data.augment", "detcore.data.coco", "detcore.data.shapes"):
         importlib.import_module(module)
 
 

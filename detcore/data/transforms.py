@@ -4,6 +4,7 @@ Every transform is a callable ``(image, target) -> (image, target)`` on top of t
 ``transforms.v2``: ``target["boxes"]`` is a ``tv_tensors.BoundingBoxes`` and ``target["masks"]``
 a ``tv_tensors.Mask``, so boxes and masks follow every geometric transform of the image.
 Randomness comes from torch's RNG, so a pipeline is deterministic given the torch seed.
+MMDetection's augmentations by their own names and parameters live in :mod:`detcore.data.augment`.
 
 ``build_pipeline`` always ends with ``SanitizeBoxes`` (clip to the image, drop boxes under
 one pixel together with their labels and masks) unless the list already ends with one.
@@ -51,7 +52,7 @@ class _V2Wrapper(DetTransform):
         return self._v2(image, target)
 
 
-def _check_prob(prob: float, name: str) -> float:
+def check_prob(prob: float, name: str) -> float:
     if not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
         raise ConfigError(f"{name}: prob must be a number in [0, 1], got {prob!r}")
     return float(prob)
@@ -129,7 +130,7 @@ class RandomFlip(_V2Wrapper):
     """Flip with probability ``prob``; ``direction`` is ``horizontal`` or ``vertical``."""
 
     def __init__(self, prob: float = 0.5, direction: str = "horizontal") -> None:
-        self.prob = _check_prob(prob, "RandomFlip")
+        self.prob = check_prob(prob, "RandomFlip")
         if direction not in ("horizontal", "vertical"):
             raise ConfigError(f"RandomFlip: direction must be 'horizontal' or 'vertical', got {direction!r}")
         self.direction = direction
@@ -145,7 +146,7 @@ class RandomRotate(_V2Wrapper):
     """
 
     def __init__(self, degrees: float | Sequence[float], prob: float = 1.0, fill: float = 0.0) -> None:
-        self.degrees, self.prob, self.fill = degrees, _check_prob(prob, "RandomRotate"), fill
+        self.degrees, self.prob, self.fill = degrees, check_prob(prob, "RandomRotate"), fill
         try:
             rotation = T.RandomRotation(degrees, interpolation=T.InterpolationMode.BILINEAR, fill=self._fill(fill))
         except (TypeError, ValueError) as exc:
@@ -165,7 +166,7 @@ class RandomAffine(_V2Wrapper):
     def __init__(self, degrees: float | Sequence[float] = 0.0, translate: Sequence[float] | None = None,
                  scale: Sequence[float] | None = None, prob: float = 1.0, fill: float = 0.0) -> None:
         self.degrees, self.translate, self.scale, self.fill = degrees, translate, scale, fill
-        self.prob = _check_prob(prob, "RandomAffine")
+        self.prob = check_prob(prob, "RandomAffine")
         try:
             affine = T.RandomAffine(degrees, translate=translate, scale=scale,
                                     interpolation=T.InterpolationMode.BILINEAR, fill=RandomRotate._fill(fill))
@@ -181,7 +182,7 @@ class PhotoMetricDistortion(_V2Wrapper):
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.05,
                  prob: float = 0.5) -> None:
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.prob = _check_prob(prob, "PhotoMetricDistortion")
+        self.prob = check_prob(prob, "PhotoMetricDistortion")
         try:
             jitter = T.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
         except (TypeError, ValueError) as exc:
@@ -257,7 +258,10 @@ class Pipeline:
 
 def build_pipeline(cfg_list: Sequence[Mapping[str, Any] | Callable] | None) -> Pipeline:
     """Build ``[{type: Name, ...}, ...]`` from TRANSFORMS (callables pass through) and
-    append ``SanitizeBoxes()`` unless the list already ends with one."""
+    append ``SanitizeBoxes()`` unless the list already ends with one. MMDetection's augmentation
+    names (``Rotate``, ``Translate``, ``AutoAugment``, ...: :mod:`detcore.data.augment`) are known too."""
+    import detcore.data.augment  # noqa: F401  (registers MMDetection's augmentation names)
+
     if cfg_list is None:
         cfg_list = []
     if isinstance(cfg_list, Mapping) or isinstance(cfg_list, (str, bytes)) or not isinstance(cfg_list, Sequence):
@@ -269,5 +273,5 @@ def build_pipeline(cfg_list: Sequence[Mapping[str, Any] | Callable] | None) -> P
     return Pipeline(steps)
 
 
-__all__ = ["DetTransform", "Pipeline", "Resize", "RandomFlip", "RandomRotate", "RandomAffine",
+__all__ = ["DetTransform", "Pipeline", "check_prob", "Resize", "RandomFlip", "RandomRotate", "RandomAffine",
            "PhotoMetricDistortion", "Normalize", "SanitizeBoxes", "build_pipeline"]

@@ -7,6 +7,7 @@ from typing import Any
 from detcore.mmdet_import.source import Source
 from detcore.mmdet_import.v3_schedule import metric_key
 from detcore.mmdet_import.weights_map import map_load_from
+from detcore.mmdet_import.transform_map import UnmappedStep, is_augmentation, map_augmentation
 
 WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset")
 # Transforms whose job detcore (or torchvision's model transform) already does.
@@ -17,8 +18,9 @@ SPLITS = ("train", "val", "test")
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 
 
-def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
-    """detcore transforms for the MMDetection pipeline at ``path`` and whether it loads masks."""
+def _pipeline(src: Source, path: str, model: dict, train: bool) -> tuple[list[dict], bool]:
+    """detcore transforms for the MMDetection pipeline at ``path`` (of the train split: ``train``) and
+    whether it loads masks."""
     out: list[dict] = []
     with_mask = False
     for i, step in enumerate(src.lookup(path) if isinstance(src.lookup(path), list) else []):
@@ -33,12 +35,17 @@ def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
             if many and src.get(f"{p}.multiscale_mode", "range") == "range":
                 src.note(f"{p}.multiscale_mode", "range: detcore picks one of the listed scales, not between them")
             out.append({"type": "Resize", "scales": scale} if many else {"type": "Resize", "scale": scale})
-        elif kind == "RandomFlip" and path.endswith("train.pipeline"):
+        elif kind == "RandomFlip" and train:
             prob = src.get(f"{p}.flip_ratio", src.get(f"{p}.prob", 0.5))
             src.use(f"{p}.type")
             if src.get(f"{p}.direction", "horizontal") != "horizontal":
                 src.note(f"{p}.direction", "detcore flips horizontally")
             out.append({"type": "RandomFlip", "prob": prob})
+        elif is_augmentation(kind, 2) and train:
+            try:
+                out.append(map_augmentation(src.get(p), 2))
+            except UnmappedStep as exc:
+                src.note(p, f"left out: {exc}")
         elif kind == "LoadAnnotations":
             with_mask = bool(src.get(f"{p}.with_mask", False))
             src.use(f"{p}.type", f"{p}.with_bbox", f"{p}.poly2mask")
@@ -49,7 +56,7 @@ def _pipeline(src: Source, path: str, model: dict) -> tuple[list[dict], bool]:
             if isinstance(scale, list) and len(scale) == 2 and all(isinstance(s, int) for s in scale):
                 model["max_size"], model["min_size"] = max(scale), min(scale)
             src.use(f"{p}.type", f"{p}.flip")
-            sub, _ = _pipeline(src, f"{p}.transforms", model)
+            sub, _ = _pipeline(src, f"{p}.transforms", model, train)
             out.extend(t for t in sub if t["type"] != "RandomFlip")
         elif kind in BUILT_IN or kind == "RandomFlip" or (kind == "Resize" and ".transforms." in p):
             src.use(p)  # done by the model's own transform (resize to min/max size, pad, normalise)
@@ -99,7 +106,7 @@ def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
     if src.has(f"{path}.classes"):
         out["classes"] = list(src.get(f"{path}.classes"))
     src.use(f"{path}.filter_empty_gt", f"{path}.test_mode")
-    pipeline, with_mask = _pipeline(src, f"{path}.pipeline", model)
+    pipeline, with_mask = _pipeline(src, f"{path}.pipeline", model, train=path.startswith("data.train"))
     if with_mask or masks:
         out["with_mask"] = True
     out["pipeline"] = pipeline

@@ -12,6 +12,7 @@ from typing import Any
 
 from detcore.mmdet_import.data_map import dataset_head, normalization, plain_variables, under_root
 from detcore.mmdet_import.source import Source
+from detcore.mmdet_import.transform_map import UnmappedStep, is_augmentation, map_augmentation
 
 LOADERS = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader"}
 # Pipeline steps whose work detcore's dataset or torchvision's model transform already does.
@@ -57,6 +58,11 @@ def _pipeline(src: Source, path: str, model: dict, train: bool) -> tuple[list[di
                 src.note(f"{p}.direction", "detcore flips horizontally")
             if train:
                 out.append({"type": "RandomFlip", "prob": prob})
+        elif is_augmentation(kind, 3) and train:
+            try:
+                out.append(map_augmentation(src.get(p), 3))
+            except UnmappedStep as exc:
+                src.note(p, f"left out: {exc}")
         elif kind == "LoadAnnotations":
             with_mask = bool(src.get(f"{p}.with_mask", False))
             src.use(f"{p}.type", f"{p}.with_bbox", f"{p}.poly2mask", f"{p}.backend_args")

@@ -24,8 +24,8 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detcore.errors import ConfigError
-from detcore.registry import BACKBONES, DETECTORS, HEADS, NECKS
-from detcore.models.necks import BackboneWithNeck
+from detcore.registry import BACKBONES, DETECTORS, HEADS
+from detcore.models.necks import BackboneWithNeck, attach_neck
 
 for _head in (RPNHead, RetinaNetHead, FCOSHead, TwoMLPHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor):
     HEADS.add(_head)
@@ -61,9 +61,7 @@ def _backbone(cfg: Mapping[str, Any]) -> BackboneWithNeck:
     if "backbone" not in cfg or "neck" not in cfg:
         raise ConfigError("model needs a backbone and a neck, e.g. backbone: {type: ResNet, depth: 50} "
                           "and neck: {type: FPN, out_channels: 256}")
-    body = BACKBONES.build(cfg["backbone"])
-    neck = NECKS.build(cfg["neck"], in_channels_list=body.out_channels_list)
-    return BackboneWithNeck(body, neck)
+    return attach_neck(BACKBONES.build(cfg["backbone"]), cfg["neck"])
 
 
 def _num_levels(backbone: BackboneWithNeck, images: int = 64) -> int:

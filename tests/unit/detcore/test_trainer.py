@@ -25,7 +25,7 @@ def test_custom_imports_example_trains_one_step(tmp_path: Path, monkeypatch: pyt
                          "--no-validate", "--cfg-options", "runner.max_iters=1", *FAST])
     assert code == 0
     ckpt = torch.load(tmp_path / "iter_1.pth", weights_only=True)
-    assert "backbone.fpn.context.weight" in ckpt["state_dict"]  # the user's AugFPN was built
+    assert "backbone.fpn.rfa_convs.0.weight" in ckpt["state_dict"]  # the user's AugFPN was built
 
 
 def test_step_schedule_with_linear_warmup_table() -> None:
