@@ -1,8 +1,10 @@
 """Everything about a resolved config that can be checked before a run starts, as one list of problems.
 
 :func:`load_config` checks types as it loads; this module checks what needs the outside world:
-registry names (after ``custom_imports``), checkpoints named by ``load_from``/``resume_from``,
-evaluation metrics against the model and dataset, and the data paths the run will read.
+registry names (after ``custom_imports``), weights and checkpoints named by ``model.backbone.weights``,
+``load_from`` and ``resume_from`` (torchvision names are checked by name, never downloaded here),
+what training refuses (:func:`training_problems`), evaluation metrics against the model and dataset,
+and the data paths the run will read.
 ``detcore config show``, ``detcore train``/``test`` and ``launcher submit`` all call
 :func:`check_config`, so a bad config fails in one place with the same lines, before any work dir,
 experiment or job exists. Paths are checked on the machine that runs the check.
@@ -113,12 +115,13 @@ def _path_problems(cfg: Mapping[str, Any], splits: Sequence[str], cwd: str) -> I
 
 def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: bool = True,
                     load_from: str | None = None, eval_metrics: Sequence[str] | None = None,
-                    cwd: str | None = None, registries: bool = True) -> list[str]:
+                    cwd: str | None = None, registries: bool = True, resume: str | None = None) -> list[str]:
     """One line per problem found in ``cfg`` for a training run (``test=False``) or a test run.
 
     ``validate``: the run evaluates on ``data.val`` (its metrics are checked too). ``load_from``:
     a checkpoint given on the command line (checked instead of the config's). ``eval_metrics``:
-    the metrics a test run was asked for (default: the config's ``evaluation.metric``).
+    the metrics a test run was asked for (default: the config's ``evaluation.metric``). ``resume``: a
+    checkpoint the run continues from (``--resume PATH``; ``auto`` counts as none).
     Relative paths are looked up from ``cwd`` (default: the working directory). Imports
     ``custom_imports``, as the run will, and checks registry names unless ``registries`` is False
     (``config show`` stays torch-free). A config that names only built-in types and imports no
@@ -150,9 +153,14 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     if not test:
         checkpoints.append(("resume_from", cfg.get("resume_from")))
     for key, path in checkpoints:
-        if path and not os.path.isfile(os.path.join(cwd, str(path))):
-            problems.append(f"{key}: checkpoint {path} does not exist; pass an existing .pth file (a work dir's "
-                            f"latest.pth is one)")
+        problem = _checkpoint_problem(cfg, key, path, cwd)
+        if problem:
+            problems.append(problem)
+    problems += _backbone_weights_problems(cfg, cwd, test)
+    problems += _label_ids_problems(cfg)
+    if not test:
+        resume = resume if resume not in (None, "auto", "never") else cfg.get("resume_from")
+        problems += training_problems(cfg, load_from=load_from or cfg.get("load_from"), resume=resume)
     evaluation = cfg.get("evaluation") or {}
     if test or validate:
         asked = eval_metrics if eval_metrics is not None else evaluation.get("metric", ["bbox"])
@@ -170,6 +178,123 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
         problems.append(f"evaluation.voc_method: got {method!r}; expected area (VOC2010+) or 11points (VOC2007)")
     problems += _path_problems(cfg, splits, cwd)
     return problems
+
+
+def _checkpoint_problem(cfg: Mapping[str, Any], key: str, value: Any, cwd: str) -> str | None:
+    """A ``load_from``/``resume_from`` that is neither an existing file nor a torchvision detector fitting the model."""
+    from detcore.pretrained.names import DETECTOR_OF, parse_weights
+
+    if not value:
+        return None
+    try:
+        named = parse_weights(value, key) if key != "resume_from" else None
+    except ConfigError as exc:
+        return str(exc)
+    if named is None:
+        if not os.path.isfile(os.path.join(cwd, str(value))):
+            return (f"{key}: checkpoint {value} does not exist; pass an existing .pth file (a work dir's latest.pth is "
+                    f"one)" + ("" if key == "resume_from" else " or a torchvision detector such as "
+                               "torchvision://fasterrcnn_resnet50_fpn"))
+        return None
+    if not named.is_detector:
+        return (f"{key}: {value} holds ImageNet weights of a backbone, not a detector; set model.backbone.weights: "
+                f"{value} instead (load_from takes a whole detector, e.g. torchvision://fasterrcnn_resnet50_fpn)")
+    model_type = (cfg.get("model") or {}).get("type") if isinstance(cfg.get("model"), Mapping) else None
+    if model_type in DETECTOR_OF.values() and DETECTOR_OF[named.builder] != model_type:
+        return (f"{key}: {value} holds a {DETECTOR_OF[named.builder]} but the config builds a {model_type}; use "
+                f"weights of a {model_type} (`detcore model list`) or change model.type")
+    return None
+
+
+def _backbone_weights_problems(cfg: Mapping[str, Any], cwd: str, test: bool) -> list[str]:
+    """``model.backbone.weights``: a known name that fits the backbone, or an existing file. A test run
+    never reads them (the checkpoint holds the whole network), so only the spelling is checked then."""
+    from detcore.pretrained.names import backbone_fit_problem, parse_weights
+
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    value = backbone.get("weights") if isinstance(backbone, Mapping) else None
+    if not value:
+        return []
+    key = "model.backbone.weights"
+    if not isinstance(value, str):
+        return [f"{key}: expected a file path or a torchvision name such as torchvision://resnet50, got {value!r:.100}"]
+    try:
+        named = parse_weights(value, key)
+    except ConfigError as exc:
+        return [str(exc)]
+    if named is not None:
+        problem = backbone_fit_problem(named, str(backbone.get("type")), backbone.get("depth", 50))
+        return [f"{key}: {problem}"] if problem and backbone.get("type") in ("ResNet", "MobileNetV3", "TinyNet") else []
+    if not test and not os.path.isfile(os.path.join(cwd, os.path.expanduser(value))):
+        return [f"{key}: weights file {value} does not exist (looked from {cwd}); give an existing file or a torchvision "
+                f"name such as torchvision://resnet50 (`detcore model list`)"]
+    return []
+
+
+def _label_ids_problems(cfg: Mapping[str, Any]) -> list[str]:
+    from detcore.evaluation.label_ids import LABEL_IDS
+
+    value = cfg.get("label_ids")
+    if value is not None and value not in LABEL_IDS:
+        return [f"label_ids: got {value!r:.100}; expected classes (label k is the k-th of classes, the default) or coco "
+                f"(label k is COCO category id k, torchvision's COCO models)"]
+    return []
+
+
+# Built-in backbones whose ``norm`` defaults to frozen BatchNorm.
+_FROZEN_BN_DEFAULT = {"ResNet": "frozen_bn", "MobileNetV3": "frozen_bn", "TinyNet": "gn"}
+RANDOM_FROZEN_BN_KEY = "model.backbone.allow_random_frozen_bn"
+
+
+def training_problems(cfg: Mapping[str, Any], *, load_from: str | None = None, resume: str | None = None) -> list[str]:
+    """What training refuses in ``cfg`` (pure: no files read). ``load_from``/``resume``: the checkpoint the
+    run starts from, if any (then the backbone's initial weights come from it).
+
+    - A built-in backbone with frozen BatchNorm (``norm: frozen_bn``, ResNet's and MobileNetV3's default)
+      and no weights: its normalisation stays at identity statistics for the whole run, so the network
+      trains badly or not at all. Give ``model.backbone.weights`` (``torchvision://resnet50``), start from a
+      checkpoint, train with ``norm: bn``/``gn``, or opt in with ``model.backbone.allow_random_frozen_bn: true``.
+    - ``label_ids: coco`` (a torchvision COCO detector's config): for testing and inference only.
+    """
+    problems = []
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    if isinstance(backbone, Mapping) and backbone.get("type") in _FROZEN_BN_DEFAULT:
+        norm = backbone.get("norm", _FROZEN_BN_DEFAULT[backbone["type"]])
+        if norm == "frozen_bn" and not backbone.get("weights") and not load_from and not resume \
+                and backbone.get("allow_random_frozen_bn") is not True:
+            problems.append(
+                f"model.backbone: {backbone['type']} with norm: frozen_bn and no weights would train from random "
+                f"initialisation with BatchNorm frozen at identity statistics, which never learns them; set "
+                f"model.backbone.weights (e.g. torchvision://resnet50), start from a checkpoint (load_from), use "
+                f"norm: bn or gn to train from scratch, or set {RANDOM_FROZEN_BN_KEY}: true to train it anyway")
+    if cfg.get("label_ids") == "coco":
+        problems.append("label_ids: coco is for testing and inference with torchvision's COCO detectors (their labels are "
+                        "COCO category ids); to train or fine-tune, use a training config with classes and num_classes "
+                        "(e.g. configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml) and load_from: torchvision://NAME")
+    return problems
+
+
+def weights_notes(cfg: Mapping[str, Any], load_from: str | None = None) -> list[str]:
+    """One line per torchvision name the run will load whose file is not in this machine's cache (a
+    notice, not a problem: the run downloads it; a node without internet needs it in its own cache)."""
+    from detcore.pretrained.names import cached_file, hub_checkpoints_dir, parse_weights
+
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    values = [("model.backbone.weights", backbone.get("weights") if isinstance(backbone, Mapping) else None),
+              ("--load-from", load_from) if load_from else ("load_from", cfg.get("load_from"))]
+    notes = []
+    for key, value in values:
+        try:
+            named = parse_weights(value, key)
+        except ConfigError:
+            continue  # reported as a problem
+        if named is not None and cached_file(named) is None:
+            notes.append(f"{key}: {named.file} ({named.given}) is not in this node's cache {hub_checkpoints_dir()}; "
+                         f"the job downloads it, or fill the cache first: detcore model download {named.name}")
+    return notes
 
 
 def check_config(cfg: Mapping[str, Any], **kwargs: Any) -> None:

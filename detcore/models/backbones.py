@@ -16,18 +16,22 @@ from torchvision.models import mobilenet_v3_large, resnet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import misc as misc_ops
 
-from detcore.errors import ConfigError
+from detcore.errors import CheckpointError, ConfigError
 from detcore.registry import BACKBONES
 
-RESNET_DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
+RESNET_DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101,
+                 152: resnet.resnet152}
 
 
 class Body(IntermediateLayerGetter):
-    """torchvision's IntermediateLayerGetter plus the channel count of each returned map."""
+    """torchvision's IntermediateLayerGetter plus the channel count of each returned map and the
+    record of the weights it was loaded with (``weights_record``, None for random initialisation)."""
 
-    def __init__(self, model: nn.Module, return_layers: dict[str, str], out_channels_list: list[int]) -> None:
+    def __init__(self, model: nn.Module, return_layers: dict[str, str], out_channels_list: list[int],
+                 weights_record: dict | None = None) -> None:
         super().__init__(model, return_layers)
         self.out_channels_list = list(out_channels_list)
+        self.weights_record = weights_record
 
 
 def norm_layer(norm: str, num_groups: int = 32):
@@ -41,18 +45,37 @@ def norm_layer(norm: str, num_groups: int = 32):
     raise ConfigError(f"model.backbone.norm must be one of frozen_bn, bn, gn; got {norm!r}")
 
 
-def load_local_weights(module: nn.Module, weights: str | None, where: str) -> None:
-    """Load a state dict from a local file (never a download). ``None`` leaves random init."""
-    if weights is None:
-        return
-    from detcore.checkpoint import read_state_dict  # local import: checkpoint imports models lazily
+def load_backbone_weights(module: nn.Module, weights: str | None, backbone: str, depth: int | None = None) -> dict | None:
+    """Load ``model.backbone.weights`` (a torchvision name or a local state dict file) into ``module``.
 
-    path = Path(weights).expanduser()
-    state = read_state_dict(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if len(missing) == len(list(module.state_dict())):
-        raise ConfigError(f"{where}: weights file {path} matches none of the backbone's parameters; "
+    ``None`` leaves the random initialisation. A name must fit the backbone (``torchvision://resnet50``
+    on a depth-50 ResNet); a file must match some of its parameters. Returns the record of what was
+    loaded (:class:`~detcore.pretrained.hub.WeightsRecord` as a dict), or None.
+    """
+    if weights is None:
+        return None
+    from detcore.checkpoint import read_state_dict  # local import: checkpoint imports models lazily
+    from detcore.pretrained.hub import resolve_weights
+    from detcore.pretrained.names import backbone_fit_problem, parse_weights
+
+    key = "model.backbone.weights"
+    named = parse_weights(weights, key)
+    if named is not None:
+        problem = backbone_fit_problem(named, backbone, depth)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
+    resolved = resolve_weights(weights, key)
+    state = read_state_dict(resolved.path)
+    missing, _unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if len(missing) >= len([k for k in module.state_dict() if not k.endswith("num_batches_tracked")]):
+        raise ConfigError(f"{key}: weights file {resolved.path} matches none of the backbone's parameters; "
                           f"expected a torchvision classification state dict")
+    if named is not None and missing:
+        raise CheckpointError(f"{key}: {resolved.path} lacks {len(missing)} of the {named.name} tensors (e.g. "
+                              f"{', '.join(missing[:2])}); it is not torchvision's file: delete it to download it "
+                              f"again")
+    return resolved.record.to_dict()
 
 
 def _freeze(modules: Sequence[nn.Module]) -> None:
@@ -63,8 +86,13 @@ def _freeze(modules: Sequence[nn.Module]) -> None:
 
 @BACKBONES.register()
 def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
-           returned_layers: Sequence[int] = (1, 2, 3, 4), weights: str | None = None) -> Body:
-    """torchvision ResNet-18/34/50/101 trunk; ``returned_layers`` are 1..4 (C2..C5)."""
+           returned_layers: Sequence[int] = (1, 2, 3, 4), weights: str | None = None,
+           allow_random_frozen_bn: bool = False) -> Body:
+    """torchvision ResNet-18/34/50/101/152 trunk; ``returned_layers`` are 1..4 (C2..C5).
+
+    ``weights``: e.g. ``torchvision://resnet50`` or ``ResNet50_Weights.IMAGENET1K_V2`` or a file.
+    ``allow_random_frozen_bn`` is read by the training check (:mod:`detcore.config_check`), not here.
+    """
     if depth not in RESNET_DEPTHS:
         raise ConfigError(f"model.backbone.depth must be one of {sorted(RESNET_DEPTHS)}, got {depth!r}")
     if not 0 <= trainable_layers <= 5:
@@ -72,7 +100,7 @@ def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
     if not returned_layers or not set(returned_layers) <= {1, 2, 3, 4}:
         raise ConfigError(f"model.backbone.returned_layers must be a non-empty subset of 1..4, got {returned_layers}")
     net = RESNET_DEPTHS[depth](weights=None, norm_layer=norm_layer(norm))
-    load_local_weights(net, weights, "model.backbone.weights")
+    record = load_backbone_weights(net, weights, "ResNet", depth)
     trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         trainable.append("bn1")
@@ -82,15 +110,18 @@ def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
     channels = {1: 64, 2: 128, 3: 256, 4: 512}
     expansion = 4 if depth >= 50 else 1
     return_layers = {f"layer{k}": str(i) for i, k in enumerate(returned_layers)}
-    return Body(net, return_layers, [channels[k] * expansion for k in returned_layers])
+    return Body(net, return_layers, [channels[k] * expansion for k in returned_layers], record)
 
 
 @BACKBONES.register()
 def MobileNetV3(norm: str = "frozen_bn", trainable_layers: int = 3, returned_layers: Sequence[int] | None = None,
-                weights: str | None = None) -> Body:
-    """torchvision MobileNetV3-Large features, split at its strided blocks as torchvision does."""
+                weights: str | None = None, allow_random_frozen_bn: bool = False) -> Body:
+    """torchvision MobileNetV3-Large features, split at its strided blocks as torchvision does.
+
+    ``weights``: e.g. ``torchvision://mobilenet_v3_large``, ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` or a file.
+    """
     net = mobilenet_v3_large(weights=None, norm_layer=norm_layer(norm), dilated=False)
-    load_local_weights(net, weights, "model.backbone.weights")
+    record = load_backbone_weights(net, weights, "MobileNetV3")
     features = net.features
     stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     num_stages = len(stage_indices)
@@ -102,7 +133,7 @@ def MobileNetV3(norm: str = "frozen_bn", trainable_layers: int = 3, returned_lay
     if min(returned) < 0 or max(returned) >= num_stages:
         raise ConfigError(f"model.backbone.returned_layers must be in 0..{num_stages - 1}, got {returned}")
     return_layers = {f"{stage_indices[k]}": str(v) for v, k in enumerate(returned)}
-    return Body(features, return_layers, [features[stage_indices[k]].out_channels for k in returned])
+    return Body(features, return_layers, [features[stage_indices[k]].out_channels for k in returned], record)
 
 
 class _TinyTrunk(nn.Sequential):
@@ -123,14 +154,16 @@ class _TinyTrunk(nn.Sequential):
 
 @BACKBONES.register()
 def TinyNet(channels: Sequence[int] = (16, 32, 64, 128), norm: str = "gn",
-            returned_layers: Sequence[int] | None = None, weights: str | None = None) -> Body:
+            returned_layers: Sequence[int] | None = None, weights: str | None = None,
+            allow_random_frozen_bn: bool = False) -> Body:
     """A small CPU-friendly trunk for tests and the shapes demo (strides 2, 4, 8, 16, ...)."""
     if not channels or any(int(c) <= 0 for c in channels):
         raise ConfigError(f"model.backbone.channels must be a list of positive ints, got {channels!r}")
     trunk = _TinyTrunk([int(c) for c in channels], norm)
-    load_local_weights(trunk, weights, "model.backbone.weights")
+    record = load_backbone_weights(trunk, weights, "TinyNet")
     returned = list(returned_layers) if returned_layers is not None else list(range(1, len(channels)))
     if min(returned) < 0 or max(returned) >= len(channels):
         raise ConfigError(f"model.backbone.returned_layers must be in 0..{len(channels) - 1}, got {returned}")
-    return Body(trunk, {f"stage{k}": str(i) for i, k in enumerate(returned)}, [int(channels[k]) for k in returned])
+    return Body(trunk, {f"stage{k}": str(i) for i, k in enumerate(returned)}, [int(channels[k]) for k in returned],
+                record)
 

@@ -25,7 +25,7 @@ def _extra_blocks(kind: str | None, in_channels: int, out_channels: int):
 class FPN(FeaturePyramidNetwork):
     """torchvision's FPN. ``extra_blocks``: ``pool`` (Faster/Mask R-CNN), ``p6p7`` (RetinaNet, FCOS).
 
-    ``p6p7_from``: ``p5`` (torchvision's default, in=out channels) or ``c5``.
+    ``p6p7_from``: ``p5`` (torchvision's default, in=out channels) or ``c5``. ``norm``: null, ``bn`` or ``gn``.
     """
 
     def __init__(self, in_channels_list: Sequence[int], out_channels: int = 256, extra_blocks: str | None = "pool",
@@ -36,8 +36,10 @@ class FPN(FeaturePyramidNetwork):
         norm_layer = None
         if norm == "gn":
             norm_layer = lambda c: nn.GroupNorm(min(32, c), c)  # noqa: E731
+        elif norm == "bn":  # torchvision's *_v2 Faster/Mask R-CNN
+            norm_layer = nn.BatchNorm2d
         elif norm is not None:
-            raise ConfigError(f"model.neck.norm must be null or gn, got {norm!r}")
+            raise ConfigError(f"model.neck.norm must be null, bn or gn, got {norm!r}")
         super().__init__(list(in_channels_list), out_channels,
                          extra_blocks=_extra_blocks(extra_blocks, p6_in, out_channels), norm_layer=norm_layer)
         self.out_channels = out_channels
