@@ -7,6 +7,7 @@ checkpoints load by key.
 """
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -34,14 +35,16 @@ class Body(IntermediateLayerGetter):
         self.weights_record = weights_record
 
 
-def norm_layer(norm: str, num_groups: int = 32):
-    """``frozen_bn`` (the detection default for pretrained backbones), ``bn`` or ``gn``."""
+def norm_layer(norm: str, num_groups: int = 32, eps: float | None = None):
+    """``frozen_bn`` (the detection default for pretrained backbones), ``bn`` or ``gn``; ``eps`` replaces the
+    layers' default (1e-5)."""
+    extra = {} if eps is None else {"eps": float(eps)}
     if norm == "frozen_bn":
-        return misc_ops.FrozenBatchNorm2d
+        return functools.partial(misc_ops.FrozenBatchNorm2d, **extra)
     if norm == "bn":
-        return nn.BatchNorm2d
+        return functools.partial(nn.BatchNorm2d, **extra)
     if norm == "gn":
-        return lambda channels: nn.GroupNorm(min(num_groups, channels), channels)
+        return lambda channels: nn.GroupNorm(min(num_groups, channels), channels, **extra)
     raise ConfigError(f"model.backbone.norm must be one of frozen_bn, bn, gn; got {norm!r}")
 
 
@@ -87,11 +90,13 @@ def _freeze(modules: Sequence[nn.Module]) -> None:
 @BACKBONES.register()
 def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
            returned_layers: Sequence[int] = (1, 2, 3, 4), weights: str | None = None,
-           allow_random_frozen_bn: bool = False) -> Body:
+           allow_random_frozen_bn: bool = False, norm_eps: float | None = None) -> Body:
     """torchvision ResNet-18/34/50/101/152 trunk; ``returned_layers`` are 1..4 (C2..C5).
 
     ``weights``: e.g. ``torchvision://resnet50`` or ``ResNet50_Weights.IMAGENET1K_V2`` or a file.
-    ``allow_random_frozen_bn`` is read by the training check (:mod:`detcore.config_check`), not here.
+    ``norm_eps``: the normalisation's eps (default 1e-5; torchvision runs its first COCO R50 detectors,
+    ``*_resnet50_fpn`` COCO_V1, with 0.0). ``allow_random_frozen_bn`` is read by the training check
+    (:mod:`detcore.config_check`), not here.
     """
     if depth not in RESNET_DEPTHS:
         raise ConfigError(f"model.backbone.depth must be one of {sorted(RESNET_DEPTHS)}, got {depth!r}")
@@ -99,7 +104,7 @@ def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
         raise ConfigError(f"model.backbone.trainable_layers must be in 0..5, got {trainable_layers}")
     if not returned_layers or not set(returned_layers) <= {1, 2, 3, 4}:
         raise ConfigError(f"model.backbone.returned_layers must be a non-empty subset of 1..4, got {returned_layers}")
-    net = RESNET_DEPTHS[depth](weights=None, norm_layer=norm_layer(norm))
+    net = RESNET_DEPTHS[depth](weights=None, norm_layer=norm_layer(norm, eps=norm_eps))
     record = load_backbone_weights(net, weights, "ResNet", depth)
     trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:

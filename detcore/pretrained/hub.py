@@ -78,18 +78,19 @@ def _network_timeout(seconds: float) -> Iterator[None]:
 
 def offline_message(weights: TorchvisionWeights, folder: Path, reason: str, key: str) -> str:
     what = weights.name if weights.given == weights.name else f"{weights.given} = {weights.name}"
-    return (f"{key}: {what} needs {weights.file}, which is not in {folder} and could not be downloaded from "
+    return (f"{key + ': ' if key else ''}{what} needs {weights.file}, which is not in {folder} and could not be downloaded from "
             f"{weights.url} ({reason}); put that file in {folder} (on a machine with internet: `detcore model "
             f"download {weights.name}`, then copy {weights.file}), or point TORCH_HOME at a folder whose "
             f"hub/checkpoints holds it")
 
 
-def fetch(weights: TorchvisionWeights, *, key: str = "weights", progress: bool | None = None) -> Path:
+def fetch(weights: TorchvisionWeights, *, key: str = "", progress: bool | None = None) -> Path:
     """The cached file of ``weights``, downloaded first when missing (torch hub, hash prefix checked).
 
     Concurrent callers (the ranks of one job, jobs sharing a cache) download once: the download
     holds a file lock beside the file. ``progress``: a bar on stderr (default: when it is a terminal;
-    a log gets a line before and after). CheckpointError (one line) when offline or the hash differs.
+    a log gets a line before and after). CheckpointError (one line, starting with ``key:`` when given) when
+    offline or the hash differs.
     """
     import torch.hub
     from filelock import FileLock
@@ -116,7 +117,7 @@ def fetch(weights: TorchvisionWeights, *, key: str = "weights", progress: bool |
             except RuntimeError as exc:
                 if "invalid hash value" not in str(exc):
                     raise
-                raise CheckpointError(f"{key}: the download of {weights.url} does not match the sha256 prefix "
+                raise CheckpointError(f"{key + ': ' if key else ''}the download of {weights.url} does not match the sha256 prefix "
                                       f"{weights.sha256_prefix} in its name (a proxy or a broken transfer changed "
                                       f"it); nothing was kept in {folder}, retry") from None
             except (OSError, ValueError) as exc:  # URLError, timeouts, refused, unreachable, HTTP errors

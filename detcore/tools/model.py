@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     for weights in [_parse(n) for n in args.names]:  # every name is checked before anything is fetched
         cached = (checkpoints_dir() / weights.file).is_file()
-        path = fetch(weights, key=weights.given, progress=True)
+        path = fetch(weights, progress=True)
         digest = sha256_of(path)
         state = "already cached" if cached else "downloaded"
         note = "" if digest.startswith(weights.sha256_prefix) else \
