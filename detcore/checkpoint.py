@@ -233,14 +233,16 @@ def load_checkpoint(path: str | os.PathLike, key: str = "checkpoint") -> dict:
                               f"torchvision://fasterrcnn_resnet50_fpn")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
-                              f"could run code: {first[:200]}); only load checkpoints you trust, re-saved as "
-                              f"plain tensors") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a torn or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        unsafe = next((line for line in lines if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and unsafe:
+            raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
+                                  f"could run code: {unsafe[:200]}); only load checkpoints you trust, re-saved as "
+                                  f"plain tensors") from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint: "
-                              f"{str(exc).splitlines()[0][:160]})") from None
+                              f"{detail[:160]})") from None
     if _is_state_dict(data):
         return {"state_dict": data, "meta": {}}
     if not isinstance(data, dict) or not _is_state_dict(data.get("state_dict")):

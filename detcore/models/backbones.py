@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet
@@ -19,6 +19,9 @@ from torchvision.ops import misc as misc_ops
 
 from detcore.errors import CheckpointError, ConfigError
 from detcore.registry import BACKBONES
+
+if TYPE_CHECKING:
+    from detcore.pretrained.hub import ResolvedWeights
 
 RESNET_DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101,
                  152: resnet.resnet152}
@@ -48,36 +51,43 @@ def norm_layer(norm: str, num_groups: int = 32, eps: float | None = None):
     raise ConfigError(f"model.backbone.norm must be one of frozen_bn, bn, gn; got {norm!r}")
 
 
-def load_backbone_weights(module: nn.Module, weights: str | None, backbone: str, depth: int | None = None) -> dict | None:
-    """Load ``model.backbone.weights`` (a torchvision name or a local state dict file) into ``module``.
-
-    ``None`` leaves the random initialisation. A name must fit the backbone (``torchvision://resnet50``
-    on a depth-50 ResNet); a file must match some of its parameters. Returns the record of what was
-    loaded (:class:`~detcore.pretrained.hub.WeightsRecord` as a dict), or None.
-    """
+def fetch_backbone_weights(weights: str | None, backbone: str, depth: int | None = None) -> ResolvedWeights | None:
+    """The file ``model.backbone.weights`` names (a torchvision name that must fit the backbone, fetched into
+    torch hub's cache, or a local state dict file), as :class:`~detcore.pretrained.hub.ResolvedWeights`;
+    None for random initialisation. Called before the network is built, so a wrong name costs nothing."""
     if weights is None:
         return None
-    from detcore.checkpoint import read_state_dict  # local import: checkpoint imports models lazily
     from detcore.pretrained.hub import resolve_weights
     from detcore.pretrained.names import backbone_fit_problem, parse_weights
 
     key = "model.backbone.weights"
     named = parse_weights(weights, key)
-    if named is not None:
-        problem = backbone_fit_problem(named, backbone, depth)
-        if problem:
-            raise ConfigError(f"{key}: {problem}")
-    resolved = resolve_weights(weights, key)
+    problem = backbone_fit_problem(named, backbone, depth) if named is not None else None
+    if problem:
+        raise ConfigError(f"{key}: {problem}")
+    return resolve_weights(weights, key)
+
+
+def load_backbone_weights(module: nn.Module, resolved: ResolvedWeights | None) -> dict | None:
+    """Load :func:`fetch_backbone_weights`' file into ``module``; the record of it (a dict), or None.
+
+    A file must match some of the module's parameters; torchvision's file by name must match them all.
+    """
+    if resolved is None:
+        return None
+    from detcore.checkpoint import read_state_dict  # local import: checkpoint imports models lazily
+
+    key = "model.backbone.weights"
     state = read_state_dict(resolved.path)
     missing, _unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if len(missing) >= len([k for k in module.state_dict() if not k.endswith("num_batches_tracked")]):
         raise ConfigError(f"{key}: weights file {resolved.path} matches none of the backbone's parameters; "
                           f"expected a torchvision classification state dict")
-    if named is not None and missing:
-        raise CheckpointError(f"{key}: {resolved.path} lacks {len(missing)} of the {named.name} tensors (e.g. "
-                              f"{', '.join(missing[:2])}); it is not torchvision's file: delete it to download it "
-                              f"again")
+    if resolved.torchvision is not None and missing:
+        raise CheckpointError(f"{key}: {resolved.path} lacks {len(missing)} of the {resolved.torchvision.name} tensors "
+                              f"(e.g. {', '.join(missing[:2])}); it is not torchvision's file: delete it to download "
+                              f"it again")
     return resolved.record.to_dict()
 
 
@@ -104,8 +114,9 @@ def ResNet(depth: int = 50, norm: str = "frozen_bn", trainable_layers: int = 3,
         raise ConfigError(f"model.backbone.trainable_layers must be in 0..5, got {trainable_layers}")
     if not returned_layers or not set(returned_layers) <= {1, 2, 3, 4}:
         raise ConfigError(f"model.backbone.returned_layers must be a non-empty subset of 1..4, got {returned_layers}")
+    resolved = fetch_backbone_weights(weights, "ResNet", depth)
     net = RESNET_DEPTHS[depth](weights=None, norm_layer=norm_layer(norm, eps=norm_eps))
-    record = load_backbone_weights(net, weights, "ResNet", depth)
+    record = load_backbone_weights(net, resolved)
     trainable = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
     if trainable_layers == 5:
         trainable.append("bn1")
@@ -125,8 +136,9 @@ def MobileNetV3(norm: str = "frozen_bn", trainable_layers: int = 3, returned_lay
 
     ``weights``: e.g. ``torchvision://mobilenet_v3_large``, ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` or a file.
     """
+    resolved = fetch_backbone_weights(weights, "MobileNetV3")
     net = mobilenet_v3_large(weights=None, norm_layer=norm_layer(norm), dilated=False)
-    record = load_backbone_weights(net, weights, "MobileNetV3")
+    record = load_backbone_weights(net, resolved)
     features = net.features
     stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     num_stages = len(stage_indices)
@@ -164,8 +176,9 @@ def TinyNet(channels: Sequence[int] = (16, 32, 64, 128), norm: str = "gn",
     """A small CPU-friendly trunk for tests and the shapes demo (strides 2, 4, 8, 16, ...)."""
     if not channels or any(int(c) <= 0 for c in channels):
         raise ConfigError(f"model.backbone.channels must be a list of positive ints, got {channels!r}")
+    resolved = fetch_backbone_weights(weights, "TinyNet")
     trunk = _TinyTrunk([int(c) for c in channels], norm)
-    record = load_backbone_weights(trunk, weights, "TinyNet")
+    record = load_backbone_weights(trunk, resolved)
     returned = list(returned_layers) if returned_layers is not None else list(range(1, len(channels)))
     if min(returned) < 0 or max(returned) >= len(channels):
         raise ConfigError(f"model.backbone.returned_layers must be in 0..{len(channels) - 1}, got {returned}")

@@ -117,9 +117,9 @@ def fetch(weights: TorchvisionWeights, *, key: str = "", progress: bool | None =
             except RuntimeError as exc:
                 if "invalid hash value" not in str(exc):
                     raise
-                raise CheckpointError(f"{key + ': ' if key else ''}the download of {weights.url} does not match the sha256 prefix "
-                                      f"{weights.sha256_prefix} in its name (a proxy or a broken transfer changed "
-                                      f"it); nothing was kept in {folder}, retry") from None
+                raise CheckpointError(f"{key + ': ' if key else ''}the download of {weights.url} does not match the "
+                                      f"sha256 prefix {weights.sha256_prefix} in its name (a proxy or a broken "
+                                      f"transfer changed it); nothing was kept in {folder}, retry") from None
             except (OSError, ValueError) as exc:  # URLError, timeouts, refused, unreachable, HTTP errors
                 reason = getattr(exc, "reason", None) or exc
                 raise CheckpointError(offline_message(weights, folder, " ".join(str(reason).split())[:200],

@@ -26,16 +26,39 @@ R50 = ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"
 SHAPES = ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
 
 
+def _refuse(*_args, **_kwargs):
+    raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+
 @pytest.fixture
 def checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty torch hub cache of this test's own, and a network that refuses every download at once."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-
-    def refuse(*_args, **_kwargs):
-        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
-
-    monkeypatch.setattr(torch.hub, "urlopen", refuse)  # what torch hub's downloader opens URLs with
+    monkeypatch.setattr(torch.hub, "urlopen", _refuse)  # what torch hub's downloader opens URLs with
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory):
+    """A cache holding ResNet-50 (V1 and V2) and MobileNetV3 files of torchvision's names: ``(folder, states)``."""
+    home = tmp_path_factory.mktemp("torch")
+    folder = home / "hub" / "checkpoints"
+    states = {"resnet50": seed_classifier(folder, "resnet50"),
+              "mobilenet_v3_large": seed_classifier(folder, "mobilenet_v3_large")}
+    torch.manual_seed(1)
+    states["resnet50_v2"] = __import__("torchvision").models.resnet50().state_dict()
+    torch.save(states["resnet50_v2"], folder / "resnet50-11ad3fa6.pth")  # ResNet50_Weights.IMAGENET1K_V2 = DEFAULT
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        mp.setattr(torch.hub, "urlopen", _refuse)
+        yield folder, states
+
+
+def _backbone(config: Path, *options: str):
+    """The backbone a config's ``model.backbone`` section builds (the rest of the detector is not needed here)."""
+    from detcore.registry import BACKBONES
+
+    return BACKBONES.build(load_config(config, list(options))["model"]["backbone"])
 
 
 def _assert_body_holds(body: torch.nn.Module, state: dict) -> None:
@@ -45,33 +68,30 @@ def _assert_body_holds(body: torch.nn.Module, state: dict) -> None:
     assert all(torch.equal(own[k], state[k]) for k in shared)
 
 
-@pytest.mark.parametrize("spelling", ["torchvision://resnet50", "ResNet50_Weights.IMAGENET1K_V1",
-                                      "torchvision://resnet50.imagenet1k_v1"])
-def test_a_config_naming_resnet50_builds_a_backbone_holding_the_cached_file(checkpoints: Path, spelling: str) -> None:
-    state = seed_classifier(checkpoints, "resnet50")
-    cfg = load_config(R50, [f"model.backbone.weights={spelling}"])
-    assert load_config(R50)["model"]["backbone"]["weights"] == "torchvision://resnet50"  # the shipped config's
-    model = build_detector(cfg["model"])
-    _assert_body_holds(model.backbone.body, state)
+def test_the_shipped_coco_configs_start_from_torchvisions_resnet50(seeded) -> None:
+    folder, states = seeded
+    assert load_config(R50)["model"]["backbone"]["weights"] == "torchvision://resnet50"
+    model = build_detector(load_config(R50)["model"])
+    _assert_body_holds(model.backbone.body, states["resnet50"])
     (record,) = model.weights_records
-    assert record["weights"] == "ResNet50_Weights.IMAGENET1K_V1" and record["given"] == spelling
-    assert record["file"] == str(checkpoints / "resnet50-0676ba61.pth") and len(record["sha256"]) == 64
+    assert record["weights"] == "ResNet50_Weights.IMAGENET1K_V1" and record["given"] == "torchvision://resnet50"
+    assert record["file"] == str(folder / "resnet50-0676ba61.pth") and len(record["sha256"]) == 64
 
 
-def test_enum_names_and_default_for_resnet_and_mobilenet(checkpoints: Path) -> None:
-    checkpoints.mkdir(parents=True)
-    torch.manual_seed(1)
-    v2 = __import__("torchvision").models.resnet50().state_dict()
-    torch.save(v2, checkpoints / "resnet50-11ad3fa6.pth")  # ResNet50_Weights.IMAGENET1K_V2 = DEFAULT
-    for name in ("ResNet50_Weights.IMAGENET1K_V2", "ResNet50_Weights.DEFAULT"):
-        model = build_detector(load_config(R50, [f"model.backbone.weights={name}"])["model"])
-        _assert_body_holds(model.backbone.body, v2)
-        assert model.weights_records[0]["weights"] == "ResNet50_Weights.IMAGENET1K_V2"
-    mobilenet = seed_classifier(checkpoints, "mobilenet_v3_large")
-    cfg = {"type": "FasterRCNN", "num_classes": 2, "neck": {"type": "FPN", "out_channels": 32},
-           "backbone": {"type": "MobileNetV3", "weights": "MobileNet_V3_Large_Weights.IMAGENET1K_V1"},
-           "anchor_generator": {"sizes": [[32], [64], [128]]}}
-    _assert_body_holds(build_detector(cfg).backbone.body, {k.removeprefix("features."): v for k, v in mobilenet.items()})
+@pytest.mark.parametrize("spelling, state", [
+    ("ResNet50_Weights.IMAGENET1K_V1", "resnet50"), ("torchvision://resnet50.imagenet1k_v1", "resnet50"),
+    ("ResNet50_Weights.IMAGENET1K_V2", "resnet50_v2"), ("ResNet50_Weights.DEFAULT", "resnet50_v2"),
+])
+def test_every_spelling_loads_its_file(seeded, spelling: str, state: str) -> None:
+    body = _backbone(R50, f"model.backbone.weights={spelling}")
+    _assert_body_holds(body, seeded[1][state])
+    assert body.weights_record["given"] == spelling
+
+
+def test_mobilenet_by_enum_name(seeded) -> None:
+    config = ROOT / "configs/torchvision/fasterrcnn_mobilenet_v3_large_fpn.yaml"
+    body = _backbone(config, "model.backbone.weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1")
+    _assert_body_holds(body, {k.removeprefix("features."): v for k, v in seeded[1]["mobilenet_v3_large"].items()})
 
 
 def test_an_empty_cache_without_network_is_one_line_naming_the_file_url_and_folder(checkpoints: Path) -> None:
@@ -92,23 +112,21 @@ def test_a_wrong_name_for_the_backbone_is_refused_before_any_file_is_read(checkp
         build_detector(load_config(R50, ["model.backbone.weights=torchvision://resnet5"])["model"])
 
 
-def test_a_local_file_keeps_working_and_is_recorded(tmp_path: Path, checkpoints: Path) -> None:
-    state = seed_classifier(tmp_path / "mine", "resnet50")
-    path = cache_file(tmp_path / "mine", "resnet50")
-    model = build_detector(load_config(R50, [f"model.backbone.weights={path}"])["model"])
-    _assert_body_holds(model.backbone.body, state)
-    assert model.weights_records[0]["weights"] is None and model.weights_records[0]["file"] == str(path)
+def test_a_local_file_keeps_working_and_is_recorded(seeded) -> None:
+    path = seeded[0] / "resnet50-0676ba61.pth"
+    body = _backbone(R50, f"model.backbone.weights={path}")
+    _assert_body_holds(body, seeded[1]["resnet50"])
+    assert body.weights_record["weights"] is None and body.weights_record["file"] == str(path)
 
 
-def test_a_cached_file_that_is_not_torchvisions_is_loaded_with_a_warning(checkpoints: Path, caplog) -> None:
-    seed_classifier(checkpoints, "resnet50")
-    build_detector(load_config(R50)["model"])
+def test_a_cached_file_that_is_not_torchvisions_is_loaded_with_a_warning(seeded, caplog) -> None:
+    _backbone(R50)
     assert "not the 0676ba61... its name promises" in caplog.text
 
 
 def test_training_records_the_weights_in_meta_and_in_the_run_facts(tmp_path: Path, checkpoints: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    seed_classifier(checkpoints, "mobilenet_v3_large")
+    seed_classifier(checkpoints, "mobilenet_v3_large")  # a cache of its own: the file is deleted below
     config = tmp_path / "mobilenet_shapes.yaml"
     config.write_text(f"_base_: {SHAPES}\nmodel:\n  backbone: {{_delete_: true, type: MobileNetV3, "
                       f"weights: torchvision://mobilenet_v3_large}}\n  anchor_generator: {{sizes: [[32], [64], [128]]}}\n")
