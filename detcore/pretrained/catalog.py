@@ -87,10 +87,9 @@ def format_catalog(entries: list[ModelEntry], cache: str) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
     lines += ["",
-              "PUBLISHED: torchvision's numbers (COCO val2017 AP x 100; ImageNet top-1 %). A detector is a checkpoint "
-              "(detcore test/infer, init_detector, load_from) with the config in USE; a backbone goes in "
-              "model.backbone.weights.",
-              f"torchvision://BUILDER is the builder's first weights (MMDetection's meaning: torchvision://resnet50 = "
-              f"ResNet50_Weights.IMAGENET1K_V1); torchvision's enum names (ResNet50_Weights.DEFAULT) work too.",
+              "PUBLISHED: torchvision's figures (COCO val2017 AP x 100, ImageNet top-1 %).",
+              "A detector is a checkpoint (detcore test/infer, init_detector, load_from) used with the config in USE;",
+              "a backbone goes in model.backbone.weights. torchvision://BUILDER is the builder's first weights",
+              "(MMDetection's meaning: torchvision://resnet50 = ResNet50_Weights.IMAGENET1K_V1); enum names work too.",
               f"cache: {cache} (TORCH_HOME/hub/checkpoints); fill it ahead with `detcore model download NAME ...`"]
     return "\n".join(lines)
