@@ -227,8 +227,8 @@ def _backbone_weights_problems(cfg: Mapping[str, Any], cwd: str, test: bool) -> 
         problem = backbone_fit_problem(named, str(backbone.get("type")), backbone.get("depth", 50))
         return [f"{key}: {problem}"] if problem and backbone.get("type") in ("ResNet", "MobileNetV3", "TinyNet") else []
     if not test and not os.path.isfile(os.path.join(cwd, os.path.expanduser(value))):
-        return [f"{key}: weights file {value} does not exist (looked from {cwd}); give an existing file or a torchvision "
-                f"name such as torchvision://resnet50 (`detcore model list`)"]
+        return [f"{key}: weights file {value} does not exist (looked from {cwd}); give an existing file or a "
+                f"torchvision name such as torchvision://resnet50 (`detcore model list`)"]
     return []
 
 
@@ -237,8 +237,8 @@ def _label_ids_problems(cfg: Mapping[str, Any]) -> list[str]:
 
     value = cfg.get("label_ids")
     if value is not None and value not in LABEL_IDS:
-        return [f"label_ids: got {value!r:.100}; expected classes (label k is the k-th of classes, the default) or coco "
-                f"(label k is COCO category id k, torchvision's COCO models)"]
+        return [f"label_ids: got {value!r:.100}; expected classes (label k is the k-th of classes, the default) or "
+                f"coco (label k is COCO category id k, torchvision's COCO models)"]
     return []
 
 
@@ -270,9 +270,10 @@ def training_problems(cfg: Mapping[str, Any], *, load_from: str | None = None, r
                 f"model.backbone.weights (e.g. torchvision://resnet50), start from a checkpoint (load_from), use "
                 f"norm: bn or gn to train from scratch, or set {RANDOM_FROZEN_BN_KEY}: true to train it anyway")
     if cfg.get("label_ids") == "coco":
-        problems.append("label_ids: coco is for testing and inference with torchvision's COCO detectors (their labels are "
-                        "COCO category ids); to train or fine-tune, use a training config with classes and num_classes "
-                        "(e.g. configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml) and load_from: torchvision://NAME")
+        problems.append("label_ids: coco is for testing and inference with torchvision's COCO detectors (their labels "
+                        "are COCO category ids); to train or fine-tune, use a training config with classes and "
+                        "num_classes (e.g. configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml) and load_from: "
+                        "torchvision://NAME")
     return problems
 
 

@@ -336,9 +336,8 @@ class Trainer:
         return [local] if local else list(ckpt["meta"].get("weights") or [])
 
     def resume(self, resume: str) -> None:
-        path = latest_checkpoint(self.work_dir) if resume == "auto" else Path(resume)
+        path = self._resume_path(resume)
         if path is None:
-            logger.info("no checkpoint in %s: starting fresh", self.work_dir)
             return
         ckpt = load_checkpoint(path)
         missing = [k for k in ("optimizer", "scheduler", "loop", "rng") if k not in ckpt]

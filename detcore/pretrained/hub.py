@@ -77,11 +77,12 @@ def _network_timeout(seconds: float) -> Iterator[None]:
 
 
 def offline_message(weights: TorchvisionWeights, folder: Path, reason: str, key: str) -> str:
+    """One line: which file is missing, where it comes from, where to put it."""
     what = weights.name if weights.given == weights.name else f"{weights.given} = {weights.name}"
-    return (f"{key + ': ' if key else ''}{what} needs {weights.file}, which is not in {folder} and could not be downloaded from "
-            f"{weights.url} ({reason}); put that file in {folder} (on a machine with internet: `detcore model "
-            f"download {weights.name}`, then copy {weights.file}), or point TORCH_HOME at a folder whose "
-            f"hub/checkpoints holds it")
+    return (f"{key + ': ' if key else ''}{what} needs {weights.file}, which is not in {folder} and could not be "
+            f"downloaded from {weights.url} ({reason}); put that file in {folder} (on a machine with internet: "
+            f"`detcore model download {weights.name}`, then copy {weights.file}), or point TORCH_HOME at a folder "
+            f"whose hub/checkpoints holds it")
 
 
 def fetch(weights: TorchvisionWeights, *, key: str = "", progress: bool | None = None) -> Path:

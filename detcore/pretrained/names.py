@@ -61,7 +61,8 @@ TORCHVISION: dict[str, tuple[str, tuple[tuple[str, str], ...], str]] = {
                                (("COCO_V1", "retinanet_resnet50_fpn_coco-eeacb38b.pth"),), "COCO_V1"),
     "retinanet_resnet50_fpn_v2": ("RetinaNet_ResNet50_FPN_V2_Weights",
                                   (("COCO_V1", "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"),), "COCO_V1"),
-    "fcos_resnet50_fpn": ("FCOS_ResNet50_FPN_Weights", (("COCO_V1", "fcos_resnet50_fpn_coco-99b0c9b7.pth"),), "COCO_V1"),
+    "fcos_resnet50_fpn": ("FCOS_ResNet50_FPN_Weights",
+                          (("COCO_V1", "fcos_resnet50_fpn_coco-99b0c9b7.pth"),), "COCO_V1"),
 }
 # ImageNet classifiers: the detcore backbone their weights fit, as (type, depth or None)
 BACKBONE_OF: dict[str, tuple[str, int | None]] = {

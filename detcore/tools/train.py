@@ -29,8 +29,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     add_common(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
                    help="continue from the newest checkpoint in the work dir (auto) or from PATH")
-    p.add_argument("--load-from", help="initialise weights from a checkpoint or a torchvision COCO detector such as "
-                                       "torchvision://fasterrcnn_resnet50_fpn (fine-tuning; optimizer state not loaded)")
+    p.add_argument("--load-from", help="initialise weights from a checkpoint or a torchvision COCO detector such "
+                                       "as torchvision://fasterrcnn_resnet50_fpn (fine-tuning; optimizer state not "
+                                       "loaded)")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--seed", type=contract.parse_seed, default=0,
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
     cfg = load_config(args.config, args.cfg_options)
-    check_config(cfg, validate=not args.no_validate, load_from=args.load_from, resume=args.resume)  # before any work dir
+    # before any work dir exists
+    check_config(cfg, validate=not args.no_validate, load_from=args.load_from, resume=args.resume)
     work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()

@@ -68,7 +68,8 @@ def test_a_torchvision_config_is_for_testing_not_training() -> None:
     from detcore.config import load_config
 
     cfg = load_config(ROOT / "configs/torchvision/fasterrcnn_resnet50_fpn.yaml")
-    assert any(p.startswith("label_ids: coco is for testing and inference") for p in config_problems(cfg, validate=False))
+    problems = config_problems(cfg, validate=False)
+    assert any(p.startswith("label_ids: coco is for testing and inference") for p in problems)
     assert not any("label_ids" in p for p in config_problems(cfg, test=True))
 
 
@@ -97,8 +98,8 @@ def test_what_is_not_a_checkpoint_is_named_with_what_is_accepted(tmp_path: Path,
 
 
 def test_a_backbone_name_is_no_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="torchvision://resnet50 holds ImageNet weights of a ResNet backbone, not a "
-                                              "detector; set model.backbone.weights: torchvision://resnet50"):
+    with pytest.raises(CheckpointError, match="torchvision://resnet50 holds ImageNet weights of a ResNet backbone, "
+                                              "not a detector; set model.backbone.weights: torchvision://resnet50"):
         load_checkpoint("torchvision://resnet50", "load_from")
     with pytest.raises(ConfigError, match="did you mean 'torchvision://fcos_resnet50_fpn'"):
         load_checkpoint("torchvision://fcos_resnet50", "load_from")

@@ -96,7 +96,8 @@ def _same_detections(ours: dict, theirs: dict) -> None:
 def _init_detector_matches(cache: Path, split: Path, builder: str, spelling: str) -> dict:
     seed_detector(cache, builder)
     theirs = _torchvision_detections(builder, split / "img" / "scene.png")
-    model = init_detector(ROOT / f"configs/torchvision/{builder}.yaml", spelling, cfg_options=SMALL + _fewer(builder)[1])
+    model = init_detector(ROOT / f"configs/torchvision/{builder}.yaml", spelling,
+                          cfg_options=SMALL + _fewer(builder)[1])
     _same_detections(inference_detector(model, str(split / "img" / "scene.png")), theirs)
     return theirs
 

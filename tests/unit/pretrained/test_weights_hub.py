@@ -129,7 +129,8 @@ def test_training_records_the_weights_in_meta_and_in_the_run_facts(tmp_path: Pat
     seed_classifier(checkpoints, "mobilenet_v3_large")  # a cache of its own: the file is deleted below
     config = tmp_path / "mobilenet_shapes.yaml"
     config.write_text(f"_base_: {SHAPES}\nmodel:\n  backbone: {{_delete_: true, type: MobileNetV3, "
-                      f"weights: torchvision://mobilenet_v3_large}}\n  anchor_generator: {{sizes: [[32], [64], [128]]}}\n")
+                      f"weights: torchvision://mobilenet_v3_large}}\n"
+                      f"  anchor_generator: {{sizes: [[32], [64], [128]]}}\n")
     run_dir = tmp_path / "work" / "runs" / "r1"
     monkeypatch.setenv("DETLAUNCH_RUN_DIR", str(run_dir))
     rc = detcore_main(["train", str(config), "--work-dir", str(tmp_path / "work"), "--no-validate", "--cfg-options",

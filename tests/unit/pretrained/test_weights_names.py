@@ -1,4 +1,4 @@
-"""Weights names: every accepted spelling, misspellings with suggestions, and the torch-free table equal to torchvision."""
+"""Weights names: every accepted spelling, misspellings with suggestions, the torch-free table equal to torchvision's."""
 from __future__ import annotations
 
 import os
@@ -21,11 +21,13 @@ from detcore.pretrained.names import (BACKBONE_OF, DETECTOR_OF, TORCHVISION, bac
      "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"),
     # MMEngine's builder.weights keys
     ("torchvision://resnet50.imagenet1k_v2", "ResNet50_Weights.IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
-    ("torchvision://fcos_resnet50_fpn.coco_v1", "FCOS_ResNet50_FPN_Weights.COCO_V1", "fcos_resnet50_fpn_coco-99b0c9b7.pth"),
+    ("torchvision://fcos_resnet50_fpn.coco_v1", "FCOS_ResNet50_FPN_Weights.COCO_V1",
+     "fcos_resnet50_fpn_coco-99b0c9b7.pth"),
     # torchvision's enum names, DEFAULT resolved to what it stands for, with or without the prefix
     ("ResNet50_Weights.IMAGENET1K_V2", "ResNet50_Weights.IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
     ("ResNet50_Weights.DEFAULT", "ResNet50_Weights.IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
-    ("MobileNet_V3_Large_Weights.DEFAULT", "MobileNet_V3_Large_Weights.IMAGENET1K_V2", "mobilenet_v3_large-5c1a4163.pth"),
+    ("MobileNet_V3_Large_Weights.DEFAULT", "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+     "mobilenet_v3_large-5c1a4163.pth"),
     ("torchvision://ResNet50_Weights.IMAGENET1K_V1", "ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth"),
     ("MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
      "maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth"),
@@ -96,7 +98,9 @@ def test_backbone_fit() -> None:
     assert backbone_fit_problem(parse_weights("MobileNet_V3_Large_Weights.DEFAULT"), "MobileNetV3") is None
     assert "use torchvision://resnet101 or set depth: 50" in backbone_fit_problem(
         parse_weights("torchvision://resnet50"), "ResNet", 101)
-    assert "give it to load_from" in backbone_fit_problem(parse_weights("torchvision://fcos_resnet50_fpn"), "ResNet", 50)
+    fcos = parse_weights("torchvision://fcos_resnet50_fpn")
+    assert "give it to load_from" in backbone_fit_problem(fcos, "ResNet", 50)
     assert "use torchvision://mobilenet_v3_large" in backbone_fit_problem(
         parse_weights("torchvision://resnet50"), "MobileNetV3")
-    assert "TinyNet has no torchvision weights" in backbone_fit_problem(parse_weights("torchvision://resnet18"), "TinyNet")
+    resnet18 = parse_weights("torchvision://resnet18")
+    assert "TinyNet has no torchvision weights" in backbone_fit_problem(resnet18, "TinyNet")
