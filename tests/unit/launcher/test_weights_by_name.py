@@ -60,3 +60,14 @@ def test_status_shows_the_weights_fact(tmp_path: Path) -> None:
             "sha256 abababababababab)") in lines
     json.dumps(weights_fact(exp))
     store.close()
+
+
+def test_a_remote_submit_warns_about_names_not_in_this_nodes_cache(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec_for(load_from="torchvision://fasterrcnn_resnet50_fpn", backend="slurm")
+    (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
+    assert ("load_from" in warning or "--load-from" in warning) and "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in warning
+    assert "detcore model download FasterRCNN_ResNet50_FPN_Weights.COCO_V1" in warning
+    caplog.clear()
+    spec_for(load_from="torchvision://fasterrcnn_resnet50_fpn")  # local: the job downloads it with a progress line
+    assert not [r for r in caplog.records if "cache" in r.getMessage()]
