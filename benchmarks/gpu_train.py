@@ -58,7 +58,9 @@ def build_model(model: str, side: str, size: tuple[int, int]):
         from detcore.config import load_config
         from detcore.models import build_detector
 
-        cfg = load_config(CONFIGS[model], [f"model.min_size={min(h, w)}", f"model.max_size={max(h, w)}"])
+        # random weights as on the plain side (the shipped configs start from ImageNet weights, not read here)
+        cfg = load_config(CONFIGS[model], [f"model.min_size={min(h, w)}", f"model.max_size={max(h, w)}",
+                                           "model.backbone.weights=null"])
         return build_detector(cfg["model"])
     from torchvision.models import resnet50
     from torchvision.models.detection import FasterRCNN, MaskRCNN

@@ -212,34 +212,75 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str
     return atomic_torch_save(to_cpu(payload), path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a detcore checkpoint with ``weights_only=True``; clear errors for bad files."""
+def load_checkpoint(path: str | os.PathLike, key: str = "checkpoint") -> dict:
+    """Read a checkpoint with ``weights_only=True``: ``{"meta": {...}, "state_dict": {...}, ...}``.
+
+    ``path`` is a file written by ``detcore train``, a plain model state dict file (``meta`` is then
+    empty), or a torchvision COCO detector by name (``torchvision://fasterrcnn_resnet50_fpn``,
+    ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``: fetched through torch hub's cache; ``meta`` says its
+    architecture, ``label_ids: coco`` and the weights used). CheckpointError (one line, naming
+    ``key``) for a missing, unsafe, torn or foreign file.
+    """
+    from detcore.pretrained.names import parse_weights
+
+    named = parse_weights(path, key) if isinstance(path, str) else None
+    if named is not None:
+        return _torchvision_checkpoint(named, key)
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; pass an existing .pth file "
-                              f"(a work dir's last_checkpoint names the newest)")
+        raise CheckpointError(f"{key}: checkpoint {path} not found; pass an existing .pth file (a work dir's "
+                              f"last_checkpoint names the newest) or a torchvision detector such as "
+                              f"torchvision://fasterrcnn_resnet50_fpn")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
-                              f"could run code: {first[:200]}); only load checkpoints you trust, re-saved as "
-                              f"plain tensors") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a torn or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        unsafe = next((line for line in lines if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and unsafe:
+            raise CheckpointError(f"checkpoint {path} was refused by weights_only loading (it holds objects that "
+                                  f"could run code: {unsafe[:200]}); only load checkpoints you trust, re-saved as "
+                                  f"plain tensors") from None
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[0])
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (truncated or not a checkpoint: "
-                              f"{str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(data, dict) or "state_dict" not in data:
-        raise CheckpointError(f"{path} is not a detcore checkpoint (no state_dict); expected a file written by "
-                              f"detcore train or a plain model state dict")
+                              f"{detail[:160]})") from None
+    if _is_state_dict(data):
+        return {"state_dict": data, "meta": {}}
+    if not isinstance(data, dict) or not _is_state_dict(data.get("state_dict")):
+        what = f"a dict with keys {sorted(map(str, data))[:5]}" if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path} holds {what}; expected a detcore checkpoint (meta and state_dict, as detcore "
+                              f"train writes) or a plain state dict (parameter name -> tensor, as "
+                              f"torch.save(model.state_dict(), path) writes)")
     data.setdefault("meta", {})
     return data
+
+
+def _is_state_dict(data: Any) -> bool:
+    return isinstance(data, dict) and bool(data) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                         for k, v in data.items())
+
+
+def _torchvision_checkpoint(named: Any, key: str) -> dict:
+    """A torchvision COCO detector's weights as a checkpoint (its labels are COCO category ids)."""
+    from detcore.pretrained.hub import resolve_weights
+    from detcore.pretrained.names import BACKBONE_OF, DETECTOR_OF
+
+    if not named.is_detector:
+        kind = BACKBONE_OF[named.builder][0]
+        raise CheckpointError(f"{key}: {named.given} holds ImageNet weights of a {kind} backbone, not a detector; set "
+                              f"model.backbone.weights: {named.given} instead (a checkpoint is a whole detector, "
+                              f"e.g. torchvision://fasterrcnn_resnet50_fpn; `detcore model list` shows them)")
+    resolved = resolve_weights(named.given, key)
+    meta = {"arch": DETECTOR_OF[named.builder], "label_ids": "coco", "torchvision": named.builder,
+            "weights": [resolved.record.to_dict()]}
+    return {"state_dict": read_state_dict(resolved.path), "meta": meta}
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A model state dict from a detcore checkpoint or a plain ``state_dict`` file (torchvision's)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file {path} not found; weights are never downloaded, give a local path")
+        raise CheckpointError(f"weights file {path} not found; give an existing file or a torchvision name such as "
+                              f"torchvision://resnet50 (`detcore model list`)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure here means "not a weights file"
@@ -271,10 +312,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         ckpt, where = dict(source), "checkpoint"
     else:
         where = str(source)
-        try:
-            ckpt = load_checkpoint(source)
-        except CheckpointError:
-            ckpt = {"state_dict": read_state_dict(source), "meta": {}}
+        ckpt = load_checkpoint(source)
     arch, theirs = ckpt.get("meta", {}).get("arch"), ckpt["state_dict"]
     ours_arch = getattr(model, "arch", None)
     if strict_arch and arch and ours_arch and arch != ours_arch:
@@ -285,7 +323,8 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
     compatible = {}
     for key, tensor in theirs.items():
         if key not in own:
-            report.skipped.append((key, "not in model"))
+            if not key.endswith("num_batches_tracked"):  # a BatchNorm counter frozen BN has no slot for
+                report.skipped.append((key, "not in model"))
         elif own[key].shape != tensor.shape:
             report.skipped.append((key, f"shape {tuple(tensor.shape)} != {tuple(own[key].shape)}"))
         else:

@@ -1,8 +1,9 @@
 """Everything about a resolved config that can be checked before a run starts, as one list of problems.
 
 :func:`load_config` checks values as it loads (:mod:`detcore.config_values`); this module checks
-what needs the outside world: registry names (after ``custom_imports``), checkpoints named by
-``load_from``/``resume_from``, evaluation metrics against the model and dataset, and the data paths
+what needs the outside world: registry names (after ``custom_imports``), weights and checkpoints
+named by ``model.backbone.weights``, ``load_from`` and ``resume_from`` (torchvision names are checked
+by name, never downloaded here), what training refuses (:func:`training_problems`), evaluation metrics against the model and dataset, and the data paths
 the run will read. ``detcore train``/``test`` and ``launcher submit`` all call :func:`check_config`,
 so a bad config fails in one place with the same lines, before any work dir, experiment or job
 exists; ``detcore config show`` refuses the same problems except missing files, which it prints as
@@ -124,18 +125,46 @@ def missing_file_problems(cfg: Mapping[str, Any], *, test: bool = False, validat
     ``detcore config show`` prints these as warnings (a config can be read before its data is
     downloaded); ``detcore train``/``test`` and ``launcher submit`` refuse them (see
     :func:`config_problems`)."""
+    from detcore.pretrained.names import parse_weights
+
     cwd = cwd or os.getcwd()
     problems = []
-    # A test run loads the checkpoint it is given (MMDetection's tools/test.py ignores load_from too).
+    for key, path in _checkpoints(cfg, test, load_from):
+        try:
+            named = parse_weights(path, key) if key != "resume_from" else None
+        except ConfigError:
+            continue  # a bad name: config_problems says so
+        if named is None and not os.path.isfile(os.path.join(cwd, str(path))):
+            problems.append(f"{key}: checkpoint {path} does not exist; pass an existing .pth file (a work dir's "
+                            f"latest.pth is one)" + ("" if key == "resume_from" else " or a torchvision detector "
+                                                     "such as torchvision://fasterrcnn_resnet50_fpn"))
+    weights = _backbone_weights(cfg)
+    if isinstance(weights, str) and not test:
+        try:
+            named = parse_weights(weights, "model.backbone.weights")
+        except ConfigError:
+            named = True  # a bad name: config_problems says so
+        if named is None and not os.path.isfile(os.path.join(cwd, os.path.expanduser(weights))):
+            problems.append(f"model.backbone.weights: weights file {weights} does not exist (looked from {cwd}); "
+                            f"give an existing file or a torchvision name such as torchvision://resnet50 "
+                            f"(`detcore model list`)")
+    problems += _path_problems(cfg, _splits(test, validate), cwd)
+    return problems
+
+
+def _checkpoints(cfg: Mapping[str, Any], test: bool, load_from: str | None) -> list[tuple[str, Any]]:
+    """The checkpoints a run reads, as (key, value). A test run loads the checkpoint it is given
+    (MMDetection's tools/test.py ignores load_from too)."""
     checkpoints = [("--load-from", load_from)] if load_from else [] if test else [("load_from", cfg.get("load_from"))]
     if not test:
         checkpoints.append(("resume_from", cfg.get("resume_from")))
-    for key, path in checkpoints:
-        if path and not os.path.isfile(os.path.join(cwd, str(path))):
-            problems.append(f"{key}: checkpoint {path} does not exist; pass an existing .pth file (a work dir's "
-                            f"latest.pth is one)")
-    problems += _path_problems(cfg, _splits(test, validate), cwd)
-    return problems
+    return [(key, value) for key, value in checkpoints if value]
+
+
+def _backbone_weights(cfg: Mapping[str, Any]) -> Any:
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    return backbone.get("weights") if isinstance(backbone, Mapping) else None
 
 
 def _splits(test: bool, validate: bool) -> list[str]:
@@ -144,12 +173,14 @@ def _splits(test: bool, validate: bool) -> list[str]:
 
 def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: bool = True,
                     load_from: str | None = None, eval_metrics: Sequence[str] | None = None,
-                    cwd: str | None = None, registries: bool = True, files: bool = True) -> list[str]:
+                    cwd: str | None = None, registries: bool = True, files: bool = True,
+                    resume: str | None = None) -> list[str]:
     """One line per problem found in ``cfg`` for a training run (``test=False``) or a test run.
 
     ``validate``: the run evaluates on ``data.val`` (its metrics are checked too). ``load_from``:
     a checkpoint given on the command line (checked instead of the config's). ``eval_metrics``:
-    the metrics a test run was asked for (default: the config's ``evaluation.metric``).
+    the metrics a test run was asked for (default: the config's ``evaluation.metric``). ``resume``: a
+    checkpoint the run continues from (``--resume PATH``; ``auto`` counts as none).
     Relative paths are looked up from ``cwd`` (default: the working directory). Imports
     ``custom_imports``, as the run will, and checks registry names unless ``registries`` is False
     (``config show`` stays torch-free). A config that names only built-in types and imports no
@@ -177,6 +208,15 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
             problems.append(f"{key}: expected a type name, got {name!r:.100}")
     if registries:
         problems += _hook_key_problems(cfg)
+    for key, path in _checkpoints(cfg, test, load_from):
+        problem = _checkpoint_name_problem(cfg, key, path)
+        if problem:
+            problems.append(problem)
+    problems += _backbone_weights_problems(cfg)
+    problems += _label_ids_problems(cfg)
+    if not test:
+        resume = resume if resume not in (None, "auto", "never") else cfg.get("resume_from")
+        problems += training_problems(cfg, load_from=load_from or cfg.get("load_from"), resume=resume)
     evaluation = cfg.get("evaluation") or {}
     if test or validate:
         asked = eval_metrics if eval_metrics is not None else evaluation.get("metric", ["bbox"])
@@ -195,6 +235,115 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     if files:
         problems += missing_file_problems(cfg, test=test, validate=validate, load_from=load_from, cwd=cwd)
     return problems
+
+
+def _checkpoint_name_problem(cfg: Mapping[str, Any], key: str, value: Any) -> str | None:
+    """A ``load_from``/``--load-from`` naming weights that do not exist or do not fit the model (a path is
+    :func:`missing_file_problems`' business)."""
+    from detcore.pretrained.names import DETECTOR_OF, parse_weights
+
+    try:
+        named = parse_weights(value, key) if key != "resume_from" else None
+    except ConfigError as exc:
+        return str(exc)
+    if named is None:
+        return None
+    if not named.is_detector:
+        return (f"{key}: {value} holds ImageNet weights of a backbone, not a detector; set model.backbone.weights: "
+                f"{value} instead (load_from takes a whole detector, e.g. torchvision://fasterrcnn_resnet50_fpn)")
+    model_type = (cfg.get("model") or {}).get("type") if isinstance(cfg.get("model"), Mapping) else None
+    if model_type in DETECTOR_OF.values() and DETECTOR_OF[named.builder] != model_type:
+        return (f"{key}: {value} holds a {DETECTOR_OF[named.builder]} but the config builds a {model_type}; use "
+                f"weights of a {model_type} (`detcore model list`) or change model.type")
+    return None
+
+
+def _backbone_weights_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """``model.backbone.weights``: a file path, or a known name that fits the backbone (whether the file
+    exists is :func:`missing_file_problems`' business; a test run never reads it)."""
+    from detcore.pretrained.names import backbone_fit_problem, parse_weights
+
+    value = _backbone_weights(cfg)
+    if not value:
+        return []
+    key = "model.backbone.weights"
+    if not isinstance(value, str):
+        return [f"{key}: expected a file path or a torchvision name such as torchvision://resnet50, got {value!r:.100}"]
+    try:
+        named = parse_weights(value, key)
+    except ConfigError as exc:
+        return [str(exc)]
+    backbone = cfg["model"]["backbone"]
+    if named is not None:
+        problem = backbone_fit_problem(named, str(backbone.get("type")), backbone.get("depth", 50))
+        return [f"{key}: {problem}"] if problem and backbone.get("type") in ("ResNet", "MobileNetV3", "TinyNet") else []
+    return []
+
+
+def _label_ids_problems(cfg: Mapping[str, Any]) -> list[str]:
+    from detcore.evaluation.label_ids import LABEL_IDS
+
+    value = cfg.get("label_ids")
+    if value is not None and value not in LABEL_IDS:
+        return [f"label_ids: got {value!r:.100}; expected classes (label k is the k-th of classes, the default) or "
+                f"coco (label k is COCO category id k, torchvision's COCO models)"]
+    return []
+
+
+# Built-in backbones whose ``norm`` defaults to frozen BatchNorm.
+_FROZEN_BN_DEFAULT = {"ResNet": "frozen_bn", "MobileNetV3": "frozen_bn", "TinyNet": "gn"}
+RANDOM_FROZEN_BN_KEY = "model.backbone.allow_random_frozen_bn"
+
+
+def training_problems(cfg: Mapping[str, Any], *, load_from: str | None = None, resume: str | None = None) -> list[str]:
+    """What training refuses in ``cfg`` (pure: no files read). ``load_from``/``resume``: the checkpoint the
+    run starts from, if any (then the backbone's initial weights come from it).
+
+    - A built-in backbone with frozen BatchNorm (``norm: frozen_bn``, ResNet's and MobileNetV3's default)
+      and no weights: its normalisation stays at identity statistics for the whole run, so the network
+      trains badly or not at all. Give ``model.backbone.weights`` (``torchvision://resnet50``), start from a
+      checkpoint, train with ``norm: bn``/``gn``, or opt in with ``model.backbone.allow_random_frozen_bn: true``.
+    - ``label_ids: coco`` (a torchvision COCO detector's config): for testing and inference only.
+    """
+    problems = []
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    if isinstance(backbone, Mapping) and backbone.get("type") in _FROZEN_BN_DEFAULT:
+        norm = backbone.get("norm", _FROZEN_BN_DEFAULT[backbone["type"]])
+        if norm == "frozen_bn" and not backbone.get("weights") and not load_from and not resume \
+                and backbone.get("allow_random_frozen_bn") is not True:
+            problems.append(
+                f"model.backbone: {backbone['type']} with norm: frozen_bn and no weights would train from random "
+                f"initialisation with BatchNorm frozen at identity statistics, which never learns them; set "
+                f"model.backbone.weights (e.g. torchvision://resnet50), start from a checkpoint (load_from), use "
+                f"norm: bn or gn to train from scratch, or set {RANDOM_FROZEN_BN_KEY}: true to train it anyway")
+    if cfg.get("label_ids") == "coco":
+        problems.append("label_ids: coco is for testing and inference with torchvision's COCO detectors (their labels "
+                        "are COCO category ids); to train or fine-tune, use a training config with classes and "
+                        "num_classes (e.g. configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml) and load_from: "
+                        "torchvision://NAME")
+    return problems
+
+
+def weights_notes(cfg: Mapping[str, Any], load_from: str | None = None) -> list[str]:
+    """One line per torchvision name the run will load whose file is not in this machine's cache (a
+    notice, not a problem: the run downloads it; a node without internet needs it in its own cache)."""
+    from detcore.pretrained.names import cached_file, hub_checkpoints_dir, parse_weights
+
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    values = [("model.backbone.weights", backbone.get("weights") if isinstance(backbone, Mapping) else None),
+              ("--load-from", load_from) if load_from else ("load_from", cfg.get("load_from"))]
+    notes = []
+    for key, value in values:
+        try:
+            named = parse_weights(value, key)
+        except ConfigError:
+            continue  # reported as a problem
+        if named is not None and cached_file(named) is None:
+            notes.append(f"{key}: {named.file} ({named.given}) is not in this node's cache {hub_checkpoints_dir()}; "
+                         f"the job downloads it, or fill the cache first: detcore model download {named.name}")
+    return notes
 
 
 def check_config(cfg: Mapping[str, Any], **kwargs: Any) -> None:

@@ -323,15 +323,16 @@ def warn_stale(exps) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launcher.reconcile import refresh
+    from launcher.reconcile import refresh, weights_fact
     from launcher.status_text import status_lines
 
     store = _store()
     exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
+    weights = weights_fact(exp)
     if args.json:
-        _print_json(exp.to_json())
+        _print_json({**exp.to_json(), "weights": weights})
         return 0
-    print("\n".join(status_lines(exp)))
+    print("\n".join(status_lines(exp, weights=weights)))
     if exp.backend == "local" and not exp.state.is_terminal() and not store.read_only:
         from launcher.backends.local.cores import describe_cores
         from launcher.leases import CPU_POOL, LeaseBook

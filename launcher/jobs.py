@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from detcore.contract import seed_error
+from detcore.pretrained.names import is_weights_name
 from launcher.errors import LauncherError
 from launcher.scaling import predict_scaling
 from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
+
+logger = logging.getLogger(__name__)
 
 # The hang watchdog: 30 minutes, the collective timeout Ray Train uses, is longer than any healthy gap between
 # two iterations (an evaluation or a checkpoint to slow storage heartbeats as it goes). A run shorter than a few
@@ -88,9 +92,10 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
     mode = Mode.TEST if req.checkpoint else Mode.TRAIN
     checkpoint = None
     if req.checkpoint:
-        checkpoint = os.path.join(cwd, req.checkpoint)
-        if not os.path.isfile(checkpoint):
-            raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test")
+        checkpoint = req.checkpoint if is_weights_name(req.checkpoint) else os.path.join(cwd, req.checkpoint)
+        if checkpoint != req.checkpoint and not os.path.isfile(checkpoint):
+            raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test (or "
+                                f"a torchvision detector such as torchvision://fasterrcnn_resnet50_fpn)")
     if req.seed is not None and seed_error(req.seed):
         raise LauncherError(f"--seed: {seed_error(req.seed)}")
     resume = req.resume
@@ -99,7 +104,9 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
         if not os.path.isfile(resume):
             raise LauncherError(f"--resume {req.resume!r}: expected auto, never or an existing checkpoint file")
     load_from = None
-    if req.load_from:
+    if req.load_from and is_weights_name(req.load_from):  # a torchvision name: checked by detcore, fetched by the job
+        load_from = req.load_from
+    elif req.load_from:
         load_from = os.path.join(cwd, req.load_from)
         if not os.path.isfile(load_from):
             raise LauncherError(f"--load-from {req.load_from!r}: no such checkpoint file; pass an existing .pth "
@@ -128,16 +135,20 @@ def check_before_start(cfg: dict, req: SubmitRequest, mode: Mode, load_from: str
 
     Paths are checked on this node; for a remote backend each such line says so.
     """
-    from detcore.config_check import ConfigProblems, config_problems
+    from detcore.config_check import ConfigProblems, config_problems, weights_notes
 
     problems = config_problems(cfg, test=mode is Mode.TEST, validate=req.validate, load_from=load_from,
-                               eval_metrics=(list(req.eval_metrics) or None) if mode is Mode.TEST else None, cwd=cwd)
+                               eval_metrics=(list(req.eval_metrics) or None) if mode is Mode.TEST else None, cwd=cwd,
+                               resume=req.resume)
     if req.backend != "local":
         node = os.uname().nodename
         problems = [f"{p} (checked on this node, {node}; the {req.backend} job reads it on its own nodes)"
                     if "does not exist" in p else p for p in problems]
     if problems:
         raise ConfigProblems([f"{req.config}: {p}" for p in problems])
+    if req.backend != "local" and mode is Mode.TRAIN:  # its nodes may have no internet to download weights
+        for note in weights_notes(cfg, load_from):
+            logger.warning("%s: %s", req.config, note)
 
 
 def loader_workers(cfg: dict, mode: Mode = Mode.TRAIN) -> int:

@@ -69,6 +69,14 @@ def observed_metrics(exp: Experiment, schedule_written: bool = True) -> dict | N
                 best_ap=ap_of(best) if best else None, max_iter=max_iter, max_epoch=max_epoch)
 
 
+def weights_fact(exp: Experiment) -> list[dict] | None:
+    """The weights the worker started from (its ``weights`` fact: name, file, sha256 each), or None."""
+    for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):
+        if rec.get("event") == "weights" and isinstance(rec.get("weights"), list):
+            return rec["weights"]
+    return None
+
+
 def scaling_fact(exp: Experiment) -> dict | None:
     """The newest ``scaling`` fact of the row's current launch (written by rank 0 of the worker), or None."""
     for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):

@@ -31,8 +31,9 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
-def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
-    """The lines ``launcher status`` prints for ``exp``."""
+def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] | None = None) -> list[str]:
+    """The lines ``launcher status`` prints for ``exp``; ``weights``: what its run started from (the
+    worker's ``weights`` fact: one ``weights:`` line each)."""
     now = time.time() if now is None else now
     scaling = json.loads(exp.scaling) if exp.scaling else None
     base_lr = scaling.get("base_lr") if scaling else None
@@ -65,5 +66,8 @@ def status_lines(exp: Experiment, now: float | None = None) -> list[str]:
         from launcher.scaling import ScaledSchedule
 
         lines.append(f"scaling: {ScaledSchedule.from_dict(scaling).describe()}")
+    for record in weights or []:
+        lines.append(f"weights: {record.get('key')}: {record.get('weights') or record.get('given')} "
+                     f"({record.get('file')}, sha256 {str(record.get('sha256'))[:16]})")
     lines += [f"{key}: {_when(getattr(exp, key))}" for key in ("created", "started", "ended")]
     return lines

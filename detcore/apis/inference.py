@@ -30,28 +30,44 @@ def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.
                   device: str = "cpu", cfg_options: Sequence[str] = ()) -> nn.Module:
     """Build a detector in eval mode; the config may be omitted and read from the checkpoint's meta.
 
-    The model gets ``cfg`` and ``class_names`` attributes and a ``show_result(img, result,
-    score_thr=0.3, out_file=None)`` method (MMDetection's; :func:`show_result` with the model's class
-    names). ``checkpoint`` may be a work dir's ``latest.pth``. ``device``: cpu, cuda or cuda:N; a CUDA
-    device that is not there is a one-line ConfigError.
+    ``checkpoint``: a detcore checkpoint (a work dir's ``latest.pth``), a plain state dict file, or a
+    torchvision COCO detector by name (``torchvision://fasterrcnn_resnet50_fpn``, with
+    ``configs/torchvision/fasterrcnn_resnet50_fpn.yaml``, which is also the default config for it).
+    ``model.backbone.weights`` is not read: the checkpoint holds the whole network (MMDetection's
+    ``init_detector`` does the same). The model gets ``cfg`` and ``class_names`` attributes (names by
+    label: label k is ``class_names[k - 1]``; COCO's 90 slots for ``label_ids: coco``) and a
+    ``show_result(img, result, score_thr=0.3, out_file=None)`` method (MMDetection's; :func:`show_result`
+    with the model's class names). ``device``: cpu, cuda or cuda:N; a CUDA device that is not there
+    is a one-line ConfigError.
     """
     from detcore.engine.dist import resolve_device
+    from detcore.evaluation.label_ids import check_checkpoint_labels, label_ids_of, label_names
 
     target = resolve_device(device, 0)
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else None
+    meta = (ckpt or {}).get("meta", {})
+    if config is None and meta.get("torchvision"):
+        from detcore.pretrained.names import detector_config
+
+        config = detector_config(meta["torchvision"])
+        if not config.is_file():
+            raise CheckpointError(f"init_detector: {checkpoint} needs its config, {config.name} from detlaunch's "
+                                  f"configs/torchvision/ (not found at {config}); pass the config's path")
     if config is None:
-        if ckpt is None or not ckpt["meta"].get("config"):
+        if ckpt is None or not meta.get("config"):
             raise CheckpointError("init_detector needs a config, or a checkpoint whose meta holds one")
-        cfg = config_from_text(ckpt["meta"]["config"])
+        cfg = config_from_text(meta["config"])
         import_custom_modules(cfg)
     elif isinstance(config, dict):
         cfg = dict(config)
     else:
         cfg = load_config(config, cfg_options)
-    model = build_detector(cfg["model"])
+    label_ids = label_ids_of(cfg)
+    check_checkpoint_labels(label_ids, meta, checkpoint)
+    model = build_detector(cfg["model"], backbone_weights=False)
     if ckpt is not None:
         load_weights(model, ckpt)
-    classes = (ckpt or {}).get("meta", {}).get("classes") or cfg.get("classes")
+    classes = label_names(label_ids, meta.get("classes") or cfg.get("classes"))
     model.cfg = cfg
     model.class_names = list(classes) if classes else [str(i + 1) for i in range(cfg["model"]["num_classes"])]
     model.show_result = _ShowResult(model.class_names)

@@ -193,7 +193,8 @@ class CocoDataset(torch.utils.data.Dataset):
         if rgb.size != (info["width"], info["height"]):
             raise DataError(f"image file {path} is {rgb.size[0]}x{rgb.size[1]} but {self.ann_file} says "
                             f"{info['width']}x{info['height']} (image id {image_id}); fix the json or the file")
-        return tv_tensors.Image(F.to_dtype(F.pil_to_tensor(rgb), torch.float32, scale=True))
+        # x / 255, bit for bit what torchvision's weights.transforms() (convert_image_dtype) gives its detectors
+        return tv_tensors.Image(F.pil_to_tensor(rgb).to(torch.float32) / 255)
 
     def load_masks(self, image_id: int, ann_ids: list[int]) -> np.ndarray:
         """uint8 masks [N, H, W] of the given annotations (polygons, RLE or uncompressed RLE)."""

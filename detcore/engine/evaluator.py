@@ -75,11 +75,12 @@ def progress_logger(desc: str, loader: Any, lines: int = 4) -> Callable[[int], N
     return log
 
 
-def coco_converter(dataset: Any) -> Callable[[int, dict], list[dict]]:
-    """``convert`` for :func:`run_inference`: one image's output -> its COCO results (RLE masks)."""
+def coco_converter(dataset: Any, label_ids: str = "classes") -> Callable[[int, dict], list[dict]]:
+    """``convert`` for :func:`run_inference`: one image's output -> its COCO results (RLE masks).
+    ``label_ids``: what the model's labels mean (:mod:`detcore.evaluation.label_ids`)."""
     from detcore.evaluation import results_to_coco
 
-    return lambda image_id, output: results_to_coco([(image_id, output)], dataset)
+    return lambda image_id, output: results_to_coco([(image_id, output)], dataset, label_ids)
 
 
 def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_latest, remove_stale_temp_files,
                                 save_checkpoint, sibling_temp_path, unwrap)
 from detcore.config import dump_config
+from detcore.config_check import ConfigProblems, training_problems
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
@@ -97,11 +98,20 @@ class Trainer:
                 logger.info("removed %s, left by a save that was killed mid-write", path.name)
             (self.work_dir / "config.yaml").write_text(dump_config(self.cfg))
         barrier()
+        resume_path = self._resume_path(resume) if resume else None
+        load_key = "--load-from" if load_from else "load_from"
+        load_from = None if resume_path else load_from or self.cfg.get("load_from")
+        problems = training_problems(self.cfg, load_from=load_from, resume=str(resume_path) if resume_path else None)
+        if problems:
+            raise ConfigProblems(problems)
         self.train_loader, self.val_loader, self.classes = build_loaders(self.cfg, self.dist, seed, validate)
-        self.model = build_detector(self.cfg["model"]).to(self.dist.device)
+        # a checkpoint loaded next holds the backbone too: its ImageNet weights are not read
+        self.model = build_detector(self.cfg["model"], backbone_weights=not (resume_path or load_from))
+        self.model.to(self.dist.device)
         self.arch = self.model.arch
-        if load_from or self.cfg.get("load_from"):
-            load_weights(self.model, load_from or self.cfg["load_from"])
+        self.weights_used: list[dict] = list(self.model.weights_records)  # what the weights came from: in meta
+        if load_from:
+            self.weights_used = self._load_from(load_from, load_key)
         runner = dict(self.cfg.get("runner") or {"type": "EpochBasedRunner", "max_epochs": 12})
         self.by_epoch = runner.get("type", "EpochBasedRunner") == "EpochBasedRunner"
         self.iters_per_epoch = len(self.train_loader.batch_sampler)
@@ -129,8 +139,8 @@ class Trainer:
         self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
         self.hooks = self._build_hooks(validate)
         self.resumed = False
-        if resume:
-            self.resume(resume)
+        if resume_path:
+            self.resume(str(resume_path))
         self.tb = self._tensorboard() if self.dist.is_main else None
 
     # ---- set-up -----------------------------------------------------------------------
@@ -298,7 +308,7 @@ class Trainer:
         meta = make_meta(config_text=dump_config(self.cfg), classes=self.classes, arch=self.arch, epoch=self.epoch,
                          iteration=self.iter, world_size=self.dist.world_size,
                          total_batch=total_batch or split_batch_size(self.cfg, "train") * self.dist.world_size,
-                         seed=self.seed, scaling=self.cfg.get(SCALING_KEY))
+                         seed=self.seed, scaling=self.cfg.get(SCALING_KEY), weights=self.weights_used)
         with beating(self._keepalive()):  # a slow file system is not a hang
             path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
                                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -315,10 +325,27 @@ class Trainer:
         logger.info("saved checkpoint %s", path)
         return path
 
-    def resume(self, resume: str) -> None:
+    def _resume_path(self, resume: str) -> Path | None:
+        """The checkpoint ``resume`` names (``auto``: the newest in the work dir; None when there is none)."""
         path = latest_checkpoint(self.work_dir) if resume == "auto" else Path(resume)
         if path is None:
             logger.info("no checkpoint in %s: starting fresh", self.work_dir)
+        return path
+
+    def _load_from(self, source: str, key: str) -> list[dict]:
+        """Load ``source`` (a checkpoint file or a torchvision detector by name) into the model; the records
+        of what was loaded."""
+        from detcore.pretrained.hub import resolve_weights
+        from detcore.pretrained.names import parse_weights
+
+        local = None if parse_weights(source, key) else resolve_weights(source, key).record.to_dict()
+        ckpt = load_checkpoint(source, key)
+        load_weights(self.model, ckpt)
+        return [local] if local else list(ckpt["meta"].get("weights") or [])
+
+    def resume(self, resume: str) -> None:
+        path = self._resume_path(resume)
+        if path is None:
             return
         ckpt = load_checkpoint(path)
         missing = [k for k in ("optimizer", "scheduler", "loop", "rng") if k not in ckpt]
@@ -326,6 +353,7 @@ class Trainer:
             raise CheckpointError(f"{path} holds weights only (no {', '.join(missing)}); use --load-from to "
                                   f"fine-tune from it instead of --resume")
         load_weights(self.model, ckpt)
+        self.weights_used = list(ckpt["meta"].get("weights") or [])  # what the run being continued started from
         base_lrs = list(self.scheduler.base_lrs)  # this run's (scaled for this world size)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from pycocotools import mask as mask_utils
 
 from detcore.errors import DataError
+from detcore.evaluation.label_ids import category_of_label
 
 
 # --- model outputs -> COCO results ------------------------------------------------------------
@@ -46,14 +47,17 @@ def _encode_masks(masks: torch.Tensor, orig: tuple[int, int]) -> list[dict]:
     return rles
 
 
-def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any) -> list[dict]:
+def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any,
+                    label_ids: str = "classes") -> list[dict]:
     """Convert ``[(image_id, output), ...]`` of torchvision detectors to COCO result dicts.
 
-    ``output``: ``boxes`` [N, 4] xyxy in the model's input image, ``scores`` [N], ``labels`` [N]
-    in 1..K, optionally ``masks`` [N, 1, H, W] probabilities, ``img_shape``/``orig_size``.
-    ``dataset`` supplies ``cat_ids`` (label k -> ``cat_ids[k-1]``) and ``get_img_info(image_id)``.
+    ``output``: ``boxes`` [N, 4] xyxy in the model's input image, ``scores`` [N], ``labels`` [N],
+    optionally ``masks`` [N, 1, H, W] probabilities, ``img_shape``/``orig_size``. ``dataset``
+    supplies ``cat_ids`` and ``get_img_info(image_id)``. ``label_ids``
+    (:mod:`detcore.evaluation.label_ids`): ``classes``, labels are 1..K and label k is
+    ``cat_ids[k-1]``; ``coco``, labels are COCO category ids, kept when the dataset has that category.
     """
-    cat_ids = list(dataset.cat_ids)
+    category = category_of_label(label_ids, dataset.cat_ids)
     results: list[dict] = []
     for image_id, output in outputs:
         image_id = int(image_id)
@@ -61,23 +65,27 @@ def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: A
         boxes = torch.as_tensor(output["boxes"]).detach().float().cpu().reshape(-1, 4).clone()
         scores = torch.as_tensor(output["scores"]).detach().float().cpu().tolist()
         labels = torch.as_tensor(output["labels"]).detach().cpu().tolist()
-        if labels and (min(labels) < 1 or max(labels) > len(cat_ids)):
-            raise DataError(f"image id {image_id}: predicted labels {sorted(set(labels))} are outside 1..{len(cat_ids)};"
-                            f" the model's num_classes must be the dataset's {len(cat_ids)} classes + 1")
+        try:
+            cats = [category(label) for label in labels]
+        except DataError as exc:
+            raise DataError(f"image id {image_id}: {exc}") from None
         boxes[:, 0::2] = (boxes[:, 0::2] * (orig[1] / shape[1])).clamp(0, orig[1])
         boxes[:, 1::2] = (boxes[:, 1::2] * (orig[0] / shape[0])).clamp(0, orig[0])
         rles = None
         if output.get("masks") is not None and len(labels):
             masks = torch.as_tensor(output["masks"]).detach().cpu()
-            rles = _encode_masks(masks.reshape(len(labels), 1, *masks.shape[-2:]), orig)
-        for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(boxes.tolist(), scores, labels)):
-            res = {"image_id": image_id, "category_id": cat_ids[label - 1],
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+            masks = masks.reshape(len(labels), 1, *masks.shape[-2:])
+            keep = [k for k, cat in enumerate(cats) if cat is not None]
+            encoded = _encode_masks(masks[keep], orig) if keep else []
+            rles = dict(zip(keep, encoded))
+        for k, ((x1, y1, x2, y2), score, cat) in enumerate(zip(boxes.tolist(), scores, cats)):
+            if cat is None:
+                continue
+            res = {"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
             if rles is not None:
                 res["segmentation"] = rles[k]
             results.append(res)
     return results
-
 
 
 # --- distributed ------------------------------------------------------------------------------

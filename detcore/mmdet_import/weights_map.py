@@ -21,7 +21,10 @@ def _scheme_problem(checkpoint: str, key: str) -> str | None:
         return (f"an OpenMMLab model-zoo name, which detcore does not resolve; {key} takes torchvision://NAME "
                 f"(torchvision's ImageNet weights, e.g. torchvision://resnet50) or a local file")
     if checkpoint.startswith(("http://", "https://")):
-        return f"a URL; detcore does not download it: download the file and set {key} to its path"
+        return (f"a URL of an MMDetection checkpoint, whose parameter names are another network's and do not load "
+                f"into detcore's torchvision models; set {key} to a torchvision name from `detcore model list` "
+                f"(e.g. {'torchvision://resnet50' if 'backbone' in key else 'torchvision://maskrcnn_resnet50_fpn'}) "
+                f"or a detcore checkpoint")
     return None
 
 

@@ -18,17 +18,17 @@ from torchvision.models.detection import RetinaNet as TvRetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detcore.errors import ConfigError
 from detcore.registry import BACKBONES, DETECTORS, HEADS
+from detcore.models import heads as _heads  # noqa: F401  (registers the heads with a norm by name)
 from detcore.models.necks import BackboneWithNeck, attach_neck
 
-for _head in (RPNHead, RetinaNetHead, FCOSHead, TwoMLPHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor):
-    HEADS.add(_head)
+for _head in (RPNHead, FCOSHead, TwoMLPHead, FastRCNNPredictor, MaskRCNNPredictor):
+    HEADS.add(_head)  # RetinaNetHead, MaskRCNNHeads and FastRCNNConvFCHead: detcore.models.heads (norm by name)
 
 # Options passed through to torchvision's constructors, by config section.
 RPN_KEYS = ("pre_nms_top_n_train", "pre_nms_top_n_test", "post_nms_top_n_train", "post_nms_top_n_test",
@@ -119,12 +119,24 @@ def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: 
         "rpn_anchor_generator": anchors,
         "rpn_head": HEADS.build(rpn_head_cfg, in_channels=channels, num_anchors=anchors.num_anchors_per_location()[0]),
         "box_roi_pool": MultiScaleRoIAlign([str(i) for i in range(body_maps)], resolution, sampling_ratio=2),
-        "box_head": HEADS.build(box_head_cfg, in_channels=channels * resolution ** 2, representation_size=representation),
+        "box_head": HEADS.build(box_head_cfg, **_box_head_inputs(box_head_cfg, channels, resolution, representation)),
         "box_predictor": HEADS.build(box_predictor_cfg, in_channels=representation, num_classes=n_out),
         **_section({"rpn": rpn}, "rpn", RPN_KEYS, "rpn_"),
         **_section({"roi_head": roi}, "roi_head", ROI_KEYS, "box_"),
     }
     return parts, mask_cfg, body_maps
+
+
+def _box_head_inputs(cfg: Mapping[str, Any], channels: int, roi_size: int, representation: int) -> dict:
+    """What a box head is given: a head that takes ``input_size`` (convolutions, as torchvision's
+    FastRCNNConvFCHead) gets the pooled map's ``(channels, roi_size, roi_size)``; any other gets
+    ``in_channels`` = its flattened size (TwoMLPHead). Both get ``representation_size``."""
+    import inspect
+
+    builder = HEADS.get(cfg["type"]) if isinstance(cfg, Mapping) and "type" in cfg else None
+    if builder is not None and "input_size" in inspect.signature(builder).parameters:
+        return {"input_size": (channels, roi_size, roi_size), "representation_size": representation}
+    return {"in_channels": channels * roi_size ** 2, "representation_size": representation}
 
 
 @DETECTORS.register()
@@ -192,10 +204,18 @@ def FCOS(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvFCOS:
                   **_transform_kwargs(cfg))
 
 
-def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
-    """Build a detector from ``model:`` config; the model's ``arch`` records its type."""
+def build_detector(model_cfg: Mapping[str, Any], *, backbone_weights: bool = True) -> nn.Module:
+    """Build a detector from ``model:`` config; the model's ``arch`` records its type and ``weights_records``
+    what its parts were loaded with (dicts of :class:`~detcore.pretrained.hub.WeightsRecord`).
+
+    ``backbone_weights=False`` leaves ``model.backbone.weights`` unread, for a caller that loads a whole
+    checkpoint next (inference, testing, resuming, ``load_from``), as MMDetection's ``init_detector`` does.
+    """
     if not isinstance(model_cfg, Mapping):
         raise ConfigError(f"model must be a mapping with a type, got {model_cfg!r}")
+    if not backbone_weights and isinstance(model_cfg.get("backbone"), Mapping) and "weights" in model_cfg["backbone"]:
+        model_cfg = {**model_cfg, "backbone": {**model_cfg["backbone"], "weights": None}}
     model = DETECTORS.build(model_cfg)
     model.arch = model_cfg.get("type")
+    model.weights_records = [m.weights_record for m in model.modules() if getattr(m, "weights_record", None)]
     return model

@@ -85,7 +85,8 @@ def _norm_from_cfg(norm_cfg: Any) -> str | None:
 class FPN(FeaturePyramidNetwork):
     """torchvision's FPN. ``extra_blocks``: ``pool`` (Faster/Mask R-CNN), ``p6p7`` (RetinaNet, FCOS).
 
-    ``p6p7_from``: ``p5`` (torchvision's default, in=out channels) or ``c5``. MMDetection's
+    ``p6p7_from``: ``p5`` (torchvision's default, in=out channels) or ``c5``. ``norm``: null, ``bn``
+    or ``gn``. MMDetection's
     arguments work too (``in_channels`` (checked against the body), ``num_outs``, ``start_level``,
     ``end_level``, ``add_extra_convs``, ``relu_before_extra_convs``, ``norm_cfg``, ``init_cfg``):
     given ``num_outs``, they decide the extra levels (:func:`mmdet_extra_levels`).
@@ -121,8 +122,10 @@ class FPN(FeaturePyramidNetwork):
         norm_layer = None
         if norm == "gn":
             norm_layer = lambda c: nn.GroupNorm(min(32, c), c)  # noqa: E731
+        elif norm == "bn":  # torchvision's *_v2 Faster/Mask R-CNN
+            norm_layer = nn.BatchNorm2d
         elif norm is not None:
-            raise ConfigError(f"model.neck.norm must be null or gn, got {norm!r}")
+            raise ConfigError(f"model.neck.norm must be null, bn or gn, got {norm!r}")
         super().__init__(used, out_channels, extra_blocks=_extra_blocks(extra_blocks, p6_in, out_channels),
                          norm_layer=norm_layer)
         self.out_channels = out_channels

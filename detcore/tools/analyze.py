@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
                          description="Run CHECKPOINT over a split and draw the confusion matrix: rows are ground-truth "
                                      "classes, columns predictions, the last row and column the background.")
     c.add_argument("config", help="path to a YAML config")
-    c.add_argument("checkpoint", help="checkpoint file (.pth)")
+    c.add_argument("checkpoint", help="checkpoint file (.pth) or a torchvision detector by name "
+                                      "(torchvision://fasterrcnn_resnet50_fpn)")
     c.add_argument("--out", required=True, metavar="F.png", help="the PNG to write")
     c.add_argument("--split", default="test", help="data split (default test)")
     c.add_argument("--iou-thr", type=float, default=0.5, help="IoU at which a detection matches a box (default 0.5)")
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from detcore.engine.evaluator import coco_converter, run_inference
     from detcore.engine.setup import build_split_loader
     from detcore.errors import ConfigError
+    from detcore.evaluation.label_ids import check_checkpoint_labels, label_ids_of
     from detcore.evaluation.confusion import count_image, plot_confusion
     from detcore.models import build_detector
 
@@ -43,16 +45,18 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= getattr(args, key) <= 1.0:
             raise ConfigError(f"--{key.replace('_', '-')} {getattr(args, key)} is outside 0..1; pass e.g. 0.5")
     cfg = load_config(args.config, args.cfg_options)
+    label_ids = label_ids_of(cfg)
     ckpt = load_checkpoint(args.checkpoint)
+    check_checkpoint_labels(label_ids, ckpt["meta"], args.checkpoint)
     dist = init_distributed(args.device, None)
-    model = build_detector(cfg["model"]).to(dist.device)
+    model = build_detector(cfg["model"], backbone_weights=False).to(dist.device)  # the checkpoint holds them
     load_weights(model, ckpt)
     loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     dataset = loader.dataset
     names = list(dataset.CLASSES)
     matrix = np.zeros((len(names) + 1, len(names) + 1), dtype=np.int64)
 
-    to_coco = coco_converter(dataset)  # boxes mapped back to the annotation's pixels, as evaluation does
+    to_coco = coco_converter(dataset, label_ids)  # boxes mapped back to the annotation's pixels, as evaluation does
     label_of = {cat_id: k for k, cat_id in enumerate(dataset.cat_ids)}
 
     def count(image_id: int, output: dict) -> None:

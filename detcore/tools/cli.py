@@ -28,6 +28,7 @@ COMMANDS = {
     "demo": ("detcore.tools.demo", "annotate a video file or a webcam stream"),
     "analyze": ("detcore.tools.analyze", "analysis plots of a checkpoint (confusion matrix)"),
     "browse": ("detcore.tools.browse", "draw the ground truth on a split's images after the pipeline"),
+    "model": ("detcore.tools.model", "list the pretrained models usable by name, or download them ahead"),
 }
 
 

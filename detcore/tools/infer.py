@@ -16,8 +16,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("config", help="YAML config, or 'none' to use the one saved in the checkpoint")
-    p.add_argument("checkpoint", help="checkpoint file (.pth)")
+    p.add_argument("config", help="YAML config, or 'none' to use the one saved in the checkpoint (for a torchvision "
+                                   "name: configs/torchvision/NAME.yaml)")
+    p.add_argument("checkpoint", help="checkpoint file (.pth, a detcore checkpoint or a plain state dict), or a "
+                                      "torchvision COCO detector by name, e.g. torchvision://fasterrcnn_resnet50_fpn")
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("--out-dir", required=True,
                    help="where annotated images (same relative paths and names as the inputs) and results.json go; "

@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("config", help="path to a YAML config (or an MMDetection .py config, imported on the fly)")
-    p.add_argument("checkpoint", help="checkpoint file (.pth)")
+    p.add_argument("checkpoint", help="checkpoint file (.pth, a detcore checkpoint or a plain state dict), or a "
+                                      "torchvision COCO detector by name, e.g. torchvision://fasterrcnn_resnet50_fpn "
+                                      "(`detcore model list`)")
     add_common(p)
     p.add_argument("--out", help="write the COCO results json here")
     p.add_argument("--eval", nargs="*", default=None, metavar="METRIC",
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from detcore.engine.dist import init_distributed
     from detcore.engine.evaluator import coco_converter, flatten_metrics, gather_coco_results, run_inference
     from detcore.engine.setup import build_split_loader
+    from detcore.evaluation.label_ids import check_checkpoint_labels, check_coco_categories, label_ids_of, label_names
     from detcore.evaluation.metrics import check_metrics, evaluate_detections
     from detcore.tools.eval_tool import render
     from detcore.models import build_detector
@@ -50,21 +53,29 @@ def run(args: argparse.Namespace) -> int:
     metrics = check_metrics(args.eval if args.eval is not None else evaluation.get("metric", ["bbox"]),
                             "--eval" if args.eval is not None else "evaluation.metric")
     voc_method = args.voc_method or evaluation.get("voc_method", "area")
+    label_ids = label_ids_of(cfg)
     ckpt = load_checkpoint(args.checkpoint)
+    check_checkpoint_labels(label_ids, ckpt["meta"], args.checkpoint)
+    for record in ckpt["meta"].get("weights") or []:
+        logger.info("checkpoint %s: %s, file %s, sha256 %s", args.checkpoint, record.get("weights"), record.get("file"),
+                    record.get("sha256"))
     work_dir = check_work_dir(Path(args.work_dir)) if args.work_dir else None
     dist = init_distributed(args.device, (cfg.get("dist_params") or {}).get("timeout_min"))
-    model = build_detector(cfg["model"]).to(dist.device)
+    model = build_detector(cfg["model"], backbone_weights=False).to(dist.device)  # the checkpoint holds them all
     load_weights(model, ckpt)
     check_config(cfg, test=True, eval_metrics=args.eval)  # before the data is read or a work dir exists
     loader = build_split_loader(cfg, args.split, dist, seed=0, train=False)
     if work_dir is not None:
         setup_logging(work_dir, "test.log")
     dataset = loader.dataset
-    to_coco = coco_converter(dataset)
+    if label_ids == "coco":  # detections are matched to the dataset's categories by COCO category id
+        check_coco_categories(dataset.coco.cats, str(getattr(dataset, "ann_file", args.split)))
+    to_coco = coco_converter(dataset, label_ids)
     draw = None
     if args.show_dir:
         Path(args.show_dir).mkdir(parents=True, exist_ok=True)
-        draw = _drawer(dataset, Path(args.show_dir), args.score_thr, draw_result)
+        draw = _drawer(dataset, Path(args.show_dir), args.score_thr, draw_result,
+                       label_names(label_ids, dataset.CLASSES))
 
     def convert(image_id: int, output: dict) -> list[dict]:  # per batch: no full-size masks are kept
         if draw is not None:
@@ -83,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         os.replace(tmp, out)
         logger.info("wrote %d detections to %s", len(results), out)
     if metrics:
-        names = list(ckpt["meta"].get("classes") or dataset.CLASSES)
+        names = list(dataset.CLASSES if label_ids == "coco" else ckpt["meta"].get("classes") or dataset.CLASSES)
         evaluated = evaluate_detections(dataset.coco, results, metrics=tuple(metrics), classwise=True,
                                         class_names=names, backend=evaluation.get("backend", "pycocotools"),
                                         voc_method=voc_method)
@@ -94,10 +105,24 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({m: evaluated[m] for m in metrics}))
         else:
             print(render(evaluated, voc_method))
+            published = _published(ckpt["meta"])
+            if published:
+                print(published)
     return 0
 
 
-def _drawer(dataset, show_dir: Path, score_thr: float, draw_result):
+def _published(meta: dict) -> str | None:
+    """``published (torchvision, COCO val2017): box AP 37.0`` for a torchvision detector by name."""
+    if not meta.get("torchvision"):
+        return None
+    from detcore.pretrained.catalog import published_metrics
+
+    found = published_metrics(meta["torchvision"])
+    text = ", ".join(f"{k} {v}" for k, v in found.items())
+    return f"published by torchvision for {meta['torchvision']} on COCO val2017 (AP x 100): {text}" if text else None
+
+
+def _drawer(dataset, show_dir: Path, score_thr: float, draw_result, names):
     """``draw(image_id, output)``: write the prediction drawn on the dataset's image to ``show_dir``."""
     from torchvision.io import write_png
 
@@ -105,6 +130,6 @@ def _drawer(dataset, show_dir: Path, score_thr: float, draw_result):
 
     def draw(image_id: int, output: dict) -> None:
         image, _ = dataset[position[image_id]]
-        write_png(draw_result(image, output, dataset.CLASSES, score_thr), str(show_dir / f"{image_id}.png"))
+        write_png(draw_result(image, output, names, score_thr), str(show_dir / f"{image_id}.png"))
 
     return draw

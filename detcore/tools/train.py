@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     add_common(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
                    help="continue from the newest checkpoint in the work dir (auto) or from PATH")
-    p.add_argument("--load-from", help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
+    p.add_argument("--load-from", help="initialise weights from a checkpoint or a torchvision COCO detector such "
+                                       "as torchvision://fasterrcnn_resnet50_fpn (fine-tuning; optimizer state not "
+                                       "loaded)")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     p.add_argument("--seed", type=contract.parse_seed, default=0,
@@ -87,6 +89,19 @@ def record_scaling(scaling: dict) -> None:
         contract.append_event(run_dir, {"event": "scaling", "rank": 0, "scaling": scaling})
 
 
+def record_weights(records: list[dict]) -> None:
+    """Rank 0 logs the weights the run started from and appends them as a fact of this launch (the
+    experiment record shows them: ``launcher status``); the checkpoints' meta holds them too."""
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    for record in records:
+        logger.info("weights: %s: %s (%s, sha256 %s)", record["key"], record.get("weights") or record["given"],
+                    record["file"], record["sha256"])
+    run_dir = os.environ.get(contract.RUN_DIR_ENV)
+    if run_dir:
+        contract.append_event(run_dir, {"event": "weights", "rank": 0, "weights": records})
+
+
 def run(args: argparse.Namespace) -> int:
     from detcore.engine.heartbeat import install_stack_dump_signal
     from detcore.engine.hparams import hparams_from_options
@@ -95,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
     cfg = load_config(args.config, args.cfg_options)
-    check_config(cfg, validate=not args.no_validate, load_from=args.load_from)  # before any work dir exists
+    # before any work dir exists
+    check_config(cfg, validate=not args.no_validate, load_from=args.load_from, resume=args.resume)
     work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
@@ -118,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
                           deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir,
                           hparams=hparams_from_options(cfg, args.cfg_options))
         record_scaling(trainer.scaling.to_dict())
+        record_weights(trainer.weights_used)
         trainer.train()
     except TrainingInterrupted as exc:
         logger.warning("%s", exc)

@@ -134,7 +134,7 @@ CASES = [
     ("resume-missing", {"c.yaml": f"_base_: {SHAPES}\n"}, [*TRAIN, "--resume", "{t}/none.pth", "--cfg-options", *FAST],
      ["none.pth", "not found"]),
     ("load-from-not-checkpoint", {"c.yaml": f"_base_: {SHAPES}\n", "x.pth": "plain text"},
-     [*TRAIN, "--load-from", "{t}/x.pth", "--cfg-options", *FAST], ["x.pth", "not a loadable weights file"]),
+     [*TRAIN, "--load-from", "{t}/x.pth", "--cfg-options", *FAST], ["x.pth", "not a readable torch file"]),
     ("resume-truncated", {"c.yaml": f"_base_: {SHAPES}\n", "t.pth": "__truncated__"},
      [*TRAIN, "--resume", "{t}/t.pth", "--cfg-options", *FAST], ["t.pth", "truncated or not a checkpoint"]),
     ("checkpoint-other-arch", {"t.pth": "__faster__"}, ["test", RETINA, "{t}/t.pth", "--cfg-options",

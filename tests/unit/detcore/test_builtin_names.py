@@ -64,3 +64,11 @@ def test_an_unknown_name_takes_the_full_check_with_its_suggestion() -> None:
     result = _check(model__neck__type="FPNN")
     assert result["torch"]
     assert any(p.startswith("model.neck.type:") and "'FPN'" in p for p in result["problems"]), result["problems"]
+
+
+def test_weights_names_are_checked_by_name_without_torch() -> None:
+    assert _check(load_from="torchvision://fasterrcnn_resnet50_fpn") == {"problems": [], "torch": False}
+    typo = _check(load_from="torchvision://fasterrcnn_resnet50_fp")
+    assert not typo["torch"]
+    assert any(p.startswith("load_from: unknown weights name") and
+               "did you mean 'torchvision://fasterrcnn_resnet50_fpn'" in p for p in typo["problems"])

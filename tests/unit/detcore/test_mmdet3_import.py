@@ -77,8 +77,8 @@ def test_the_3x_guide_balloon_config_maps_classes_paths_num_classes_and_load_fro
     assert cfg["evaluation"] == {"interval": 1, "metric": ["bbox", "segm"]}
     assert cfg["load_from"] == GUIDE_URL  # kept as written; training refuses a URL in one line
     lines = imported.summary
-    assert any(line.startswith("load_from: \"https://download.openmmlab.com/") and "a URL; detcore does not "
-               "download it: download the file and set load_from to its path" in line for line in lines)
+    assert any(line.startswith("load_from: \"https://download.openmmlab.com/") and "a URL of an MMDetection checkpoint" in line and "do not "
+               "load into detcore's torchvision models; set load_from to a torchvision name" in line for line in lines)
     assert any(line.startswith('model.backbone.init_cfg.checkpoint: "open-mmlab://detectron2/resnet50_caffe"')
                and "model-zoo name" in line for line in lines)
     assert any(line.startswith("metainfo.palette: [[220, 20, 60]]") for line in lines)

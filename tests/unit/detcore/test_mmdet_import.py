@@ -114,7 +114,7 @@ def _shapes_of(model_json: str) -> tuple[tuple[str, tuple], ...]:
     """Parameter shapes of the network (cached: the 2.x and 3.x imports build the same one)."""
     from detcore.models import build_detector
 
-    return tuple((k, tuple(v.shape)) for k, v in build_detector(json.loads(model_json)).state_dict().items())
+    return tuple((k, tuple(v.shape)) for k, v in build_detector(json.loads(model_json), backbone_weights=False).state_dict().items())
 
 
 def _without_weights(model_cfg: dict) -> dict:
@@ -147,6 +147,7 @@ def test_the_four_1x_configs_build_the_shipped_networks(version: str, mmdet2: st
     # MMDetection's ImageNet init, by name; the caffe-style FCOS backbone (open-mmlab://) has no torchvision weights
     caffe = "caffe" in mmdet
     assert imported["model"]["backbone"]["weights"] == (None if caffe else "torchvision://resnet50")
+    assert ours["model"]["backbone"]["weights"] == "torchvision://resnet50"  # MMDetection's init_cfg checkpoint
     got = _shapes(_without_weights(imported["model"]))
     assert got == _shapes(_without_weights(ours["model"]))
     if same_with:
