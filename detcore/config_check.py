@@ -15,7 +15,7 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 from detcore.config import import_custom_modules
-from detcore.errors import ConfigProblems, DetcoreError, RegistryError
+from detcore.errors import ConfigError, ConfigProblems, DetcoreError, RegistryError
 
 __all__ = ["ConfigProblems", "check_config", "config_problems", "missing_file_problems", "with_file"]
 
