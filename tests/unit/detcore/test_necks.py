@@ -139,11 +139,13 @@ def _neck_shapes(model: torch.nn.Module) -> dict:
 def test_detcores_fpn_takes_mmdetections_arguments(mmdet_words: dict, detcore_words: dict) -> None:
     base = ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"
     mmdet = build_detector(load_config(base, [f"model.neck={{_delete_: true, type: FPN, "
-                                              f"{', '.join(f'{k}: {v}' for k, v in mmdet_words.items())}}}"])["model"])
+                                              f"{', '.join(f'{k}: {v}' for k, v in mmdet_words.items())}}}"])["model"],
+                           backbone_weights=False)
     returned = [2, 3, 4] if "start_level" in mmdet_words else [1, 2, 3, 4]
     plain = build_detector(load_config(base, [f"model.backbone.returned_layers={returned}", "model.neck={_delete_: "
                                               f"true, type: FPN, out_channels: 256, "
-                                              f"{', '.join(f'{k}: {v}' for k, v in detcore_words.items())}}}"])["model"])
+                                              f"{', '.join(f'{k}: {v}' for k, v in detcore_words.items())}}}"])["model"],
+                           backbone_weights=False)
     assert _neck_shapes(mmdet) == _neck_shapes(plain)
     mmdet.eval()
     with torch.no_grad():
@@ -158,4 +160,4 @@ def test_mmdetection_fpn_arguments_torchvision_cannot_build_are_one_line() -> No
         cfg = load_config(base, [f"model.neck={{_delete_: true, type: FPN, in_channels: [256, 512, 1024, 2048], "
                                  f"out_channels: 256, {extra}}}"])
         with pytest.raises(ConfigError, match=match):
-            build_detector(cfg["model"])
+            build_detector(cfg["model"], backbone_weights=False)
