@@ -87,7 +87,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     module = backend_module(args.backend)
     store = _store()
     if not args.dry_run:
-        store.writable()  # before the config is loaded: a read-only home is one line at once
+        store.refuse_if_read_only()  # before the config is loaded: a read-only home is one line at once
     backend = module.create(store.home)
     spec = build_spec(_request(args, module))
     dry = backend.dryrun(spec)

@@ -163,6 +163,17 @@ class ExperimentStore:
                            self.read_only, detail)
             self._read_only_noted = True
 
+    def refuse_if_read_only(self) -> None:
+        """StoreReadOnly (one line) when the home exists and cannot be written, or cannot be created;
+        creates nothing, so a command refused later (a bad config) leaves no home behind."""
+        if self._conn is not None:
+            self.writable()
+            return
+        existing = next(p for p in (self.home, *self.home.parents) if p.exists())
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreReadOnly(f"{self.home} is read-only: this command must write the experiment store there; "
+                                f"make it writable, or set LAUNCHER_HOME to another folder")
+
     def writable(self) -> sqlite3.Connection:
         """The connection, for a write; StoreReadOnly (one line) when the home cannot be written."""
         conn = self.conn
