@@ -4,12 +4,14 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models.detection import FasterRCNN
 
+from detcore.apis import inference_detector, init_detector
 from detcore.checkpoint import load_weights, make_meta, save_checkpoint
-from detcore.config import load_config
+from detcore.config import dump_config, load_config
 from detcore.config_check import config_problems
 from detcore.errors import CheckpointError, ConfigError
 from detcore.evaluation.metrics import predicts_masks
@@ -173,6 +175,23 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     faster = tiny("FasterRCNN")
     with pytest.raises(CheckpointError, match="CascadeRCNN"):
         load_weights(faster, path)
+
+
+def test_inference_api_from_a_checkpoint_alone(tmp_path: Path) -> None:
+    """init_detector(None, checkpoint) rebuilds the cascade from the checkpoint's config; inference_detector
+    returns what it returns for Mask R-CNN."""
+    model_cfg = {"type": "CascadeRCNN", **TINY, "roi_head": {"representation_size": 64, "mask_layers": [16, 16],
+                                                              "score_thresh": 0.0}}
+    torch.manual_seed(0)
+    model = build_detector(model_cfg)
+    meta = make_meta(config_text=dump_config({"model": model_cfg, "classes": ["cat", "dog"]}), classes=["cat", "dog"],
+                     arch="CascadeRCNN")
+    path = save_checkpoint(tmp_path / "c.pth", model, meta)
+    loaded = init_detector(None, path)
+    result = inference_detector(loaded, np.zeros((80, 120, 3), dtype=np.uint8) + 127)
+    assert set(result) == {"boxes", "scores", "labels", "class_names", "masks"}
+    assert result["boxes"].shape[1] == 4 and result["masks"].shape[1:] == (80, 120) and result["masks"].dtype == bool
+    assert set(result["class_names"]) <= {"cat", "dog"} and len(result["class_names"]) == len(result["labels"]) > 0
 
 
 @pytest.mark.parametrize("roi, words", [
