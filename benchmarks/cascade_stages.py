@@ -16,6 +16,7 @@ Prints two Markdown tables; the figures go to the JSON file with the machine's d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -61,7 +62,8 @@ def stage_ious(checkpoint: Path, fg_iou: float) -> list[dict]:
 
     model = init_detector(None, checkpoint)
     root = ensure_shapes(None, num_train=400, num_val=100, size=128, seed=0)
-    coco = COCO(str(root / "annotations/instances_val.json"))
+    with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints while loading; stdout is the table
+        coco = COCO(str(root / "annotations/instances_val.json"))
     per_step: list[list[torch.Tensor]] = []
     for image_id in sorted(coco.getImgIds()):
         info = coco.loadImgs(image_id)[0]
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fg-iou", type=float, default=0.5, help="proposals at least this close to a box are followed")
     ap.add_argument("--work-dir", help="keep the two runs here (default: a temporary folder, removed)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cascade_stages.json"))
+    ap.add_argument("--note", default="", help="a remark kept with the results, e.g. 'shared machine, load 10'")
     args = ap.parse_args(argv)
+    machine = machine_description()
     with tempfile.TemporaryDirectory(prefix="cascade_stages-") as tmp:
         work = Path(args.work_dir or tmp)
         runs = {name: train(config, work / Path(config).stem, args.iters, args.threads)
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['step']} | {r['boxes']} | {r['mean_iou']:.3f} | {r['share_iou_0.7']:.1%} | "
               f"{r['share_iou_0.8']:.1%} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"machine": machine_description(), "settings": vars(args), "runs": runs,
+    Path(args.out).write_text(json.dumps({"machine": machine, "settings": vars(args), "runs": runs,
                                           "stages": stages}, indent=2) + "\n")
     log(f"cascade_stages: wrote {args.out}")
     return 0
