@@ -14,7 +14,7 @@ CONFIG = ROOT / "configs/shapes/cascade_mask_rcnn_tiny_shapes.yaml"
 def test_cascade_mask_rcnn_trains_checkpoints_and_tests_with_bbox_and_segm(tmp_path: Path) -> None:
     work = tmp_path / "work"
     detcore("train", str(CONFIG), "--work-dir", str(work), "--cfg-options", "runner.max_iters=6",
-            "evaluation.interval=6", "checkpoint_config.interval=6", "log_config.interval=3", "data.samples_per_gpu=2",
+            "evaluation.interval=6", "checkpoint_config.interval=6", "log_config.interval=3",
             "lr_config.warmup_iters=2", timeout=600, OMP_NUM_THREADS="2")
     losses = train_losses(work)
     assert sorted(losses) == [3, 6]
