@@ -40,7 +40,7 @@ DEFAULT_STAGES = (
 DEFAULT_LOSS_WEIGHTS = (1.0, 0.5, 0.25)
 STAGE_KEYS = ("fg_iou_thresh", "bg_iou_thresh", "bbox_reg_weights", "batch_size_per_image", "positive_fraction",
               "box_head", "box_predictor")
-ROI_KEYS = ("roi_size", "representation_size", "score_thresh", "nms_thresh", "detections_per_img",
+CASCADE_ROI_KEYS = ("roi_size", "representation_size", "score_thresh", "nms_thresh", "detections_per_img",
             "batch_size_per_image", "positive_fraction", "box_head", "box_predictor", "stages", "stage_loss_weights",
             *MASK_KEYS)
 
@@ -255,9 +255,9 @@ def build_cascade_rcnn(num_classes: int, backbone: dict, neck: dict, **cfg: Any)
     body: BackboneWithNeck = _backbone({"backbone": backbone, "neck": neck})
     _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "CascadeRCNN")
     roi = dict(cfg.get("roi_head") or {})
-    unknown = sorted(set(roi) - set(ROI_KEYS))
+    unknown = sorted(set(roi) - set(CASCADE_ROI_KEYS))
     if unknown:
-        raise ConfigError(f"model.roi_head (CascadeRCNN): unknown option(s) {unknown}; allowed: {', '.join(ROI_KEYS)} "
+        raise ConfigError(f"model.roi_head (CascadeRCNN): unknown option(s) {unknown}; allowed: {', '.join(CASCADE_ROI_KEYS)} "
                           f"(IoU thresholds and box coder weights are set per stage in roi_head.stages)")
     rpn = rpn_parts(cfg, body)
     size, width = int(roi.get("roi_size", 7)), int(roi.get("representation_size", 1024))
