@@ -15,9 +15,9 @@ from __future__ import annotations
 BUILTIN: dict[str, frozenset[str]] = {
     "backbone": frozenset({"MobileNetV3", "ResNet", "TinyNet"}),
     "dataset": frozenset({"CocoDataset", "ShapesDataset"}),
-    "detector": frozenset({"FCOS", "FasterRCNN", "MaskRCNN", "RetinaNet"}),
-    "head": frozenset({"FCOSHead", "FastRCNNConvFCHead", "FastRCNNPredictor", "MaskRCNNHeads", "MaskRCNNPredictor",
-                       "RPNHead", "RetinaNetHead", "TwoMLPHead"}),
+    "detector": frozenset({"CascadeRCNN", "FCOS", "FasterRCNN", "MaskRCNN", "RetinaNet"}),
+    "head": frozenset({"ClassAgnosticPredictor", "FCOSHead", "FastRCNNConvFCHead", "FastRCNNPredictor",
+                       "MaskRCNNHeads", "MaskRCNNPredictor", "RPNHead", "RetinaNetHead", "TwoMLPHead"}),
     "hook": frozenset({"CheckpointHook", "EvalHook", "LRSchedulerHook", "LoggerHook"}),
     "lr schedule": frozenset({"cosine", "fixed", "step"}),
     "neck": frozenset({"FPN"}),

@@ -224,9 +224,8 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
         where = "--eval" if eval_metrics is not None else "evaluation.metric"
         split = "test" if test else "val"
         split_cfg = (cfg.get("data") or {}).get(split)
-        model_type = (cfg.get("model") or {}).get("type")
         for metric in asked:
-            problem = metric_problem(metric, model_type, split_cfg if isinstance(split_cfg, Mapping) else None)
+            problem = metric_problem(metric, cfg.get("model"), split_cfg if isinstance(split_cfg, Mapping) else None)
             if problem:
                 problems.append(f"{where}: {problem}")
     method = evaluation.get("voc_method", "area")

@@ -75,7 +75,7 @@ class LoggerHook(HookBase):
         if pending and evaluation.last_seconds is not None:
             eta += pending * evaluation.last_seconds
         t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean}, prefix="train")
-        terms = " ".join(f"{k}={v:.4f}" for k, v in mean.items() if k.startswith("loss"))
+        terms = " ".join(f"{k}={v:.4f}" for k, v in mean.items() if "loss" in k)  # also Cascade's s0.loss_*
         untimed = " + evaluation" if pending and evaluation.last_seconds is None else ""
         logger.info("iter %d/%d epoch %d lr %.5f %s data %.3fs iter %.3fs %.1f img/s eta %s%s", t.iter, t.max_iters,
                     t.epoch, mean["lr"], terms, mean.get("data_time", 0), mean.get("iter_time", 0),

@@ -19,7 +19,18 @@ from detcore.errors import ConfigError
 COCO_METRICS = ("bbox", "segm")
 METRICS = (*COCO_METRICS, "mAP")
 VOC_METHODS = ("area", "11points")
-MASK_DETECTORS = ("MaskRCNN",)  # the detectors whose outputs hold masks (segm needs them)
+MASK_DETECTORS = ("MaskRCNN",)  # the detectors whose outputs always hold masks (segm needs them)
+MASK_OPTIONS = ("mask_head", "mask_predictor", "mask_layers", "mask_roi_size")  # roi_head options of a mask branch
+
+
+def predicts_masks(model_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether the detector of ``model:`` config outputs masks: a MaskRCNN, or a CascadeRCNN whose
+    ``roi_head`` has a mask branch (Cascade Mask R-CNN, as MMDetection tells them apart)."""
+    if not isinstance(model_cfg, Mapping):
+        return False
+    roi = model_cfg.get("roi_head")
+    return model_cfg.get("type") in MASK_DETECTORS or (
+        model_cfg.get("type") == "CascadeRCNN" and isinstance(roi, Mapping) and any(k in roi for k in MASK_OPTIONS))
 
 
 def check_metrics(metrics: Sequence[str], where: str = "metric") -> list[str]:
@@ -38,16 +49,17 @@ def check_voc_method(method: str, where: str = "voc_method") -> str:
     return method
 
 
-def metric_problem(metric: str, model_type: str | None, split_cfg: Mapping[str, Any] | None) -> str | None:
-    """Why ``metric`` cannot be computed for a model of ``model_type`` on a split configured as ``split_cfg``
-    (None when it can)."""
+def metric_problem(metric: str, model_cfg: Mapping[str, Any] | None, split_cfg: Mapping[str, Any] | None) -> str | None:
+    """Why ``metric`` cannot be computed for the model of ``model_cfg`` (the ``model:`` section) on a split
+    configured as ``split_cfg`` (None when it can)."""
     if metric not in METRICS:
         return (f"unknown metric {metric!r}; expected any of {', '.join(METRICS)} (mAP is Pascal VOC's, "
                 f"at IoU 0.5)")
     if metric == "segm":
-        if model_type not in MASK_DETECTORS:
-            return (f"segm needs a detector that predicts masks ({', '.join(MASK_DETECTORS)}), model.type is "
-                    f"{model_type!r}; use bbox or mAP")
+        if not predicts_masks(model_cfg):
+            kind = model_cfg.get("type") if isinstance(model_cfg, Mapping) else None
+            return (f"segm needs a detector that predicts masks (MaskRCNN, or CascadeRCNN with roi_head.mask_* "
+                    f"options), model.type is {kind!r}; use bbox or mAP")
         if not (split_cfg or {}).get("with_mask", False):
             return "segm needs masks in the ground truth; set with_mask: true on the split or use bbox or mAP"
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from detcore.evaluation.metrics import predicts_masks
 from detcore.mmdet_import.source import Source
 from detcore.mmdet_import.v3_schedule import metric_key
 from detcore.mmdet_import.weights_map import map_load_from
@@ -118,7 +119,7 @@ def _dataset(src: Source, path: str, model: dict, masks: bool) -> dict:
 def map_data(src: Source, model: dict) -> dict:
     """``classes`` and ``data`` (and the model's image size and normalisation, set in ``model``)."""
     out: dict = {}
-    masks = model["type"] == "MaskRCNN"
+    masks = predicts_masks(model)
     data: dict = {}
     for key in ("samples_per_gpu", "workers_per_gpu"):
         if src.has(f"data.{key}"):

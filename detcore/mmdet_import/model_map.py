@@ -1,7 +1,8 @@
-"""Map an MMDetection ``model`` onto detcore's ``model:`` schema (four families).
+"""Map an MMDetection ``model`` onto detcore's ``model:`` schema (five families).
 
 Faster R-CNN, Mask R-CNN, RetinaNet and FCOS with a ResNet + FPN map onto torchvision's
-models, which is what detcore builds. A part that would change the network detcore builds
+models, which is what detcore builds, and Cascade (Mask) R-CNN onto detcore's cascade of
+torchvision's RoI heads. A part that would change the network detcore builds
 (another detector, backbone, neck or head type) is refused with one line naming it;
 settings that change only training (losses, samplers, coders, init) are listed as not mapped.
 """
@@ -13,9 +14,10 @@ from detcore.errors import ConfigError
 from detcore.mmdet_import.source import Source
 from detcore.mmdet_import.weights_map import backbone_weights
 
-FAMILIES = {"FasterRCNN": "Faster R-CNN", "MaskRCNN": "Mask R-CNN", "RetinaNet": "RetinaNet", "FCOS": "FCOS"}
+FAMILIES = {"FasterRCNN": "Faster R-CNN", "MaskRCNN": "Mask R-CNN", "CascadeRCNN": "Cascade (Mask) R-CNN",
+            "RetinaNet": "RetinaNet", "FCOS": "FCOS"}
 KNOWN_OTHERS = {
-    "CascadeRCNN": "Cascade R-CNN", "HybridTaskCascade": "HTC (Hybrid Task Cascade)", "DETR": "DETR",
+    "HybridTaskCascade": "HTC (Hybrid Task Cascade)", "DETR": "DETR",
     "DeformableDETR": "Deformable DETR", "YOLOV3": "YOLOv3", "YOLOX": "YOLOX", "SingleStageDetector": "SSD",
     "MaskScoringRCNN": "Mask Scoring R-CNN", "PointRend": "PointRend", "SparseRCNN": "Sparse R-CNN",
     "QueryInst": "QueryInst", "SOLO": "SOLO", "SOLOv2": "SOLOv2", "YOLACT": "YOLACT", "ATSS": "ATSS",
@@ -44,13 +46,13 @@ def unsupported(src: Source, path: str, name: str) -> ConfigError:
 
 
 def detector_type(src: Source) -> str:
-    """``model.type`` if it is one of the four families; otherwise the one-line refusal."""
+    """``model.type`` if it is one of the five families; otherwise the one-line refusal."""
     kind = src.get("model.type")
     if not isinstance(kind, str):
         raise ConfigError(f"{src.filename}: no model.type; is this a _base_ dataset or schedule file? Import the "
                           f"config that defines the detector")
     if kind not in FAMILIES:
-        raise unsupported(src, "model.type", f"{kind} ({KNOWN_OTHERS.get(kind, 'not one of the four families')})")
+        raise unsupported(src, "model.type", f"{kind} ({KNOWN_OTHERS.get(kind, 'not one of the five families')})")
     return kind
 
 
@@ -143,8 +145,13 @@ def _copy(src: Source, out: dict, pairs: dict[str, str]) -> None:
             out[key] = list(value) if isinstance(value, list) else value
 
 
-def _two_stage(src: Source, model: dict, mask: bool) -> None:
-    for path, expected in {**TWO_STAGE_HEADS, **(MASK_HEADS if mask else {})}.items():
+def _two_stage(src: Source, model: dict, kind: str) -> None:
+    """``anchor_generator``, ``rpn``, ``roi_head`` and ``num_classes`` of a Faster/Mask/Cascade R-CNN."""
+    mask = kind == "MaskRCNN" or (kind == "CascadeRCNN" and src.has("model.roi_head.mask_head"))
+    heads = dict(TWO_STAGE_HEADS)
+    if kind == "CascadeRCNN":  # cascade_roi_head checks the roi_head and its box heads
+        heads = {k: v for k, v in heads.items() if k not in ("roi_head", "roi_head.bbox_head")}
+    for path, expected in {**heads, **(MASK_HEADS if mask else {})}.items():
         _require_type(src, path, expected)
     a = "model.rpn_head.anchor_generator"
     if src.get(f"{a}.type", "AnchorGenerator") != "AnchorGenerator":
@@ -152,10 +159,9 @@ def _two_stage(src: Source, model: dict, mask: bool) -> None:
     scales, strides = src.get(f"{a}.scales", [8]), src.get(f"{a}.strides", [4, 8, 16, 32, 64])
     model["anchor_generator"] = {"sizes": [[int(s * st) for s in scales] for st in strides],
                                  "aspect_ratios": list(src.get(f"{a}.ratios", [0.5, 1.0, 2.0]))}
-    src.use("model.rpn_head.in_channels", "model.rpn_head.feat_channels", "model.roi_head.bbox_head.in_channels",
-            "model.roi_head.bbox_head.roi_feat_size", "model.roi_head.bbox_roi_extractor.out_channels",
-            "model.roi_head.bbox_roi_extractor.featmap_strides", "model.roi_head.bbox_roi_extractor.roi_layer.type")
-    model["num_classes"] = src.get("model.roi_head.bbox_head.num_classes")
+    src.use("model.rpn_head.in_channels", "model.rpn_head.feat_channels",
+            "model.roi_head.bbox_roi_extractor.out_channels", "model.roi_head.bbox_roi_extractor.featmap_strides",
+            "model.roi_head.bbox_roi_extractor.roi_layer.type")
     rpn: dict = {}
     _copy(src, rpn, {"model.train_cfg.rpn.assigner.pos_iou_thr": "fg_iou_thresh",
                      "model.train_cfg.rpn.assigner.neg_iou_thr": "bg_iou_thresh",
@@ -172,26 +178,100 @@ def _two_stage(src: Source, model: dict, mask: bool) -> None:
                                                                     "here (the test value is used)")
     model["rpn"] = rpn
     roi: dict = {"roi_size": src.get("model.roi_head.bbox_roi_extractor.roi_layer.output_size", 7),
-                 "representation_size": src.get("model.roi_head.bbox_head.fc_out_channels", 1024)}
+                 "representation_size": 1024}
     _copy(src, roi, {"model.test_cfg.rcnn.score_thr": "score_thresh",
                      "model.test_cfg.rcnn.nms.iou_threshold": "nms_thresh",
-                     "model.test_cfg.rcnn.max_per_img": "detections_per_img",
-                     "model.train_cfg.rcnn.assigner.pos_iou_thr": "fg_iou_thresh",
-                     "model.train_cfg.rcnn.assigner.neg_iou_thr": "bg_iou_thresh",
-                     "model.train_cfg.rcnn.sampler.num": "batch_size_per_image",
-                     "model.train_cfg.rcnn.sampler.pos_fraction": "positive_fraction"})
+                     "model.test_cfg.rcnn.max_per_img": "detections_per_img"})
+    if kind == "CascadeRCNN":
+        cascade_roi_head(src, model, roi)
+    else:
+        src.use("model.roi_head.bbox_head.in_channels", "model.roi_head.bbox_head.roi_feat_size")
+        model["num_classes"] = src.get("model.roi_head.bbox_head.num_classes")
+        roi["representation_size"] = src.get("model.roi_head.bbox_head.fc_out_channels", 1024)
+        _copy(src, roi, {"model.train_cfg.rcnn.assigner.pos_iou_thr": "fg_iou_thresh",
+                         "model.train_cfg.rcnn.assigner.neg_iou_thr": "bg_iou_thresh",
+                         "model.train_cfg.rcnn.sampler.num": "batch_size_per_image",
+                         "model.train_cfg.rcnn.sampler.pos_fraction": "positive_fraction"})
     if mask:
-        h = "model.roi_head.mask_head"
-        roi["mask_layers"] = [src.get(f"{h}.conv_out_channels", 256)] * src.get(f"{h}.num_convs", 4)
-        roi["mask_roi_size"] = src.get("model.roi_head.mask_roi_extractor.roi_layer.output_size", 14)
-        src.use(f"{h}.in_channels", "model.roi_head.mask_roi_extractor.out_channels",
-                "model.roi_head.mask_roi_extractor.featmap_strides", "model.roi_head.mask_roi_extractor.roi_layer.type")
-        mask_classes = src.get(f"{h}.num_classes", model["num_classes"])
-        if mask_classes != model["num_classes"]:
-            raise ConfigError(f"{src.filename}: model.roi_head.mask_head.num_classes={mask_classes} but "
-                              f"model.roi_head.bbox_head.num_classes={model['num_classes']}; detcore has one "
-                              f"model.num_classes, make them equal")
+        _mask_head(src, model, roi)
     model["roi_head"] = roi
+
+
+def _mask_head(src: Source, model: dict, roi: dict) -> None:
+    h = "model.roi_head.mask_head"
+    roi["mask_layers"] = [src.get(f"{h}.conv_out_channels", 256)] * src.get(f"{h}.num_convs", 4)
+    roi["mask_roi_size"] = src.get("model.roi_head.mask_roi_extractor.roi_layer.output_size", 14)
+    src.use(f"{h}.in_channels", "model.roi_head.mask_roi_extractor.out_channels",
+            "model.roi_head.mask_roi_extractor.featmap_strides", "model.roi_head.mask_roi_extractor.roi_layer.type")
+    mask_classes = src.get(f"{h}.num_classes", model["num_classes"])
+    if mask_classes != model["num_classes"]:
+        raise ConfigError(f"{src.filename}: model.roi_head.mask_head.num_classes={mask_classes} but "
+                          f"model.roi_head.bbox_head.num_classes={model['num_classes']}; detcore has one "
+                          f"model.num_classes, make them equal")
+
+
+def _stage_list(src: Source, path: str, n: int) -> list[str]:
+    """The key paths of the ``n`` per-stage entries at ``path``: a list of n, or one dict for every stage."""
+    value = src.lookup(path)
+    if isinstance(value, dict):
+        return [path] * n
+    if not isinstance(value, list) or len(value) != n:
+        raise ConfigError(f"{src.filename}: {path} has {len(value) if isinstance(value, list) else 'no'} entries but "
+                          f"model.roi_head.num_stages is {n}; give one per stage")
+    return [f"{path}.{i}" for i in range(n)]
+
+
+def cascade_roi_head(src: Source, model: dict, roi: dict) -> None:
+    """MMDetection's ``CascadeRoIHead`` (2.x and 3.x spell it alike) onto ``roi`` (detcore's roi_head) and
+    ``model["num_classes"]``: per stage, the IoU threshold (``train_cfg.rcnn[i].assigner``), sampler,
+    box coder weights (``1 / bbox_head[i].bbox_coder.target_stds``) and predictor (``reg_class_agnostic``);
+    ``stage_loss_weights``. One mask head on the last stage stands for MMDetection's one per stage."""
+    r = "model.roi_head"
+    _require_type(src, "roi_head", "CascadeRoIHead")
+    n = src.get(f"{r}.num_stages", 3)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{src.filename}: {r}.num_stages={n!r}; expected a positive integer")
+    weights = src.get(f"{r}.stage_loss_weights")
+    if not isinstance(weights, list) or len(weights) != n:
+        raise ConfigError(f"{src.filename}: {r}.stage_loss_weights={weights!r}; expected one weight per stage "
+                          f"(num_stages={n})")
+    heads, trains = _stage_list(src, f"{r}.bbox_head", n), _stage_list(src, "model.train_cfg.rcnn", n)
+    stages, shape = [], None
+    for h, t in zip(heads, trains):
+        _require_type(src, h[len("model."):], "Shared2FCBBoxHead")
+        src.use(f"{h}.in_channels")
+        head_shape = (src.get(f"{h}.fc_out_channels", 1024), src.get(f"{h}.roi_feat_size", 7),
+                      src.get(f"{h}.num_classes"))
+        if shape not in (None, head_shape):
+            raise unsupported(src, h, "a cascade whose stages differ in fc_out_channels, roi_feat_size or num_classes")
+        shape = head_shape
+        c = f"{h}.bbox_coder"
+        if src.get(f"{c}.type", "DeltaXYWHBBoxCoder") != "DeltaXYWHBBoxCoder" or \
+                any(m != 0 for m in src.get(f"{c}.target_means", [0.0] * 4)):
+            raise unsupported(src, c, "a box coder other than DeltaXYWHBBoxCoder with zero target_means")
+        stage = {"fg_iou_thresh": src.get(f"{t}.assigner.pos_iou_thr"),
+                 "bg_iou_thresh": src.get(f"{t}.assigner.neg_iou_thr"),
+                 "bbox_reg_weights": [round(1 / s, 3) for s in src.get(f"{c}.target_stds", [0.1, 0.1, 0.2, 0.2])]}
+        _copy(src, stage, {f"{t}.sampler.num": "batch_size_per_image",
+                           f"{t}.sampler.pos_fraction": "positive_fraction"})
+        if src.get(f"{t}.assigner.match_low_quality", True) is False:  # torchvision's RoI matcher; min_pos_iou unused
+            src.use(f"{t}.assigner.min_pos_iou")
+        if not src.get(f"{h}.reg_class_agnostic", False):
+            stage["box_predictor"] = {"type": "FastRCNNPredictor"}
+        stages.append(stage)
+    for key in ("batch_size_per_image", "positive_fraction"):  # one roi_head value when every stage agrees
+        values = {repr(s.get(key)) for s in stages}
+        if len(values) == 1 and key in stages[0]:
+            roi[key] = stages[0][key]
+            for s in stages:
+                del s[key]
+    model["num_classes"] = shape[2]
+    roi.update(representation_size=shape[0], stages=stages, stage_loss_weights=list(weights))
+    if src.has(f"{r}.mask_head"):
+        if isinstance(src.lookup(f"{r}.mask_head"), list):
+            raise unsupported(src, f"{r}.mask_head", "a list of mask heads (detcore has one, on the last stage)")
+        src.note(f"{r}.mask_head.type", "one mask head, on the last stage (MMDetection trains one per stage "
+                                         "and averages their masks at test time)")
 
 
 def _single_stage(src: Source, model: dict, kind: str) -> None:
@@ -232,6 +312,9 @@ def _use_equivalents(src: Source, node: Any, path: str) -> None:
                 src.use(f"{path}.{key}")
             else:
                 _use_equivalents(src, value, f"{path}.{key}")
+    elif isinstance(node, list):  # Cascade R-CNN's train_cfg.rcnn, one entry per stage
+        for i, value in enumerate(node):
+            _use_equivalents(src, value, f"{path}.{i}")
 
 
 def map_model(src: Source) -> dict:
@@ -242,8 +325,8 @@ def map_model(src: Source) -> dict:
     start = src.get("model.neck.start_level", 0)
     model: dict = {"type": kind, "num_classes": None, "backbone": _backbone(src, start)}
     model["neck"] = _neck(src, len(model["backbone"]["returned_layers"]))
-    if kind in ("FasterRCNN", "MaskRCNN"):
-        _two_stage(src, model, mask=kind == "MaskRCNN")
+    if kind in ("FasterRCNN", "MaskRCNN", "CascadeRCNN"):
+        _two_stage(src, model, kind)
     else:
         _single_stage(src, model, kind)
     if not isinstance(model["num_classes"], int):

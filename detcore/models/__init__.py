@@ -5,7 +5,7 @@ import them from ``mmdet.models``): ``from detcore.models import NECKS``.
 """
 from __future__ import annotations
 
-from detcore.models import backbones, necks  # noqa: F401  (register built-in types)
+from detcore.models import backbones, cascade, necks  # noqa: F401  (register built-in types)
 from detcore.models.detectors import build_detector
 from detcore.registry import BACKBONES, DETECTORS, HEADS, NECKS
 

@@ -23,6 +23,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from detcore.errors import ConfigError
+from detcore.evaluation.metrics import MASK_OPTIONS
 from detcore.registry import BACKBONES, DETECTORS, HEADS
 from detcore.models import heads as _heads  # noqa: F401  (registers the heads with a norm by name)
 from detcore.models.necks import BackboneWithNeck, attach_neck
@@ -40,6 +41,7 @@ RETINANET_KEYS = ("score_thresh", "nms_thresh", "detections_per_img", "fg_iou_th
                   "topk_candidates")
 FCOS_KEYS = ("center_sampling_radius", "score_thresh", "nms_thresh", "detections_per_img", "topk_candidates")
 TRANSFORM_KEYS = ("min_size", "max_size", "image_mean", "image_std")
+MASK_KEYS = MASK_OPTIONS  # roi_head options of the mask branch
 
 
 def _section(cfg: Mapping[str, Any], name: str, allowed: Sequence[str], prefix: str) -> dict:
@@ -101,30 +103,51 @@ def _check_classes(num_classes: Any) -> int:
     return num_classes + 1
 
 
-def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> tuple[dict, dict, int]:
+def rpn_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck) -> dict:
+    """FasterRCNN's ``rpn_*`` keyword arguments (anchors, head, options) from ``anchor_generator`` and ``rpn``."""
     levels = _num_levels(backbone)
-    body_maps = len(backbone.body.out_channels_list)
     anchors = build_anchor_generator(cfg.get("anchor_generator"), levels,
                                      {"sizes": [[32 * 2 ** i] for i in range(levels)]})
+    rpn = dict(cfg.get("rpn") or {})
+    rpn_head_cfg = rpn.pop("head", {"type": "RPNHead"})
+    return {"rpn_anchor_generator": anchors,
+            "rpn_head": HEADS.build(rpn_head_cfg, in_channels=backbone.out_channels,
+                                    num_anchors=anchors.num_anchors_per_location()[0]),
+            **_section({"rpn": rpn}, "rpn", RPN_KEYS, "rpn_")}
+
+
+def roi_pool(backbone: BackboneWithNeck, size: int) -> MultiScaleRoIAlign:
+    """RoIAlign over the body's levels (not the neck's extra ones), as torchvision's R-CNNs pool."""
+    return MultiScaleRoIAlign([str(i) for i in range(len(backbone.body.out_channels_list))], size, sampling_ratio=2)
+
+
+def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> tuple[dict, dict]:
     channels = backbone.out_channels
     roi = dict(cfg.get("roi_head") or {})
     resolution = int(roi.pop("roi_size", 7))
     representation = int(roi.pop("representation_size", 1024))
-    rpn = dict(cfg.get("rpn") or {})
-    rpn_head_cfg = rpn.pop("head", {"type": "RPNHead"})
     box_head_cfg = roi.pop("box_head", {"type": "TwoMLPHead"})
     box_predictor_cfg = roi.pop("box_predictor", {"type": "FastRCNNPredictor"})
-    mask_cfg = {k: roi.pop(k) for k in ("mask_head", "mask_predictor", "mask_layers", "mask_roi_size") if k in roi}
+    mask_cfg = {k: roi.pop(k) for k in MASK_KEYS if k in roi}
     parts = {
-        "rpn_anchor_generator": anchors,
-        "rpn_head": HEADS.build(rpn_head_cfg, in_channels=channels, num_anchors=anchors.num_anchors_per_location()[0]),
-        "box_roi_pool": MultiScaleRoIAlign([str(i) for i in range(body_maps)], resolution, sampling_ratio=2),
+        **rpn_parts(cfg, backbone),
+        "box_roi_pool": roi_pool(backbone, resolution),
         "box_head": HEADS.build(box_head_cfg, **_box_head_inputs(box_head_cfg, channels, resolution, representation)),
         "box_predictor": HEADS.build(box_predictor_cfg, in_channels=representation, num_classes=n_out),
-        **_section({"rpn": rpn}, "rpn", RPN_KEYS, "rpn_"),
         **_section({"roi_head": roi}, "roi_head", ROI_KEYS, "box_"),
     }
-    return parts, mask_cfg, body_maps
+    return parts, mask_cfg
+
+
+def mask_parts(mask_cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> dict:
+    """MaskRCNN's ``mask_*`` keyword arguments from the ``roi_head.mask_*`` options in ``mask_cfg``."""
+    layers = tuple(mask_cfg.get("mask_layers", (256, 256, 256, 256)))
+    mask_head = HEADS.build(mask_cfg.get("mask_head", {"type": "MaskRCNNHeads"}),
+                            in_channels=backbone.out_channels, layers=layers, dilation=1)
+    mask_predictor = HEADS.build(mask_cfg.get("mask_predictor", {"type": "MaskRCNNPredictor"}),
+                                 in_channels=layers[-1], dim_reduced=layers[-1], num_classes=n_out)
+    return {"mask_roi_pool": roi_pool(backbone, int(mask_cfg.get("mask_roi_size", 14))), "mask_head": mask_head,
+            "mask_predictor": mask_predictor}
 
 
 def _box_head_inputs(cfg: Mapping[str, Any], channels: int, roi_size: int, representation: int) -> dict:
@@ -143,7 +166,7 @@ def _box_head_inputs(cfg: Mapping[str, Any], channels: int, roi_size: int, repre
 def FasterRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvFasterRCNN:
     n_out = _check_classes(num_classes)
     body = _backbone({"backbone": backbone, "neck": neck})
-    parts, mask_cfg, _ = _two_stage_parts(cfg, body, n_out)
+    parts, mask_cfg = _two_stage_parts(cfg, body, n_out)
     if mask_cfg:
         raise ConfigError(f"model.roi_head: {sorted(mask_cfg)} are Mask R-CNN options; use type: MaskRCNN")
     _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "FasterRCNN")
@@ -154,16 +177,9 @@ def FasterRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvFa
 def MaskRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvMaskRCNN:
     n_out = _check_classes(num_classes)
     body = _backbone({"backbone": backbone, "neck": neck})
-    parts, mask_cfg, body_maps = _two_stage_parts(cfg, body, n_out)
+    parts, mask_cfg = _two_stage_parts(cfg, body, n_out)
     _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "MaskRCNN")
-    layers = tuple(mask_cfg.get("mask_layers", (256, 256, 256, 256)))
-    mask_head = HEADS.build(mask_cfg.get("mask_head", {"type": "MaskRCNNHeads"}),
-                            in_channels=body.out_channels, layers=layers, dilation=1)
-    mask_predictor = HEADS.build(mask_cfg.get("mask_predictor", {"type": "MaskRCNNPredictor"}),
-                                 in_channels=layers[-1], dim_reduced=layers[-1], num_classes=n_out)
-    mask_pool = MultiScaleRoIAlign([str(i) for i in range(body_maps)], int(mask_cfg.get("mask_roi_size", 14)), 2)
-    return TvMaskRCNN(body, num_classes=None, mask_roi_pool=mask_pool, mask_head=mask_head,
-                      mask_predictor=mask_predictor, **parts, **_transform_kwargs(cfg))
+    return TvMaskRCNN(body, num_classes=None, **mask_parts(mask_cfg, body, n_out), **parts, **_transform_kwargs(cfg))
 
 
 def _single_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, default_anchors: dict,

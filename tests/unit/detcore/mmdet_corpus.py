@@ -18,7 +18,7 @@ from detcore.errors import ConfigError
 from detcore.mmdet_import import import_config
 
 ROOT = Path(__file__).resolve().parents[3]
-FAMILIES = ("FasterRCNN", "MaskRCNN", "RetinaNet", "FCOS")
+FAMILIES = ("FasterRCNN", "MaskRCNN", "CascadeRCNN", "RetinaNet", "FCOS")
 _watching: list[str] = []
 
 

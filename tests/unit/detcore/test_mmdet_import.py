@@ -97,12 +97,13 @@ def test_code_in_a_config_on_the_command_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out.yaml").exists() and not (tmp_path / "work").exists()
 
 
-def test_cascade_rcnn_is_refused_by_name(tmp_path: Path) -> None:
-    proc = cli("config", "import", str(MMDET / "cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.py"),
-               "--out", str(tmp_path / "c.yaml"))
+def test_another_architecture_is_refused_by_name(tmp_path: Path) -> None:
+    htc = write(tmp_path / "htc.py", "_base_ = '%s'\nmodel = dict(type='HybridTaskCascade')\n"
+                % (MMDET / "cascade_rcnn/cascade_mask_rcnn_r50_fpn_1x_coco.py"))
+    proc = cli("config", "import", str(htc), "--out", str(tmp_path / "c.yaml"))
     assert proc.returncode == 2 and not (tmp_path / "c.yaml").exists()
-    assert proc.stderr.count("\n") == 1 and "CascadeRCNN (Cascade R-CNN) is an architecture detcore does not have" \
-        in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "HybridTaskCascade (HTC (Hybrid Task Cascade)) is an architecture " \
+        "detcore does not have" in proc.stderr
 
 
 def _shapes(model_cfg: dict) -> dict[str, tuple]:
@@ -161,6 +162,62 @@ def test_the_four_1x_configs_build_the_shipped_networks(version: str, mmdet2: st
     assert imported["data"]["val"]["img_prefix"] == ours["data"]["val"]["img_prefix"]
     assert imported["evaluation"]["metric"] == ours["evaluation"]["metric"]
     assert imported["data"]["samples_per_gpu"] == 2 and imported["auto_scale_lr"]["base_batch_size"] == 16
+
+
+@pytest.mark.parametrize("name", ["cascade_rcnn_r50_fpn_1x_coco", "cascade_mask_rcnn_r50_fpn_1x_coco"])
+def test_cascade_1x_configs_build_the_shipped_networks(name: str) -> None:
+    """MMDetection 2.x's Cascade (Mask) R-CNN: the stages as MMDetection trains them, the network of the YAML."""
+    imported = import_config(MMDET / f"cascade_rcnn/{name}.py")
+    ours = load_config(ROOT / f"configs/cascade_rcnn/{name}.yaml", ["model.backbone.weights=null"])
+    got, shipped = imported.config["model"], ours["model"]
+    assert got["type"] == shipped["type"] == "CascadeRCNN"
+    assert got["roi_head"]["stage_loss_weights"] == shipped["roi_head"]["stage_loss_weights"] == [1, 0.5, 0.25]
+    for mine, theirs in zip(got["roi_head"]["stages"], shipped["roi_head"]["stages"], strict=True):
+        assert mine["fg_iou_thresh"] == mine["bg_iou_thresh"] == theirs["fg_iou_thresh"] == theirs["bg_iou_thresh"]
+        # detcore's weights are 1 / MMDetection's target_stds (0.033 and 0.067 are 1/30 and 1/15 rounded)
+        assert mine["bbox_reg_weights"] == pytest.approx(theirs["bbox_reg_weights"], rel=0.02)
+    model = _shapes(got)
+    assert model == _shapes(shipped)
+    assert {k.split(".")[2] for k in model if k.startswith("roi_heads.stages.")} == {"0", "1", "2"}
+    assert any(k.startswith("roi_heads.mask_head.") for k in model) == ("mask" in name)
+    assert all(model[f"roi_heads.stages.{k}.box_predictor.bbox_pred.weight"] == (4, 1024) for k in range(3))
+    for key in ("optimizer", "runner", "classes"):
+        assert imported.config[key] == ours[key], key
+    assert imported.config["data"]["train"].get("with_mask", False) == ours["data"]["train"].get("with_mask", False)
+    assert imported.config["evaluation"]["metric"] == ours["evaluation"]["metric"]
+    summary = "\n".join(imported.summary)
+    assert "model.roi_head.bbox_head.0.loss_bbox" in summary and "model.train_cfg.rcnn.2.assigner" not in summary
+    assert ("one mask head, on the last stage" in summary) == ("mask" in name)
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("model = dict(roi_head=dict(num_stages=2, stage_loss_weights=[1, 0.5]))",
+     ["bbox_head has 3 entries but model.roi_head.num_stages is 2"]),
+    ("model = dict(roi_head=dict(stage_loss_weights=[1, 0.5]))", ["stage_loss_weights=[1, 0.5]", "num_stages=3"]),
+    ("model = dict(roi_head=dict(bbox_head=dict(type='SABLHead')))",
+     ["model.roi_head.bbox_head.type: SABLHead is an architecture detcore does not have"]),
+])
+def test_cascade_configs_detcore_cannot_build_are_one_line(tmp_path: Path, edit: str, words: list[str]) -> None:
+    cfg = write(tmp_path / "c.py", f"_base_ = '{MMDET / 'cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.py'}'\n{edit}\n")
+    with pytest.raises(ConfigError) as exc:
+        import_config(cfg)
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(str(cfg))
+    for word in words:
+        assert word in str(exc.value), str(exc.value)
+
+
+def test_cascade_class_specific_stages_and_one_bbox_head_for_all(tmp_path: Path) -> None:
+    """A bbox_head given once serves every stage (as MMDetection repeats it); reg_class_agnostic=False
+    keeps torchvision's class-specific predictor."""
+    head = ("dict(type='Shared2FCBBoxHead', in_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=8, "
+            "reg_class_agnostic=False, bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.], "
+            "target_stds=[0.05, 0.05, 0.1, 0.1]))")
+    cfg = write(tmp_path / "c.py", f"_base_ = '{MMDET / 'cascade_rcnn/cascade_rcnn_r50_fpn_1x_coco.py'}'\n"
+                                   f"model = dict(roi_head=dict(_delete_=False, bbox_head={head}))\n")
+    roi = import_config(cfg).config["model"]["roi_head"]
+    assert [s["bbox_reg_weights"] for s in roi["stages"]] == [[20.0, 20.0, 10.0, 10.0]] * 3
+    assert all(s["box_predictor"] == {"type": "FastRCNNPredictor"} for s in roi["stages"])
+    assert [s["fg_iou_thresh"] for s in roi["stages"]] == [0.5, 0.6, 0.7]
 
 
 def test_summary_lists_what_did_not_carry_over_and_the_yaml_reloads(tmp_path: Path) -> None:
