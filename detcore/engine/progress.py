@@ -71,8 +71,23 @@ def estimate_eta(ends: Sequence[float], iters_left: int, evaluations_left: int =
 
 
 def short_name(term: str) -> str:
-    """A loss term's name in the line: ``loss_classifier`` -> ``cls``; unknown names lose ``loss_``."""
+    """A loss term's name in the line: ``loss_classifier`` -> ``cls``, a cascade stage's
+    ``s1.loss_box_reg`` -> ``s1.box``; unknown names lose ``loss_``."""
+    stage, _, rest = term.partition(".")
+    if rest and stage[:1] == "s" and stage[1:].isdigit():
+        return f"{stage}.{short_name(rest)}"
     return SHORT_NAMES.get(term, term[5:] if term.startswith("loss_") else term)
+
+
+def _priority(name: str, position: int) -> tuple[int, int, int]:
+    """Sort key of a short name: its kind in :data:`_PRIORITY` (unknown kinds last), then the cascade
+    stage, then the order the model returned it."""
+    stage, _, rest = name.partition(".")
+    if rest and stage[:1] == "s" and stage[1:].isdigit():
+        kind, number = rest, int(stage[1:])
+    else:
+        kind, number = name, 0
+    return (_PRIORITY.index(kind) if kind in _PRIORITY else len(_PRIORITY), number, position)
 
 
 def _seconds(value: float) -> str:
@@ -93,8 +108,8 @@ def iteration_line(it: int, max_iters: int, epoch: int, lr: float, loss: float, 
     named = {}
     for term, value in terms.items():
         named.setdefault(short_name(term), value)  # two names for one short name: the first is shown
-    rank = {n: i for i, n in enumerate(_PRIORITY)}
-    order = sorted(named, key=lambda n: (rank.get(n, len(rank)), list(named).index(n)))
+    positions = {n: i for i, n in enumerate(named)}
+    order = sorted(named, key=lambda n: _priority(n, positions[n]))
     shown: list[str] = []
     room = width - len(head) - len(tail) - 1
     for name in order:

@@ -116,11 +116,24 @@ def test_long_numbers_drop_low_priority_terms_never_the_rest(it: int, max_iters:
     assert shown == ["cls", "box", "mask", "rpn_cls", "rpn_box", "acc", "extra_long_custom_term_name"][:len(shown)]
 
 
+def test_a_cascade_line_keeps_each_stage_apart_and_fits() -> None:
+    terms = {"loss_objectness": 0.05, "loss_rpn_box_reg": 0.01}
+    for k, w in enumerate((1.0, 0.5, 0.25)):
+        terms.update({f"s{k}.loss_classifier": 0.4 * w, f"s{k}.loss_box_reg": 0.3 * w})
+    terms["loss_mask"] = 0.35
+    line = iteration_line(60, 300, 0, 0.02, 1.8, terms, 0.5, 0.01, 900.0, "0:02:00")
+    assert CONSOLE_PREFIX + len(line) < 120
+    shown = line.split(" loss 1.800 ")[1].split(" 0.50s/it")[0].split()
+    assert shown[::2] == ["s0.cls", "s1.cls", "s2.cls", "s0.box", "s1.box", "s2.box", "mask"][:len(shown) // 2]
+    assert shown[1::2][:2] == ["0.400", "0.200"]  # each stage's classification first, stage by stage
+
+
 def test_loss_names_are_shortened_for_torchvision_and_mmdetection_detectors() -> None:
     assert [short_name(n) for n in ("loss_classifier", "loss_cls", "classification", "loss_box_reg", "loss_bbox",
                                     "bbox_regression", "bbox_ctrness", "loss_objectness", "loss_rpn_bbox",
-                                    "loss_custom", "acc")] == [
-        "cls", "cls", "cls", "box", "box", "box", "ctr", "rpn_cls", "rpn_box", "custom", "acc"]
+                                    "loss_custom", "acc", "s2.loss_box_reg", "s1.loss_cls", "sx.loss_cls")] == [
+        "cls", "cls", "cls", "box", "box", "box", "ctr", "rpn_cls", "rpn_box", "custom", "acc", "s2.box", "s1.cls",
+        "sx.loss_cls"]
 
 
 def test_the_console_shows_info_plainly_and_says_where_warnings_come_from() -> None:
