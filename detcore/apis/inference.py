@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from detcore.apis.visualize import draw_result, to_uint8
+from detcore.apis.visualize import DRAW_MIN_SIDE, draw_result, to_uint8
 from detcore.checkpoint import load_checkpoint, load_weights
 from detcore.config import config_from_text, import_custom_modules, load_config
 from detcore.data.image_file import read_rgb
@@ -79,6 +79,7 @@ class _ShowResult:
 
     MMDetection's drawing-style arguments (colours, thickness, font size, window name, wait time) are
     accepted and not used; ``show=True`` is refused, there is no display here: pass ``out_file``.
+    ``min_side`` as in :func:`show_result` (0 draws at the image's own size, as MMDetection does).
     """
 
     STYLE = frozenset({"bbox_color", "text_color", "mask_color", "thickness", "font_size", "win_name", "wait_time"})
@@ -87,14 +88,16 @@ class _ShowResult:
         self.class_names = list(class_names)
 
     def __call__(self, img: ImageLike, result: dict, score_thr: float = 0.3, *,
-                 out_file: str | os.PathLike | None = None, show: bool = False, **style: Any) -> np.ndarray:
+                 out_file: str | os.PathLike | None = None, show: bool = False, min_side: int = DRAW_MIN_SIDE,
+                 **style: Any) -> np.ndarray:
         unknown = sorted(set(style) - self.STYLE)
         if unknown:
             raise TypeError(f"show_result() got unexpected keyword arguments {unknown}")
         if show:
             raise DataError("show_result(show=True): there is no display here; pass out_file=PATH to write the "
                             "drawing (the array is also returned)")
-        return show_result(img, result, score_thr=score_thr, out_file=out_file, class_names=self.class_names)
+        return show_result(img, result, score_thr=score_thr, out_file=out_file, class_names=self.class_names,
+                           min_side=min_side)
 
 
 def load_image(img: ImageLike) -> torch.Tensor:
@@ -152,8 +155,13 @@ async def async_inference_detector(model: nn.Module, imgs: ImageLike | Sequence[
 
 
 def show_result(img: ImageLike, result: dict, score_thr: float = 0.3, out_file: str | os.PathLike | None = None,
-                class_names: Sequence[str] | None = None) -> np.ndarray:
-    """Draw boxes, masks and labels; returns HxWx3 uint8 RGB and writes ``out_file`` when given."""
+                class_names: Sequence[str] | None = None, min_side: int = DRAW_MIN_SIDE) -> np.ndarray:
+    """Draw boxes, masks and labels; returns the drawing as HxWx3 uint8 RGB and writes ``out_file`` when given.
+
+    An image whose short side is under ``min_side`` pixels is drawn scaled up to it (a 128x128
+    image becomes 512x512), so labels are readable; ``min_side=0`` draws at the image's own size.
+    ``result`` stays in the image's pixels either way.
+    """
     image = to_uint8(load_image(img))
     names = class_names or result.get("class_names")
     if names is not None and class_names is None:
@@ -163,7 +171,7 @@ def show_result(img: ImageLike, result: dict, score_thr: float = 0.3, out_file: 
     pred: dict[str, Any] = {k: torch.as_tensor(np.asarray(result[k])) for k in ("boxes", "scores", "labels")}
     if "masks" in result:
         pred["masks"] = torch.as_tensor(np.asarray(result["masks"], dtype=np.float32))
-    canvas = draw_result(image, pred, names, score_thr).permute(1, 2, 0).numpy()
+    canvas = draw_result(image, pred, names, score_thr, min_side=min_side).permute(1, 2, 0).numpy()
     if out_file is not None:
         out = Path(out_file)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def set_default_threads() -> None:
     threads = default_threads(os.environ, len(usable_cores()))
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
-        logger.info("intra-op threads: %d (the cores this process may use; OMP_NUM_THREADS overrides)", threads)
+        logger.debug("intra-op threads: %d (the cores this process may use; OMP_NUM_THREADS overrides)", threads)
 
 
 def init_distributed(device: str | None = None, timeout_min: float | None = None) -> DistInfo:

@@ -97,6 +97,15 @@ def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+HEADLINE_SUFFIXES = ("_AP", "_AP50", "_AP75")
+
+
+def headline_metrics(flat: dict[str, float]) -> list[str]:
+    """The keys of ``flat`` a progress log shows: each family's AP, AP50 and AP75, and VOC's mAP
+    (every metric is in ``metrics.jsonl`` and TensorBoard)."""
+    return [k for k in flat if k == "mAP" or k.endswith(HEADLINE_SUFFIXES)]
+
+
 def gather_coco_results(outputs: list[tuple[int, Any]], dataset: Any, converted: bool = False) -> list[dict]:
     """COCO results of every rank's outputs, each image exactly once, on rank 0 (``[]`` elsewhere).
 
@@ -134,5 +143,6 @@ def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, 
                                       class_names=classes, backend=backend, voc_method=voc_method,
                                       table_level=logging.DEBUG)
     flat = flatten_metrics(results)
-    logger.info("evaluation: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items() if "_AP_" not in k))
+    logger.info("evaluation: %s", " ".join(f"{k}={flat[k]:.4f}" for k in headline_metrics(flat)))
+    logger.debug("evaluation, every metric: %s", " ".join(f"{k}={v:.4f}" for k, v in flat.items()))
     return flat, drawn

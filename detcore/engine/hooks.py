@@ -11,11 +11,12 @@ import logging
 import math
 import os
 import time
-from datetime import timedelta
+from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detcore.checkpoint import periodic_checkpoints_to_remove, sibling_temp_path
+from detcore.engine.progress import estimate_eta, iteration_line
 from detcore.registry import HOOKS
 
 if TYPE_CHECKING:
@@ -51,15 +52,25 @@ class LRSchedulerHook(HookBase):
 
 @HOOKS.register()
 class LoggerHook(HookBase):
-    """Text log, ``metrics.jsonl`` and TensorBoard scalars every ``interval`` iterations (rank 0)."""
+    """Text log, ``metrics.jsonl`` and TensorBoard scalars every ``interval`` iterations (rank 0).
+
+    The text line (:func:`detcore.engine.progress.iteration_line`) fits a terminal and carries the
+    ETA measured after warm-up; every loss term and statistic goes to ``metrics.jsonl``,
+    TensorBoard and the DEBUG log.
+    """
+
+    NOT_TERMS = frozenset({"loss", "data_time", "iter_time", "throughput", "lr", "memory_mb"})
 
     def __init__(self, interval: int = 10) -> None:
         self.interval = max(1, int(interval))
         self._window: list[dict[str, float]] = []
-        self._t0 = time.perf_counter()
+        self._ends = array("d")  # the ETA's clock as each iteration of this process ended
 
     def after_step(self) -> None:
         t = self.trainer
+        evaluation = next((h for h in t.hooks if isinstance(h, EvalHook)), None)
+        # the clock stops while evaluating: evaluations are estimated on their own
+        self._ends.append(time.perf_counter() - (evaluation.total_seconds if evaluation is not None else 0.0))
         self._window.append(dict(t.step_stats))
         if t.iter % self.interval and t.iter != t.max_iters:
             return
@@ -69,17 +80,16 @@ class LoggerHook(HookBase):
         mean["throughput"] = images / mean["iter_time"] if mean.get("iter_time") else 0.0
         mean["lr"] = t.optimizer.param_groups[0]["lr"]
         mean["memory_mb"] = t.memory_mb()
-        eta = (t.max_iters - t.iter) * mean.get("iter_time", 0.0)
-        evaluation = next((h for h in t.hooks if isinstance(h, EvalHook)), None)
         pending = evaluation.evaluations_left() if evaluation is not None else 0
-        if pending and evaluation.last_seconds is not None:
-            eta += pending * evaluation.last_seconds
+        eta = estimate_eta(self._ends, t.max_iters - t.iter, pending,
+                           evaluation.last_seconds if evaluation is not None else None)
         t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean}, prefix="train")
-        terms = " ".join(f"{k}={v:.4f}" for k, v in mean.items() if "loss" in k)  # also Cascade's s0.loss_*
-        untimed = " + evaluation" if pending and evaluation.last_seconds is None else ""
-        logger.info("iter %d/%d epoch %d lr %.5f %s data %.3fs iter %.3fs %.1f img/s eta %s%s", t.iter, t.max_iters,
-                    t.epoch, mean["lr"], terms, mean.get("data_time", 0), mean.get("iter_time", 0),
-                    mean["throughput"], timedelta(seconds=round(eta)), untimed)
+        terms = {k: v for k, v in mean.items() if k not in self.NOT_TERMS}
+        logger.info("%s", iteration_line(t.iter, t.max_iters, t.epoch, mean["lr"], mean.get("loss", 0.0), terms,
+                                         mean.get("iter_time", 0.0), mean.get("data_time", 0.0), mean["memory_mb"],
+                                         eta.text()))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("iter %d/%d %s", t.iter, t.max_iters, " ".join(f"{k}={v:.6g}" for k, v in mean.items()))
 
 
 @HOOKS.register()
@@ -89,7 +99,8 @@ class EvalHook(HookBase):
     ``metric``: any of bbox, segm (COCO) and mAP (Pascal VOC at IoU 0.5, ``voc_method`` area or 11points).
 
     ``last_seconds`` (the newest evaluation's wall time) times :meth:`evaluations_left` is the
-    evaluation part of the logged ETA.
+    evaluation part of the logged ETA; ``total_seconds`` (every evaluation of this process) is
+    taken off the clock the training part is measured with.
     """
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
@@ -100,6 +111,7 @@ class EvalHook(HookBase):
         self.backend = backend
         self.voc_method = voc_method
         self.last_seconds: float | None = None
+        self.total_seconds = 0.0
         self._done_at: int | None = None
 
     def evaluations_left(self) -> int:
@@ -124,6 +136,7 @@ class EvalHook(HookBase):
         results = t.evaluate(self.metrics, num_images=self.num_images, backend=self.backend,
                              voc_method=self.voc_method)
         self.last_seconds, self._done_at = time.perf_counter() - start, t.iter
+        self.total_seconds += self.last_seconds
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")

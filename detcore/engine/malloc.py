@@ -22,6 +22,7 @@ memory. ``DETCORE_MALLOC=system`` keeps glibc's defaults. An allocator preloaded
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import platform
 from typing import Mapping
@@ -31,6 +32,7 @@ ENV = "DETCORE_MALLOC"
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 
+logger = logging.getLogger(__name__)
 _done = False
 
 
@@ -42,7 +44,9 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> str:
     if choice == "system":
         return f"malloc: glibc defaults ({ENV}=system)"
     if choice != "keep":
-        return f"malloc: {ENV}={env.get(ENV)!r} is not 'keep' or 'system'; glibc defaults kept"
+        message = f"malloc: {ENV}={env.get(ENV)!r} is not 'keep' or 'system'; glibc defaults kept"
+        logger.warning("%s", message)  # the decision itself is logged at DEBUG; a bad setting is the user's to fix
+        return message
     preload = env.get("LD_PRELOAD", "")
     if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return f"malloc: the preloaded allocator is used as it is (LD_PRELOAD={preload})"

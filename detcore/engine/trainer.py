@@ -85,7 +85,7 @@ class Trainer:
         configure_determinism(deterministic)  # before the first CUDA call (cuBLAS reads its setting once)
         ddp_kwargs = ddp_options(self.cfg.get("dist_params"))  # checked before any process group exists
         self.dist: DistInfo = init_distributed(device, (self.cfg.get("dist_params") or {}).get("timeout_min"))
-        logger.info(keep_freed_memory())  # before the model and loaders allocate (loader workers inherit it)
+        logger.debug(keep_freed_memory())  # before the model and loaders allocate (loader workers inherit it)
         # auto_scale_lr, once, at the world size this run really has (launcher, torchrun or one process alike)
         self.cfg, self.scaling = scale_config(self.cfg, self.dist.world_size)
         logger.info("auto_scale_lr: %s", self.scaling.describe())

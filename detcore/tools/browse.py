@@ -1,7 +1,8 @@
 """``detcore browse CONFIG --out-dir D``: a split's images after its pipeline, ground truth drawn.
 
 As MMDetection's ``tools/analysis_tools/browse_dataset.py``: what the model is fed (flips,
-resizes and crops applied) with the boxes, masks and class names the loss will see.
+resizes and crops applied) with the boxes, masks and class names the loss will see, each class
+in its colour; small images are drawn scaled up (``--draw-min-side``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--split", default="train", choices=["train", "val", "test"], help="data split (default train)")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="draw the first N images (default 20; 0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random transforms (default 0)")
+    p.add_argument("--draw-min-side", type=int, default=512, metavar="PX",
+                   help="draw images whose short side is smaller scaled up to PX pixels (default 512; 0: as fed)")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", help="override config keys")
 
 
@@ -33,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise ConfigError(f"--limit {args.limit} is negative; pass N >= 1, or 0 for every image")
+    if args.draw_min_side < 0:
+        raise ConfigError(f"--draw-min-side {args.draw_min_side} is negative; give a size in pixels, or 0 for the "
+                          f"size the model is fed")
     cfg = load_config(args.config, args.cfg_options)
     split_cfg = split_config(cfg, args.split)
     if args.split != "train":
@@ -44,11 +50,7 @@ def run(args: argparse.Namespace) -> int:
     count = len(dataset) if args.limit == 0 else min(args.limit, len(dataset))
     for i in range(count):
         image, target = dataset[i]
-        drawn = draw_ground_truth(image, target, dataset.CLASSES)
-        if target.get("masks") is not None and len(target["masks"]):
-            from torchvision.utils import draw_segmentation_masks
-
-            drawn = draw_segmentation_masks(drawn, target["masks"].bool(), alpha=0.35, colors="lime")
+        drawn = draw_ground_truth(image, target, dataset.CLASSES, min_side=args.draw_min_side)
         path = out_dir / f"{target['image_id']}.png"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         write_png(drawn, str(tmp))

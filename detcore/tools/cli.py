@@ -15,6 +15,7 @@ import sys
 
 from detcore.contract import EXIT_USER_ERROR
 from detcore.errors import DetcoreError
+from detcore.tools.log_format import configure_console
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(os.umask(0) | 0o022)  # nothing detcore writes is group- or world-writable, even under umask 000
     parser = build_parser()
     args = parser.parse_args()
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    configure_console(args.log_level)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             if not ok:
                 break
             rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            drawn = cv2.cvtColor(show_result(rgb, inference_detector(model, rgb), args.score_thr), cv2.COLOR_RGB2BGR)
+            # min_side=0: a video keeps its frames' size
+            drawn = cv2.cvtColor(show_result(rgb, inference_detector(model, rgb), args.score_thr, min_side=0),
+                                 cv2.COLOR_RGB2BGR)
             if args.out:
                 if writer is None:
                     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
                    help="where annotated images (same relative paths and names as the inputs) and results.json go; "
                         "never an input folder")
     p.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")
+    p.add_argument("--draw-min-side", type=int, default=512, metavar="PX",
+                   help="draw images whose short side is smaller scaled up to PX pixels, so labels are readable "
+                        "(default 512; 0 draws at each image's own size); results.json stays in the image's pixels")
     p.add_argument("--json", action="store_true", help="also write results.json and print a summary as JSON")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
@@ -76,6 +79,9 @@ def plan_outputs(images: list[tuple[Path, Path]], out_dir: Path) -> list[tuple[P
 def run(args: argparse.Namespace) -> int:
     from detcore.apis import inference_detector, init_detector, show_result
 
+    if args.draw_min_side < 0:
+        raise DataError(f"--draw-min-side {args.draw_min_side} is negative; give a size in pixels, or 0 for the "
+                        f"images' own size")
     out_dir = Path(args.out_dir)
     plan = plan_outputs(collect_images(args.inputs), out_dir)
     model = init_detector(None if args.config.lower() == "none" else args.config, args.checkpoint, args.device)
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     records = []
     for path, out_file in tqdm(plan, desc="infer", unit="img"):
         result = inference_detector(model, str(path))
-        show_result(str(path), result, score_thr=args.score_thr, out_file=out_file)
+        show_result(str(path), result, score_thr=args.score_thr, out_file=out_file, min_side=args.draw_min_side)
         keep = result["scores"] >= args.score_thr
         records.append({"file": str(path), "out_file": str(out_file), "detections": [
             {"box": [round(float(v), 2) for v in b], "score": round(float(s), 4), "label": int(lbl), "class": n}

@@ -12,6 +12,7 @@ from pathlib import Path
 from detcore import contract
 from detcore.config import load_config
 from detcore.errors import ConfigError, DetcoreError
+from detcore.tools.log_format import FILE_FORMAT
 from detcore.tools.old_flags import TRAIN_HINTS, add_hints
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def setup_logging(work_dir: Path, filename: str) -> None:
     if int(os.environ.get("RANK", 0)) == 0:
         work_dir.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(work_dir / filename)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setFormatter(logging.Formatter(FILE_FORMAT))
         fh.addFilter(MainRankFilter())
         root.addHandler(fh)
 
@@ -122,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
         # The MMDetection config as imported, with its summary: `detcore train` on it reruns this job.
         write_yaml(import_config(args.config), work_dir / f"imported_{Path(args.config).stem}.yaml")
     if os.environ.get(contract.STOP_SIGNALS_ENV):
-        logger.info("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ[contract.STOP_SIGNALS_ENV])))
+        logger.debug("checkpoint-and-stop on %s", ", ".join(install_stop_signals(os.environ[contract.STOP_SIGNALS_ENV])))
     heartbeat_dir = os.environ.get(contract.HEARTBEAT_DIR_ENV) or None
     if heartbeat_dir:  # a hang watchdog is watching: heartbeats, and Python stacks on SIGUSR1
         install_stack_dump_signal()
-        logger.info("heartbeats to %s; SIGUSR1 prints every thread's Python stack to stderr", heartbeat_dir)
+        logger.debug("heartbeats to %s; SIGUSR1 prints every thread's Python stack to stderr", heartbeat_dir)
     start = time.monotonic()
     try:
         trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,

@@ -112,7 +112,7 @@ def test_ddp_job_on_one_node_managed_from_new_processes(slurm_cluster, home, tmp
     assert f"backend=gloo rank=0 world=2 master=n1:{port}" in rank0
     # logs per rank through the CLI, from a process that never saw the job being submitted
     out = launcher(slurm_cluster, home, "logs", exp, "--rank", "1").stdout
-    assert "rank 1/2" in out and "checkpoint-and-stop on SIGUSR2" in out and "worker finished" in out
+    assert "rank 1/2" in out and "worker finished" in out
     listed = json.loads(launcher(slurm_cluster, home, "list", "--json").stdout)
     assert [(r["id"], r["state"], r["backend"]) for r in listed] == [(exp, "succeeded", "slurm")]
     assert slurm_cluster.state(job) == ""

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detcore.apis.visualize import GAP_PX, GT_COLOR, HEADER_PX, draw_comparison
+from detcore.apis.palette import class_color
+from detcore.apis.visualize import GAP_PX, draw_comparison
 from detcore.engine.evaluator import progress_logger
 from detcore.engine.hooks import EvalHook
 from detcore.engine.hparams import hparams_from_options, metric_tags
@@ -55,19 +56,22 @@ def test_progress_lines_when_no_terminal_shows_a_bar(caplog: pytest.LogCaptureFi
     assert progress_logger("evaluation", iter([])) is None  # no length, no lines
 
 
-def test_ground_truth_next_to_predictions_and_a_note_when_none_passes() -> None:
+def test_ground_truth_next_to_predictions_at_a_readable_size_and_a_note_when_none_passes() -> None:
     image = torch.zeros(3, 40, 60)
     target = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0]]), "labels": torch.tensor([1])}
     weak = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 30.0]]), "scores": torch.tensor([0.1]), "labels": torch.tensor([1])}
     drawn = draw_comparison(image, target, weak, ["cat"], score_thr=0.3)
-    assert drawn.shape == (3, HEADER_PX + 40, 2 * 60 + GAP_PX) and drawn.dtype == torch.uint8
-    left, right = drawn[:, HEADER_PX:, :60], drawn[:, HEADER_PX:, 60 + GAP_PX:]
-    green = torch.tensor(GT_COLOR, dtype=torch.uint8).view(3, 1, 1)
-    assert (left == green).all(0).any() and not (right == green).all(0).any()
+    w = (drawn.shape[2] - GAP_PX) // 2
+    assert w == 768 and drawn.dtype == torch.uint8  # each half drawn with a 512-pixel short side (40x60 -> 512x768)
+    header = drawn.shape[1] - 512
+    assert 16 <= header <= 48  # one line of readable text above the halves
+    left, right = drawn[:, header:, :w], drawn[:, header:, w + GAP_PX:]
+    cat = torch.tensor(class_color(1), dtype=torch.uint8).view(3, 1, 1)
+    assert (left == cat).all(0).sum() > 500 and not (right == cat).all(0).any()  # the box in its class colour
     assert int(right.sum()) == 0  # the weak prediction is not drawn
-    red_note = (drawn[0, :HEADER_PX, 60 + GAP_PX:] > 150) & (drawn[1, :HEADER_PX, 60 + GAP_PX:] < 80)
-    assert red_note.any()  # "no prediction >= 0.3" in red
+    red_note = (drawn[0, :header, w + GAP_PX:] > 150) & (drawn[1, :header, w + GAP_PX:] < 80)
+    assert red_note.any()  # "no prediction scores >= 0.3" in red
     strong = {**weak, "scores": torch.tensor([0.9])}
     drawn = draw_comparison(image, target, strong, ["cat"], score_thr=0.3)
-    assert int(drawn[:, HEADER_PX:, 60 + GAP_PX:].sum()) > 0
-    assert not ((drawn[0, :HEADER_PX, 60 + GAP_PX:] > 150) & (drawn[1, :HEADER_PX, 60 + GAP_PX:] < 80)).any()
+    assert (drawn[:, header:, w + GAP_PX:] == cat).all(0).sum() > 500  # the same class, the same colour
+    assert not ((drawn[0, :header, w + GAP_PX:] > 150) & (drawn[1, :header, w + GAP_PX:] < 80)).any()

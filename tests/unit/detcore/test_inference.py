@@ -76,14 +76,27 @@ def test_show_result_draws_where_a_box_is(tmp_path: Path, image_file: Path) -> N
     result = {"boxes": np.array([[10.0, 10.0, 60.0, 50.0]]), "scores": np.array([0.9]), "labels": np.array([1]),
               "class_names": ["cat"]}
     out = tmp_path / "vis" / "drawn.png"
-    drawn = show_result(str(image_file), result, score_thr=0.3, out_file=out)
+    drawn = show_result(str(image_file), result, score_thr=0.3, out_file=out, min_side=0)  # the image's own size
     original = np.asarray(Image.open(image_file).convert("RGB"))
     assert out.is_file() and drawn.shape == original.shape
     changed = np.any(drawn != original, axis=-1)
     assert changed[10, 10:60].mean() > 0.9  # the top edge of the box is drawn
     assert not changed[70:, 70:].any()  # far from the box nothing changes
     low = dict(result, scores=np.array([0.1]))
-    assert np.array_equal(show_result(str(image_file), low, score_thr=0.3), original)
+    assert np.array_equal(show_result(str(image_file), low, score_thr=0.3, min_side=0), original)
+
+
+def test_show_result_draws_a_small_image_scaled_up_with_the_box_in_its_class_colour(image_file: Path) -> None:
+    from detcore.apis.palette import class_color
+
+    result = {"boxes": np.array([[10.0, 10.0, 60.0, 50.0]]), "scores": np.array([0.9]), "labels": np.array([2]),
+              "class_names": ["dog"]}
+    drawn = show_result(str(image_file), result, score_thr=0.3)  # 120x80: drawn 6.4 times as large
+    assert drawn.shape == (512, 768, 3)
+    colour = np.all(drawn == class_color(2), axis=-1)
+    bottom = colour[312:330, 64:385].sum(axis=1)  # the box's bottom edge: y = 50 * 6.4 = 320, x 64..384
+    assert (bottom > 300).sum() >= 2  # at least two pixels thick, along the whole edge
+    assert drawn.shape == np.asarray(show_result(str(image_file), dict(result, scores=np.array([0.1])))).shape
 
 
 def test_infer_cli_over_a_folder(tmp_path: Path, checkpoint: Path, image_file: Path, capsys) -> None:

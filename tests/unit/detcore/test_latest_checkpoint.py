@@ -39,7 +39,9 @@ def test_latest_survives_the_clean_up_resumes_and_loads_for_inference(tmp_path: 
     img = np.zeros((64, 64, 3), dtype=np.uint8)
     out = tmp_path / "shown.png"
     drawn = model.show_result(img, inference_detector(model, img), score_thr=0.0, out_file=out, thickness=2)
-    assert drawn.shape == (64, 64, 3) and Image.open(out).size == (64, 64)
+    assert drawn.shape == (512, 512, 3) and Image.open(out).size == (512, 512)  # small images drawn readable
+    same_size = model.show_result(img, inference_detector(model, img), score_thr=0.0, min_side=0)
+    assert same_size.shape == (64, 64, 3)  # MMDetection's size, when asked for
     with pytest.raises(DataError, match="no display here"):
         model.show_result(img, inference_detector(model, img), show=True)
 
