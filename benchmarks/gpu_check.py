@@ -53,6 +53,7 @@ NEEDED = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL
           "pycocotools": "pycocotools", "tensorboard": "tensorboard", "filelock": "filelock", "tqdm": "tqdm",
           "psutil": "psutil"}
 CPU_AMP_SKIPPED = "CPU smoke: AMP skipped (it needs CUDA); trained in fp32, as the trainer's warning says"
+NO_SCALER_STATE = "no AMP loss-scaler state"  # the trainer's words on resuming a checkpoint saved without AMP
 RELEASE_WAIT_S = 60.0  # a supervisor releases its leases right after it records the ending
 LOG_SUFFIXES = (".log", ".json", ".jsonl", ".yaml")
 
@@ -227,7 +228,7 @@ def step_cpu_checkpoint_amp_resume(ctx: Context, gpus: int, smoke: bool, env: di
     if problem:
         raise RuntimeError(f"the resumed run: {problem}")
     text = (w / "train.log").read_text(errors="replace")
-    if not smoke and "no AMP loss-scaler state" not in text:
+    if not smoke and NO_SCALER_STATE not in text:
         raise RuntimeError("the resume did not report the CPU checkpoint's missing scaler state")
     note = f"CPU run to iteration {saved}, resumed at {saved + 1} and finished at {end} (the scaled schedule)"
     return Row(STEPS[3], end - saved, "iters", met=True, note=f"{CPU_AMP_SKIPPED}; {note}" if smoke else

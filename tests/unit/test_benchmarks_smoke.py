@@ -243,8 +243,47 @@ def test_gpu_ddp_step_runs_ddp_on_one_gloo_rank(tmp_path: Path) -> None:
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_ddp", "--device", "cpu", "--store",
-                           str(tmp_path / "store")], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "store")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["backend"] == "gloo" and got["device"] == "cpu" and got["buckets"] >= got["steps"] == 3
     assert got["values_reduced"] == 3 * (8 * 16 + 16 + 16 * 2 + 2)  # every gradient, once per step
+
+
+def test_gpu_only_checks_look_for_what_detcore_really_logs() -> None:
+    """The GPU check's GPU-only verdicts read detcore's own log lines, which the CPU smoke never
+    produces: the words they look for must still be the words detcore writes."""
+    import inspect
+
+    from benchmarks import gpu_check
+    from detcore.engine import dist, trainer
+
+    assert gpu_check.NO_SCALER_STATE in inspect.getsource(trainer.Trainer)  # the --amp resume of a CPU checkpoint
+    joined = inspect.getsource(dist.init_distributed)  # the nccl job reads rank 0's "backend=nccl ... device=cuda:0"
+    assert "backend=%s" in joined and "device=%s" in joined
+
+
+def test_gpu_ddp_step_on_a_gpu_asks_for_nccl_and_reports_its_failure(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's GPU branch: the program runs with --device cuda; its JSON line becomes the row,
+    and a failure is the program's own one line (output in gpu_ddp's format, no GPU here)."""
+    import subprocess
+
+    from benchmarks import gpu_check
+    from benchmarks.harness import Context
+
+    ran: list[list[str]] = []
+    replies = iter([
+        subprocess.CompletedProcess([], 0, '{"backend": "nccl", "device": "cuda:0", "steps": 3, "buckets": 3, '
+                                           '"values_reduced": 534, "seconds": 4.2, "torch": "2.11.0", '
+                                           '"nccl": "2.27.7"}\n', ""),
+        subprocess.CompletedProcess([], 1, "", "Traceback ...\ngpu_ddp: FAILED: DistBackendError: NCCL error in: "
+                                              "init.cc, unhandled system error\n")])
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or next(replies))
+    ctx = Context(quick=False, out_dir=tmp_path, tmp=tmp_path)
+    row = gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})
+    assert ran[0][ran[0].index("--device") + 1] == "cuda"
+    assert row.name == "nccl + ddp (1 rank) (nccl, cuda:0)" and row.met and "NCCL 2.27.7" in row.note
+    with pytest.raises(RuntimeError, match="^gpu_ddp: FAILED: DistBackendError: NCCL error"):
+        gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})

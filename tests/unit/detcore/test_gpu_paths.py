@@ -203,7 +203,8 @@ def test_a_failing_rank_aborts_its_nccl_group(monkeypatch: pytest.MonkeyPatch, b
     assert end.calls == [call]
 
 
-def test_a_failing_abort_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_abort_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     group = FakeGroup(monkeypatch, rank=0, world=2, backend="nccl")
     end = GroupEnd(monkeypatch, abort_error=RuntimeError("NCCL communicator was aborted by the watchdog"))
     group.up, D._OWN_GROUP = True, True
