@@ -212,18 +212,21 @@ def shutdown_distributed(failed: bool = False) -> None:
 
 
 def abort_process_group() -> None:
-    """Abort every communicator of the default group, without waiting for peers, and forget it.
+    """Abort every NCCL communicator of the default group without waiting for peers, and forget it.
 
-    torch's ``_abort_process_group`` (what its elastic agents use; torch 2.3 and later); an older
-    torch destroys the group instead. An abort that fails (the NCCL watchdog may have aborted
-    the communicator already) is logged: the process is ending on an error anyway.
+    torch's ``_abort_process_group`` (torch 2.5 and later: ``ncclCommAbort`` under NCCL's group
+    semantics, so several communicators cannot deadlock each other); an older torch has only the
+    NCCL backend's own ``abort``, after which the group is left to the ending process. An abort
+    that fails (the NCCL watchdog may have aborted the communicator already) is logged: the
+    process is ending on an error anyway.
     """
-    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    c10d = dist.distributed_c10d
     try:
-        if abort is None:
-            dist.destroy_process_group()
+        if hasattr(c10d, "_abort_process_group"):
+            c10d._abort_process_group()
         else:
-            abort()
+            backend = c10d._get_default_group()._get_backend(torch.device("cuda"))
+            (getattr(backend, "abort", None) or backend._abort)()
     except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the process is ending
         logger.warning("could not abort the process group: %s", exc)
 

@@ -213,6 +213,19 @@ def test_a_failing_abort_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch,
     assert end.calls == ["abort"] and "could not abort the process group" in caplog.text and not D._OWN_GROUP
 
 
+def test_an_older_torch_aborts_through_the_nccl_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch before 2.5 has no ``_abort_process_group``: the NCCL backend's own abort is called."""
+    from types import SimpleNamespace
+
+    asked, aborted = [], []
+    backend = SimpleNamespace(abort=lambda: aborted.append(True))
+    monkeypatch.delattr(tdist.distributed_c10d, "_abort_process_group")
+    monkeypatch.setattr(tdist.distributed_c10d, "_get_default_group",
+                        lambda: SimpleNamespace(_get_backend=lambda device: asked.append(device) or backend))
+    D.abort_process_group()
+    assert asked == [torch.device("cuda")] and aborted == [True]
+
+
 def test_a_group_of_someone_else_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     group = FakeGroup(monkeypatch, rank=0, world=2, backend="nccl")
     end = GroupEnd(monkeypatch)
