@@ -143,10 +143,11 @@ def step_ddp(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
         raise RuntimeError(said[-1] if said else f"python -m benchmarks.gpu_ddp exited {proc.returncode}: "
                                                  f"{proc.stderr.strip()[-300:]}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    nccl = f", NCCL {got['nccl']}" if got.get("nccl") else ""
+    second = f"aborted; NCCL {got['nccl']}" if got["backend"] == "nccl" else \
+        "ended as a failed rank's (gloo: destroyed)"
     return Row(f"{STEPS[1]} ({got['backend']}, {got['device']})", got["seconds"], "s", met=True,
                note=f"{got['steps']} DDP steps, {got['buckets']} gradient bucket(s) all-reduced, same parameters as "
-                    f"the plain model; group destroyed, then a second one aborted{nccl}")
+                    f"the plain model; group destroyed, then a second one {second}")
 
 
 def step_amp_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:

@@ -11,7 +11,8 @@ device bound, and :func:`~detcore.engine.dist.shutdown_distributed`) it
    batches, counting the gradient buckets DDP all-reduces (a comm hook around torch's own
    all-reduce hook): both copies must end with the same parameters;
 4. destroys the group (a finished run's ending), then creates a second one, all-reduces on it
-   and aborts it (the ending of a rank that failed alone).
+   and ends it as a rank that failed alone does: aborted under NCCL (destroyed under gloo, as
+   detcore does there).
 
 It prints one JSON line (backend, device, steps, buckets all-reduced, seconds) and exits 0, or
 prints ``gpu_ddp: FAILED: ...`` and exits 1.

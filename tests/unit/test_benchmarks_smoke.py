@@ -284,6 +284,6 @@ def test_gpu_ddp_step_on_a_gpu_asks_for_nccl_and_reports_its_failure(tmp_path: P
     ctx = Context(quick=False, out_dir=tmp_path, tmp=tmp_path)
     row = gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})
     assert ran[0][ran[0].index("--device") + 1] == "cuda"
-    assert row.name == "nccl + ddp (1 rank) (nccl, cuda:0)" and row.met and "NCCL 2.27.7" in row.note
+    assert row.name == "nccl + ddp (1 rank) (nccl, cuda:0)" and row.met and "second one aborted; NCCL 2.27.7" in row.note
     with pytest.raises(RuntimeError, match="^gpu_ddp: FAILED: DistBackendError: NCCL error"):
         gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})
