@@ -58,10 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--case", nargs="+", metavar="KEY", choices=["shapes", "mobilenet"],
                    help="train_throughput: only these cases (shapes, mobilenet)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
-    p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py) instead, on a GPU "
-                                                      "node: under 8 minutes on one")
-    p.add_argument("--cpu-smoke", action="store_true", help="with --gpu: the same steps on the CPU, tiny settings")
-    p.add_argument("--dry-run", action="store_true", help="with --gpu: print the steps and run nothing")
+    p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py, docs/gpu_check.md) "
+                                                      "instead, on a GPU node: 5-8 minutes on one")
+    p.add_argument("--cpu-smoke", action="store_true", help="with --gpu: every step on the CPU, tiny settings (gloo, "
+                                                            "2 fake GPUs, AMP skipped); what CI runs")
+    p.add_argument("--dry-run", action="store_true", help="with --gpu: print the steps and where the packages they "
+                                                          "need come from; run nothing")
     args = p.parse_args(argv)
     if (args.cpu_smoke or args.dry_run) and not args.gpu:
         p.error("--cpu-smoke and --dry-run go with --gpu")

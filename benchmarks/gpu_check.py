@@ -1,58 +1,89 @@
-"""``python -m benchmarks --gpu``: the first GPU run of issue 19, checked on one GPU node in minutes.
+"""``python -m benchmarks --gpu``: the first run on a GPU node, checked in minutes.
 
 Steps (each reports its own row; one failing does not stop the others):
 
 1. ``nccl job``: ``launcher submit --gpus R`` (R = 2 when the node has 2 GPUs, else 1) of the
-   shapes job, followed to the end: NCCL process group, one GPU per rank, leases.
-2. ``amp job``: the same job on 1 GPU with ``--amp``: finishes with finite losses.
-3. ``cpu checkpoint -> --amp resume``: 2 iterations with ``--device cpu``, then ``--resume auto
-   --amp`` on the GPU (the empty scaler state of a CPU checkpoint).
-4. ``leases``: two ``--gpus 1`` jobs submitted at once: distinct GPUs (or, on a 1-GPU node, one
-   after the other), both succeed, no lease left.
-5. ``R50-FPN``: Faster R-CNN and Mask R-CNN R50-FPN training (batch 2, 800x1333 generated
+   shapes job, followed to the end: NCCL process group (2 GPUs), one GPU per rank, leases.
+2. ``nccl + ddp (1 rank)``: a world-size-1 NCCL group made by detcore (device bound, so NCCL
+   connects at start), an all-reduce, and a DDP-wrapped model trained a few steps, its gradient
+   buckets all-reduced; the group destroyed, then a second one aborted (:mod:`benchmarks.gpu_ddp`),
+   so one GPU still runs NCCL and DDP.
+3. ``amp job``: the shapes job on 1 GPU with ``--amp``: finishes with finite losses.
+4. ``cpu checkpoint -> --amp resume``: a short run with ``--device cpu``, then ``--resume auto
+   --amp`` on the GPU (the empty scaler state of a CPU checkpoint); the schedules are read from
+   the runs themselves (``config.yaml`` after LR/schedule scaling, the checkpoint's iteration).
+5. ``leases``: two ``--gpus 1`` jobs submitted at once: distinct GPUs (or, on a 1-GPU node, one
+   after the other), both succeed, and both supervisors release their leases.
+6. ``R50-FPN``: Faster R-CNN and Mask R-CNN R50-FPN training (batch 2, 800x1333 generated
    images), detcore against a plain torchvision loop in the same run, fp32 and AMP: s/iter,
    images/s, peak GPU memory, inference images/s, beside the published figures
    (``benchmarks/gpu_train.py``). About 2-4 minutes of the run on one modern GPU.
 
-``--cpu-smoke`` runs the same steps on the CPU with tiny settings (the leases on 2 fake GPUs,
-whose jobs train on the CPU), so CI knows the script at least starts; ``--dry-run``
-prints the steps and runs nothing. A check that fails is a row with ``met: false`` and makes the
-command exit 1. No timing is a goal here: the figures are for the closing note of the issue.
+First it checks that the packages the steps import are there (a bare GPU image has PyTorch
+but not pycocotools: ``bash benchmarks/gpu_node.sh`` installs wheels brought along). The
+steps' logs go to ``OUT_DIR/gpu_check_logs.tar.gz`` beside ``gpu_check.json``.
+
+``--cpu-smoke`` runs every step on the CPU with tiny settings (gloo instead of NCCL, the leases
+on 2 fake GPUs whose jobs train on the CPU, AMP skipped with a line since it needs CUDA), so CI
+runs the check's logic; ``--dry-run`` prints the steps and runs nothing. A check that fails is a
+row with ``met: false`` and makes the command exit 1. No timing is a goal here.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from benchmarks import jobs
 from benchmarks.harness import REPO_ROOT, Context, NotAvailable, Result, Row, log
 
-TITLE = "GPU check: NCCL job, AMP, CPU checkpoint resumed with AMP, concurrent leases, R50-FPN figures"
+TITLE = "GPU check: NCCL job, NCCL + DDP, AMP, CPU checkpoint resumed with AMP, concurrent leases, R50-FPN figures"
 SHAPES = REPO_ROOT / "configs" / "shapes" / "faster_rcnn_tiny_shapes.yaml"
-R50 = REPO_ROOT / "configs" / "faster_rcnn" / "faster_rcnn_r50_fpn_1x_coco.yaml"
-STEPS = ("nccl job", "amp job", "cpu checkpoint -> --amp resume", "leases", "R50-FPN")
+STEPS = ("nccl job", "nccl + ddp (1 rank)", "amp job", "cpu checkpoint -> --amp resume", "leases", "R50-FPN")
+# what the steps' processes import (pyproject's dependencies less the Slurm and Ray backends'), by
+# module -> pip name; a bare CUDA image lacks pycocotools (benchmarks/gpu_wheels.py brings it)
+NEEDED = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "PIL": "pillow", "yaml": "pyyaml",
+          "pycocotools": "pycocotools", "tensorboard": "tensorboard", "filelock": "filelock", "tqdm": "tqdm",
+          "psutil": "psutil"}
+CPU_AMP_SKIPPED = "CPU smoke: AMP skipped (it needs CUDA); trained in fp32, as the trainer's warning says"
+NO_SCALER_STATE = "no AMP loss-scaler state"  # the trainer's words on resuming a checkpoint saved without AMP
+RELEASE_WAIT_S = 60.0  # a supervisor releases its leases right after it records the ending
+LOG_SUFFIXES = (".log", ".json", ".jsonl", ".yaml")
+
+
+def missing_modules(needed: dict[str, str] = NEEDED) -> list[str]:
+    """The pip names of the ``needed`` modules this Python cannot import (nothing is imported)."""
+    return [pip for module, pip in needed.items() if importlib.util.find_spec(module) is None]
 
 
 def describe(gpus: int, smoke: bool) -> list[str]:
-    """What :func:`run` would do on a node with ``gpus`` GPUs (``--dry-run``)."""
+    """What :func:`run` would do on a node with ``gpus`` GPUs (``--dry-run``), and what it imports from where."""
     ranks = 2 if gpus >= 2 else 1
-    where = "CPU smoke (tiny settings; GPU leases on 2 fake GPUs, training on the CPU)" if smoke else \
+    where = "CPU smoke (tiny settings; gloo; GPU leases on 2 fake GPUs, training on the CPU)" if smoke else \
         f"{gpus} GPU(s)"
-    return [f"GPU check on {where}:",
-            f"  1. {STEPS[0]}: launcher submit {SHAPES.name} " + ("--nproc 2 (gloo)" if smoke else f"--gpus {ranks}"),
-            f"  2. {STEPS[1]}: detcore train --device {'cpu' if smoke else 'cuda'} --amp",
-            f"  3. {STEPS[2]}: detcore train --device cpu (2 iters), then --resume auto --amp "
-            f"--device {'cpu' if smoke else 'cuda'}",
-            f"  4. {STEPS[3]}: two launcher submit --gpus 1 --detach at once"
-            + (" (LAUNCHER_FAKE_GPUS=2)" if smoke else ""),
-            f"  5. {STEPS[4]}: Faster and Mask R-CNN, detcore vs plain torchvision loop, fp32 and AMP, batch 2, "
-            f"{'96x160' if smoke else '800x1333'}; s/iter, img/s, peak memory, inference"]
+    dev = "cpu" if smoke else "cuda"
+    lines = [f"GPU check on {where}:",
+             f"  1. {STEPS[0]}: launcher submit {SHAPES.name} " + ("--nproc 2 (gloo)" if smoke else f"--gpus {ranks}"),
+             f"  2. {STEPS[1]}: python -m benchmarks.gpu_ddp --device {dev} ({'gloo' if smoke else 'nccl'}, world size "
+             f"1, DDP, group destroyed then aborted)",
+             f"  3. {STEPS[2]}: detcore train --device {dev} --amp" + (f" ({CPU_AMP_SKIPPED})" if smoke else ""),
+             f"  4. {STEPS[3]}: detcore train --device cpu, then --resume auto --amp --device {dev}",
+             f"  5. {STEPS[4]}: two launcher submit --gpus 1 --detach at once, then their leases released"
+             + (" (LAUNCHER_FAKE_GPUS=2)" if smoke else ""),
+             f"  6. {STEPS[5]}: Faster and Mask R-CNN, detcore vs plain torchvision loop, fp32 and AMP, batch 2, "
+             + ("64x96, Faster R-CNN fp32 only" if smoke else "800x1333") + "; s/iter, img/s, peak memory, inference",
+             "needs (this Python):"]
+    for module, pip in NEEDED.items():
+        spec = importlib.util.find_spec(module)
+        lines.append(f"  {pip}: {spec.origin if spec else 'MISSING'}")
+    return lines
 
 
 def _fail(name: str, exc: BaseException) -> Row:
@@ -101,13 +132,22 @@ def step_nccl_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
                note=f"submit to finish, start-up included{startup}", met=True)
 
 
-def _detcore(args: list[str], env: dict, log_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "detcore.tools.cli", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    log_path.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+def step_ddp(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
+    work = ctx.workdir("nccl_ddp")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_ddp", "--device", "cpu" if smoke else "cuda",
+                           "--store", str(work / "store")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    (work / "gpu_ddp.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"detcore {args[0]} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    return proc
+        said = [line for line in proc.stderr.splitlines() if line.startswith("gpu_ddp: FAILED")]
+        raise RuntimeError(said[-1] if said else f"python -m benchmarks.gpu_ddp exited {proc.returncode}: "
+                                                 f"{proc.stderr.strip()[-300:]}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    second = f"aborted; NCCL {got['nccl']}" if got["backend"] == "nccl" else \
+        "ended as a failed rank's (gloo: destroyed)"
+    return Row(f"{STEPS[1]} ({got['backend']}, {got['device']})", got["seconds"], "s", met=True,
+               note=f"{got['steps']} DDP steps, {got['buckets']} gradient bucket(s) all-reduced, same parameters as "
+                    f"the plain model; group destroyed, then a second one {second}")
 
 
 def step_amp_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
@@ -119,29 +159,102 @@ def step_amp_job(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     if not records or not all(math.isfinite(r["loss"]) for r in records):
         raise RuntimeError("no finite training losses in metrics.jsonl")
     log_text = (work / "w" / "train.log").read_text(errors="replace")
-    if smoke and "--amp needs a CUDA device" not in log_text:
-        raise RuntimeError("a CPU run with --amp did not say that AMP is ignored")
+    if smoke:
+        if "needs a CUDA device" not in log_text:
+            raise RuntimeError("a CPU run with --amp did not say that AMP is ignored")
+        log(f"gpu check: {CPU_AMP_SKIPPED}")
     tail = records[len(records) // 2:]
     img_s = sum(r["throughput"] for r in tail) / len(tail)
-    return Row(f"{STEPS[1]} (shapes, 1 {'CPU' if smoke else 'GPU'})", img_s, "img/s",
-               note=f"final loss {records[-1]['loss']:.3f}; peak {records[-1].get('memory_mb', 0):.0f} MiB", met=True)
+    note = f"final loss {records[-1]['loss']:.3f}; peak {records[-1].get('memory_mb', 0):.0f} MiB"
+    return Row(f"{STEPS[2]} (shapes, 1 {'CPU' if smoke else 'GPU'})", img_s, "img/s", met=True,
+               note=f"{CPU_AMP_SKIPPED}; {note}" if smoke else note)
+
+
+def _detcore(args: list[str], env: dict, log_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "detcore.tools.cli", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    log_path.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"detcore {args[0]} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return proc
+
+
+def trained_schedule(work_dir: Path) -> tuple[int, int]:
+    """``(last iteration of the schedule, iteration of the newest checkpoint)`` of a run's work dir,
+    as the run used them: ``config.yaml`` holds ``runner.max_iters`` after LR/schedule scaling
+    (``auto_scale_lr.scale_schedule``), the checkpoint its loop position."""
+    from detcore.checkpoint import load_checkpoint
+    from detcore.config import load_config
+    from detcore.engine.trainer import latest_checkpoint
+
+    end = int(load_config(work_dir / "config.yaml")["runner"]["max_iters"])
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is None:
+        raise RuntimeError(f"no checkpoint in {work_dir}")
+    return end, int(load_checkpoint(ckpt)["loop"]["iter"])
+
+
+def resume_problem(logged: Sequence[int], saved: int, end: int) -> str | None:
+    """What is wrong with a resume from a checkpoint at iteration ``saved`` to a schedule ending at
+    ``end``, given the iterations ``metrics.jsonl`` logged over both runs (every iteration logged),
+    or None. The first run logs 1..saved, the resumed one saved+1..end, each iteration once."""
+    if not 0 < saved < end:
+        return f"nothing to resume: the checkpoint is at iteration {saved} and the schedule ends at {end}"
+    seen = sorted(logged)
+    again = sorted({i for i in seen if seen.count(i) > 1})
+    if again:
+        return f"iterations {again[:5]} were trained twice (the resume did not start from the checkpoint)"
+    if seen != list(range(1, end + 1)):
+        missing = sorted(set(range(1, end + 1)) - set(seen))
+        return (f"logged iterations {seen[0] if seen else '-'}..{seen[-1] if seen else '-'} ({len(seen)}), expected "
+                f"1..{saved} then {saved + 1}..{end}" + (f"; missing {missing[:5]}" if missing else ""))
+    return None
 
 
 def step_cpu_checkpoint_amp_resume(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     work = ctx.workdir("amp_resume")
     w = work / "w"
-    common = ["--no-validate", "--cfg-options", "checkpoint_config.interval=2", *_shapes_overrides(2)]
-    _detcore(["train", str(SHAPES), "--work-dir", str(w), "--device", "cpu", *common], env, work / "cpu.log")
-    resumed = ["--no-validate", "--cfg-options", "checkpoint_config.interval=2", *_shapes_overrides(4)]
+    common = ["--no-validate", "--cfg-options", "checkpoint_config.interval=2"]
+    _detcore(["train", str(SHAPES), "--work-dir", str(w), "--device", "cpu", *common, *_shapes_overrides(2)], env,
+             work / "cpu.log")
+    first_end, saved = trained_schedule(w)
+    if saved != first_end:
+        raise RuntimeError(f"the CPU run's newest checkpoint is at iteration {saved}, its schedule ends at {first_end}")
     _detcore(["train", str(SHAPES), "--work-dir", str(w), "--device", "cpu" if smoke else "cuda", "--amp",
-              "--resume", "auto", *resumed], env, work / "resume.log")
-    iters = sorted({r["iter"] for r in jobs.read_metrics(w)})
-    if iters[-2:] != [3, 4]:
-        raise RuntimeError(f"the resumed run logged iterations {iters}, expected it to continue with 3 and 4")
+              "--resume", "auto", *common, *_shapes_overrides(4)], env, work / "resume.log")
+    end, last = trained_schedule(w)
+    problem = resume_problem([r["iter"] for r in jobs.read_metrics(w)], saved, end)
+    if problem is None and last != end:
+        problem = f"the resumed run's newest checkpoint is at iteration {last}, its schedule ends at {end}"
+    if problem:
+        raise RuntimeError(f"the resumed run: {problem}")
     text = (w / "train.log").read_text(errors="replace")
-    if not smoke and "no AMP loss-scaler state" not in text:
+    if not smoke and NO_SCALER_STATE not in text:
         raise RuntimeError("the resume did not report the CPU checkpoint's missing scaler state")
-    return Row(STEPS[2], 4, "iters", note="resumed at iteration 3 and finished", met=True)
+    note = f"CPU run to iteration {saved}, resumed at {saved + 1} and finished at {end} (the scaled schedule)"
+    return Row(STEPS[3], end - saved, "iters", met=True, note=f"{CPU_AMP_SKIPPED}; {note}" if smoke else
+               f"{note}; the CPU checkpoint's empty scaler state was reported")
+
+
+def leases_of(home: Path, holders: Sequence[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """This host's leases held by ``holders`` (holder -> pool -> units), as written in ``leases.json``:
+    every keeper counted alive, so a lease shows until its holder releases it."""
+    from launcher.leases import LeaseBook
+
+    book = LeaseBook(home, alive=lambda lease: True)
+    return {h: held for h in holders if (held := book.held_by(h))}
+
+
+def wait_for_release(home: Path, holders: Sequence[str], timeout_s: float = RELEASE_WAIT_S,
+                     poll_s: float = 0.2) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Poll until ``holders`` hold no lease (their supervisors release after recording the ending);
+    the leases still held after ``timeout_s`` (empty when all were released)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = leases_of(home, holders)
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(poll_s)
 
 
 def step_leases(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
@@ -173,10 +286,10 @@ def step_leases(ctx: Context, gpus: int, smoke: bool, env: dict) -> Row:
     if not smoke and gpus == 1 and statuses[ids[1]]["started"] < statuses[ids[0]]["ended"] and \
             statuses[ids[0]]["started"] < statuses[ids[1]]["ended"]:
         raise RuntimeError("on one GPU the two jobs overlapped")
-    held = json.loads((home / "leases.json").read_text()) if (home / "leases.json").exists() else {}
-    if any(held.values()):
-        raise RuntimeError(f"leases left after both jobs ended: {held}")
-    return Row(STEPS[3], 2, "jobs", note=f"devices {devices[0]} and {devices[1]}; no lease left", met=True)
+    held = wait_for_release(home, ids)
+    if held:
+        raise RuntimeError(f"leases still held {RELEASE_WAIT_S:.0f} s after both jobs ended: {held}")
+    return Row(STEPS[4], 2, "jobs", note=f"devices {devices[0]} and {devices[1]}; both released their leases", met=True)
 
 
 def jobs_status(home: Path, exp_id: str) -> dict | None:
@@ -188,19 +301,33 @@ def jobs_status(home: Path, exp_id: str) -> dict | None:
 
 
 def step_r50(ctx: Context, gpus: int, smoke: bool, env: dict) -> list[Row]:
-    """R50-FPN Faster and Mask R-CNN, detcore vs a plain torchvision loop, fp32 and AMP (``gpu_train``)."""
+    """R50-FPN Faster and Mask R-CNN, detcore vs a plain torchvision loop, fp32 and AMP (``gpu_train``);
+    the CPU smoke runs the Faster R-CNN fp32 pair only (the unit tests run the Mask R-CNN AMP pair)."""
     from benchmarks import gpu_train
 
-    device, size = ("cpu", (96, 160)) if smoke else ("cuda", (800, 1333))
-    warmup, iters = (0, 1) if smoke else (5, 20)
-    rows, figures = gpu_train.run_all(device, size, warmup, iters, budget_s=600 if smoke else 300)
+    if smoke:
+        rows, figures = gpu_train.run_all("cpu", (64, 96), 0, 1, budget_s=600,
+                                          only=[gpu_train.Case("faster", side, False) for side in ("detcore", "plain")])
+    else:
+        rows, figures = gpu_train.run_all("cuda", (800, 1333), 5, 20, budget_s=300)
     ctx.shared["gpu_train_figures"] = figures
     print(gpu_train.table(figures), file=sys.stderr, flush=True)
     return rows
 
 
-CHECKS: tuple[Callable[..., Row | list[Row]], ...] = (step_nccl_job, step_amp_job, step_cpu_checkpoint_amp_resume,
-                                                      step_leases, step_r50)
+CHECKS: tuple[Callable[..., Row | list[Row]], ...] = (step_nccl_job, step_ddp, step_amp_job,
+                                                      step_cpu_checkpoint_amp_resume, step_leases, step_r50)
+
+
+def archive_logs(tmp: Path, dest: Path) -> Path:
+    """The steps' text files under ``tmp`` (logs, status and metrics files, configs; no checkpoints,
+    event files or stores) as one ``.tar.gz`` at ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        for path in sorted(tmp.rglob("*")):
+            if path.is_file() and path.suffix in LOG_SUFFIXES and path.stat().st_size < 16 * 2 ** 20:
+                tar.add(path, arcname=str(path.relative_to(tmp)))
+    return dest
 
 
 def run(ctx: Context) -> Result:
@@ -209,22 +336,26 @@ def run(ctx: Context) -> Result:
     smoke = bool(ctx.shared.get("cpu_smoke"))
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not smoke and gpus == 0:
-        raise NotAvailable("no CUDA device here; run it on a GPU node, or --cpu-smoke to check that it starts")
+        raise NotAvailable("no CUDA device here; run it on a GPU node, or --cpu-smoke to run its steps on the CPU")
+    settings = {"gpus": gpus, "cpu_smoke": smoke, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    missing = missing_modules()
+    if missing:
+        return Result([Row("packages", None, met=False, note=f"FAILED: this Python lacks {', '.join(missing)}; "
+                           f"pip install them, or on a machine without PyPI bring wheels made elsewhere with "
+                           f"`python -m benchmarks.gpu_wheels` and run `bash benchmarks/gpu_node.sh`")], settings)
     home = ctx.workdir("launcher_home")
     extra = {"LAUNCHER_HOME": str(home)}
     if smoke:
         extra.update({"LAUNCHER_FAKE_GPUS": "2", "CUDA_VISIBLE_DEVICES": ""})
     env = jobs.bench_env(threads=None if not smoke else 1, extra=extra)
-    only = ctx.shared.get("gpu_steps")
     rows: list[Row] = []
     for name, check in zip(STEPS, CHECKS):
-        if only and name not in only:
-            continue
         log(f"gpu check: {name}")
         try:
             got = check(ctx, gpus, smoke, env)
             rows += got if isinstance(got, list) else [got]
         except Exception as exc:  # one failed check must not hide the others
             rows.append(_fail(name, exc))
-    return Result(rows, {"gpus": gpus, "cpu_smoke": smoke, "cuda_visible_devices": os.environ.get(
-        "CUDA_VISIBLE_DEVICES")}, {"r50_fpn": ctx.shared.get("gpu_train_figures", [])})
+    logs = archive_logs(ctx.tmp, ctx.out_dir / "gpu_check_logs.tar.gz")
+    log(f"gpu check: the steps' logs are in {logs}")
+    return Result(rows, settings, {"r50_fpn": ctx.shared.get("gpu_train_figures", [])})

@@ -14,6 +14,7 @@ process sees, so a Slurm task shown one GPU uses it whatever its local rank) or 
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-_OWN_GROUP = False  # the default group was created by init_distributed (not by Ray Train or a caller)
+_OWN_GROUP = False  # the default group was created by start_process_group (not by Ray Train or a caller)
 # Rank 0 alone runs COCOeval or writes a checkpoint to slow storage while the others wait in the
 # next collective; torch's 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
 DEFAULT_TIMEOUT_MIN = 30.0
@@ -88,13 +89,43 @@ def set_default_threads() -> None:
         logger.debug("intra-op threads: %d (the cores this process may use; OMP_NUM_THREADS overrides)", threads)
 
 
+def device_binding(device: torch.device) -> dict:
+    """``init_process_group``'s ``device_id`` for a rank on a CUDA device, else nothing.
+
+    Bound to its GPU, a rank forms its NCCL communicator inside ``init_process_group`` instead
+    of at the first collective, so a broken NCCL set-up fails at start (torch's documented way
+    to see NCCL initialisation errors early) instead of hanging at the first barrier. gloo (the
+    CPU) is left as it was, and so is a torch whose ``init_process_group`` lacks the parameter.
+    """
+    if device.type != "cuda":
+        return {}
+    params = inspect.signature(dist.init_process_group).parameters.values()
+    if any(p.name == "device_id" or p.kind is p.VAR_KEYWORD for p in params):
+        return {"device_id": device}
+    return {}
+
+
+def start_process_group(backend: str, device: torch.device, timeout: timedelta, store: dist.Store | None = None,
+                        rank: int = -1, world_size: int = -1) -> None:
+    """Create the default process group on ``backend`` with this rank's ``device`` bound
+    (:func:`device_binding`); ``store``, ``rank`` and ``world_size`` as ``init_process_group``
+    takes them (without a store: the environment's ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/
+    ``WORLD_SIZE``). :func:`shutdown_distributed` ends the group."""
+    global _OWN_GROUP
+    kwargs: dict = {"backend": backend, "timeout": timeout, **device_binding(device)}
+    if store is not None:
+        kwargs.update(store=store, rank=rank, world_size=world_size)
+    dist.init_process_group(**kwargs)
+    _OWN_GROUP = True
+
+
 def init_distributed(device: str | None = None, timeout_min: float | None = None) -> DistInfo:
     """Join (or create) the default process group; pick and select the device for this rank.
 
-    The device is chosen and made current *before* the group exists, so NCCL binds each rank
-    to its own GPU. ``timeout_min`` bounds every collective (default :data:`DEFAULT_TIMEOUT_MIN`).
+    The device is chosen and made current *before* the group exists, and passed to it
+    (:func:`device_binding`), so NCCL binds each rank to its own GPU and forms its communicator
+    at start. ``timeout_min`` bounds every collective (default :data:`DEFAULT_TIMEOUT_MIN`).
     """
-    global _OWN_GROUP
     set_default_threads()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
@@ -107,11 +138,9 @@ def init_distributed(device: str | None = None, timeout_min: float | None = None
         timeout = timedelta(minutes=float(timeout_min if timeout_min is not None else DEFAULT_TIMEOUT_MIN))
         store = attempt_store()
         if store is None:
-            dist.init_process_group(backend=backend, timeout=timeout)
+            start_process_group(backend, dev, timeout)
         else:
-            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
-                                    world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
-        _OWN_GROUP = True
+            start_process_group(backend, dev, timeout, store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
         rank, world = dist.get_rank(), dist.get_world_size()
         logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s device=%s timeout=%s", backend,
                     rank, world, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dev, timeout)
@@ -146,8 +175,22 @@ def ddp_options(dist_params: dict | None) -> dict:
     return out
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group :func:`init_distributed` created, while the interpreter is whole.
+def ending(backend: str, failed: bool) -> str:
+    """How a process ends its own group: ``"abort"`` for an NCCL group when this process failed,
+    else ``"destroy"``.
+
+    A rank that fails alone cannot finalize NCCL communicators with peers that are gone or stuck
+    in a collective (``destroy_process_group`` may hang there); aborting them is local. gloo keeps
+    ``destroy`` (see :func:`shutdown_distributed`), and so does a run that finished, on any backend.
+    """
+    return "abort" if failed and backend == "nccl" else "destroy"
+
+
+def shutdown_distributed(failed: bool = False) -> None:
+    """End the process group :func:`init_distributed` created, while the interpreter is whole.
+
+    ``failed``: this process is ending on an error (perhaps alone); its NCCL group is then
+    aborted instead of destroyed (:func:`ending`, :func:`abort_process_group`).
 
     A process that exits with its gloo group alive can abort in this torch release (SIGABRT,
     "terminate called without an active exception"): gloo's threads still hold async work
@@ -160,9 +203,32 @@ def shutdown_distributed() -> None:
     """
     global _OWN_GROUP
     if _OWN_GROUP and dist.is_initialized():
-        gc.collect()
-        dist.destroy_process_group()
+        if ending(dist.get_backend(), failed) == "abort":
+            abort_process_group()
+        else:
+            gc.collect()
+            dist.destroy_process_group()
     _OWN_GROUP = False
+
+
+def abort_process_group() -> None:
+    """Abort every NCCL communicator of the default group without waiting for peers, and forget it.
+
+    torch's ``_abort_process_group`` (torch 2.5 and later: ``ncclCommAbort`` under NCCL's group
+    semantics, so several communicators cannot deadlock each other); an older torch has only the
+    NCCL backend's own ``abort``, after which the group is left to the ending process. An abort
+    that fails (the NCCL watchdog may have aborted the communicator already) is logged: the
+    process is ending on an error anyway.
+    """
+    c10d = dist.distributed_c10d
+    try:
+        if hasattr(c10d, "_abort_process_group"):
+            c10d._abort_process_group()
+        else:
+            backend = c10d._get_default_group()._get_backend(torch.device("cuda"))
+            (getattr(backend, "abort", None) or backend._abort)()
+    except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the process is ending
+        logger.warning("could not abort the process group: %s", exc)
 
 
 def attempt_store() -> dist.Store | None:

@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args()
     configure_console(args.log_level)
     module = importlib.import_module(COMMANDS[args.command][0])
+    failed = True  # until run returns 0: a failing rank aborts its NCCL group (its peers may be gone)
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        failed = code != 0
+        return code
     except DetcoreError as exc:
         for line in getattr(exc, "problems", None) or [one_line(exc)]:
             print(f"detcore {args.command}: error: {one_line(line)}", file=sys.stderr)
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if "detcore.engine.dist" in sys.modules:  # only commands that run torch load it (eval stays torch-free)
-            sys.modules["detcore.engine.dist"].shutdown_distributed()
+            sys.modules["detcore.engine.dist"].shutdown_distributed(failed=failed)
 
 
 if __name__ == "__main__":

@@ -102,8 +102,9 @@ def test_rows_of_one_kind_only_get_a_goal_verdict() -> None:
 
 def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU check of issues 18/19 is import-safe and prints its steps (the R50-FPN step's CPU
-    path is the next test)."""
+    """The GPU check is import-safe and its dry run prints its steps and where each package it
+    needs comes from (every step runs on the CPU in integration/test_gpu_check_smoke.py)."""
+    import pycocotools
     import torch
 
     from benchmarks import gpu_check
@@ -113,6 +114,8 @@ def test_gpu_check_starts_without_a_gpu(capsys: pytest.CaptureFixture, tmp_path:
     assert main(["--gpu", "--dry-run", "--cpu-smoke"]) == 0
     out = capsys.readouterr().out
     assert all(step in out for step in gpu_check.STEPS) and "fake GPUs" in out
+    assert "nccl + ddp (1 rank): python -m benchmarks.gpu_ddp --device cpu (gloo" in out
+    assert f"pycocotools: {Path(pycocotools.__file__)}" in out
     with pytest.raises(SystemExit):
         parse_args(["--cpu-smoke"])  # only with --gpu
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -142,3 +145,145 @@ def test_pairs_option_is_checked() -> None:
     assert parse_args(["--only", "train_throughput", "--pairs", "8", "--case", "mobilenet"]).pairs == 8
     with pytest.raises(SystemExit):
         parse_args(["--pairs", "0"])
+
+
+def test_gpu_check_resume_follows_the_schedule_the_run_had() -> None:
+    """The resume step judges the iterations against the scaled schedule read from the runs: a
+    resume continues right after the checkpoint and ends where the resumed run's schedule ends."""
+    from benchmarks.gpu_check import resume_problem
+
+    assert resume_problem(list(range(1, 9)), saved=4, end=8) is None  # 2 -> 4 and 4 -> 8 iterations (x2 scaling)
+    assert "trained twice" in resume_problem([1, 2, 3, 4, 1, 2, 3, 4, 5, 6, 7, 8], saved=4, end=8)
+    assert "missing [7, 8]" in resume_problem([1, 2, 3, 4, 5, 6], saved=4, end=8)
+    assert "nothing to resume" in resume_problem([1, 2, 3, 4], saved=4, end=4)
+
+
+def test_gpu_check_waits_for_the_lease_release(tmp_path: Path) -> None:
+    """The leases step waits (with a deadline) for the supervisors to release, instead of reading
+    the lease file at the moment the jobs' states turn final."""
+    import os
+    import threading
+
+    from benchmarks.gpu_check import leases_of, wait_for_release
+    from launcher.leases import GPU_POOL, LeaseBook
+
+    book = LeaseBook(tmp_path)
+    assert book.acquire(GPU_POOL, ("0", "1"), 1, "exp-a", os.getpid(), 0) == ("0",)
+    assert leases_of(tmp_path, ["exp-a", "exp-b"]) == {"exp-a": {GPU_POOL: ("0",)}}
+    assert wait_for_release(tmp_path, ["exp-a"], timeout_s=0.3, poll_s=0.05) == {"exp-a": {GPU_POOL: ("0",)}}
+    releaser = threading.Timer(0.3, book.release, args=("exp-a",))
+    releaser.start()
+    try:
+        assert wait_for_release(tmp_path, ["exp-a"], timeout_s=30, poll_s=0.05) == {}
+    finally:
+        releaser.join()
+    assert not releaser.is_alive()
+
+
+def test_gpu_check_names_missing_packages_and_brings_wheels() -> None:
+    from importlib.metadata import version
+
+    from benchmarks.gpu_check import missing_modules
+    from benchmarks.gpu_wheels import PLATFORMS, download_command, pinned
+
+    assert missing_modules({"json": "json", "detlaunch_no_such_module": "no-such-package"}) == ["no-such-package"]
+    assert missing_modules() == []  # everything the check imports is installed here
+    assert pinned() == [f"pycocotools=={version('pycocotools')}"]  # the version CI tests
+    cmd = download_command(Path("/w"), "3.12", pinned())
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "--no-deps" in cmd and "--only-binary=:all:" in cmd
+    assert all(p in cmd for p in PLATFORMS) and cmd[-1].startswith("pycocotools==")
+
+
+def _wheel(folder: Path, module: str, body: str) -> Path:
+    """A minimal pure-Python wheel holding ``module`` (built here: no network, no build tools)."""
+    import zipfile
+
+    path = folder / "detlaunch_probe-1.0-py3-none-any.whl"
+    info = "detlaunch_probe-1.0.dist-info"
+    files = {f"{module}/__init__.py": body, f"{info}/METADATA": "Metadata-Version: 2.1\nName: detlaunch-probe\n"
+             "Version: 1.0\n", f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+             "Tag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return path
+
+
+def test_gpu_node_script_puts_carried_wheels_on_the_path(tmp_path: Path) -> None:
+    """``bash benchmarks/gpu_node.sh`` installs the carried wheels into a temporary folder that every
+    process of the check imports from (here a stand-in ``pycocotools``, seen by the dry run), and
+    removes the folder afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.harness import REPO_ROOT
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "pycocotools", "")
+    env = {**os.environ, "GPU_CHECK_WHEELS": str(wheels), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_node.sh"), "--dry-run", "--cpu-smoke"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("pycocotools:"))
+    assert line.strip().startswith(f"pycocotools: {tmp_path}/detlaunch-wheels.") and "1 wheel(s)" in proc.stderr
+    assert not list(tmp_path.glob("detlaunch-wheels.*"))  # removed at exit
+
+
+def test_gpu_ddp_step_runs_ddp_on_one_gloo_rank(tmp_path: Path) -> None:
+    """The NCCL + DDP step's program on the CPU: one gloo rank, an all-reduce, DDP's gradient
+    buckets all-reduced each step, the same parameters as an unwrapped copy, groups ended."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.harness import REPO_ROOT
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_ddp", "--device", "cpu", "--store",
+                           str(tmp_path / "store")], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "gloo" and got["device"] == "cpu" and got["buckets"] >= got["steps"] == 3
+    assert got["values_reduced"] == 3 * (8 * 16 + 16 + 16 * 2 + 2)  # every gradient, once per step
+
+
+def test_gpu_only_checks_look_for_what_detcore_really_logs() -> None:
+    """The GPU check's GPU-only verdicts read detcore's own log lines, which the CPU smoke never
+    produces: the words they look for must still be the words detcore writes."""
+    import inspect
+
+    from benchmarks import gpu_check
+    from detcore.engine import dist, trainer
+
+    assert gpu_check.NO_SCALER_STATE in inspect.getsource(trainer.Trainer)  # the --amp resume of a CPU checkpoint
+    joined = inspect.getsource(dist.init_distributed)  # the nccl job reads rank 0's "backend=nccl ... device=cuda:0"
+    assert "backend=%s" in joined and "device=%s" in joined
+
+
+def test_gpu_ddp_step_on_a_gpu_asks_for_nccl_and_reports_its_failure(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's GPU branch: the program runs with --device cuda; its JSON line becomes the row,
+    and a failure is the program's own one line (output in gpu_ddp's format, no GPU here)."""
+    import subprocess
+
+    from benchmarks import gpu_check
+    from benchmarks.harness import Context
+
+    ran: list[list[str]] = []
+    replies = iter([
+        subprocess.CompletedProcess([], 0, '{"backend": "nccl", "device": "cuda:0", "steps": 3, "buckets": 3, '
+                                           '"values_reduced": 534, "seconds": 4.2, "torch": "2.11.0", '
+                                           '"nccl": "2.27.7"}\n', ""),
+        subprocess.CompletedProcess([], 1, "", "Traceback ...\ngpu_ddp: FAILED: DistBackendError: NCCL error in: "
+                                              "init.cc, unhandled system error\n")])
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or next(replies))
+    ctx = Context(quick=False, out_dir=tmp_path, tmp=tmp_path)
+    row = gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})
+    assert ran[0][ran[0].index("--device") + 1] == "cuda"
+    assert row.name == "nccl + ddp (1 rank) (nccl, cuda:0)" and row.met and "second one aborted; NCCL 2.27.7" in row.note
+    with pytest.raises(RuntimeError, match="^gpu_ddp: FAILED: DistBackendError: NCCL error"):
+        gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})

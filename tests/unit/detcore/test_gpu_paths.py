@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import weakref
 from datetime import timedelta
 from pathlib import Path
@@ -149,6 +150,111 @@ def test_process_group_timeout_default_and_config(monkeypatch: pytest.MonkeyPatc
     D.init_distributed("cpu", timeout_min=90)
     assert group.init_kwargs["timeout"] == timedelta(minutes=90)
     D._OWN_GROUP = False
+
+
+def test_nccl_rank_binds_its_gpu_to_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA rank passes its device to init_process_group (NCCL then connects at start, so a bad
+    NCCL set-up fails there, not at the first barrier); a torch without ``device_id`` gets none."""
+    _rank_env(monkeypatch, {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    FakeCuda(monkeypatch, count=2)
+    group = FakeGroup(monkeypatch, rank=1, world=2, backend="nccl")
+    D.init_distributed("cuda")
+    assert group.init_kwargs == {"backend": "nccl", "timeout": timedelta(minutes=D.DEFAULT_TIMEOUT_MIN),
+                                 "device_id": torch.device("cuda", 1)}
+    D._OWN_GROUP = False
+
+    def init_of_torch_2_2(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1, store=None,
+                          group_name="", pg_options=None) -> None:
+        pass
+
+    monkeypatch.setattr(tdist, "init_process_group", init_of_torch_2_2)
+    assert D.device_binding(torch.device("cuda", 1)) == {}
+    assert D.device_binding(torch.device("cpu")) == {}
+
+
+class GroupEnd:
+    """Records how the default group is ended (``destroy_process_group`` or torch's abort)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, abort_error: Exception | None = None) -> None:
+        self.calls: list[str] = []
+
+        def abort() -> None:
+            self.calls.append("abort")
+            if abort_error is not None:
+                raise abort_error
+
+        monkeypatch.setattr(tdist, "destroy_process_group", lambda group=None: self.calls.append("destroy"))
+        monkeypatch.setattr(tdist.distributed_c10d, "_abort_process_group", abort)
+
+
+@pytest.mark.parametrize("backend, failed, call", [("nccl", True, "abort"), ("nccl", False, "destroy"),
+                                                   ("gloo", True, "destroy"), ("gloo", False, "destroy")])
+def test_a_failing_rank_aborts_its_nccl_group(monkeypatch: pytest.MonkeyPatch, backend: str, failed: bool,
+                                             call: str) -> None:
+    """A rank that fails (perhaps alone) aborts NCCL: finalizing communicators with peers that are
+    gone can hang. A finished run destroys its group; gloo always does (its exit-time abort)."""
+    assert D.ending(backend, failed) == call
+    group = FakeGroup(monkeypatch, rank=0, world=2, backend=backend)
+    end = GroupEnd(monkeypatch)
+    group.up, D._OWN_GROUP = True, True
+    D.shutdown_distributed(failed=failed)
+    assert end.calls == [call] and D._OWN_GROUP is False
+    D.shutdown_distributed(failed=failed)  # once only
+    assert end.calls == [call]
+
+
+def test_a_failing_abort_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    group = FakeGroup(monkeypatch, rank=0, world=2, backend="nccl")
+    end = GroupEnd(monkeypatch, abort_error=RuntimeError("NCCL communicator was aborted by the watchdog"))
+    group.up, D._OWN_GROUP = True, True
+    with caplog.at_level(logging.WARNING):
+        D.shutdown_distributed(failed=True)
+    assert end.calls == ["abort"] and "could not abort the process group" in caplog.text and not D._OWN_GROUP
+
+
+def test_an_older_torch_aborts_through_the_nccl_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch before 2.5 has no ``_abort_process_group``: the NCCL backend's own abort is called."""
+    from types import SimpleNamespace
+
+    asked, aborted = [], []
+    backend = SimpleNamespace(abort=lambda: aborted.append(True))
+    monkeypatch.delattr(tdist.distributed_c10d, "_abort_process_group")
+    monkeypatch.setattr(tdist.distributed_c10d, "_get_default_group",
+                        lambda: SimpleNamespace(_get_backend=lambda device: asked.append(device) or backend))
+    D.abort_process_group()
+    assert asked == [torch.device("cuda")] and aborted == [True]
+
+
+def test_a_group_of_someone_else_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    group = FakeGroup(monkeypatch, rank=0, world=2, backend="nccl")
+    end = GroupEnd(monkeypatch)
+    group.up, D._OWN_GROUP = True, False  # Ray Train's group
+    D.shutdown_distributed(failed=True)
+    assert end.calls == []
+
+
+def test_detcore_cli_ends_the_group_as_failed_unless_the_command_succeeded(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from detcore.tools.cli import main
+
+    ended: list[bool] = []
+    monkeypatch.setattr(D, "shutdown_distributed", lambda failed=False: ended.append(failed))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main() sets it
+    root = Path(__file__).resolve().parents[3]
+    assert main(["config", "show", str(root / "configs/shapes/faster_rcnn_tiny_shapes.yaml")]) == 0
+    assert main(["config", "show", str(tmp_path / "missing.yaml")]) == 2
+    assert ended == [False, True]
+    capsys.readouterr()
+
+
+def test_gloo_group_is_destroyed_even_when_the_rank_failed(tmp_path: Path) -> None:
+    """The real gloo path: a failing rank still destroys its group (no abort call for gloo)."""
+    D.start_process_group("gloo", torch.device("cpu"), timedelta(minutes=1), tdist.FileStore(str(tmp_path / "s"), 1),
+                          rank=0, world_size=1)
+    assert tdist.is_initialized() and tdist.get_backend() == "gloo"
+    D.shutdown_distributed(failed=True)
+    assert not tdist.is_initialized() and not D._OWN_GROUP
 
 
 def test_ddp_options_from_dist_params_reach_ddp(tmp_path: Path) -> None:
