@@ -146,12 +146,17 @@ def _parameters(cls: Any) -> Mapping[str, inspect.Parameter]:
 
 def neck_contract(name: str, cls: Any) -> str:
     """``TORCHVISION`` when the constructor takes ``in_channels_list``, ``MMDETECTION`` when it takes
-    ``in_channels``; otherwise a ConfigError describing both contracts."""
-    params = _parameters(cls)
-    if "in_channels_list" in params:
-        return TORCHVISION
-    if "in_channels" in params:
-        return MMDETECTION
+    ``in_channels``; otherwise a ConfigError describing both contracts. A subclass whose constructor
+    only passes ``*args, **kwargs`` on has its base class's contract."""
+    for klass in (getattr(cls, "__mro__", None) or (cls,)):
+        params = _parameters(klass)
+        if "in_channels_list" in params:
+            return TORCHVISION
+        if "in_channels" in params:
+            return MMDETECTION
+        kinds = {p.kind for p in params.values()}
+        if not {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} & kinds:
+            break  # a constructor of its own that takes neither: no base class decides
     raise ConfigError(f"model.neck: {name}'s constructor takes neither in_channels (MMDetection's neck contract: "
                       f"tuple of maps in and out) nor in_channels_list (torchvision's: OrderedDict in and out); "
                       f"add one of them (see docs/necks.md)")

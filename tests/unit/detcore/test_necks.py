@@ -125,6 +125,21 @@ def test_a_neck_with_neither_contract_is_named() -> None:
         build_detector(load_config(SHAPES, ["model.neck={_delete_: true, type: NoChannelsNeck}"])["model"])
 
 
+def test_a_subclass_passing_args_on_has_its_base_necks_contract() -> None:
+    """``class MyFPN(FPN): def __init__(self, *args, **kwargs)`` is torchvision's contract, as its base's."""
+    from detcore.models.necks import FPN
+    from detcore.registry import NECKS
+
+    class PassThroughFPN(FPN):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    NECKS.register_module(name="PassThroughFPN", module=PassThroughFPN, force=True)
+    model = build_detector(load_config(SHAPES, ["model.neck.type=PassThroughFPN"])["model"])
+    plain = build_detector(load_config(SHAPES)["model"])
+    assert _neck_shapes(model) == _neck_shapes(plain)
+
+
 def _neck_shapes(model: torch.nn.Module) -> dict:
     return {k: v.shape for k, v in model.backbone.fpn.state_dict().items()}
 
