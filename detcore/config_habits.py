@@ -127,8 +127,6 @@ def _logger_hooks(out: dict, where: str) -> list[str]:
     if isinstance(log, dict) and "hooks" in log:
         log["hooks"], notes = normalize_hooks(log["hooks"], where)
         warnings += notes
-        if log["hooks"] == []:
-            log.pop("hooks")
     return warnings
 
 

@@ -84,7 +84,7 @@ class ExperimentLoggerHook(HookBase):
         self.open[settings.kind] = OpenRun(writer, settings, where, choice.logged_through)
         held = f"; it holds iterations up to {choice.logged_through}" if choice.logged_through else ""
         verb = "continuing" if choice.run_id == writer.run_id else "new"
-        logger.info("%s: %s run %s at %s (%s%s)", cls.label, verb, writer.run_id, where, choice.why, held)
+        logger.info("%s: %s run %s at %s (%s%s)", cls.label, verb, writer.run_id, writer.address(), choice.why, held)
 
     def send(self, record: Mapping[str, Any], prefix: str) -> None:
         """``Trainer.log_metrics``'s record to every open run, unless the run already holds its iteration."""

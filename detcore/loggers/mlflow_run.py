@@ -41,12 +41,18 @@ class MlflowWriter(RunWriter):
 
         self.settings, self.ctx = settings, ctx
         self.uri = self.where(settings)
+        self.experiment_id = ""
         check_reachable(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.sender = Sender(self.label)
         self.run_id = self.sender.call(self._open, OPEN_TIMEOUT_S)
         self.finished = False
         atexit.register(self._at_exit)
+
+    def address(self) -> str:
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return self.uri
 
     # ---- opening (on the sender thread) ----------------------------------------------------
     def _open(self) -> str:
@@ -70,7 +76,7 @@ class MlflowWriter(RunWriter):
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
             old = run.data.params
-        run_id = run.info.run_id
+        run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
         self._send_params(run_id, old, tags)
         return run_id
 

@@ -29,8 +29,8 @@ class WandbWriter(RunWriter):
     def where(settings: WandbSettings) -> str:
         init = settings.init_kwargs
         entity = init.get("entity") or os.environ.get("WANDB_ENTITY") or ""
-        project = init.get("project") or os.environ.get("WANDB_PROJECT") or ""
-        return f"{entity}/{project}"
+        project = init.get("project") or os.environ.get("WANDB_PROJECT") or "(W&B's default project)"
+        return f"{entity}/{project}" if entity else str(project)
 
     def __init__(self, settings: WandbSettings, ctx: RunContext) -> None:
         import wandb
@@ -44,6 +44,8 @@ class WandbWriter(RunWriter):
         marks = [f"experiment:{ctx.experiment}" if ctx.experiment else "", f"backend:{ctx.backend}" if ctx.backend else ""]
         tags = list(kwargs.pop("tags", None) or []) + [m[:TAG_LIMIT] for m in marks if m]
         user_config = dict(kwargs.pop("config", None) or {})
+        if "settings" not in kwargs and not {"WANDB_QUIET", "WANDB_SILENT"} & set(os.environ):
+            kwargs["settings"] = wandb.Settings(quiet=True)  # no 30-line history and summary at the end
         self.run = wandb.init(id=str(run_id), resume=kwargs.pop("resume", "allow"), tags=tags, **kwargs)
         self.run_id = self.run.id
         config = {**self.ctx.config, "detlaunch": ctx.tags(), **user_config}
@@ -72,10 +74,15 @@ class WandbWriter(RunWriter):
             logger.warning("W&B: could not upload %s (%s)", ", ".join(p.name for p in paths), one_line(exc))
 
     def finish(self, finished: bool) -> None:
+        offline, folder = self.run.offline, Path(self.run.settings.sync_dir).parent
         try:
             self.run.finish(exit_code=0 if finished else 1)
         except Exception as exc:
             logger.warning("W&B: could not close run %s (%s)", self.run_id, one_line(exc))
+            return
+        if offline:  # every start of the run wrote a folder of its own: sync them all, oldest first
+            logger.info("W&B: run %s is offline; upload it with: wandb sync %s", self.run_id,
+                        folder / f"offline-run-*-{self.run_id}")
 
 
 def new_run_id() -> str:

@@ -45,11 +45,16 @@ class RunWriter(ABC):
     kind: str
     label: str
     run_id: str
+    settings: Any
 
     @staticmethod
     @abstractmethod
     def where(settings: Any) -> str:
         """Where runs of ``settings`` live (a tracking URI, a W&B ``entity/project``), known before opening."""
+
+    def address(self) -> str:
+        """Where a person finds the run (a page, or the store and project)."""
+        return self.where(self.settings)
 
     @abstractmethod
     def log_metrics(self, values: Mapping[str, float], step: int) -> None:
