@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from tests.integration.helpers import SHAPES, detcore, env, free_port
+from tests.integration.launcher_cli import launcher
 from tests.integration.mlflow_server import mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -98,3 +99,25 @@ def test_a_tracking_server_that_is_down_costs_one_warning_not_the_run(tmp_path: 
     assert len(warnings) == 1 and "WARNING" in warnings[0], proc.stderr[-3000:]
     assert f"not logging this run (the tracking server {down} does not answer" in warnings[0]
     assert "training goes on" in warnings[0] and (tmp_path / "iter_2.pth").is_file()
+
+
+def test_launcher_submit_on_two_ranks_is_one_run_tagged_with_its_experiment(server: str, home: Path,
+                                                                            tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "work"
+    hook = "log_config.hooks=[{type: MlflowLoggerHook, exp_name: shapes-launcher}]"
+    sub = launcher(home, "submit", str(SHAPES), "--nproc", "2", "--no-validate", "--work-dir", str(work),
+                   "--cfg-options", "runner.max_iters=3", *TINY, hook, MLFLOW_TRACKING_URI=server,
+                   DETCORE_LOGGERS="wandb", WANDB_MODE="offline")
+    exp_id = sub.stdout.splitlines()[0].strip()
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name("shapes-launcher").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 only
+    tags = runs[0].data.tags
+    assert tags["detlaunch.experiment_id"] == exp_id and tags["detlaunch.backend"] == "local"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [1, 2, 3]
+    folders = list((work / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1  # rank 1 opened no W&B run
+    starts = [r["run"] for r in wandb_records(folders[0]) if r["type"] == "run"]
+    assert {f"experiment:{exp_id}", "backend:local"} <= set(starts[0]["tags"])
