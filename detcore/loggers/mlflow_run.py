@@ -160,4 +160,5 @@ def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
     except urllib.error.HTTPError:
         return  # it answers (a proxy may guard /health): the client will say more
     except (OSError, ValueError) as exc:
-        raise ConnectionError(f"the tracking server {uri} does not answer ({one_line(exc, 120)})") from None
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise ConnectionError(f"the tracking server {uri} does not answer ({one_line(reason, 120)})") from None

@@ -127,7 +127,7 @@ class Sender:
                                    self.label, one_line(exc))
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: object, limit: int = 300) -> str:
     """``exc`` as one short line (tracking clients raise multi-line messages with whole responses)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
