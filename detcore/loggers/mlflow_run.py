@@ -142,6 +142,8 @@ class MlflowWriter(RunWriter):
         if not self.sender.drain(timeout):
             logger.warning("MLflow: %d update(s) of run %s not sent in %g s (%s is not answering); the run keeps "
                            "what it received", self.sender.pending(), self.run_id, timeout, self.uri)
+        self.sender.close()
+        atexit.unregister(self._at_exit)
 
     def _at_exit(self) -> None:
         """A process that ends before the last iteration (a crash, a stop signal) leaves the run KILLED, not

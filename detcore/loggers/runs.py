@@ -90,8 +90,10 @@ def read_record(work_dir: str | os.PathLike, kind: str) -> SavedRun | None:
 def write_record(work_dir: str | os.PathLike, kind: str, run: SavedRun) -> None:
     """Replace the work dir's record atomically; errors ignored (a full disk must not stop training: the
     checkpoint still names the run)."""
+    from detcore.checkpoint import sibling_temp_path
+
     path = record_path(work_dir, kind)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = sibling_temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(asdict(run), sort_keys=True) + "\n")

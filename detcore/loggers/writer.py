@@ -115,9 +115,16 @@ class Sender:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def close(self) -> None:
+        """End the thread after what is queued (it is a daemon: a thread still waiting on a server dies with
+        the process)."""
+        self._queue.put(None)
+
     def _loop(self) -> None:
         while True:
             call = self._queue.get()
+            if call is None:
+                return
             try:
                 call()
             except Exception as exc:  # a dashboard that is down never stops training
