@@ -112,7 +112,7 @@ class MlflowWriter(RunWriter):
             logger.info("MLflow: %d param(s) changed since run %s started (%s); MLflow keeps the first values, the "
                         "new ones are tags param_changed.<key>", len(changed), run_id, ", ".join(sorted(changed)[:5]))
         limit = MAX_TAG_VAL_LENGTH
-        run_tags = [RunTag(k, v[:limit]) for k, v in tags.items()]
+        run_tags = [RunTag(k, v[:limit]) for k, v in tags.items() if len(k) <= MAX_ENTITY_KEY_LENGTH]
         run_tags += [RunTag(f"param_changed.{k}"[:MAX_ENTITY_KEY_LENGTH], v[:limit]) for k, v in changed.items()]
         self.client.log_batch(run_id, params=new, tags=run_tags)  # the client sends 100 per request
 

@@ -34,6 +34,11 @@ KEYS = {
              "artifact_location"),
     WANDB: ("init_kwargs", "interval", "log_model"),
 }
+# wandb.init's parameters (a typo in init_kwargs is refused up front, not found when the run starts)
+WANDB_INIT_KEYS = ("entity", "project", "dir", "id", "name", "notes", "tags", "config", "config_exclude_keys",
+                   "config_include_keys", "allow_val_change", "group", "job_type", "mode", "force", "reinit", "resume",
+                   "resume_from", "fork_from", "save_code", "tensorboard", "sync_tensorboard", "monitor_gym",
+                   "settings", "anonymous")
 ALWAYS_WRITTEN = ("TextLoggerHook", "TensorboardLoggerHook", "LocalVisBackend", "TensorboardVisBackend")
 
 
@@ -194,6 +199,12 @@ def _entry_problems(entry: Any, key: str, log_interval: int) -> Iterator[str]:
             yield (f"{key}.interval: {interval} is not a multiple of log_config.interval ({log_interval}); a logger "
                    f"sends the text log's averages, so use a multiple of {log_interval} or leave it out")
     init = entry.get("init_kwargs")
+    for name in (init if isinstance(init, Mapping) else ()):
+        if name not in WANDB_INIT_KEYS:
+            close = difflib.get_close_matches(str(name), WANDB_INIT_KEYS, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            yield (f"{key}.init_kwargs.{name}: wandb.init has no such parameter; {hint}it takes "
+                   f"{', '.join(WANDB_INIT_KEYS[:8])}, ... (https://docs.wandb.ai/ref/python/init)")
     if isinstance(init, Mapping) and init.get("resume") not in (None, "allow", "must", True):
         yield (f"{key}.init_kwargs.resume: {init['resume']!r:.100} would start a new W&B run at every resume; leave "
                f"it out (detcore resumes the work dir's run)")

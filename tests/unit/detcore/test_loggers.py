@@ -65,12 +65,25 @@ def test_detcore_loggers_adds_defaults_keeps_the_configs_entry_and_none_switches
     (hooks_cfg({"type": "MlflowLoggerHook", "log_model": "yes"}), {}, "log_model: expected true or false"),
     (hooks_cfg({"type": "MlflowLoggerHook"}, {"type": "MlflowLoggerHook"}), {}, "is already log_config.hooks.0"),
     (hooks_cfg({"type": "WandbLoggerHook", "init_kwargs": {"resume": "never"}}), {}, "start a new W&B run"),
+    (hooks_cfg({"type": "WandbLoggerHook", "init_kwargs": {"projcet": "p"}}), {},
+     "init_kwargs.projcet: wandb.init has no such parameter; did you mean project?"),
     ({"log_config": {"interval": 5, "hooks": {"type": "MlflowLoggerHook"}}}, {}, "log_config.hooks: expected a list"),
     ({}, {"DETCORE_LOGGERS": "mlfow"}, "unknown logger 'mlfow' (did you mean mlflow?)"),
 ])
 def test_logger_problems_name_the_key_and_the_fix(cfg: dict, env: dict, expected: str) -> None:
     problems = logger_problems(cfg, env)
     assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_the_init_kwargs_table_is_wandb_inits_signature() -> None:
+    import inspect
+
+    import wandb
+
+    from detcore.loggers.settings import WANDB_INIT_KEYS
+
+    assert set(WANDB_INIT_KEYS) == set(inspect.signature(wandb.init).parameters), \
+        "update WANDB_INIT_KEYS in detcore/loggers/settings.py: wandb.init's parameters changed"
 
 
 def test_a_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
