@@ -82,9 +82,11 @@ class ExperimentLoggerHook(HookBase):
             return
         ledger.opened(writer.run_id)
         self.open[settings.kind] = OpenRun(writer, settings, where, choice.logged_through)
-        held = f"; it holds iterations up to {choice.logged_through}" if choice.logged_through else ""
-        verb = "continuing" if choice.run_id == writer.run_id else "new"
-        logger.info("%s: %s run %s at %s (%s%s)", cls.label, verb, writer.run_id, writer.address(), choice.why, held)
+        continued = choice.run_id == writer.run_id
+        why = choice.why if continued or choice.run_id is None else f"run {choice.run_id} could not be reopened"
+        held = f"; iterations up to {choice.logged_through} are not sent again" if choice.logged_through else ""
+        logger.info("%s: %s run %s at %s (%s%s)", cls.label, "continuing" if continued else "new", writer.run_id,
+                    writer.address(), why, held)
 
     def send(self, record: Mapping[str, Any], prefix: str) -> None:
         """``Trainer.log_metrics``'s record to every open run, unless the run already holds its iteration."""
