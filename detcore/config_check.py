@@ -62,6 +62,9 @@ def _pipeline_names(key: str, steps: Any) -> Iterator[tuple[str, Any, Any]]:
                 yield from _pipeline_names(f"{key}.{i}.policies.{j}", policy)
 
 
+READ_ELSEWHERE = {("log_config", "hooks")}  # the experiment loggers' list (detcore.loggers.settings)
+
+
 def _hook_key_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
     """Keys of ``log_config``/``evaluation``/``checkpoint_config`` that their hook does not take (the
     trainer passes each section to its hook as keyword arguments; the table is kept equal to the
@@ -72,7 +75,7 @@ def _hook_key_problems(cfg: Mapping[str, Any]) -> Iterator[str]:
         values = cfg.get(section)
         if not isinstance(values, Mapping):
             continue
-        unknown = [str(k) for k in values if k not in accepted]
+        unknown = [str(k) for k in values if k not in accepted and (section, k) not in READ_ELSEWHERE]
         if unknown:
             yield (f"{section}: unknown key(s) {', '.join(unknown)}; {section} takes {', '.join(accepted)} "
                    f"(remove the key, or add a hook under custom_hooks)")
@@ -215,6 +218,9 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     problems += _backbone_weights_problems(cfg)
     problems += _label_ids_problems(cfg)
     if not test:
+        from detcore.loggers.settings import logger_problems
+
+        problems += logger_problems(cfg, os.environ, packages=files)
         resume = resume if resume not in (None, "auto", "never") else cfg.get("resume_from")
         problems += training_problems(cfg, load_from=load_from or cfg.get("load_from"), resume=resume)
     evaluation = cfg.get("evaluation") or {}

@@ -6,9 +6,12 @@
 - ``data.<split>.samples_per_gpu`` on the val/test splits is MMDetection's test batch size; the
   loader reads it (detcore's own key is ``data.test_samples_per_gpu``, for val and test).
 - ``checkpoint_config.max_keep_ckpts`` is ``max_keep``; ``evaluation.save_best`` is
-  ``checkpoint_config.save_best`` (the MMDetection spelling wins, as detcore's bases never use it); ``log_config.hooks`` and ``by_epoch`` in these sections are
-  dropped with a warning (detcore always writes the text log, metrics.jsonl and TensorBoard, and
-  counts intervals in the runner's unit).
+  ``checkpoint_config.save_best`` (the MMDetection spelling wins, as detcore's bases never use it);
+  ``by_epoch`` in these sections is dropped with a warning (detcore counts intervals in the
+  runner's unit).
+- ``log_config.hooks``: MMDetection's logger hooks, and 3.x's ``visualizer.vis_backends``, become
+  detcore's ``MlflowLoggerHook``/``WandbLoggerHook`` entries; the text and TensorBoard loggers are
+  dropped, as detcore always writes both (:mod:`detcore.loggers.settings`).
 - Top-level variables of MMDetection's Python configs (``dataset_type``, ``data_root``,
   ``img_norm_cfg``, ``train_pipeline``, ...) are not variables in YAML: nothing reads them, so
   each is named in a warning with the key to set instead.
@@ -92,16 +95,38 @@ def _hook_sections(out: dict, where: str) -> list[str]:
         ckpt["max_keep"] = ckpt.pop("max_keep_ckpts")
     if isinstance(evaluation, dict) and "save_best" in evaluation:
         out["checkpoint_config"] = {**(ckpt if isinstance(ckpt, dict) else {}), "save_best": evaluation.pop("save_best")}
-    if isinstance(log, dict) and "hooks" in log:
-        log.pop("hooks")
-        warnings.append(f"{where}: log_config.hooks is not read (detcore always writes the text log, "
-                        f"metrics.jsonl and TensorBoard scalars)")
+    warnings += _logger_hooks(out, where)
     for name in ("checkpoint_config", "evaluation", "log_config"):
         section = out.get(name)
         if isinstance(section, dict) and "by_epoch" in section:
             section.pop("by_epoch")
             warnings.append(f"{where}: {name}.by_epoch is not read (intervals count epochs for EpochBasedRunner "
                             f"and iterations for IterBasedRunner)")
+    return warnings
+
+
+def _logger_hooks(out: dict, where: str) -> list[str]:
+    """``log_config.hooks`` in detcore's spelling, with MMDetection 3.x's ``visualizer.vis_backends`` (or a
+    top-level ``vis_backends``) added to it (in place on a copy); see :mod:`detcore.loggers.settings`."""
+    from detcore.loggers.settings import normalize_hooks, vis_backends
+
+    warnings = []
+    found = vis_backends(out)
+    if found is not None:
+        key, backends = found
+        out.pop("vis_backends", None)
+        if isinstance(out.get("visualizer"), dict):
+            out["visualizer"].pop("vis_backends", None)
+            if not out["visualizer"] or set(out["visualizer"]) <= {"type", "name"}:
+                out.pop("visualizer")  # MMEngine's DetLocalVisualizer: detcore draws its own pictures
+        log = out.get("log_config")
+        log = out["log_config"] = dict(log) if isinstance(log, dict) else {}
+        hooks = log.get("hooks")
+        log["hooks"] = (hooks if isinstance(hooks, list) else []) + backends
+    log = out.get("log_config")
+    if isinstance(log, dict) and "hooks" in log:
+        log["hooks"], notes = normalize_hooks(log["hooks"], where)
+        warnings += notes
     return warnings
 
 

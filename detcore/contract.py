@@ -46,11 +46,23 @@ HEARTBEAT_DIR_ENV = "DETCORE_HEARTBEAT_DIR"    # the trainer writes heartbeat_pa
 EXPERIMENT_ENV = "DETLAUNCH_EXPERIMENT_ID"     # marks every process of an experiment (for cleanup)
 RUN_DIR_ENV = "DETLAUNCH_RUN_DIR"              # WORK_DIR/runs/<run id> of this launch
 HANG_TIMEOUT_ENV = "DETLAUNCH_HANG_TIMEOUT_S"  # seconds without a finished iteration on any rank; 0 = off
+BACKEND_ENV = "DETLAUNCH_BACKEND"              # local, slurm or ray: tags the run in MLflow / W&B
+LOGGERS_ENV = "DETCORE_LOGGERS"                # mlflow,wandb: switch experiment loggers on (none: off)
+# Settings of the experiment loggers that a backend hands to workers which do not inherit the submitting
+# shell (Ray's runtime environment). Credentials (MLFLOW_TRACKING_TOKEN, WANDB_API_KEY, ...) are left out:
+# they belong in the cluster's own environment, not in a job description others can read.
+LOGGER_SETTINGS_ENV = (LOGGERS_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_PROJECT",
+                       "WANDB_ENTITY", "WANDB_DIR", "WANDB_BASE_URL", "WANDB_RUN_GROUP")
 
 LOGS_DIR = "logs"
 RUNS_DIR = "runs"
 EVENTS_FILE = "events.jsonl"
 HEARTBEAT_DIR = "heartbeat"
+
+
+def logger_settings_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The :data:`LOGGER_SETTINGS_ENV` variables set in ``environ`` (for a backend to pass on)."""
+    return {name: environ[name] for name in LOGGER_SETTINGS_ENV if environ.get(name)}
 
 
 def rank_log(work_dir: str | os.PathLike, rank: int) -> Path:

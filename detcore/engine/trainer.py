@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -34,6 +34,7 @@ from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their fo
 from detcore.engine.scaling import SCALING_KEY, scale_config, split_batch_size
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.errors import CheckpointError, ConfigError, TrainingError
+from detcore.loggers.hook import experiment_logger_hook
 from detcore.models import build_detector
 from detcore.registry import HOOKS
 
@@ -137,6 +138,7 @@ class Trainer:
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
                 broadcast_buffers=has_running_stats(self.model), **ddp_kwargs)
         self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
+        self.metric_sinks: list[Callable[[dict, str], None]] = []  # each gets every record log_metrics writes
         self.hooks = self._build_hooks(validate)
         self.resumed = False
         if resume_path:
@@ -147,12 +149,16 @@ class Trainer:
     def _build_hooks(self, validate: bool) -> list[H.HookBase]:
         ckpt = dict(self.cfg.get("checkpoint_config") or {})
         evaluation = dict(self.cfg.get("evaluation") or {})
-        hooks: list[H.HookBase] = [H.LRSchedulerHook(), H.LoggerHook(**(self.cfg.get("log_config") or {}))]
+        log = {k: v for k, v in (self.cfg.get("log_config") or {}).items() if k != "hooks"}  # hooks: loggers below
+        hooks: list[H.HookBase] = [H.LRSchedulerHook(), H.LoggerHook(**log)]
         if validate and self.val_loader is not None:
             hooks.append(H.EvalHook(**evaluation))
         hooks.append(H.CheckpointHook(**ckpt))
         for hook_cfg in self.cfg.get("custom_hooks") or []:
             hooks.append(HOOKS.build(hook_cfg))
+        loggers = experiment_logger_hook(self.cfg)  # MLflow / W&B; last, so older checkpoints' hook states still line up
+        if loggers is not None:
+            hooks.append(loggers)
         for hook in hooks:
             hook.trainer = self
         return hooks
@@ -276,6 +282,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         H.append_jsonl(self.work_dir / "metrics.jsonl", record)
+        for sink in self.metric_sinks:
+            sink(record, prefix)
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("iter", "epoch", "mode"):

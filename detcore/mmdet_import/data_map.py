@@ -5,6 +5,7 @@ import posixpath
 from typing import Any
 
 from detcore.evaluation.metrics import predicts_masks
+from detcore.mmdet_import.logger_map import map_loggers
 from detcore.mmdet_import.source import Source
 from detcore.mmdet_import.v3_schedule import metric_key
 from detcore.mmdet_import.weights_map import map_load_from
@@ -226,9 +227,9 @@ def map_schedule(src: Source) -> dict:
                                                  "as written")
         out["evaluation"] = ev
     out["log_config"] = {"interval": src.get("log_config.interval", 50)}
-    for i, hook in enumerate(src.items("log_config.hooks")):
-        if isinstance(hook, dict) and hook.get("type") in ("TextLoggerHook", "TensorboardLoggerHook"):
-            src.use(f"log_config.hooks.{i}")  # detcore always writes both
+    loggers = map_loggers(src, "log_config.hooks", _positive(out["log_config"]["interval"]))
+    if loggers:
+        out["log_config"]["hooks"] = loggers
     for i, hook in enumerate(src.items("custom_hooks")):
         if isinstance(hook, dict) and hook.get("type") == "NumClassCheckHook":
             src.use(f"custom_hooks.{i}")  # detcore checks num_classes against the dataset itself
@@ -247,3 +248,8 @@ def map_schedule(src: Source) -> dict:
     if src.lookup("log_level") == "INFO":
         src.use("log_level")
     return out
+
+
+def _positive(value: Any) -> int:
+    """A log interval to count logger intervals against (MMCV's 10 when it is not a whole number >= 1)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 10

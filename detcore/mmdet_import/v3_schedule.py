@@ -4,14 +4,16 @@
 ``param_scheduler`` -> ``lr_config`` (a ``LinearLR``/``ConstantLR`` from 0 is the warmup,
 ``MultiStepLR``/``StepLR`` the steps, ``CosineAnnealingLR`` the cosine policy); ``train_cfg`` ->
 ``runner`` and the evaluation interval; ``default_hooks`` -> ``checkpoint_config`` and
-``log_config``; ``val_evaluator`` -> ``evaluation``; ``auto_scale_lr``, ``load_from``, ``resume``
-and ``work_dir`` as they are. MMEngine's runtime defaults (scope, env, visualiser, log processor)
+``log_config`` (``visualizer.vis_backends``' MLflow and W&B loggers -> ``log_config.hooks``);
+``val_evaluator`` -> ``evaluation``; ``auto_scale_lr``, ``load_from``, ``resume`` and
+``work_dir`` as they are. MMEngine's runtime defaults (scope, env, visualiser, log processor)
 are what detcore does anyway and are not listed.
 """
 from __future__ import annotations
 
 from typing import Any
 
+from detcore.mmdet_import.logger_map import map_vis_backends
 from detcore.mmdet_import.source import Source
 from detcore.mmdet_import.weights_map import map_load_from
 
@@ -31,7 +33,6 @@ RUNTIME_DEFAULTS = {  # MMEngine's runtime settings that change nothing detcore 
     "default_hooks.visualization.type": ("DetVisualizationHook",), "default_hooks.logger.type": ("LoggerHook",),
     "default_hooks.checkpoint.type": ("CheckpointHook",),
 }
-VIS_BACKENDS = ("LocalVisBackend", "TensorboardVisBackend")  # detcore always writes TensorBoard scalars
 
 
 def metric_key(name: Any, metrics: list[str]) -> str | None:
@@ -183,13 +184,12 @@ def _hooks(src: Source, out: dict, by_epoch: bool) -> None:
     src.use_if(f"{h}.checkpoint.save_param_scheduler", True)
     out["checkpoint_config"] = ckpt
     out["log_config"] = {"interval": src.get(f"{h}.logger.interval", 50)}
+    interval = out["log_config"]["interval"]
+    loggers = map_vis_backends(src, interval if isinstance(interval, int) and interval > 0 else 10)
+    if loggers:
+        out["log_config"]["hooks"] = loggers
     src.use_if(f"{h}.visualization.draw", False)
     src.use(f"{h}.visualization.interval", f"{h}.visualization.show")
-    for i, backend in enumerate(src.items("vis_backends")):
-        if isinstance(backend, dict) and backend.get("type") in VIS_BACKENDS:
-            src.use(f"vis_backends.{i}")
-    if src.lookup("visualizer.vis_backends") == src.lookup("vis_backends"):
-        src.use("visualizer.vis_backends")
     for path, allowed in RUNTIME_DEFAULTS.items():
         src.use_if(path, *allowed)
     out["custom_hooks"] = []

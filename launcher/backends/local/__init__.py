@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from detcore.contract import EXPERIMENT_ENV as MARKER_ENV
+from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV
 from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
@@ -162,7 +162,7 @@ class LocalBackend:
         leased = self.cores_wanted(spec)
         env = {**import_path_env(os.environ),
                **thread_env(leased or self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
-               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, **device_env(r.gpus, os.environ)}
+               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, BACKEND_ENV: "local", **device_env(r.gpus, os.environ)}
         notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
                  "a restarted worker group resumes from the newest checkpoint (--resume auto)",
                  f"facts of this launch: {run_dir(spec)}/events.jsonl"]

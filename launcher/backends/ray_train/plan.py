@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from detcore.contract import EXPERIMENT_ENV as MARKER_ENV
+from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV, logger_settings_env
 from launcher.errors import LauncherError
 from launcher.runtime.command import import_path_env, log_dir, run_dir, worker_args
 from launcher.spec import JobSpec, Mode
@@ -193,7 +193,9 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
     worker = WorkerPlan(module=spec.worker_module, args=worker_args(spec, device="cuda" if gpus else "cpu"),
                         cwd=spec.cwd, work_dir=spec.work_dir, log_dir=log_dir(spec), run_dir=run_dir(spec),
                         hang_timeout_s=spec.hang_timeout_s)
-    env = {**import_path_env(environ), "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id}
+    # Ray workers do not inherit this shell: pass on the loggers' settings (contract.LOGGER_SETTINGS_ENV)
+    env = {**logger_settings_env(environ), **import_path_env(environ), "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id,
+           BACKEND_ENV: "ray"}
     return TrainerPlan(
         address=opts.address, run_name=f"detlaunch-{spec.id}",
         storage_path=opts.storage or os.path.join(spec.work_dir, "ray"),

@@ -52,8 +52,8 @@ from typing import Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from detcore.contract import (EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV, append_event,
-                              describe_exit, read_events)
+from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV,
+                              append_event, describe_exit, read_events)
 from launcher.backends.slurm.state import end_time_command, parse_end_time
 from launcher.runtime.facts import Ending, summarize
 
@@ -184,7 +184,8 @@ class SlurmTask(Checkpointable):
         from submitit.core.utils import UncompletedJobError
 
         dist = task_env(os.environ, self.gpus_per_node)
-        env = {**os.environ, **self.env, **dist, MARKER_ENV: self.experiment_id, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, **dist, MARKER_ENV: self.experiment_id, BACKEND_ENV: "slurm",
+               "PYTHONUNBUFFERED": "1"}
         if os.environ.get("SLURM_CPUS_PER_TASK") and "OMP_NUM_THREADS" not in self.env:  # else: that many threads
             env["OMP_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]
         env.setdefault("OMP_NUM_THREADS", "1")

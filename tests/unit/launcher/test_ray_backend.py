@@ -49,7 +49,8 @@ def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"
     driver = dict(dry.files)["ray_driver"]
     assert driver.splitlines()[0] == ("ray.init(address='127.0.0.1:6390', runtime_env={'env_vars': "
-                                      "{'DETLAUNCH_EXPERIMENT_ID': '0123abcd', 'PYTHONPATH': '" + str(ROOT) + "', "
+                                      "{'DETLAUNCH_BACKEND': 'ray', 'DETLAUNCH_EXPERIMENT_ID': '0123abcd', "
+                                      "'PYTHONPATH': '" + str(ROOT) + "', "
                                       "'PYTHONUNBUFFERED': '1'}})")
     assert ("scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={'CPU': 1}, "
             "placement_strategy='PACK')") in driver
