@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV
 from detcore.engine.hooks import HookBase
 from detcore.loggers.runs import Ledger, SavedRun, choose_run, read_record
-from detcore.loggers.settings import LoggerSettings, enabled_loggers, missing_logger_hints
+from detcore.loggers.settings import LoggerSettings, enabled_loggers
 from detcore.loggers.writer import RunContext, RunWriter, one_line
 
 logger = logging.getLogger(__name__)
@@ -130,10 +130,8 @@ class ExperimentLoggerHook(HookBase):
 
 def experiment_logger_hook(cfg: Mapping[str, Any], environ: Mapping[str, str] | None = None
                            ) -> ExperimentLoggerHook | None:
-    """The hook for the loggers ``cfg`` and ``DETCORE_LOGGERS`` switch on (None when none is); logs a hint
-    for each tool variable that is set while its logger is off."""
+    """The hook for the loggers ``cfg``, the tools' variables and ``DETCORE_LOGGERS`` switch on (None when
+    none is)."""
     environ = os.environ if environ is None else environ
-    for hint in missing_logger_hints(cfg, environ):
-        logger.info("%s", hint)
     settings = enabled_loggers(cfg, environ)
     return ExperimentLoggerHook(settings, environ) if settings else None

@@ -1,6 +1,7 @@
 """Which experiment loggers (MLflow, Weights & Biases) a run switches on, and with what settings (pure, torch-free).
 
-A logger is on when the config names it or ``DETCORE_LOGGERS`` does:
+A logger is on when the config names it, when its tool's own variables say where to send runs,
+or when ``DETCORE_LOGGERS`` names it:
 
 - ``log_config.hooks`` (MMDetection 2.x): ``{type: MlflowLoggerHook, exp_name, run_name, tracking_uri,
   tags, params, log_model, interval, tracked_config_keys, artifact_location}`` and ``{type:
@@ -9,12 +10,12 @@ A logger is on when the config names it or ``DETCORE_LOGGERS`` does:
   ``MMDetWandbHook`` are read as these (:func:`normalize_hooks`); ``TextLoggerHook``,
   ``TensorboardLoggerHook``, ``LocalVisBackend`` and ``TensorboardVisBackend`` are what detcore
   always writes, so they are dropped.
+- The tools' own variables, as MLflow and W&B users set them: ``MLFLOW_TRACKING_URI`` switches MLflow
+  on (and says where), ``WANDB_PROJECT`` or ``WANDB_MODE`` (``online``/``offline``) switches W&B on;
+  ``MLFLOW_EXPERIMENT_NAME``, ``WANDB_ENTITY``, ``WANDB_DIR``, ... configure them.
 - ``DETCORE_LOGGERS=mlflow,wandb`` switches loggers on with their default settings (the config's
-  entry, if any, still gives them); ``DETCORE_LOGGERS=none`` switches off every logger the config names.
-
-The tools' own variables only configure a logger that is on: ``MLFLOW_TRACKING_URI`` (where),
-``MLFLOW_EXPERIMENT_NAME``, ``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_DIR``, ...
-Having them in a shell for other work never sends a run anywhere.
+  entry, if any, still gives them); ``DETCORE_LOGGERS=none`` switches every logger off, whatever the
+  config and the tools' variables say.
 """
 from __future__ import annotations
 
@@ -237,10 +238,16 @@ def logger_problems(cfg: Mapping[str, Any], environ: Mapping[str, str], *, packa
             module, extra = EXTRA[kind]
             if importlib.util.find_spec(module) is None:
                 named = (f"log_config.hooks.{seen[kind]} ({kind})" if kind in seen
-                         else f"{LOGGERS_ENV}={environ.get(LOGGERS_ENV)}")
+                         else f"{LOGGERS_ENV}={environ.get(LOGGERS_ENV)}" if kinds
+                         else _switched_by(settings.kind, environ))
                 problems.append(f"{named} needs the {module} package, which is not installed; pip install "
                                 f"'detlaunch[{extra}]' (or switch the logger off)")
     return problems
+
+
+def _switched_by(kind: str, environ: Mapping[str, str]) -> str:
+    names = ("MLFLOW_TRACKING_URI",) if kind == "mlflow" else ("WANDB_MODE", "WANDB_PROJECT")
+    return " and ".join(f"{n}={environ[n]}" for n in names if environ.get(n))
 
 
 def enabled_loggers(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> list[LoggerSettings]:
@@ -252,7 +259,7 @@ def enabled_loggers(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> list[
                if isinstance(e, Mapping) and isinstance(e.get("type"), str) and e["type"] in KEYS}
     if kinds == []:
         return []
-    for word in kinds or ():
+    for word in kinds if kinds is not None else env_kinds(environ):
         entries.setdefault(KINDS[word], {"type": KINDS[word]})
     interval = _log_interval(cfg)
     out: list[LoggerSettings] = []
@@ -268,19 +275,16 @@ def enabled_loggers(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> list[
     return out
 
 
-def missing_logger_hints(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
-    """A line for each tool variable set in ``environ`` whose logger is off (the variables configure a
-    logger, they do not switch it on)."""
-    on = {s.kind for s in enabled_loggers(cfg, environ)}
-    hints = []
-    if "mlflow" not in on and environ.get("MLFLOW_TRACKING_URI"):
-        hints.append(f"MLFLOW_TRACKING_URI is set but MLflow logging is off; set {LOGGERS_ENV}=mlflow or add "
-                     f"{{type: {MLFLOW}}} to log_config.hooks to send this run there")
-    set_wandb = [n for n in ("WANDB_PROJECT", "WANDB_MODE") if environ.get(n)]
-    if "wandb" not in on and set_wandb and environ.get("WANDB_MODE") != "disabled":
-        hints.append(f"{' and '.join(set_wandb)} set but W&B logging is off; set {LOGGERS_ENV}=wandb or add "
-                     f"{{type: {WANDB}}} to log_config.hooks to send this run there")
-    return hints
+def env_kinds(environ: Mapping[str, str]) -> list[str]:
+    """The loggers the tools' own variables switch on: ``MLFLOW_TRACKING_URI`` (MLflow), ``WANDB_PROJECT`` or
+    ``WANDB_MODE`` other than ``disabled`` (W&B)."""
+    kinds = []
+    if environ.get("MLFLOW_TRACKING_URI", "").strip():
+        kinds.append("mlflow")
+    mode = environ.get("WANDB_MODE", "").strip().lower()
+    if mode != "disabled" and (mode or environ.get("WANDB_PROJECT", "").strip()):
+        kinds.append("wandb")
+    return kinds
 
 
 # MLflow's limits (mlflow.utils.validation), for when the caller cannot import them.

@@ -17,8 +17,7 @@ import pytest
 from detcore.config import load_config
 from detcore.config_check import config_problems
 from detcore.loggers.runs import SavedRun, choose_run, read_record, write_record
-from detcore.loggers.settings import (MlflowSettings, WandbSettings, enabled_loggers, flatten_params, logger_problems,
-                                      missing_logger_hints)
+from detcore.loggers.settings import MlflowSettings, WandbSettings, enabled_loggers, flatten_params, logger_problems
 from detcore.mmdet_import import import_config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -38,14 +37,18 @@ def hooks_cfg(*entries: dict, interval: int = 20) -> dict:
 
 # ---- switching on ----------------------------------------------------------------------------
 
-def test_the_config_switches_loggers_on_and_tool_variables_alone_do_not() -> None:
+def test_the_config_and_the_tools_own_variables_switch_loggers_on() -> None:
     cfg = hooks_cfg({"type": "MlflowLoggerHook", "exp_name": "shapes", "tags": {"team": "vision"}})
     assert enabled_loggers(cfg, {}) == [MlflowSettings(interval=20, exp_name="shapes", tags={"team": "vision"})]
-    shell = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "other", "WANDB_MODE": "offline"}
-    assert enabled_loggers(hooks_cfg(), shell) == []  # set for other work: nothing is sent anywhere
-    hints = missing_logger_hints(hooks_cfg(), shell)
-    assert len(hints) == 2 and "DETCORE_LOGGERS=mlflow" in hints[0] and "DETCORE_LOGGERS=wandb" in hints[1]
-    assert missing_logger_hints(cfg, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == []  # it configures MLflow
+    assert enabled_loggers(hooks_cfg(), {}) == []
+    # as MLflow and W&B users switch them on: MLFLOW_TRACKING_URI, WANDB_PROJECT / WANDB_MODE
+    shell = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p"}
+    assert enabled_loggers(hooks_cfg(), shell) == [MlflowSettings(interval=20), WandbSettings(interval=20)]
+    assert enabled_loggers(hooks_cfg(), {"WANDB_MODE": "offline"}) == [WandbSettings(interval=20)]
+    assert enabled_loggers(hooks_cfg(), {"WANDB_MODE": "disabled", "WANDB_PROJECT": "p"}) == []
+    assert enabled_loggers(cfg, {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}) == enabled_loggers(cfg, {})
+    assert enabled_loggers(cfg, {**shell, "DETCORE_LOGGERS": "none"}) == []  # the way out
+    assert enabled_loggers(hooks_cfg(), {**shell, "DETCORE_LOGGERS": "wandb"}) == [WandbSettings(interval=20)]
 
 
 def test_detcore_loggers_adds_defaults_keeps_the_configs_entry_and_none_switches_all_off() -> None:
