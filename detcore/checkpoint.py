@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from detcore.contract import PERIODIC_CHECKPOINT as _PERIODIC
 from detcore.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ FORMAT_VERSION = 1
 # The temporary names of the writers here (checkpoint_temp_file, sibling_temp_path): ``.iter_4.pth.k3j9x_2a.tmp``,
 # ``.last_checkpoint.1234.tmp``, ``.best_bbox_AP.pth.1234.tmp`` (``.best.1234.tmp`` in earlier versions).
 _TEMP_NAME = re.compile(r"^\.(?:.+\.pth|last_checkpoint|best)\.[A-Za-z0-9_]+\.tmp$")
-_PERIODIC = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what CheckpointHook saves every interval
 
 
 @functools.lru_cache(maxsize=1)

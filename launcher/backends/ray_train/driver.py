@@ -37,9 +37,11 @@ import time
 from pathlib import Path
 
 from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
+from detcore.errors import WorkDirError
 from launcher.errors import LauncherError
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
+from launcher.work_dirs import adopt
 
 logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
@@ -104,6 +106,16 @@ class Driver:
         signal.signal(signal.SIGTERM, self.on_sigterm)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.monitor.set(JobState.PENDING, reason="connecting to Ray")
+        try:
+            claim = adopt(self.spec, "Ray driver")  # the work dir is this experiment's until the end
+        except WorkDirError as exc:
+            return self.finish(JobState.FAILED, 2, str(exc))
+        try:
+            return self.drive()
+        finally:
+            claim.release()
+
+    def drive(self) -> int:
         try:
             address = resolve_address(self.plan.address, os.environ, current_cluster())
             check_reachable(address)
