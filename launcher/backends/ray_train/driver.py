@@ -35,8 +35,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Mapping
 
-from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
+from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, ray_address_file,
+                                              resolve_address, trainer_plan)
 from detcore.errors import WorkDirError
 from launcher.errors import LauncherError
 from launcher.runtime.monitor import RunMonitor, monitor_main
@@ -47,13 +49,24 @@ logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
 INIT_TIMEOUT_S = 90.0
 POLL_S = 1.0
-CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
 
-def current_cluster() -> str | None:
-    """What Ray's ``ray_current_cluster`` file names (the head last started on this machine)."""
+def current_cluster(environ: Mapping[str, str] = os.environ) -> str | None:
+    """What Ray's ``ray_current_cluster`` file names (the head last started on this machine), None without
+    one; a LauncherError when the file could be someone else's (:func:`~.plan.address_file_problem`)."""
+    path = ray_address_file(environ)
     try:
-        return Path(CURRENT_CLUSTER_FILE).read_text().strip() or None
+        file, folder = os.lstat(path), os.lstat(os.path.dirname(path))
+    except FileNotFoundError:
+        return None
+    problem = address_file_problem(file, folder, os.geteuid())
+    if problem:
+        raise LauncherError(f"--address auto: Ray's address file {path} {problem}, so another user could choose "
+                            f"the cluster your job connects to; pass --address HOST:PORT (e.g. 127.0.0.1:6379) "
+                            f"or set RAY_ADDRESS")
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace").strip() or None
     except OSError:
         return None
 
@@ -117,7 +130,7 @@ class Driver:
 
     def drive(self) -> int:
         try:
-            address = resolve_address(self.plan.address, os.environ, current_cluster())
+            address = resolve_address(self.plan.address, os.environ, current_cluster)
             check_reachable(address)
             self.monitor.set(address=address.text)
             return self.fit(address)
