@@ -125,10 +125,14 @@ def test_bad_addresses_name_the_forms(bad):
 
 
 def test_auto_address_and_loopback_rule():
-    assert resolve_address("auto", {"RAY_ADDRESS": "127.0.0.1:6390"}, "10.1.1.1:6379").text == "127.0.0.1:6390"
-    assert resolve_address("auto", {}, "127.0.0.1:6379\n").port == 6379
+    def unread():
+        raise AssertionError("the address file is read only for --address auto without RAY_ADDRESS")
+
+    assert resolve_address("auto", {"RAY_ADDRESS": "127.0.0.1:6390"}, unread).text == "127.0.0.1:6390"
+    assert resolve_address("10.0.0.5:6379", {}, unread).host == "10.0.0.5"
+    assert resolve_address("auto", {}, lambda: "127.0.0.1:6379\n").port == 6379
     with pytest.raises(LauncherError, match="no Ray cluster found"):
-        resolve_address("auto", {}, None)
+        resolve_address("auto", {}, lambda: None)
     assert driver_env(parse_address("127.0.0.1:6379"))["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in driver_env(parse_address("10.0.0.5:6379"))
 
