@@ -367,6 +367,17 @@ def _mutex(path: Path) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
+def in_use(work_dir: str | os.PathLike, experiment: str | None = None) -> str | None:
+    """The one-line refusal when another run (not ``experiment``) holds ``work_dir`` now; None when it is free
+    or its claim is stale. Reads only: a check before anything is written, :func:`claim` decides."""
+    current = _read(Path(work_dir) / OWNER_FILE)
+    if current is None or current[0] is None or current[0].experiment == experiment:
+        return None
+    if stale_reason(current[0], current[2], socket.gethostname()) is not None:
+        return None
+    return in_use_message(work_dir, current[0])
+
+
 def earlier_run(work_dir: str | os.PathLike, resume: str | None) -> str | None:
     """The one-line refusal when ``work_dir`` holds a run that a new run with ``resume`` (``--resume``: None,
     ``never``, ``auto`` or a checkpoint path) would not continue; None when it may start (pure but for

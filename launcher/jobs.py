@@ -109,12 +109,11 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
     work_dir = os.path.join(cwd, req.work_dir) if req.work_dir else os.path.join(cwd, "work_dirs", f"{name}-{exp_id}")
     if os.path.exists(work_dir) and not os.path.isdir(work_dir):
         raise LauncherError(f"work dir {work_dir} exists and is not a folder; pass another --work-dir")
-    if mode is Mode.TRAIN:
-        from detcore.ownership import earlier_run
+    from detcore.ownership import earlier_run, in_use
 
-        refusal = earlier_run(work_dir, resume if req.resume else None)
-        if refusal:  # a new experiment continues a run only when asked (--resume auto; `launcher resume ID`)
-            raise LauncherError(refusal)
+    refusal = in_use(work_dir, exp_id) or (mode is Mode.TRAIN and earlier_run(work_dir, resume if req.resume else None))
+    if refusal:  # a new experiment continues a run only when asked (--resume auto; `launcher resume ID`)
+        raise LauncherError(refusal)
     scaling = None
     if mode is Mode.TRAIN:
         scaling = predict_scaling(cfg, req.resources.world_size)  # shown and stored; the worker applies it
