@@ -242,7 +242,14 @@ def claim(work_dir: str | os.PathLike, holder: Holder, *, join: bool = True, att
     except OSError as exc:
         raise WorkDirError(f"cannot create work dir {work_dir}: {exc.strerror or exc}; pass a --work-dir you "
                            f"can write") from None
-    path = work_dir / OWNER_FILE
+    try:
+        return _claim(work_dir, work_dir / OWNER_FILE, holder, join, attempts)
+    except OSError as exc:  # a full or read-only file system
+        raise WorkDirError(f"cannot claim work dir {work_dir} (writing {OWNER_FILE}): {exc.strerror or exc}; free "
+                           f"space or pass a --work-dir you can write") from None
+
+
+def _claim(work_dir: Path, path: Path, holder: Holder, join: bool, attempts: int) -> Claim:
     host = socket.gethostname()
     for _ in range(attempts):
         if _publish(path, holder):
