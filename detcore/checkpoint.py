@@ -130,8 +130,8 @@ def point_latest(work_dir: str | os.PathLike, name: str) -> Path:
 def periodic_checkpoints_to_remove(work_dir: str | os.PathLike, max_keep: int, protect: set[str]) -> list[Path]:
     """The periodic checkpoints (``iter_N.pth``, ``epoch_N.pth``) of ``work_dir`` beyond the newest ``max_keep``.
 
-    Counts every such file on disk, so a file an earlier run wrote (or resumed from) rotates out
-    like the others. Newest means most recently written (mtime, then N). Names in ``protect``
+    Counts every such file on disk, so the files this run saved before a resume (and the one it
+    resumed from) rotate out like the others; a work dir holds one run, so none is another run's. Newest means most recently written (mtime, then N). Names in ``protect``
     (the file ``last_checkpoint`` names, the one just saved) are never returned; ``best_*.pth``
     never matches. ``max_keep <= 0`` keeps everything.
     """
