@@ -14,13 +14,15 @@ import socket
 
 
 def is_loopback(host: str) -> bool:
-    """``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``); a name is not resolved."""
+    """``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``, ``::ffff:127.0.0.1``); a name is not resolved."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, as a dual-stack socket shows 127.0.0.1
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def resolve(host: str) -> str | None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from detcore.net import is_loopback
 from tests.integration.helpers import env, free_port
 from tests.integration.launcher_cli import SHAPES, env_for, job_processes, launcher, record, tiny
 
-LOOPBACK = {"127.0.0.1", "[::1]", "::1"}
 SS_LINE = re.compile(r"^LISTEN\s+\d+\s+\d+\s+(?P<addr>\S+):(?P<port>\d+)\s+\S+\s+(?P<users>.*)$")
 
 
@@ -52,7 +52,8 @@ def watch(pids_now, running) -> dict[str, set[str]]:
 
 
 def off_loopback(seen: dict[str, set[str]]) -> list[str]:
-    return sorted(a for addrs in seen.values() for a in addrs if a.rsplit(":", 1)[0] not in LOOPBACK)
+    """The addresses in ``seen`` that are not loopback (``*``, ``0.0.0.0``, ``[::]`` or a routable address)."""
+    return sorted(a for addrs in seen.values() for a in addrs if not is_loopback(a.rsplit(":", 1)[0]))
 
 
 @pytest.mark.parametrize("nproc", [1, 2])

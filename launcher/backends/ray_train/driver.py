@@ -221,7 +221,8 @@ class Driver:
 def ray_configs(plan: TrainerPlan) -> dict:
     """``TorchTrainer`` keyword arguments (Ray's config objects) for ``plan``; no cluster calls."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
+
+    from launcher.backends.ray_train.process_group import BoundTorchConfig
 
     return {
         "scaling_config": ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
@@ -230,7 +231,7 @@ def ray_configs(plan: TrainerPlan) -> dict:
         "run_config": RunConfig(name=plan.run_name, storage_path=plan.storage_path,
                                 failure_config=FailureConfig(max_failures=plan.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep)),
-        "torch_config": TorchConfig(backend=plan.torch_backend),
+        "torch_config": BoundTorchConfig(backend=plan.torch_backend),
     }
 
 

@@ -265,6 +265,6 @@ def render_plan(plan: TrainerPlan) -> str:
         f"    run_config=RunConfig(name={plan.run_name!r}, storage_path={plan.storage_path!r},",
         f"        failure_config=FailureConfig(max_failures={plan.max_failures}),",
         f"        checkpoint_config=CheckpointConfig(num_to_keep={plan.checkpoints_to_keep})),",
-        f"    torch_config=TorchConfig(backend={plan.torch_backend!r}),",
+        f"    torch_config=BoundTorchConfig(backend={plan.torch_backend!r}),  # rank 0's store on MASTER_ADDR only",
         ").fit()",
     ])

@@ -23,7 +23,8 @@ def test_bind_policy():
     assert store_bind_address("n1", "127.0.1.1", multi_host=True) is None  # Debian's own-name line: all interfaces
     assert store_bind_address("n1", "127.0.0.1", multi_host=False) == "127.0.0.1"
     assert store_bind_address("nowhere", None, multi_host=True) is None
-    assert is_loopback("::1") and is_loopback("127.0.1.1") and not is_loopback("n1") and not is_loopback("10.0.0.1")
+    assert is_loopback("::1") and is_loopback("127.0.1.1") and is_loopback("[::ffff:127.0.0.1]")
+    assert not any(map(is_loopback, ("n1", "10.0.0.1", "*", "0.0.0.0", "[::]", "::ffff:10.0.0.1")))
 
 
 def test_listening_socket_binds_only_the_given_host():

@@ -56,7 +56,7 @@ def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
     assert f"run_config=RunConfig(name='detlaunch-0123abcd', storage_path='{work}/ray'," in driver
     assert "failure_config=FailureConfig(max_failures=3)" in driver
     assert "checkpoint_config=CheckpointConfig(num_to_keep=2)" in driver
-    assert "torch_config=TorchConfig(backend='gloo')" in driver
+    assert "torch_config=BoundTorchConfig(backend='gloo')" in driver
     text = dry.render()
     assert "file ray_driver:" in text and "detcore.tools.cli train" in text and "--resume auto" in text
     assert dry.to_json()["files"]["ray_driver"] == driver
