@@ -112,3 +112,28 @@ def test_a_sigkilled_holders_claim_is_taken_over_with_a_line(tmp_path: Path) -> 
     assert len(took) == 1 and f"of `detcore train`, pid {holder.pid}" in took[0], resumed.stderr
     assert f"its process (pid {holder.pid}) is gone" in took[0]
     assert "resumed from" in resumed.stderr and not (work / "owner.json").exists()
+
+
+def test_a_torchrun_restart_continues_its_own_run(tmp_path: Path) -> None:
+    """Plain torchrun (no launcher) restarting a SIGKILLed rank: the same run, so it resumes without --resume."""
+    work = tmp_path / "w"
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+                              "--max-restarts", "1", "-m", "detcore.tools.cli", "train", SHAPES, "--work-dir",
+                              str(work), "--cfg-options", *TRAIN, "runner.max_iters=40"],
+                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (work / "last_checkpoint").exists():
+            assert agent.poll() is None and time.monotonic() < deadline, "the run never checkpointed"
+            time.sleep(0.2)
+        rank0 = json.loads((work / "owner.json").read_text())
+        assert rank0["what"] == f"torchrun (agent pid {agent.pid}) running `detcore train`"
+        os.kill(rank0["pid"], signal.SIGKILL)
+        _, log = agent.communicate(timeout=600)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, log[-3000:]
+    assert "torchrun restarted this run: continuing it from the newest checkpoint" in log
+    assert "resumed from" in log and "took over" not in log  # its own claim, continued silently
+    assert (work / "last_checkpoint").read_text().strip() == "iter_40.pth"
