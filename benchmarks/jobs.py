@@ -289,7 +289,8 @@ def role_of(proc) -> str | None:
         return None
     if "launcher.backends.local.supervisor" in argv:
         return "launcher supervisor"
-    if "torch.distributed.run" in argv or any(Path(a).name == "torchrun" for a in argv[:2]):
+    if {"torch.distributed.run", "launcher.backends.local.agent"} & set(argv) or \
+            any(Path(a).name == "torchrun" for a in argv[:2]):
         return "torchrun agent"
     if "launcher.worker" in argv:
         return "worker shim"  # the launcher's parent of a rank; the rank is its detcore.tools.cli child

@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from detcore.contract import PERIODIC_CHECKPOINT as _PERIODIC
 from detcore.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ FORMAT_VERSION = 1
 # The temporary names of the writers here (checkpoint_temp_file, sibling_temp_path): ``.iter_4.pth.k3j9x_2a.tmp``,
 # ``.last_checkpoint.1234.tmp``, ``.best_bbox_AP.pth.1234.tmp`` (``.best.1234.tmp`` in earlier versions).
 _TEMP_NAME = re.compile(r"^\.(?:.+\.pth|last_checkpoint|best)\.[A-Za-z0-9_]+\.tmp$")
-_PERIODIC = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what CheckpointHook saves every interval
 
 
 @functools.lru_cache(maxsize=1)
@@ -130,8 +130,8 @@ def point_latest(work_dir: str | os.PathLike, name: str) -> Path:
 def periodic_checkpoints_to_remove(work_dir: str | os.PathLike, max_keep: int, protect: set[str]) -> list[Path]:
     """The periodic checkpoints (``iter_N.pth``, ``epoch_N.pth``) of ``work_dir`` beyond the newest ``max_keep``.
 
-    Counts every such file on disk, so a file an earlier run wrote (or resumed from) rotates out
-    like the others. Newest means most recently written (mtime, then N). Names in ``protect``
+    Counts every such file on disk, so the files this run saved before a resume (and the one it
+    resumed from) rotate out like the others; a work dir holds one run, so none is another run's. Newest means most recently written (mtime, then N). Names in ``protect``
     (the file ``last_checkpoint`` names, the one just saved) are never returned; ``best_*.pth``
     never matches. ``max_keep <= 0`` keeps everything.
     """

@@ -23,12 +23,18 @@ rank started or ended, a hang seen, a rank lost, a requeue; see ``launcher.runti
 ``heartbeat/a{ATTEMPT}/rank{R}`` (the newest finished iteration of rank R, and whether it is
 training or evaluating). Each launch gets a fresh run id, so it never reads an earlier ending.
 Rank logs stay in ``WORK_DIR/logs/rank{R}.log`` across launches (appended).
+
+``WORK_DIR/owner.json`` is the claim of the run that holds the work dir (:mod:`detcore.ownership`).
+A work dir holds one run: its checkpoints (``iter_N.pth``/``epoch_N.pth``, ``best_*.pth``,
+``latest.pth``, the ``last_checkpoint`` pointer) and its ``metrics.jsonl`` are what
+:func:`run_evidence` finds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -58,6 +64,34 @@ LOGS_DIR = "logs"
 RUNS_DIR = "runs"
 EVENTS_FILE = "events.jsonl"
 HEARTBEAT_DIR = "heartbeat"
+OWNER_FILE = "owner.json"
+METRICS_FILE = "metrics.jsonl"
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+PERIODIC_CHECKPOINT = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what the checkpoint hook saves every interval
+_RUN_FILE = re.compile(r"^(?:(?:iter|epoch)_\d+\.pth|best_.+\.pth|latest\.pth|last_checkpoint|metrics\.jsonl)$")
+
+
+def run_evidence(work_dir: str | os.PathLike) -> list[str]:
+    """The files showing that ``work_dir`` holds a run (checkpoints, ``last_checkpoint``, a non-empty
+    ``metrics.jsonl``), sorted newest first; empty for a new or missing folder. Logs (``logs/``,
+    ``train.log``), the launcher's ``runs/`` and ``config.yaml`` alone are not a run: a run that never
+    logged an iteration has nothing to lose."""
+    found = []
+    try:
+        entries = list(os.scandir(work_dir))
+    except OSError:
+        return []
+    for entry in entries:
+        if not _RUN_FILE.match(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if entry.name == METRICS_FILE and st.st_size == 0:
+            continue
+        found.append((st.st_mtime, entry.name))
+    return [name for _, name in sorted(found, reverse=True)]
 
 
 def logger_settings_env(environ: Mapping[str, str]) -> dict[str, str]:

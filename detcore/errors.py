@@ -39,3 +39,7 @@ class CheckpointError(DetcoreError):
 
 class TrainingError(DetcoreError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class WorkDirError(DetcoreError):
+    """A work dir cannot take this run: another run holds it, or it holds an earlier run not asked to continue."""

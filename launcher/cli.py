@@ -109,9 +109,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")
     p.add_argument("--worker-module", default="detcore.tools.cli", help=argparse.SUPPRESS)
     if not sweep:
-        p.add_argument("--resume", default="auto", metavar="auto|never|PATH",
-                       help="auto (default): continue from the work dir's newest checkpoint, or start fresh; "
-                            "never; or a checkpoint file")
+        p.add_argument("--resume", default=None, metavar="auto|never|PATH",
+                       help="auto: continue the run in --work-dir from its newest checkpoint (the default for a new "
+                            "work dir; a --work-dir that holds a run needs it said); never; or a checkpoint file")
         p.add_argument("--test", metavar="CHECKPOINT", help="a test job: evaluate CHECKPOINT on the test split")
         p.add_argument("--eval", nargs="+", default=[], metavar="METRIC", help="with --test: bbox and/or segm")
     else:

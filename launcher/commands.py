@@ -44,7 +44,7 @@ def _request(args: argparse.Namespace, module):
         resources = module.resources_from_args(args, resources)
     return SubmitRequest(config=args.config, backend=args.backend, overrides=tuple(args.cfg_options),
                          resources=resources, name=args.name, work_dir=args.work_dir,
-                         resume=getattr(args, "resume", "auto"), checkpoint=getattr(args, "test", None),
+                         resume=getattr(args, "resume", None), checkpoint=getattr(args, "test", None),
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
                          seed=args.seed, backend_options=module.options_from_args(args),
                          worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None),
@@ -94,9 +94,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(dry.to_json(), sort_keys=True) if args.json else dry.render())
         return 0
+    exp = submit_spec(store, backend, spec)
     if spec.scaling is not None:
         print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
-    exp = submit_spec(store, backend, spec)
     if args.json and args.detach:
         _print_json(exp.to_json())
     elif not args.json:
@@ -148,13 +148,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"launcher: {note}", file=sys.stderr)
         from launcher.runtime.detached import kill_marked
 
+        from launcher.work_dirs import claimed
+
         kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
-        handle = backend.submit(spec)
-        try:
-            store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
-        except BaseException:  # never leave a job running that no row points to
-            backend.cancel(handle)
-            raise
+        with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
+            handle = backend.submit(spec)
+            try:
+                store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
+            except BaseException:  # never leave a job running that no row points to
+                backend.cancel(handle)
+                raise
     exp = store.get(spec.id)
     if args.json and args.detach:
         _print_json(exp.to_json())

@@ -44,7 +44,7 @@ class SubmitRequest:
     resources: Resources = dataclasses.field(default_factory=Resources)
     name: str | None = None
     work_dir: str | None = None
-    resume: str = "auto"
+    resume: str | None = None  # None: auto, unless the work dir holds a run (then the user must say so)
     checkpoint: str | None = None
     eval_metrics: tuple[str, ...] = ()
     max_restarts: int = 0
@@ -98,7 +98,7 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                                 f"a torchvision detector such as torchvision://fasterrcnn_resnet50_fpn)")
     if req.seed is not None and seed_error(req.seed):
         raise LauncherError(f"--seed: {seed_error(req.seed)}")
-    resume = req.resume
+    resume = req.resume or "auto"
     if resume not in ("auto", "never"):
         resume = os.path.join(cwd, resume)
         if not os.path.isfile(resume):
@@ -116,6 +116,11 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
     work_dir = os.path.join(cwd, req.work_dir) if req.work_dir else os.path.join(cwd, "work_dirs", f"{name}-{exp_id}")
     if os.path.exists(work_dir) and not os.path.isdir(work_dir):
         raise LauncherError(f"work dir {work_dir} exists and is not a folder; pass another --work-dir")
+    from detcore.ownership import earlier_run, in_use
+
+    refusal = in_use(work_dir, exp_id) or (mode is Mode.TRAIN and earlier_run(work_dir, resume if req.resume else None))
+    if refusal:  # a new experiment continues a run only when asked (--resume auto; `launcher resume ID`)
+        raise LauncherError(refusal)
     scaling = None
     if mode is Mode.TRAIN:
         scaling = predict_scaling(cfg, req.resources.world_size)  # shown and stored; the worker applies it
@@ -164,13 +169,17 @@ def loader_workers(cfg: dict, mode: Mode = Mode.TRAIN) -> int:
 
 def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None,
                 grid: dict[str, str] | None = None) -> Experiment:
-    """Record ``spec`` as a pending experiment and hand it to ``backend``; undo the row if that fails."""
-    store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
-    try:
-        handle = backend.submit(spec)
-    except BaseException:
-        store.delete(spec.id)
-        raise
+    """Claim ``spec``'s work dir, record ``spec`` as a pending experiment and hand it to ``backend``; undo the
+    row and the claim if that fails."""
+    from launcher.work_dirs import claimed
+
+    with claimed(store, [spec]):
+        store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
+        try:
+            handle = backend.submit(spec)
+        except BaseException:
+            store.delete(spec.id)
+            raise
     store.set_backend_job(spec.id, handle.job_id, dict(handle.extra))
     return store.get(spec.id)
 
@@ -181,14 +190,17 @@ def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: s
     has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
     or the jobs already started are cancelled (one by one), and the error is raised."""
     if hasattr(backend, "submit_array"):
-        for spec, grid in zip(specs, grids or [None] * len(specs)):
-            store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
-        try:
-            handles = backend.submit_array(specs)
-        except BaseException:
-            for spec in specs:
-                store.delete(spec.id)
-            raise
+        from launcher.work_dirs import claimed
+
+        with claimed(store, specs):
+            for spec, grid in zip(specs, grids or [None] * len(specs)):
+                store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
+            try:
+                handles = backend.submit_array(specs)
+            except BaseException:
+                for spec in specs:
+                    store.delete(spec.id)
+                raise
         for handle in handles:
             store.set_backend_job(handle.experiment_id, handle.job_id, dict(handle.extra))
         return [store.get(spec.id) for spec in specs]

@@ -132,6 +132,15 @@ export RAY_USAGE_STATS_ENABLED=0
 STATUS_ENV=(env RAY_py_gcs_connect_timeout_s=5)
 ADDR="127.0.0.1:$PORT"
 
+# `launcher submit --backend ray --address auto` trusts Ray's address file (TEMP_ROOT/ray_current_cluster)
+# only in a folder no one else can write, or one with the sticky bit: Ray makes its temp folder
+# world-writable (0777), so without the bit any user could replace the file and send the next job to
+# their own cluster. The bit keeps the folder shared between users, as Ray intends.
+guard_temp_root() {
+    if [[ -d "$TEMP_ROOT" && ! -L "$TEMP_ROOT" && -O "$TEMP_ROOT" ]]; then
+        chmod +t "$TEMP_ROOT" || log "WARNING: cannot set the sticky bit on $TEMP_ROOT; --address auto will refuse it"
+    fi
+}
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 ray_ok() { timeout 20 "${STATUS_ENV[@]}" ray status --address "$ADDR" >/dev/null 2>&1; }
 # wait_ray SECONDS: poll `ray status` until it works
@@ -165,6 +174,7 @@ fi
 if port_open "$PORT"; then
     if wait_ray 15; then
         log "Ray head already running at $ADDR (not restarted; stop it with $HERE/stop.sh --port $PORT${TEMP_DIR:+ --temp-dir $TEMP_DIR})"
+        guard_temp_root
         echo "$ADDR"
         exit 0
     fi
@@ -213,6 +223,7 @@ if [[ $DASHBOARD -eq 1 ]]; then
     done
     log "dashboard / job API: http://127.0.0.1:$DASHBOARD_PORT"
 fi
+guard_temp_root
 log "Ray head running at $ADDR ($NUM_CPUS CPUs, logs under $TEMP_ROOT/session_latest/logs)"
 log "clients need: export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (before 'import ray'); ray.init(address=\"$ADDR\")"
 echo "$ADDR"

@@ -7,7 +7,9 @@
 #   cluster/slurm/stop.sh [--dir DIR]
 #
 # Everything (configs, munge key and socket, MariaDB datadir, Slurm state, spool,
-# pid and log files) lives under DIR (default ${DETLAUNCH_SLURM_DIR:-/tmp/detlaunch-slurm}).
+# pid and log files) lives under DIR (default ${DETLAUNCH_SLURM_DIR:-/tmp/detlaunch-slurm}),
+# created 0755 and owned by the caller; a DIR that is a symlink, another user's, or writable by
+# others is refused (see dir_check.sh).
 # Needs root and the packages from cluster/slurm/install.sh.
 #
 # Nodes are named n1 (and n2), all on this machine (NodeAddr=127.0.0.1, one slurmd
@@ -128,7 +130,9 @@ for b in munged slurmctld slurmd slurmdbd sacctmgr sinfo scontrol mariadbd maria
 done
 getent passwd munge >/dev/null || { echo "start.sh: no 'munge' user (munge package broken?)" >&2; exit 1; }
 getent passwd mysql >/dev/null || { echo "start.sh: no 'mysql' user (mariadb-server package broken?)" >&2; exit 1; }
-mkdir -p "$DIR"
+# shellcheck source=dir_check.sh
+source "$HERE/dir_check.sh"
+make_private_dir "$DIR"   # the caller's own, 0755; refused when someone else made it
 DIR="$(cd "$DIR" && pwd -P)"
 export SLURM_CONF="$DIR/etc/slurm.conf"
 export DETLAUNCH_SLURM_DIR="$DIR"

@@ -26,9 +26,16 @@ T0=${EPOCHREALTIME/[.,]/}
 elapsed() { local us=$(( ${EPOCHREALTIME/[.,]/} - T0 )); printf '%d.%d' $((us / 1000000)) $((us / 100000 % 10)); }
 log() { [[ $QUIET -eq 1 ]] || echo "[slurm/stop $(elapsed)s] $*" >&2; }
 
-if [[ ! -d "$DIR" ]]; then
+if [[ ! -e "$DIR" && ! -L "$DIR" ]]; then
     log "nothing to stop ($DIR does not exist)"
     exit 0
+fi
+# shellcheck source=dir_check.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/dir_check.sh"
+why=$(dir_problem "$DIR")
+if [[ -n "$why" ]]; then  # its pid files would choose which root processes get killed
+    echo "stop.sh: refusing cluster folder $DIR: it $why" >&2
+    exit 1
 fi
 DIR="$(cd "$DIR" && pwd -P)"
 CONF="$DIR/etc/slurm.conf"

@@ -136,11 +136,8 @@ def init_distributed(device: str | None = None, timeout_min: float | None = None
     elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         timeout = timedelta(minutes=float(timeout_min if timeout_min is not None else DEFAULT_TIMEOUT_MIN))
-        store = attempt_store()
-        if store is None:
-            start_process_group(backend, dev, timeout)
-        else:
-            start_process_group(backend, dev, timeout, store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        store = attempt_store() or bound_store(timeout)
+        start_process_group(backend, dev, timeout, store, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
         rank, world = dist.get_rank(), dist.get_world_size()
         logger.info("joined process group: backend=%s rank=%d world=%d master=%s:%s device=%s timeout=%s", backend,
                     rank, world, os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dev, timeout)
@@ -246,6 +243,31 @@ def attempt_store() -> dist.Store | None:
     client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
                            int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timedelta(minutes=30))
     return dist.PrefixStore(f"/worker/attempt_{attempt}", client)
+
+
+def bound_store(timeout: timedelta) -> dist.Store:
+    """The workers' store at ``MASTER_ADDR:MASTER_PORT`` when no agent serves one (Slurm tasks, ranks
+    started by hand): what ``init_method="env://"`` makes, except that rank 0's server listens only on
+    the address ``MASTER_ADDR`` names (:func:`detcore.net.store_bind_address`; torch's own binds
+    every interface). With a loopback ``MASTER_ADDR`` gloo's sockets stay on loopback too.
+    """
+    from detcore.net import is_loopback, listening_socket, loopback_interface, resolve, store_bind_address
+
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if is_loopback(host):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
+    fd = None
+    if rank == 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or 0)
+        bind = store_bind_address(host, resolve(host), multi_host=not local or local < world)
+        if bind is not None:
+            fd = listening_socket(bind, port)
+        else:
+            logger.info("MASTER_ADDR %s names this machine by a loopback address while ranks run on other machines "
+                        "too: the store listens on every interface", host)
+    return dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout, multi_tenant=True,
+                         master_listen_fd=fd)
 
 
 def is_distributed() -> bool:

@@ -147,8 +147,9 @@ class EvalHook(HookBase):
 class CheckpointHook(HookBase):
     """Save every ``interval`` runner units and at the end; keep the newest ``max_keep``.
 
-    ``max_keep`` counts every ``iter_N.pth``/``epoch_N.pth`` in the work dir, also those of
-    earlier runs and the one this run resumed from (``max_keep <= 0`` keeps all).
+    ``max_keep`` counts every ``iter_N.pth``/``epoch_N.pth`` in the work dir: the work dir holds
+    one run (:mod:`detcore.ownership`), so these are this run's, also those saved before a resume
+    and the one it resumed from (``max_keep <= 0`` keeps all).
     ``save_best: bbox_AP`` also keeps ``best_bbox_AP.pth``. ``latest.pth`` (a link, see
     :func:`detcore.checkpoint.point_latest`) and ``last_checkpoint`` name the
     newest complete file; each is replaced atomically after that file is on disk.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from detcore import contract
 from detcore.config import load_config
-from detcore.errors import ConfigError, DetcoreError
+from detcore.errors import ConfigError, DetcoreError, WorkDirError
 from detcore.tools.log_format import FILE_FORMAT
 from detcore.tools.old_flags import TRAIN_HINTS, add_hints
 
@@ -104,10 +104,6 @@ def record_weights(records: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detcore.engine.heartbeat import install_stack_dump_signal
-    from detcore.engine.hparams import hparams_from_options
-    from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
-
     from detcore.config_check import check_config
 
     cfg = load_config(args.config, args.cfg_options)
@@ -116,6 +112,71 @@ def run(args: argparse.Namespace) -> int:
     work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
+    claim = claim_work_dir(work_dir) if int(os.environ.get("RANK", 0)) == 0 else None
+    try:
+        resume = resume_choice(work_dir, args.resume or cfg.get("resume_from"), claim)
+        code = train(args, cfg, work_dir, resume, created, claim)
+    except (DetcoreError, KeyboardInterrupt, SystemExit):
+        end_claim(claim, stopped=False)
+        raise
+    except BaseException:
+        if claim is not None:  # a crash: the claim stays (its process is gone, so it is stale); a restart continues it
+            claim.abandon()
+        raise
+    end_claim(claim, stopped=code == contract.EXIT_STOPPED)
+    return code
+
+
+def claim_work_dir(work_dir: Path):
+    """Rank 0's claim on ``work_dir`` (:mod:`detcore.ownership`): one line and exit 2 when another run holds it."""
+    from detcore.ownership import claim, run_holder
+
+    held = claim(work_dir, run_holder())
+    return held.start_heartbeat()
+
+
+def end_claim(claim, stopped: bool) -> None:
+    """Release the claim; a launched run stopped for a requeue keeps it as a placeholder for its experiment."""
+    if claim is None:
+        return
+    if stopped and claim.owned and claim.holder.launcher:
+        from detcore.ownership import placeholder
+
+        claim.hand_over(placeholder(claim.holder, "stopped for a requeue"))
+    else:
+        claim.release()
+
+
+def resume_choice(work_dir: Path, asked: str | None, claim) -> str | None:
+    """What to resume from (``--resume`` as given, or ``auto``); WorkDirError when ``work_dir`` holds an
+    earlier run this one was not asked to continue.
+
+    Continuing means ``--resume auto``, ``--resume PATH`` inside the work dir, or a torchrun restart of
+    the same run (``TORCHELASTIC_RESTART_COUNT`` > 0 and the claim left by the same torchrun agent).
+    Anything else (no ``--resume``, ``--load-from``, a checkpoint of another work dir) would mix two
+    runs' checkpoints, best checkpoint, logs and TensorBoard events in one folder, so it is refused
+    before anything is written. Only rank 0 refuses (``claim`` is None on the other ranks).
+    """
+    from detcore.ownership import earlier_run
+
+    refusal = earlier_run(work_dir, asked)
+    if refusal is None:
+        return asked
+    restarted = not os.environ.get(contract.EXPERIMENT_ENV) and \
+        int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0) > 0
+    if claim is None:
+        return "auto" if restarted and not asked else asked
+    if restarted and not asked and claim.continues:
+        logger.info("torchrun restarted this run: continuing it from the newest checkpoint in %s", work_dir)
+        return "auto"
+    raise WorkDirError(refusal)
+
+
+def train(args: argparse.Namespace, cfg: dict, work_dir: Path, resume: str | None, created: bool, claim) -> int:
+    from detcore.engine.heartbeat import install_stack_dump_signal
+    from detcore.engine.hparams import hparams_from_options
+    from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
+
     setup_logging(work_dir, "train.log")
     if args.config.endswith(".py") and int(os.environ.get("RANK", 0)) == 0:
         from detcore.mmdet_import import import_config, write_yaml
@@ -130,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         logger.debug("heartbeats to %s; SIGUSR1 prints every thread's Python stack to stderr", heartbeat_dir)
     start = time.monotonic()
     try:
-        trainer = Trainer(cfg, work_dir, resume=args.resume or cfg.get("resume_from"), load_from=args.load_from,
+        trainer = Trainer(cfg, work_dir, resume=resume, load_from=args.load_from,
                           validate=not args.no_validate, amp=args.amp, seed=args.seed,
                           deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir,
                           hparams=hparams_from_options(cfg, args.cfg_options))
@@ -143,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
     except DetcoreError:
         # A run that fails before its first checkpoint (bad config, data or weights) leaves nothing behind.
         if created and int(os.environ.get("RANK", 0)) == 0 and not any(work_dir.glob("*.pth")):
+            if claim is not None:
+                claim.release()
             remove_new_work_dir(work_dir)
         raise
     if trainer.dist.is_main:

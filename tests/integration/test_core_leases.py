@@ -45,7 +45,7 @@ def test_concurrent_jobs_get_disjoint_cores_and_a_third_queues_until_one_frees(h
         assert running_ranks(home, exp_id)["state"] == "running"
     cores = {e: set().union(*(cpus_allowed(p.pid) for p in rank_processes(e))) for e in (a, b)}
     assert sorted(map(sorted, cores.values())) == [[machine[0]], [machine[1]]], cores  # one core each, disjoint
-    torchrun = [p for p in job_processes({a}) if "torch.distributed.run" in " ".join(p.cmdline())]
+    torchrun = [p for p in job_processes({a}) if "launcher.backends.local.agent" in " ".join(p.cmdline())]
     assert [cpus_allowed(p.pid) for p in torchrun] == [cores[a]]  # pinned before torchrun started: inherited
     assert "leases: cpu " in launcher(home, "status", a).stdout
 

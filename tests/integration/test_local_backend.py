@@ -162,13 +162,13 @@ def test_sweep_of_three_respects_max_parallel(home):
 def test_dry_run_starts_nothing(home, tmp_path):
     before = {p.pid for p in psutil.process_iter()}
     out = launcher(home, "submit", SHAPES, "--nproc", "2", "--dry-run", *tiny(4)).stdout
-    assert "torch.distributed.run" in out and "--rdzv-endpoint 127.0.0.1:0" in out and "scaled lr: 0.02" in out
+    assert "launcher.backends.local.agent" in out and "--rdzv-endpoint 127.0.0.1:0" in out and "scaled lr: 0.02" in out
     sweep = launcher(home, "sweep", SHAPES, "--grid", "optimizer.lr=0.01,0.02", "--dry-run", "--json").stdout
     assert len(json.loads(sweep)) == 2
     assert not (tmp_path / "work_dirs").exists() and not (home / "jobs").exists()
     assert json.loads(launcher(home, "list", "--json").stdout) == []
     new = [p for p in psutil.process_iter(["pid", "cmdline"]) if p.pid not in before
-           and "torch.distributed.run" in " ".join(p.info["cmdline"] or [])]
+           and "launcher.backends.local.agent" in " ".join(p.info["cmdline"] or [])]
     assert not new
 
 

@@ -38,8 +38,8 @@ def test_user_error_fixed_then_resumed_succeeds_and_a_reused_work_dir_starts_cle
     assert train_iters(rec["work_dir"])[-1] == 4
     assert [h["state"] for h in rec["history"]] == ["failed"] and len(_runs(rec["work_dir"])) == 2
     # a new experiment in the same work dir never sees the old launches' endings
-    other = launcher(home, "submit", SHAPES, "--nproc", "1", "--detach", "--work-dir", str(work),
-                     *tiny(6)).stdout.strip()
+    other = launcher(home, "submit", SHAPES, "--nproc", "1", "--detach", "--work-dir", str(work), "--resume", "auto",
+                     *tiny(6)).stdout.strip()  # a work dir with a run is continued only when asked
     assert wait_until(home, other, done)["state"] == "succeeded"
 
 

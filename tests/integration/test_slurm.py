@@ -106,10 +106,10 @@ def test_ddp_job_on_one_node_managed_from_new_processes(slurm_cluster, home, tmp
     assert sorted(set(train_iters(work))) == list(range(1, 13))
     for rank in (0, 1):
         lines = launcher_lines(work, rank)
-        assert f"slurm job {job} attempt 0 on n1: rank {rank}/2 MASTER_ADDR=n1 MASTER_PORT={port}" in lines[0]
+        assert f"slurm job {job} attempt 0 on n1: rank {rank}/2 MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in lines[0]
         assert lines[-1].endswith("worker finished")
     rank0 = (work / "logs" / "rank0.log").read_text()
-    assert f"backend=gloo rank=0 world=2 master=n1:{port}" in rank0
+    assert f"backend=gloo rank=0 world=2 master=127.0.0.1:{port}" in rank0  # one machine: loopback
     # logs per rank through the CLI, from a process that never saw the job being submitted
     out = launcher(slurm_cluster, home, "logs", exp, "--rank", "1").stdout
     assert "rank 1/2" in out and "worker finished" in out
@@ -125,8 +125,9 @@ def test_ddp_job_across_two_nodes(slurm_cluster, home, tmp_path):
     rec = wait_for(slurm_cluster, home, exp, done, what="the end")
     assert rec["state"] == "succeeded", rec["reason"]
     port = master_port(int(rec["backend_job_id"]))
-    assert launcher_lines(work, 0)[0].endswith(f"on n1: rank 0/2 MASTER_ADDR=n1 MASTER_PORT={port}")
-    assert launcher_lines(work, 1)[0].endswith(f"on n2: rank 1/2 MASTER_ADDR=n1 MASTER_PORT={port}")
+    # n1 and n2 are both this machine (they resolve to 127.0.0.1), so the ranks meet on loopback
+    assert launcher_lines(work, 0)[0].endswith(f"on n1: rank 0/2 MASTER_ADDR=127.0.0.1 MASTER_PORT={port}")
+    assert launcher_lines(work, 1)[0].endswith(f"on n2: rank 1/2 MASTER_ADDR=127.0.0.1 MASTER_PORT={port}")
     assert sorted(set(train_iters(work))) == list(range(1, 9)) and rec["last_iter"] == 8
 
 

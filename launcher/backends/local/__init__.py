@@ -5,12 +5,15 @@
 and the submitting process). The supervisor waits for its GPU and CPU-core leases (see
 :mod:`launcher.backends.local.cores`) and sweep slot, pins torchrun to the leased cores, runs
 
-    python -m torch.distributed.run --nproc-per-node N --rdzv-backend c10d
-        --rdzv-endpoint 127.0.0.1:0 --max-restarts K ... -m launcher.worker ... -- detcore.tools.cli train ...
+    python -m launcher.backends.local.agent --nproc-per-node N --rdzv-backend detlaunch-c10d
+        --rdzv-endpoint 127.0.0.1:0 --local-addr 127.0.0.1 --max-restarts K ...
+        -m launcher.worker ... -- detcore.tools.cli train ...
 
-and keeps ``jobs/<id>/status.json`` (written atomically) and the store row up to date. The
-c10d rendezvous on port 0 lets the agent bind its store port itself and hand it to the
-workers as ``MASTER_PORT``: no port is ever chosen by binding, closing and hoping.
+(torchrun itself, with its c10d rendezvous's two stores listening on 127.0.0.1 only, see
+:mod:`launcher.backends.local.agent`) and keeps ``jobs/<id>/status.json`` (written atomically)
+and the store row up to date. The rendezvous on port 0 lets the agent bind its store ports
+itself and hand the shared one to the workers as ``MASTER_PORT``: no port is ever chosen by
+binding, closing and hoping.
 
 ``status`` is :func:`~launcher.runtime.monitor.observed_status`: ``status.json`` while the
 supervisor (pid + start tick) lives, its ending from ``status.json`` or the launch's
@@ -32,6 +35,7 @@ from typing import Iterator, Mapping
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV
 from detcore.contract import rank_log
+from detcore.net import loopback_env
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
 from launcher.backends.local.cores import core_request, describe_cores
@@ -43,6 +47,9 @@ from launcher.runtime.files import read_json
 from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
+AGENT_MODULE = "launcher.backends.local.agent"  # torchrun with its stores on the rendezvous host only
+AGENT_RENDEZVOUS = "detlaunch-c10d"  # agent.BACKEND (kept equal by a test; the agent imports torch)
+LOOPBACK = "127.0.0.1"
 CANCEL_GRACE_S = 20.0
 
 
@@ -153,8 +160,9 @@ class LocalBackend:
         if r.gpus > len(self.gpus):
             raise LauncherError(f"asked for {r.gpus} GPUs but this node has {len(self.gpus)} (set {FAKE_GPUS_ENV}=N "
                                 f"to test with fake ones); use --nproc N for CPU workers")
-        torchrun = (sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(r.nproc),
-                    "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", spec.id,
+        torchrun = (sys.executable, "-m", AGENT_MODULE, "--nnodes", "1", "--nproc-per-node", str(r.nproc),
+                    "--rdzv-backend", AGENT_RENDEZVOUS, "--rdzv-endpoint", f"{LOOPBACK}:0", "--local-addr", LOOPBACK,
+                    "--rdzv-id", spec.id,
                     "--max-restarts", str(spec.max_restarts), "--log-dir",
                     os.path.join(run_dir(spec), "torchelastic"))
         device = "cpu" if self.fake_gpus else None  # fake GPUs test the leases; the workers train on the CPU
@@ -162,8 +170,11 @@ class LocalBackend:
         leased = self.cores_wanted(spec)
         env = {**import_path_env(os.environ),
                **thread_env(leased or self.cores, r.nproc, spec.loader_workers if r.gpus else 0),
-               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, BACKEND_ENV: "local", **device_env(r.gpus, os.environ)}
-        notes = ["ports: the c10d rendezvous binds 127.0.0.1:0, so the agent owns its port (MASTER_PORT)",
+               "PYTHONUNBUFFERED": "1", MARKER_ENV: spec.id, BACKEND_ENV: "local", **device_env(r.gpus, os.environ),
+               **loopback_env(os.environ)}
+        notes = ["ports: torchrun's rendezvous store and the store it shares with the workers (MASTER_ADDR "
+                 "127.0.0.1, MASTER_PORT) listen on 127.0.0.1 only, on ports the kernel picks at bind time; gloo "
+                 "and NCCL connect the ranks over the loopback interface",
                  "a restarted worker group resumes from the newest checkpoint (--resume auto)",
                  f"facts of this launch: {run_dir(spec)}/events.jsonl"]
         if spec.hang_timeout_s:

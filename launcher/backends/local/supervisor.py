@@ -3,18 +3,21 @@
 Started detached by :meth:`LocalBackend.submit` (new session, stdin closed, output to
 ``jobs/<id>/supervisor.log``). It
 
-1. waits (state ``queued``) for its sweep slot, then its GPU and CPU-core leases (both at once),
+1. takes over the experiment's claim on its work dir (:mod:`launcher.work_dirs`) and keeps it
+   fresh until the end (another run holding it: the job fails with that one line);
+2. waits (state ``queued``) for its sweep slot, then its GPU and CPU-core leases (both at once),
    kept in its own name;
-2. runs the dry run's torchrun command with ``CUDA_VISIBLE_DEVICES`` set to the leased GPUs and
+3. runs the dry run's torchrun command with ``CUDA_VISIBLE_DEVICES`` set to the leased GPUs and
    its CPU affinity set to the leased cores (inherited by the ranks and their loader workers),
    the agent's output in ``WORK_DIR/logs/agent.log``, each rank's in ``logs/rank{R}.log``;
-3. follows the launch through a :class:`~launcher.runtime.monitor.RunMonitor`: restarts,
+4. follows the launch through a :class:`~launcher.runtime.monitor.RunMonitor`: restarts,
    ports and failure reasons come from the facts the worker shims append to the run
    directory (never from torchrun's log); a rank's user error (exit code 2) stops the group
    instead of letting torchrun restart it;
-4. on SIGTERM (``launcher cancel``) stops torchrun, which stops its workers; whatever is
+5. on SIGTERM (``launcher cancel``) stops torchrun, which stops its workers; whatever is
    left after a grace period is killed;
-5. records the ending (``status.json`` and the run's ``outcome.json``), then frees its leases.
+6. records the ending (``status.json`` and the run's ``outcome.json``), then frees its leases and
+   the work dir.
 
 It never writes the experiment store (see :mod:`launcher.reconcile`), and no write it makes
 can stop the job: a full ``$LAUNCHER_HOME`` costs a status update, not the run.
@@ -31,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from detcore.contract import describe_exit
+from detcore.contract import EXIT_USER_ERROR, describe_exit
+from detcore.errors import WorkDirError
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.backends.local.cores import describe_cores, pin_to
 from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
@@ -40,6 +44,7 @@ from launcher.runtime.detached import kill_marked, kill_tree
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobSpec, JobState
+from launcher.work_dirs import adopt
 
 logger = logging.getLogger("launcher.supervisor")
 POLL_S = 0.5
@@ -116,12 +121,16 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.on_sigterm)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.monitor.set(JobState.PENDING)
+        claim = None
         try:
+            claim = adopt(self.spec, "supervisor")  # the work dir is this experiment's until the end
             leased = self.acquire()
             if leased is None:
                 self.monitor.finish(JobState.CANCELLED, None, "cancelled while queued")
             else:
                 self.launch(list(leased.get(GPU_POOL, ())), list(leased.get(CPU_POOL, ())))
+        except WorkDirError as exc:
+            self.monitor.finish(JobState.FAILED, EXIT_USER_ERROR, str(exc))
         except Exception as exc:
             logger.exception("supervisor failed")
             self.monitor.finish(JobState.FAILED, None, f"supervisor error: {type(exc).__name__}: {exc}")
@@ -132,6 +141,8 @@ class Supervisor:
                 self.book.release(self.spec.id)
             except OSError as exc:  # a full disk: the lease is reclaimed anyway once this process is gone
                 logger.warning("could not release leases: %s", exc)
+            if claim is not None:
+                claim.release()
         return 0
 
     def launch(self, devices: list[str], cores: list[str]) -> None:

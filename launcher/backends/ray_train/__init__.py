@@ -118,7 +118,7 @@ class RayTrainBackend:
         """Resolve ``--address`` and fail within seconds when nothing listens there."""
         from launcher.backends.ray_train.driver import check_reachable, current_cluster
 
-        address = resolve_address(plan.address, self.environ, current_cluster())
+        address = resolve_address(plan.address, self.environ, lambda: current_cluster(self.environ))
         check_reachable(address)
         return address
 

@@ -36,25 +36,40 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Mapping
 
 from detcore import contract
-from launcher.backends.ray_train.plan import Address, Options, TrainerPlan, resolve_address, trainer_plan
+from detcore.errors import WorkDirError
+from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, ray_address_file,
+                                              resolve_address, trainer_plan)
 from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
+from launcher.work_dirs import adopt
 
 logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
 INIT_TIMEOUT_S = 90.0
 POLL_S = 1.0
-CURRENT_CLUSTER_FILE = "/tmp/ray/ray_current_cluster"
 
 
-def current_cluster() -> str | None:
-    """What Ray's ``ray_current_cluster`` file names (the head last started on this machine)."""
+def current_cluster(environ: Mapping[str, str] = os.environ) -> str | None:
+    """What Ray's ``ray_current_cluster`` file names (the head last started on this machine), None without
+    one; a LauncherError when the file could be someone else's (:func:`~.plan.address_file_problem`)."""
+    path = ray_address_file(environ)
     try:
-        return Path(CURRENT_CLUSTER_FILE).read_text().strip() or None
+        file, folder = os.lstat(path), os.lstat(os.path.dirname(path))
+    except FileNotFoundError:
+        return None
+    problem = address_file_problem(file, folder, os.geteuid())
+    if problem:
+        raise LauncherError(f"--address auto: Ray's address file {path} {problem}, so another user could choose "
+                            f"the cluster your job connects to; pass --address HOST:PORT (e.g. 127.0.0.1:6379) "
+                            f"or set RAY_ADDRESS")
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace").strip() or None
     except OSError:
         return None
 
@@ -126,7 +141,17 @@ class Driver:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.monitor.set(JobState.PENDING, reason="connecting to Ray")
         try:
-            address = resolve_address(self.plan.address, os.environ, current_cluster())
+            claim = adopt(self.spec, "Ray driver")  # the work dir is this experiment's until the end
+        except WorkDirError as exc:
+            return self.finish(JobState.FAILED, 2, str(exc))
+        try:
+            return self.drive()
+        finally:
+            claim.release()
+
+    def drive(self) -> int:
+        try:
+            address = resolve_address(self.plan.address, os.environ, current_cluster)
             check_reachable(address)
             self.monitor.set(address=address.text)
             return self.fit(address)
@@ -222,7 +247,8 @@ class Driver:
 def ray_configs(plan: TrainerPlan) -> dict:
     """``TorchTrainer`` keyword arguments (Ray's config objects) for ``plan``; no cluster calls."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
+
+    from launcher.backends.ray_train.process_group import BoundTorchConfig
 
     from launcher.backends.ray_train.callbacks import train_callbacks
 
@@ -234,7 +260,7 @@ def ray_configs(plan: TrainerPlan) -> dict:
                                 failure_config=FailureConfig(max_failures=plan.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
                                 callbacks=train_callbacks(plan.worker.run_dir)),
-        "torch_config": TorchConfig(backend=plan.torch_backend),
+        "torch_config": BoundTorchConfig(backend=plan.torch_backend),
     }
 
 

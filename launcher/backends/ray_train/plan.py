@@ -14,13 +14,15 @@ facts the workers record (:mod:`launcher.runtime.facts`), as for every backend.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
+import stat
+import sys
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV, logger_settings_env
+from detcore.net import is_loopback
 from launcher.errors import LauncherError
 from launcher.runtime.command import import_path_env, log_dir, run_dir, worker_args
 from launcher.spec import JobSpec, Mode
@@ -81,15 +83,6 @@ class Address:
         return self.host is not None and is_loopback(self.host)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_address(text: str) -> Address:
     """``auto``, ``HOST:PORT`` or ``ray://HOST[:PORT]``; a LauncherError naming the forms otherwise."""
     if text == "auto":
@@ -104,18 +97,49 @@ def parse_address(text: str) -> Address:
     return Address(text, m.group(1), port, client)
 
 
-def resolve_address(text: str, environ: Mapping[str, str], current_cluster: str | None) -> Address:
-    """``auto`` becomes ``RAY_ADDRESS`` or the content of Ray's ``ray_current_cluster`` file (what
-    ``ray.init(address="auto")`` would pick); other addresses are returned parsed."""
+def resolve_address(text: str, environ: Mapping[str, str], current_cluster: Callable[[], str | None]) -> Address:
+    """``auto`` becomes ``RAY_ADDRESS`` or what ``current_cluster()`` reads from Ray's ``ray_current_cluster``
+    file (what ``ray.init(address="auto")`` would pick; the file is read only then); other addresses are
+    returned parsed."""
     addr = parse_address(text)
     if not addr.is_auto:
         return addr
-    found = (environ.get("RAY_ADDRESS") or "").strip() or (current_cluster or "").strip()
+    found = (environ.get("RAY_ADDRESS") or "").strip() or (current_cluster() or "").strip()
     if not found or found == "auto":
-        raise LauncherError("--address auto: no Ray cluster found on this machine (RAY_ADDRESS is unset and "
-                            "/tmp/ray/ray_current_cluster is missing); start one with cluster/ray/start.sh or "
-                            "pass --address HOST:PORT")
+        raise LauncherError(f"--address auto: no Ray cluster found on this machine (RAY_ADDRESS is unset and "
+                            f"{ray_address_file(environ)} is missing); start one with cluster/ray/start.sh or "
+                            f"pass --address HOST:PORT")
     return parse_address(found)
+
+
+def ray_address_file(environ: Mapping[str, str]) -> str:
+    """Where Ray records the cluster last started on this machine: ``$RAY_TMPDIR``, else ``$TMPDIR`` (Linux),
+    else ``/tmp``, then ``ray/ray_current_cluster``. The rule of ``ray._common.utils.get_ray_address_file``,
+    restated because importing Ray costs the CLI a second."""
+    root = environ.get("RAY_TMPDIR") or (environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    return os.path.join(root, "ray", "ray_current_cluster")
+
+
+def address_file_problem(file: os.stat_result, folder: os.stat_result, uid: int) -> str | None:
+    """Why the address file (``lstat`` of it and of its folder) cannot be trusted to choose where this user's
+    jobs go, or None (pure). Ray's protocol has no authentication and ships pickles, so the file must be
+    a regular file of this user that only this user can write, in a folder of this user or root that no
+    one else can write into, or only with the sticky bit set (then others cannot replace this user's
+    file). Ray itself makes its temp folder world-writable without the sticky bit."""
+    if stat.S_ISLNK(file.st_mode) or not stat.S_ISREG(file.st_mode):
+        return "is not a regular file"
+    if file.st_uid != uid:
+        return f"belongs to uid {file.st_uid}, not to you (uid {uid})"
+    if file.st_mode & 0o022:
+        return f"can be written by others (mode {stat.S_IMODE(file.st_mode):o})"
+    if stat.S_ISLNK(folder.st_mode) or not stat.S_ISDIR(folder.st_mode):
+        return "is not in a real folder (its folder is a symlink)"
+    if folder.st_uid not in (uid, 0):
+        return f"is in a folder of uid {folder.st_uid}"
+    if folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX:
+        return (f"is in a folder others can write without the sticky bit (mode {stat.S_IMODE(folder.st_mode):o}): "
+                f"anyone could replace it")
+    return None
 
 
 def driver_env(address: Address) -> dict[str, str]:
@@ -243,6 +267,6 @@ def render_plan(plan: TrainerPlan) -> str:
         f"    run_config=RunConfig(name={plan.run_name!r}, storage_path={plan.storage_path!r},",
         f"        failure_config=FailureConfig(max_failures={plan.max_failures}),",
         f"        checkpoint_config=CheckpointConfig(num_to_keep={plan.checkpoints_to_keep})),",
-        f"    torch_config=TorchConfig(backend={plan.torch_backend!r}),",
+        f"    torch_config=BoundTorchConfig(backend={plan.torch_backend!r}),  # rank 0's store on MASTER_ADDR only",
         ").fit()",
     ])

@@ -5,7 +5,8 @@ which unpickles a :class:`SlurmTask` and calls it. The task
 
 1. derives its rank environment from Slurm's variables (:func:`task_env`: ``RANK`` =
    ``SLURM_PROCID``, ``WORLD_SIZE`` = ``SLURM_NTASKS``, ``LOCAL_RANK`` = ``SLURM_LOCALID``,
-   ``MASTER_ADDR`` = the first node of ``SLURM_JOB_NODELIST``, ``MASTER_PORT`` =
+   ``MASTER_ADDR`` = the first node of ``SLURM_JOB_NODELIST`` (127.0.0.1 when the job's nodes are
+   all this machine), ``MASTER_PORT`` =
    :func:`master_port` of the numeric ``SLURM_JOB_ID``, one GPU per task);
 2. runs the worker shim as a *child process* (``python -m launcher.worker --run-dir R --
    detcore.tools.cli train ... --resume auto``, output appended to ``WORK_DIR/logs/rank{R}.log``,
@@ -48,10 +49,11 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from detcore import net
 from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV,
                               append_event, describe_exit, read_events)
 from launcher.backends.slurm.state import end_time_command, parse_end_time
@@ -77,11 +79,16 @@ def master_port(job_id: int) -> int:
     return PORT_BASE + job_id % PORT_SPAN
 
 
-def first_node(nodelist: str) -> str:
-    """The first host of a Slurm node list such as ``gpu[03-05,07],cpu1``."""
+def node_names(nodelist: str) -> list[str]:
+    """The hosts of a Slurm node list such as ``gpu[03-05,07],cpu1``."""
     from submitit.slurm.slurm import _parse_node_list
 
-    nodes = _parse_node_list(nodelist)
+    return list(_parse_node_list(nodelist))
+
+
+def first_node(nodelist: str) -> str:
+    """The first host of a Slurm node list."""
+    nodes = node_names(nodelist)
     if not nodes:
         raise ValueError(f"empty SLURM_JOB_NODELIST {nodelist!r}")
     return nodes[0]
@@ -101,15 +108,26 @@ def task_gpu(visible: str | None, local_rank: int) -> str:
     return ids[local_rank % len(ids)]
 
 
-def task_env(environ: Mapping[str, str], gpus_per_node: int) -> dict[str, str]:
-    """The torch.distributed variables of this Slurm task, from Slurm's own (pure)."""
+def task_env(environ: Mapping[str, str], gpus_per_node: int,
+             resolve: Callable[[str], str | None] = net.resolve) -> dict[str, str]:
+    """The torch.distributed variables of this Slurm task, from Slurm's own (pure but for ``resolve``).
+
+    ``MASTER_ADDR`` is the job's first node, or 127.0.0.1 when every node of the job is this machine
+    (one node, or node names that resolve to loopback, as on the local test cluster): then the
+    rank-0 store and gloo's and NCCL's sockets stay on the loopback interface.
+    """
     ntasks = int(environ.get("SLURM_NTASKS", "1"))
     nnodes = int(environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1")
     local_rank = int(environ.get("SLURM_LOCALID", "0"))
     nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST") or socket.gethostname()
+    master = first_node(nodelist)
+    one_machine = nnodes == 1 or all(net.is_loopback(resolve(n) or "") for n in node_names(nodelist))
     out = {"RANK": environ.get("SLURM_PROCID", "0"), "WORLD_SIZE": str(ntasks), "LOCAL_RANK": str(local_rank),
-           "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nnodes))), "MASTER_ADDR": first_node(nodelist),
+           "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nnodes))),
+           "MASTER_ADDR": "127.0.0.1" if one_machine else master,
            "MASTER_PORT": str(master_port(int(environ["SLURM_JOB_ID"])))}
+    if one_machine:
+        out.update(net.loopback_env(environ))
     if gpus_per_node:
         out["CUDA_VISIBLE_DEVICES"] = task_gpu(environ.get("CUDA_VISIBLE_DEVICES"), local_rank)
         out["CUDA_DEVICE_ORDER"] = environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"

@@ -28,8 +28,9 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
     dry = LocalBackend(tmp_path, cores=8, gpus=()).dryrun(spec)
     work = str(ROOT / "work_dirs" / "faster_rcnn_tiny_shapes-0123abcd")
     assert dry.commands == ((
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", "0123abcd", "--max-restarts", "1",
+        sys.executable, "-m", "launcher.backends.local.agent", "--nnodes", "1", "--nproc-per-node", "2",
+        "--rdzv-backend", "detlaunch-c10d", "--rdzv-endpoint", "127.0.0.1:0", "--local-addr", "127.0.0.1",
+        "--rdzv-id", "0123abcd", "--max-restarts", "1",
         "--log-dir", f"{work}/runs/{spec.run_id}/torchelastic",
         "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
         "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--device", "cpu", "--resume", "auto",
@@ -37,6 +38,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
     env = dict(dry.env)
     assert env["OMP_NUM_THREADS"] == "1" and env["DETLAUNCH_EXPERIMENT_ID"] == "0123abcd"  # 1 leased core each
     assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+    assert env["GLOO_SOCKET_IFNAME"] == env["NCCL_SOCKET_IFNAME"] == "lo"  # collectives on loopback too
     text = dry.render()
     assert "scaled lr: 0.04" in text and "127.0.0.1:0" in text
     assert dry.to_json()["lr"] == 0.04

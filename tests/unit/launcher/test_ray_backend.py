@@ -57,7 +57,7 @@ def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
     assert f"run_config=RunConfig(name='detlaunch-0123abcd', storage_path='{work}/ray'," in driver
     assert "failure_config=FailureConfig(max_failures=3)" in driver
     assert "checkpoint_config=CheckpointConfig(num_to_keep=2)" in driver
-    assert "torch_config=TorchConfig(backend='gloo')" in driver
+    assert "torch_config=BoundTorchConfig(backend='gloo')" in driver
     text = dry.render()
     assert "file ray_driver:" in text and "detcore.tools.cli train" in text and "--resume auto" in text
     assert dry.to_json()["files"]["ray_driver"] == driver
@@ -126,10 +126,14 @@ def test_bad_addresses_name_the_forms(bad):
 
 
 def test_auto_address_and_loopback_rule():
-    assert resolve_address("auto", {"RAY_ADDRESS": "127.0.0.1:6390"}, "10.1.1.1:6379").text == "127.0.0.1:6390"
-    assert resolve_address("auto", {}, "127.0.0.1:6379\n").port == 6379
+    def unread():
+        raise AssertionError("the address file is read only for --address auto without RAY_ADDRESS")
+
+    assert resolve_address("auto", {"RAY_ADDRESS": "127.0.0.1:6390"}, unread).text == "127.0.0.1:6390"
+    assert resolve_address("10.0.0.5:6379", {}, unread).host == "10.0.0.5"
+    assert resolve_address("auto", {}, lambda: "127.0.0.1:6379\n").port == 6379
     with pytest.raises(LauncherError, match="no Ray cluster found"):
-        resolve_address("auto", {}, None)
+        resolve_address("auto", {}, lambda: None)
     assert driver_env(parse_address("127.0.0.1:6379"))["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in driver_env(parse_address("10.0.0.5:6379"))
 

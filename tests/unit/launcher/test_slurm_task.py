@@ -28,13 +28,34 @@ def test_master_port_is_fixed_range_and_distinct_for_concurrent_jobs():
         master_port(-1)
 
 
+CLUSTER_IPS = {"gpu07": "10.0.0.7", "gpu08": "10.0.0.8", "n1": "10.0.1.1", "n2": "10.0.1.2"}
+
+
 def test_rank_environment_from_slurm_variables():
-    env = task_env(SLURM_ENV, gpus_per_node=4)
+    env = task_env(SLURM_ENV, gpus_per_node=4, resolve=CLUSTER_IPS.get)
     assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "gpu07",
                    "MASTER_PORT": "20345", "CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-    cpu = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n1,n2"}, gpus_per_node=0)
+    cpu = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n1,n2"}, gpus_per_node=0, resolve=CLUSTER_IPS.get)
     assert cpu["MASTER_ADDR"] == "n1" and cpu["CUDA_VISIBLE_DEVICES"] == ""  # a CPU task sees no GPU
     assert first_node("cpu-a[3,5-6],gpu1") == "cpu-a3"
+
+
+def test_a_job_on_one_machine_keeps_its_sockets_on_loopback():
+    """Multi-node jobs meet at the first node's name (its store binds that address); a job whose nodes are all
+    this machine (one node, or names resolving to loopback as on the test cluster) meets on 127.0.0.1, and gloo
+    and NCCL use the loopback interface."""
+    one_node = task_env({**SLURM_ENV, "SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "gpu07"},
+                        gpus_per_node=2, resolve=CLUSTER_IPS.get)
+    assert one_node["MASTER_ADDR"] == "127.0.0.1" and one_node["GLOO_SOCKET_IFNAME"] == "lo"
+    assert one_node["NCCL_SOCKET_IFNAME"] == "lo"
+    emulated = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n[1-2]"}, 0, resolve=lambda name: "127.0.0.1")
+    assert emulated["MASTER_ADDR"] == "127.0.0.1" and emulated["GLOO_SOCKET_IFNAME"] == "lo"
+    debian = task_env({**SLURM_ENV, "SLURM_JOB_NODELIST": "n[1-2]"}, 0,
+                      resolve={"n1": "127.0.1.1", "n2": "10.0.1.2"}.get)  # own name on loopback, the other not
+    assert debian["MASTER_ADDR"] == "n1" and "GLOO_SOCKET_IFNAME" not in debian
+    mine = task_env({**SLURM_ENV, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07",
+                     "GLOO_SOCKET_IFNAME": "ib0"}, 0, resolve=CLUSTER_IPS.get)
+    assert mine["GLOO_SOCKET_IFNAME"] == "ib0"  # the user's own choice is kept
 
 
 def test_each_task_gets_one_gpu():
