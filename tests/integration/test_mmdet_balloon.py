@@ -91,7 +91,7 @@ def test_3x_guide_balloon_config_imports_trains_from_a_downloaded_load_from_and_
     shutil.copytree(GUIDE3.parents[1], configs)
     config = configs / "balloon" / GUIDE3.name
     proc = run(tmp_path, "config", "import", str(config), "--out", "balloon.yaml")
-    assert 'load_from: "https://download.openmmlab.com/' in proc.stdout and "a URL; detcore does not download it" \
+    assert 'load_from: "https://download.openmmlab.com/' in proc.stdout and "a URL of an MMDetection checkpoint" \
         in proc.stdout
 
     refused = run(tmp_path, "train", str(config), "--work-dir", "work", "--cfg-options", *SMALL, code=2)

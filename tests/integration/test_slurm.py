@@ -143,8 +143,8 @@ def assert_resumed_to_the_end(work: Path, rec: dict, iters: int) -> int:
     assert 3 <= stopped < iters
     assert logged.count(stopped + 1) == 1  # nothing after the checkpoint was trained twice
     notes = launcher_lines(work, 0)
-    assert "attempt 0" in notes[0] and any("attempt 1" in n for n in notes)
-    assert any("worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in n for n in notes)
+    assert "attempt 0" in notes[0] and any("attempt 1" in n for n in notes), notes
+    assert any("worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in n for n in notes), notes
     return stopped
 
 

@@ -311,7 +311,7 @@ def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) 
     ("x = " + " + ".join(["'ab'"] * 100000) + "\n", "cannot be parsed|nested too deeply"),
     ("x = 10 ** 400\n", "is code"),
     ("_base_ = 'self.py'\n", "cyclic _base_ chain"),
-    ("a = dict()\na" + ".b" * 2000 + " = 1\n", "nested too deeply|cannot be parsed"),
+    ("a = dict()\na" + ".b" * 2000 + " = 1\n", "nested too deeply|cannot be parsed|'a.b': no such key"),
     ("a = [0] * 1000\n" + "a[0] = a\n" * 40, "more than 100000 values"),
     ("a = [[b, c] for b in range(1000) for c in range(1000)]\n", "makes more than 100000 items"),
 ])
