@@ -60,6 +60,8 @@ class FakeGroup:
         monkeypatch.setattr(tdist, "get_world_size", lambda group=None: world)
         monkeypatch.setattr(tdist, "get_backend", lambda group=None: backend)
         monkeypatch.setattr(tdist, "barrier", lambda **kw: self.barriers.append(kw))
+        # no rank-0 store to reach: the group's rendezvous is faked as a whole
+        monkeypatch.setattr(D, "bound_store", lambda timeout: "store")
 
     def _init(self, **kwargs) -> None:
         self.init_kwargs, self.up = kwargs, True
@@ -144,7 +146,8 @@ def test_process_group_timeout_default_and_config(monkeypatch: pytest.MonkeyPatc
     _rank_env(monkeypatch, {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
     group = FakeGroup(monkeypatch, rank=0, world=2, backend="gloo")
     D.init_distributed("cpu")
-    assert group.init_kwargs == {"backend": "gloo", "timeout": timedelta(minutes=D.DEFAULT_TIMEOUT_MIN)}
+    assert group.init_kwargs == {"backend": "gloo", "timeout": timedelta(minutes=D.DEFAULT_TIMEOUT_MIN),
+                                 "store": "store", "rank": 0, "world_size": 2}
     assert D.DEFAULT_TIMEOUT_MIN >= 30
     group.up = False
     D.init_distributed("cpu", timeout_min=90)
@@ -160,7 +163,7 @@ def test_nccl_rank_binds_its_gpu_to_the_group(monkeypatch: pytest.MonkeyPatch) -
     group = FakeGroup(monkeypatch, rank=1, world=2, backend="nccl")
     D.init_distributed("cuda")
     assert group.init_kwargs == {"backend": "nccl", "timeout": timedelta(minutes=D.DEFAULT_TIMEOUT_MIN),
-                                 "device_id": torch.device("cuda", 1)}
+                                 "device_id": torch.device("cuda", 1), "store": "store", "rank": 1, "world_size": 2}
     D._OWN_GROUP = False
 
     def init_of_torch_2_2(backend=None, init_method=None, timeout=None, world_size=-1, rank=-1, store=None,
