@@ -151,7 +151,12 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
                                 "-KEY for descending")
             p.add_argument("--reverse", action="store_true", help="descending order")
             p.add_argument("--limit", type=int, metavar="N", help="only the first N rows of that order")
-            p.add_argument("--wide", action="store_true", help="full sweep names, world size, restarts, created, note")
+            p.add_argument("--wide", action="store_true",
+                           help="every column, uncut: full sweep names, world size, restarts, created, note")
+            p.add_argument("--columns", metavar="A,B,...",
+                           help="exactly these columns, in this order: id, name, state, backend, progress, duration, "
+                                "loss, ap, lr, tags, world, restarts, created, note, grid (every grid key) or a grid "
+                                "key such as seed")
             p.add_argument("--json", action="store_true", help="one JSON array of records")
         elif name == "status":
             p.add_argument("id", help="experiment id (a unique prefix is enough)")

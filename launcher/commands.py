@@ -282,7 +282,9 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
 # ---- reading ---------------------------------------------------------------------------------
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from launcher.listing import order_sql, table_lines
+    """The table fits the terminal (``COLUMNS``, else the terminal's width; a pipe gets whole rows)."""
+    from launcher.listing import json_row, list_table, order_sql
+    from launcher.table_fit import terminal_width
 
     store = _store()
     state = JobState.parse(args.state) if args.state else None
@@ -298,13 +300,24 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise LauncherError(f"--limit {args.limit}: expected a positive number of rows")
         rows = [derived.get(e.id, e) for e in store.list(order=order_sql(args.sort, args.reverse), **filters)]
         rows = [e for e in rows if state is None or e.state is state][:args.limit]
-        _print_json([e.to_json() for e in rows])
+        _print_json([json_row(e) for e in rows])
     else:
         # the derived states, also where the store could not save them, and last known ones marked "?"
         shown = {e.id: state_text(e) for e in derived.values()}
-        lines = table_lines(store, state, sort=args.sort, reverse=args.reverse, limit=args.limit, wide=args.wide,
-                            states=shown, **filters)
-        sys.stdout.write("\n".join(lines) + "\n")
+        columns = [c for c in args.columns.split(",") if c.strip()] if args.columns else None
+        width = terminal_width()
+        lines, hidden = list_table(store, state, sort=args.sort, reverse=args.reverse, limit=args.limit,
+                                   wide=args.wide, states=shown, width=width, columns=columns, **filters)
+        if len(lines) == 1:
+            filtered = state is not None or any(filters.values())
+            print("no experiments match these filters; `launcher list` shows them all" if filtered else
+                  "no experiments yet: `launcher submit CONFIG` starts one (`launcher sweep CONFIG --grid "
+                  "key=v1,v2` a grid of them)")
+        else:
+            sys.stdout.write("\n".join(lines) + "\n")
+        if hidden and sys.stderr.isatty():
+            print(f"launcher: {', '.join(hidden)} left out to fit {width} columns (--wide: all, --columns: "
+                  f"your choice)", file=sys.stderr)
     warn_stale(derived.values())
     return 0
 
