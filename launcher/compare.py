@@ -92,29 +92,52 @@ def comparison(exps: Sequence[Experiment], configs: Sequence[Mapping[str, Any]])
 
 
 def cell(value: Any) -> str:
-    """A table cell: ``-`` for nothing, numbers short, lists and mappings as JSON."""
+    """A table cell: ``-`` for nothing, numbers to 4 significant digits, lists and mappings as JSON."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.4g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value, sort_keys=True)
     return str(value)
 
 
-def comparison_lines(data: Mapping[str, Any]) -> list[str]:
-    """``compare`` as an aligned text table: a row per key, a column per experiment, three sections."""
-    head = ["KEY", *(f"{e['id']} {e['name']}" for e in data["experiments"])]
+def comparison_lines(data: Mapping[str, Any], width: int | None = None) -> list[str]:
+    """``compare`` as text: each experiment's id, state and name, then an aligned table with a row per
+    differing key or metric and a column per experiment headed by its id, in three sections. ``width``: the
+    table's lines are cut to fit it (keys first, then values, each keeping its start and end)."""
+    from launcher.listing import layout_cells
+    from launcher.table_fit import Cap, cut_table, fit, shorten
+
+    exps = data["experiments"]
+    legend = [f"{e['id']}  {e['state']}  {e['name']}" for e in exps]
+    head = ["KEY", *(e["id"] for e in exps)]
     table: list[list[str]] = [head]
+    titles: dict[int, str] = {}  # line index -> a section's title, a line of its own (never cut to the columns)
     for section, title in (("config", "config (differing keys)"), ("final", "final metrics"),
                            ("best", "best evaluation")):
-        table.append([f"[{title}]"] + [""] * (len(head) - 1))
+        titles[len(table) + len(titles)] = f"[{title}]"
         if not data[section]:
-            table.append(["(none)" if section != "config" else "(the configs are the same)"] + [""] * (len(head) - 1))
+            titles[len(table) + len(titles)] = "(none)" if section != "config" else "(the configs are the same)"
         table += [[key, *(cell(v) for v in values)] for key, values in data[section].items()]
     table = [list(row) for row in printable_cells(table)]  # names and config values are user text
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    values = range(1, len(head))
+    shown, caps = fit(widths, width, [*(Cap(i, 16) for i in values), Cap(0, 40), Cap(0, 24),
+                                      *(Cap(i, 10) for i in values), Cap(0, 16)])
+    lines = [line.rstrip() for line in layout_cells(cut_table(table, shown, caps))]
+    for at in sorted(titles):
+        lines.insert(at, titles[at])
+    legend = [shorten(line, width) if width else line for line in printable_cells([legend])[0]]
+    return [*legend, "", *lines]
+
+
+def iso_time(stamp: float | None) -> str | None:
+    """A Unix time as ISO 8601 in local time with its UTC offset (``2026-12-07T13:05:09+01:00``): what
+    ``pandas.to_datetime`` and spreadsheets read; None stays None."""
+    from datetime import datetime
+
+    return None if stamp is None else datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
 
 
 def export_rows(exps: Sequence[Experiment], configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -133,7 +156,7 @@ def export_rows(exps: Sequence[Experiment], configs: Sequence[Mapping[str, Any]]
             "total_batch": exp.total_batch, "base_lr": scaling.get("base_lr"), "lr": exp.lr,
             "max_iter": exp.max_iter, "last_iter": exp.last_iter, "restarts": exp.restarts,
             "duration_s": None if exp.started is None or exp.ended is None else round(exp.ended - exp.started, 3),
-            "created": exp.created,
+            "created": iso_time(exp.created), "started": iso_time(exp.started), "ended": iso_time(exp.ended),
         }
         for key in keys:
             value = cfg.get(key, MISSING)

@@ -96,7 +96,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, sort_keys=True, default=str))
     else:
-        print("\n".join(comparison_lines(data)))
+        from launcher.table_fit import terminal_width
+
+        print("\n".join(comparison_lines(data, terminal_width())))
     return 0
 
 

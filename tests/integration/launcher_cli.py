@@ -36,7 +36,8 @@ def user_error_neck(folder: Path, broken: bool = True) -> list[str]:
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LAUNCHER_FAKE_GPUS"}
+    # COLUMNS: `launcher list` fits it; a test that wants a width passes it
+    env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_FAKE_GPUS", "COLUMNS")}
     env.update(LAUNCHER_HOME=str(home), PYTHONPATH=str(ROOT), **extra)
     return env
 

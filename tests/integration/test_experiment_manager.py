@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -38,7 +40,8 @@ def test_list_shows_the_grid_progress_and_both_lrs_and_sorts_limits_filters(swee
     home, (a, b) = sweep["home"], sweep["ids"]
     lines = launcher(home, "list", "--sweep", sweep["recs"][0]["sweep"]).stdout.splitlines()
     head = lines[0].split()
-    assert head[:4] == ["ID", "NAME", "lr", "STATE"] and {"PROGRESS", "DURATION", "LOSS", "BEST", "AP"} <= set(head)
+    assert head[:4] == ["ID", "NAME", "LR", "STATE"] and {"PROGRESS", "DURATION", "LOSS", "BEST", "AP"} <= set(head)
+    assert head.count("LR") == 1 and "lr" not in head  # the grid's LR is the LR column
     row_a = next(line for line in lines if line.startswith(a))
     assert "mgr " in row_a and " 0.01 " in row_a and "2/2" in row_a and "0.01 (x0.5 0.005)" in row_a
     assert "mgr-lr=" not in row_a  # the grid value has its own column instead of a cut name
@@ -50,7 +53,10 @@ def test_list_shows_the_grid_progress_and_both_lrs_and_sorts_limits_filters(swee
     launcher(home, "tag", a, "baseline", "keep")
     tagged = launcher(home, "list", "--tag", "baseline").stdout.splitlines()
     assert len(tagged) == 2 and tagged[1].startswith(a) and "baseline,keep" in tagged[1]
-    bad = launcher(home, "list", "--sort", "colour", check=False)
+    narrow = launcher(home, "list", COLUMNS="80").stdout.splitlines()
+    assert max(map(len, narrow)) <= 80 and {"ID", "NAME", "STATE", "PROGRESS", "BEST"} <= set(narrow[0].split())
+    assert len(narrow) == 4 and narrow[1].startswith(a) and "2/2" in narrow[1]
+        bad = launcher(home, "list", "--sort", "colour", check=False)
     assert bad.returncode == 2 and "unknown key; choose one of" in bad.stderr
     status = launcher(home, "status", a).stdout
     assert "None" not in status and "{" not in status and "lr: 0.01 (x0.5 0.005)" in status
@@ -66,6 +72,7 @@ def test_compare_lists_the_differing_keys_and_metrics_side_by_side(sweep):
     assert "bbox_AP" in data["best"] and data["best"]["iter"] == [2, 2]
     text = launcher(home, "compare", a, b).stdout
     assert any(line.split()[:3] == ["optimizer.lr", "0.01", "0.02"] for line in text.splitlines())
+    assert text.splitlines()[0].startswith(f"{a}  succeeded  mgr-lr=0.01") and re.search(rf"^KEY +{a} +{b}$", text, re.M)
 
 
 def test_export_csv_reads_back_with_numbers(sweep):
@@ -79,6 +86,7 @@ def test_export_csv_reads_back_with_numbers(sweep):
     records = json.loads(launcher(home, "export", a, b, "--format", "json").stdout)
     assert records[1]["optimizer.lr"] == 0.02 and isinstance(records[1]["final.loss"], float)
     assert set(records[0]) == set(rows[0])
+    assert datetime.fromisoformat(rows[0]["created"]).timestamp() == int(sweep["recs"][0]["created"])
 
 
 def test_plot_draws_the_sweep_in_one_png(sweep):
