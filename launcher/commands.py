@@ -56,8 +56,8 @@ def _print_json(data) -> None:
     print(json.dumps(data, sort_keys=True, default=str))
 
 
-def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Namespace) -> int:
-    """Follow ``exp`` (rank 0's log unless --json) and return its exit status."""
+def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Namespace, skip_lines: int = 0) -> int:
+    """Follow ``exp`` (rank 0's log, less its first ``skip_lines``, unless --json) and return its exit status."""
     from launcher.follow import follow_experiment
     from launcher.reconcile import refresh
 
@@ -68,7 +68,7 @@ def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Names
                 exp = refresh(store, [store.get(exp.id)])[0]
             _print_json(exp.to_json())
         else:
-            exp = follow_experiment(store, backend, exp.id)
+            exp = follow_experiment(store, backend, exp.id, skip_lines=skip_lines)
             tail = f" ({printable(exp.reason)})" if exp.reason else ""
             print(f"launcher: experiment {exp.id} {exp.state.value}{tail}", file=sys.stderr)
     except KeyboardInterrupt:
@@ -148,10 +148,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"launcher: {note}", file=sys.stderr)
         from launcher.runtime.detached import kill_marked
 
+        from detcore.contract import rank_log
+        from launcher.runtime.files import line_count
         from launcher.work_dirs import claimed
 
         kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
         with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
+            shown_from = line_count(rank_log(spec.work_dir, 0))  # rank 0's log goes on: follow only this launch
             handle = backend.submit(spec)
             try:
                 store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
@@ -163,7 +166,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _print_json(exp.to_json())
     elif not args.json:
         print(exp.id, flush=True)
-    return 0 if args.detach else _wait(store, backend, exp, args)
+    return 0 if args.detach else _wait(store, backend, exp, args, skip_lines=shown_from)
 
 
 def _resume_options(args: argparse.Namespace, module, old, moved: bool):
@@ -249,15 +252,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
+    """Follow a sweep to its end: a live bar on a terminal; where stdout is not one (a pipe, a log file, nohup)
+    one line as each job ends (on stderr with --json, which keeps stdout for the JSON)."""
     from tqdm import tqdm
 
     from launcher.reconcile import refresh
+    from launcher.status_text import ended_line
 
     bar = tqdm(total=len(ids), desc="sweep", unit="job", file=sys.stderr, disable=not sys.stderr.isatty())
+    each = sys.stderr if as_json else sys.stdout
+    per_job = not each.isatty() or bar.disable
+    said: set[str] = set()
     try:
         while True:
             exps = refresh(store, store.list(ids=ids))
             done = sum(e.state.is_terminal() for e in exps)
+            for exp in exps:
+                if per_job and exp.state.is_terminal() and exp.id not in said:
+                    said.add(exp.id)
+                    print(ended_line(exp), file=each, flush=True)
             bar.n = done
             bar.set_postfix_str(" ".join(f"{s.value}={n}" for s in JobState
                                          if (n := sum(e.state is s for e in exps))))
@@ -274,8 +287,9 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
         _print_json([e.to_json() for e in exps])
     else:
         from launcher.listing import table_lines
+        from launcher.table_fit import terminal_width
 
-        print("\n".join(table_lines(store, ids=ids)))
+        print("\n".join(table_lines(store, ids=ids, width=terminal_width())))
     return 0 if all(e.state is JobState.SUCCEEDED for e in exps) else 1
 
 

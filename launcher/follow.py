@@ -45,8 +45,9 @@ def progress_text(exp: Experiment) -> str:
 
 
 def follow_experiment(store: ExperimentStore, backend, exp_id: str, rank: int = 0, out: TextIO = sys.stdout,
-                      err: TextIO = sys.stderr) -> Experiment:
-    """Stream ``rank``'s log to ``out`` until the job ends; the final (reconciled) row."""
+                      err: TextIO = sys.stderr, skip_lines: int = 0) -> Experiment:
+    """Stream ``rank``'s log to ``out`` until the job ends; the final (reconciled) row. ``skip_lines``: the
+    log's first lines not to show (an earlier launch's, which a resume's log continues)."""
     from tqdm import tqdm
 
     exp = store.get(exp_id)
@@ -54,8 +55,9 @@ def follow_experiment(store: ExperimentStore, backend, exp_id: str, rank: int = 
 
     def pump() -> None:
         try:
-            for line in backend.logs(handle_of(exp), rank, follow=True):
-                lines.put(line)
+            for n, line in enumerate(backend.logs(handle_of(exp), rank, follow=True)):
+                if n >= skip_lines:
+                    lines.put(line)
         except Exception as exc:  # shown, then the job is still watched through its status
             lines.put(f"(log unavailable: {exc})")
         finally:

@@ -71,3 +71,19 @@ def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] 
                      f"({record.get('file')}, sha256 {str(record.get('sha256'))[:16]})")
     lines += [f"{key}: {_when(getattr(exp, key))}" for key in ("created", "started", "ended")]
     return lines
+
+
+def ended_line(exp: Experiment) -> str:
+    """The line a sweep prints as one of its jobs ends: ``1a2b3c4d  lr=0.01 seed=1  succeeded  best AP 0.432
+    0:01:47`` (a failed job adds its reason)."""
+    from launcher.listing import grid_headers
+
+    grid = exp.grid_values
+    params = " ".join(f"{h}={v}" for h, v in zip(grid_headers(list(grid)), grid.values())) if grid else exp.name
+    ap = exp.best_ap if exp.best_ap is not None else exp.last_ap
+    parts = [exp.id, params, exp.state.value, "best AP " + ("-" if ap is None else f"{ap:.3f}")]
+    if exp.started is not None and exp.ended is not None:
+        parts.append(duration_text(exp.ended - exp.started))
+    if exp.reason and exp.state.value != "succeeded":
+        parts.append(exp.reason)
+    return printable("  ".join(parts))

@@ -35,6 +35,19 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping) -> None:
         raise
 
 
+def line_count(path: Path) -> int:
+    """How many whole lines ``path`` holds now (0 when it does not exist): where a new launch's lines will
+    start in a log that every launch appends to."""
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                count += chunk.count(b"\n")
+    except FileNotFoundError:
+        pass
+    return count
+
+
 def follow_file(path: Path, finished: Callable[[], bool] | None = None, poll_s: float = 0.2) -> Iterator[str]:
     """Lines of ``path``; when ``finished`` is given, keep reading until it returns True and the file is drained."""
     pos, buf = 0, b""
