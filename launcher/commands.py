@@ -325,8 +325,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if len(lines) == 1:
             filtered = state is not None or any(filters.values())
             print("no experiments match these filters; `launcher list` shows them all" if filtered else
-                  "no experiments yet: `launcher submit CONFIG` starts one (`launcher sweep CONFIG --grid "
-                  "key=v1,v2` a grid of them)")
+                  "no experiments yet: launcher submit CONFIG starts one")
         else:
             sys.stdout.write("\n".join(lines) + "\n")
         if hidden and sys.stderr.isatty():

@@ -56,7 +56,7 @@ def test_list_shows_the_grid_progress_and_both_lrs_and_sorts_limits_filters(swee
     narrow = launcher(home, "list", COLUMNS="80").stdout.splitlines()
     assert max(map(len, narrow)) <= 80 and {"ID", "NAME", "STATE", "PROGRESS", "BEST"} <= set(narrow[0].split())
     assert len(narrow) == 4 and narrow[1].startswith(a) and "2/2" in narrow[1]
-        bad = launcher(home, "list", "--sort", "colour", check=False)
+    bad = launcher(home, "list", "--sort", "colour", check=False)
     assert bad.returncode == 2 and "unknown key; choose one of" in bad.stderr
     status = launcher(home, "status", a).stdout
     assert "None" not in status and "{" not in status and "lr: 0.01 (x0.5 0.005)" in status

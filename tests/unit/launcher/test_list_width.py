@@ -125,7 +125,7 @@ def run_list(monkeypatch, tmp_path, capsys, *argv: str, columns: str = "80") -> 
 
 def test_the_command_honours_columns_and_an_empty_store_says_what_to_do(monkeypatch, tmp_path, capsys):
     out = run_list(monkeypatch, tmp_path, capsys)
-    assert out.startswith("no experiments yet: `launcher submit CONFIG`")
+    assert out == "no experiments yet: launcher submit CONFIG starts one\n"
     store = ExperimentStore(tmp_path / "home")
     fill(store)
     store.close()
