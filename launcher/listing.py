@@ -212,9 +212,10 @@ def list_table(store: ExperimentStore, state: JobState | None = None, backend: s
     where = {h: i for i, h in enumerate(head)}
     grid_ix = [where[h] for h in grid_columns if h != "LR"]
     steps: list = [Drop(where[h]) for h in DROPPED_FIRST if h in where and h not in grid_columns]
-    steps += [Cap(1, 24), *(Cap(i, 12) for i in grid_ix), Cap(1, 16), *(Cap(i, 8) for i in grid_ix)]
+    # a sweep's rows share its name and differ in their grid values: the name is cut further before those go
+    steps += [Cap(1, 24), *(Cap(i, 12) for i in grid_ix), Cap(1, 16), *(Cap(i, 8) for i in grid_ix), Cap(1, 10)]
     steps += [Drop(where[h]) for h in reversed(grid_columns)]
-    steps += [Cap(1, n) for n in (12, 8)]
+    steps += [Cap(1, 8)]
     kept, caps = fit(widths, width, steps)
     hidden = [h for i, h in enumerate(head) if i not in kept]
     return layout_cells(cut_table(table, kept, caps)), hidden

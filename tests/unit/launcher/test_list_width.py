@@ -152,3 +152,15 @@ def test_json_rows_carry_the_duration_and_the_best_checkpoint(monkeypatch, tmp_p
     assert rows[0]["best_checkpoint"] == str(tmp_path / "w1" / "best_bbox_AP.pth")
     assert rows[1]["best_checkpoint"] == str(tmp_path / "w2" / "iter_2.pth")  # the best evaluation's own
     assert rows[2]["best_checkpoint"] is None
+
+
+def test_a_sweeps_grid_values_outlast_its_long_name(store):
+    for i, (lr, momentum) in enumerate([("0.01", "0.9"), ("0.01", "0.8"), ("0.02", "0.9")], start=1):
+        values = experiment_from_spec(spec(i, f"{LONG}-lr={lr}-momentum={momentum}"), JobState.SUCCEEDED,
+                                      now=NOW + i, sweep="0000abcd", grid={"optimizer.lr": lr, "optimizer.momentum": momentum})
+        values.update(lr=float(lr) / 2, scaling=json.dumps({"base_lr": float(lr), "lr": float(lr) / 2}), last_iter=2,
+                      max_iter=2)
+        store.insert(values)
+    lines = table_lines(store, width=80, now=NOW)
+    assert max(map(len, lines)) <= 80 and lines[0].split()[:4] == ["ID", "NAME", "LR", "momentum"]
+    assert [line.split()[4] for line in lines[1:]] == ["0.9", "0.8", "0.9"]  # the points stay told apart
