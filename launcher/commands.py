@@ -404,8 +404,10 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         if args.dry_run:
             port = choose_port(args.port, lambda p: port_is_free(args.host, p))
-            print(f"TensorBoard for {len(exps)} experiment(s) would serve at {url(args.host, port)}")
-            print("\n".join(printable(f"{logdir}/{name} -> {target}") for name, target in run_links(exps).items()))
+            where = url(args.host, port) if port else f"{args.host}, on a free port the system picks"
+            print(f"TensorBoard for {len(exps)} experiment(s) would serve at {where}")
+            for name, target in run_links(exps).items():
+                print(printable(f"{logdir}/{name} -> {target}"))
             print(shlex.join(tensorboard_command(logdir, args.host, port)))
             return 0
 
