@@ -88,7 +88,8 @@ def test_a_taken_port_gives_the_next_free_one_and_new_experiments_appear(home: P
             second = json.loads(launcher(home, "submit", SHAPES, "--name", "second", "--nproc", "1", "--json",
                                          "--detach", *tiny(1, 1), "evaluation.interval=0").stdout)
             wait_until(home, second["id"], lambda rec: any((Path(rec["work_dir"]) / "tb").glob("events.*")))
-            deadline = time.monotonic() + 60  # the launcher links new experiments every 15 s, TensorBoard reloads every 5
+            # the launcher links new experiments every 15 s, TensorBoard reloads every 5 s
+            deadline = time.monotonic() + 60
             while f"second-{second['id']}" not in runs(port):
                 assert time.monotonic() < deadline, (runs(port), log.read_text()[-3000:])
                 time.sleep(1)
