@@ -386,9 +386,13 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     import socket
     import tempfile
 
-    from launcher.tensorboard import (choose_port, port_is_free, run_links, serve, sync_links, tensorboard_command,
-                                      url)
+    from launcher.tensorboard import (check_port, choose_port, port_is_free, run_links, serve, sync_links,
+                                      tensorboard_command, url)
 
+    check_port(args.port)
+    if not args.refresh > 0:
+        raise LauncherError(f"--refresh {args.refresh}: expected the seconds between looks for new experiments, "
+                            f"above 0 (default 15)")
     store = _store()
     ids = [store.get(i).id for i in args.ids] if args.ids else None
     state = JobState.parse(args.state) if args.state else None

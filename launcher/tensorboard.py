@@ -60,15 +60,20 @@ def choose_port(asked: int, is_free: Callable[[int], bool], tries: int = 100) ->
 
     0 stays 0 (the OS picks). Raises ``LauncherError`` when all of them are taken.
     """
+    check_port(asked)
     if asked == 0:
         return 0
-    if not 0 < asked <= 0xFFFF:
-        raise LauncherError(f"--port {asked}: expected a TCP port from 1 to 65535 (or 0: any free port)")
     for port in range(asked, min(asked + tries, 0x10000)):
         if is_free(port):
             return port
     raise LauncherError(f"--port {asked}: it and the {tries - 1} ports after it are all taken; "
                         f"pass another --port, or --port 0 for any free one")
+
+
+def check_port(asked: int) -> None:
+    """Raises ``LauncherError`` unless ``asked`` is a TCP port or 0 (any free one)."""
+    if not 0 <= asked <= 0xFFFF:
+        raise LauncherError(f"--port {asked}: expected a TCP port from 1 to 65535 (or 0: any free port)")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -168,7 +173,7 @@ def serve(logdir: str | os.PathLike, host: str, port: int, on_serving: Callable[
                 break
             if chosen == 0 or port_is_free(host, chosen):
                 return proc.returncode  # it failed for a reason of its own, which it printed
-            logger.info("port %d was taken before TensorBoard could bind it; trying the next one", chosen)
+            logger.warning("port %d was taken before TensorBoard could bind it; trying the next free one", chosen)
             port = chosen + 1
         else:
             raise LauncherError(f"--port {asked}: TensorBoard could not bind it or the next free ports: "

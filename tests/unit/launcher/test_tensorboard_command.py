@@ -125,3 +125,17 @@ def test_tensorboard_reads_each_run_under_its_own_name(tmp_path):
     mux = EventMultiplexer().AddRunsFromDirectory(str(logdir))
     mux.Reload()
     assert sorted(mux.Runs()) == ["sweep-lr=0.01-00000000", "sweep-lr=0.02-00000001"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port 70000: expected a TCP port from 1 to 65535"),
+    (["--refresh", "0"], "--refresh 0.0: expected the seconds between looks for new experiments, above 0"),
+    (["--state", "done"], "unknown state 'done'"),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    from launcher.cli import main
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    assert main(["tensorboard", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
