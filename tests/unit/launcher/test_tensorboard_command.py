@@ -139,3 +139,37 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args
     assert main(["tensorboard", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_serve_retries_a_port_taken_in_the_race_and_refreshes_until_stopped(tmp_path, monkeypatch, caplog):
+    """Another process binds the chosen port before TensorBoard does: TensorBoard exits, the next port is
+    tried; the port reported is passed on; refreshes run (a failing one is a warning) until a stop signal."""
+    import signal
+
+    import psutil
+
+    from launcher import tensorboard
+
+    started, taken_after_test = [], {6006}
+    monkeypatch.setattr(tensorboard, "port_is_free", lambda host, port: port not in taken_after_test or not started)
+    monkeypatch.setattr(tensorboard, "tensorboard_command", lambda logdir, host, port: started.append(port) or (
+        sys.executable, "-c", "import sys, time; sys.exit(1) if %d == 6006 else time.sleep(60)" % port))
+    monkeypatch.setattr(tensorboard, "served_port", lambda pid, logdir: started[-1] if started[-1] != 6006 else None)
+    served, refreshes, children = [], [], []
+
+    def refresh() -> None:
+        refreshes.append(1)
+        children.extend(psutil.Process().children())
+        if len(refreshes) == 1:
+            raise LauncherError("the store is busy")
+        if len(refreshes) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    code = tensorboard.serve(tmp_path, "127.0.0.1", 6006, served.append, refresh, refresh_s=0.05)
+    assert code == 128 + signal.SIGTERM
+    assert started == [6006, 6007] and served == [6007] and len(refreshes) == 3
+    assert "port 6006 was taken before TensorBoard could bind it" in caplog.text
+    assert "the run list was not refreshed this time: the store is busy" in caplog.text
+    assert children and not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
