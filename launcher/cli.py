@@ -185,9 +185,18 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true", help="return at once")
             p.add_argument("--json", action="store_true", help="print the record as JSON")
         elif name == "tensorboard":
-            p.add_argument("ids", nargs="*", metavar="ID", help="experiments to show (default: all)")
-            p.add_argument("--port", type=int, default=6006, help="port (default 6006)")
+            p.add_argument("ids", nargs="*", metavar="ID", help="experiments to show (default: all that match the "
+                                                                "filters, also those submitted while it runs)")
+            p.add_argument("--state", help="only experiments in this state (queued, pending, running, ..., cancelled)")
+            p.add_argument("--backend", help="only this backend's experiments")
+            p.add_argument("--sweep", help="only this sweep's experiments")
+            p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                           help="only experiments with this tag (repeat: with all of them)")
+            p.add_argument("--port", type=int, default=6006,
+                           help="port (default 6006); when taken, the next free one, which it prints; 0: any free one")
             p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+            p.add_argument("--refresh", type=float, default=15.0, metavar="S",
+                           help="seconds between looks for new experiments (default 15)")
             p.add_argument("--dry-run", action="store_true", help="print the TensorBoard command and exit")
         else:
             from launcher.manage import add_arguments

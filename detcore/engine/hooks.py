@@ -25,6 +25,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+UNMEASURED = -1.0  # pycocotools' value for a metric with nothing to measure (APl of a set without large objects)
+RECORD_COORDINATES = ("iter", "epoch", "mode")  # where a record was logged, not values
+
+
+def scalar_values(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """``record``'s values as scalars named ``prefix/key``, for TensorBoard and the experiment loggers (pure).
+
+    Leaves out the record's coordinates, non-numbers, booleans, and, in evaluation records
+    (``prefix`` ``val``), pycocotools' -1 for "nothing to measure", which would plot as a
+    constant -1 series; ``metrics.jsonl`` keeps every value.
+    """
+    return {f"{prefix}/{k}": float(v) for k, v in record.items()
+            if k not in RECORD_COORDINATES and isinstance(v, (int, float)) and not isinstance(v, bool)
+            and not (prefix == "val" and v == UNMEASURED)}
+
+
 class HookBase:
     """Lifecycle: before_train, (before_step, after_step)*, after_train. ``trainer.iter`` counts done steps."""
 

@@ -285,9 +285,8 @@ class Trainer:
         for sink in self.metric_sinks:
             sink(record, prefix)
         if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("iter", "epoch", "mode"):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, self.iter)
+            for name, value in H.scalar_values(record, prefix).items():
+                self.tb.add_scalar(name, value, self.iter)
             self.tb.flush()
 
     def _keepalive(self):

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV
-from detcore.engine.hooks import HookBase
+from detcore.engine.hooks import HookBase, scalar_values
 from detcore.loggers.runs import Ledger, SavedRun, choose_run, read_record
 from detcore.loggers.settings import LoggerSettings, enabled_loggers
 from detcore.loggers.writer import RunContext, RunWriter, one_line
 
 logger = logging.getLogger(__name__)
-
-SKIPPED_KEYS = ("iter", "epoch", "mode")  # the record's coordinates, not values (as in TensorBoard)
 
 
 @dataclass(frozen=True)
@@ -92,8 +90,7 @@ class ExperimentLoggerHook(HookBase):
         """``Trainer.log_metrics``'s record to every open run, unless the run already holds its iteration."""
         t = self.trainer
         step = int(record.get("iter", t.iter))
-        values = {f"{prefix}/{k}": float(v) for k, v in record.items()
-                  if k not in SKIPPED_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        values = scalar_values(record, prefix)
         for run in self.open.values():
             if step <= run.held or not values:
                 continue

@@ -11,7 +11,7 @@ from PIL import Image
 
 from detcore.apis.palette import class_color
 from detcore.apis.visualize import GAP_PX
-from tests.integration.helpers import SHAPES, detcore
+from tests.integration.helpers import SHAPES, detcore, final_val
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +63,10 @@ def test_tensorboard_holds_hparams_in_the_run_itself_and_gt_next_to_predictions(
     metrics = {m.name.tag for m in experiment.metric_infos}
     assert {"train/loss", "val/bbox_AP", "val/bbox_AP50"} <= metrics
     assert metrics <= set(acc.Tags()["scalars"])  # the HParams tab reads these scalars from the same run
+    # 128x128 shapes hold no large objects: pycocotools says APl/ARl -1, kept in metrics.jsonl, not plotted
+    assert final_val(work)["bbox_APl"] == -1 and "val/bbox_APl" not in acc.Tags()["scalars"]
+    constant = [t for t in acc.Tags()["scalars"] if {e.value for e in acc.Scalars(t)} == {-1.0}]
+    assert constant == [], constant
     image = acc.Images(acc.Tags()["images"][0])[-1]
     # ground truth | predictions, each 128x128 image drawn at 512x512, under a header line
     assert image.width == 2 * 512 + GAP_PX and 512 + 16 <= image.height <= 512 + 48

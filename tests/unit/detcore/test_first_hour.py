@@ -21,7 +21,7 @@ def test_hparams_are_the_cfg_options_keys_with_their_resolved_values() -> None:
                "missing.key=3"]
     assert hparams_from_options(cfg, options) == {"optimizer.lr": 0.02, "runner.max_iters": 8,
                                                   "lr_config.step": "[6, 7]", "seed": "null", "missing.key": "3"}
-    assert metric_tags({"bbox_AP": 0.5, "bbox_AP_cat": 0.4}) == ["train/loss", "val/bbox_AP"]
+    assert metric_tags({"bbox_AP": 0.5, "bbox_AP_cat": 0.4, "bbox_APl": -1.0}) == ["train/loss", "val/bbox_AP"]
 
 
 def trainer(it: int, max_iters: int, by_epoch: bool = False, per_epoch: int = 10) -> SimpleNamespace:

@@ -103,3 +103,13 @@ def test_amp_from_the_config_is_read_like_the_flag(tmp_path: Path, caplog: pytes
     assert on_gpu or "mixed precision (--amp, amp: true) needs a CUDA device" in caplog.text
     with pytest.raises(ConfigError, match="amp must be true or false"):
         load_config(SHAPES, ["amp=yes please"])
+
+
+def test_scalars_leave_out_coordinates_flags_and_pycocotools_unmeasured() -> None:
+    from detcore.engine.hooks import scalar_values
+
+    val = {"mode": "val", "epoch": 1, "iter": 20, "bbox_AP": 0.5, "bbox_APl": -1.0, "bbox_ARl": -1, "ok": True,
+           "name": "x"}
+    assert scalar_values(val, "val") == {"val/bbox_AP": 0.5}
+    train = {"mode": "train", "iter": 20, "loss": -1.0, "lr": 0.02}  # -1 is only a sentinel in evaluations
+    assert scalar_values(train, "train") == {"train/loss": -1.0, "train/lr": 0.02}
