@@ -223,15 +223,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("launcher: nothing removed", file=sys.stderr)
                 return 1
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.transaction():
         for exp in exps:
             store.delete(exp.id)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     for exp in exps:
         print(f"{exp.id}: removed")
     for work_dir in purge:

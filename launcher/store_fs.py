@@ -1,0 +1,123 @@
+"""Which kind of filesystem holds the experiment store: local, or shared between hosts over a network.
+
+SQLite's WAL mode keeps its index in shared memory (``experiments.db-shm``, mmap'ed), which processes on
+two hosts cannot share: on NFS, Lustre, GPFS and the like two login nodes (or a login node and a job)
+writing one WAL store can corrupt it. :class:`launcher.store.ExperimentStore` therefore asks
+:func:`store_on_network` and, on a network filesystem, keeps a rollback journal and serialises writers
+through a cross-host lock.
+
+The type is read from the mount table (``/proc/self/mountinfo``, else ``/proc/mounts``): ``statfs``'s
+``f_type`` is not exposed by :func:`os.statvfs`, and the mount table names FUSE filesystems by their
+subtype (``fuse.sshfs``), which ``f_type`` does not. ``LAUNCHER_STORE_FS=network|local`` overrides the
+detection (``auto``, or unset, detects).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import LauncherError
+
+STORE_FS_ENV = "LAUNCHER_STORE_FS"
+MOUNTINFO = Path("/proc/self/mountinfo")
+MOUNTS = Path("/proc/mounts")
+
+# Filesystems whose files other hosts share (SQLite's shared-memory WAL index cannot work across them).
+NETWORK_TYPES = frozenset({
+    "nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs", "afs", "9p",
+    "ocfs2", "gfs2", "panfs", "wekafs", "pvfs2", "orangefs", "davfs", "ncpfs", "virtiofs", "cvfs", "quobyte",
+})
+# fuseblk is a local block device (ntfs-3g, exfat); every other FUSE filesystem (sshfs, gcsfuse, s3fs,
+# glusterfs, ...) may be remote, and SQLite's WAL index is unsafe over most of them.
+_LOCAL_FUSE = frozenset({"fuseblk", "fuse.lxcfs", "fuse.portal", "fuse.gvfsd-fuse"})
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount: where it is mounted and its filesystem type (``fuse.sshfs`` for FUSE subtypes)."""
+
+    point: str
+    fstype: str
+
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in mount points as octal escapes (``\\040``)."""
+    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The mounts of a ``/proc/self/mountinfo`` text (``ID PARENT MAJ:MIN ROOT POINT OPTS [TAGS...] - TYPE
+    SOURCE SUPEROPTS``); lines that do not parse are skipped."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)
+            mounts.append(Mount(point=_unescape(fields[4]), fstype=fields[dash + 1]))
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """The mounts of a ``/proc/mounts`` text (``SOURCE POINT TYPE OPTS DUMP PASS``)."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) >= 3:
+            mounts.append(Mount(point=_unescape(fields[1]), fstype=fields[2]))
+    return mounts
+
+
+def mount_of(path: str | os.PathLike, mounts: list[Mount]) -> Mount | None:
+    """The mount holding ``path`` (an absolute, resolved path): the longest mount point that is ``path``
+    or one of its parents; the last one mounted wins when several share a point (a mount over a mount)."""
+    target = os.path.normpath(os.fspath(path))
+    best: Mount | None = None
+    for mount in mounts:
+        point = mount.point.rstrip("/") or "/"
+        inside = target == point or target.startswith(point + "/") or point == "/"
+        if inside and (best is None or len(point) >= len(best.point.rstrip("/") or "/")):
+            best = mount
+    return best
+
+
+def is_network_type(fstype: str) -> bool:
+    """Whether a mount-table filesystem type is shared between hosts (``nfs4``, ``lustre``, ``fuse.sshfs``...)."""
+    if fstype in NETWORK_TYPES:
+        return True
+    return (fstype == "fuse" or fstype.startswith("fuse.")) and fstype not in _LOCAL_FUSE
+
+
+def read_mount_table() -> list[Mount]:
+    """This process's mounts; empty where the kernel exposes no mount table (not Linux)."""
+    for path, parse in ((MOUNTINFO, parse_mountinfo), (MOUNTS, parse_mounts)):
+        try:
+            return parse(path.read_text(encoding="utf-8", errors="surrogateescape"))
+        except OSError:
+            continue
+    return []
+
+
+def filesystem_type(path: str | os.PathLike) -> str:
+    """The mount-table type of the filesystem holding ``path`` (resolved); "" when unknown."""
+    mount = mount_of(os.path.realpath(path), read_mount_table())
+    return mount.fstype if mount is not None else ""
+
+
+def store_on_network(home: str | os.PathLike) -> tuple[bool, str]:
+    """Whether the store in ``home`` must be kept as on a network filesystem, and why (for the logs):
+    ``LAUNCHER_STORE_FS`` when set to ``network`` or ``local``, else the mount table's type."""
+    forced = os.environ.get(STORE_FS_ENV, "").strip().lower()
+    if forced in ("network", "local"):
+        return forced == "network", f"{STORE_FS_ENV}={forced}"
+    if forced not in ("", "auto"):
+        raise LauncherError(f"{STORE_FS_ENV}={os.environ[STORE_FS_ENV]!r} is not a store filesystem kind; "
+                            f"expected network, local or auto (detect from the mount table)")
+    fstype = filesystem_type(home)
+    return is_network_type(fstype), f"{home} is on {fstype or 'an unknown filesystem'}"
