@@ -464,8 +464,11 @@ def _leave_wal(conn: sqlite3.Connection, path: Path, why: str) -> None:
     tries again."""
     if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         return
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower()
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower()
+    except sqlite3.OperationalError:  # "database is locked": another connection has it open in WAL
+        mode = "wal"
     if mode == "wal":
         logger.warning("%s: the store stays in WAL mode, unsafe across hosts, while another launcher holds it "
                        "open (%s); it switches to a rollback journal when opened after that one ends", path, why)
