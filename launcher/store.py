@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 INIT_LOCK_TIMEOUT_S = 60.0
 WRITE_LOCK_TIMEOUT_S = 120.0
+# a filesystem without working file locks (NFS without lockd, Lustre mounted noflock)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 # why a home cannot be written: the store is then read as it is
 _CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
@@ -85,6 +87,8 @@ class ExperimentStore:
                 # The check, a repair and the creation of the schema each happen once, under this lock.
                 held.enter_context(blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S))
             except OSError as exc:
+                if exc.errno in _NO_LOCKS:
+                    raise _no_locks(self.home, exc) from None
                 if exc.errno not in _CANNOT_WRITE:  # LAUNCHER_HOME is a file, the lock a folder, ...
                     raise LauncherError(f"cannot open the experiment store in {self.home}: {exc.strerror} "
                                         f"({exc.filename}); LAUNCHER_HOME must be a folder of yours") from None
@@ -109,7 +113,13 @@ class ExperimentStore:
         if found:
             self.repaired = store_repair.repair(self.home, self.path, found)
             logger.warning("%s", self.repaired)
-        self.on_network, why = store_fs.store_on_network(self.home)
+        fs = store_fs.store_filesystem(self.home)
+        self.on_network = fs.network
+        if fs.local_locks:
+            logger.warning("%s is mounted with %s: file locks do not reach other hosts, so launchers on two hosts "
+                           "writing this store at once can corrupt it; use it from one host only (and set "
+                           "LAUNCHER_STORE_FS=local to say so), or remount it with working locks", self.home,
+                           fs.local_locks)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=30000")
@@ -126,7 +136,7 @@ class ExperimentStore:
             elif version != SCHEMA_VERSION:
                 create_schema(conn, "DELETE" if self.on_network else "WAL")
             if self.on_network:
-                _leave_wal(conn, self.path, why)
+                _leave_wal(conn, self.path, fs.why)
         # A rollback journal commits safely only with a sync at each commit (FULL); WAL is safe with NORMAL.
         conn.execute(f"PRAGMA synchronous={'FULL' if self.on_network else 'NORMAL'}")
         if not records.records_complete(self.home):
@@ -197,7 +207,8 @@ class ExperimentStore:
             self._conn = None
 
     # ---- write transactions ---------------------------------------------------------------------
-    def _write_lock(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _write_lock(self):
         """On a network filesystem, the exclusive cross-host lock every write transaction holds
         (``experiments.db.write-lock``); nothing on a local one.
 
@@ -213,8 +224,19 @@ class ExperimentStore:
         costs a round trip to the server.
         """
         if not self.on_network:
-            return contextlib.nullcontext()
-        return blocking_flock(self.home / "experiments.db.write-lock", WRITE_LOCK_TIMEOUT_S)
+            yield
+            return
+        try:
+            lock = blocking_flock(self.home / "experiments.db.write-lock", WRITE_LOCK_TIMEOUT_S)
+            lock.__enter__()
+        except OSError as exc:
+            if exc.errno in _NO_LOCKS:
+                raise _no_locks(self.home, exc) from None
+            raise
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -455,6 +477,12 @@ class ExperimentStore:
                 (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,
                  json.dumps(history), values["world_size"], values["total_batch"], values["lr"], values["scaling"],
                  values["resources"], values["spec"], values["config_hash"], time.time(), exp_id))
+
+
+def _no_locks(home: Path, exc: OSError) -> LauncherError:
+    return LauncherError(f"the filesystem of {home} cannot lock files ({exc.strerror}), and the experiment store "
+                         f"needs locks to be written safely; mount it with locks (NFS: lockd running, not "
+                         f"`nolock`; Lustre: `-o flock`), or set LAUNCHER_HOME to a local folder")
 
 
 def _leave_wal(conn: sqlite3.Connection, path: Path, why: str) -> None:

@@ -40,6 +40,7 @@ class Mount:
 
     point: str
     fstype: str
+    options: frozenset[str] = frozenset()  # the mount's and the filesystem's options (``vers=4.2``, ``nolock``)
 
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -58,7 +59,8 @@ def parse_mountinfo(text: str) -> list[Mount]:
         fields = line.split(" ")
         try:
             dash = fields.index("-", 6)
-            mounts.append(Mount(point=_unescape(fields[4]), fstype=fields[dash + 1]))
+            options = fields[5].split(",") + (fields[dash + 3].split(",") if len(fields) > dash + 3 else [])
+            mounts.append(Mount(point=_unescape(fields[4]), fstype=fields[dash + 1], options=frozenset(options)))
         except (ValueError, IndexError):
             continue
     return mounts
@@ -70,7 +72,8 @@ def parse_mounts(text: str) -> list[Mount]:
     for line in text.splitlines():
         fields = line.split(" ")
         if len(fields) >= 3:
-            mounts.append(Mount(point=_unescape(fields[1]), fstype=fields[2]))
+            options = frozenset(fields[3].split(",")) if len(fields) > 3 else frozenset()
+            mounts.append(Mount(point=_unescape(fields[1]), fstype=fields[2], options=options))
     return mounts
 
 
@@ -94,6 +97,16 @@ def is_network_type(fstype: str) -> bool:
     return (fstype == "fuse" or fstype.startswith("fuse.")) and fstype not in _LOCAL_FUSE
 
 
+def local_locks(mount: Mount) -> str:
+    """The mount option under which file locks stay on this host (NFS ``nolock`` or ``local_lock=...``,
+    Lustre ``localflock``) or do not work (Lustre ``noflock``); "" when they reach the other hosts."""
+    for option in sorted(mount.options):
+        if option in ("nolock", "localflock", "noflock") or option in ("local_lock=all", "local_lock=flock",
+                                                                        "local_lock=posix"):
+            return option
+    return ""
+
+
 def read_mount_table() -> list[Mount]:
     """This process's mounts; empty where the kernel exposes no mount table (not Linux)."""
     for path, parse in ((MOUNTINFO, parse_mountinfo), (MOUNTS, parse_mounts)):
@@ -104,20 +117,26 @@ def read_mount_table() -> list[Mount]:
     return []
 
 
-def filesystem_type(path: str | os.PathLike) -> str:
-    """The mount-table type of the filesystem holding ``path`` (resolved); "" when unknown."""
-    mount = mount_of(os.path.realpath(path), read_mount_table())
-    return mount.fstype if mount is not None else ""
+@dataclass(frozen=True)
+class StoreFilesystem:
+    """What the store needs to know of the filesystem holding it."""
+
+    network: bool   # shared between hosts: a rollback journal and the cross-host write lock
+    why: str        # for the logs: ``/home/me/... is on nfs4`` or ``LAUNCHER_STORE_FS=network``
+    local_locks: str = ""  # a network mount whose locks stay on one host (``nolock``): unsafe from two hosts
 
 
-def store_on_network(home: str | os.PathLike) -> tuple[bool, str]:
-    """Whether the store in ``home`` must be kept as on a network filesystem, and why (for the logs):
-    ``LAUNCHER_STORE_FS`` when set to ``network`` or ``local``, else the mount table's type."""
+def store_filesystem(home: str | os.PathLike) -> StoreFilesystem:
+    """How to keep the store in ``home``: ``LAUNCHER_STORE_FS`` when set to ``network`` or ``local``, else
+    from the mount table."""
     forced = os.environ.get(STORE_FS_ENV, "").strip().lower()
     if forced in ("network", "local"):
-        return forced == "network", f"{STORE_FS_ENV}={forced}"
+        return StoreFilesystem(forced == "network", f"{STORE_FS_ENV}={forced}")
     if forced not in ("", "auto"):
         raise LauncherError(f"{STORE_FS_ENV}={os.environ[STORE_FS_ENV]!r} is not a store filesystem kind; "
                             f"expected network, local or auto (detect from the mount table)")
-    fstype = filesystem_type(home)
-    return is_network_type(fstype), f"{home} is on {fstype or 'an unknown filesystem'}"
+    mount = mount_of(os.path.realpath(home), read_mount_table())
+    if mount is None:
+        return StoreFilesystem(False, f"{home} is on an unknown filesystem")
+    network = is_network_type(mount.fstype)
+    return StoreFilesystem(network, f"{home} is on {mount.fstype}", local_locks(mount) if network else "")

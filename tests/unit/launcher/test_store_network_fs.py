@@ -17,7 +17,8 @@ import launcher.store_fs as store_fs
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
-from launcher.store_fs import Mount, is_network_type, mount_of, parse_mountinfo, parse_mounts, store_on_network
+from launcher.store_fs import (Mount, StoreFilesystem, is_network_type, local_locks, mount_of, parse_mountinfo,
+                               parse_mounts, store_filesystem)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,8 +40,11 @@ not a mountinfo line
 
 def test_mountinfo_parser_reads_types_and_escaped_mount_points():
     mounts = parse_mountinfo(MOUNTINFO)
-    assert Mount("/home/me/My Data", "fuse.sshfs") in mounts
-    assert Mount("/home/me/back\\slash\ttab", "tmpfs") in mounts
+    points = {m.point: m for m in mounts}
+    assert points["/home/me/My Data"].fstype == "fuse.sshfs"
+    assert points["/home/me/back\\slash\ttab"].fstype == "tmpfs"
+    assert {"nosuid", "user_id=1000"} <= points["/home/me/My Data"].options  # the mount's and the filesystem's
+    assert "vers=4.2" in points["/home"].options
     assert len(mounts) == 10  # the line that does not parse is skipped
 
     def fstype(path: str) -> str:
@@ -84,15 +88,32 @@ def fake_mount_table(path: Path, fstype: str, under: Path) -> Path:
 def test_the_override_and_the_mount_table_decide(tmp_path, monkeypatch):
     monkeypatch.delenv(store_fs.STORE_FS_ENV, raising=False)
     monkeypatch.setattr(store_fs, "MOUNTINFO", fake_mount_table(tmp_path / "mountinfo", "nfs4", tmp_path / "n fs"))
-    assert store_on_network(tmp_path / "n fs" / "home") == (True, f"{tmp_path / 'n fs' / 'home'} is on nfs4")
-    assert store_on_network(tmp_path / "local")[0] is False
+    assert store_filesystem(tmp_path / "n fs" / "home") == \
+        StoreFilesystem(True, f"{tmp_path / 'n fs' / 'home'} is on nfs4")
+    assert store_filesystem(tmp_path / "local").network is False
     monkeypatch.setenv(store_fs.STORE_FS_ENV, "local")
-    assert store_on_network(tmp_path / "n fs" / "home") == (False, "LAUNCHER_STORE_FS=local")
+    assert store_filesystem(tmp_path / "n fs" / "home") == StoreFilesystem(False, "LAUNCHER_STORE_FS=local")
     monkeypatch.setenv(store_fs.STORE_FS_ENV, "Network")
-    assert store_on_network(tmp_path / "local")[0] is True
+    assert store_filesystem(tmp_path / "local").network is True
     monkeypatch.setenv(store_fs.STORE_FS_ENV, "nfs")
     with pytest.raises(LauncherError, match="LAUNCHER_STORE_FS='nfs' is not .* expected network, local or auto"):
-        store_on_network(tmp_path)
+        store_filesystem(tmp_path)
+
+
+def test_a_mount_whose_locks_stay_on_one_host_is_named(tmp_path, monkeypatch, caplog):
+    mounts = parse_mountinfo("95 27 0:45 / /home rw - nfs fs01:/home rw,vers=3,nolock,local_lock=all\n"
+                             "96 27 0:46 / /lus rw - lustre x@o2ib:/l rw,localflock\n"
+                             "97 27 0:47 / /ok rw - nfs4 fs01:/ok rw,vers=4.2,local_lock=none\n")
+    assert [local_locks(m) for m in mounts] == ["local_lock=all", "localflock", ""]
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"27 1 252:1 / / rw - ext4 /dev/vda1 rw\n"
+                         f"95 27 0:45 / {tmp_path} rw - nfs srv:/x rw,vers=3,nolock\n")
+    monkeypatch.setattr(store_fs, "MOUNTINFO", mountinfo)
+    monkeypatch.delenv(store_fs.STORE_FS_ENV, raising=False)
+    store = ExperimentStore(tmp_path / "home")
+    store.insert(experiment_from_spec(spec(1), JobState.PENDING))
+    assert "mounted with nolock: file locks do not reach other hosts" in caplog.text
+    store.close()
 
 
 def spec(i: int) -> JobSpec:
@@ -169,7 +190,7 @@ def test_two_hosts_writing_a_store_on_a_network_filesystem_lose_nothing(tmp_path
     shared = tmp_path / "shared home"
     home = shared / "detlaunch"
     mountinfo = fake_mount_table(tmp_path / "mountinfo", "nfs4", shared)
-    go, rows = tmp_path / "go", 150
+    go, rows = tmp_path / "go", 80
     monkeypatch.delenv(store_fs.STORE_FS_ENV, raising=False)
     writers = []
     for host in (1, 2):
@@ -212,3 +233,16 @@ def test_a_new_store_on_a_network_filesystem_never_uses_wal(tmp_path, monkeypatc
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert (tmp_path / "home" / "experiments.db.write-lock").exists()
     store.close()
+
+
+def test_a_filesystem_that_cannot_lock_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import launcher.store as store_module
+
+    def no_locks(path, timeout):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK), str(path))
+
+    monkeypatch.setattr(store_module, "blocking_flock", no_locks)
+    with pytest.raises(LauncherError, match=r"cannot lock files \(No locks available\).*Lustre: `-o flock`"):
+        ExperimentStore(tmp_path / "home").conn
