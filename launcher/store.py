@@ -213,15 +213,15 @@ class ExperimentStore:
         (``experiments.db.write-lock``); nothing on a local one.
 
         A kernel ``flock`` (:func:`launcher.locking.blocking_flock`), not a lock file created with
-        ``O_EXCL`` (filelock's ``SoftFileLock``): Linux (since 2.6.12) carries ``flock`` over NFS as a POSIX
-        lock through lockd (NFSv3) or the server's own locks (NFSv4), GPFS, CephFS and BeeGFS lock across
-        nodes, and Lustre does with its ``flock`` mount option. Those are the same locks SQLite's rollback
-        journal relies on to keep readers from a half-written file, so where they do not work no lock of
-        ours makes SQLite safe; where they do, the lock is dropped when its holder dies (or, for a dead
-        host, when the server's lease ends), whereas an ``O_EXCL`` file left by a killed command would
-        block every later write until someone deletes it by hand. Holding it around each write also
-        queues writers in the kernel instead of in SQLite's busy-wait polling, which on NFS each
-        costs a round trip to the server.
+        ``O_EXCL`` (filelock's ``SoftFileLock``). Linux (since 2.6.12) carries ``flock`` over NFS as a
+        POSIX lock through lockd (NFSv3) or the server's own locks (NFSv4); GPFS, CephFS and BeeGFS lock
+        across nodes, and Lustre does with its ``flock`` mount option. Those are the locks SQLite's
+        rollback journal itself relies on to keep readers off a half-written file, so where they do not
+        work no lock of ours makes SQLite safe. Where they do, the lock is dropped when its holder dies
+        (for a dead host: on NFSv4 when the server's lease ends, on NFSv3 when the host's statd reports
+        its restart), whereas an ``O_EXCL`` file left by a killed command would block every later write
+        until someone deletes it by hand. Holding it around each write also queues writers in the kernel
+        instead of in SQLite's busy-wait polling, each poll of which costs a round trip to the server.
         """
         if not self.on_network:
             yield
