@@ -3,7 +3,7 @@
 WAL mode, a 30 s busy timeout and one short transaction per write, so many CLIs can write at
 once without losing an update. On a network filesystem (NFS, Lustre, GPFS, ...; :mod:`launcher.store_fs`)
 WAL is unsafe across hosts, so the store keeps a rollback journal there and every write transaction also
-holds a cross-host lock (see :meth:`ExperimentStore._write_lock`). Two kinds of writes, by two kinds of
+holds a cross-host lock (see :func:`launcher.store_fs.write_lock`). Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
 ``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
 comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 INIT_LOCK_TIMEOUT_S = 60.0
-WRITE_LOCK_TIMEOUT_S = 120.0
-# a filesystem without working file locks (NFS without lockd, Lustre mounted noflock)
-_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 # why a home cannot be written: the store is then read as it is
 _CANNOT_WRITE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT)
 
@@ -87,8 +84,8 @@ class ExperimentStore:
                 # The check, a repair and the creation of the schema each happen once, under this lock.
                 held.enter_context(blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S))
             except OSError as exc:
-                if exc.errno in _NO_LOCKS:
-                    raise _no_locks(self.home, exc) from None
+                if exc.errno in store_fs.NO_LOCKS:
+                    raise store_fs.no_locks_error(self.home, exc) from None
                 if exc.errno not in _CANNOT_WRITE:  # LAUNCHER_HOME is a file, the lock a folder, ...
                     raise LauncherError(f"cannot open the experiment store in {self.home}: {exc.strerror} "
                                         f"({exc.filename}); LAUNCHER_HOME must be a folder of yours") from None
@@ -136,7 +133,7 @@ class ExperimentStore:
             elif version != SCHEMA_VERSION:
                 create_schema(conn, "DELETE" if self.on_network else "WAL")
             if self.on_network:
-                _leave_wal(conn, self.path, fs.why)
+                store_fs.leave_wal(conn, self.path, fs.why)
         # A rollback journal commits safely only with a sync at each commit (FULL); WAL is safe with NORMAL.
         conn.execute(f"PRAGMA synchronous={'FULL' if self.on_network else 'NORMAL'}")
         if not records.records_complete(self.home):
@@ -207,36 +204,12 @@ class ExperimentStore:
             self._conn = None
 
     # ---- write transactions ---------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _write_lock(self):
-        """On a network filesystem, the exclusive cross-host lock every write transaction holds
-        (``experiments.db.write-lock``); nothing on a local one.
-
-        A kernel ``flock`` (:func:`launcher.locking.blocking_flock`), not a lock file created with
-        ``O_EXCL`` (filelock's ``SoftFileLock``). Linux (since 2.6.12) carries ``flock`` over NFS as a
-        POSIX lock through lockd (NFSv3) or the server's own locks (NFSv4); GPFS, CephFS and BeeGFS lock
-        across nodes, and Lustre does with its ``flock`` mount option. Those are the locks SQLite's
-        rollback journal itself relies on to keep readers off a half-written file, so where they do not
-        work no lock of ours makes SQLite safe. Where they do, the lock is dropped when its holder dies
-        (for a dead host: on NFSv4 when the server's lease ends, on NFSv3 when the host's statd reports
-        its restart), whereas an ``O_EXCL`` file left by a killed command would block every later write
-        until someone deletes it by hand. Holding it around each write also queues writers in the kernel
-        instead of in SQLite's busy-wait polling, each poll of which costs a round trip to the server.
-        """
+    def _write_lock(self) -> contextlib.AbstractContextManager:
+        """The cross-host write lock on a network filesystem (:func:`launcher.store_fs.write_lock`); nothing
+        on a local one."""
         if not self.on_network:
-            yield
-            return
-        try:
-            lock = blocking_flock(self.home / "experiments.db.write-lock", WRITE_LOCK_TIMEOUT_S)
-            lock.__enter__()
-        except OSError as exc:
-            if exc.errno in _NO_LOCKS:
-                raise _no_locks(self.home, exc) from None
-            raise
-        try:
-            yield
-        finally:
-            lock.__exit__(None, None, None)
+            return contextlib.nullcontext()
+        return store_fs.write_lock(self.home)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -477,31 +450,6 @@ class ExperimentStore:
                 (JobState.PENDING.value, spec.backend, job_id, json.dumps(dict(extra), sort_keys=True), spec.run_id,
                  json.dumps(history), values["world_size"], values["total_batch"], values["lr"], values["scaling"],
                  values["resources"], values["spec"], values["config_hash"], time.time(), exp_id))
-
-
-def _no_locks(home: Path, exc: OSError) -> LauncherError:
-    return LauncherError(f"the filesystem of {home} cannot lock files ({exc.strerror}), and the experiment store "
-                         f"needs locks to be written safely; mount it with locks (NFS: lockd running, not "
-                         f"`nolock`; Lustre: `-o flock`), or set LAUNCHER_HOME to a local folder")
-
-
-def _leave_wal(conn: sqlite3.Connection, path: Path, why: str) -> None:
-    """Switch a WAL store to a rollback journal (the caller holds the write lock): every committed page is
-    first copied from the WAL into the database (a checkpoint), then SQLite deletes the WAL and its index.
-    Another process that still has the store open in WAL keeps it there; that is said, and the next open
-    tries again."""
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        return
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower()
-    except sqlite3.OperationalError:  # "database is locked": another connection has it open in WAL
-        mode = "wal"
-    if mode == "wal":
-        logger.warning("%s: the store stays in WAL mode, unsafe across hosts, while another launcher holds it "
-                       "open (%s); it switches to a rollback journal when opened after that one ends", path, why)
-    else:
-        logger.info("%s: switched the store from WAL to a rollback journal (%s)", path, why)
 
 
 def _nearly_full(folder: Path) -> bool:

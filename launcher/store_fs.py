@@ -1,4 +1,5 @@
-"""Which kind of filesystem holds the experiment store: local, or shared between hosts over a network.
+"""Which kind of filesystem holds the experiment store (local, or shared between hosts over a network),
+and what keeps the store safe on a network one: the cross-host write lock and the switch out of WAL.
 
 SQLite's WAL mode keeps its index in shared memory (``experiments.db-shm``, mmap'ed), which processes on
 two hosts cannot share: on NFS, Lustre, GPFS and the like two login nodes (or a login node and a job)
@@ -13,16 +14,27 @@ detection (``auto``, or unset, detects).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from launcher.errors import LauncherError
+from launcher.locking import blocking_flock
+
+logger = logging.getLogger(__name__)
 
 STORE_FS_ENV = "LAUNCHER_STORE_FS"
 MOUNTINFO = Path("/proc/self/mountinfo")
 MOUNTS = Path("/proc/mounts")
+WRITE_LOCK_TIMEOUT_S = 120.0
+# a filesystem without working file locks (NFS without lockd, Lustre mounted noflock)
+NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)
 
 # Filesystems whose files other hosts share (SQLite's shared-memory WAL index cannot work across them).
 NETWORK_TYPES = frozenset({
@@ -140,3 +152,57 @@ def store_filesystem(home: str | os.PathLike) -> StoreFilesystem:
         return StoreFilesystem(False, f"{home} is on an unknown filesystem")
     network = is_network_type(mount.fstype)
     return StoreFilesystem(network, f"{home} is on {mount.fstype}", local_locks(mount) if network else "")
+
+
+@contextlib.contextmanager
+def write_lock(home: Path) -> Iterator[None]:
+    """The exclusive cross-host lock every write transaction to the store in ``home`` holds on a network
+    filesystem (``experiments.db.write-lock``); one error line where the filesystem cannot lock.
+
+    A kernel ``flock`` (:func:`launcher.locking.blocking_flock`), not a lock file created with
+    ``O_EXCL`` (filelock's ``SoftFileLock``). Linux (since 2.6.12) carries ``flock`` over NFS as a
+    POSIX lock through lockd (NFSv3) or the server's own locks (NFSv4); GPFS, CephFS and BeeGFS lock
+    across nodes, and Lustre does with its ``flock`` mount option. Those are the locks SQLite's
+    rollback journal itself relies on to keep readers off a half-written file, so where they do not
+    work no lock of ours makes SQLite safe. Where they do, the lock is dropped when its holder dies
+    (for a dead host: on NFSv4 when the server's lease ends, on NFSv3 when the host's statd reports
+    its restart), whereas an ``O_EXCL`` file left by a killed command would block every later write
+    until someone deletes it by hand. Holding it around each write also queues writers in the kernel
+    instead of in SQLite's busy-wait polling, each poll of which costs a round trip to the server.
+    """
+    try:
+        lock = blocking_flock(home / "experiments.db.write-lock", WRITE_LOCK_TIMEOUT_S)
+        lock.__enter__()
+    except OSError as exc:
+        if exc.errno in NO_LOCKS:
+            raise no_locks_error(home, exc) from None
+        raise
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def no_locks_error(home: Path, exc: OSError) -> LauncherError:
+    return LauncherError(f"the filesystem of {home} cannot lock files ({exc.strerror}), and the experiment store "
+                         f"needs locks to be written safely; mount it with locks (NFS: lockd running, not "
+                         f"`nolock`; Lustre: `-o flock`), or set LAUNCHER_HOME to a local folder")
+
+
+def leave_wal(conn: sqlite3.Connection, path: Path, why: str) -> None:
+    """Switch a WAL store to a rollback journal (the caller holds the write lock): every committed page is
+    first copied from the WAL into the database (a checkpoint), then SQLite deletes the WAL and its index.
+    Another process that still has the store open in WAL keeps it there; that is said, and the next open
+    tries again."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        return
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0].lower()
+    except sqlite3.OperationalError:  # "database is locked": another connection has it open in WAL
+        mode = "wal"
+    if mode == "wal":
+        logger.warning("%s: the store stays in WAL mode, unsafe across hosts, while another launcher holds it "
+                       "open (%s); it switches to a rollback journal when opened after that one ends", path, why)
+    else:
+        logger.info("%s: switched the store from WAL to a rollback journal (%s)", path, why)

@@ -141,7 +141,7 @@ def test_a_wal_store_moves_to_a_rollback_journal_with_every_row(tmp_path, monkey
     assert journal_mode(home / "experiments.db") == "wal"
 
     monkeypatch.setenv(store_fs.STORE_FS_ENV, "network")
-    caplog.set_level(logging.INFO, logger="launcher.store")
+    caplog.set_level(logging.INFO, logger="launcher.store_fs")
     held = ExperimentStore(home)  # the local one still holds it open in WAL: it cannot switch yet
     assert len(held.list()) == 40
     assert "stays in WAL mode" in caplog.text
