@@ -174,7 +174,13 @@ def cmd_store(args: argparse.Namespace) -> int:
             print(f"{store.path}: {problem}; `launcher store repair` keeps it aside and rebuilds it")
             return 1
         count = store.conn.execute("SELECT count(*) FROM experiments").fetchone()[0]
-        print(f"{store.path}: ok (SQLite's integrity_check), {count} experiment(s)")
+        kept = ""
+        if store.filesystem:  # opened read-write: how it is kept, and why
+            mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            how = "kept for a network filesystem: rollback journal and a write lock" if store.on_network \
+                else f"journal mode {mode}"
+            kept = f"; {how} ({store.filesystem})"
+        print(f"{store.path}: ok (SQLite's integrity_check), {count} experiment(s){kept}")
         return 0
     store.conn  # opening it rebuilds a damaged or lost store and says so
     restored = store.restore_missing()

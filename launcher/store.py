@@ -67,6 +67,7 @@ class ExperimentStore:
         self.repaired = ""    # the line saying how opening this store rebuilt it ("" when it did not)
         self._conn: sqlite3.Connection | None = None
         self.on_network: bool | None = None  # the home is on a network filesystem (known once opened)
+        self.filesystem = ""  # why it is, or is not, taken for one ("/home/me/... is on nfs4"; once opened)
         self._record_warned = False
         self._read_only_noted = False
 
@@ -111,7 +112,7 @@ class ExperimentStore:
             self.repaired = store_repair.repair(self.home, self.path, found)
             logger.warning("%s", self.repaired)
         fs = store_fs.store_filesystem(self.home)
-        self.on_network = fs.network
+        self.on_network, self.filesystem = fs.network, fs.why
         if fs.local_locks:
             logger.warning("%s is mounted with %s: file locks do not reach other hosts, so launchers on two hosts "
                            "writing this store at once can corrupt it; use it from one host only (and set "

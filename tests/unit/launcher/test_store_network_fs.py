@@ -220,7 +220,7 @@ def test_two_hosts_writing_a_store_on_a_network_filesystem_lose_nothing(tmp_path
     check = subprocess.run([sys.executable, "-m", "launcher", "store", "check"], env=env, capture_output=True,
                            text=True, timeout=120)
     assert check.returncode == 0, check.stderr
-    assert f"ok (SQLite's integrity_check), {2 * rows} experiment(s)" in check.stdout
+    assert f"ok (SQLite's integrity_check), {2 * rows} experiment(s); kept for a network filesystem" in check.stdout
 
 
 def test_a_new_store_on_a_network_filesystem_never_uses_wal(tmp_path, monkeypatch):
