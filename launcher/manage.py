@@ -176,7 +176,13 @@ def cmd_store(args: argparse.Namespace) -> int:
             print(f"{store.path}: {problem}; `launcher store repair` keeps it aside and rebuilds it")
             return 1
         count = store.conn.execute("SELECT count(*) FROM experiments").fetchone()[0]
-        print(f"{store.path}: ok (SQLite's integrity_check), {count} experiment(s)")
+        kept = ""
+        if store.filesystem:  # opened read-write: how it is kept, and why
+            mode = store.conn.execute("PRAGMA journal_mode").fetchone()[0]
+            how = "kept for a network filesystem: rollback journal and a write lock" if store.on_network \
+                else f"journal mode {mode}"
+            kept = f"; {how} ({store.filesystem})"
+        print(f"{store.path}: ok (SQLite's integrity_check), {count} experiment(s){kept}")
         return 0
     store.conn  # opening it rebuilds a damaged or lost store and says so
     restored = store.restore_missing()
@@ -225,15 +231,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("launcher: nothing removed", file=sys.stderr)
                 return 1
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.transaction():
         for exp in exps:
             store.delete(exp.id)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     for exp in exps:
         print(f"{exp.id}: removed")
     for work_dir in purge:

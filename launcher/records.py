@@ -8,7 +8,8 @@ top of a newer one. Metrics are not kept here: they are read again from the work
 
 ``records/.complete`` says every row of the store has a record (written once the first time a
 store is opened by a launcher that keeps records); before that, a rebuild also reads the job
-folders. Writes skip ``fsync``: the store itself commits without one (WAL, ``synchronous=NORMAL``).
+folders. Writes skip ``fsync``: on a local disk the store itself commits without one (WAL,
+``synchronous=NORMAL``), and a record lost to a crash is written again with its row's next change.
 """
 from __future__ import annotations
 

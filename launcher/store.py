@@ -1,7 +1,9 @@
 """The experiment store: one SQLite row per experiment under ``$LAUNCHER_HOME``.
 
 WAL mode, a 30 s busy timeout and one short transaction per write, so many CLIs can write at
-once without losing an update. Two kinds of writes, by two kinds of
+once without losing an update. On a network filesystem (NFS, Lustre, GPFS, ...; :mod:`launcher.store_fs`)
+WAL is unsafe across hosts, so the store keeps a rollback journal there and every write transaction also
+holds a cross-host lock (see :func:`launcher.store_fs.write_lock`). Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
 ``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
 comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from launcher import records
+from launcher import records, store_fs
 from launcher.errors import LauncherError
 from launcher.locking import blocking_flock
 from launcher.state import JobState
@@ -64,6 +66,8 @@ class ExperimentStore:
         self.read_only = ""   # why the store cannot be written ("" while it can)
         self.repaired = ""    # the line saying how opening this store rebuilt it ("" when it did not)
         self._conn: sqlite3.Connection | None = None
+        self.on_network: bool | None = None  # the home is on a network filesystem (known once opened)
+        self.filesystem = ""  # why it is, or is not, taken for one ("/home/me/... is on nfs4"; once opened)
         self._record_warned = False
         self._read_only_noted = False
 
@@ -81,6 +85,8 @@ class ExperimentStore:
                 # The check, a repair and the creation of the schema each happen once, under this lock.
                 held.enter_context(blocking_flock(self.home / "experiments.db.init-lock", INIT_LOCK_TIMEOUT_S))
             except OSError as exc:
+                if exc.errno in store_fs.NO_LOCKS:
+                    raise store_fs.no_locks_error(self.home, exc) from None
                 if exc.errno not in _CANNOT_WRITE:  # LAUNCHER_HOME is a file, the lock a folder, ...
                     raise LauncherError(f"cannot open the experiment store in {self.home}: {exc.strerror} "
                                         f"({exc.filename}); LAUNCHER_HOME must be a folder of yours") from None
@@ -105,21 +111,32 @@ class ExperimentStore:
         if found:
             self.repaired = store_repair.repair(self.home, self.path, found)
             logger.warning("%s", self.repaired)
+        fs = store_fs.store_filesystem(self.home)
+        self.on_network, self.filesystem = fs.network, fs.why
+        if fs.local_locks:
+            logger.warning("%s is mounted with %s: file locks do not reach other hosts, so launchers on two hosts "
+                           "writing this store at once can corrupt it; use it from one host only (and set "
+                           "LAUNCHER_STORE_FS=local to say so), or remount it with working locks", self.home,
+                           fs.local_locks)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout=30000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version in MIGRATIONS:  # a store written by an older launcher: add the new columns, all or none
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                migrate(conn, version)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        elif version != SCHEMA_VERSION:
-            create_schema(conn)
-        conn.execute("PRAGMA synchronous=NORMAL")
+        with self._write_lock():
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version in MIGRATIONS:  # a store written by an older launcher: add the new columns, all or none
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    migrate(conn, version)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            elif version != SCHEMA_VERSION:
+                create_schema(conn, "DELETE" if self.on_network else "WAL")
+            if self.on_network:
+                store_fs.leave_wal(conn, self.path, fs.why)
+        # A rollback journal commits safely only with a sync at each commit (FULL); WAL is safe with NORMAL.
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.on_network else 'NORMAL'}")
         if not records.records_complete(self.home):
             self._write_all_records(conn)
         return conn
@@ -187,24 +204,39 @@ class ExperimentStore:
             self._conn.close()
             self._conn = None
 
+    # ---- write transactions ---------------------------------------------------------------------
+    def _write_lock(self) -> contextlib.AbstractContextManager:
+        """The cross-host write lock on a network filesystem (:func:`launcher.store_fs.write_lock`); nothing
+        on a local one."""
+        if not self.on_network:
+            return contextlib.nullcontext()
+        return store_fs.write_lock(self.home)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on an error), holding the
+        cross-host write lock on a network filesystem; joins the caller's transaction when one is open."""
+        conn = self.writable()
+        if conn.in_transaction:
+            yield conn
+            return
+        with self._write_lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     # ---- records (the copies a repair rebuilds the store from) ----------------------------------
     @contextlib.contextmanager
     def _recorded(self, exp_id: str):
         """One write transaction; the row is copied to its record before the commit, so records are written
         in commit order. Joins the caller's transaction when one is open."""
-        conn = self.writable()
-        own = not conn.in_transaction
-        if own:
-            conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as conn:
             yield conn
             self._save_record(conn, exp_id)
-        except BaseException:
-            if own:
-                conn.execute("ROLLBACK")
-            raise
-        if own:
-            conn.execute("COMMIT")
 
     def _save_record(self, conn: sqlite3.Connection, exp_id: str) -> None:
         row = conn.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
@@ -246,17 +278,11 @@ class ExperimentStore:
         record being written by another command now is either committed or not yet there); what was added."""
         from launcher import store_repair
 
-        conn = self.writable()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction() as conn:
             have = {r[0] for r in conn.execute("SELECT id FROM experiments")}
             restored = store_repair.fill_from_disk(conn, self.home, skip=have)
             for exp_id in restored.ids:
                 self._save_record(conn, exp_id)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return restored
 
     # ---- rows -------------------------------------------------------------------------------
@@ -343,11 +369,11 @@ class ExperimentStore:
         """Write a backend's status unless the row is already terminal (or, with ``run_id``, has moved on to
         another launch); True when a row changed. Only :mod:`launcher.reconcile` calls this. An ending is also
         written to the row's record."""
-        conn = self.writable()
         if status.state.is_terminal():
-            with self._recorded(exp_id):
+            with self._recorded(exp_id) as conn:
                 return self._write_status(conn, exp_id, status, run_id)
-        return self._write_status(conn, exp_id, status, run_id)
+        with self.transaction() as conn:
+            return self._write_status(conn, exp_id, status, run_id)
 
     @staticmethod
     def _write_status(conn: sqlite3.Connection, exp_id: str, status: JobStatus, run_id: str | None) -> bool:
@@ -371,13 +397,14 @@ class ExperimentStore:
                        max_epoch: int | None = None) -> None:
         """The newest metrics (and, when given, the best evaluation and the run's length); only
         :mod:`launcher.reconcile` calls this."""
-        self.writable().execute(
-            "UPDATE experiments SET last_iter = ?, last_loss = ?, last_ap = ?, last_metrics = ?, "
-            "best_ap = COALESCE(?, best_ap), best_metrics = COALESCE(?, best_metrics), "
-            "max_iter = COALESCE(?, max_iter), max_epoch = COALESCE(?, max_epoch), updated = ? WHERE id = ?",
-            (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), best_ap,
-             json.dumps(dict(best), sort_keys=True) if best is not None else None, max_iter, max_epoch, time.time(),
-             exp_id))
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE experiments SET last_iter = ?, last_loss = ?, last_ap = ?, last_metrics = ?, "
+                "best_ap = COALESCE(?, best_ap), best_metrics = COALESCE(?, best_metrics), "
+                "max_iter = COALESCE(?, max_iter), max_epoch = COALESCE(?, max_epoch), updated = ? WHERE id = ?",
+                (last_iter, loss, ap, json.dumps(dict(metrics), sort_keys=True), best_ap,
+                 json.dumps(dict(best), sort_keys=True) if best is not None else None, max_iter, max_epoch, time.time(),
+                 exp_id))
 
     # ---- what the user says about a row (the commands write these) -----------------------------
     def update_tags(self, exp_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> list[str]:
@@ -399,9 +426,10 @@ class ExperimentStore:
     def record_scaling(self, exp_id: str, scaling: Mapping[str, Any]) -> None:
         """The scaling the worker applied (its ``scaling`` fact): ``total_batch``, ``lr`` and ``scaling``.
         Only :mod:`launcher.reconcile` calls this."""
-        self.writable().execute("UPDATE experiments SET total_batch = ?, lr = ?, scaling = ?, updated = ? "
-                                 "WHERE id = ?", (scaling.get("total_batch"), scaling.get("lr"),
-                                                  json.dumps(dict(scaling)), time.time(), exp_id))
+        with self.transaction() as conn:
+            conn.execute("UPDATE experiments SET total_batch = ?, lr = ?, scaling = ?, updated = ? WHERE id = ?",
+                         (scaling.get("total_batch"), scaling.get("lr"), json.dumps(dict(scaling)), time.time(),
+                          exp_id))
 
     def start_run(self, exp_id: str, spec: JobSpec, job_id: str, extra: Mapping[str, str]) -> None:
         """Begin a new launch of a finished experiment (``launcher resume``), on ``spec``'s backend with the

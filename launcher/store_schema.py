@@ -208,9 +208,10 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    """This launcher's tables and indexes in an empty database, in WAL mode."""
-    conn.execute("PRAGMA journal_mode=WAL")
+def create_schema(conn: sqlite3.Connection, journal_mode: str = "WAL") -> None:
+    """This launcher's tables and indexes in an empty database, in ``journal_mode`` (WAL on a local
+    filesystem, DELETE, a rollback journal, on a network one)."""
+    conn.execute(f"PRAGMA journal_mode={journal_mode}")
     conn.executescript(SCHEMA)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
