@@ -100,7 +100,7 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
                         "default 1800 for runs of 5000+ iterations or epoch-based, else off)")
     p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
     p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms, cuDNN and cuBLAS (slower; see the README's limits on CUDA)")
+                   help="deterministic algorithms, cuDNN and cuBLAS (slower; see docs/training.md on CUDA)")
     p.add_argument("--load-from", metavar="CHECKPOINT",
                    help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
     p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")

@@ -81,10 +81,11 @@ def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Names
 # ---- submit / sweep / resume ------------------------------------------------------------------
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from launcher.backends import backend_module
+    from launcher.backends import backend_module, require_installed
     from launcher.jobs import build_spec, submit_spec
 
     module = backend_module(args.backend)
+    require_installed(args.backend)
     store = _store()
     if not args.dry_run:
         store.refuse_if_read_only()  # before the config is loaded: a read-only home is one line at once
@@ -118,7 +119,7 @@ def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Re
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """A new launch of a finished experiment, under its lock: two resumes at once start one run."""
-    from launcher.backends import backend_module
+    from launcher.backends import backend_module, require_installed
     from launcher.jobs import resume_spec
     from launcher.locking import experiment_lock
     from launcher.reconcile import refresh
@@ -132,6 +133,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
         name = args.backend or exp.backend
         module = backend_module(name)
+        require_installed(name)
         old = spec_from_dict(exp.spec_dict, getattr(backend_module(exp.backend), "Options", None))
         resources = _resume_resources(args, old.resources, module)
         nodes = (resources or old.resources).nodes
@@ -189,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from launcher.backends import backend_module
+    from launcher.backends import backend_module, require_installed
     from launcher.jobs import build_spec, default_name, submit_specs
     from launcher.spec import SlotPool, new_experiment_id
     from launcher.sweep import (DRY_RUN_SHOWN, SWEEP_LIMIT, check_values, combination_name, grid_shape, grid_size,
@@ -202,6 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if refusal and not args.dry_run:
         raise LauncherError(refusal)
     module = backend_module(args.backend)
+    require_installed(args.backend)
     store = _store()
     if not args.dry_run:
         store.writable()

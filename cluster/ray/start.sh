@@ -117,7 +117,7 @@ cleanup_partial() {
 [[ "$NUM_CPUS" =~ ^[1-9][0-9]*$ ]] || { echo "start.sh: --num-cpus must be a positive integer (got '$NUM_CPUS')" >&2; exit 2; }
 { [[ "$PORT" =~ ^[1-9][0-9]*$ ]] && (( PORT < 65536 )); } || { echo "start.sh: --port must be a TCP port (got '$PORT')" >&2; exit 2; }
 [[ "$TIMEOUT" =~ ^[1-9][0-9]*$ ]] || { echo "start.sh: --timeout must be a positive integer (got '$TIMEOUT')" >&2; exit 2; }
-[[ $DRY_RUN -eq 1 ]] || command -v ray >/dev/null 2>&1 || die "'ray' not found on PATH (pip install 'ray[train]')"
+[[ $DRY_RUN -eq 1 ]] || command -v ray >/dev/null 2>&1 || die "'ray' not found on PATH (pip install -e '.[ray]' from the checkout, or pip install 'detlaunch[ray]')"
 if [[ -n "$TEMP_DIR" && $DRY_RUN -eq 0 ]]; then
     mkdir -p "$TEMP_DIR" || die "cannot create --temp-dir $TEMP_DIR"
     TEMP_DIR="$(cd "$TEMP_DIR" && pwd -P)"

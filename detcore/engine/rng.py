@@ -31,7 +31,7 @@ def configure_determinism(deterministic: bool) -> None:
     """What ``--deterministic`` sets, before CUDA is used: deterministic algorithms (warning, not
     failing, on an op that has none), no cuDNN autotuning, deterministic cuDNN kernels and the
     cuBLAS workspace setting that makes its GEMMs reproducible. Known nondeterministic CUDA ops
-    of the detectors are listed in the README ("Determinism")."""
+    of the detectors are listed in docs/training.md ("Determinism on CUDA")."""
     if not deterministic:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

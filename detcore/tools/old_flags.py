@@ -4,7 +4,7 @@ Each such flag is accepted by the parser only to say, in one line and with exit 
 to type instead (``--resume-from`` -> ``--resume PATH``). Flags with the same name and meaning
 (``--work-dir``, ``--cfg-options``, ``--no-validate``, ``--seed``, ``--deterministic``,
 ``--eval``, ``--show-dir``, ``--out``) are real options and are not listed here. The hints are
-hidden from ``--help``; the README's flag table lists them.
+hidden from ``--help``; docs/mmdetection.md's flag table lists them.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
     p.add_argument("--seed", type=contract.parse_seed, default=0,
                    help=f"random seed, 0..{contract.SEED_MAX} (default 0)")
     p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms, cuDNN and cuBLAS (see the README's limits on CUDA)")
+                   help="deterministic algorithms, cuDNN and cuBLAS (see docs/training.md on CUDA)")
     p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
     add_hints(p, TRAIN_HINTS)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,13 @@ class BackendEntry:
     name: str
     module: str
     summary: str
+    needs: tuple[str, ...] = ()  # top-level packages its jobs import, installed by the extra of the same name
 
 
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("local", "launcher.backends.local", "this machine, workers under torchrun's elastic agent"),
-    "slurm": BackendEntry("slurm", "launcher.backends.slurm", "a Slurm cluster through submitit"),
-    "ray": BackendEntry("ray", "launcher.backends.ray_train", "a Ray cluster through Ray Train"),
+    "slurm": BackendEntry("slurm", "launcher.backends.slurm", "a Slurm cluster through submitit", ("submitit",)),
+    "ray": BackendEntry("ray", "launcher.backends.ray_train", "a Ray cluster through Ray Train", ("ray",)),
 }
 
 
@@ -44,6 +46,19 @@ def backend_module(name: str) -> ModuleType:
         return importlib.import_module(entry.module)
     except ImportError as exc:
         raise LauncherError(f"backend {name!r} is not available: cannot import {entry.module} ({exc})") from None
+
+
+def require_installed(name: str) -> None:
+    """Refuse, in one line naming the extra to install, a backend whose packages this environment lacks.
+
+    The backend modules themselves import without them (their options show in ``--help``, and a store's
+    experiments of that backend can still be listed); a job on the backend cannot run without them.
+    """
+    entry = _entry(name)
+    missing = [package for package in entry.needs if importlib.util.find_spec(package) is None]
+    if missing:
+        raise LauncherError(f"the {name} backend needs {', '.join(missing)}, which is not installed here: "
+                            f"pip install 'detlaunch[{name}]' (from a checkout: pip install -e '.[{name}]')")
 
 
 def get_backend(name: str, home: str | os.PathLike | None = None):

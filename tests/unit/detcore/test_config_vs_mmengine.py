@@ -2,7 +2,7 @@
 
 Every tree here is resolved by ``detcore.config.load_config`` and by MMEngine's
 ``Config.fromfile`` (+ ``merge_from_dict`` for overrides); the results must be equal. Trees
-avoid only the cases the README lists as deliberate differences (later bases may override
+avoid only the cases docs/configs.md lists as deliberate differences (later bases may override
 earlier ones, ``_delete_`` never survives, ``1e-4`` is a float, a dict may replace a scalar).
 """
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_symlinked_config_uses_bases_beside_the_link(tmp_path: Path) -> None:
     assert _detcore(top)["model"]["type"] == "MaskRCNN" == _mmengine(top)["model"]["type"]
 
 
-# ---- the deliberate differences the README states: detcore's result, and that MMEngine differs
+# ---- the deliberate differences docs/configs.md states: detcore's result, and that MMEngine differs
 
 def test_delete_never_survives_where_mmengine_keeps_it(tmp_path: Path) -> None:
     top = _materialise(tmp_path, {
