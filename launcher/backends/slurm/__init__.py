@@ -201,7 +201,8 @@ class SlurmBackend:
         if proc.returncode != 0:
             line = sbatch_error_line(proc.stderr or proc.stdout)
             if any(text in line.lower() for text in NOT_CONFIGURED_TEXT):
-                raise SlurmNotConfigured(f"{cmd[0]} found no slurm.conf: {line.split('; ')[0]}")
+                self._unreachable[daemon] = (time.monotonic(), f"{cmd[0]} found no slurm.conf: {line.split('; ')[0]}")
+                raise SlurmNotConfigured(self._unreachable[daemon][1])
             if any(text in line.lower() for text in UNREACHABLE_TEXT):
                 self._unreachable[daemon] = (time.monotonic(), f"{daemon} unreachable: {cmd[0]}: {line}")
                 raise SlurmUnreachable(self._unreachable[daemon][1])
