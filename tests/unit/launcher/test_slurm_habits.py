@@ -249,3 +249,16 @@ def test_a_dry_run_without_a_cluster_says_it_assumed_gres(monkeypatch, capsys, t
     out = capsys.readouterr().out
     assert gpu_lines(out) == ["#SBATCH --gres=gpu:2"]
     assert "`scontrol show config` failed" in out and "--gres works under every select plugin" in out
+
+
+def test_resume_takes_slurm_time_formats_and_gres():
+    import argparse
+
+    from launcher import commands
+    from launcher.backends import slurm
+    from launcher.spec import Resources
+
+    args = argparse.Namespace(nproc=None, gpus=None, nodes=None, cpus_per_task=None, mem_gb=None, time="2-00:00",
+                              slurm_gres="gpu:a100:4")
+    new = commands._resume_resources(args, Resources(nproc=2, time_min=60), slurm)
+    assert new == Resources(nproc=4, gpus=4, time_min=2880)
