@@ -85,7 +85,8 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--nodes", type=int, default=1, help="nodes (Slurm/Ray; default 1)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
     p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
-    p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit in minutes (Slurm)")
+    p.add_argument("-t", "--time", dest="time", metavar="TIME",
+                   help="wall-time limit (Slurm's formats: MM, HH:MM:SS, D-HH:MM, ...)")
     p.add_argument("--name", help="experiment name (default: the config's file name)")
     p.add_argument("--work-dir", help="work dir (default work_dirs/NAME-ID)" if not sweep else
                    "folder under which each combination gets its own work dir (default work_dirs/)")
@@ -177,7 +178,8 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
             p.add_argument("--nodes", type=int, help="new number of nodes (Slurm/Ray)")
             p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
             p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
-            p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit (Slurm)")
+            p.add_argument("-t", "--time", dest="time", metavar="TIME",
+                           help="new wall-time limit (Slurm's formats: MM, HH:MM:SS, D-HH:MM, ...)")
             p.add_argument("--max-restarts", type=int, help="new restart budget")
             p.add_argument("--hang-timeout", type=float, metavar="S", help="new hang watchdog limit (0: off)")
             _add_backend_groups(p)

@@ -33,7 +33,15 @@ def _resources(args: argparse.Namespace) -> Resources:
     nproc = args.nproc if args.nproc is not None else (gpus or 1)
     return Resources(nproc=nproc, gpus=gpus, nodes=getattr(args, "nodes", 1),
                      cpus_per_task=getattr(args, "cpus_per_task", None), mem_gb=getattr(args, "mem_gb", None),
-                     time_min=getattr(args, "time_min", None))
+                     time_min=_time_min(args))
+
+
+def _time_min(args: argparse.Namespace) -> int | None:
+    """``--time`` in minutes (Slurm's formats), None when not given."""
+    from launcher.walltime import parse_walltime
+
+    text = getattr(args, "time", None)
+    return parse_walltime(text) if text is not None else None
 
 
 def _request(args: argparse.Namespace, module):
@@ -107,7 +115,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":
     """The resources a resume asks for (None: the old ones): new flags over the old values."""
-    given = {k: getattr(args, k, None) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb", "time_min")}
+    given = {k: getattr(args, k, None) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb")}
+    given["time_min"] = _time_min(args)
     gpus = given["gpus"] if given["gpus"] is not None else (0 if given["nproc"] is not None else old.gpus)
     nproc = given["gpus"] or given["nproc"] or (old.nproc if given["gpus"] is None else gpus)
     resources = dataclasses.replace(old, nproc=nproc, gpus=gpus, **{k: v for k, v in given.items()

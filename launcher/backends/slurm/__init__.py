@@ -36,9 +36,11 @@ from typing import Iterator, Sequence
 
 from detcore.contract import STOP_SIGNALS_ENV, read_events
 from launcher.backends.protocol import DryRun
+from launcher.backends.slurm.gpus import GRES, Gres, GpuForm, choose_gpu_form, parse_gres, parse_scontrol_config
+from launcher.backends.slurm.mmdet_env import mmdet_env_line
 from launcher.backends.slurm.script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
-                                            resolve)
+                                            resolve, resource_notes)
 from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, requeue_recorded,
                                            sacct_command, sbatch_error_line, scancel_error_is_harmless,
                                            squeue_command)
@@ -48,7 +50,7 @@ from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources, spec_to_dict
 
 __all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
-           "MANAGED_OPTIONS"]
+           "MANAGED_OPTIONS", "SlurmNotConfigured", "no_cluster_line"]
 
 COMMAND_TIMEOUT_S = 120.0  # sbatch: a busy controller may take a while to accept a job
 QUERY_TIMEOUT_S = 5.0      # squeue, sacct, scontrol: a controller that is up answers in well under a second
@@ -57,6 +59,9 @@ UNREACHABLE_RETRY_S = 30.0  # a daemon that did not answer is asked again after 
 # which daemon answers each command, and what its clients print when that daemon is down
 DAEMON = {"squeue": "slurmctld", "scontrol": "slurmctld", "scancel": "slurmctld", "sbatch": "slurmctld",
           "sacct": "slurmdbd"}
+# what the clients print when there is no slurm.conf (configless lookup through DNS SRV records fails)
+NOT_CONFIGURED_TEXT = ("resolve_ctls_from_dns_srv", "could not establish a configuration source",
+                       "unable to process configuration file", "fetch_config")
 UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "connection refused",
                     "problem talking to the database", "persistent connection", "connection timed out")
 STATUS_TTL_S = 2.0
@@ -65,10 +70,14 @@ SCRIPT_NAME = "submission.sh"
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--partition", "--slurm-partition", dest="slurm_partition", metavar="P",
+    group.add_argument("-p", "--partition", "--slurm-partition", dest="slurm_partition", metavar="P",
                        help="slurm: partition (default: slurm.partition in launcher.yaml, else the cluster's)")
-    group.add_argument("--account", "--slurm-account", dest="slurm_account", metavar="A", help="slurm: account")
-    group.add_argument("--qos", "--slurm-qos", dest="slurm_qos", metavar="Q", help="slurm: quality of service")
+    group.add_argument("-A", "--account", "--slurm-account", dest="slurm_account", metavar="A",
+                       help="slurm: account")
+    group.add_argument("-q", "--qos", "--slurm-qos", dest="slurm_qos", metavar="Q", help="slurm: quality of service")
+    group.add_argument("--gres", dest="slurm_gres", metavar="gpu:[TYPE:]N",
+                       help="slurm: GPUs per node (one task each) as sbatch writes them, e.g. gpu:4 or gpu:a100:4; "
+                            "other entries (gpu:4,nvme:1) are passed on")
     group.add_argument("--constraint", "--slurm-constraint", dest="slurm_constraint", metavar="C",
                        help="slurm: node features, e.g. 'a100|h100'")
     group.add_argument("--exclude", "--slurm-exclude", dest="slurm_exclude", metavar="NODES",
@@ -90,7 +99,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    return Options(partition=getattr(args, "slurm_partition", None), account=getattr(args, "slurm_account", None),
+    gres = parse_gres(args.slurm_gres) if getattr(args, "slurm_gres", None) else Gres()
+    line = mmdet_env_line(os.environ, _given(args))
+    if line:
+        print(line, file=sys.stderr)
+    return Options(gpu_type=gres.gpu_type, gres_other=gres.other,
+                   partition=getattr(args, "slurm_partition", None), account=getattr(args, "slurm_account", None),
                    qos=getattr(args, "slurm_qos", None), constraint=getattr(args, "slurm_constraint", None),
                    exclude=getattr(args, "slurm_exclude", None),
                    signal_delay_s=getattr(args, "slurm_signal_delay", None),
@@ -99,9 +113,25 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    extra=tuple(parse_slurm_option(o) for o in getattr(args, "slurm_options", None) or ()))
 
 
+def _given(args: argparse.Namespace) -> set[str]:
+    """Which of the flags that replace slurm_train.sh's variables the command line set."""
+    flags = {"gpus": ("gpus", "nproc", "slurm_gres", "slurm_gpus_per_node", "slurm_tasks_per_node"),
+             "cpus": ("cpus_per_task",), "partition": ("slurm_partition",), "slurm_options": ("slurm_options",)}
+    return {key for key, dests in flags.items() if any(getattr(args, d, None) for d in dests)}
+
+
 def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resources:
-    """``--gpus-per-node`` / ``--tasks-per-node``: Slurm's names for ``--gpus`` / ``--nproc``."""
+    """``--gres gpu:N`` / ``--gpus-per-node`` / ``--tasks-per-node``: Slurm's names for ``--gpus`` / ``--nproc``."""
     gpn, tpn = getattr(args, "slurm_gpus_per_node", None), getattr(args, "slurm_tasks_per_node", None)
+    gres = parse_gres(args.slurm_gres) if getattr(args, "slurm_gres", None) else Gres()
+    if gres.gpus:
+        for flag, value in (("--gpus", getattr(args, "gpus", None)), ("--gpus-per-node", gpn)):
+            if value is not None and value != gres.gpus:
+                raise LauncherError(f"--gres {args.slurm_gres} asks {gres.gpus} GPUs per node but {flag} {value}; "
+                                    f"pass the GPU count once")
+        if getattr(args, "nproc", None) is not None or tpn not in (None, gres.gpus):
+            raise LauncherError(f"--gres {args.slurm_gres} runs one task per GPU; drop --nproc/--tasks-per-node")
+        return dataclasses.replace(resources, gpus=gres.gpus, nproc=gres.gpus)
     if gpn is not None:
         if getattr(args, "gpus", None) not in (None, gpn) or getattr(args, "nproc", None) is not None:
             raise LauncherError("--gpus-per-node is --gpus under another name; pass only one of --gpus-per-node, "
@@ -126,6 +156,17 @@ class SlurmUnreachable(SlurmError):
     """A Slurm daemon did not answer (not running, unreachable, or too slow)."""
 
 
+class SlurmNotConfigured(SlurmUnreachable):
+    """No Slurm cluster at all from here: client commands missing, or no slurm.conf to read."""
+
+
+def no_cluster_line(why: str) -> str:
+    """The one line for a submit that finds no Slurm cluster to talk to (``why``: what the client said)."""
+    return (f"no Slurm cluster reachable ({why}): point SLURM_CONF at your cluster's slurm.conf and check that "
+            f"`sinfo` answers, or start this project's test cluster with cluster/slurm/start.sh and "
+            f"`source /tmp/detlaunch-slurm/env.sh`")
+
+
 class SlurmBackend:
     name = "slurm"
 
@@ -137,6 +178,7 @@ class SlurmBackend:
         self.repo_root = repo_root
         self._status_cache: dict[str, tuple[float, JobStatus]] = {}
         self._unreachable: dict[str, tuple[float, str]] = {}  # daemon -> (when, why) it did not answer
+        self._gpu_form: GpuForm | None = None
 
     # ---- the one subprocess seam ----------------------------------------------------------
     def _run(self, cmd: Sequence[str]) -> str:
@@ -151,14 +193,16 @@ class SlurmBackend:
             proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except FileNotFoundError:
-            raise SlurmError(f"{cmd[0]} not found: run the launcher on a Slurm login node (or put Slurm's client "
-                             f"commands on PATH)") from None
+            raise SlurmNotConfigured(f"{cmd[0]} not found on PATH") from None
         except subprocess.TimeoutExpired:
             self._unreachable[daemon] = (time.monotonic(), f"{daemon} unreachable: {cmd[0]} did not answer within "
                                                             f"{timeout:g} s")
             raise SlurmUnreachable(self._unreachable[daemon][1]) from None
         if proc.returncode != 0:
             line = sbatch_error_line(proc.stderr or proc.stdout)
+            if any(text in line.lower() for text in NOT_CONFIGURED_TEXT):
+                self._unreachable[daemon] = (time.monotonic(), f"{cmd[0]} found no slurm.conf: {line.split('; ')[0]}")
+                raise SlurmNotConfigured(self._unreachable[daemon][1])
             if any(text in line.lower() for text in UNREACHABLE_TEXT):
                 self._unreachable[daemon] = (time.monotonic(), f"{daemon} unreachable: {cmd[0]}: {line}")
                 raise SlurmUnreachable(self._unreachable[daemon][1])
@@ -169,8 +213,26 @@ class SlurmBackend:
     def job_folder(self, key: str) -> Path:
         return self.home / "slurm" / key
 
-    def _requests(self, specs: Sequence[JobSpec]) -> SlurmRequest:
-        requests = [resolve(s, self.defaults) for s in specs]
+    def gpu_form(self, specs: Sequence[JobSpec], strict: bool) -> GpuForm | None:
+        """How this cluster takes a GPU count, from ``scontrol show config`` (asked once per backend; None when
+        no spec asks GPUs or ``slurm.gpu_request`` decides). ``strict`` (a submit): no reachable cluster raises
+        its one line; otherwise (a dry run) ``--gres`` is assumed and the reason says so."""
+        if self.defaults.gpu_request or not any(s.resources.gpus for s in specs):
+            return None
+        if self._gpu_form is None:
+            try:
+                config = parse_scontrol_config(self._run(["scontrol", "show", "config"]))
+            except SlurmUnreachable as exc:
+                if strict:
+                    raise LauncherError(no_cluster_line(str(exc))) from None
+                return GpuForm(GRES, f"`scontrol show config` failed ({exc}); --gres works under every select "
+                                     f"plugin")
+            self._gpu_form = choose_gpu_form(config)
+        return self._gpu_form
+
+    def _requests(self, specs: Sequence[JobSpec], strict: bool = False) -> SlurmRequest:
+        form = self.gpu_form(specs, strict)
+        requests = [resolve(s, self.defaults, form) for s in specs]
         if any(r != requests[0] for r in requests[1:]):
             raise LauncherError("a Slurm array runs every task with the same resources and Slurm options; these "
                                 "experiments differ, so submit them one by one")
@@ -182,8 +244,8 @@ class SlurmBackend:
             return opts.array_parallelism
         return specs[0].slots.size if specs[0].slots else None
 
-    def script(self, specs: Sequence[JobSpec], folder: Path) -> tuple[SlurmRequest, str]:
-        request = self._requests(specs)
+    def script(self, specs: Sequence[JobSpec], folder: Path, strict: bool = False) -> tuple[SlurmRequest, str]:
+        request = self._requests(specs, strict)
         name = specs[0].name if len(specs) == 1 else array_name(specs)
         text = render_sbatch(request, name, str(folder), self.python, self.repo_root,
                              array_size=len(specs) if len(specs) > 1 else 0,
@@ -224,6 +286,7 @@ class SlurmBackend:
         if len(specs) > 1:
             notes.append(f"one job array of {len(specs)} tasks; task i runs experiment {', '.join(s.id for s in specs)}"
                          f" (in that order), each in its own work dir")
+        notes += resource_notes(spec, request, self.defaults)
         if spec.hang_timeout_s:
             notes.append(f"hang watchdog ({spec.hang_timeout_s:g} s): rank 0 requeues the job at most "
                          f"{spec.max_restarts} time(s) (--max-restarts); it resumes from the newest checkpoint")
@@ -270,7 +333,7 @@ class SlurmBackend:
         array = len(specs) > 1
         key = f"array-{specs[0].id}" if array else specs[0].id
         folder = self.job_folder(key)
-        request, text = self.script(specs, folder)
+        request, text = self.script(specs, folder, strict=True)
         folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._retire(folder)
         folder.mkdir()
@@ -291,6 +354,8 @@ class SlurmBackend:
             (folder / SCRIPT_NAME).write_text(text)
             try:
                 job_id = parse_sbatch(self._run(["sbatch", "--parsable", str(folder / SCRIPT_NAME)]))
+            except SlurmUnreachable as exc:
+                raise LauncherError(no_cluster_line(str(exc))) from None
             except SlurmError as exc:
                 raise LauncherError(f"sbatch refused the job: {str(exc).removeprefix('sbatch failed: ')}") from None
             ids = [f"{job_id}_{i}" for i in range(len(specs))] if array else [job_id]

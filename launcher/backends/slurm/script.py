@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from launcher.backends.slurm.gpus import GPU_FORMS, GPUS_PER_NODE, GRES, GpuForm, gpu_value, parse_gres
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec
 
@@ -34,9 +35,12 @@ MANAGED_OPTIONS = {
     "array": "launcher sweep", "chdir": "the directory you submit from", "comment": "nothing (the launcher's marker)",
     "error": "nothing (the job folder)", "output": "nothing (the job folder)", "open-mode": "nothing",
     "job-name": "--name", "nodes": "--nodes", "ntasks": "--nodes and --tasks-per-node",
-    "ntasks-per-node": "--tasks-per-node (or --nproc)", "gpus-per-node": "--gpus-per-node (or --gpus)",
-    "gpus": "--gpus-per-node", "cpus-per-task": "--cpus-per-task", "mem": "--mem-gb", "time": "--time",
-    "partition": "--partition", "account": "--account", "qos": "--qos", "constraint": "--constraint",
+    "ntasks-per-node": "--tasks-per-node (or --nproc)", "gpus-per-node": "--gres gpu:[TYPE:]N (or --gpus N)",
+    "gpus": "--gres gpu:[TYPE:]N (or --gpus N)", "gpus-per-task": "--gres gpu:[TYPE:]N (one task per GPU)",
+    "cpus-per-task": "--cpus-per-task", "cpus-per-gpu": "--cpus-per-task (one task per GPU)",
+    "mem": "--mem-gb", "mem-per-gpu": "--mem-gb (per node) or slurm.mem_per_gpu_gb in launcher.yaml",
+    "mem-per-cpu": "--mem-gb (per node) or slurm.mem_per_gpu_gb in launcher.yaml", "time": "--time (-t)",
+    "partition": "--partition (-p)", "account": "--account (-A)", "qos": "--qos (-q)", "constraint": "--constraint",
     "exclude": "--exclude", "signal": "--signal-delay", "requeue": "nothing (always requeueable)",
     "no-requeue": "nothing (preemption needs requeue)", "wrap": "nothing",
 }
@@ -59,6 +63,9 @@ def parse_slurm_option(item: str) -> tuple[str, str]:
         raise LauncherError(f"--slurm-option {key}: the launcher sets --{key} itself; use "
                             f"{MANAGED_OPTIONS[key]} instead")
     _no_newline(f"--slurm-option {key}", value)
+    if key == "gres" and value and parse_gres(value, "--slurm-option gres").gpus:
+        raise LauncherError(f"--slurm-option gres={value}: GPUs are asked once, with --gres {value} (or --gpus N): "
+                            f"the launcher starts one task per GPU and writes the one GPU request itself")
     return key, value if sep else ""
 
 
@@ -80,16 +87,22 @@ class Options:
     max_timeouts: int | None = None
     array_parallelism: int | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    gpu_type: str | None = None
+    gres_other: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra", tuple((str(k), str(v)) for k, v in self.extra))  # JSON gives lists
+        object.__setattr__(self, "gres_other", tuple(str(g) for g in self.gres_other))
+        _no_newline("--gres", self.gpu_type)
+        for item in self.gres_other:
+            _no_newline("--gres", item)
         for name in ("partition", "account", "qos", "constraint", "exclude"):
             _no_newline(f"--{name}", getattr(self, name))
         _check_min("--signal-delay", self.signal_delay_s, 1)
         _check_min("--max-timeouts", self.max_timeouts, 0)
         _check_min("--array-parallelism", self.array_parallelism, 1)
-        for key, _ in self.extra:
-            parse_slurm_option(key)
+        for key, value in self.extra:
+            parse_slurm_option(f"{key}={value}" if value else key)
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,8 @@ class SlurmDefaults:
     time_min: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
+    mem_per_gpu_gb: float | None = None
+    gpu_request: str | None = None
     constraint: str | None = None
     exclude: str | None = None
     signal_delay_s: int = DEFAULT_SIGNAL_DELAY_S
@@ -133,9 +148,13 @@ class SlurmDefaults:
             for name in ("time_min", "cpus_per_task", "signal_delay_s", "max_timeouts"):
                 if name in values:
                     _check_min(f"slurm.{name}", values[name], 0 if name == "max_timeouts" else 1)
-            if "mem_gb" in values and (isinstance(values["mem_gb"], bool) or
-                                       not isinstance(values["mem_gb"], (int, float)) or values["mem_gb"] <= 0):
-                raise TypeError(f"slurm.mem_gb must be a positive number, got {values['mem_gb']!r}")
+            for name in ("mem_gb", "mem_per_gpu_gb"):
+                if name in values and (isinstance(values[name], bool) or
+                                       not isinstance(values[name], (int, float)) or values[name] <= 0):
+                    raise TypeError(f"slurm.{name} must be a positive number, got {values[name]!r}")
+            if "gpu_request" in values and values["gpu_request"] not in GPU_FORMS:
+                raise TypeError(f"slurm.gpu_request must be one of {', '.join(GPU_FORMS)} (gpus-per-node needs "
+                                f"SelectType=select/cons_tres), got {values['gpu_request']!r}")
         except (TypeError, LauncherError) as exc:
             raise LauncherError(f"{source or 'launcher.yaml'}: {exc}") from None
         for name in ("partition", "account", "qos", "constraint", "exclude", "python"):
@@ -176,7 +195,11 @@ def load_defaults(paths: Sequence[Path]) -> SlurmDefaults:
 
 @dataclass(frozen=True)
 class SlurmRequest:
-    """Everything the sbatch script says about one job, after merging options over defaults."""
+    """Everything the sbatch script says about one job, after merging options over defaults.
+
+    ``gpu_form`` is the one sbatch option that carries the GPU count (``gpus-per-node`` or ``gres``);
+    ``mem_gb`` is per node, ``mem_per_gpu_gb`` the default for GPU jobs when no per-node value was given.
+    """
 
     nodes: int
     tasks_per_node: int
@@ -194,10 +217,18 @@ class SlurmRequest:
     extra: tuple[tuple[str, str], ...]
     setup: tuple[str, ...]
     cwd: str
+    gpu_type: str | None = None
+    gpu_form: GpuForm = GpuForm(GRES, "the cluster was not asked")
+    gres_other: tuple[str, ...] = ()
+    mem_per_gpu_gb: float | None = None
 
 
-def resolve(spec: JobSpec, defaults: SlurmDefaults) -> SlurmRequest:
-    """The job's Slurm request: command-line values first, then ``defaults`` (pure)."""
+def resolve(spec: JobSpec, defaults: SlurmDefaults, gpu_form: GpuForm | None = None) -> SlurmRequest:
+    """The job's Slurm request: command-line values first, then ``defaults`` (pure).
+
+    ``gpu_form``: how this cluster takes a GPU count (:func:`~launcher.backends.slurm.gpus.choose_gpu_form`);
+    ``gres`` when not given, which every select plugin accepts.
+    """
     opts = spec.backend_options if isinstance(spec.backend_options, Options) else Options()
     r = spec.resources
 
@@ -212,23 +243,47 @@ def resolve(spec: JobSpec, defaults: SlurmDefaults) -> SlurmRequest:
                             f"{time_min} min; lower --signal-delay or raise --time")
     extra = dict(defaults.options)
     extra.update(dict(opts.extra))
+    gres_other = list(opts.gres_other)
+    if "gres" in extra:  # non-GPU gres from --slurm-option/launcher.yaml join the one --gres line
+        gres_other += [g for g in parse_gres(extra.pop("gres"), "--slurm-option gres").other if g not in gres_other]
     _no_newline("work dir", spec.work_dir)
     _no_newline("working directory", spec.cwd)
     cpus = r.cpus_per_task if r.cpus_per_task is not None else defaults.cpus_per_task
+    mem_gb = r.mem_gb if r.mem_gb is not None else defaults.mem_gb
+    mem_per_gpu = None
+    if r.gpus and mem_gb is None:
+        mem_per_gpu = defaults.mem_per_gpu_gb or default_mem_per_gpu_gb(spec)
+    if defaults.gpu_request:
+        gpu_form = GpuForm(defaults.gpu_request, f"slurm.gpu_request is set in {defaults.source or 'launcher.yaml'}")
     return SlurmRequest(nodes=r.nodes, tasks_per_node=r.nproc, gpus_per_node=r.gpus,
                         cpus_per_task=cpus if cpus is not None else default_cpus_per_task(spec),
-                        mem_gb=r.mem_gb if r.mem_gb is not None else defaults.mem_gb, time_min=time_min,
+                        mem_gb=mem_gb, time_min=time_min,
                         partition=pick("partition"), account=pick("account"), qos=pick("qos"),
                         constraint=pick("constraint"), exclude=pick("exclude"), signal_delay_s=delay,
                         max_timeouts=pick("max_timeouts"), extra=tuple(sorted(extra.items())), setup=defaults.setup,
-                        cwd=spec.cwd)
+                        cwd=spec.cwd, gpu_type=opts.gpu_type if r.gpus else None,
+                        gpu_form=gpu_form or GpuForm(GRES, "the cluster was not asked; --gres works under every "
+                                                           "select plugin"),
+                        gres_other=tuple(gres_other), mem_per_gpu_gb=mem_per_gpu)
+
+
+GPU_CPUS_PER_TASK = 5  # what MMDetection's tools/slurm_train.sh asks per GPU
 
 
 def default_cpus_per_task(spec: JobSpec) -> int:
     """CPUs per task when neither ``--cpus-per-task`` nor ``launcher.yaml`` gives one: the worker
-    itself plus its DataLoader processes (``data.workers_per_gpu``). Slurm's own default is one
-    CPU, on which the loaders of a GPU job would starve it."""
-    return 1 + spec.loader_workers
+    itself plus its DataLoader processes (``data.workers_per_gpu``), and for a GPU task at least
+    the 5 of MMDetection's ``slurm_train.sh``. Slurm's own default is one CPU, on which the loaders
+    of a GPU job would starve it."""
+    own = 1 + spec.loader_workers
+    return max(own, GPU_CPUS_PER_TASK) if spec.resources.gpus else own
+
+
+def default_mem_per_gpu_gb(spec: JobSpec) -> float:
+    """Memory per GPU task when neither ``--mem-gb`` nor ``launcher.yaml`` gives one: 4 GB for the worker
+    and for each of its DataLoader processes (each holds its own copy of a COCO-sized annotation index
+    once Python's reference counts touch it), at least 16 GB."""
+    return float(max(16, 4 * (1 + spec.loader_workers)))
 
 
 def array_name(specs: Sequence[JobSpec]) -> str:
@@ -267,12 +322,67 @@ def render_sbatch(request: SlurmRequest, job_name: str, folder: str, python: str
     extra.update({k: (v if v != "" else True) for k, v in request.extra})
     params: dict[str, Any] = dict(
         job_name=job_name, partition=request.partition, time=request.time_min, nodes=request.nodes,
-        ntasks_per_node=request.tasks_per_node, cpus_per_task=request.cpus_per_task,
-        gpus_per_node=request.gpus_per_node or None, qos=request.qos,
-        mem=_mem(request.mem_gb) if request.mem_gb is not None else None, signal_delay_s=request.signal_delay_s,
-        comment=f"detlaunch:{os.path.basename(folder)}", constraint=request.constraint, exclude=request.exclude,
-        account=request.account, wckey=None, setup=setup, additional_parameters=extra,
-        srun_args=["--kill-on-bad-exit=1"])
+        ntasks_per_node=request.tasks_per_node, cpus_per_task=request.cpus_per_task, qos=request.qos,
+        signal_delay_s=request.signal_delay_s, comment=f"detlaunch:{os.path.basename(folder)}",
+        constraint=request.constraint, exclude=request.exclude, account=request.account, wckey=None, setup=setup,
+        additional_parameters=extra, **_gpu_and_memory(request),
+        # Slurm 22.05-23.02 do not pass sbatch's --cpus-per-task on to srun: say it again
+        srun_args=["--kill-on-bad-exit=1", *([f"--cpus-per-task={request.cpus_per_task}"]
+                                              if request.cpus_per_task else [])])
     if array_size:
         params.update(map_count=array_size, array_parallelism=array_parallelism or array_size)
     return _make_sbatch_string(command=command, folder=folder, **params)
+
+
+def _gpu_and_memory(request: SlurmRequest) -> dict[str, Any]:
+    """submitit's parameters for the GPU count (in exactly one form) and the memory of ``request``."""
+    gres = list(request.gres_other)
+    out: dict[str, Any] = {}
+    gpus = request.gpus_per_node
+    if gpus and request.gpu_form.form == GPUS_PER_NODE:
+        out["gpus_per_node"] = gpu_value(gpus, request.gpu_type)
+    elif gpus:
+        gres.insert(0, f"gpu:{gpu_value(gpus, request.gpu_type)}")
+    if gres:
+        out["gres"] = ",".join(gres)
+    if request.mem_gb is not None:
+        out["mem"] = _mem(request.mem_gb)
+    elif request.mem_per_gpu_gb is not None and gpus:
+        if request.gpu_form.form == GPUS_PER_NODE:  # --mem-per-gpu needs select/cons_tres, like --gpus-per-node
+            out["mem_per_gpu"] = _mem(request.mem_per_gpu_gb)
+        else:
+            out["mem"] = _mem(request.mem_per_gpu_gb * gpus)
+    return out
+
+
+def resource_notes(spec: JobSpec, request: SlurmRequest, defaults: SlurmDefaults) -> list[str]:
+    """What the dry run says about the GPU request, CPUs, memory and time limit, and where each came from."""
+    r, notes = spec.resources, []
+    if request.gpus_per_node:
+        form = request.gpu_form
+        value = gpu_value(request.gpus_per_node, request.gpu_type)
+        option = f"--gpus-per-node={value}" if form.form == GPUS_PER_NODE else f"--gres=gpu:{value}"
+        notes.append(f"GPUs: {option} (one task per GPU), asked in that form only because {form.why}")
+    if r.cpus_per_task is not None:
+        cpus_from = "--cpus-per-task"
+    elif defaults.cpus_per_task is not None:
+        cpus_from = f"slurm.cpus_per_task in {defaults.source or 'launcher.yaml'}"
+    else:
+        cpus_from = (f"default: the worker and its {spec.loader_workers} DataLoader processes (data.workers_per_gpu)"
+                     + (f", at least {GPU_CPUS_PER_TASK} per GPU as MMDetection's slurm_train.sh asks"
+                        if r.gpus else "") + "; --cpus-per-task to change")
+    notes.append(f"CPUs: {request.cpus_per_task} per task ({cpus_from}); srun is given --cpus-per-task too")
+    memory = _gpu_and_memory(request)
+    if "mem_per_gpu" in memory or (request.mem_gb is None and "mem" in memory):
+        shown = f"--mem-per-gpu={memory['mem_per_gpu']}" if "mem_per_gpu" in memory else \
+            f"--mem={memory['mem']} ({_mem(request.mem_per_gpu_gb or 0)} per GPU; --mem-per-gpu needs select/cons_tres)"
+        origin = f"slurm.mem_per_gpu_gb in {defaults.source or 'launcher.yaml'}" if defaults.mem_per_gpu_gb else \
+            "default: 4 GB for the worker and each DataLoader process, at least 16 GB"
+        notes.append(f"memory: {shown} ({origin}; --mem-gb sets memory per node instead)")
+    elif request.mem_gb is not None:
+        notes.append(f"memory: --mem={_mem(request.mem_gb)} per node")
+    else:
+        notes.append("memory: not asked (the partition's default; --mem-gb to set memory per node)")
+    if request.time_min is not None:
+        notes.append(f"time limit: {request.time_min} min (--time={request.time_min})")
+    return notes

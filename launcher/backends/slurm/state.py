@@ -264,7 +264,7 @@ def sbatch_error_line(stderr: str) -> str:
         line = line.strip()
         if not line or line.startswith("Try \"sbatch --help\""):
             continue
-        line = re.sub(r"^(sbatch|squeue|sacct|scancel|srun): (error: )?", "", line)
+        line = re.sub(r"^(sbatch|squeue|sacct|scancel|srun|scontrol|sinfo): (error: |fatal: )?", "", line)
         if line not in parts:
             parts.append(line)
     return "; ".join(parts) or "no error message"

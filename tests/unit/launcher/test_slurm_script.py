@@ -79,7 +79,8 @@ def test_one_node_cpu_job_with_cluster_defaults():
 
 def test_two_node_gpu_job_command_line_over_defaults():
     opts = Options(partition="gpu", qos="high", exclude="gpu[01-02]", signal_delay_s=300, max_timeouts=5)
-    b = backend(partition="debug", account="vision", time_min=60, cpus_per_task=4, mem_gb=200)
+    b = backend(partition="debug", account="vision", time_min=60, cpus_per_task=4, mem_gb=200,
+                gpu_request="gpus-per-node")
     s = spec(exp_id="89abcdef", name="frcnn-r50", options=opts,
              resources=Resources(nproc=4, gpus=4, nodes=2, cpus_per_task=10, mem_gb=480, time_min=1440))
     text = script_of(b, [s])
@@ -88,6 +89,8 @@ def test_two_node_gpu_job_command_line_over_defaults():
     assert (v["nodes"], v["ntasks-per-node"], v["gpus-per-node"]) == ("2", "4", "4")
     assert (v["partition"], v["account"], v["qos"], v["time"]) == ("gpu", "vision", "high", "1440")
     assert (v["cpus-per-task"], v["mem"], v["signal"]) == ("10", "480GB", "USR2@300")
+    assert "gres" not in v and "mem-per-gpu" not in v  # one GPU request, one memory request
+    assert "--cpus-per-task=10" in text.splitlines()[-1]  # srun is told too (Slurm 22.05-23.02 do not inherit it)
     dry = b.dryrun(s)
     assert dict(dry.env)["WORLD_SIZE"] == "8" and "CUDA_VISIBLE_DEVICES" in dict(dry.env)
     assert any("at most 5 time-limit requeues" in n for n in dry.notes)
