@@ -92,7 +92,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = build_spec(_request(args, module))
     dry = backend.dryrun(spec)
     if args.dry_run:
-        print(json.dumps(dry.to_json(), sort_keys=True) if args.json else dry.render())
+        estimate = _estimate(store, spec)
+        if args.json:
+            print(json.dumps({**dry.to_json(), "estimate": estimate.to_json()}, sort_keys=True))
+        else:
+            print(f"{dry.render()}\n{estimate.text()}")
         return 0
     exp = submit_spec(store, backend, spec)
     if spec.scaling is not None:
@@ -102,6 +106,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     elif not args.json:
         print(exp.id, flush=True)
     return 0 if args.detach else _wait(store, backend, exp, args)
+
+
+def _estimate(store: ExperimentStore, spec):
+    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.estimate`)."""
+    from detcore.config import load_config
+    from launcher.estimate_runs import estimate_for_spec
+
+    return estimate_for_spec(store, spec, load_config(spec.config, spec.overrides, import_custom=False))
 
 
 def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":

@@ -155,7 +155,9 @@ class EvalHook(HookBase):
         self.total_seconds += self.last_seconds
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
-            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")
+            # eval_time: this evaluation's wall time, what the launcher's estimates of later runs are made of
+            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat, "eval_time": self.last_seconds},
+                          prefix="val")
             t.last_metrics = flat
 
 
