@@ -1,0 +1,171 @@
+"""Estimates of a run's wall time from finished runs that resemble it: the pure policy, the store reader and
+``launcher submit --dry-run``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detcore.config import load_config
+from launcher.cli import main
+from launcher.estimate import PastRun, count_evaluations, estimate, measure, run_shape, scaled_config
+from launcher.estimate_runs import estimate_for_spec
+from launcher.jobs import SubmitRequest, build_spec
+from launcher.spec import JobState, Resources
+from launcher.store import ExperimentStore, experiment_from_spec
+
+ROOT = Path(__file__).resolve().parents[3]
+SHAPES = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
+SMALL = ("data.samples_per_gpu=2", "runner.max_iters=60", "evaluation.interval=30", "log_config.interval=10")
+
+
+def shapes_cfg(*overrides: str) -> dict:
+    return load_config(SHAPES, overrides, import_custom=False)
+
+
+def train_records(iters: int, interval: int, warm: float, steady: float) -> list[dict]:
+    """metrics.jsonl train records as the logger writes them: the mean iter_time of each interval, the first
+    one holding the warm-up."""
+    return [{"mode": "train", "iter": it, "epoch": 0, "loss": 1.0, "iter_time": warm if it == interval else steady}
+            for it in range(interval, iters + 1, interval)]
+
+
+def test_a_shape_names_what_decides_an_iterations_time():
+    shape = run_shape(shapes_cfg(*SMALL), world_size=1, gpus=0)
+    assert shape.resembles_key == ("FasterRCNN TinyNet", "128-128", 2, 1, "cpu", False)
+    assert (shape.by_epoch, shape.length, shape.evaluations) == (False, 60, 2)
+    assert run_shape(shapes_cfg(*SMALL), 1, 0, validate=False).evaluations == 0
+    assert run_shape(shapes_cfg(*SMALL), 2, 2, amp=True).resembles_key[3:] == (2, "cuda", True)
+    coco = run_shape(load_config(str(ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"), (),
+                                 import_custom=False), 8, 8)
+    assert coco.model == "FasterRCNN ResNet-50" and coco.input_size == "800-1333" and coco.by_epoch
+    assert (coco.length, coco.evaluations) == (12, 12)
+
+
+def test_evaluations_follow_the_eval_hook_interval_and_the_end():
+    assert [count_evaluations(n, i) for n, i in [(300, 300), (300, 100), (300, 250), (12, 1), (5, 0), (0, 1)]] \
+        == [1, 3, 2, 12, 1, 0]
+
+
+def test_the_schedule_scaling_changes_the_length_and_the_evaluation_interval():
+    cfg = scaled_config(shapes_cfg(*SMALL), [{"key": "runner.max_iters", "new": 120},
+                                             {"key": "evaluation.interval", "new": 60},
+                                             {"key": "optimizer.lr", "new": 0.01}])
+    shape = run_shape(cfg, 1, 0)
+    assert (shape.length, shape.evaluations) == (120, 2) and cfg["optimizer"]["lr"] == 0.02
+
+
+def test_a_run_is_measured_after_warm_up():
+    shape = run_shape(shapes_cfg(*SMALL), 1, 0)
+    records = train_records(60, 10, warm=3.0, steady=0.5)
+    records += [{"mode": "val", "iter": 30, "bbox_AP": 0.1, "eval_time": 4.0},
+                {"mode": "val", "iter": 60, "bbox_AP": 0.2, "eval_time": 6.0}]
+    run = measure("aaaa0001", shape, wall_s=100.0, records=records)
+    assert run.step_s == pytest.approx(0.5 + (3.0 - 0.5) * 5 / 55)  # the first 5 iterations are warm-up
+    assert run.evaluation_s == 5.0 and run.iterations == 60
+    assert run.startup_s == pytest.approx(100.0 - 60 * run.step_s - 10.0)
+    assert measure("aaaa0002", shape, 100.0, [{"mode": "val", "iter": 60, "bbox_AP": 0.2}]) is None
+
+
+def past(exp_id: str, shape, step: float, evaluation: float | None = 5.0, startup: float = 20.0,
+         iterations: int = 60) -> PastRun:
+    return PastRun(exp_id, shape, iterations, step, evaluation, startup)
+
+
+def test_the_estimate_is_iterations_evaluations_and_start_up_of_the_resembling_runs():
+    new = run_shape(shapes_cfg("data.samples_per_gpu=2", "runner.max_iters=600", "evaluation.interval=300"), 1, 0)
+    same = run_shape(shapes_cfg(*SMALL), 1, 0)
+    other = [run_shape(shapes_cfg(*SMALL), 2, 0), run_shape(shapes_cfg(*SMALL), 1, 1),
+             run_shape(shapes_cfg(*SMALL, "model.min_size=256", "model.max_size=256"), 1, 0),
+             run_shape(shapes_cfg("data.samples_per_gpu=4"), 1, 0)]
+    runs = [past(f"0000000{i}", s, 9.0) for i, s in enumerate(other)] + [past("aaaa0001", same, 0.5)]
+    got = estimate(new, runs)
+    assert got.runs == ("aaaa0001",)
+    assert got.seconds == pytest.approx(600 * 0.5 + 2 * 5.0 + 20.0)
+    assert got.basis == "from run aaaa0001: 600 iterations x 0.5 s + 2 evaluations x 5 s + start-up 20 s"
+    assert got.to_json() == {"seconds": 330, "from": ["aaaa0001"], "basis": got.basis}
+    assert got.text().startswith("estimate: 0:05:30 (from run aaaa0001")
+
+
+def test_the_median_of_the_newest_five_resembling_runs():
+    shape = run_shape(shapes_cfg(*SMALL), 1, 0)
+    runs = [past(f"bbbb000{i}", shape, step) for i, step in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 100.0])]
+    got = estimate(shape, runs)
+    assert got.runs == tuple(f"bbbb000{i}" for i in range(5))
+    assert got.seconds == pytest.approx(60 * 3.0 + 2 * 5.0 + 20.0)
+
+
+def test_no_estimate_says_why():
+    new = run_shape(shapes_cfg(*SMALL), 1, 0)
+    got = estimate(new, [past("cccc0001", run_shape(shapes_cfg(*SMALL), 1, 1), 0.5)], checked=1)
+    assert got.seconds is None and got.runs == () and got.to_json()["seconds"] is None
+    assert got.basis == ("no finished run resembles it (FasterRCNN TinyNet, input 128-128, 2 images per worker, "
+                         "world size 1 on cpu); 1 finished training run checked")
+
+
+def test_evaluations_never_timed_on_the_same_data_are_said_not_counted():
+    new = run_shape(shapes_cfg(*SMALL), 1, 0)
+    runs = [past("dddd0001", new, 0.5, evaluation=None),
+            past("dddd0002", run_shape(shapes_cfg(*SMALL, "data.val.num_val=400"), 1, 0), 0.5)]
+    got = estimate(new, runs)
+    assert got.seconds == pytest.approx(60 * 0.5 + 20.0) and got.runs == ("dddd0001", "dddd0002")
+    assert got.basis.endswith("; 2 evaluation(s) not counted: no resembling run timed one on the same data.val")
+
+
+def test_an_epoch_based_run_needs_a_resembling_run_on_the_same_training_data():
+    epochs = ("data.samples_per_gpu=2", "runner.type=EpochBasedRunner", "+runner.max_epochs=3",
+              "evaluation.interval=1")
+    shape = run_shape(shapes_cfg(*epochs), 1, 0)
+    ran = past("eeee0001", run_shape(shapes_cfg(*epochs[:2], "+runner.max_epochs=2", epochs[3]), 1, 0), 0.5,
+               iterations=400)  # 2 epochs of 200 iterations
+    assert estimate(shape, [ran]).seconds == pytest.approx(600 * 0.5 + 3 * 5.0 + 20.0)
+    other_data = past("eeee0002", run_shape(shapes_cfg(*epochs, "data.train.num_train=800"), 1, 0), 0.5)
+    got = estimate(shape, [other_data])
+    assert got.seconds is None and "none trained epochs on the same data.train" in got.basis
+
+
+def finished_run(store: ExperimentStore, tmp_path: Path, exp_id: str, overrides=SMALL, world: int = 1) -> str:
+    """A succeeded row with its work dir as a run leaves it: the resolved config.yaml and metrics.jsonl."""
+    spec = build_spec(SubmitRequest(config=SHAPES, overrides=overrides, resources=Resources(nproc=world),
+                                    work_dir=str(tmp_path / exp_id)), cwd=str(tmp_path), exp_id=exp_id)
+    work = Path(spec.work_dir)
+    work.mkdir()
+    changes = [{"key": c.key, "new": c.new} for c in spec.scaling.changes]
+    (work / "config.yaml").write_text(yaml.safe_dump(scaled_config(shapes_cfg(*overrides), changes)))
+    records = train_records(120, 10, warm=2.0, steady=0.4) + [{"mode": "val", "iter": 120, "eval_time": 3.0}] * 2
+    (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    values = experiment_from_spec(spec, JobState.SUCCEEDED, now=1_800_000_000.0)
+    values.update(started=1_800_000_000.0, ended=1_800_000_100.0, last_iter=120, max_iter=120)
+    store.insert(values)
+    return exp_id
+
+
+def test_the_store_reader_measures_finished_runs_in_their_work_dirs(tmp_path):
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "ffff0001")
+    finished_run(store, tmp_path, "ffff0002", world=2)
+    spec = build_spec(SubmitRequest(config=SHAPES, overrides=SMALL), cwd=str(tmp_path))
+    got = estimate_for_spec(store, spec, shapes_cfg(*SMALL))
+    assert got.runs == ("ffff0001",) and got.seconds == pytest.approx(100.0, abs=0.5)  # the same run again
+    bigger = build_spec(SubmitRequest(config=SHAPES, overrides=SMALL, resources=Resources(nproc=4)),
+                        cwd=str(tmp_path))
+    assert estimate_for_spec(store, bigger, shapes_cfg(*SMALL)).seconds is None
+    store.close()
+
+
+def test_submit_dry_run_prints_the_estimate_in_text_and_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "abab0001")
+    store.close()
+    assert main(["submit", SHAPES, "--dry-run", "--json", "--cfg-options", *SMALL]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["estimate"]["from"] == ["abab0001"] and data["estimate"]["seconds"] == 100
+    assert main(["submit", SHAPES, "--dry-run", "--cfg-options", *SMALL, "runner.max_iters=600"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("estimate: 0:") and "from run abab0001: 1200 iterations x" in last  # 600 scaled x2 for 2 images
+    assert main(["submit", SHAPES, "--dry-run", "--json"]) == 0  # 4 images per worker: no run resembles it
+    assert json.loads(capsys.readouterr().out)["estimate"]["seconds"] is None
