@@ -55,7 +55,7 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
     ap = ap_of(val) if val else None
     values: dict[str, Any] = {}
     if train:
-        values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch")})
+        values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch", "eta_s")})
     if val:
         values.update({k: v for k, v in val.items()
                        if isinstance(v, (int, float)) and k not in ("iter", "epoch") and k not in TIMING_KEYS})

@@ -31,6 +31,18 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
+def eta_text(exp: Experiment) -> str | None:
+    """A running job's time left, from its newest progress line (``eta_s`` in ``metrics.jsonl``, the ETA the
+    line shows): ``0:04:37 (at iteration 120)``, ``estimating`` before it is measured; None when not running."""
+    if exp.state.value not in ("running", "restarting") or exp.mode == "test":
+        return None
+    metrics = json.loads(exp.last_metrics or "{}")
+    eta = metrics.get("eta_s")
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool):
+        return "estimating"
+    return f"{duration_text(eta)} (at iteration {metrics.get('iter', exp.last_iter)})"
+
+
 def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] | None = None) -> list[str]:
     """The lines ``launcher status`` prints for ``exp``; ``weights``: what its run started from (the
     worker's ``weights`` fact: one ``weights:`` line each)."""
@@ -54,6 +66,7 @@ def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] 
         ("config", exp.config), ("overrides", exp.spec_dict.get("overrides")), ("grid", exp.grid_values),
         ("config hash", exp.config_hash), ("work dir", exp.work_dir), ("world size", exp.world_size),
         ("total batch", exp.total_batch), ("lr", lr_text(base_lr, exp.lr)), ("progress", progress),
+        ("eta", eta_text(exp)),
         ("duration", duration_text(duration)), ("loss", exp.last_loss), ("AP (newest)", exp.last_ap),
         ("best AP", None if exp.best_ap is None else f"{exp.best_ap:.6g}"
                     + (f" at iteration {best['iter']}" if best.get("iter") is not None else "")),

@@ -169,3 +169,32 @@ def test_submit_dry_run_prints_the_estimate_in_text_and_json(tmp_path, monkeypat
     assert last.startswith("estimate: 0:") and "from run abab0001: 1200 iterations x" in last  # 600 scaled x2 for 2 images
     assert main(["submit", SHAPES, "--dry-run", "--json"]) == 0  # 4 images per worker: no run resembles it
     assert json.loads(capsys.readouterr().out)["estimate"]["seconds"] is None
+
+
+def running_row(store: ExperimentStore, exp_id: str, eta_s, last_iter: int = 120) -> None:
+    values = experiment_from_spec(build_spec(SubmitRequest(config=SHAPES, overrides=SMALL,
+                                                           work_dir=f"/w/{exp_id}"), cwd="/", exp_id=exp_id),
+                                  JobState.RUNNING, now=1_800_000_000.0)
+    values.update(started=1_800_000_000.0, last_iter=last_iter, max_iter=1200, last_loss=0.5,
+                  last_metrics=json.dumps({"iter": last_iter, "loss": 0.5, "eta_s": eta_s}))
+    store.insert(values)
+
+
+def test_list_and_status_show_a_running_jobs_eta_in_its_progress_within_80_columns(tmp_path):
+    from launcher.listing import list_table
+    from launcher.status_text import status_lines
+
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "abcd0001")
+    running_row(store, "abcd0002", 277.4)
+    running_row(store, "abcd0003", None, last_iter=1)
+    for width in (None, 80):
+        lines, _ = list_table(store, now=1_800_000_200.0, width=width)
+        assert width is None or max(map(len, lines)) <= 80
+        progress = lines[0].index("PROGRESS")
+        by_id = {line.split()[0]: line[progress:].split("  ")[0] for line in lines[1:]}
+        assert by_id == {"abcd0001": "120/120", "abcd0002": "120/1200 eta 0:04:37", "abcd0003": "1/1200 eta ?"}
+    assert "eta: 0:04:37 (at iteration 120)" in status_lines(store.get("abcd0002"))
+    assert "eta: estimating" in status_lines(store.get("abcd0003"))
+    assert "eta: -" in status_lines(store.get("abcd0001"))
+    store.close()
