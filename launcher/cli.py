@@ -77,6 +77,8 @@ def _add_backend_groups(p: argparse.ArgumentParser) -> None:
 
 
 def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
+    from launcher.time_auto import auto_or
+
     p.add_argument("config", help="path to a YAML config")
     p.add_argument("--backend", default="local", help="local (default), slurm or ray")
     res = p.add_mutually_exclusive_group()
@@ -85,7 +87,9 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--nodes", type=int, default=1, help="nodes (Slurm/Ray; default 1)")
     p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
     p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
-    p.add_argument("--time", type=int, dest="time_min", metavar="MIN", help="wall-time limit in minutes (Slurm)")
+    p.add_argument("--time", type=auto_or(int), dest="time_min", metavar="MIN|auto",
+                   help="wall-time limit in minutes (Slurm); auto: the estimate from finished runs that resemble "
+                        "this one x1.5 + 10 min")
     p.add_argument("--name", help="experiment name (default: the config's file name)")
     p.add_argument("--work-dir", help="work dir (default work_dirs/NAME-ID)" if not sweep else
                    "folder under which each combination gets its own work dir (default work_dirs/)")

@@ -29,11 +29,14 @@ def _store() -> ExperimentStore:
 def _resources(args: argparse.Namespace) -> Resources:
     from launcher.spec import Resources
 
+    from launcher.time_auto import AUTO
+
     gpus = args.gpus or 0
     nproc = args.nproc if args.nproc is not None else (gpus or 1)
+    time_min = getattr(args, "time_min", None)
     return Resources(nproc=nproc, gpus=gpus, nodes=getattr(args, "nodes", 1),
                      cpus_per_task=getattr(args, "cpus_per_task", None), mem_gb=getattr(args, "mem_gb", None),
-                     time_min=getattr(args, "time_min", None))
+                     time_min=None if time_min == AUTO else time_min)  # --time auto: set once the run is estimated
 
 
 def _request(args: argparse.Namespace, module):
@@ -90,17 +93,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
         store.refuse_if_read_only()  # before the config is loaded: a read-only home is one line at once
     backend = module.create(store.home)
     spec = build_spec(_request(args, module))
+    estimate = _estimate(store, spec) if args.dry_run or _time_auto(args) else None
+    spec, time_line = _auto_time_specs(args, [spec], [estimate])
+    spec = spec[0]
     dry = backend.dryrun(spec)
     if args.dry_run:
-        estimate = _estimate(store, spec)
         if args.json:
-            print(json.dumps({**dry.to_json(), "estimate": estimate.to_json()}, sort_keys=True))
+            print(json.dumps({**dry.to_json(), "estimate": estimate.to_json(), "time_auto": time_line or None},
+                             sort_keys=True))
         else:
-            print(f"{dry.render()}\n{estimate.text()}")
+            print("\n".join([dry.render(), estimate.text(), *([time_line] if time_line else [])]))
         return 0
     exp = submit_spec(store, backend, spec)
     if spec.scaling is not None:
         print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
+    if time_line:
+        print(f"launcher: {spec.id}: {time_line}", file=sys.stderr)
     if args.json and args.detach:
         _print_json(exp.to_json())
     elif not args.json:
@@ -114,6 +122,24 @@ def _estimate(store: ExperimentStore, spec):
     from launcher.estimate_runs import estimate_for_spec
 
     return estimate_for_spec(store, spec, load_config(spec.config, spec.overrides, import_custom=False))
+
+
+def _time_auto(args: argparse.Namespace) -> bool:
+    from launcher.time_auto import AUTO
+
+    return getattr(args, "time_min", None) == AUTO
+
+
+def _auto_time_specs(args: argparse.Namespace, specs: list, estimates: list) -> tuple[list, str]:
+    """``specs`` with the ``--time auto`` limit (:mod:`launcher.time_auto`) and the line that says how it was
+    made; as they are, and no line, without ``--time auto``."""
+    if not _time_auto(args):
+        return specs, ""
+    from launcher.time_auto import auto_time
+
+    minutes, line = auto_time(estimates)
+    return [dataclasses.replace(s, resources=dataclasses.replace(s.resources, time_min=minutes))
+            for s in specs], line
 
 
 def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":
@@ -238,6 +264,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                                 disable=len(combos) <= SAY_SIZE_FIRST or not sys.stderr.isatty())]
     if len(combos) <= SAY_SIZE_FIRST:  # all checked: a bad combination stayed one line
         print(said, file=sys.stderr, flush=True)
+    if _time_auto(args):  # every task asks for the longest estimate's limit
+        specs, time_line = _auto_time_specs(args, specs, [_estimate(store, s) for s in specs])
+        print(f"launcher: {time_line}", file=sys.stderr)
     dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:

@@ -198,3 +198,39 @@ def test_list_and_status_show_a_running_jobs_eta_in_its_progress_within_80_colum
     assert "eta: estimating" in status_lines(store.get("abcd0003"))
     assert "eta: -" in status_lines(store.get("abcd0001"))
     store.close()
+
+
+def test_time_auto_is_the_estimate_x1_5_plus_10_minutes_rounded_up():
+    from launcher.estimate import Estimate
+    from launcher.errors import LauncherError
+    from launcher.time_auto import AUTO, auto_minutes, auto_or, auto_time
+
+    assert [auto_minutes(s) for s in (0, 40, 3600, 3601)] == [10, 11, 100, 101]
+    minutes, line = auto_time([Estimate(100.0, ("a",), "x"), Estimate(3600.0, ("b",), "y")])
+    assert minutes == 100 and line == ("--time auto: 100 min = the estimate 1:00:00 x1.5 + 10 min, rounded up to "
+                                       "whole minutes")
+    with pytest.raises(LauncherError, match=r"^--time auto: no finished run resembles it \(x\); pass --time"):
+        auto_time([Estimate(100.0, ("a",), "x"), Estimate(None, (), "no finished run resembles it (x)")])
+    parse = auto_or(int)
+    assert parse("auto") == AUTO and parse(" AUTO ") == AUTO and parse("30") == 30 and parse.__name__ == "int"
+
+
+def test_slurm_time_auto_asks_the_estimate_with_its_margin_or_one_line_for_an_explicit_time(tmp_path, monkeypatch,
+                                                                                          capsys):
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "abab0002")  # 100 s: 100 x 1.5 + 600 = 750 s -> 13 min
+    store.close()
+    args = ["submit", SHAPES, "--backend", "slurm", "--time", "auto", "--dry-run"]
+    assert main([*args, "--cfg-options", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --time=13\n" in out and out.splitlines()[-1] == (
+        "--time auto: 13 min = the estimate 0:01:40 x1.5 + 10 min, rounded up to whole minutes")
+    assert main([*args, "--json", "--cfg-options", *SMALL]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["resources"]["time_min"] == 13 and data["time_auto"].startswith("--time auto: 13 min")
+    assert main(args) == 2  # 4 images per worker: nothing resembles it
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("launcher submit: error: --time auto: no finished run resembles it (") and "\n" not in err
+    assert err.endswith("pass --time with a limit in minutes (e.g. --time 120)")
