@@ -116,12 +116,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0 if args.detach else _wait(store, backend, exp, args)
 
 
-def _estimate(store: ExperimentStore, spec):
-    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.estimate`)."""
+def _estimate(store: ExperimentStore, spec, measured: dict | None = None):
+    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.estimate`);
+    ``measured``: the runs already read, for the next spec of a sweep."""
     from detcore.config import load_config
     from launcher.estimate_runs import estimate_for_spec
 
-    return estimate_for_spec(store, spec, load_config(spec.config, spec.overrides, import_custom=False))
+    cfg = load_config(spec.config, spec.overrides, import_custom=False)
+    return estimate_for_spec(store, spec, cfg, measured)
 
 
 def _time_auto(args: argparse.Namespace) -> bool:
@@ -265,7 +267,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len(combos) <= SAY_SIZE_FIRST:  # all checked: a bad combination stayed one line
         print(said, file=sys.stderr, flush=True)
     if _time_auto(args):  # every task asks for the longest estimate's limit
-        specs, time_line = _auto_time_specs(args, specs, [_estimate(store, s) for s in specs])
+        measured: dict = {}
+        specs, time_line = _auto_time_specs(args, specs, [_estimate(store, s, measured) for s in specs])
         print(f"launcher: {time_line}", file=sys.stderr)
     dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:

@@ -52,14 +52,19 @@ def past_runs(store: ExperimentStore, world_size: int) -> list[PastRun]:
     return runs
 
 
-def estimate_for_spec(store: ExperimentStore, spec: JobSpec, cfg: Mapping[str, Any]) -> Estimate:
+def estimate_for_spec(store: ExperimentStore, spec: JobSpec, cfg: Mapping[str, Any],
+                      measured: dict[int, list[PastRun]] | None = None) -> Estimate:
     """The wall time of ``spec``'s run (``cfg``: its loaded config, before the schedule scaling the spec
-    predicts) from the finished runs in ``store`` that resemble it."""
+    predicts) from the finished runs in ``store`` that resemble it. ``measured``: the runs read so far, by
+    world size, kept there for the next call (a sweep reads the store once)."""
     if spec.mode is not Mode.TRAIN:
         return Estimate(None, (), "estimates are made for training runs")
     changes = [{"key": c.key, "new": c.new} for c in spec.scaling.changes] if spec.scaling else []
     shape = run_shape(scaled_config(cfg, changes), spec.world_size, spec.resources.gpus, spec.amp, spec.validate)
     if shape is None:
         return Estimate(None, (), "the config's runner gives no max_iters or max_epochs")
-    past = past_runs(store, spec.world_size)
+    measured = {} if measured is None else measured
+    if spec.world_size not in measured:
+        measured[spec.world_size] = past_runs(store, spec.world_size)
+    past = measured[spec.world_size]
     return estimate(shape, past, checked=len(past))
