@@ -33,7 +33,10 @@ def _resolved_config(work_dir: str) -> dict | None:
 
 
 def past_runs(store: ExperimentStore, world_size: int) -> list[PastRun]:
-    """The measured finished runs at ``world_size`` workers, newest first."""
+    """The measured finished runs at ``world_size`` workers, newest first (none, and nothing created, without
+    a store: a dry run leaves no ``$LAUNCHER_HOME`` behind)."""
+    if not store.path.exists():
+        return []
     rows = store.conn.execute(
         "SELECT id, work_dir, started, ended, resources, spec FROM experiments WHERE state = 'succeeded' "
         "AND mode = 'train' AND world_size = ? AND restarts = 0 AND history = '[]' AND started IS NOT NULL "

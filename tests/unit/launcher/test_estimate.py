@@ -149,6 +149,8 @@ def test_the_store_reader_measures_finished_runs_in_their_work_dirs(tmp_path):
     spec = build_spec(SubmitRequest(config=SHAPES, overrides=SMALL), cwd=str(tmp_path))
     got = estimate_for_spec(store, spec, shapes_cfg(*SMALL))
     assert got.runs == ("ffff0001",) and got.seconds == pytest.approx(100.0, abs=0.5)  # the same run again
+    empty = ExperimentStore(tmp_path / "nowhere")
+    assert estimate_for_spec(empty, spec, shapes_cfg(*SMALL)).seconds is None and not empty.home.exists()
     bigger = build_spec(SubmitRequest(config=SHAPES, overrides=SMALL, resources=Resources(nproc=4)),
                         cwd=str(tmp_path))
     assert estimate_for_spec(store, bigger, shapes_cfg(*SMALL)).seconds is None
