@@ -397,7 +397,7 @@ def warn_stale(exps) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from launcher.reconcile import refresh, weights_fact
-    from launcher.status_text import status_lines
+    from launcher.status_text import eta_text, status_lines
 
     store = _store()
     exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
@@ -405,7 +405,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**exp.to_json(), "weights": weights})
         return 0
-    print("\n".join(status_lines(exp, weights=weights)))
+    estimate = None
+    if eta_text(exp) == "estimating":  # not measured yet: what finished runs that resemble it took
+        from launcher.estimate_runs import estimate_started
+
+        estimate = estimate_started(store, exp)
+    print("\n".join(status_lines(exp, weights=weights, estimate=estimate)))
     if exp.backend == "local" and not exp.state.is_terminal() and not store.read_only:
         from launcher.backends.local.cores import describe_cores
         from launcher.leases import CPU_POOL, LeaseBook

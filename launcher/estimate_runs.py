@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from launcher.estimate import Estimate, PastRun, estimate, measure, run_shape, scaled_config
 from launcher.metrics import read_history
 from launcher.spec import JobSpec, Mode
-from launcher.store import ExperimentStore
+from launcher.store import Experiment, ExperimentStore
 
 logger = logging.getLogger(__name__)
 SCAN_LIMIT = 50
@@ -71,3 +71,27 @@ def estimate_for_spec(store: ExperimentStore, spec: JobSpec, cfg: Mapping[str, A
         measured[spec.world_size] = past_runs(store, spec.world_size)
     past = measured[spec.world_size]
     return estimate(shape, past, checked=len(past))
+
+
+def estimate_started(store: ExperimentStore, exp: Experiment) -> Estimate | None:
+    """The whole wall time of ``exp``, a started run that has not measured its own speed yet, from the finished
+    runs that resemble it: its resolved ``config.yaml`` once its trainer has written it, else its config and
+    overrides with the scaling the submit predicted. None when neither can be read."""
+    if exp.mode != Mode.TRAIN.value:
+        return None
+    spec = exp.spec_dict
+    cfg = _resolved_config(exp.work_dir)
+    if cfg is None:
+        from detcore.config import load_config
+        from detcore.errors import DetcoreError
+
+        try:
+            cfg = load_config(spec.get("config", exp.config), spec.get("overrides") or (), import_custom=False)
+        except (DetcoreError, OSError):
+            return None
+        cfg = scaled_config(cfg, (json.loads(exp.scaling) if exp.scaling else {}).get("changes") or [])
+    shape = run_shape(cfg, exp.world_size, int(json.loads(exp.resources or "{}").get("gpus") or 0),
+                      bool(spec.get("amp")), bool(spec.get("validate", True)))
+    if shape is None:
+        return None
+    return estimate(shape, [p for p in past_runs(store, exp.world_size) if p.id != exp.id])

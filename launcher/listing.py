@@ -93,7 +93,7 @@ _CELLS = {
                 "max_epoch || ' ep' WHEN max_iter IS NOT NULL THEN COALESCE(last_iter, 0) || '/' || max_iter "
                 "ELSE COALESCE(CAST(last_iter AS TEXT), '-') END || "
                 "CASE WHEN mode = 'test' OR state NOT IN ('running', 'restarting') THEN '' "
-                "WHEN json_type(last_metrics, '$.eta_s') NOT IN ('integer', 'real') THEN ' eta ?' "
+                "WHEN COALESCE(json_type(last_metrics, '$.eta_s'), '') NOT IN ('integer', 'real') THEN ' eta ?' "
                 "ELSE printf(' eta %d:%02d:%02d', CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) / 3600, "
                 "CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) / 60 % 60, "
                 "CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) % 60) END",

@@ -236,3 +236,40 @@ def test_slurm_time_auto_asks_the_estimate_with_its_margin_or_one_line_for_an_ex
     err = capsys.readouterr().err.strip()
     assert err.startswith("launcher submit: error: --time auto: no finished run resembles it (") and "\n" not in err
     assert err.endswith("pass --time with a limit in minutes (e.g. --time 120)")
+
+
+def test_status_of_a_run_still_estimating_its_eta_shows_what_is_left_of_the_estimate(tmp_path, monkeypatch, capsys):
+    from launcher.estimate_runs import estimate_started
+    from launcher.status_text import status_lines
+
+    monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "abcd0011")  # 100 s for the same run
+    exp_id = finished_run(store, tmp_path, "abcd0012")  # then made the running one: started, nothing measured
+    store.conn.execute("UPDATE experiments SET state = 'running', ended = NULL, last_metrics = '{}' WHERE id = ?",
+                       (exp_id,))
+    exp = store.get(exp_id)
+    estimate = estimate_started(store, exp)
+    assert estimate.runs == ("abcd0011",) and estimate.seconds == pytest.approx(100.0, abs=0.5)
+    lines = status_lines(exp, now=exp.started + 30, estimate=estimate)
+    assert "eta: estimating; about 0:01:10 by the estimate from finished run abcd0011" in lines
+    assert "eta: estimating" in status_lines(exp, now=exp.started + 30)
+    store.close()
+
+
+def test_a_run_whose_trainer_has_not_started_is_estimated_from_its_config_and_scaling(tmp_path):
+    from launcher.estimate_runs import estimate_started
+    from launcher.listing import list_table
+
+    store = ExperimentStore(tmp_path / "home")
+    finished_run(store, tmp_path, "abcd0021")
+    exp_id = finished_run(store, tmp_path, "abcd0022")
+    (tmp_path / exp_id / "config.yaml").unlink()  # the trainer is still starting: no resolved config yet
+    store.conn.execute("UPDATE experiments SET state = 'running', ended = NULL, last_iter = NULL, max_iter = NULL, "
+                       "last_metrics = '{}' WHERE id = ?", (exp_id,))
+    estimate = estimate_started(store, store.get(exp_id))
+    assert estimate.runs == ("abcd0021",) and estimate.seconds == pytest.approx(100.0, abs=0.5)
+    lines, _ = list_table(store, width=80)
+    assert lines[-1].split()[:5] == [exp_id, "faster_rcnn_tiny_shapes", "running", "-", "eta"]
+    assert lines[-1].split()[5] == "?"
+    store.close()
