@@ -20,6 +20,7 @@ trained, or evaluated, on the same data (the same ``data.train`` / ``data.val``)
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from array import array
 from dataclasses import dataclass
@@ -131,6 +132,11 @@ def scaled_config(cfg: Mapping[str, Any], changes: Iterable[Mapping[str, Any]]) 
     return out
 
 
+def _seconds(value: Any) -> bool:
+    """A duration a record can hold: a finite number, not negative (a hand-edited or damaged file may not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 @dataclass(frozen=True)
 class PastRun:
     """What one finished run measured."""
@@ -153,7 +159,7 @@ def measure(exp_id: str, shape: RunShape, wall_s: float, records: Sequence[Mappi
     ends, clock, done = array("d"), 0.0, 0
     for r in records:
         it, seconds = r.get("iter"), r.get("iter_time")
-        if r.get("mode") != "train" or not isinstance(it, int) or not isinstance(seconds, (int, float)) or it <= done:
+        if r.get("mode") != "train" or not isinstance(it, int) or not _seconds(seconds) or it <= done:
             continue
         for _ in range(it - done):  # a record is the mean of the iterations since the one before
             clock += seconds
@@ -162,8 +168,7 @@ def measure(exp_id: str, shape: RunShape, wall_s: float, records: Sequence[Mappi
     step = step_seconds(ends, recent=len(ends)) if done else None
     if step is None:
         return None
-    timed = [float(r["eval_time"]) for r in records
-             if r.get("mode") == "val" and isinstance(r.get("eval_time"), (int, float))]
+    timed = [float(r["eval_time"]) for r in records if r.get("mode") == "val" and _seconds(r.get("eval_time"))]
     evaluation = statistics.median(timed) if timed else None
     evaluations = sum(1 for r in records if r.get("mode") == "val")
     startup = max(0.0, wall_s - done * step - evaluations * (evaluation or 0.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,10 @@ def test_a_run_is_measured_after_warm_up():
     assert run.evaluation_s == 5.0 and run.iterations == 60
     assert run.startup_s == pytest.approx(100.0 - 60 * run.step_s - 10.0)
     assert measure("aaaa0002", shape, 100.0, [{"mode": "val", "iter": 60, "bbox_AP": 0.2}]) is None
+    damaged = [{**r, "iter_time": float("nan")} if r["iter"] == 30 else r for r in records] + [
+        {"mode": "val", "iter": 60, "eval_time": float("inf")}, {"mode": "train", "iter": "x", "iter_time": 1.0}]
+    again = measure("aaaa0003", shape, wall_s=100.0, records=damaged)  # bad values are skipped, not averaged in
+    assert math.isfinite(again.step_s) and again.evaluation_s == 5.0 and again.iterations == 60
 
 
 def past(exp_id: str, shape, step: float, evaluation: float | None = 5.0, startup: float = 20.0,
