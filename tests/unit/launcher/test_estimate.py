@@ -173,7 +173,8 @@ def test_submit_dry_run_prints_the_estimate_in_text_and_json(tmp_path, monkeypat
     assert data["estimate"]["from"] == ["abab0001"] and data["estimate"]["seconds"] == 100
     assert main(["submit", SHAPES, "--dry-run", "--cfg-options", *SMALL, "runner.max_iters=600"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("estimate: 0:") and "from run abab0001: 1200 iterations x" in last  # 600 scaled x2 for 2 images
+    # max_iters 600 is scaled x2 for a total batch of 2 against the config's 4
+    assert last.startswith("estimate: 0:") and "from run abab0001: 1200 iterations x" in last
     assert main(["submit", SHAPES, "--dry-run", "--json"]) == 0  # 4 images per worker: no run resembles it
     assert json.loads(capsys.readouterr().out)["estimate"]["seconds"] is None
 
