@@ -86,7 +86,8 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--cpus-per-task", type=int, help="CPUs per worker (Slurm/Ray)")
     p.add_argument("--mem-gb", type=float, help="memory per node in GB (Slurm/Ray)")
     p.add_argument("-t", "--time", dest="time", metavar="TIME",
-                   help="wall-time limit (Slurm's formats: MM, HH:MM:SS, D-HH:MM, ...)")
+                   help="wall-time limit (Slurm's formats: MM, HH:MM:SS, D-HH:MM, ...); auto: the estimate from "
+                        "finished runs that resemble this one x1.5 + 10 min")
     p.add_argument("--name", help="experiment name (default: the config's file name)")
     p.add_argument("--work-dir", help="work dir (default work_dirs/NAME-ID)" if not sweep else
                    "folder under which each combination gets its own work dir (default work_dirs/)")

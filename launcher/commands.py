@@ -37,11 +37,11 @@ def _resources(args: argparse.Namespace) -> Resources:
 
 
 def _time_min(args: argparse.Namespace) -> int | None:
-    """``--time`` in minutes (Slurm's formats), None when not given."""
+    """``--time`` in minutes (Slurm's formats), None when not given or ``auto`` (set once the run is estimated)."""
     from launcher.walltime import parse_walltime
 
     text = getattr(args, "time", None)
-    return parse_walltime(text) if text is not None else None
+    return parse_walltime(text) if text is not None and not _time_auto(args) else None
 
 
 def _request(args: argparse.Namespace, module):
@@ -99,18 +99,55 @@ def cmd_submit(args: argparse.Namespace) -> int:
         store.refuse_if_read_only()  # before the config is loaded: a read-only home is one line at once
     backend = module.create(store.home)
     spec = build_spec(_request(args, module))
+    estimate = _estimate(store, spec) if args.dry_run or _time_auto(args) else None
+    spec, time_line = _auto_time_specs(args, [spec], [estimate])
+    spec = spec[0]
     dry = backend.dryrun(spec)
     if args.dry_run:
-        print(json.dumps(dry.to_json(), sort_keys=True) if args.json else dry.render())
+        if args.json:
+            print(json.dumps({**dry.to_json(), "estimate": estimate.to_json(), "time_auto": time_line or None},
+                             sort_keys=True))
+        else:
+            print("\n".join([dry.render(), estimate.text(), *([time_line] if time_line else [])]))
         return 0
     exp = submit_spec(store, backend, spec)
     if spec.scaling is not None:
         print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
+    if time_line:
+        print(f"launcher: {spec.id}: {time_line}", file=sys.stderr)
     if args.json and args.detach:
         _print_json(exp.to_json())
     elif not args.json:
         print(exp.id, flush=True)
     return 0 if args.detach else _wait(store, backend, exp, args)
+
+
+def _estimate(store: ExperimentStore, spec, measured: dict | None = None):
+    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.estimate`);
+    ``measured``: the runs already read, for the next spec of a sweep."""
+    from detcore.config import load_config
+    from launcher.estimate_runs import estimate_for_spec
+
+    cfg = load_config(spec.config, spec.overrides, import_custom=False)
+    return estimate_for_spec(store, spec, cfg, measured)
+
+
+def _time_auto(args: argparse.Namespace) -> bool:
+    from launcher.time_auto import AUTO
+
+    return str(getattr(args, "time", None) or "").strip().lower() == AUTO
+
+
+def _auto_time_specs(args: argparse.Namespace, specs: list, estimates: list) -> tuple[list, str]:
+    """``specs`` with the ``--time auto`` limit (:mod:`launcher.time_auto`) and the line that says how it was
+    made; as they are, and no line, without ``--time auto``."""
+    if not _time_auto(args):
+        return specs, ""
+    from launcher.time_auto import auto_time
+
+    minutes, line = auto_time(estimates)
+    return [dataclasses.replace(s, resources=dataclasses.replace(s.resources, time_min=minutes))
+            for s in specs], line
 
 
 def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":
@@ -238,6 +275,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                                 disable=len(combos) <= SAY_SIZE_FIRST or not sys.stderr.isatty())]
     if len(combos) <= SAY_SIZE_FIRST:  # all checked: a bad combination stayed one line
         print(said, file=sys.stderr, flush=True)
+    if _time_auto(args):  # every task asks for the longest estimate's limit
+        measured: dict = {}
+        specs, time_line = _auto_time_specs(args, specs, [_estimate(store, s, measured) for s in specs])
+        print(f"launcher: {time_line}", file=sys.stderr)
     dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:
@@ -365,7 +406,7 @@ def warn_stale(exps) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from launcher.reconcile import refresh, weights_fact
-    from launcher.status_text import status_lines
+    from launcher.status_text import eta_text, status_lines
 
     store = _store()
     exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
@@ -373,7 +414,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**exp.to_json(), "weights": weights})
         return 0
-    print("\n".join(status_lines(exp, weights=weights)))
+    estimate = None
+    if eta_text(exp) == "estimating":  # not measured yet: what finished runs that resemble it took
+        from launcher.estimate_runs import estimate_started
+
+        estimate = estimate_started(store, exp)
+    print("\n".join(status_lines(exp, weights=weights, estimate=estimate)))
     if exp.backend == "local" and not exp.state.is_terminal() and not store.read_only:
         from launcher.backends.local.cores import describe_cores
         from launcher.leases import CPU_POOL, LeaseBook

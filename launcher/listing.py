@@ -86,10 +86,17 @@ _CELLS = {
             "THEN substr(name, 1, instr(name, '-' || gk || '=') - 1) ELSE name END",
     "STATE": "state",
     "BACKEND": "backend",
+    # a running job's progress ends with its time left: the ETA of its newest progress line (metrics.jsonl's
+    # eta_s, which status_text.eta_text also shows), ``eta ?`` while that line still says "estimating"
     "PROGRESS": "CASE WHEN mode = 'test' THEN 'test' "
                 "WHEN max_epoch IS NOT NULL THEN COALESCE(json_extract(last_metrics, '$.epoch'), 0) || '/' || "
                 "max_epoch || ' ep' WHEN max_iter IS NOT NULL THEN COALESCE(last_iter, 0) || '/' || max_iter "
-                "ELSE COALESCE(CAST(last_iter AS TEXT), '-') END",
+                "ELSE COALESCE(CAST(last_iter AS TEXT), '-') END || "
+                "CASE WHEN mode = 'test' OR state NOT IN ('running', 'restarting') THEN '' "
+                "WHEN COALESCE(json_type(last_metrics, '$.eta_s'), '') NOT IN ('integer', 'real') THEN ' eta ?' "
+                "ELSE printf(' eta %d:%02d:%02d', CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) / 3600, "
+                "CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) / 60 % 60, "
+                "CAST(json_extract(last_metrics, '$.eta_s') AS INTEGER) % 60) END",
     "DURATION": "CASE WHEN dur IS NULL OR dur < 0 THEN '-' ELSE printf('%d:%02d:%02d', dur / 3600, dur / 60 % 60, "
                 "dur % 60) END",
     "LOSS": "CASE WHEN last_loss IS NULL THEN '-' ELSE printf('%.4f', last_loss) END",

@@ -17,6 +17,7 @@ from launcher.tail import tail_lines
 
 TAIL_BYTES = 64 * 1024
 AP_KEYS = ("bbox_AP", "segm_AP", "mAP", "AP")
+TIMING_KEYS = frozenset({"eval_time"})  # how long an evaluation took: read by :mod:`launcher.estimate`, not a metric
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
     ap = ap_of(val) if val else None
     values: dict[str, Any] = {}
     if train:
-        values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch")})
+        values.update({k: v for k, v in train.items() if k in ("loss", "lr", "iter", "epoch", "eta_s")})
     if val:
-        values.update({k: v for k, v in val.items() if isinstance(v, (int, float)) and k not in ("iter", "epoch")})
+        values.update({k: v for k, v in val.items()
+                       if isinstance(v, (int, float)) and k not in ("iter", "epoch") and k not in TIMING_KEYS})
     return LastMetrics(iter=(train or val or {}).get("iter"), epoch=(train or val or {}).get("epoch"),
                        loss=train.get("loss") if train else None, ap=ap, values=values)
 
@@ -77,7 +79,8 @@ def best_evaluation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not evals:
         return None
     best = max(evals, key=lambda r: ap_of(r))  # the first of equal APs: the earliest checkpoint reaching it
-    return {k: v for k, v in best.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in best.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in TIMING_KEYS}
 
 
 def read_test_metrics(work_dir: str | os.PathLike) -> dict[str, float] | None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher.listing import duration_text, lr_text
 from launcher.printable import printable
 from launcher.store import Experiment
+
+if TYPE_CHECKING:
+    from launcher.estimate import Estimate
 
 
 def plain(value: Any) -> str:
@@ -31,9 +34,28 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
-def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] | None = None) -> list[str]:
+def eta_text(exp: Experiment, estimate: Estimate | None = None, now: float | None = None) -> str | None:
+    """A running job's time left, from its newest progress line (``eta_s`` in ``metrics.jsonl``, the ETA the
+    line shows): ``0:04:37 (at iteration 120)``; before it is measured, ``estimating``, with what is left of
+    ``estimate`` (its whole wall time from finished runs) when there is one. None when not running."""
+    if exp.state.value not in ("running", "restarting") or exp.mode == "test":
+        return None
+    metrics = json.loads(exp.last_metrics or "{}")
+    eta = metrics.get("eta_s")
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        return f"{duration_text(eta)} (at iteration {metrics.get('iter', exp.last_iter)})"
+    if estimate is None or estimate.seconds is None:
+        return "estimating"
+    ran = (time.time() if now is None else now) - (exp.started or exp.created)
+    return (f"estimating; about {duration_text(max(0.0, estimate.seconds - ran))} by the estimate from finished "
+            f"run{'s' * (len(estimate.runs) != 1)} {', '.join(estimate.runs)}")
+
+
+def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] | None = None,
+                 estimate: Estimate | None = None) -> list[str]:
     """The lines ``launcher status`` prints for ``exp``; ``weights``: what its run started from (the
-    worker's ``weights`` fact: one ``weights:`` line each)."""
+    worker's ``weights`` fact: one ``weights:`` line each); ``estimate``: its wall time from finished runs,
+    shown until the run has measured its own ETA."""
     now = time.time() if now is None else now
     scaling = json.loads(exp.scaling) if exp.scaling else None
     base_lr = scaling.get("base_lr") if scaling else None
@@ -54,6 +76,7 @@ def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] 
         ("config", exp.config), ("overrides", exp.spec_dict.get("overrides")), ("grid", exp.grid_values),
         ("config hash", exp.config_hash), ("work dir", exp.work_dir), ("world size", exp.world_size),
         ("total batch", exp.total_batch), ("lr", lr_text(base_lr, exp.lr)), ("progress", progress),
+        ("eta", eta_text(exp, estimate, now)),
         ("duration", duration_text(duration)), ("loss", exp.last_loss), ("AP (newest)", exp.last_ap),
         ("best AP", None if exp.best_ap is None else f"{exp.best_ap:.6g}"
                     + (f" at iteration {best['iter']}" if best.get("iter") is not None else "")),

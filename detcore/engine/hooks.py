@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 UNMEASURED = -1.0  # pycocotools' value for a metric with nothing to measure (APl of a set without large objects)
 RECORD_COORDINATES = ("iter", "epoch", "mode")  # where a record was logged, not values
+NOT_SCALARS = ("eta_s",)  # in metrics.jsonl for the launcher (a running job's ETA), not a series to plot
 
 
 def scalar_values(record: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -37,7 +38,7 @@ def scalar_values(record: dict[str, Any], prefix: str) -> dict[str, float]:
     constant -1 series; ``metrics.jsonl`` keeps every value.
     """
     return {f"{prefix}/{k}": float(v) for k, v in record.items()
-            if k not in RECORD_COORDINATES and isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k not in RECORD_COORDINATES and k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)
             and not (prefix == "val" and v == UNMEASURED)}
 
 
@@ -99,7 +100,9 @@ class LoggerHook(HookBase):
         pending = evaluation.evaluations_left() if evaluation is not None else 0
         eta = estimate_eta(self._ends, t.max_iters - t.iter, pending,
                            evaluation.last_seconds if evaluation is not None else None)
-        t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean}, prefix="train")
+        # eta_s: the line's ETA (None while estimating), what `launcher list/status` show for a running job
+        t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean,
+                       "eta_s": None if eta.seconds is None else round(eta.seconds, 1)}, prefix="train")
         terms = {k: v for k, v in mean.items() if k not in self.NOT_TERMS}
         logger.info("%s", iteration_line(t.iter, t.max_iters, t.epoch, mean["lr"], mean.get("loss", 0.0), terms,
                                          mean.get("iter_time", 0.0), mean.get("data_time", 0.0), mean["memory_mb"],
@@ -155,7 +158,9 @@ class EvalHook(HookBase):
         self.total_seconds += self.last_seconds
         if t.dist.is_main and results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
-            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat}, prefix="val")
+            # eval_time: this evaluation's wall time, what the launcher's estimates of later runs are made of
+            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat, "eval_time": self.last_seconds},
+                          prefix="val")
             t.last_metrics = flat
 
 

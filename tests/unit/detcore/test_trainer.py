@@ -89,6 +89,10 @@ def test_training_evaluates_voc_map_and_keeps_its_work_dir(tmp_path: Path) -> No
     val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
     assert 0.0 <= val["mAP"] <= 1.0 and "bbox_AP" in val and any(k.startswith("mAP_AP_") for k in val)
     assert (tmp_path / "iter_2.pth").is_file() and (tmp_path / "best_mAP.pth").is_file()
+    # what the launcher estimates later runs and shows a running job's ETA from
+    train = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert train[0]["eta_s"] is None and train[-1]["eta_s"] == 0.0  # estimating after one iteration; done
+    assert isinstance(val["eval_time"], float) and val["eval_time"] > 0
 
 
 def test_amp_from_the_config_is_read_like_the_flag(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -113,3 +117,4 @@ def test_scalars_leave_out_coordinates_flags_and_pycocotools_unmeasured() -> Non
     assert scalar_values(val, "val") == {"val/bbox_AP": 0.5}
     train = {"mode": "train", "iter": 20, "loss": -1.0, "lr": 0.02}  # -1 is only a sentinel in evaluations
     assert scalar_values(train, "train") == {"train/loss": -1.0, "train/lr": 0.02}
+    assert scalar_values({**train, "eta_s": 12.5}, "train") == {"train/loss": -1.0, "train/lr": 0.02}
