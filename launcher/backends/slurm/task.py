@@ -308,6 +308,11 @@ class SlurmTask(Checkpointable):
                              signal_delay_s=getattr(self, "signal_delay_s", 0))
         return DelayedSubmission(self.fresh())
 
+    def _worker_spawned(self, shim_pid: int) -> bool:
+        """The shim ``shim_pid`` has started its worker (its ``start`` fact names it)."""
+        return bool(self.run_dir) and any(e.get("event") == "start" and e.get("shim_pid") == shim_pid
+                                          for e in read_events(self.run_dir))
+
     def _record_requeue(self, attempt: int, **why) -> None:
         """The ``requeue`` fact of ``attempt``, written by rank 0 just before it requeues the job."""
         if self.run_dir:
@@ -332,6 +337,13 @@ class SlurmTask(Checkpointable):
                 return code
             if self.stoppable:
                 worker = worker_pid(proc.pid)
+                if worker is None and self._worker_spawned(proc.pid):
+                    # USR2 reached the worker first and it has already exited (a loaded node can run the
+                    # shim's handler late): the shim is recording its end and exits with its code
+                    if time.monotonic() >= deadline:
+                        proc.kill()
+                    time.sleep(0.1)
+                    continue
                 disposition = usr2_disposition(worker or proc.pid)  # no child yet: the shim itself (ignores it)
                 if disposition == "ignored" or time.monotonic() >= deadline:
                     proc.kill()  # the shim; its worker dies with it (PR_SET_PDEATHSIG)

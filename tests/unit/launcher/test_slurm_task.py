@@ -147,6 +147,24 @@ def test_signal_during_worker_start_up_is_not_fatal_and_requeues_at_once(tmp_pat
     assert time.monotonic() - t0 < 3 and proc.wait() == -signal.SIGKILL
 
 
+def test_a_worker_that_took_usr2_first_and_exited_is_waited_for_not_killed(tmp_path):
+    """USR2 reaches the worker and its shim at once; on a loaded node the worker may checkpoint and exit
+    before the shim's handler runs. The shim (no child any more, ignoring USR2) is then finishing up:
+    its exit code is the worker's, and the job requeues as stopped after a checkpoint."""
+    from detcore.contract import append_event
+
+    task = SlurmTask("0123abcd", (), "/", {}, str(tmp_path), stop_timeout_s=20, run_dir=str(tmp_path / "run"))
+    shim = "import sys, time; print(1, flush=True); time.sleep(1.5); sys.exit(3)"  # records the worker's end, exits
+    task._proc = subprocess.Popen([sys.executable, "-c", shim], stdout=subprocess.PIPE,
+                                  preexec_fn=slurm_task._ignore_usr2)
+    task._proc.stdout.readline()
+    append_event(tmp_path / "run", {"event": "start", "rank": 0, "attempt": 0, "pid": 1, "shim_pid": task._proc.pid})
+    task.checkpoint()
+    assert task._proc.wait() == 3
+    assert "worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in \
+        (tmp_path / "rank0.log").read_text()
+
+
 def test_worker_that_already_finished_is_not_requeued(tmp_path):
     task, proc = start_worker(startup=0.0, finish=0.5)
     task.log_dir = str(tmp_path)
