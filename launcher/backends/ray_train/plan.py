@@ -243,7 +243,7 @@ def cpu_note(spec: JobSpec) -> str:
     n = cpus_per_worker(spec)
     if spec.resources.cpus_per_task is not None:
         return f"CPUs per worker: {n} (--cpus-per-worker)"
-    return (f"CPUs per worker: {n} (the worker and its {spec.loader_workers} DataLoader processes, "
+    return (f"CPUs per worker: {n} (1 for the worker + {spec.loader_workers} for its DataLoader processes, "
             f"data.workers_per_gpu; --cpus-per-worker to change)")
 
 

@@ -137,13 +137,13 @@ def test_a_bad_dist_timeout_is_one_line_naming_the_key(value):
 
 
 @pytest.mark.parametrize("overrides,resources,test,cpus,why", [
-    ((), Resources(nproc=2), False, 2, "the worker and its 1 DataLoader processes"),
-    (("data.workers_per_gpu=4",), Resources(nproc=2), False, 5, "the worker and its 4 DataLoader processes"),
-    (("data.workers_per_gpu=0",), Resources(nproc=2), False, 1, "the worker and its 0 DataLoader processes"),
+    ((), Resources(nproc=2), False, 2, "1 for the worker + 1 for its DataLoader processes"),
+    (("data.workers_per_gpu=4",), Resources(nproc=2), False, 5, "1 for the worker + 4 for its DataLoader processes"),
+    (("data.workers_per_gpu=0",), Resources(nproc=2), False, 1, "1 for the worker + 0 for its DataLoader processes"),
     (("data.workers_per_gpu=4",), Resources(nproc=2, cpus_per_task=3), False, 3, "(--cpus-per-worker)"),
     (("data.workers_per_gpu=4", "+data.test.workers_per_gpu=1"), Resources(nproc=2), True, 2,
-     "the worker and its 1 DataLoader processes"),  # a test job reads the test split's loader
-    (("data.workers_per_gpu=2",), Resources(nproc=4, gpus=4), False, 3, "the worker and its 2 DataLoader"),
+     "1 for the worker + 1 for its DataLoader processes"),  # a test job reads the test split's loader
+    (("data.workers_per_gpu=2",), Resources(nproc=4, gpus=4), False, 3, "1 for the worker + 2 for its DataLoader"),
 ])
 def test_cpus_per_worker_follow_the_loader_workers(tmp_path, overrides, resources, test, cpus, why):
     ckpt = tmp_path / "m.pth"
