@@ -1,8 +1,10 @@
-"""Test jobs on a real local Ray head (``tests/integration/ray_cluster.py``), through the real CLI.
+"""Test jobs, sweeps and Ray Client on a real local Ray head (``tests/integration/ray_cluster.py``), through the
+real CLI.
 
 A checkpoint of the shapes config is trained locally in a few iterations; ``launcher submit --test CKPT
 --backend ray`` evaluates it with two Ray Train workers (each its share of the test split) and the
-experiment records the checkpoint's AP, as a local test job does.
+experiment records the checkpoint's AP, as a local test job does. A 2-point sweep runs both experiments
+on Ray to the end, and a job submitted with ``--address ray://...`` goes through the head's Ray Client server.
 """
 from __future__ import annotations
 
@@ -68,3 +70,18 @@ def test_a_two_point_sweep_on_ray_finishes_both_experiments(home, ray_head):
     assert len(listed) == 3 and all(" succeeded " in line for line in listed[1:])
     for i in ids:
         assert_nothing_left(ray_head, i)
+
+
+def test_a_job_through_ray_client_runs_to_the_end(home, ray_head):
+    """``--address ray://HOST:PORT``: the driver reaches the head through its Ray Client server."""
+    from tests.integration.ray_cluster import HEAD_ENV
+
+    client = f"ray://127.0.0.1:{HEAD_ENV['DETLAUNCH_RAY_CLIENT_PORT']}"
+    out = launcher(home, "submit", SHAPES, "--backend", "ray", "--address", client, "--workers", "2", "--name",
+                   "client", "--cfg-options", *DATA, "runner.max_iters=4", "checkpoint_config.interval=2",
+                   timeout=600).stdout
+    rec = record(home, out.splitlines()[0].strip())
+    assert rec["state"] == "succeeded" and rec["last_iter"] == 4, rec["reason"]
+    assert rec["backend_extra"]["address"] == client and f"finished on Ray at {client}" == rec["reason"]
+    # the head's Ray Client proxy ends the session's own server process after the driver left (it checks every 30 s)
+    assert_nothing_left(ray_head, rec["id"], grace_s=90)
