@@ -22,7 +22,8 @@ from detcore.contract import DIST_TIMEOUT_MIN, seed_error
 from detcore.pretrained.names import is_weights_name
 from launcher.errors import LauncherError
 from launcher.scaling import predict_scaling
-from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
+from launcher.spec import (JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id,
+                           timeout_problem)
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
 
 logger = logging.getLogger(__name__)
@@ -175,9 +176,8 @@ def dist_timeout_min(cfg: dict, source: str) -> float:
     value = params.get("timeout_min") if isinstance(params, dict) else None
     if value is None:
         return DIST_TIMEOUT_MIN
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10 ** 6:
-        raise LauncherError(f"{source}: dist_params.timeout_min must be a number of minutes > 0 (the process-group "
-                            f"timeout; default {DIST_TIMEOUT_MIN:g}), got {value!r}")
+    if timeout_problem(value):
+        raise LauncherError(f"{source}: {timeout_problem(value)}")
     return value
 
 

@@ -131,10 +131,8 @@ class JobSpec:
             raise LauncherError("resume must be auto, never or a checkpoint path")
         _check_int("max_restarts", self.max_restarts, 0)
         _check_int("data.workers_per_gpu", self.loader_workers, 0)
-        timeout = self.dist_timeout_min
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 10 ** 6:
-            raise LauncherError(f"dist_params.timeout_min must be a number of minutes > 0 (detcore's default is "
-                                f"{DIST_TIMEOUT_MIN:g}), got {timeout!r}")
+        if timeout_problem(self.dist_timeout_min):
+            raise LauncherError(timeout_problem(self.dist_timeout_min))
         if self.backend_options is not None and not dataclasses.is_dataclass(self.backend_options):
             raise LauncherError(f"backend_options must be the backend's options dataclass, got "
                                 f"{type(self.backend_options).__name__}")
@@ -149,6 +147,14 @@ class JobSpec:
     @property
     def world_size(self) -> int:
         return self.resources.world_size
+
+
+def timeout_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be ``dist_params.timeout_min`` (a number of minutes > 0), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10 ** 6:
+        return (f"dist_params.timeout_min must be a number of minutes > 0 (the process-group timeout; default "
+                f"{DIST_TIMEOUT_MIN:g}), got {value!r}")
+    return None
 
 
 def new_experiment_id() -> str:

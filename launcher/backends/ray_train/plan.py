@@ -229,7 +229,7 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
         num_workers=spec.world_size, use_gpu=bool(gpus), resources_per_worker=tuple(sorted(per_worker.items())),
         placement_strategy="SPREAD" if r.nodes > 1 else "PACK",
         max_failures=opts.max_failures if opts.max_failures is not None else spec.max_restarts,
-        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend=backend, timeout_s=round(spec.dist_timeout_min * 60),
+        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend=backend, timeout_s=max(1, round(spec.dist_timeout_min * 60)),
         env_vars=tuple(sorted(env.items())), worker=worker, notes=notes)
 
 
