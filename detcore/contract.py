@@ -45,6 +45,10 @@ EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_HUNG = 4
 RETRYABLE_EXIT_CODES = (EXIT_FAILED, EXIT_HUNG)  # plus any death by a signal
+# The process-group timeout (minutes) when the config's dist_params.timeout_min is unset. Rank 0 alone runs
+# COCOeval or writes a checkpoint to slow storage while the others wait in the next collective; torch's
+# 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
+DIST_TIMEOUT_MIN = 30.0
 
 # Environment variables a starter sets for the worker.
 STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"      # e.g. "USR2": checkpoint, then exit EXIT_STOPPED

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detcore.contract import seed_error
+from detcore.contract import DIST_TIMEOUT_MIN, seed_error
 from detcore.pretrained.names import is_weights_name
 from launcher.errors import LauncherError
 from launcher.scaling import predict_scaling
-from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id
+from launcher.spec import (JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id,
+                           timeout_problem)
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
                    resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
                    max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
                    worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
-                   loader_workers=loader_workers(cfg, mode), run_id=new_run_id(), load_from=load_from,
+                   loader_workers=loader_workers(cfg, mode), dist_timeout_min=dist_timeout_min(cfg, req.config),
+                   run_id=new_run_id(), load_from=load_from,
                    validate=req.validate,
                    hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
                                    else float(req.hang_timeout_s)))
@@ -164,6 +166,18 @@ def loader_workers(cfg: dict, mode: Mode = Mode.TRAIN) -> int:
     value = split_workers(cfg, "test" if mode is Mode.TEST else "train")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise LauncherError(f"data.workers_per_gpu must be an integer >= 0, got {value!r}")
+    return value
+
+
+def dist_timeout_min(cfg: dict, source: str) -> float:
+    """The config's ``dist_params.timeout_min``, detcore's default when unset; a LauncherError naming ``source``
+    (the config file) when it is not a number of minutes > 0."""
+    params = cfg.get("dist_params")
+    value = params.get("timeout_min") if isinstance(params, dict) else None
+    if value is None:
+        return DIST_TIMEOUT_MIN
+    if timeout_problem(value):
+        raise LauncherError(f"{source}: {timeout_problem(value)}")
     return value
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
+from detcore.contract import DIST_TIMEOUT_MIN
 from launcher.errors import LauncherError
 from launcher.scaling import ScaledSchedule
 from launcher.state import JobState
@@ -82,6 +83,8 @@ class JobSpec:
     ``amp``/``deterministic``/``load_from``/``validate`` become the worker's ``--amp``,
     ``--deterministic``, ``--load-from PATH`` and ``--no-validate``;
     ``loader_workers`` is the config's ``data.workers_per_gpu`` (for sizing CPUs and threads).
+    ``dist_timeout_min`` is the config's ``dist_params.timeout_min`` (detcore's default when unset), for
+    launchers that create the process group themselves (Ray Train).
     """
 
     id: str
@@ -108,6 +111,7 @@ class JobSpec:
     amp: bool = False
     deterministic: bool = False
     loader_workers: int = 2
+    dist_timeout_min: float = DIST_TIMEOUT_MIN
     load_from: str | None = None
     validate: bool = True
 
@@ -127,6 +131,8 @@ class JobSpec:
             raise LauncherError("resume must be auto, never or a checkpoint path")
         _check_int("max_restarts", self.max_restarts, 0)
         _check_int("data.workers_per_gpu", self.loader_workers, 0)
+        if timeout_problem(self.dist_timeout_min):
+            raise LauncherError(timeout_problem(self.dist_timeout_min))
         if self.backend_options is not None and not dataclasses.is_dataclass(self.backend_options):
             raise LauncherError(f"backend_options must be the backend's options dataclass, got "
                                 f"{type(self.backend_options).__name__}")
@@ -141,6 +147,14 @@ class JobSpec:
     @property
     def world_size(self) -> int:
         return self.resources.world_size
+
+
+def timeout_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be ``dist_params.timeout_min`` (a number of minutes > 0), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10 ** 6:
+        return (f"dist_params.timeout_min must be a number of minutes > 0 (the process-group timeout; default "
+                f"{DIST_TIMEOUT_MIN:g}), got {value!r}")
+    return None
 
 
 def new_experiment_id() -> str:

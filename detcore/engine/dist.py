@@ -23,6 +23,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from detcore.contract import DIST_TIMEOUT_MIN
 from detcore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ class DistInfo:
 
 
 _OWN_GROUP = False  # the default group was created by start_process_group (not by Ray Train or a caller)
-# Rank 0 alone runs COCOeval or writes a checkpoint to slow storage while the others wait in the
-# next collective; torch's 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
-DEFAULT_TIMEOUT_MIN = 30.0
+DEFAULT_TIMEOUT_MIN = DIST_TIMEOUT_MIN  # see detcore.contract
 
 
 def resolve_device(device: str | None, local_rank: int) -> torch.device:

@@ -76,6 +76,13 @@ def shim_command(spec: JobSpec, python: str | None = None, device: str | None = 
     return (*head, "--", spec.worker_module, *worker_args(spec, device))
 
 
+def cpus_per_worker(spec: JobSpec) -> int:
+    """CPUs each worker asks for: ``--cpus-per-task`` when given, else the worker itself plus its DataLoader
+    processes (``data.workers_per_gpu``); one CPU would starve the loaders of a GPU job."""
+    r = spec.resources
+    return r.cpus_per_task if r.cpus_per_task is not None else 1 + spec.loader_workers
+
+
 def thread_env(cores: int, workers_on_node: int, loader_workers: int = 0) -> dict[str, str]:
     """Intra-op threads per worker so ``workers_on_node`` workers share ``cores`` without oversubscribing.
 

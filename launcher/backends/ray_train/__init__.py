@@ -37,13 +37,14 @@ from typing import Iterator, Mapping
 
 from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
-from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, driver_env,
-                                        parse_address, render_plan, resolve_address, trainer_plan)
+from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, cpu_note,
+                                              driver_env, parse_address, render_plan, resolve_address, timeout_note,
+                                              trainer_plan)
 from launcher.errors import LauncherError
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
 from launcher.runtime.files import read_json
-from launcher.spec import JobHandle, JobSpec, JobStatus, Resources, spec_from_dict
+from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources, spec_from_dict
 
 __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
 
@@ -60,7 +61,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--gpus-per-worker", dest="ray_gpus_per_worker", type=float, metavar="G",
                        help="ray: GPUs per worker (default 1 with --gpus, else 0)")
     group.add_argument("--cpus-per-worker", dest="ray_cpus_per_worker", type=int, metavar="C",
-                       help="ray: CPUs per worker (same as --cpus-per-task; default 1)")
+                       help="ray: CPUs per worker (same as --cpus-per-task; default 1 + data.workers_per_gpu: "
+                            "the worker and its DataLoader processes)")
     group.add_argument("--max-failures", dest="ray_max_failures", type=int, metavar="K",
                        help="ray: FailureConfig(max_failures=K), restarts of the worker group from the newest "
                             "checkpoint (default: --max-restarts; -1 for unlimited)")
@@ -139,11 +141,14 @@ class RayTrainBackend:
             f"each of the {plan.num_workers} Ray Train workers runs the worker command in-process "
             f"({spec.worker_module}.main) on the process group Ray Train set up; output in "
             f"{plan.worker.log_dir}/rank{{R}}.log",
-            "checkpoints: detcore's own in the work dir; each new one is reported to Ray as a pointer "
-            "(ray.train.report), and a restarted worker group resumes with --resume auto",
+            ("checkpoints: detcore's own in the work dir; each new one is reported to Ray as a pointer "
+             "(ray.train.report), and a restarted worker group resumes with --resume auto") if spec.mode is Mode.TRAIN
+            else (f"a test job: the {plan.num_workers} workers evaluate {spec.checkpoint} on their shares of the test "
+                  f"split; rank 0 writes the detections to results.json and the metrics to test_metrics.json in "
+                  f"{spec.work_dir}"),
             "an unreachable --address fails within seconds (a TCP check before ray.init)",
         )
-        notes += plan.notes
+        notes += (cpu_note(spec), timeout_note(plan), *plan.notes)
         if address.loopback:
             notes += (f"{LOOPBACK_ENV}=0 (before import ray) keeps the driver, Ray and MASTER_ADDR on 127.0.0.1",)
         return DryRun(backend=self.name, commands=(worker_command(spec),), env=tuple(sorted(env.items())),

@@ -260,7 +260,7 @@ def ray_configs(plan: TrainerPlan) -> dict:
                                 failure_config=FailureConfig(max_failures=plan.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=plan.checkpoints_to_keep),
                                 callbacks=train_callbacks(plan.worker.run_dir)),
-        "torch_config": BoundTorchConfig(backend=plan.torch_backend),
+        "torch_config": BoundTorchConfig(backend=plan.torch_backend, timeout_s=plan.timeout_s),
     }
 
 

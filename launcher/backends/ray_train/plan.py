@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV, logger_settings_env
 from detcore.net import is_loopback
 from launcher.errors import LauncherError
-from launcher.runtime.command import import_path_env, log_dir, run_dir, worker_args
+from launcher.runtime.command import cpus_per_worker, import_path_env, log_dir, run_dir, worker_args
 from launcher.spec import JobSpec, Mode
 
 # Ray rewrites 127.0.0.1 to the machine's routable IP unless this is 0 before `import ray` (see
@@ -192,6 +192,7 @@ class TrainerPlan:
     max_failures: int
     checkpoints_to_keep: int
     torch_backend: str
+    timeout_s: int
     env_vars: tuple[tuple[str, str], ...]
     worker: WorkerPlan
     notes: tuple[str, ...] = ()
@@ -205,11 +206,13 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
     """The Ray Train set-up for ``spec`` (pure: ``environ`` only feeds the workers' ``PYTHONPATH``)."""
     opts = options or Options()
     r = spec.resources
-    if spec.mode is not Mode.TRAIN:
-        raise LauncherError("the ray backend runs training jobs; run --test jobs with --backend local or slurm")
+    if spec.slots:
+        raise LauncherError(f"--max-parallel {spec.slots.size}: the ray backend does not limit a sweep's parallel "
+                            f"experiments; Ray starts each one when the cluster has room for its workers (drop "
+                            f"--max-parallel, or use --backend local or slurm)")
     gpus = opts.gpus_per_worker if opts.gpus_per_worker is not None else (1 if r.gpus else 0)
     backend, notes = torch_backend(gpus, spec.world_size)
-    per_worker: dict[str, float] = {"CPU": _number(r.cpus_per_task or 1)}
+    per_worker: dict[str, float] = {"CPU": _number(cpus_per_worker(spec))}
     if gpus:
         per_worker["GPU"] = _number(gpus)
     if r.mem_gb:
@@ -226,8 +229,22 @@ def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, s
         num_workers=spec.world_size, use_gpu=bool(gpus), resources_per_worker=tuple(sorted(per_worker.items())),
         placement_strategy="SPREAD" if r.nodes > 1 else "PACK",
         max_failures=opts.max_failures if opts.max_failures is not None else spec.max_restarts,
-        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend=backend,
+        checkpoints_to_keep=CHECKPOINTS_TO_KEEP, torch_backend=backend, timeout_s=max(1, round(spec.dist_timeout_min * 60)),
         env_vars=tuple(sorted(env.items())), worker=worker, notes=notes)
+
+
+def timeout_note(plan: TrainerPlan) -> str:
+    return (f"process-group timeout: {plan.timeout_s / 60:g} min (dist_params.timeout_min) for every collective, "
+            f"through Ray Train's TorchConfig(timeout_s)")
+
+
+def cpu_note(spec: JobSpec) -> str:
+    """Why each worker asks for the CPUs it does (the dry run's line)."""
+    n = cpus_per_worker(spec)
+    if spec.resources.cpus_per_task is not None:
+        return f"CPUs per worker: {n} (--cpus-per-worker)"
+    return (f"CPUs per worker: {n} (1 for the worker + {spec.loader_workers} for its DataLoader processes, "
+            f"data.workers_per_gpu; --cpus-per-worker to change)")
 
 
 def torch_backend(gpus_per_worker: float, world_size: int) -> tuple[str, tuple[str, ...]]:
@@ -267,6 +284,7 @@ def render_plan(plan: TrainerPlan) -> str:
         f"    run_config=RunConfig(name={plan.run_name!r}, storage_path={plan.storage_path!r},",
         f"        failure_config=FailureConfig(max_failures={plan.max_failures}),",
         f"        checkpoint_config=CheckpointConfig(num_to_keep={plan.checkpoints_to_keep})),",
-        f"    torch_config=BoundTorchConfig(backend={plan.torch_backend!r}),  # rank 0's store on MASTER_ADDR only",
+        f"    torch_config=BoundTorchConfig(backend={plan.torch_backend!r}, timeout_s={plan.timeout_s}),"
+        f"  # rank 0's store on MASTER_ADDR only",
         ").fit()",
     ])

@@ -103,7 +103,7 @@ def test_ray_dry_run_shows_the_fraction_note(tmp_path: Path) -> None:
     spec = spec_for(backend="ray", resources=Resources(nproc=2),
                     backend_options=RayOptions(address="127.0.0.1:6390", gpus_per_worker=0.5))
     dry = RayTrainBackend(tmp_path, environ={"PYTHONPATH": ""}).dryrun(spec)
-    assert "TorchConfig(backend='gloo')" in dict(dry.files)["ray_driver"]
+    assert "TorchConfig(backend='gloo', timeout_s=1800)" in dict(dry.files)["ray_driver"]
     assert any("NCCL refuses" in n for n in dry.notes)
 
 

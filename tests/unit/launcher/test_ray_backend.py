@@ -52,12 +52,13 @@ def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
                                       "{'DETLAUNCH_BACKEND': 'ray', 'DETLAUNCH_EXPERIMENT_ID': '0123abcd', "
                                       "'PYTHONPATH': '" + str(ROOT) + "', "
                                       "'PYTHONUNBUFFERED': '1'}})")
-    assert ("scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={'CPU': 1}, "
+    # 2 CPUs per worker: the worker and the shapes config's one DataLoader process (data.workers_per_gpu: 1)
+    assert ("scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={'CPU': 2}, "
             "placement_strategy='PACK')") in driver
     assert f"run_config=RunConfig(name='detlaunch-0123abcd', storage_path='{work}/ray'," in driver
     assert "failure_config=FailureConfig(max_failures=3)" in driver
     assert "checkpoint_config=CheckpointConfig(num_to_keep=2)" in driver
-    assert "torch_config=BoundTorchConfig(backend='gloo')" in driver
+    assert "torch_config=BoundTorchConfig(backend='gloo', timeout_s=1800)" in driver  # detcore's 30 min
     text = dry.render()
     assert "file ray_driver:" in text and "detcore.tools.cli train" in text and "--resume auto" in text
     assert dry.to_json()["files"]["ray_driver"] == driver
@@ -83,11 +84,18 @@ def test_gpu_workers_and_defaults():
     assert (two_nodes.num_workers, two_nodes.placement_strategy) == (4, "SPREAD")
 
 
-def test_test_jobs_are_refused(tmp_path):
+def test_a_test_job_runs_detcore_test_on_every_worker(tmp_path):
     ckpt = tmp_path / "m.pth"
     ckpt.write_bytes(b"x")
-    with pytest.raises(LauncherError, match="runs training jobs"):
-        RayTrainBackend(tmp_path, environ=ENV).dryrun(spec_for(None, checkpoint=str(ckpt)))
+    spec = spec_for(None, checkpoint=str(ckpt), eval_metrics=("bbox",))
+    dry = RayTrainBackend(tmp_path, environ=ENV).dryrun(spec)
+    work = spec.work_dir
+    args = trainer_plan(spec, None, ENV).worker.args
+    assert args == ("test", str(ROOT / SHAPES), str(ckpt), "--work-dir", work, "--out", f"{work}/results.json",
+                    "--device", "cpu", "--eval", "bbox")
+    assert restart_argv(list(args), 1) == list(args)  # a restarted group evaluates again, no --resume
+    assert any(n.startswith(f"a test job: the 2 workers evaluate {ckpt}") for n in dry.notes)
+    assert not any("--resume auto" in n for n in dry.notes)
 
 
 def test_ray_config_objects_match_the_plan_without_deprecation_warnings():
@@ -99,7 +107,7 @@ def test_ray_config_objects_match_the_plan_without_deprecation_warnings():
         warnings.simplefilter("error")  # a deprecated Ray Train call would raise here
         cfg = ray_configs(plan)
     sc, rc = cfg["scaling_config"], cfg["run_config"]
-    assert (sc.num_workers, sc.use_gpu, sc.resources_per_worker, sc.placement_strategy) == (2, False, {"CPU": 1},
+    assert (sc.num_workers, sc.use_gpu, sc.resources_per_worker, sc.placement_strategy) == (2, False, {"CPU": 2},
                                                                                            "PACK")
     assert (rc.name, rc.storage_path, rc.failure_config.max_failures) == ("detlaunch-0123abcd", "/shared/ray", 2)
     assert rc.checkpoint_config.num_to_keep == 2 and cfg["torch_config"].backend == "gloo"
@@ -107,6 +115,52 @@ def test_ray_config_objects_match_the_plan_without_deprecation_warnings():
 
     assert isinstance(rc, v2.RunConfig) and isinstance(sc, v2.ScalingConfig)  # the current API, not V1's
     assert render_plan(plan).count("max_failures=2") == 1
+
+
+def test_dist_params_timeout_min_is_the_process_groups_timeout_under_ray():
+    from launcher.backends.ray_train.driver import ray_configs
+
+    spec = spec_for(None, overrides=("+dist_params={timeout_min: 2.5}",))
+    plan = trainer_plan(spec, None, ENV)
+    assert plan.timeout_s == 150
+    assert ray_configs(plan)["torch_config"].timeout_s == 150  # what Ray hands init_process_group
+    assert "BoundTorchConfig(backend='gloo', timeout_s=150)" in render_plan(plan)
+    dry = RayTrainBackend(Path("/nonexistent"), environ=ENV).dryrun(spec)
+    assert any(n.startswith("process-group timeout: 2.5 min (dist_params.timeout_min)") for n in dry.notes)
+    assert ray_configs(trainer_plan(spec_for(None), None, ENV))["torch_config"].timeout_s == 1800  # unset: 30 min
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "true"])
+def test_a_bad_dist_timeout_is_one_line_naming_the_key(value):
+    with pytest.raises(LauncherError, match=rf"^{SHAPES}: dist_params.timeout_min must be a number of minutes > 0"):
+        spec_for(None, overrides=(f"+dist_params={{timeout_min: {value}}}",))
+
+
+@pytest.mark.parametrize("overrides,resources,test,cpus,why", [
+    ((), Resources(nproc=2), False, 2, "1 for the worker + 1 for its DataLoader processes"),
+    (("data.workers_per_gpu=4",), Resources(nproc=2), False, 5, "1 for the worker + 4 for its DataLoader processes"),
+    (("data.workers_per_gpu=0",), Resources(nproc=2), False, 1, "1 for the worker + 0 for its DataLoader processes"),
+    (("data.workers_per_gpu=4",), Resources(nproc=2, cpus_per_task=3), False, 3, "(--cpus-per-worker)"),
+    (("data.workers_per_gpu=4", "+data.test.workers_per_gpu=1"), Resources(nproc=2), True, 2,
+     "1 for the worker + 1 for its DataLoader processes"),  # a test job reads the test split's loader
+    (("data.workers_per_gpu=2",), Resources(nproc=4, gpus=4), False, 3, "1 for the worker + 2 for its DataLoader"),
+])
+def test_cpus_per_worker_follow_the_loader_workers(tmp_path, overrides, resources, test, cpus, why):
+    ckpt = tmp_path / "m.pth"
+    ckpt.write_bytes(b"x")
+    spec = spec_for(None, overrides=overrides, resources=resources, checkpoint=str(ckpt) if test else None)
+    plan = trainer_plan(spec, None, ENV)
+    assert dict(plan.resources_per_worker)["CPU"] == cpus
+    dry = RayTrainBackend(tmp_path, environ=ENV).dryrun(spec)
+    note = next(n for n in dry.notes if n.startswith("CPUs per worker:"))
+    assert note.startswith(f"CPUs per worker: {cpus} ") and why in note
+
+
+def test_a_sweeps_max_parallel_is_refused_in_one_line_not_ignored():
+    from launcher.spec import SlotPool
+
+    with pytest.raises(LauncherError, match=r"^--max-parallel 2: the ray backend does not limit"):
+        trainer_plan(spec_for(None, slots=SlotPool("0123abcd", 2)), None, ENV)
 
 
 # ---- options ------------------------------------------------------------------------------------
