@@ -258,7 +258,7 @@ class RssSampler:
                 self.peaks[pid] = (first_role, max(old, rss))  # a pid keeps the role it was first seen with
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self

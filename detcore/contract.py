@@ -44,7 +44,6 @@ EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
 EXIT_HUNG = 4
-RETRYABLE_EXIT_CODES = (EXIT_FAILED, EXIT_HUNG)  # plus any death by a signal
 # The process-group timeout (minutes) when the config's dist_params.timeout_min is unset. Rank 0 alone runs
 # COCOeval or writes a checkpoint to slow storage while the others wait in the next collective; torch's
 # 10-minute default kills such healthy runs. Ray Train uses 30 minutes.
@@ -55,7 +54,6 @@ STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"      # e.g. "USR2": checkpoint, then e
 HEARTBEAT_DIR_ENV = "DETCORE_HEARTBEAT_DIR"    # the trainer writes heartbeat_path(dir, rank) per iteration
 EXPERIMENT_ENV = "DETLAUNCH_EXPERIMENT_ID"     # marks every process of an experiment (for cleanup)
 RUN_DIR_ENV = "DETLAUNCH_RUN_DIR"              # WORK_DIR/runs/<run id> of this launch
-HANG_TIMEOUT_ENV = "DETLAUNCH_HANG_TIMEOUT_S"  # seconds without a finished iteration on any rank; 0 = off
 BACKEND_ENV = "DETLAUNCH_BACKEND"              # local, slurm or ray: tags the run in MLflow / W&B
 LOGGERS_ENV = "DETCORE_LOGGERS"                # mlflow,wandb: switch experiment loggers on (none: off)
 # Settings of the experiment loggers that a backend hands to workers which do not inherit the submitting
@@ -75,7 +73,7 @@ PERIODIC_CHECKPOINT = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what the check
 _RUN_FILE = re.compile(r"^(?:(?:iter|epoch)_\d+\.pth|best_.+\.pth|latest\.pth|last_checkpoint|metrics\.jsonl)$")
 
 
-def run_evidence(work_dir: str | os.PathLike) -> list[str]:
+def run_evidence(work_dir: str | os.PathLike[str]) -> list[str]:
     """The files showing that ``work_dir`` holds a run (checkpoints, ``last_checkpoint``, a non-empty
     ``metrics.jsonl``), sorted newest first; empty for a new or missing folder. Logs (``logs/``,
     ``train.log``), the launcher's ``runs/`` and ``config.yaml`` alone are not a run: a run that never
@@ -224,10 +222,10 @@ def seed_error(seed: object) -> str | None:
 def parse_seed(text: str) -> int:
     """``argparse`` type for ``--seed``: a bad one is a usage error (exit 2, never retried)."""
     try:
-        seed: object = int(text)
+        seed = int(text)
     except ValueError:
-        seed = text
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {SEED_MAX}, got {text!r}") from None
     problem = seed_error(seed)
     if problem:
         raise argparse.ArgumentTypeError(problem)
-    return int(seed)  # type: ignore[arg-type]
+    return seed

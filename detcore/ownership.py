@@ -156,7 +156,7 @@ class Claim:
         """The work dir was claimed by this same experiment before (a restart, a requeue, a resume)."""
         return self.previous is not None and self.previous.experiment == self.holder.experiment
 
-    def start_heartbeat(self, interval_s: float = HEARTBEAT_S) -> "Claim":
+    def start_heartbeat(self, interval_s: float = HEARTBEAT_S) -> Claim:
         """Refresh the claim every ``interval_s`` in a daemon thread (no-op unless owned)."""
         if self.owned and self._beat is None:
             self._stop = threading.Event()

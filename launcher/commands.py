@@ -150,7 +150,7 @@ def _auto_time_specs(args: argparse.Namespace, specs: list, estimates: list) -> 
             for s in specs], line
 
 
-def _resume_resources(args: argparse.Namespace, old: "Resources", module) -> "Resources | None":
+def _resume_resources(args: argparse.Namespace, old: Resources, module) -> Resources | None:
     """The resources a resume asks for (None: the old ones): new flags over the old values."""
     given = {k: getattr(args, k, None) for k in ("nproc", "gpus", "nodes", "cpus_per_task", "mem_gb")}
     given["time_min"] = _time_min(args)

@@ -69,7 +69,7 @@ def _value(v: float) -> str:
 
 
 def draw_figure(labels: Sequence[str], curves: Sequence[tuple[list[int], list[float]]], metric: str,
-                title: str | None = None) -> "Figure":
+                title: str | None = None) -> Figure:
     """The figure of ``curves`` (one per label; empty ones are left out): curves over iterations with
     the legend outside the axes, or a dot plot when no curve has more than one point."""
     from matplotlib.figure import Figure
@@ -110,7 +110,7 @@ def _dot_plot(ax, drawn: Sequence[tuple[str, list[int], list[float], CurveStyle]
     """One row per experiment: its single value as a marker, the value (and iteration, when they
     differ) written next to it."""
     iters = {xs[0] for _, xs, _, _ in drawn}
-    for row, (label, xs, ys, style) in enumerate(drawn):
+    for row, (_label, xs, ys, style) in enumerate(drawn):
         ax.plot(ys, [row], linestyle="none", marker=style.marker, markersize=8, color=style.color)
         note = _value(ys[0]) if len(iters) == 1 else f"{_value(ys[0])} (iter {xs[0]})"
         ax.annotate(note, (ys[0], row), xytext=(8, 0), textcoords="offset points", va="center", fontsize="small")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Sequence, TextIO, Union
+from typing import Sequence, TextIO
 
 ELLIPSIS = "…"
 GAP = 2  # spaces between columns
@@ -27,7 +27,7 @@ class Cap:
     width: int
 
 
-Step = Union[Drop, Cap]
+Step = Drop | Cap
 
 
 def terminal_width(stream: TextIO | None = None) -> int | None:

@@ -9,7 +9,7 @@ import asyncio
 import os
 import weakref
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from detcore.data.image_file import read_rgb
 from detcore.errors import CheckpointError, DataError
 from detcore.models import build_detector
 
-ImageLike = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+ImageLike = str | os.PathLike | np.ndarray | torch.Tensor
 
 
 def init_detector(config: str | os.PathLike | dict | None, checkpoint: str | os.PathLike | None = None,
@@ -140,7 +140,7 @@ def inference_detector(model: nn.Module, imgs: ImageLike | Sequence[ImageLike]) 
     return results[0] if single else results
 
 
-_SEMAPHORES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]]" = \
+_SEMAPHORES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Semaphore]] = \
     weakref.WeakKeyDictionary()
 
 

@@ -45,7 +45,7 @@ def scalar_values(record: dict[str, Any], prefix: str) -> dict[str, float]:
 class HookBase:
     """Lifecycle: before_train, (before_step, after_step)*, after_train. ``trainer.iter`` counts done steps."""
 
-    trainer: "Trainer"
+    trainer: Trainer
 
     def before_train(self) -> None: ...
 

@@ -68,7 +68,7 @@ class ScaledSchedule:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ScaledSchedule":
+    def from_dict(cls, data: Mapping[str, Any]) -> ScaledSchedule:
         d = dict(data)
         d["changes"] = tuple(ScheduleChange(c["key"], _freeze(c["old"]), _freeze(c["new"]))
                              for c in d.get("changes", ()))

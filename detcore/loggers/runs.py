@@ -29,7 +29,7 @@ class SavedRun:
     last_step: int = 0
 
     @classmethod
-    def from_dict(cls, data: Any) -> "SavedRun | None":
+    def from_dict(cls, data: Any) -> SavedRun | None:
         """The record in ``data``, or None when it is not one (an older or foreign file, another hook's state)."""
         if not isinstance(data, Mapping) or not isinstance(data.get("run_id"), str) or not data["run_id"]:
             return None

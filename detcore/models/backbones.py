@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from torch import nn

@@ -155,13 +155,13 @@ class CascadeRoIHeads(nn.Module):
         losses: dict[str, Tensor] = {}
         rois = proposals
         for k, stage in enumerate(self.stages):
-            if k:
-                rois = self._refine(k - 1, logits, deltas, rois, image_shapes, labels)
             rois, matched, labels, regression_targets = stage.select_training_samples(rois, targets)
             logits, deltas = self._predict(k, features, rois, image_shapes)
             loss_cls, loss_box = box_losses(logits, deltas, labels, regression_targets)
             losses[f"s{k}.loss_classifier"] = self.stage_loss_weights[k] * loss_cls
             losses[f"s{k}.loss_box_reg"] = self.stage_loss_weights[k] * loss_box
+            if k + 1 < len(self.stages):  # the next stage samples from this one's refined boxes
+                rois = self._refine(k, logits, deltas, rois, image_shapes, labels)
         if self.has_mask():
             positive = [torch.where(lab > 0)[0] for lab in labels]
             boxes = [r[p] for r, p in zip(rois, positive)]

@@ -130,7 +130,7 @@ class FPN(FeaturePyramidNetwork):
                          norm_layer=norm_layer)
         self.out_channels = out_channels
 
-    def forward(self, x: "OrderedDict[str, Tensor]") -> "OrderedDict[str, Tensor]":
+    def forward(self, x: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         if not self.start_level:
             return super().forward(x)
         out = super().forward(OrderedDict(list(x.items())[self.start_level:]))
@@ -210,7 +210,7 @@ class BackboneWithNeck(nn.Module):
         self.contract = contract
         self.out_channels = out_channels if out_channels is not None else neck.out_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         maps = self.body(x)
         if self.contract == TORCHVISION:
             return self.fpn(maps)

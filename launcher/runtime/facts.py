@@ -6,8 +6,9 @@ The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see :mo
     written by the worker shim (a Ray worker: by itself) when a rank's attempt begins;
 ``{"event": "end", "rank", "attempt", "pid", "exit_code", "detail", "time"}``
     written by the shim when its worker returns, raises or is killed. The shim outlives its worker,
-    so a SIGKILLed worker is recorded exactly; a rank whose shim died too (a lost node) or that has
-    no shim (a Ray worker runs detcore in-process) writes none;
+    so a SIGKILLed worker is recorded exactly. A Ray worker has no shim (it runs detcore in-process)
+    and writes its own when detcore returns or raises; a rank whose shim died too (a lost node) or a
+    Ray worker whose process was killed writes none;
 ``{"event": "hang", "attempt", "rank", "state", "detail", "time"}``
     written by each rank's hang watchdog before it ends the attempt;
 ``{"event": "lost", "attempt", "rank", "kind", "detail", "node"?, "source", "time"}``
@@ -19,7 +20,10 @@ The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see :mo
 ``{"event": "requeue", "attempt", "rank", "signal"?, "time_left_s"?, "signal_delay_s"?, "cause"?, "time"}``
     written by rank 0 of a Slurm job just before it requeues the job itself (on USR2, or after a hang);
 ``{"event": "stage", "stage": "placing" | "starting", "workers", "time"}``
-    written by the Ray controller's callback when it places and starts a worker group.
+    written by the Ray controller's callback when it places and starts a worker group;
+``{"event": "scaling", "rank": 0, "scaling"}`` and ``{"event": "weights", "rank": 0, "weights"}``
+    written by rank 0 of ``detcore train`` (the schedule it scaled, the weights it loaded) for the
+    experiment store (:mod:`launcher.reconcile`); they say nothing about how a launch ends.
 
 Which rank failed first (:func:`first_failure`) is decided here once, for every backend.
 """
@@ -194,9 +198,10 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
             found.append(_Candidate(rank, lost_line(rank, report, starts[rank]), _tier_of_loss(report), _when(report)))
         elif alive is not None and alive(starts[rank]) is False:
             found.append(_Candidate(rank, vanished_line(rank, starts[rank]), 3 if lost else 2, math.inf))
-    for rank, report in lost.items():  # reported before its start fact was written
-        if rank is not None and rank not in starts and rank not in ends:
-            found.append(_Candidate(rank, lost_line(rank, report, None), _tier_of_loss(report), _when(report)))
+    for lost_rank, report in lost.items():  # reported before its start fact was written
+        if lost_rank is not None and lost_rank not in starts and lost_rank not in ends:
+            found.append(_Candidate(lost_rank, lost_line(lost_rank, report, None), _tier_of_loss(report),
+                                    _when(report)))
     if not found:
         return None
     first = min(found, key=_Candidate.key)
@@ -260,7 +265,7 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
         if ending is not None:
             endings[attempt] = ending
             failures.append(ending.text)
-        for (r, a), rec in sorted(ends.items()):
+        for (_rank, a), rec in sorted(ends.items()):
             if a == attempt and int(rec.get("exit_code", 0) or 0) == EXIT_USER_ERROR and not user_error:
                 user_error, user_error_attempt = end_line(rec), attempt
     newest = attempts[-1] if attempts else -1

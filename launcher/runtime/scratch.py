@@ -62,7 +62,7 @@ def remove_dead_scratch(exp_id: str | None = None, base: str | os.PathLike | Non
     """Remove this user's scratch folders in ``base`` whose owner process is gone (only ``exp_id``'s when
     given); the folders removed. A folder without a readable owner file is left alone."""
     base = scratch_base(base)
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(base))
     except OSError:

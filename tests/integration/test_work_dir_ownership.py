@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.integration.helpers import env
-from tests.integration.launcher_cli import DATA, SHAPES, checkpointed, done, launcher, record, tiny, wait_until
+from tests.integration.launcher_cli import DATA, SHAPES, checkpointed, done, launcher, tiny, wait_until
 
 TRAIN = [*DATA, "auto_scale_lr.enable=false", "checkpoint_config.interval=2", "checkpoint_config.max_keep=2",
          "evaluation.interval=4", "runner.max_iters=8"]  # checkpoints at 2, 4, 6, 8 (6 and 8 kept), best at 4 or 8

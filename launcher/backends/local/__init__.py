@@ -73,7 +73,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(wait=not getattr(args, "no_wait", False), oversubscribe=getattr(args, "oversubscribe", False))
 
 
-def create(home: Path) -> "LocalBackend":
+def create(home: Path) -> LocalBackend:
     return LocalBackend(home)
 
 

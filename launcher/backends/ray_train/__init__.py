@@ -101,7 +101,7 @@ def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resou
     return resources
 
 
-def create(home: Path) -> "RayTrainBackend":
+def create(home: Path) -> RayTrainBackend:
     return RayTrainBackend(home)
 
 

@@ -25,7 +25,7 @@ from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV, logger_s
 from detcore.net import is_loopback
 from launcher.errors import LauncherError
 from launcher.runtime.command import cpus_per_worker, import_path_env, log_dir, run_dir, worker_args
-from launcher.spec import JobSpec, Mode
+from launcher.spec import JobSpec
 
 # Ray rewrites 127.0.0.1 to the machine's routable IP unless this is 0 before `import ray` (see
 # cluster/ray/start.sh); a client that rewrites connects where nothing listens and hangs for minutes.
@@ -172,7 +172,7 @@ class WorkerPlan:
         return d
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "WorkerPlan":
+    def from_config(cls, config: Mapping[str, Any]) -> WorkerPlan:
         d = dict(config)
         d["args"] = tuple(d["args"])
         return cls(**d)

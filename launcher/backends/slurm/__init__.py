@@ -144,7 +144,7 @@ def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resou
     return resources
 
 
-def create(home: Path) -> "SlurmBackend":
+def create(home: Path) -> SlurmBackend:
     return SlurmBackend(home, load_defaults(defaults_paths(home, os.environ)))
 
 
@@ -340,7 +340,7 @@ class SlurmBackend:
         job_id = None
         try:
             pickles = []
-            for i, spec in enumerate(specs):
+            for spec in specs:
                 delayed = DelayedSubmission(self._task(spec, request))
                 # No --time: no submitit time-limit budget either (1e6 min); every requeue counts as a preemption.
                 delayed.set_timeout(request.time_min or 10 ** 6, request.max_timeouts)

@@ -127,7 +127,7 @@ class SlurmDefaults:
     source: str = field(default="", compare=False)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "") -> "SlurmDefaults":
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "") -> SlurmDefaults:
         keys = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
         unknown = [k for k in data if k not in keys]
         if unknown:

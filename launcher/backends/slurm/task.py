@@ -186,7 +186,7 @@ class SlurmTask(Checkpointable):
         state["_proc"], state["_forwarded"] = None, False
         return state
 
-    def fresh(self) -> "SlurmTask":
+    def fresh(self) -> SlurmTask:
         return SlurmTask(self.experiment_id, self.command, self.cwd, self.env, self.log_dir, self.gpus_per_node,
                          self.stoppable, self.stop_timeout_s, self.run_dir, self.hang_requeues,
                          getattr(self, "signal_delay_s", 0))

@@ -26,7 +26,7 @@ def _check_against_sample(out: Path, root: Path, expected) -> COCO:
     assert coco.getCatIds() == list(range(1, 21))
     imgs = coco.loadImgs(coco.getImgIds())
     assert [i["file_name"] for i in imgs] == [f"VOC{y}/JPEGImages/{i}.jpg" for y, i, *_ in expected]
-    for img, (year, image_id, true_size, _xml_size, objects, _splits) in zip(imgs, expected):
+    for img, (_year, _image_id, true_size, _xml_size, objects, _splits) in zip(imgs, expected):
         assert (img["width"], img["height"]) == true_size  # from the xml, or from the JPEG when it lacks them
         assert (root / img["file_name"]).is_file()
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]], iscrowd=None))

@@ -305,7 +305,7 @@ def test_per_split_batch_and_workers_as_mmdetection_writes_them(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("text, match", [
-    ("a = [1, 1]\n" + "".join(f"a = [a, a]\n" for _ in range(40)), "more than 100000 values once names are expanded"),
+    ("a = [1, 1]\n" + "".join("a = [a, a]\n" for _ in range(40)), "more than 100000 values once names are expanded"),
     ("a = 'x' * 500000\n" + "".join(f"b{i} = a + a\n" for i in range(200)), "more than 100000 values"),
     ("a = 'x' * 1000\n" + "a = a * 2\n" * 40, "makes a value longer than"),
     ("x = " + " + ".join(["'ab'"] * 100000) + "\n", "cannot be parsed|nested too deeply"),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from detcore.engine.cores import (cgroup_cpu_limit, default_threads, parse_cfs_quota, parse_cpu_max,

@@ -32,7 +32,7 @@ def test_which_cores_two_one_core_jobs_get_disjoint_ones_the_third_waits():
     for job in ("a", "b"):
         got = choose_units(CORES, held, 1, job)
         held.update({u: Lease(job, 1, 1) for u in got})
-    assert {u: l.holder for u, l in held.items()} == {"0": "a", "1": "b"}
+    assert {u: lease.holder for u, lease in held.items()} == {"0": "a", "1": "b"}
     assert choose_units(CORES, held, 1, "c") is None
     assert describe_cores(("0", "1", "2", "5", "7", "8")) == "0-2,5,7-8"
 

@@ -13,7 +13,6 @@ import pytest
 
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, JobStatus, Resources
-import launcher.store as store_module
 import launcher.store_schema as store_schema
 from launcher.store import ExperimentStore, experiment_from_spec
 

@@ -52,7 +52,7 @@ def test_acquire_release_and_reclaim_dead_keeper(tmp_path):
     assert book.acquire(GPU_POOL, INV, 1, "job-b", pid, start) == ("3",)
     book.release("job-a")
     assert book.acquire(GPU_POOL, INV, 3, "job-c", pid, start) == ("0", "1", "2")
-    assert {u: l.holder for u, l in book.held()[GPU_POOL].items()} == {"0": "job-c", "1": "job-c", "2": "job-c",
+    assert {u: lease.holder for u, lease in book.held()[GPU_POOL].items()} == {"0": "job-c", "1": "job-c", "2": "job-c",
                                                                          "3": "job-b"}
 
 
@@ -81,7 +81,7 @@ def test_100_simultaneous_allocations_never_collide(tmp_path):
     assert len(set(flat)) == 60
     held = LeaseBook(tmp_path).held()[GPU_POOL]
     assert sorted(held, key=int) == [str(i) for i in range(60)]
-    assert {l.holder for l in held.values()} == {h for h, units in results if units is not None}
+    assert {lease.holder for lease in held.values()} == {h for h, units in results if units is not None}
 
 
 def test_gpus_on_cpu_only_node_is_one_line_error(tmp_path):
@@ -176,13 +176,13 @@ def test_two_hosts_sharing_one_home_neither_reclaims_nor_blocks_the_other(tmp_pa
     # node-b's GPUs are its own: all four are free there, and node-a's live lease is not reclaimed
     assert node_b.acquire(GPU_POOL, INV, 4, "job-b", me, my_start) == INV
     held_b = node_b.held()
-    assert {l.holder for l in held_b[GPU_POOL].values()} == {"job-b"}
-    assert {l.holder for l in held_b["gpu@node-a"].values()} == {"job-a"}
+    assert {lease.holder for lease in held_b[GPU_POOL].values()} == {"job-b"}
+    assert {lease.holder for lease in held_b["gpu@node-a"].values()} == {"job-a"}
     node_b.release("job-a")  # a cancel on the wrong node frees nothing of node-a
     assert "gpu@node-a" in node_b.held()
     # only node-a judges its own leases: there the keeper is dead, so they are reclaimed
     assert node_a.acquire(GPU_POOL, INV, 2, "job-c", me, my_start) == ("0", "1")
-    assert {l.holder for l in node_a.held()[GPU_POOL].values()} == {"job-c"}
+    assert {lease.holder for lease in node_a.held()[GPU_POOL].values()} == {"job-c"}
 
 
 def test_a_dead_keeper_lease_waits_for_its_experiment_processes_to_leave(tmp_path):

@@ -17,7 +17,7 @@ import launcher.store_fs as store_fs
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
-from launcher.store_fs import (Mount, StoreFilesystem, is_network_type, local_locks, mount_of, parse_mountinfo,
+from launcher.store_fs import (StoreFilesystem, is_network_type, local_locks, mount_of, parse_mountinfo,
                                parse_mounts, store_filesystem)
 
 ROOT = Path(__file__).resolve().parents[3]

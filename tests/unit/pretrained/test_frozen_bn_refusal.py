@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from detcore.config import load_config
 from detcore.config_check import RANDOM_FROZEN_BN_KEY, config_problems, training_problems

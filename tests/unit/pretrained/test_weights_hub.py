@@ -19,7 +19,7 @@ from detcore.config import load_config
 from detcore.errors import CheckpointError, ConfigError
 from detcore.models import build_detector
 from detcore.tools.cli import main as detcore_main
-from tests.unit.pretrained.seeding import cache_file, seed_classifier
+from tests.unit.pretrained.seeding import seed_classifier
 
 ROOT = Path(__file__).resolve().parents[3]
 R50 = ROOT / "configs/faster_rcnn/faster_rcnn_r50_fpn_1x_coco.yaml"
