@@ -46,9 +46,6 @@ class Lease:
     host: str = ""  # empty: written by a release that did not record hosts (this host's)
 
 
-Pools = Mapping[str, Mapping[str, Lease]]
-
-
 def live_leases(leases: Mapping[str, Lease], alive: Callable[[Lease], bool]) -> dict[str, Lease]:
     """The leases whose keeper process still runs."""
     return {unit: lease for unit, lease in leases.items() if alive(lease)}

@@ -1,6 +1,6 @@
 """The one interface every backend implements, and the pieces they share.
 
-A backend is a small object with six methods (TorchX's scheduler API is the model):
+A backend is a small object with five methods (TorchX's scheduler API is the model):
 
 ``dryrun(spec) -> DryRun``
     Pure: render exactly what would run (command lines, environment, files such as an sbatch
@@ -22,7 +22,7 @@ Optional, for sweeps: ``dryrun_array(specs) -> DryRun`` and ``submit_array(specs
 list[JobHandle]`` (one handle per spec, in order) submit a whole sweep as one array job;
 without them ``launcher sweep`` submits the specs one by one.
 
-A backend *module* (``launcher/backends/<name>.py``) exposes, besides its backend class:
+A backend *package* (``launcher/backends/<name>/``) exposes, besides its backend class:
 
 ``Options``
     A frozen dataclass of its own options (or None), stored in ``JobSpec.backend_options``.

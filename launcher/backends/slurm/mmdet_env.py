@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 from typing import AbstractSet, Mapping
 
-VARIABLES = ("GPUS", "GPUS_PER_NODE", "CPUS_PER_TASK", "SRUN_ARGS", "PARTITION")
 SLURM_TRAIN_GPUS_PER_NODE = 8  # slurm_train.sh's default for GPUS_PER_NODE
 
 

@@ -31,7 +31,6 @@ RUNNING_STATES = {"RUNNING": JobState.RUNNING, "CONFIGURING": JobState.RUNNING, 
                   "STAGE_OUT": JobState.RUNNING, "RESIZING": JobState.RUNNING, "SIGNALING": JobState.RUNNING}
 WAITING_STATES = {"PENDING", "SUSPENDED", "STOPPED", "RESV_DEL_HOLD"}
 REQUEUE_STATES = {"REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "PREEMPTED", "SPECIAL_EXIT"}
-FAILED_STATES = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"}
 FAILURE_TEXT = {"TIMEOUT": "reached its time limit and was not requeued", "NODE_FAIL": "lost a node",
                 "OUT_OF_MEMORY": "ran out of memory (raise --mem-gb)", "BOOT_FAIL": "its node failed to boot",
                 "DEADLINE": "missed its deadline", "PREEMPTED": "was preempted and not requeued",
