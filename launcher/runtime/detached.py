@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
@@ -23,7 +23,7 @@ from launcher.procinfo import is_alive, process_start
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.runtime.scratch import remove_dead_scratch
-from launcher.spec import JobHandle, JobState, JobStatus
+from launcher.spec import JobHandle, JobSpec, JobState, JobStatus
 
 MONITOR_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in the job folder; the log is kept
 SHARED_RAY_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # inherit the job's marker but serve every later job
@@ -57,7 +57,7 @@ def status(job_dir: Path, handle: JobHandle, start_key: str, who: str) -> JobSta
     return observed_status(st, outcome, alive, f"{who} (pid {pid})", (job_dir / "cancel").exists())
 
 
-def logs(path: Path, follow: bool, finished, missing: str):
+def logs(path: Path, follow: bool, finished: Callable[[], bool], missing: str) -> Iterator[str]:
     """Lines of a rank log; with ``follow``, until ``finished()`` and the file is drained. ``missing``: the
     error when the log does not exist yet and the caller does not follow."""
     if not follow and not path.exists():
@@ -66,7 +66,7 @@ def logs(path: Path, follow: bool, finished, missing: str):
 
 
 @contextlib.contextmanager
-def launch_folder(job_dir: Path, spec) -> Iterator[Path]:
+def launch_folder(job_dir: Path, spec: JobSpec) -> Iterator[Path]:
     """The job folder for a new launch, with ``spec.json`` written: a resume (the caller holds the experiment's
     lock and saw the last launch end) first clears what the previous launch left. If the block raises, nothing
     of this launch is left behind (a new folder is removed; a resumed one is cleared again)."""

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from detcore import contract
 from launcher.procinfo import current_process, process_start
@@ -27,6 +27,9 @@ from launcher.runtime.phase import running_reason, stage_line
 from launcher.runtime.files import read_json, write_json_atomic
 from launcher.state import JobState
 from launcher.worker import heartbeat_dir
+
+if TYPE_CHECKING:
+    from launcher.spec import JobSpec, JobStatus
 
 logger = logging.getLogger(__name__)
 OUTCOME_FILE = "outcome.json"
@@ -129,7 +132,7 @@ class RunMonitor:
 
 
 def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_alive: bool, who: str,
-                    cancel_requested: bool = False):
+                    cancel_requested: bool = False) -> JobStatus:
     """The job's status from its monitor's files and whether the monitor still runs (pure). A dead monitor
     whose job was asked to cancel is ``cancelled`` (``launcher cancel`` may have had to kill it)."""
     from launcher.spec import JobStatus
@@ -158,7 +161,8 @@ def read_monitor_files(status_path: Path, run_dir: str | None) -> tuple[dict | N
     return read_json(status_path), (read_json(Path(run_dir) / OUTCOME_FILE) if run_dir else None)
 
 
-def monitor_main(prog: str, folder: str, argv: list[str] | None, options_type: type | None):
+def monitor_main(prog: str, folder: str, argv: list[str] | None,
+                 options_type: type | None) -> tuple[JobSpec, Path, Path] | None:
     """The command line of a detached monitor (``--home H ID``): its umask and logging set up, and
     ``(spec, home, job_dir)`` from ``H/<folder>/<ID>/spec.json``, or None (logged) without one."""
     import argparse
