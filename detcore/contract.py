@@ -19,9 +19,9 @@ Exit codes of ``python -m detcore.tools.cli``:
 
 The run directory of one launch (a submit or a resume) lives in the work dir:
 ``WORK_DIR/runs/<run id>/`` holds ``events.jsonl`` (one JSON line per fact: an attempt of a
-rank started or ended, a hang seen, a rank lost, a requeue; see ``launcher.runtime.facts``) and
+rank started or ended, a hang seen, a rank lost, a requeue; see ``launcher.runtime.facts``),
 ``heartbeat/a{ATTEMPT}/rank{R}`` (the newest finished iteration of rank R, when, and whether it is
-training or evaluating: :func:`write_heartbeat`), and, once the launch has ended, the monitor's
+training or evaluating: :func:`write_heartbeat`) and, once the launch has ended, the monitor's
 ``outcome.json`` (local and Ray). Each launch gets a fresh run id, so it never reads an earlier ending.
 Rank logs stay in ``WORK_DIR/logs/rank{R}.log`` across launches (appended).
 

@@ -4,7 +4,7 @@ and what keeps the store safe on a network one: the cross-host write lock and th
 SQLite's WAL mode keeps its index in shared memory (``experiments.db-shm``, mmap'ed), which processes on
 two hosts cannot share: on NFS, Lustre, GPFS and the like two login nodes (or a login node and a job)
 writing one WAL store can corrupt it. :class:`launcher.store.ExperimentStore` therefore asks
-:func:`store_on_network` and, on a network filesystem, keeps a rollback journal and serialises writers
+:func:`store_filesystem` and, on a network filesystem, keeps a rollback journal and serialises writers
 through a cross-host lock.
 
 The type is read from the mount table (``/proc/self/mountinfo``, else ``/proc/mounts``): ``statfs``'s

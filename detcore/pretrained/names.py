@@ -11,7 +11,7 @@ spellings MMDetection and torchvision users write:
   after ``torchvision://``).
 
 Anything else without a ``scheme://`` is a local file. :data:`TORCHVISION` lists the builders
-detcore can use, with each weights file's name; ``tests/unit/detcore/test_pretrained_names.py`` keeps
+detcore can use, with each weights file's name; ``tests/unit/pretrained/test_weights_names.py`` keeps
 it equal to torchvision's weights API (``get_model_weights``, ``Weights.url``, ``DEFAULT``), so it
 cannot drift. The table lets ``launcher submit`` check a name and say whether its file is cached
 without importing torch; loading goes through :mod:`detcore.pretrained.hub`.
