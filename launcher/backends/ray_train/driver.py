@@ -1,11 +1,12 @@
 """``python -m launcher.backends.ray_train.driver --home H ID``: the detached Ray Train driver of one job.
 
-Why a detached driver and not Ray's job-submission API: the job API needs the Ray dashboard
-(an HTTP server and ``ray[default]``), which the project's heads do not run by default
-(``cluster/ray/start.sh`` starts it only with ``--dashboard``). A driver is just a process
-that called ``ray.init``; started by :meth:`RayTrainBackend.submit` in its own session
-(stdin closed, output to ``$LAUNCHER_HOME/ray/<id>/driver.log``) it outlives the terminal and
-the submitting process, exactly like the local backend's supervisor. It
+Where it runs: with a dashboard address (``--address http://HEAD:8265``) it is the entrypoint of a
+Ray job (:mod:`.jobs_api`), run by Ray on the head, and connects to the GCS address Ray's job
+supervisor puts in ``RAY_ADDRESS``. A head without the dashboard (the job API needs it and
+``ray[default]``; ``cluster/ray/start.sh`` starts it only with ``--dashboard``) gets the same driver
+started by :meth:`RayTrainBackend.submit` in its own session on the submitting machine (stdin
+closed, output to ``$LAUNCHER_HOME/ray/<id>/driver.log``): it outlives the terminal and the
+submitting process, like the local backend's supervisor. It
 
 1. resolves ``--address`` and checks within seconds that something listens there (an
    unreachable head would otherwise keep ``ray.init`` retrying for minutes), then bounds
