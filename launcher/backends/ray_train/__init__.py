@@ -199,7 +199,9 @@ class RayTrainBackend:
         jobs = self._jobs(api.text)
         job_dir = self.job_dir(spec.id)
         with detached.launch_folder(job_dir, spec):
-            sid = jobs.submit(self.driver_command(spec), spec.cwd, dict(dry.env), submission_id(spec))
+            stops = stop_env(CANCEL_GRACE_S)
+            env = {k: v for k, v in dry.env if k not in stops}
+            sid = jobs.submit(self.driver_command(spec), spec.cwd, env, stops, submission_id(spec))
         return JobHandle(spec.id, self.name, sid, (("address", api.text), (API_KEY, API_JOBS),
                                                    ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
 

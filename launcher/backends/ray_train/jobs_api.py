@@ -41,10 +41,13 @@ def stop_env(grace_s: float) -> dict[str, str]:
     return {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(int(grace_s))}
 
 
-def entrypoint(cmd: Sequence[str], cwd: str) -> str:
-    """The Ray job's entrypoint (a shell command line): the driver, run from the job's cwd; ``exec`` keeps
-    the driver the process Ray's job supervisor watches and signals."""
-    return f"cd {shlex.quote(cwd)} && exec {shlex.join(cmd)}"
+def entrypoint(cmd: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
+    """The Ray job's entrypoint (a shell command line): the driver with ``env``, run from the job's cwd;
+    ``exec`` keeps the driver the process Ray's job supervisor watches and signals. The driver's variables
+    go here, not into the Ray job's runtime env: Ray refuses to merge a job's ``env_vars`` with the ones the
+    driver's own ``ray.init`` passes to its workers when both name a variable."""
+    assigns = [f"{k}={v}" for k, v in sorted(env.items())]
+    return f"cd {shlex.quote(cwd)} && exec {shlex.join(['env', *assigns, *cmd])}"
 
 
 def job_api_address(text: str, environ: Mapping[str, str]) -> Address | None:
@@ -112,9 +115,12 @@ class RayJobs:
             self._client = self._connector(self.address)
         return self._client
 
-    def submit(self, cmd: Sequence[str], cwd: str, env: Mapping[str, str], submission: str) -> str:
+    def submit(self, cmd: Sequence[str], cwd: str, env: Mapping[str, str], job_env: Mapping[str, str],
+               submission: str) -> str:
+        """Submit the driver ``cmd`` with ``env``; ``job_env`` is the Ray job's runtime env (its supervisor's
+        variables, e.g. :func:`stop_env`)."""
         try:
-            return self.client.submit_job(entrypoint=entrypoint(cmd, cwd), runtime_env={"env_vars": dict(env)},
+            return self.client.submit_job(entrypoint=entrypoint(cmd, cwd, env), runtime_env={"env_vars": dict(job_env)},
                                           submission_id=submission, entrypoint_num_cpus=0)
         except LauncherError:
             raise
