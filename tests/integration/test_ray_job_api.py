@@ -56,8 +56,8 @@ def test_a_ray_job_outlives_its_submitter_and_finishes(home, ray_jobs_head):
     assert rec["state"] == "succeeded" and rec["exit_code"] == 0, rec["reason"]
     assert rec["last_iter"] == 10 and train_iters(rec["work_dir"]) == list(range(1, 11))
     # Ray's own view agrees once the driver's process has exited (it records the ending first)
-    wait_for(lambda: "SUCCEEDED" in ray_job_status(ray_jobs_head, submission), "ray job status SUCCEEDED",
-             timeout=60, poll=2)
+    wait_for(lambda: f"Job '{submission}' succeeded" in ray_job_status(ray_jobs_head, submission),
+             "`ray job status` to say succeeded", timeout=60, poll=2)
     assert "saved checkpoint" in launcher(home, "logs", exp_id).stdout
     assert_nothing_left(ray_jobs_head, exp_id)
 
@@ -72,7 +72,7 @@ def test_a_driver_killed_on_the_head_is_monitor_lost_and_resume_finishes_it(home
     procs[0].send_signal(signal.SIGKILL)  # the driver on the head, as the OOM killer would
     rec = wait_until(home, exp_id, done, timeout=180)
     assert rec["state"] == "failed" and rec["reason"].startswith("monitor lost: the Ray driver (Ray job "), rec
-    assert "FAILED" in ray_job_status(ray_jobs_head, rec["backend_job_id"])  # what status read
+    assert f"Job '{rec['backend_job_id']}' failed" in ray_job_status(ray_jobs_head, rec["backend_job_id"])
     first = rec["backend_job_id"]
     launcher(home, "resume", exp_id, timeout=600)
     rec = wait_until(home, exp_id, done, timeout=600, poll=2.0)

@@ -10,8 +10,8 @@ restarts a crashed worker group from the newest one (``--resume auto``).
 ``CheckpointConfig``, plus the worker command. ``submit`` is that plan executed by a driver
 (:mod:`launcher.backends.ray_train.driver`) that owns the job's ``$LAUNCHER_HOME/ray/<id>/status.json``:
 a Ray job submitted through the head's job API for a dashboard address (:mod:`.jobs_api`, which also
-serves ``status``/``logs``/``cancel`` for it), else a process detached on this machine. So ``status``, ``logs``, ``cancel`` and
-``list`` work from any later process, as for the local backend:
+serves ``status``/``logs``/``cancel`` for it), else a process detached on this machine. So ``status``,
+``logs``, ``cancel`` and ``list`` work from any later process, as for the local backend:
 
 * ``status`` is :func:`~launcher.runtime.monitor.observed_status`, as for the local backend: a
   driver that died without recording an ending is "monitor lost" (Ray kills a dead driver's

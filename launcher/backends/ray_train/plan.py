@@ -42,10 +42,10 @@ class Options:
 
     ``address``: ``auto`` (``RAY_ADDRESS``, else the cluster last started on this machine),
     ``HOST:PORT`` (the head's GCS port, for drivers on a cluster node), ``ray://HOST:PORT``
-    (Ray Client) or ``http(s)://HOST:PORT`` (the dashboard: the driver is submitted as a Ray job). ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given,
-    else none. ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray
-    Train's ``storage_path`` (default ``WORK_DIR/ray``), reachable by every worker. The number of
-    workers and CPUs per worker are the generic ``Resources`` (``--workers`` is ``--nproc``).
+    (Ray Client) or ``http(s)://HOST:PORT`` (the dashboard: the driver is submitted as a Ray job).
+    ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given, else none.
+    ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray Train's ``storage_path``
+    (default ``WORK_DIR/ray``), reachable by every worker. The number of workers and CPUs per worker are the generic ``Resources`` (``--workers`` is ``--nproc``).
     """
 
     address: str = "auto"
