@@ -45,7 +45,8 @@ class Options:
     (Ray Client) or ``http(s)://HOST:PORT`` (the dashboard: the driver is submitted as a Ray job).
     ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given, else none.
     ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray Train's ``storage_path``
-    (default ``WORK_DIR/ray``), reachable by every worker. The number of workers and CPUs per worker are the generic ``Resources`` (``--workers`` is ``--nproc``).
+    (default ``WORK_DIR/ray``), reachable by every worker. The number of workers and CPUs per worker
+    are the generic ``Resources`` (``--workers`` is ``--nproc``).
     """
 
     address: str = "auto"
