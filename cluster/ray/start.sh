@@ -41,7 +41,7 @@
 # detached PlacementGroupCleaner actor cannot tell that a run's controller died, so a
 # driver killed with SIGTERM/SIGKILL leaves one idle PlacementGroupCleaner process
 # behind (0 CPU; SIGINT = graceful abort leaves nothing). --dashboard needs
-# `pip install 'ray[default]'` (aiohttp, ...), which the project does not depend on.
+# `pip install 'ray[default]'` (aiohttp, ...; the project's `ray` extra brings it).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

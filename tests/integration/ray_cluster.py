@@ -30,6 +30,9 @@ PORT = int(os.environ.get("DETLAUNCH_TEST_RAY_PORT", "6391"))
 TEMP_DIR = os.environ.get("DETLAUNCH_TEST_RAY_TEMP_DIR", "/tmp/detl-ray-test")  # short: Ray's socket paths
 HEAD_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": os.environ.get("DETLAUNCH_TEST_RAY_CLIENT_PORT", "10093"),
             "DETLAUNCH_RAY_MIN_WORKER_PORT": "14000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "15999"}  # launcher/ports.py
+JOBS_PORT, JOBS_TEMP_DIR = 6393, "/tmp/detl-ray-jobs"  # the head with a dashboard (ray_jobs_head)
+JOBS_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10095", "DETLAUNCH_RAY_DASHBOARD_PORT": "8266",
+            "DETLAUNCH_RAY_MIN_WORKER_PORT": "12500", "DETLAUNCH_RAY_MAX_WORKER_PORT": "13499"}
 START_TIMEOUT_S = 240
 
 
@@ -39,15 +42,18 @@ class RayHead:
     temp_dir: str
     started_here: bool
     seconds_to_start: float
+    job_api: str | None = None  # the dashboard's job-submission API, for a head started with it
 
 
 def start_head(num_cpus: int = 4, port: int = PORT, temp_dir: str = TEMP_DIR,
-               head_env: dict[str, str] | None = None) -> RayHead:
-    """Start (or find) a head; pytest.fail with start.sh's output when it cannot."""
+               head_env: dict[str, str] | None = None, dashboard: bool = False) -> RayHead:
+    """Start (or find) a head, with its dashboard (the job API) if asked; pytest.fail with start.sh's output
+    when it cannot."""
     t0 = time.monotonic()
     try:
         proc = subprocess.run(["bash", str(START), "--port", str(port), "--temp-dir", temp_dir, "--num-cpus",
-                               str(num_cpus), "--timeout", "120"], env={**os.environ, **(head_env or HEAD_ENV)},
+                               str(num_cpus), "--timeout", "120", *(["--dashboard"] if dashboard else [])],
+                              env={**os.environ, **(head_env or HEAD_ENV)},
                               capture_output=True, text=True, timeout=START_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         stop_head(RayHead(f"127.0.0.1:{port}", temp_dir, True, 0.0))
@@ -56,7 +62,9 @@ def start_head(num_cpus: int = 4, port: int = PORT, temp_dir: str = TEMP_DIR,
         pytest.fail(f"cannot start the local Ray head (cluster/ray/start.sh exited {proc.returncode}):\n"
                     f"{proc.stderr[-4000:]}")
     address = proc.stdout.strip().splitlines()[-1]
-    return RayHead(address, temp_dir, "already running" not in proc.stderr, time.monotonic() - t0)
+    job_api = f"http://127.0.0.1:{(head_env or HEAD_ENV).get('DETLAUNCH_RAY_DASHBOARD_PORT', '8265')}" \
+        if dashboard else None
+    return RayHead(address, temp_dir, "already running" not in proc.stderr, time.monotonic() - t0, job_api)
 
 
 def head_processes(head: RayHead) -> list[psutil.Process]:
@@ -103,6 +111,18 @@ def stop_head(head: RayHead) -> subprocess.CompletedProcess | None:
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[RayHead]:
     head = start_head()
+    try:
+        yield head
+    finally:
+        stopped = stop_head(head)
+        assert stopped is None or stopped.returncode == 0, f"cluster/ray/stop.sh failed:\n{stopped.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def ray_jobs_head() -> Iterator[RayHead]:
+    """A head with its dashboard on 127.0.0.1:8266 (``head.job_api``), for jobs submitted through Ray's job API;
+    its own GCS port, temp dir and worker ports, so it never meets :func:`ray_head`."""
+    head = start_head(port=JOBS_PORT, temp_dir=JOBS_TEMP_DIR, head_env=JOBS_ENV, dashboard=True)
     try:
         yield head
     finally:

@@ -7,10 +7,11 @@ restarts a crashed worker group from the newest one (``--resume auto``).
 
 ``dryrun`` is the pure :func:`~launcher.backends.ray_train.plan.trainer_plan` rendered: the
 ``ray.init`` call and the trainer's ``ScalingConfig``, ``RunConfig``, ``FailureConfig`` and
-``CheckpointConfig``, plus the worker command. ``submit`` is that plan executed by a detached
-driver (:mod:`launcher.backends.ray_train.driver`, why detached is explained there) that owns the
-job's ``$LAUNCHER_HOME/ray/<id>/status.json``. So ``status``, ``logs``, ``cancel`` and
-``list`` work from any later process, as for the local backend:
+``CheckpointConfig``, plus the worker command. ``submit`` is that plan executed by a driver
+(:mod:`launcher.backends.ray_train.driver`) that owns the job's ``$LAUNCHER_HOME/ray/<id>/status.json``:
+a Ray job submitted through the head's job API for a dashboard address (:mod:`.jobs_api`, which also
+serves ``status``/``logs``/``cancel`` for it), else a process detached on this machine. So ``status``,
+``logs``, ``cancel`` and ``list`` work from any later process, as for the local backend:
 
 * ``status`` is :func:`~launcher.runtime.monitor.observed_status`, as for the local backend: a
   driver that died without recording an ending is "monitor lost" (Ray kills a dead driver's
@@ -37,6 +38,8 @@ from typing import Iterator, Mapping
 
 from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
+from launcher.backends.ray_train.jobs_api import (API_JOBS, API_KEY, RayJobs, job_api_address, stop_env,
+                                                  submission_id)
 from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, cpu_note,
                                               driver_env, parse_address, render_plan, resolve_address, timeout_note,
                                               trainer_plan)
@@ -134,10 +137,12 @@ class RayTrainBackend:
 
     def dryrun(self, spec: JobSpec) -> DryRun:
         plan = trainer_plan(spec, spec.backend_options, self.environ)
-        address = parse_address(plan.address)
+        api = job_api_address(plan.address, self.environ)
+        address = api or parse_address(plan.address)
         env = {**driver_env(address), **import_path_env(self.environ), MARKER_ENV: spec.id}
-        notes = (
-            f"driver: {' '.join(self.driver_command(spec))} (detached, output in {self.job_dir(spec.id)}/driver.log)",
+        if api:
+            env.update(stop_env(CANCEL_GRACE_S))
+        notes = (self.driver_note(spec, api),
             f"each of the {plan.num_workers} Ray Train workers runs the worker command in-process "
             f"({spec.worker_module}.main) on the process group Ray Train set up; output in "
             f"{plan.worker.log_dir}/rank{{R}}.log",
@@ -155,10 +160,29 @@ class RayTrainBackend:
                       resources=spec.resources, world_size=spec.world_size, scaling=spec.scaling,
                       work_dir=spec.work_dir, cwd=spec.cwd, files=(("ray_driver", render_plan(plan)),), notes=notes)
 
+    def driver_note(self, spec: JobSpec, api: Address | None) -> str:
+        """Which path the driver takes and why (the dry run's first note)."""
+        cmd = " ".join(self.driver_command(spec))
+        if api:
+            sid = submission_id(spec)
+            return (f"driver: a Ray job through the job API at {api.text} (submission id {sid}), because --address "
+                    f"is the dashboard's: Ray runs `{cmd}` on the cluster, so it outlives this process and machine; "
+                    f"`ray job status/logs {sid} --address {api.text}` work beside launcher status/logs")
+        return (f"driver: {cmd} (detached, on this machine, output in {self.job_dir(spec.id)}/driver.log), because "
+                f"--address is not a job-API (dashboard) address; --address http://HEAD:8265 runs it on the cluster "
+                f"as a Ray job")
+
+    def _jobs(self, address: str) -> RayJobs:
+        """The job-API client seam."""
+        return RayJobs(address)
+
     # ---- submit -------------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
         dry = self.dryrun(spec)
         plan = trainer_plan(spec, spec.backend_options, self.environ)
+        api = job_api_address(plan.address, self.environ)
+        if api:
+            return self.submit_job(spec, dry, plan, api)
         address = self._check_address(plan)
         job_dir = self.job_dir(spec.id)
         with detached.launch_folder(job_dir, spec):
@@ -167,7 +191,24 @@ class RayTrainBackend:
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
                                                         ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
 
+    def submit_job(self, spec: JobSpec, dry: DryRun, plan: TrainerPlan, api: Address) -> JobHandle:
+        """The driver as a Ray job (:mod:`.jobs_api`); the handle's job id is the Ray job's submission id."""
+        from launcher.backends.ray_train.driver import check_reachable
+
+        check_reachable(api)
+        jobs = self._jobs(api.text)
+        job_dir = self.job_dir(spec.id)
+        with detached.launch_folder(job_dir, spec):
+            stops = stop_env(CANCEL_GRACE_S)
+            env = {k: v for k, v in dry.env if k not in stops}
+            sid = jobs.submit(self.driver_command(spec), spec.cwd, env, stops, submission_id(spec))
+        return JobHandle(spec.id, self.name, sid, (("address", api.text), (API_KEY, API_JOBS),
+                                                   ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
+
     def status(self, handle: JobHandle) -> JobStatus:
+        if handle.get(API_KEY) == API_JOBS:
+            return self._jobs(handle.get("address")).status(handle.job_id, self.job_dir(handle.experiment_id),
+                                                            handle.get("run_dir"))
         return detached.status(self.job_dir(handle.experiment_id), handle, "driver_start", "the Ray driver")
 
     # ---- logs ---------------------------------------------------------------------------------
@@ -182,12 +223,27 @@ class RayTrainBackend:
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle.experiment_id, rank)
+        if handle.get(API_KEY) == API_JOBS:
+            where = f"`ray job logs {handle.job_id} --address {handle.get('address')}`"
+            if rank == 0 and not follow and not path.exists():  # no worker yet: the driver's output, from Ray
+                yield from self._jobs(handle.get("address")).logs(handle.job_id).splitlines()
+                return
+        else:
+            where = str(self.job_dir(handle.experiment_id) / "driver.log")
         yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
                                  f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
-                                 f"log is {self.job_dir(handle.experiment_id) / 'driver.log'})")
+                                 f"log is {where})")
 
     def cancel(self, handle: JobHandle) -> None:
         """SIGINT is Ray Train's graceful abort (workers and placement group go); Ray ends a finished driver's
-        workers asynchronously, so whatever of the job is left on this node after a while is killed."""
+        workers asynchronously, so whatever of the job is left on this node after a while is killed. A Ray job
+        is stopped through the job API (its runtime env makes that SIGINT, SIGKILL after the same grace)."""
+        if handle.get(API_KEY) == API_JOBS:
+            current = self.status(handle)
+            if not current.state.is_terminal():
+                (self.job_dir(handle.experiment_id) / "cancel").touch()
+                self._jobs(handle.get("address")).stop(handle.job_id, CANCEL_GRACE_S + LEFTOVER_WAIT_S)
+                detached.kill_marked(handle.experiment_id)  # what Ray left of the job on this node, if any
+            return
         detached.cancel(self.job_dir(handle.experiment_id), handle, "driver_start", signal.SIGINT, CANCEL_GRACE_S,
                         LEFTOVER_WAIT_S, self.status(handle))

@@ -1,11 +1,12 @@
 """``python -m launcher.backends.ray_train.driver --home H ID``: the detached Ray Train driver of one job.
 
-Why a detached driver and not Ray's job-submission API: the job API needs the Ray dashboard
-(an HTTP server and ``ray[default]``), which the project's heads do not run by default
-(``cluster/ray/start.sh`` starts it only with ``--dashboard``). A driver is just a process
-that called ``ray.init``; started by :meth:`RayTrainBackend.submit` in its own session
-(stdin closed, output to ``$LAUNCHER_HOME/ray/<id>/driver.log``) it outlives the terminal and
-the submitting process, exactly like the local backend's supervisor. It
+Where it runs: with a dashboard address (``--address http://HEAD:8265``) it is the entrypoint of a
+Ray job (:mod:`.jobs_api`), run by Ray on the head, and connects to the GCS address Ray's job
+supervisor puts in ``RAY_ADDRESS``. A head without the dashboard (the job API needs it and
+``ray[default]``; ``cluster/ray/start.sh`` starts it only with ``--dashboard``) gets the same driver
+started by :meth:`RayTrainBackend.submit` in its own session on the submitting machine (stdin
+closed, output to ``$LAUNCHER_HOME/ray/<id>/driver.log``): it outlives the terminal and the
+submitting process, like the local backend's supervisor. It
 
 1. resolves ``--address`` and checks within seconds that something listens there (an
    unreachable head would otherwise keep ``ray.init`` retrying for minutes), then bounds
@@ -40,8 +41,8 @@ from typing import Mapping
 
 from detcore import contract
 from detcore.errors import WorkDirError
-from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, ray_address_file,
-                                              resolve_address, trainer_plan)
+from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, parse_address,
+                                              ray_address_file, resolve_address, trainer_plan)
 from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
 from launcher.runtime.monitor import RunMonitor, monitor_main
@@ -79,9 +80,21 @@ def check_reachable(address: Address, timeout_s: float = CONNECT_CHECK_S) -> Non
     try:
         socket.create_connection((address.host, address.port), timeout=timeout_s).close()
     except OSError as exc:
-        what = "Ray Client server" if address.client else "Ray head (GCS)"
+        what = ("Ray Client server" if address.client else "Ray job API (the dashboard)" if address.jobs
+                else "Ray head (GCS)")
+        start = "cluster/ray/start.sh --dashboard" if address.jobs else "cluster/ray/start.sh"
         raise LauncherError(f"cannot reach a {what} at {address.text}: {exc.strerror or exc} (checked for "
-                            f"{timeout_s:.0f} s); start one with cluster/ray/start.sh or pass --address") from None
+                            f"{timeout_s:.0f} s); start one with {start} or pass --address") from None
+
+
+def job_cluster(api: Address, environ: Mapping[str, str]) -> Address:
+    """The cluster a driver submitted through the job API at ``api`` connects to: the GCS address Ray's job
+    supervisor puts in ``RAY_ADDRESS``; a LauncherError when this driver was not started as a Ray job."""
+    gcs = (environ.get("RAY_ADDRESS") or "").strip()
+    if not gcs or gcs.startswith(("http://", "https://")):
+        raise LauncherError(f"--address {api.text} is Ray's job API: this driver runs only as a Ray job submitted "
+                            f"there (launcher submit does that); RAY_ADDRESS does not name the cluster's GCS")
+    return parse_address(gcs)
 
 
 class Driver:
@@ -152,6 +165,8 @@ class Driver:
     def drive(self) -> int:
         try:
             address = resolve_address(self.plan.address, os.environ, current_cluster)
+            if address.jobs:  # this driver is a Ray job: Ray's job supervisor names the cluster in RAY_ADDRESS
+                address = job_cluster(address, os.environ)
             check_reachable(address)
             self.monitor.set(address=address.text)
             return self.fit(address)

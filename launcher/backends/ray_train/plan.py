@@ -30,6 +30,7 @@ from launcher.spec import JobSpec
 # Ray rewrites 127.0.0.1 to the machine's routable IP unless this is 0 before `import ray` (see
 # cluster/ray/start.sh); a client that rewrites connects where nothing listens and hangs for minutes.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_CLIENT_PORT = 10001
 CHECKPOINTS_TO_KEEP = 2
 REPORT_POLL_S = 2.0
@@ -40,11 +41,12 @@ class Options:
     """Ray-backend options (``--address --gpus-per-worker --max-failures --storage``).
 
     ``address``: ``auto`` (``RAY_ADDRESS``, else the cluster last started on this machine),
-    ``HOST:PORT`` (the head's GCS port, for drivers on a cluster node) or ``ray://HOST:PORT``
-    (Ray Client). ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given,
-    else none. ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray
-    Train's ``storage_path`` (default ``WORK_DIR/ray``), reachable by every worker. The number of
-    workers and CPUs per worker are the generic ``Resources`` (``--workers`` is ``--nproc``).
+    ``HOST:PORT`` (the head's GCS port, for drivers on a cluster node), ``ray://HOST:PORT``
+    (Ray Client) or ``http(s)://HOST:PORT`` (the dashboard: the driver is submitted as a Ray job).
+    ``gpus_per_worker``: None means one GPU per worker when ``--gpus`` was given, else none.
+    ``max_failures``: None means the job's ``--max-restarts``. ``storage``: Ray Train's ``storage_path``
+    (default ``WORK_DIR/ray``), reachable by every worker. The number of workers and CPUs per worker
+    are the generic ``Resources`` (``--workers`` is ``--nproc``).
     """
 
     address: str = "auto"
@@ -67,12 +69,14 @@ class Options:
 
 @dataclass(frozen=True)
 class Address:
-    """A parsed ``--address``: ``auto``, or a host and port, reached directly or through Ray Client."""
+    """A parsed ``--address``: ``auto``, or a host and port, reached directly, through Ray Client or (``jobs``,
+    an ``http(s)://`` dashboard address) through Ray's job-submission API."""
 
     text: str
     host: str | None = None
     port: int | None = None
     client: bool = False
+    jobs: bool = False
 
     @property
     def is_auto(self) -> bool:
@@ -87,14 +91,17 @@ def parse_address(text: str) -> Address:
     """``auto``, ``HOST:PORT`` or ``ray://HOST[:PORT]``; a LauncherError naming the forms otherwise."""
     if text == "auto":
         return Address(text)
-    client = text.startswith("ray://")
-    rest = text[len("ray://"):] if client else text
+    scheme = next((s for s in ("ray://", "http://", "https://") if text.startswith(s)), "")
+    client, jobs = scheme == "ray://", scheme.startswith("http")
+    rest = text[len(scheme):].rstrip("/") if jobs else text[len(scheme):]
     m = re.fullmatch(r"\[?([A-Za-z0-9_.:-]+?)\]?(?::(\d{1,5}))?", rest)
-    port = int(m.group(2)) if m and m.group(2) else (DEFAULT_CLIENT_PORT if client else None)
+    default = DEFAULT_CLIENT_PORT if client else (DEFAULT_DASHBOARD_PORT if jobs else None)
+    port = int(m.group(2)) if m and m.group(2) else default
     if not m or port is None or not 0 < port < 65536 or "://" in rest:
         raise LauncherError(f"--address {text!r}: expected auto, HOST:PORT (the head's GCS port, e.g. "
-                            f"127.0.0.1:6379) or ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.5:10001)")
-    return Address(text, m.group(1), port, client)
+                            f"127.0.0.1:6379), ray://HOST:PORT (Ray Client, e.g. ray://10.0.0.5:10001) or "
+                            f"http://HOST:PORT (the dashboard's job API, e.g. http://10.0.0.5:8265)")
+    return Address(text.rstrip("/") if jobs else text, m.group(1), port, client, jobs)
 
 
 def resolve_address(text: str, environ: Mapping[str, str], current_cluster: Callable[[], str | None]) -> Address:

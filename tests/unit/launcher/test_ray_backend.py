@@ -173,7 +173,7 @@ def test_addresses(text, host, port, client):
     assert (a.host, a.port, a.client) == (host, port, client)
 
 
-@pytest.mark.parametrize("bad", ["127.0.0.1", "http://x:1", "x:0", "x:99999", "ray://", ""])
+@pytest.mark.parametrize("bad", ["127.0.0.1", "ftp://x:1", "http://x:0", "x:0", "x:99999", "ray://", ""])
 def test_bad_addresses_name_the_forms(bad):
     with pytest.raises(LauncherError, match="expected auto, HOST:PORT"):
         Options(address=bad)
