@@ -156,10 +156,11 @@ def test_serve_retries_a_port_taken_in_the_race_and_refreshes_until_stopped(tmp_
         sys.executable, "-c", "import sys, time; sys.exit(1) if %d == 6006 else time.sleep(60)" % port))
     monkeypatch.setattr(tensorboard, "served_port", lambda pid, logdir: started[-1] if started[-1] != 6006 else None)
     served, refreshes, children = [], [], []
+    earlier = {c.pid for c in psutil.Process().children()}  # e.g. a resource tracker an earlier test left
 
     def refresh() -> None:
         refreshes.append(1)
-        children.extend(psutil.Process().children())
+        children.extend(c for c in psutil.Process().children() if c.pid not in earlier)
         if len(refreshes) == 1:
             raise LauncherError("the store is busy")
         if len(refreshes) == 3:
