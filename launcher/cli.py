@@ -35,7 +35,7 @@ COMMANDS = {
     "store": "check the experiment store, or repair it from the experiment records and job folders",
 }
 # subcommands whose code lives in launcher.manage (the rest: launcher.commands)
-MANAGE = ("compare", "export", "plot", "tag", "note", "rm", "store")
+MANAGE = ("compare", "export", "plot", "tag", "note", "rm", "store", "tensorboard")
 
 _GPU_IDS = "use --gpus N: the launcher leases free GPUs itself and sets CUDA_VISIBLE_DEVICES per job"
 _PORT = "the launcher picks a free rendezvous port itself; drop it"

@@ -1,7 +1,7 @@
-"""The experiment manager's subcommands: compare, export, plot, tag, note, rm, store.
+"""The experiment manager's subcommands: compare, export, plot, tag, note, rm, store, tensorboard.
 
 Argument parsing for them lives here too (:func:`add_arguments`, called by :mod:`launcher.cli`
-for the chosen subcommand only). Tags and notes are what the user says about a row, so these
+for the chosen subcommand only; tensorboard's options are :mod:`launcher.cli`'s own). Tags and notes are what the user says about a row, so these
 commands write them; observed state (metrics, state) is refreshed through
 :func:`launcher.reconcile.refresh` first, which stays its only writer.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 from launcher.printable import printable
+from launcher.state import JobState
 from launcher.store import Experiment, ExperimentStore
 
 TAG_RE = re.compile(r"^[A-Za-z0-9._:+@/-]{1,64}$")
@@ -241,3 +242,68 @@ def cmd_rm(args: argparse.Namespace) -> int:
         shown = printable(work_dir)
         print(f"{shown}: deleted" if not os.path.exists(work_dir) else f"{shown}: could not be deleted fully")
     return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    import shlex
+    import socket
+    import tempfile
+
+    from launcher.tensorboard import (check_port, choose_port, port_is_free, run_links, serve, sync_links,
+                                      tensorboard_command, url)
+
+    check_port(args.port)
+    if not args.refresh > 0:
+        raise LauncherError(f"--refresh {args.refresh}: expected the seconds between looks for new experiments, "
+                            f"above 0 (default 15)")
+    store = ExperimentStore()
+    ids = [store.get(i).id for i in args.ids] if args.ids else None
+    state = JobState.parse(args.state) if args.state else None
+    filters = dict(ids=ids, backend=args.backend, sweep=args.sweep, tags=args.tag)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    with tempfile.TemporaryDirectory(prefix="detlaunch-tensorboard-") as logdir:  # the runs, named by symlinks
+        exps = select_experiments(store, state, **filters)
+        sync_links(run_links(exps), logdir)
+        if not loopback:
+            print(f"launcher: warning: TensorBoard on {args.host} is reachable from other machines", file=sys.stderr)
+        if not exps:
+            print("launcher: no experiments match yet; they appear in TensorBoard as they are submitted",
+                  file=sys.stderr)
+        if args.dry_run:
+            port = choose_port(args.port, lambda p: port_is_free(args.host, p))
+            where = url(args.host, port) if port else f"{args.host}, on a free port the system picks"
+            print(f"TensorBoard for {len(exps)} experiment(s) would serve at {where}")
+            for name, target in run_links(exps).items():
+                print(printable(f"{logdir}/{name} -> {target}"))
+            print(shlex.join(tensorboard_command(logdir, args.host, port)))
+            return 0
+
+        def serving(port: int) -> None:
+            taken = f" ({args.port} is taken)" if port != args.port and args.port else ""
+            print(f"TensorBoard for {len(exps)} experiment(s) at {url(args.host, port)}{taken}; "
+                  f"experiments submitted from now on appear within a minute", flush=True)
+            if loopback:
+                print(f"from another machine: ssh -N -L 6006:127.0.0.1:{port} {socket.gethostname()}, "
+                      f"then open http://127.0.0.1:6006/", flush=True)
+
+        def refresh() -> None:
+            added, removed = sync_links(run_links(select_experiments(store, state, **filters)), logdir)
+            for name in added:
+                print(f"TensorBoard: added {printable(name)}", flush=True)
+            for name in removed:
+                print(f"TensorBoard: removed {printable(name)}", flush=True)
+
+        # SIGTERM/SIGINT/SIGHUP (or a SIGKILL of this process) end the server too
+        return serve(logdir, args.host, args.port, serving, refresh, refresh_s=args.refresh)
+
+
+def select_experiments(store: ExperimentStore, state: JobState | None = None, **filters) -> list[Experiment]:
+    """The store's experiments that pass ``launcher list``'s filters, oldest first: ``state`` as
+    their backends report it now (also where the store could not save it), the other ``filters``
+    (``ids``, ``backend``, ``sweep``, ``tags``) as :meth:`ExperimentStore.list` takes them."""
+    rows = store.list(**filters)
+    if state is None:
+        return rows
+    from launcher.reconcile import refresh
+
+    return [e for e in refresh(store, rows) if e.state is state]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from launcher.commands import select_experiments
+from launcher.manage import select_experiments
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState
 from launcher.store import ExperimentStore, experiment_from_spec
