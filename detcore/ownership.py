@@ -160,14 +160,14 @@ class Claim:
         """Refresh the claim every ``interval_s`` in a daemon thread (no-op unless owned)."""
         if self.owned and self._beat is None:
             self._stop = threading.Event()
-            self._beat = threading.Thread(target=self._beating, args=(interval_s,), name="work-dir-claim",
+            self._beat = threading.Thread(target=self._beating, args=(interval_s, self._stop), name="work-dir-claim",
                                           daemon=True)
             self._beat.start()
         return self
 
-    def _beating(self, interval_s: float) -> None:
-        assert self._stop is not None
-        while not self._stop.wait(interval_s):
+    def _beating(self, interval_s: float, stop: threading.Event) -> None:
+        # the thread keeps its own event: release() clears ``self._stop`` while a beat may be running
+        while not stop.wait(interval_s):
             if not self.refresh():
                 return
 

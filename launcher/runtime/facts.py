@@ -80,6 +80,13 @@ class RunFacts:
     def last_failure(self) -> str:
         return self.failures[-1] if self.failures else ""
 
+    def success_note(self) -> str:
+        """The reason of a run that succeeded: which failures it recovered from ('' without restarts)."""
+        if not self.restarts:
+            return ""
+        return f"finished after {self.restarts} restart(s)" + (
+            f"; last failure: {self.last_failure}" if self.last_failure else "")
+
     @property
     def newest_failed(self) -> bool:
         """The newest attempt has ended with a failure (a restart or the end of the run follows)."""
@@ -143,6 +150,13 @@ def lost_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
     return f"rank {rank}: {detail or 'failed'}"
 
 
+def late_loss_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
+    """A rank whose training had ended (its end fact says so) when the scheduler reported it lost."""
+    how = {"node": f"with its node {lost.get('node') or '?'}", "process": "its process died",
+           "unreachable": "it stopped answering Ray"}.get(str(lost.get("kind")), "lost")
+    return f"rank {rank}: {_worker(start)} was lost after its training had ended ({how})"
+
+
 EXTERNAL_LOSSES = ("node", "process", "unreachable")  # killed or cut off from outside: a cause, not a consequence
 
 
@@ -173,7 +187,8 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
 
     1. A hang: the watchdog recorded it before it ended any worker.
     2. A rank the scheduler reported killed or cut off from outside (its process died, it became
-       unreachable, its node was lost) and that left no end record: such a death is a cause, and
+       unreachable, its node was lost) and that left no end record, or whose training had ended
+       before its process was lost (Ray then restarts the group): such a death is a cause, and
        the other ranks' errors (a collective that lost its peer) are its consequences. Then a rank
        that missed the scheduler's health checks.
     3. The earliest failure of a rank's own, by the time its end fact was written: a worker's error
@@ -189,6 +204,10 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
     for rank, rec in ends.items():
         code = int(rec.get("exit_code", 0) or 0)
         if code in (EXIT_OK, EXIT_STOPPED):
+            report = lost.get(rank)
+            if report is not None and report.get("kind") in EXTERNAL_LOSSES:  # killed between its end and Ray's
+                found.append(_Candidate(rank, late_loss_line(rank, report, starts.get(rank)), _tier_of_loss(report),
+                                        _when(report)))
             continue
         stopped = code < 0 and -code in GROUP_STOP_SIGNALS
         found.append(_Candidate(rank, end_line(rec), 3 if stopped else 2, _when(rec)))

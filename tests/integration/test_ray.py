@@ -136,22 +136,24 @@ def test_two_worker_job_runs_to_the_end_and_is_managed_after_its_submitter_exits
 
 
 def test_killed_worker_restarts_the_group_from_the_newest_checkpoint(home, ray_head):
+    iters = 3 * ITERS  # still training for seconds after the first committed checkpoint, when rank 1 is killed
     exp_id = launcher(home, "submit", SHAPES, *ray_args(ray_head, "--max-failures", "1"), "--detach",
-                      *job()).stdout.strip()
+                      *job(iters)).stdout.strip()
     work = record(home, exp_id)["work_dir"]
     wait_for(lambda: committed_pointer(work, exp_id), "a checkpoint committed by Ray Train")
     rec = record(home, exp_id)  # the reason follows the job's stage (the workers' heartbeats)
     assert rec["state"] == "running" and rec["reason"].startswith(("training at iteration ", "evaluating at ")), rec
     victim = [a for a in starts(work) if a["rank"] == 1][-1]
     os.kill(victim["pid"], signal.SIGKILL)
+    assert not [a for a in attempts(work) if a["event"] == "end"], "the run ended before rank 1 was killed"
     rec = wait_until(home, exp_id, done, timeout=600, poll=2.0)
     assert rec["state"] == "succeeded", rec["reason"]
-    assert rec["restarts"] == 1 and rec["last_iter"] == ITERS
+    assert rec["restarts"] == 1 and rec["last_iter"] == iters
     # the killed rank is named: Ray Train reported rank 1, and rank 0 (torn down afterwards) is not blamed
     assert f"last failure: rank 1: its worker (pid {victim['pid']} on " in rec["reason"], rec["reason"]
     assert "rank 0" not in rec["reason"]
-    assert set(train_iters(work)) == set(range(1, ITERS + 1))
-    assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{ITERS}.pth"
+    assert set(train_iters(work)) == set(range(1, iters + 1))
+    assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{iters}.pth"
     second = [a for a in starts(work) if a["attempt"] == 1]
     assert sorted(a["rank"] for a in second) == [0, 1]
     assert all(a["restored"]["checkpoint"].startswith("iter_") for a in second)  # Ray handed the pointer back

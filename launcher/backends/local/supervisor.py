@@ -180,9 +180,7 @@ class Supervisor:
         elif stop_reason or facts.user_error:
             self.monitor.finish(JobState.FAILED, rc, stop_reason or facts.user_error)
         elif rc == 0:
-            note = (f"finished after {facts.restarts} restart(s); last failure: {facts.last_failure}"
-                    if facts.restarts else "")
-            self.monitor.finish(JobState.SUCCEEDED, 0, note)
+            self.monitor.finish(JobState.SUCCEEDED, 0, facts.success_note())
         else:
             reason = facts.last_failure or f"torchrun ended with {describe_exit(rc)} (see logs/agent.log)"
             if facts.restarts >= self.spec.max_restarts and self.spec.max_restarts:

@@ -250,9 +250,7 @@ class Driver:
             if facts.restarts:
                 reason += f" (after {facts.restarts} restart(s); --max-failures {self.plan.max_failures})"
             return self.finish(JobState.FAILED, 1, reason)
-        return self.finish(JobState.SUCCEEDED, 0, f"finished after {facts.restarts} restart(s); last failure: "
-                                                  f"{facts.last_failure}" if facts.restarts
-                           else f"finished on Ray at {address.text}")
+        return self.finish(JobState.SUCCEEDED, 0, facts.success_note() or f"finished on Ray at {address.text}")
 
     def finish(self, state: JobState, rc: int | None, reason: str) -> int:
         self.monitor.finish(state, rc, reason)

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,6 +136,18 @@ def test_heartbeat_refreshes_the_claim(tmp_path):
         time.sleep(0.05)
     assert (work / OWNER_FILE).stat().st_mtime > then + 50
     held.release()
+
+
+def test_releasing_while_the_heartbeat_wakes_raises_nothing_in_its_thread(tmp_path, monkeypatch):
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    for i in range(200):  # release() races the beat thread waking up from its wait
+        held = claim(tmp_path / f"w{i}", holder("exp")).start_heartbeat(interval_s=0.0001)
+        thread = held._beat
+        time.sleep(0.0005)
+        held.release()
+        thread.join(5)
+    assert errors == []
 
 
 def _contend(work: str, name: str, barrier, results) -> None:

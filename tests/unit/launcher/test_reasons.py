@@ -87,6 +87,25 @@ def test_ray_a_killed_rank_1_is_named_from_ray_trains_report():
         "signal such as SIGKILL, the OOM killer or a crash)",)
 
 
+def test_ray_a_rank_killed_after_its_training_ended_is_named_as_the_cause_of_the_restart():
+    """Both ranks recorded exit code 0; rank 1 was SIGKILLed before Ray Train saw its function return, so Ray
+    reported its process dead and restarted the group: the restart's cause is named, not left blank."""
+    events = [start(0), start(1), end(0, 0, 150.0), end(1, 0, 150.1),
+              {"event": "lost", "attempt": 0, "rank": 1, "kind": "process", "source": "ray", "time": 151.0,
+               "detail": "The actor died unexpectedly before finishing this task."},
+              start(0, attempt=1, t=190.0), start(1, attempt=1, t=190.0), end(0, 0, 200.0, attempt=1),
+              end(1, 0, 200.0, attempt=1)]
+    facts = summarize(events, alive=lambda rec: False)
+    assert facts.failures == ("rank 1: its worker (pid 4101 on gpu7) was lost after its training had ended (its "
+                              "process died)",)
+    assert facts.success_note() == ("finished after 1 restart(s); last failure: rank 1: its worker (pid 4101 on "
+                                    "gpu7) was lost after its training had ended (its process died)")
+    # an error the worker raised after recording its end is not a loss from outside: no blame, no blank
+    raised = [{**e, "kind": "error"} if e["event"] == "lost" else e for e in events]
+    assert summarize(raised, alive=lambda rec: False).success_note() == "finished after 1 restart(s)"
+    assert summarize(events[:4], alive=lambda rec: False).success_note() == ""
+
+
 def test_ray_a_killed_rank_is_named_before_the_error_its_peer_raised_in_the_same_report():
     """Rank 0's collective lost its peer and raised (an end record, exit code 1) before Ray Train's poll, which
     then reported both: the rank killed from outside is the cause, whatever the times say."""
