@@ -8,6 +8,7 @@ iteration, total batch, world size, versions, git commit, creation time, archite
 from __future__ import annotations
 
 import datetime as _dt
+import contextlib
 import errno
 import functools
 import logging
@@ -25,12 +26,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from detcore.atomic import replacing, temp_sibling
 from detcore.contract import PERIODIC_CHECKPOINT as _PERIODIC
 from detcore.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-# The temporary names of the writers here (checkpoint_temp_file, sibling_temp_path): ``.iter_4.pth.k3j9x_2a.tmp``,
+# The temporary names of the checkpoint writers (checkpoint_temp_file, detcore.atomic.temp_sibling): ``.iter_4.pth.k3j9x_2a.tmp``,
 # ``.last_checkpoint.1234.tmp``, ``.best_bbox_AP.pth.1234.tmp`` (``.best.1234.tmp`` in earlier versions).
 _TEMP_NAME = re.compile(r"^\.(?:.+\.pth|last_checkpoint|best)\.[A-Za-z0-9_]+\.tmp$")
 
@@ -69,16 +71,12 @@ def checkpoint_temp_file(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
 
 
-def sibling_temp_path(path: str | os.PathLike) -> Path:
-    """``.NAME.PID.tmp`` next to ``path``: where a small file is written before ``os.replace`` onto ``path``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that checkpoint writes killed mid-write left in ``directory``.
 
-    Only names made by :func:`checkpoint_temp_file` and :func:`sibling_temp_path` for checkpoints,
+    Only names made by :func:`checkpoint_temp_file` and :func:`detcore.atomic.temp_sibling` for checkpoints,
     the ``last_checkpoint`` pointer and ``best_*.pth`` match. Call it on the one writing rank before
     it saves: a second trainer writing into the same directory at the same time would lose its file
     (not supported). Errors are ignored (best effort); returns what was removed.
@@ -111,19 +109,16 @@ def point_latest(work_dir: str | os.PathLike, name: str) -> Path:
     """
     work_dir = Path(work_dir)
     latest = work_dir / LATEST
-    tmp = sibling_temp_path(latest)
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    try:
-        os.symlink(name, tmp)
-    except OSError:
+    with contextlib.suppress(FileNotFoundError):
+        temp_sibling(latest).unlink()  # left by a writer of this pid that was killed: symlink() needs the name free
+    with replacing(latest) as tmp:
         try:
-            os.link(work_dir / name, tmp)
+            os.symlink(name, tmp)
         except OSError:
-            shutil.copyfile(work_dir / name, tmp)
-    os.replace(tmp, latest)
+            try:
+                os.link(work_dir / name, tmp)
+            except OSError:
+                shutil.copyfile(work_dir / name, tmp)
     return latest
 
 

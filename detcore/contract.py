@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+from detcore.atomic import write_text_atomic
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -63,12 +65,18 @@ LOGGERS_ENV = "DETCORE_LOGGERS"                # mlflow,wandb: switch experiment
 LOGGER_SETTINGS_ENV = (LOGGERS_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "WANDB_PROJECT",
                        "WANDB_ENTITY", "WANDB_DIR", "WANDB_BASE_URL", "WANDB_RUN_GROUP")
 
+# The names of the on-disk protocol. Code reaches these files through WorkDir and RunDir below;
+# tests/unit/test_layout_names.py fails when a detcore or launcher module spells a name again.
 LOGS_DIR = "logs"
 RUNS_DIR = "runs"
 EVENTS_FILE = "events.jsonl"
 HEARTBEAT_DIR = "heartbeat"
+OUTCOME_FILE = "outcome.json"
 OWNER_FILE = "owner.json"
+CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+TEST_METRICS_FILE = "test_metrics.json"
+TRAIN_LOG_FILE = "train.log"
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 PERIODIC_CHECKPOINT = re.compile(r"^(iter|epoch)_(\d+)\.pth$")  # what the checkpoint hook saves every interval
 _RUN_FILE = re.compile(r"^(?:(?:iter|epoch)_\d+\.pth|best_.+\.pth|latest\.pth|last_checkpoint|metrics\.jsonl)$")
@@ -102,18 +110,119 @@ def logger_settings_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: environ[name] for name in LOGGER_SETTINGS_ENV if environ.get(name)}
 
 
+def rank_log_in(log_dir: str | os.PathLike, rank: int) -> Path:
+    """``LOG_DIR/rank{R}.log``: rank R's stdout and stderr, every attempt appended (``LOG_DIR`` is
+    ``WORK_DIR/logs``; the starters are handed the folder)."""
+    return Path(log_dir) / f"rank{rank}.log"
+
+
+class RunDir:
+    """``WORK_DIR/runs/<run id>``: the facts of one launch (paths only; nothing is read or created)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def events(self) -> Path:
+        """One JSON line per fact (:func:`append_event`, :func:`read_events`)."""
+        return self.root / EVENTS_FILE
+
+    @property
+    def outcome(self) -> Path:
+        """The monitor's record of how the launch ended (local and Ray)."""
+        return self.root / OUTCOME_FILE
+
+    def heartbeats(self, attempt: int) -> Path:
+        """The heartbeat folder of one attempt (a fresh one per attempt, so a restart never reads old beats)."""
+        return self.root / HEARTBEAT_DIR / f"a{attempt}"
+
+
+class WorkDir:
+    """The files of the run a work dir holds (paths only; nothing is read or created but the pointer)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.root)!r})"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS_DIR
+
+    def rank_log(self, rank: int) -> Path:
+        return rank_log_in(self.logs, rank)
+
+    @property
+    def agent_log(self) -> Path:
+        """The output of the local backend's torchrun agent."""
+        return self.logs / "agent.log"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / TRAIN_LOG_FILE
+
+    @property
+    def config(self) -> Path:
+        """The config the run trained with, as rank 0 dumped it."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def test_metrics(self) -> Path:
+        """``detcore test``'s flat metrics of the last test run in this work dir."""
+        return self.root / TEST_METRICS_FILE
+
+    @property
+    def owner(self) -> Path:
+        return self.root / OWNER_FILE
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The pointer file: the name of the newest checkpoint, replaced atomically after each save."""
+        return self.root / LAST_CHECKPOINT_FILE
+
+    def newest_checkpoint(self) -> Path | None:
+        """The checkpoint the pointer names (None without a pointer or with an empty one; not checked to exist)."""
+        try:
+            name = self.last_checkpoint.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return self.root / name if name else None
+
+    def point_to(self, checkpoint: str) -> None:
+        """Make ``checkpoint`` (a file name in this work dir) the newest, atomically."""
+        write_text_atomic(self.last_checkpoint, checkpoint + "\n")
+
+    def run(self, run_id: str) -> RunDir:
+        """``WORK_DIR/runs/<run id>``: the facts of one launch."""
+        return RunDir(self.root / RUNS_DIR / run_id)
+
+
 def rank_log(work_dir: str | os.PathLike, rank: int) -> Path:
     """``WORK_DIR/logs/rank{R}.log``: rank R's stdout and stderr, every attempt appended."""
-    return Path(work_dir) / LOGS_DIR / f"rank{rank}.log"
+    return WorkDir(work_dir).rank_log(rank)
 
 
 def run_dir(work_dir: str | os.PathLike, run_id: str) -> Path:
     """``WORK_DIR/runs/<run id>``: the facts of one launch."""
-    return Path(work_dir) / RUNS_DIR / run_id
+    return WorkDir(work_dir).run(run_id).root
 
 
 def events_path(run: str | os.PathLike) -> Path:
-    return Path(run) / EVENTS_FILE
+    return RunDir(run).events
 
 
 def heartbeat_path(heartbeat_dir: str | os.PathLike, rank: int) -> Path:
@@ -135,11 +244,8 @@ PHASES = ("training", "evaluating")
 def write_heartbeat(heartbeat_dir: str | os.PathLike, rank: int, iteration: int, phase: str = "training") -> None:
     """Record that ``rank`` finished ``iteration`` now and is ``phase`` (one of ``PHASES``): a tiny file
     ``ITERATION TIME PHASE`` replaced atomically; errors ignored, a full disk must never stop training."""
-    path = heartbeat_path(heartbeat_dir, rank)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(f"{iteration} {time.time():.3f} {phase}\n")
-        os.replace(tmp, path)
+        write_text_atomic(heartbeat_path(heartbeat_dir, rank), f"{iteration} {time.time():.3f} {phase}\n")
     except OSError:
         pass
 

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
-from detcore.contract import EXPERIMENT_ENV, OWNER_FILE, PERIODIC_CHECKPOINT, run_evidence
+from detcore.contract import EXPERIMENT_ENV, METRICS_FILE, OWNER_FILE, PERIODIC_CHECKPOINT, run_evidence
 from detcore.errors import WorkDirError
 from detcore.procinfo import is_alive, process_start
 
@@ -415,7 +415,7 @@ def _evidence_order(name: str) -> tuple:
         return (0, 0, name)
     if m:
         return (1, -int(m.group(2)), name)
-    return (2 if name == "metrics.jsonl" else 3, 0, name)
+    return (2 if name == METRICS_FILE else 3, 0, name)
 
 
 def placeholder(holder: Holder, process: str) -> Holder:

@@ -9,21 +9,39 @@ from __future__ import annotations
 import os
 
 
-def process_start(pid: int) -> int | None:
-    """The start tick of a live (non-zombie) ``pid``, or None when there is no such process."""
-    if pid <= 0:
-        return None
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), None without such a process;
+    OSError when there is no /proc to read (not Linux)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
     except FileNotFoundError:
         return None
+    return stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses: split after the last
+
+
+def process_start(pid: int) -> int | None:
+    """The start tick of a live (non-zombie) ``pid``, or None when there is no such process."""
+    if pid <= 0:
+        return None
+    try:
+        fields = _stat(pid)
     except OSError:
         return _psutil_start(pid)
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
+    if fields is None or fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
+
+
+def process_state(pid: int) -> str:
+    """``running``, ``stopped`` (SIGSTOP or a debugger), ``disk-wait`` or ``gone`` (Linux /proc)."""
+    try:
+        fields = _stat(pid) if pid > 0 else None
+    except OSError:
+        return "gone"
+    if fields is None:
+        return "gone"
+    return {"T": "stopped", "t": "stopped", "D": "disk-wait", "Z": "gone", "X": "gone"}.get(fields[0], "running")
 
 
 def _psutil_start(pid: int) -> int | None:  # non-Linux fallback

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from detcore.contract import WorkDir
 from launcher.errors import LauncherError
+from launcher.metrics import trained_config
 from launcher.printable import printable_cells
 from launcher.store import Experiment
 
@@ -45,16 +46,10 @@ def resolved_config(exp: Experiment) -> dict[str, Any]:
         except DetcoreError as exc:
             raise LauncherError(f"experiment {exp.id}: its config no longer loads: {exc}") from None
     else:
-        import yaml
-
-        dumped = Path(exp.work_dir) / "config.yaml"
-        try:
-            cfg = yaml.safe_load(dumped.read_text())
-        except (OSError, yaml.YAMLError):
+        cfg = trained_config(exp.work_dir)
+        if cfg is None:
             raise LauncherError(f"experiment {exp.id}: its config {config} is gone and its work dir has no readable "
-                                f"config.yaml ({dumped}); restore the config file to compare it") from None
-        if not isinstance(cfg, dict):
-            raise LauncherError(f"experiment {exp.id}: {dumped} is not a YAML mapping")
+                                f"config ({WorkDir(exp.work_dir).config}); restore the config file to compare it")
     return {k: v for k, v in flatten(cfg).items() if k.split(".")[0] not in _IGNORED}
 
 

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Mapping
 
 from launcher.estimate import Estimate, PastRun, estimate, measure, run_shape, scaled_config
-from launcher.metrics import read_history
+from launcher.metrics import read_history, trained_config
 from launcher.spec import JobSpec, Mode
 from launcher.store import Experiment, ExperimentStore
 
 logger = logging.getLogger(__name__)
 SCAN_LIMIT = 50
-
-
-def _resolved_config(work_dir: str) -> dict | None:
-    import yaml
-
-    try:
-        cfg = yaml.load((Path(work_dir) / "config.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader",
-                                                                                      yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
 
 
 def past_runs(store: ExperimentStore, world_size: int) -> list[PastRun]:
@@ -43,7 +31,7 @@ def past_runs(store: ExperimentStore, world_size: int) -> list[PastRun]:
         "AND ended IS NOT NULL ORDER BY ended DESC LIMIT ?", (int(world_size), SCAN_LIMIT)).fetchall()
     runs = []
     for row in rows:
-        cfg = _resolved_config(row["work_dir"])
+        cfg = trained_config(row["work_dir"])
         if cfg is None:
             continue
         resources, spec = json.loads(row["resources"] or "{}"), json.loads(row["spec"] or "{}")
@@ -80,7 +68,7 @@ def estimate_started(store: ExperimentStore, exp: Experiment) -> Estimate | None
     if exp.mode != Mode.TRAIN.value:
         return None
     spec = exp.spec_dict
-    cfg = _resolved_config(exp.work_dir)
+    cfg = trained_config(exp.work_dir)
     if cfg is None:
         from detcore.config import load_config
         from detcore.errors import DetcoreError

@@ -10,27 +10,12 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TextIO
 
 from launcher.reconcile import handle_of, refresh
 from launcher.store import Experiment, ExperimentStore
 
 _END = object()
-
-
-def planned_iters(work_dir: str) -> int | None:
-    """``runner.max_iters`` of an iteration-based run, from the resolved ``config.yaml`` the worker wrote."""
-    path = Path(work_dir) / "config.yaml"
-    if not path.is_file():
-        return None
-    import yaml
-
-    try:
-        runner = (yaml.safe_load(path.read_text()) or {}).get("runner") or {}
-    except yaml.YAMLError:
-        return None
-    return int(runner["max_iters"]) if runner.get("type") == "IterBasedRunner" and "max_iters" in runner else None
 
 
 def progress_text(exp: Experiment) -> str:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from detcore.atomic import write_text_atomic
 from detcore.contract import EXPERIMENT_ENV
 from launcher.locking import blocking_flock
 from launcher.procinfo import is_alive
@@ -127,9 +128,7 @@ class LeaseBook:
 
     def _save(self, pools: Mapping[str, Mapping[str, Lease]]) -> None:
         data = {pool: {unit: asdict(lease) for unit, lease in units.items()} for pool, units in pools.items() if units}
-        tmp = self.path.with_name(f".leases.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(data, sort_keys=True))
 
     def _mine(self, lease: Lease) -> bool:
         return lease.host in ("", self.host)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from detcore.atomic import replacing
 from launcher.errors import LauncherError
 from launcher.printable import printable
 from launcher.state import JobState
@@ -75,15 +76,8 @@ def _write_text(text: str, out: str | None) -> None:
     path = Path(out)
     if not path.parent.is_dir():
         raise LauncherError(f"--out {out!r}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -247,7 +241,6 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     import shlex
     import socket
-    import tempfile
 
     from launcher.tensorboard import (check_port, choose_port, port_is_free, run_links, serve, sync_links,
                                       tensorboard_command, url)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from detcore.contract import read_jsonl
+from detcore.contract import WorkDir, read_jsonl
 from launcher.tail import tail_lines
 
 TAIL_BYTES = 64 * 1024
@@ -37,7 +36,7 @@ def read_last_metrics(work_dir: str | os.PathLike) -> LastMetrics:
     """Newest training iteration/loss and newest evaluation AP in ``work_dir/metrics.jsonl``."""
     train: dict[str, Any] | None = None
     val: dict[str, Any] | None = None
-    for line in reversed(tail_lines(Path(work_dir) / "metrics.jsonl", TAIL_BYTES)):
+    for line in reversed(tail_lines(WorkDir(work_dir).metrics, TAIL_BYTES)):
         try:
             record = json.loads(line)
         except ValueError:
@@ -70,7 +69,7 @@ def ap_of(record: dict[str, Any]) -> float | None:
 
 def read_history(work_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every record of ``work_dir/metrics.jsonl`` in order (none when the file is missing); bad lines skipped."""
-    return read_jsonl(Path(work_dir) / "metrics.jsonl")
+    return read_jsonl(WorkDir(work_dir).metrics)
 
 
 def best_evaluation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -86,7 +85,7 @@ def best_evaluation(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 def read_test_metrics(work_dir: str | os.PathLike) -> dict[str, float] | None:
     """A test job's ``work_dir/test_metrics.json`` (written by ``detcore test --work-dir``), or None."""
     try:
-        data = json.loads((Path(work_dir) / "test_metrics.json").read_text())
+        data = json.loads(WorkDir(work_dir).test_metrics.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
@@ -94,16 +93,23 @@ def read_test_metrics(work_dir: str | os.PathLike) -> dict[str, float] | None:
     return {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def schedule_length(work_dir: str | os.PathLike) -> tuple[int | None, int | None]:
-    """``(max_iters, max_epochs)`` from the resolved ``work_dir/config.yaml`` the trainer writes at start
-    (after any LR/schedule scaling), one of them None; ``(None, None)`` before it exists."""
+def trained_config(work_dir: str | os.PathLike) -> dict | None:
+    """The config the run trained with: ``work_dir/config.yaml``, which rank 0 writes at start (after any
+    LR/schedule scaling); None before it exists or when it is not a readable YAML mapping."""
     import yaml
 
     try:
-        cfg = yaml.safe_load((Path(work_dir) / "config.yaml").read_text())
+        cfg = yaml.load(WorkDir(work_dir).config.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError):
-        return None, None
-    runner = cfg.get("runner") if isinstance(cfg, dict) else None
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def schedule_length(work_dir: str | os.PathLike) -> tuple[int | None, int | None]:
+    """``(max_iters, max_epochs)`` from the :func:`trained_config`, one of them None; ``(None, None)``
+    before it exists."""
+    cfg = trained_config(work_dir)
+    runner = cfg.get("runner") if cfg else None
     if not isinstance(runner, dict):
         return None, None
     if runner.get("type", "EpochBasedRunner") == "EpochBasedRunner":  # detcore's default runner

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from detcore.atomic import replacing
 from launcher.errors import LauncherError
 from launcher.metrics import read_history
 
@@ -140,13 +140,6 @@ def plot_curves(labels: Sequence[str], work_dirs: Sequence[str], metric: str, ou
     if not out.parent.is_dir():
         raise LauncherError(f"--out {str(out)!r}: folder {out.parent} does not exist; create it first")
     fig = draw_figure(labels, curves, metric, title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
+    with replacing(out) as tmp:
         fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     return [len(xs) for xs, _ in curves]

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from detcore.atomic import write_text_atomic
+
 RECORDS_DIR = "records"
 COMPLETE_MARK = ".complete"
 _ID = re.compile(r"^[0-9a-f]{8}$")
@@ -37,14 +39,7 @@ def write_record(home: Path, row: Mapping[str, Any]) -> None:
     Raises OSError (a full or read-only disk) with the old record unchanged."""
     folder = records_dir(home)
     folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / f"{row['id']}.json"
-    tmp = folder / f".{row['id']}.{os.getpid()}.tmp"
-    try:
-        tmp.write_text(json.dumps({"row": dict(row)}, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(folder / f"{row['id']}.json", json.dumps({"row": dict(row)}, sort_keys=True))
 
 
 def remove_record(home: Path, exp_id: str) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Iterable
 
 from launcher import records
 from launcher.runtime.files import read_json
+from launcher.runtime.job_folder import JobFolder
 from launcher.state import JobState
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -302,13 +303,13 @@ def job_folder_rows(home: Path) -> tuple[dict[str, dict[str, Any]], list[tuple[s
         for folder in _folders(home / sub):
             if not _ID.match(folder.name):
                 continue
-            spec, mtime = read_json(folder / "spec.json"), _mtime(folder / "spec.json")
+            spec, mtime = read_json(JobFolder(folder).spec), _mtime(JobFolder(folder).spec)
             try:
                 row = row_from_spec_dict(spec, JobState.PENDING, now=mtime)  # type: ignore[arg-type]
             except (KeyError, TypeError, ValueError, AttributeError):
                 unreadable.append((folder.name, f"{sub}/{folder.name}"))
                 continue
-            status = read_json(folder / "status.json") or {}
+            status = read_json(JobFolder(folder).status) or {}
             run = status.get("run_dir") or str(run_dir(row["work_dir"], row["run_id"] or "default"))
             has_monitor = status.get("monitor_pid") and status.get("monitor_start")
             row.update(backend=backend, backend_job_id=str(status["monitor_pid"]) if has_monitor else "",
@@ -318,7 +319,7 @@ def job_folder_rows(home: Path) -> tuple[dict[str, dict[str, Any]], list[tuple[s
     for folder in _folders(home / "slurm"):
         if "." in folder.name:  # <id>.<job id>: an earlier launch kept for its logs
             continue
-        manifest = read_json(folder / "manifest.json") or {}
+        manifest = read_json(JobFolder(folder).manifest) or {}
         ids, specs, job_id = manifest.get("experiments") or [], manifest.get("specs"), manifest.get("job_id")
         if not job_id:
             continue
@@ -327,7 +328,7 @@ def job_folder_rows(home: Path) -> tuple[dict[str, dict[str, Any]], list[tuple[s
             continue
         for i, spec in enumerate(specs):
             try:
-                row = row_from_spec_dict(spec, JobState.PENDING, now=_mtime(folder / "manifest.json"))
+                row = row_from_spec_dict(spec, JobState.PENDING, now=_mtime(JobFolder(folder).manifest))
             except (KeyError, TypeError, ValueError, AttributeError):
                 unreadable.append((str(ids[i]), f"slurm/{folder.name}"))
                 continue

@@ -3,7 +3,6 @@ experiments, kept up to date while it runs; bound to 127.0.0.1 by default, on th
 next free one."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 from launcher.errors import LauncherError
+from launcher.procinfo import die_with_parent
 from launcher.store import Experiment
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,6 @@ def url(host: str, port: int) -> str:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class _Stopped(Exception):
@@ -134,10 +133,7 @@ def _child_setup(parent: int) -> Callable[[], None]:
     """
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGTERM)
+        die_with_parent(signal.SIGTERM, parent)
     return setup
 
 

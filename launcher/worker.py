@@ -30,7 +30,6 @@ Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`re
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shutil
 import signal
@@ -40,9 +39,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from detcore import contract
+from launcher.procinfo import become_subreaper, die_with_parent, process_state
 from launcher.runtime.scratch import make_scratch
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -73,8 +73,7 @@ def restart_argv(argv: list[str], attempt: int) -> list[str]:
 def redirect_output(log_dir: str, rank: int) -> None:
     """Append this process's stdout and stderr (fds 1 and 2) to ``log_dir/rank{rank}.log``."""
     os.makedirs(log_dir, exist_ok=True)
-    path = os.path.join(log_dir, f"rank{rank}.log")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(contract.rank_log_in(log_dir, rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(fd, 1)
@@ -84,7 +83,7 @@ def redirect_output(log_dir: str, rank: int) -> None:
 
 def heartbeat_dir(run_dir: str | os.PathLike, attempt: int) -> Path:
     """Heartbeats of one attempt (a fresh folder per attempt, so a restart never reads old ones)."""
-    return Path(run_dir) / contract.HEARTBEAT_DIR / f"a{attempt}"
+    return contract.RunDir(run_dir).heartbeats(attempt)
 
 
 def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra) -> None:
@@ -104,17 +103,6 @@ def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, co
     detail = last_line(log) if (failed and log is not None) else ""
     contract.append_event(run_dir, {"event": "end", "rank": rank, "attempt": attempt, "pid": pid, "exit_code": code,
                                     "detail": detail[:500], "time": time.time()})
-
-
-def process_state(pid: int) -> str:
-    """``running``, ``stopped`` (SIGSTOP or a debugger), ``disk-wait`` or ``gone`` (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("ascii", "replace")
-    except OSError:
-        return "gone"
-    code = stat[stat.rindex(")") + 2:].split()[0]
-    return {"T": "stopped", "t": "stopped", "D": "disk-wait", "Z": "gone", "X": "gone"}.get(code, "running")
 
 
 def hang_verdict(beats: Mapping[int, tuple[int, float] | None], started: float, now: float, timeout: float,
@@ -151,24 +139,9 @@ class HangWatchdog(threading.Thread):
                 return
 
 
-def _die_with_parent(sig: int) -> None:
-    """Receive ``sig`` when the parent process ends (Linux ``PR_SET_PDEATHSIG``; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))
-    except (OSError, AttributeError):
-        pass
-
-
-def _child_setup() -> None:  # in the worker, before exec: die with the shim
-    _die_with_parent(signal.SIGKILL)
-
-
-def _become_subreaper() -> bool:
-    """Adopt the orphans of this process's descendants (Linux ``PR_SET_CHILD_SUBREAPER``); False elsewhere."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1) == 0
-    except (OSError, AttributeError):
-        return False
+def _child_setup(shim: int) -> Callable[[], None]:
+    """The worker's preexec: die with the shim (``shim``: its pid, taken before the fork)."""
+    return lambda: die_with_parent(signal.SIGKILL, shim)
 
 
 def end_orphans(limit_s: float = ORPHAN_WAIT_S) -> int:
@@ -226,7 +199,7 @@ class Shim:
 
     @property
     def log(self) -> Path | None:
-        return Path(self.log_dir) / f"rank{self.rank}.log" if self.log_dir else None
+        return contract.rank_log_in(self.log_dir, self.rank) if self.log_dir else None
 
     def forward(self, signum, frame) -> None:
         if self.proc is None:
@@ -270,9 +243,9 @@ class Shim:
         scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
         if scratch is not None:
             env["TMPDIR"] = str(scratch)
-        subreaper = _become_subreaper()
+        subreaper = become_subreaper()
         self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv], env=env,
-                                     preexec_fn=_child_setup)
+                                     preexec_fn=_child_setup(os.getpid()))
         if self.pending is not None:
             self.proc.send_signal(self.pending)
         if self.run_dir:
@@ -306,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-timeout", type=float, default=0.0,
                         help="seconds without a finished iteration on any rank before the attempt ends (0: off)")
     args = parser.parse_args(argv[:split])
-    _die_with_parent(signal.SIGTERM)  # torchrun or the Slurm task killed: the worker is stopped like a cancel
+    die_with_parent(signal.SIGTERM)  # torchrun or the Slurm task killed: the worker is stopped like a cancel
     Shim(args, argv[split + 1], argv[split + 2:]).run()
 
 

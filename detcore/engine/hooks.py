@@ -15,7 +15,8 @@ from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detcore.checkpoint import periodic_checkpoints_to_remove, sibling_temp_path
+from detcore.atomic import replacing
+from detcore.checkpoint import periodic_checkpoints_to_remove
 from detcore.engine.progress import estimate_eta, iteration_line
 from detcore.registry import HOOKS
 
@@ -199,8 +200,8 @@ class CheckpointHook(HookBase):
             if value is not None and value > self.best:
                 self.best, self.best_iter = float(value), t.iter
                 best = Path(t.work_dir, f"best_{self.save_best}.pth")
-                os.link(path, tmp := sibling_temp_path(best))
-                os.replace(tmp, best)
+                with replacing(best) as tmp:
+                    os.link(path, tmp)
                 logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
 
     def state_dict(self) -> dict:

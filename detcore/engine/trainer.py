@@ -20,10 +20,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_latest, remove_stale_temp_files,
-                                save_checkpoint, sibling_temp_path, unwrap)
+                                save_checkpoint, unwrap)
 from detcore.config import dump_config
 from detcore.config_check import ConfigProblems, training_problems
-from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV
+from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV, WorkDir
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
@@ -97,7 +97,7 @@ class Trainer:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             for path in remove_stale_temp_files(self.work_dir):
                 logger.info("removed %s, left by a save that was killed mid-write", path.name)
-            (self.work_dir / "config.yaml").write_text(dump_config(self.cfg))
+            WorkDir(self.work_dir).config.write_text(dump_config(self.cfg))
         barrier()
         resume_path = self._resume_path(resume) if resume else None
         load_key = "--load-from" if load_from else "load_from"
@@ -281,7 +281,7 @@ class Trainer:
     def log_metrics(self, record: dict, prefix: str) -> None:
         if not self.dist.is_main:
             return
-        H.append_jsonl(self.work_dir / "metrics.jsonl", record)
+        H.append_jsonl(WorkDir(self.work_dir).metrics, record)
         for sink in self.metric_sinks:
             sink(record, prefix)
         if self.tb is not None:
@@ -322,10 +322,7 @@ class Trainer:
                                    rng=states[0], rng_per_rank=states,
                                    loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
                                    hooks=[h.state_dict() for h in self.hooks])
-        pointer = self.work_dir / "last_checkpoint"
-        tmp = sibling_temp_path(pointer)
-        tmp.write_text(name + "\n")
-        os.replace(tmp, pointer)
+        WorkDir(self.work_dir).point_to(name)
         point_latest(self.work_dir, name)
         if self.heartbeat is not None:
             self.heartbeat.beat(self.iter, force=True)
@@ -404,10 +401,8 @@ class Trainer:
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     """The file named by ``work_dir/last_checkpoint`` if it exists and loads, else the newest good one."""
     work_dir = Path(work_dir)
-    pointer = work_dir / "last_checkpoint"
-    candidates = []
-    if pointer.is_file():
-        candidates.append(work_dir / pointer.read_text().strip())
+    newest = WorkDir(work_dir).newest_checkpoint()
+    candidates = [newest] if newest is not None else []
     candidates += sorted((p for p in work_dir.glob("*.pth") if p.name.startswith(("iter_", "epoch_"))),
                          key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from detcore.atomic import replacing
+
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix ``[len(a), len(b)]`` of xyxy boxes."""
@@ -77,8 +79,9 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], out: str | os
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return out

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV
+from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV, WorkDir
 from detcore.engine.hooks import HookBase, scalar_values
 from detcore.loggers.runs import Ledger, SavedRun, choose_run, read_record
 from detcore.loggers.settings import LoggerSettings, enabled_loggers
@@ -107,8 +107,7 @@ class ExperimentLoggerHook(HookBase):
     def _checkpoints(self) -> list[Path]:
         """The newest checkpoint and the best ones (``best_*.pth``)."""
         work = Path(self.trainer.work_dir)
-        pointer = work / "last_checkpoint"
-        newest = [work / pointer.read_text().strip()] if pointer.is_file() else []
+        newest = [p for p in [WorkDir(work).newest_checkpoint()] if p is not None]
         return [p for p in [*newest, *sorted(work.glob("best_*.pth"))] if p.is_file()]
 
     def state_dict(self) -> dict:

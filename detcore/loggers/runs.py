@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from detcore.atomic import write_text_atomic
+
 LOGGERS_DIR = "loggers"
 
 
@@ -90,16 +92,12 @@ def read_record(work_dir: str | os.PathLike, kind: str) -> SavedRun | None:
 def write_record(work_dir: str | os.PathLike, kind: str, run: SavedRun) -> None:
     """Replace the work dir's record atomically; errors ignored (a full disk must not stop training: the
     checkpoint still names the run)."""
-    from detcore.checkpoint import sibling_temp_path
-
     path = record_path(work_dir, kind)
-    tmp = sibling_temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(asdict(run), sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(asdict(run), sort_keys=True) + "\n")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 class Ledger:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from detcore.atomic import write_text_atomic
 from detcore.config_yaml import dump_yaml
 from detcore.errors import ConfigError
 from detcore.mmdet_import.data_map import map_data, map_schedule
@@ -61,13 +62,10 @@ def write_yaml(imported: ImportedConfig, out: str | os.PathLike) -> Path:
         raise ConfigError(f"--out {out} is a folder; give the path of the .yaml file to write")
     if out.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--out {out}: give a .yaml path (detcore configs are YAML)")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(imported.to_yaml(), encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, imported.to_yaml())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out} ({exc.strerror}); pass a writable --out path") from None
     return out
 

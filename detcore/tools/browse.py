@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from detcore.atomic import replacing
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -22,7 +24,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> No
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     import torch
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
         image, target = dataset[i]
         drawn = draw_ground_truth(image, target, dataset.CLASSES, min_side=args.draw_min_side)
         path = out_dir / f"{target['image_id']}.png"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write_png(drawn, str(tmp))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            write_png(drawn, str(tmp))
     print(f"wrote {count} images of the {args.split} split to {out_dir}")
     return 0

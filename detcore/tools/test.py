@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
+from detcore.atomic import write_text_atomic
 from detcore.config import load_config
+from detcore.contract import WorkDir
 from detcore.tools.old_flags import TEST_HINTS, add_hints
 from detcore.tools.train import add_common, check_work_dir, setup_logging
 
@@ -89,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (work_dir / "results.json" if work_dir else None)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(results))
         logger.info("wrote %d detections to %s", len(results), out)
     if metrics:
         names = list(dataset.CLASSES if label_ids == "coco" else ckpt["meta"].get("classes") or dataset.CLASSES)
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                         voc_method=voc_method)
         flat = flatten_metrics(evaluated)
         if work_dir is not None:
-            (work_dir / "test_metrics.json").write_text(json.dumps(flat, indent=2))
+            WorkDir(work_dir).test_metrics.write_text(json.dumps(flat, indent=2))
         if args.json:
             print(json.dumps({m: evaluated[m] for m in metrics}))
         else:

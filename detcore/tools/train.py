@@ -177,7 +177,7 @@ def train(args: argparse.Namespace, cfg: dict, work_dir: Path, resume: str | Non
     from detcore.engine.hparams import hparams_from_options
     from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
 
-    setup_logging(work_dir, "train.log")
+    setup_logging(work_dir, contract.TRAIN_LOG_FILE)
     if args.config.endswith(".py") and int(os.environ.get("RANK", 0)) == 0:
         from detcore.mmdet_import import import_config, write_yaml
 
@@ -222,8 +222,7 @@ def closing_summary(trainer, seconds: float) -> str:
     from detcore.engine.hooks import CheckpointHook
 
     work_dir = trainer.work_dir
-    marker = work_dir / "last_checkpoint"
-    last = work_dir / marker.read_text().strip() if marker.is_file() else None
+    last = contract.WorkDir(work_dir).newest_checkpoint()
     lines = [f"done: {trainer.iter} iterations in {timedelta(seconds=round(seconds))} (wall time)",
              f"  work dir:        {work_dir}",
              f"  last checkpoint: {last or 'none'}"]

@@ -21,11 +21,11 @@ from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
 from launcher.procinfo import is_alive, process_start
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus
 
-MONITOR_FILES = ("spec.json", "status.json", "cancel")  # one launch's state in the job folder; the log is kept
 SHARED_RAY_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # inherit the job's marker but serve every later job
 
 
@@ -53,8 +53,9 @@ def status(job_dir: Path, handle: JobHandle, start_key: str, who: str) -> JobSta
     """The job's status: the monitor's files, read after checking whether the monitor still runs."""
     pid, started = monitor_of(handle, start_key)
     alive = bool(pid) and is_alive(pid, started)
-    st, outcome = read_monitor_files(job_dir / "status.json", handle.get("run_dir"))
-    return observed_status(st, outcome, alive, f"{who} (pid {pid})", (job_dir / "cancel").exists())
+    folder = JobFolder(job_dir)
+    st, outcome = read_monitor_files(folder.status, handle.get("run_dir"))
+    return observed_status(st, outcome, alive, f"{who} (pid {pid})", folder.cancel.exists())
 
 
 def logs(path: Path, follow: bool, finished: Callable[[], bool], missing: str) -> Iterator[str]:
@@ -77,7 +78,7 @@ def launch_folder(job_dir: Path, spec: JobSpec) -> Iterator[Path]:
         clear_previous_launch(job_dir, spec.id)
     job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     try:
-        write_json_atomic(job_dir / "spec.json", spec_to_dict(spec))
+        write_json_atomic(JobFolder(job_dir).spec, spec_to_dict(spec))
         yield job_dir
     except BaseException:
         if created:
@@ -92,7 +93,7 @@ def clear_previous_launch(job_dir: Path, exp_id: str) -> None:
     remove the previous launch's files."""
     kill_marked(exp_id)
     remove_dead_scratch(exp_id)
-    for name in MONITOR_FILES:
+    for name in JobFolder.MONITOR_FILES:
         (job_dir / name).unlink(missing_ok=True)
 
 
@@ -102,7 +103,8 @@ def cancel(job_dir: Path, handle: JobHandle, start_key: str, sig: int, grace_s: 
     process still marked with the experiment id (after waiting up to ``leftover_wait_s`` for them to go)."""
     if current.state.is_terminal():
         return
-    (job_dir / "cancel").touch()
+    folder = JobFolder(job_dir)
+    folder.cancel.touch()
     pid, started = monitor_of(handle, start_key)
     if pid and is_alive(pid, started):
         os.kill(pid, sig)
@@ -116,10 +118,10 @@ def cancel(job_dir: Path, handle: JobHandle, start_key: str, sig: int, grace_s: 
         time.sleep(0.5)
     kill_marked(handle.experiment_id)
     remove_dead_scratch(handle.experiment_id)  # the TMPDIRs of ranks killed before they could remove them
-    st = read_json(job_dir / "status.json") or {}
+    st = read_json(folder.status) or {}
     if not JobState(st.get("state", "pending")).is_terminal():
         try:
-            write_json_atomic(job_dir / "status.json",
+            write_json_atomic(folder.status,
                               {**st, "state": JobState.CANCELLED.value, "reason": "cancelled", "ended": time.time()})
         except OSError:  # a full disk: the `cancel` file already makes the job read as cancelled
             pass

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+from detcore.atomic import write_text_atomic
+
 
 def read_json(path: str | os.PathLike) -> dict | None:
     """A JSON object from a file written atomically; None when it is missing or unreadable."""
@@ -22,17 +24,7 @@ def write_json_atomic(path: str | os.PathLike, data: Mapping) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``.
 
     Raises OSError (e.g. a full disk) with the temporary file removed and ``path`` unchanged."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(dict(data), f, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(dict(data), sort_keys=True, default=str), fsync=True)
 
 
 def line_count(path: Path) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from detcore import contract
 from launcher.procinfo import current_process, process_start
 from launcher.runtime.facts import RunFacts, summarize
+from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.phase import running_reason, stage_line
 from launcher.runtime.files import read_json, write_json_atomic
 from launcher.state import JobState
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
 
 logger = logging.getLogger(__name__)
-OUTCOME_FILE = "outcome.json"
 HOST = socket.gethostname()
 
 
@@ -90,9 +90,9 @@ class RunMonitor:
             with self._lock:
                 self._write()
         try:
-            write_json_atomic(self.run_dir / OUTCOME_FILE, self.status)
+            write_json_atomic(contract.RunDir(self.run_dir).outcome, self.status)
         except OSError as exc:
-            logger.warning("cannot write %s: %s", self.run_dir / OUTCOME_FILE, exc.strerror or exc)
+            logger.warning("cannot write %s: %s", contract.RunDir(self.run_dir).outcome, exc.strerror or exc)
         logger.info("%s%s", state.value, f": {reason}" if reason else "")
 
     # ---- following the facts ---------------------------------------------------------------------
@@ -158,7 +158,7 @@ def observed_status(status: Mapping | None, outcome: Mapping | None, monitor_ali
 
 def read_monitor_files(status_path: Path, run_dir: str | None) -> tuple[dict | None, dict | None]:
     """``status.json`` and the launch's ``outcome.json`` (either may be None)."""
-    return read_json(status_path), (read_json(Path(run_dir) / OUTCOME_FILE) if run_dir else None)
+    return read_json(status_path), (read_json(contract.RunDir(run_dir).outcome) if run_dir else None)
 
 
 def monitor_main(prog: str, folder: str, argv: list[str] | None,
@@ -179,7 +179,7 @@ def monitor_main(prog: str, folder: str, argv: list[str] | None,
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = Path(args.home)
     job_dir = home / folder / args.id
-    data = read_json(job_dir / "spec.json")
+    data = read_json(JobFolder(job_dir).spec)
     if data is None:
         logger.error("no spec for %s under %s", args.id, home)
         return None

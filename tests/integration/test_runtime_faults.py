@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.follow import planned_iters
+from launcher.metrics import schedule_length
 from tests.integration.helpers import tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, launcher, record, tiny,
                                             train_iters, user_error_neck, wait_until)
@@ -74,7 +74,7 @@ def test_two_resumes_at_the_same_moment_start_exactly_one_run(home):
     assert "cancel it first or wait for it to end" in refused and len(refused.strip().splitlines()) == 1
     rec = wait_until(home, exp_id, done)
     assert rec["state"] == "succeeded" and len(_runs(rec["work_dir"])) == 2, rec
-    assert train_iters(rec["work_dir"])[-1] == planned_iters(rec["work_dir"]) == 60  # 1 worker: schedule scaled x2
+    assert train_iters(rec["work_dir"])[-1] == schedule_length(rec["work_dir"])[0] == 60  # 1 worker: schedule scaled x2
 
 
 @pytest.fixture

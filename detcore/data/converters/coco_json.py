@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
+from detcore.atomic import replacing
 from detcore.data.image_file import check_image_file
 from detcore.errors import DataError
 
@@ -38,16 +38,8 @@ def write_coco_json(dataset: dict[str, Any], out_path: str | os.PathLike) -> Pat
     """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # "x": a fresh file with the usual permissions (umask)
-            json.dump(dataset, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(out, fsync=True) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(dataset, f)
     return out
 
 

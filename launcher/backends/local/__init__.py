@@ -44,6 +44,7 @@ from launcher.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
 from launcher.runtime.files import read_json
+from launcher.runtime.job_folder import JobFolder
 from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
@@ -231,7 +232,7 @@ class LocalBackend:
                                     + ("" if spec.resources.gpus else " (or pass --oversubscribe to share cores)"))
         pid, start = detached.start(
             [sys.executable, "-m", "launcher.backends.local.supervisor", "--home", str(self.home), spec.id],
-            {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, job_dir / "supervisor.log")
+            {**os.environ, **import_path_env(os.environ), MARKER_ENV: spec.id}, spec.cwd, JobFolder(job_dir).supervisor_log)
         book.transfer(spec.id, pid, start)
         return pid, start
 
@@ -254,7 +255,7 @@ class LocalBackend:
         LeaseBook(self.home).release(handle.experiment_id)
 
     def load_spec(self, exp_id: str) -> JobSpec:
-        data = read_json(self.job_dir(exp_id) / "spec.json")
+        data = read_json(JobFolder(self.job_dir(exp_id)).spec)
         if data is None:
             raise LauncherError(f"experiment {exp_id} has no local job folder in {self.home / 'jobs'}")
         return spec_from_dict(data, Options)

@@ -24,7 +24,6 @@ can stop the job: a full ``$LAUNCHER_HOME`` costs a status update, not the run.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import random
@@ -34,13 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from detcore.contract import EXIT_USER_ERROR, describe_exit
+from detcore.contract import EXIT_USER_ERROR, WorkDir, describe_exit
 from detcore.errors import WorkDirError
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
 from launcher.backends.local.cores import describe_cores, pin_to
 from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
+from launcher.procinfo import die_with_parent
 from launcher.runtime.command import run_dir
 from launcher.runtime.detached import kill_marked, kill_tree
+from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobSpec, JobState
@@ -51,20 +52,13 @@ POLL_S = 0.5
 QUEUE_POLL_S = 0.5  # a queued job looks for free GPUs and cores every 0.5-1 s
 
 
-def _die_with_parent() -> None:
-    """preexec for torchrun: SIGTERM it when the supervisor dies (Linux PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
 def _preexec(cores: list[str]):
     """torchrun's preexec: die with the supervisor; run only on the leased cores (when any)."""
     pin = pin_to(cores) if cores else None
+    parent = os.getpid()
 
     def preexec() -> None:
-        _die_with_parent()
+        die_with_parent(signal.SIGTERM, parent)
         if pin is not None:
             pin()
     return preexec
@@ -76,7 +70,7 @@ class Supervisor:
         self.backend = LocalBackend(home)
         self.job_dir = self.backend.job_dir(spec.id)
         self.book = LeaseBook(home)
-        self.monitor = RunMonitor(self.job_dir / "status.json", Path(run_dir(spec)), spec.max_restarts,
+        self.monitor = RunMonitor(JobFolder(self.job_dir).status, Path(run_dir(spec)), spec.max_restarts,
                                   torchrun_pid=None, devices=[], cores=[])
         self.pid, self.start = self.monitor.status["monitor_pid"], self.monitor.status["monitor_start"]
         self.cancelled = False
@@ -85,7 +79,7 @@ class Supervisor:
         self.cancelled = True
 
     def cancel_requested(self) -> bool:
-        self.cancelled = self.cancelled or (self.job_dir / "cancel").exists()
+        self.cancelled = self.cancelled or JobFolder(self.job_dir).cancel.exists()
         return self.cancelled
 
     # ---- resources --------------------------------------------------------------------------
@@ -150,9 +144,9 @@ class Supervisor:
         env = {**os.environ, **dict(dry.env)}
         if self.spec.resources.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-        log_dir = Path(self.spec.work_dir) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "agent.log", "ab") as agent_log:
+        agent_log_path = WorkDir(self.spec.work_dir).agent_log
+        agent_log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(agent_log_path, "ab") as agent_log:
             proc = subprocess.Popen(list(dry.commands[0]), cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_preexec(cores))
         logger.info("started torchrun pid %d for %s (devices %s, cores %s)", proc.pid, self.spec.id,
@@ -182,7 +176,7 @@ class Supervisor:
         elif rc == 0:
             self.monitor.finish(JobState.SUCCEEDED, 0, facts.success_note())
         else:
-            reason = facts.last_failure or f"torchrun ended with {describe_exit(rc)} (see logs/agent.log)"
+            reason = facts.last_failure or f"torchrun ended with {describe_exit(rc)} (see {WorkDir(self.spec.work_dir).agent_log})"
             if facts.restarts >= self.spec.max_restarts and self.spec.max_restarts:
                 reason += f" (after {facts.restarts} restart(s), the most allowed)"
             elif not self.spec.max_restarts:

@@ -47,6 +47,7 @@ from launcher.errors import LauncherError
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
 from launcher.runtime.files import read_json
+from launcher.runtime.job_folder import JobFolder
 from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources, spec_from_dict
 
 __all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
@@ -168,7 +169,7 @@ class RayTrainBackend:
             return (f"driver: a Ray job through the job API at {api.text} (submission id {sid}), because --address "
                     f"is the dashboard's: Ray runs `{cmd}` on the cluster, so it outlives this process and machine; "
                     f"`ray job status/logs {sid} --address {api.text}` work beside launcher status/logs")
-        return (f"driver: {cmd} (detached, on this machine, output in {self.job_dir(spec.id)}/driver.log), because "
+        return (f"driver: {cmd} (detached, on this machine, output in {JobFolder(self.job_dir(spec.id)).driver_log}), because "
                 f"--address is not a job-API (dashboard) address; --address http://HEAD:8265 runs it on the cluster "
                 f"as a Ray job")
 
@@ -187,7 +188,7 @@ class RayTrainBackend:
         job_dir = self.job_dir(spec.id)
         with detached.launch_folder(job_dir, spec):
             env = {**self.environ, **dict(dry.env), **driver_env(address)}
-            pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, job_dir / "driver.log")
+            pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, JobFolder(job_dir).driver_log)
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
                                                         ("job_dir", str(job_dir)), ("run_dir", plan.worker.run_dir)))
 
@@ -213,7 +214,7 @@ class RayTrainBackend:
 
     # ---- logs ---------------------------------------------------------------------------------
     def load_spec(self, exp_id: str) -> JobSpec:
-        data = read_json(self.job_dir(exp_id) / "spec.json")
+        data = read_json(JobFolder(self.job_dir(exp_id)).spec)
         if data is None:
             raise LauncherError(f"experiment {exp_id} has no Ray job folder in {self.home / 'ray'}")
         return spec_from_dict(data, Options)
@@ -229,7 +230,7 @@ class RayTrainBackend:
                 yield from self._jobs(handle.get("address")).logs(handle.job_id).splitlines()
                 return
         else:
-            where = str(self.job_dir(handle.experiment_id) / "driver.log")
+            where = str(JobFolder(self.job_dir(handle.experiment_id)).driver_log)
         yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
                                  f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
                                  f"log is {where})")
@@ -241,7 +242,7 @@ class RayTrainBackend:
         if handle.get(API_KEY) == API_JOBS:
             current = self.status(handle)
             if not current.state.is_terminal():
-                (self.job_dir(handle.experiment_id) / "cancel").touch()
+                JobFolder(self.job_dir(handle.experiment_id)).cancel.touch()
                 self._jobs(handle.get("address")).stop(handle.job_id, CANCEL_GRACE_S + LEFTOVER_WAIT_S)
                 detached.kill_marked(handle.experiment_id)  # what Ray left of the job on this node, if any
             return

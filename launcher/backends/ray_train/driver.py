@@ -45,6 +45,7 @@ from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, add
                                               ray_address_file, resolve_address, trainer_plan)
 from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
+from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
 from launcher.work_dirs import adopt
@@ -101,7 +102,7 @@ class Driver:
     def __init__(self, spec: JobSpec, home: Path, job_dir: Path) -> None:
         self.spec, self.home, self.job_dir = spec, home, job_dir
         self.plan: TrainerPlan = trainer_plan(spec, spec.backend_options, os.environ)
-        self.monitor = RunMonitor(job_dir / "status.json", Path(self.plan.worker.run_dir), self.plan.max_failures,
+        self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures,
                                   address=None, master_addrs=[])
         self.cancelled = False
         self.stop_reason = ""
@@ -237,7 +238,7 @@ class Driver:
             ray.shutdown()
         except Exception:
             pass
-        self.cancelled = self.cancelled or (self.job_dir / "cancel").exists()
+        self.cancelled = self.cancelled or JobFolder(self.job_dir).cancel.exists()
         if self.stop_reason:
             return self.finish(JobState.FAILED, 2, self.stop_reason)
         if self.cancelled:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from launcher.backends.ray_train.plan import Address, parse_address
 from launcher.errors import LauncherError
+from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.spec import JobSpec, JobState, JobStatus
 
@@ -137,9 +138,9 @@ class RayJobs:
         return state_name(info.status), getattr(info, "message", "") or ""
 
     def status(self, submission: str, job_dir: Path, run_dir: str | None) -> JobStatus:
-        st, outcome = read_monitor_files(job_dir / "status.json", run_dir)
+        st, outcome = read_monitor_files(JobFolder(job_dir).status, run_dir)
         ray_state, message = self.state(submission)
-        return observed_job_status(ray_state, st, outcome, submission, (job_dir / "cancel").exists(),
+        return observed_job_status(ray_state, st, outcome, submission, JobFolder(job_dir).cancel.exists(),
                                    message if ray_state in ENDED_STATES else "")
 
     def stop(self, submission: str, wait_s: float, poll_s: float = 0.5) -> str | None:

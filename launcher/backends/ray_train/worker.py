@@ -84,10 +84,8 @@ def checkpoint_iteration(name: str | None) -> int | None:
 
 def read_pointer(work_dir: str | os.PathLike) -> str | None:
     """The checkpoint file name in ``work_dir/last_checkpoint`` (replaced atomically by detcore)."""
-    try:
-        return (Path(work_dir) / "last_checkpoint").read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    newest = contract.WorkDir(work_dir).newest_checkpoint()
+    return newest.name if newest is not None else None
 
 
 def current_view(work_dir: str, done: bool, stop: str) -> CheckpointView:
@@ -181,7 +179,7 @@ def _train_loop(config: dict) -> None:
     world_size = ray.train.get_context().get_world_size()
     os.chdir(plan.cwd)  # Ray starts workers in its session folder; relative data paths mean the submit dir
     redirect_output(plan.log_dir, rank)
-    log = Path(plan.log_dir) / f"rank{rank}.log"
+    log = contract.rank_log_in(plan.log_dir, rank)
     restored = restored_pointer(ray.train.get_checkpoint())
     attempt = previous_attempts(plan.run_dir, rank)
     record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored,
@@ -248,5 +246,5 @@ def _hung(plan: WorkerPlan, rank: int, attempt: int, verdict: str) -> None:
 def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
     from launcher.tail import last_line
 
-    detail = last_line(os.path.join(plan.log_dir, f"rank{rank}.log"))
+    detail = last_line(contract.rank_log_in(plan.log_dir, rank))
     raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))

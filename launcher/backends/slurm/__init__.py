@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from detcore.contract import STOP_SIGNALS_ENV, read_events
+from detcore.contract import STOP_SIGNALS_ENV, rank_log, read_events
 from launcher.backends.protocol import DryRun
 from launcher.backends.slurm.gpus import GRES, Gres, GpuForm, choose_gpu_form, parse_gres, parse_scontrol_config
 from launcher.backends.slurm.mmdet_env import mmdet_env_line
@@ -47,6 +47,7 @@ from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch
 from launcher.errors import LauncherError
 from launcher.runtime.command import REPO_ROOT, run_dir, shim_command, thread_env
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
+from launcher.runtime.job_folder import JobFolder
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources, spec_to_dict
 
 __all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
@@ -348,7 +349,7 @@ class SlurmBackend:
                 delayed.dump(path)
                 pickles.append(path)
             # the specs too: a rebuilt experiment store reads them back (launcher.store_repair)
-            write_json_atomic(folder / "manifest.json", {"experiments": [s.id for s in specs], "array": array,
+            write_json_atomic(JobFolder(folder).manifest, {"experiments": [s.id for s in specs], "array": array,
                                                          "work_dirs": [s.work_dir for s in specs],
                                                          "specs": [spec_to_dict(s) for s in specs]})
             (folder / SCRIPT_NAME).write_text(text)
@@ -361,8 +362,8 @@ class SlurmBackend:
             ids = [f"{job_id}_{i}" for i in range(len(specs))] if array else [job_id]
             for path, task_job in zip(pickles, ids):
                 os.replace(path, JobPaths(folder, job_id=task_job).submitted_pickle)
-            manifest = read_json(folder / "manifest.json") or {}
-            write_json_atomic(folder / "manifest.json", {**manifest, "job_id": job_id})
+            manifest = read_json(JobFolder(folder).manifest) or {}
+            write_json_atomic(JobFolder(folder).manifest, {**manifest, "job_id": job_id})
         except BaseException:
             if job_id is not None:
                 self._scancel(job_id)
@@ -381,7 +382,7 @@ class SlurmBackend:
         """
         if not folder.exists():
             return
-        old_job = (read_json(folder / "manifest.json") or {}).get("job_id")
+        old_job = (read_json(JobFolder(folder).manifest) or {}).get("job_id")
         if old_job:
             os.replace(folder, folder.with_name(f"{folder.name}.{old_job}"))
         else:
@@ -454,7 +455,7 @@ class SlurmBackend:
         work_dir = handle.get("work_dir")
         if not work_dir:
             raise LauncherError(f"experiment {handle.experiment_id} has no work dir recorded for its Slurm job")
-        return Path(work_dir) / "logs" / f"rank{rank}.log"
+        return rank_log(work_dir, rank)
 
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
         path = self.log_path(handle, rank)

@@ -45,6 +45,7 @@ submitit installs its handler, kills that task (the job then fails instead of re
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
@@ -55,7 +56,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from detcore import net
 from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV,
-                              append_event, describe_exit, read_events)
+                              append_event, describe_exit, rank_log_in, read_events)
 from launcher.backends.slurm.state import end_time_command, parse_end_time
 from launcher.runtime.facts import Ending, summarize
 
@@ -195,7 +196,7 @@ class SlurmTask(Checkpointable):
         """A ``[launcher]`` line in this rank's log (the worker appends to the same file)."""
         os.makedirs(self.log_dir, exist_ok=True)
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(os.path.join(self.log_dir, f"rank{rank}.log"), "a") as f:
+        with open(self._log(rank), "a") as f:
             f.write(f"{stamp} [launcher] {text}\n")
 
     def __call__(self) -> int:
@@ -259,8 +260,8 @@ class SlurmTask(Checkpointable):
             f"rank {rank}: worker failed with {describe_exit(code)}"
         raise WorkerFailed(f"{text}; see {self._log(rank)}")
 
-    def _log(self, rank: int) -> str:
-        return os.path.join(self.log_dir, f"rank{rank}.log")
+    def _log(self, rank: int) -> Path:
+        return rank_log_in(self.log_dir, rank)
 
     def _first_failure(self, attempt: int) -> Ending | None:
         """The failure that ended ``attempt`` so far, from the facts every rank's shim recorded (each is

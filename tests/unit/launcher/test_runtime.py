@@ -13,9 +13,11 @@ import pytest
 
 from detcore import contract
 from launcher.runtime.facts import summarize
-from launcher.runtime.monitor import OUTCOME_FILE, RunMonitor, observed_status
+from detcore.contract import OUTCOME_FILE
+from launcher.runtime.monitor import RunMonitor, observed_status
 from launcher.state import JobState
-from launcher.worker import hang_verdict, process_state
+from launcher.procinfo import process_state
+from launcher.worker import hang_verdict
 
 ROOT = Path(__file__).resolve().parents[3]
 
