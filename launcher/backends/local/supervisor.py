@@ -158,8 +158,8 @@ class Supervisor:
         while proc.poll() is None:
             time.sleep(POLL_S)
             facts = self.monitor.observe()
-            if facts.user_error and not stop_reason:
-                stop_reason = f"{facts.user_error} (a user error: the group was stopped, not restarted)"
+            if facts.stop_reason and not stop_reason:
+                stop_reason = facts.stop_reason
                 logger.info("stopping torchrun: %s", stop_reason)
             if (stop_reason or self.cancel_requested()) and term_sent is None:
                 proc.send_signal(signal.SIGTERM)
@@ -171,17 +171,14 @@ class Supervisor:
         rc = proc.returncode
         if self.cancel_requested():
             self.monitor.finish(JobState.CANCELLED, rc, "cancelled")
-        elif stop_reason or facts.user_error:
-            self.monitor.finish(JobState.FAILED, rc, stop_reason or facts.user_error)
+        elif stop_reason or facts.stop_reason:
+            self.monitor.finish(JobState.FAILED, rc, stop_reason or facts.stop_reason)
         elif rc == 0:
             self.monitor.finish(JobState.SUCCEEDED, 0, facts.success_note())
         else:
-            reason = facts.last_failure or f"torchrun ended with {describe_exit(rc)} (see {WorkDir(self.spec.work_dir).agent_log})"
-            if facts.restarts >= self.spec.max_restarts and self.spec.max_restarts:
-                reason += f" (after {facts.restarts} restart(s), the most allowed)"
-            elif not self.spec.max_restarts:
-                reason += " (not restarted: --max-restarts 0)"
-            self.monitor.finish(JobState.FAILED, rc, reason)
+            agent = f"torchrun ended with {describe_exit(rc)} (see {WorkDir(self.spec.work_dir).agent_log})"
+            self.monitor.finish(JobState.FAILED, rc, facts.failure_reason(agent, self.spec.max_restarts,
+                                                                          "--max-restarts"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,8 +112,8 @@ class Driver:
             try:
                 self.record_node_losses()
                 facts = self.monitor.observe()
-                if facts.user_error and not self.stop_reason:  # the workers end the run themselves, no retry
-                    self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
+                if facts.stop_reason and not self.stop_reason:  # the workers end the run themselves, no retry
+                    self.stop_reason = facts.stop_reason
                     logger.info("the workers stop the run: %s", self.stop_reason)
             except Exception:
                 logger.exception("monitor error (ignored)")
@@ -232,8 +232,8 @@ class Driver:
             except Exception:  # Ray gone with the failure: the reason names the rank without its node
                 logger.exception("could not ask Ray about its nodes")
         facts = self.monitor.observe()
-        if facts.user_error and not self.stop_reason:  # the ranks returned before the monitor loop saw it
-            self.stop_reason = f"{facts.user_error} (a user error: the run was stopped, not restarted)"
+        if facts.stop_reason and not self.stop_reason:  # the ranks returned before the monitor loop saw it
+            self.stop_reason = facts.stop_reason
         try:
             ray.shutdown()
         except Exception:
@@ -247,10 +247,8 @@ class Driver:
             text = str(error)
             logger.error("Ray Train failed:\n%s", text)
             first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "Ray Train failed without a message")
-            reason = facts.last_failure or f"Ray Train: {first[:300]}"
-            if facts.restarts:
-                reason += f" (after {facts.restarts} restart(s); --max-failures {self.plan.max_failures})"
-            return self.finish(JobState.FAILED, 1, reason)
+            return self.finish(JobState.FAILED, 1, facts.failure_reason(f"Ray Train: {first[:300]}",
+                                                                        self.plan.max_failures, "--max-failures"))
         return self.finish(JobState.SUCCEEDED, 0, facts.success_note() or f"finished on Ray at {address.text}")
 
     def finish(self, state: JobState, rc: int | None, reason: str) -> int:

@@ -106,6 +106,28 @@ def test_ray_a_rank_killed_after_its_training_ended_is_named_as_the_cause_of_the
     assert summarize(events[:4], alive=lambda rec: False).success_note() == ""
 
 
+def test_every_monitor_words_a_stop_and_a_failure_alike():
+    """The policy the local supervisor and the Ray driver share: a user error stops, never restarts; a failure
+    says why it was not restarted again."""
+    killed = [start(0), start(1), end(1, -signal.SIGKILL, 130.0), end(0, -signal.SIGTERM, 130.2)]
+    facts = summarize(killed, alive=lambda rec: False)
+    assert facts.stop_reason == ""
+    assert facts.failure_reason("torchrun ended", 0, "--max-restarts") == \
+        "rank 1 killed by SIGKILL (not restarted: --max-restarts 0)"
+    again = killed + [start(0, attempt=1), start(1, attempt=1), end(1, -signal.SIGKILL, 140.0, attempt=1),
+                      end(0, -signal.SIGTERM, 140.2, attempt=1)]
+    facts = summarize(again, alive=lambda rec: False)
+    assert facts.failure_reason("x", 1, "--max-failures") == \
+        "rank 1 killed by SIGKILL (after 1 restart(s), the most allowed by --max-failures)"
+    assert facts.failure_reason("x", -1, "--max-failures") == "rank 1 killed by SIGKILL (after 1 restart(s))"
+    assert summarize([start(0)], alive=lambda rec: None).failure_reason("Ray Train: boom", 2, "--max-failures") == \
+        "Ray Train: boom"
+    user = summarize([start(0), start(1), end(1, contract.EXIT_USER_ERROR, 130.0, detail="ConfigError: bad key")],
+                     alive=lambda rec: False)
+    assert user.stop_reason == ("rank 1: exit code 2 (user error): ConfigError: bad key (a user error: the run was "
+                                "stopped, not restarted)")
+
+
 def test_ray_a_killed_rank_is_named_before_the_error_its_peer_raised_in_the_same_report():
     """Rank 0's collective lost its peer and raised (an end record, exit code 1) before Ray Train's poll, which
     then reported both: the rank killed from outside is the cause, whatever the times say."""
