@@ -110,7 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         else:
             print("\n".join([dry.render(), estimate.text(), *([time_line] if time_line else [])]))
         return 0
-    exp = submit_spec(store, backend, spec)
+    exp = submit_spec(store, backend, spec, dry=dry)
     if spec.scaling is not None:
         print(f"launcher: {spec.id}: {spec.scaling.describe()}", file=sys.stderr)
     if time_line:
@@ -192,7 +192,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                                  backend_options=_resume_options(args, module, old.backend_options, name != exp.backend),
                                  hang_timeout_s=args.hang_timeout)
         backend = module.create(store.home)
-        backend.dryrun(spec)
+        dry = backend.dryrun(spec)
         print(f"launcher: {note}", file=sys.stderr)
         from launcher.runtime.detached import kill_marked
 
@@ -203,7 +203,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
         with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
             shown_from = line_count(rank_log(spec.work_dir, 0))  # rank 0's log goes on: follow only this launch
-            handle = backend.submit(spec)
+            handle = backend.submit(spec, dry)
             try:
                 store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
             except BaseException:  # never leave a job running that no row points to
@@ -291,7 +291,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   + (f"; submitting more than {SWEEP_LIMIT} needs --yes" if refusal else ""), file=sys.stderr)
         return 0
     grids = [dict(item.lstrip("+").split("=", 1) for item in combo) for combo in combos]
-    submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids)
+    submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids,
+                             dries=None if hasattr(backend, "submit_array") else dries)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
           + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
     if args.json and args.detach:

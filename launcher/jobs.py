@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detcore.contract import DIST_TIMEOUT_MIN, seed_error
 from detcore.pretrained.names import is_weights_name
@@ -25,6 +25,9 @@ from launcher.scaling import predict_scaling
 from launcher.spec import (JobSpec, JobState, Mode, Resources, SlotPool, new_experiment_id, new_run_id,
                            timeout_problem)
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
+
+if TYPE_CHECKING:
+    from launcher.backends.protocol import DryRun
 
 logger = logging.getLogger(__name__)
 
@@ -182,15 +185,16 @@ def dist_timeout_min(cfg: dict, source: str) -> float:
 
 
 def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None,
-                grid: dict[str, str] | None = None) -> Experiment:
-    """Claim ``spec``'s work dir, record ``spec`` as a pending experiment and hand it to ``backend``; undo the
-    row and the claim if that fails."""
+                grid: dict[str, str] | None = None, dry: DryRun | None = None) -> Experiment:
+    """Claim ``spec``'s work dir, record ``spec`` as a pending experiment and hand it to ``backend`` with the
+    dry run the caller computed (``dry``; the backend computes it when None); undo the row and the claim if
+    that fails."""
     from launcher.work_dirs import claimed
 
     with claimed(store, [spec]):
         store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
         try:
-            handle = backend.submit(spec)
+            handle = backend.submit(spec, dry)
         except BaseException:
             store.delete(spec.id)
             raise
@@ -199,9 +203,10 @@ def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | Non
 
 
 def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: str | None = None,
-                 grids: list[dict[str, str]] | None = None) -> list[Experiment]:
-    """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``): through the backend's optional ``submit_array(specs)`` (one array job) when it
-    has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
+                 grids: list[dict[str, str]] | None = None, dries: list[DryRun] | None = None) -> list[Experiment]:
+    """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``; ``dries[i]``: its dry run,
+    when the caller computed them): through the backend's optional ``submit_array(specs)`` (one array job)
+    when it has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
     or the jobs already started are cancelled (one by one), and the error is raised."""
     if hasattr(backend, "submit_array"):
         from launcher.work_dirs import claimed
@@ -220,8 +225,8 @@ def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: s
         return [store.get(spec.id) for spec in specs]
     done: list[Experiment] = []
     try:
-        for spec, grid in zip(specs, grids or [None] * len(specs)):
-            done.append(submit_spec(store, backend, spec, sweep=sweep, grid=grid))
+        for spec, grid, dry in zip(specs, grids or [None] * len(specs), dries or [None] * len(specs)):
+            done.append(submit_spec(store, backend, spec, sweep=sweep, grid=grid, dry=dry))
     except BaseException:
         from launcher.reconcile import handle_of, refresh
 

@@ -6,10 +6,13 @@ A backend is a small object with five methods (TorchX's scheduler API is the mod
     Pure: render exactly what would run (command lines, environment, files such as an sbatch
     script, resources, scaling). No cluster calls, no processes, no files written. It may raise
     :class:`~launcher.errors.LauncherError` for a request the backend can never meet.
-``submit(spec) -> JobHandle``
-    Dry run, then execute. Must not return before the job is durably handed over (a
-    supervisor started, an sbatch accepted). May raise LauncherError (nothing is left behind:
-    the caller deletes the experiment row and the work dir it created).
+``submit(spec, dry=None) -> JobHandle``
+    Execute the dry run (``dry``: the one the caller already computed for ``spec``, else computed
+    here), so that what ``--dry-run`` printed is what runs: a detached backend stores it in the
+    job folder (``plan.json``) and its monitor executes the stored plan instead of deriving it
+    again. Must not return before the job is durably handed over (a supervisor started, an
+    sbatch accepted). May raise LauncherError (nothing is left behind: the caller deletes the
+    experiment row and the work dir it created).
 ``status(handle) -> JobStatus``
     The backend's view right now (squeue/sacct, Ray job status, local pid and status files).
     Called by :mod:`launcher.reconcile` whenever a non-terminal row is read.
@@ -47,7 +50,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 from launcher.printable import printable
 from launcher.scaling import ScaledSchedule
@@ -68,6 +71,7 @@ class DryRun:
     cwd: str
     files: tuple[tuple[str, str], ...] = ()
     notes: tuple[str, ...] = field(default=())
+    plan: Mapping[str, Any] | None = field(default=None, compare=False)  # the backend's own plan, JSON values
 
     def render(self) -> str:
         lines = [f"backend: {self.backend}", f"work dir: {self.work_dir}", f"cwd: {self.cwd}",
@@ -109,7 +113,7 @@ class Backend(Protocol):
 
     def dryrun(self, spec: JobSpec) -> DryRun: ...
 
-    def submit(self, spec: JobSpec) -> JobHandle: ...
+    def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle: ...
 
     def status(self, handle: JobHandle) -> JobStatus: ...
 

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
@@ -25,6 +25,9 @@ from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus
+
+if TYPE_CHECKING:
+    from launcher.backends.protocol import DryRun
 
 SHARED_RAY_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # inherit the job's marker but serve every later job
 
@@ -67,10 +70,11 @@ def logs(path: Path, follow: bool, finished: Callable[[], bool], missing: str) -
 
 
 @contextlib.contextmanager
-def launch_folder(job_dir: Path, spec: JobSpec) -> Iterator[Path]:
-    """The job folder for a new launch, with ``spec.json`` written: a resume (the caller holds the experiment's
-    lock and saw the last launch end) first clears what the previous launch left. If the block raises, nothing
-    of this launch is left behind (a new folder is removed; a resumed one is cleared again)."""
+def launch_folder(job_dir: Path, spec: JobSpec, dry: DryRun) -> Iterator[Path]:
+    """The job folder for a new launch, with ``spec.json`` and ``plan.json`` (``dry``, what the monitor will
+    execute) written: a resume (the caller holds the experiment's lock and saw the last launch end) first
+    clears what the previous launch left. If the block raises, nothing of this launch is left behind (a new
+    folder is removed; a resumed one is cleared again)."""
     from launcher.spec import spec_to_dict
 
     created = not job_dir.exists()
@@ -79,6 +83,7 @@ def launch_folder(job_dir: Path, spec: JobSpec) -> Iterator[Path]:
     job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     try:
         write_json_atomic(JobFolder(job_dir).spec, spec_to_dict(spec))
+        write_json_atomic(JobFolder(job_dir).plan, {"dry_run": dry.to_json(), "plan": dry.plan})
         yield job_dir
     except BaseException:
         if created:
@@ -86,6 +91,16 @@ def launch_folder(job_dir: Path, spec: JobSpec) -> Iterator[Path]:
         else:
             clear_previous_launch(job_dir, spec.id)
         raise
+
+
+def read_plan(job_dir: Path) -> dict:
+    """The ``plan.json`` :func:`launch_folder` wrote (``dry_run`` and ``plan``); a LauncherError without one."""
+    folder = JobFolder(job_dir)
+    plan = read_json(folder.plan)
+    if not isinstance(plan, dict) or not isinstance(plan.get("dry_run"), dict):
+        raise LauncherError(f"{folder.plan} is missing or unreadable: this launch's plan was not written by "
+                            f"`launcher submit`; resume the experiment to launch it again")
+    return plan
 
 
 def clear_previous_launch(job_dir: Path, exp_id: str) -> None:

@@ -1,6 +1,7 @@
 """``$LAUNCHER_HOME/<backend>/<id>/``: the files of one job on the submitting side (paths only).
 
-A detached job (local, Ray) keeps its ``spec.json`` (what was submitted), its monitor's
+A detached job (local, Ray) keeps its ``spec.json`` (what was submitted), ``plan.json`` (what its
+monitor executes: the dry run computed once at submit), its monitor's
 ``status.json``, the ``cancel`` request and the monitor's own log here; a Slurm submission keeps
 its ``manifest.json`` (the experiments of one sbatch, the Slurm job id). The work dir's files are
 :class:`detcore.contract.WorkDir`'s.
@@ -12,8 +13,8 @@ from pathlib import Path
 
 
 class JobFolder:
-    SPEC, STATUS, CANCEL = "spec.json", "status.json", "cancel"
-    MONITOR_FILES = (SPEC, STATUS, CANCEL)  # one launch's state: cleared before a resume (the logs are kept)
+    SPEC, PLAN, STATUS, CANCEL = "spec.json", "plan.json", "status.json", "cancel"
+    MONITOR_FILES = (SPEC, PLAN, STATUS, CANCEL)  # one launch's state: cleared before a resume (logs are kept)
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -27,6 +28,12 @@ class JobFolder:
     @property
     def spec(self) -> Path:
         return self.root / self.SPEC
+
+    @property
+    def plan(self) -> Path:
+        """What this launch executes: the dry run (``dry_run``) and the backend's own plan (``plan``),
+        computed once by ``submit``."""
+        return self.root / self.PLAN
 
     @property
     def status(self) -> Path:

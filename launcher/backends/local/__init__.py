@@ -203,11 +203,11 @@ class LocalBackend:
                       cwd=spec.cwd, notes=tuple(notes))
 
     # ---- submit -----------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobHandle:
-        self.dryrun(spec)
+    def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle:
+        dry = dry or self.dryrun(spec)
         job_dir = self.job_dir(spec.id)
         try:
-            with detached.launch_folder(job_dir, spec):
+            with detached.launch_folder(job_dir, spec, dry):
                 pid, start = self._start_supervisor(spec, job_dir)
         except BaseException:
             LeaseBook(self.home).release(spec.id)

@@ -40,7 +40,7 @@ from launcher.backends.local.cores import describe_cores, pin_to
 from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.procinfo import die_with_parent
 from launcher.runtime.command import run_dir
-from launcher.runtime.detached import kill_marked, kill_tree
+from launcher.runtime.detached import kill_marked, kill_tree, read_plan
 from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.runtime.scratch import remove_dead_scratch
@@ -140,14 +140,14 @@ class Supervisor:
         return 0
 
     def launch(self, devices: list[str], cores: list[str]) -> None:
-        dry = self.backend.dryrun(self.spec)
-        env = {**os.environ, **dict(dry.env)}
+        dry = read_plan(self.job_dir)["dry_run"]  # what submit computed and --dry-run prints
+        env = {**os.environ, **dry["env"]}
         if self.spec.resources.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         agent_log_path = WorkDir(self.spec.work_dir).agent_log
         agent_log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(agent_log_path, "ab") as agent_log:
-            proc = subprocess.Popen(list(dry.commands[0]), cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(list(dry["commands"][0]), cwd=self.spec.cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_preexec(cores))
         logger.info("started torchrun pid %d for %s (devices %s, cores %s)", proc.pid, self.spec.id,
                     devices or "cpu", describe_cores(cores) if cores else "all (--oversubscribe)")

@@ -137,6 +137,7 @@ class RayTrainBackend:
         return (sys.executable, "-m", "launcher.backends.ray_train.driver", "--home", str(self.home), spec.id)
 
     def dryrun(self, spec: JobSpec) -> DryRun:
+        """The dry run; its ``plan`` is the :class:`TrainerPlan` the driver executes (``plan.json``)."""
         plan = trainer_plan(spec, spec.backend_options, self.environ)
         api = job_api_address(plan.address, self.environ)
         address = api or parse_address(plan.address)
@@ -159,7 +160,8 @@ class RayTrainBackend:
             notes += (f"{LOOPBACK_ENV}=0 (before import ray) keeps the driver, Ray and MASTER_ADDR on 127.0.0.1",)
         return DryRun(backend=self.name, commands=(worker_command(spec),), env=tuple(sorted(env.items())),
                       resources=spec.resources, world_size=spec.world_size, scaling=spec.scaling,
-                      work_dir=spec.work_dir, cwd=spec.cwd, files=(("ray_driver", render_plan(plan)),), notes=notes)
+                      work_dir=spec.work_dir, cwd=spec.cwd, files=(("ray_driver", render_plan(plan)),), notes=notes,
+                      plan=plan.to_json())
 
     def driver_note(self, spec: JobSpec, api: Address | None) -> str:
         """Which path the driver takes and why (the dry run's first note)."""
@@ -178,15 +180,16 @@ class RayTrainBackend:
         return RayJobs(address)
 
     # ---- submit -------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobHandle:
-        dry = self.dryrun(spec)
-        plan = trainer_plan(spec, spec.backend_options, self.environ)
+    def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle:
+        dry = dry or self.dryrun(spec)
+        plan = TrainerPlan.from_json(dry.plan) if dry.plan is not None else \
+            trainer_plan(spec, spec.backend_options, self.environ)
         api = job_api_address(plan.address, self.environ)
         if api:
             return self.submit_job(spec, dry, plan, api)
         address = self._check_address(plan)
         job_dir = self.job_dir(spec.id)
-        with detached.launch_folder(job_dir, spec):
+        with detached.launch_folder(job_dir, spec, dry):
             env = {**self.environ, **dict(dry.env), **driver_env(address)}
             pid, start = self._start_driver(self.driver_command(spec), env, spec.cwd, JobFolder(job_dir).driver_log)
         return JobHandle(spec.id, self.name, str(pid), (("address", address.text), ("driver_start", str(start)),
@@ -199,7 +202,7 @@ class RayTrainBackend:
         check_reachable(api)
         jobs = self._jobs(api.text)
         job_dir = self.job_dir(spec.id)
-        with detached.launch_folder(job_dir, spec):
+        with detached.launch_folder(job_dir, spec, dry):
             stops = stop_env(CANCEL_GRACE_S)
             env = {k: v for k, v in dry.env if k not in stops}
             sid = jobs.submit(self.driver_command(spec), spec.cwd, env, stops, submission_id(spec))

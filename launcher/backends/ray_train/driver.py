@@ -42,10 +42,11 @@ from typing import Mapping
 from detcore import contract
 from detcore.errors import WorkDirError
 from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, parse_address,
-                                              ray_address_file, resolve_address, trainer_plan)
+                                              ray_address_file, resolve_address)
 from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
 from launcher.runtime.job_folder import JobFolder
+from launcher.runtime.detached import read_plan
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
 from launcher.work_dirs import adopt
@@ -101,7 +102,7 @@ def job_cluster(api: Address, environ: Mapping[str, str]) -> Address:
 class Driver:
     def __init__(self, spec: JobSpec, home: Path, job_dir: Path) -> None:
         self.spec, self.home, self.job_dir = spec, home, job_dir
-        self.plan: TrainerPlan = trainer_plan(spec, spec.backend_options, os.environ)
+        self.plan = TrainerPlan.from_json(read_plan(job_dir)["plan"])  # what submit computed and --dry-run prints
         self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures,
                                   address=None, master_addrs=[])
         self.cancelled = False

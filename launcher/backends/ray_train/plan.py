@@ -204,6 +204,19 @@ class TrainerPlan:
     worker: WorkerPlan
     notes: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (``plan.json``: the driver executes the plan ``submit`` computed)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainerPlan:
+        d = dict(data)
+        d["resources_per_worker"] = tuple((str(k), v) for k, v in d["resources_per_worker"])
+        d["env_vars"] = tuple((str(k), str(v)) for k, v in d["env_vars"])
+        d["notes"] = tuple(d.get("notes") or ())
+        d["worker"] = WorkerPlan.from_config(d["worker"])
+        return cls(**d)
+
 
 def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x

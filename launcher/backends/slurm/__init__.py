@@ -300,7 +300,9 @@ class SlurmBackend:
                       notes=tuple(notes))
 
     # ---- submit -------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobHandle:
+    def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle:
+        """``dry`` is not needed: sbatch receives the script the dry run shows, rendered from the same request
+        (Slurm keeps it: ``scontrol write batch_script``)."""
         return self._submit([spec])[0]
 
     def submit_array(self, specs: Sequence[JobSpec]) -> list[JobHandle]:

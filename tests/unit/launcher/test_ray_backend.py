@@ -278,6 +278,30 @@ def test_submit_hands_the_spec_to_a_detached_driver(tmp_path):
     assert handle.get("run_dir") == os.path.join(spec.work_dir, "runs", spec.run_id)
 
 
+def test_the_driver_executes_the_plan_submit_computed_not_its_own_environment(tmp_path, monkeypatch):
+    """What ``--dry-run`` printed is what runs: submit stores the plan in the job folder (``plan.json``) and the
+    driver (on the submitting machine, or on the head as a Ray job, with the head's environment) executes it."""
+    from launcher.backends.ray_train.driver import Driver
+    from launcher.backends.ray_train.plan import TrainerPlan
+
+    backend = FakeDriverBackend(tmp_path / "home")
+    backend.environ = {**ENV, "MLFLOW_TRACKING_URI": "http://mlflow.lab:5000"}  # the submitter's logger settings
+    spec = spec_for(Options(address="127.0.0.1:6390"))
+    dry = backend.dryrun(spec)
+    backend.submit(spec, dry)
+    job_dir = tmp_path / "home" / "ray" / spec.id
+    stored = json.loads((job_dir / "plan.json").read_text())
+    assert stored["dry_run"] == json.loads(json.dumps(dry.to_json(), default=str))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the driver's own environment lacks it
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    plan = Driver(spec, tmp_path / "home", job_dir).plan
+    assert plan == TrainerPlan.from_json(dry.plan) == trainer_plan(spec, spec.backend_options, backend.environ)
+    assert ("MLFLOW_TRACKING_URI", "http://mlflow.lab:5000") in plan.env_vars
+    (job_dir / "plan.json").unlink()
+    with pytest.raises(LauncherError, match="plan.json is missing or unreadable"):
+        Driver(spec, tmp_path / "home", job_dir)
+
+
 def test_unreachable_address_fails_at_submit_and_leaves_nothing(tmp_path):
     backend = FakeDriverBackend(tmp_path / "home", reachable=False)
     with pytest.raises(LauncherError, match="cannot reach"):
