@@ -238,6 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from launcher.backends import backend_module, require_installed
+    from launcher.backends.protocol import ArrayBackend
     from launcher.jobs import build_spec, default_name, submit_specs
     from launcher.spec import SlotPool, new_experiment_id
     from launcher.sweep import (DRY_RUN_SHOWN, SWEEP_LIMIT, check_values, combination_name, grid_shape, grid_size,
@@ -279,7 +280,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         measured: dict = {}
         specs, time_line = _auto_time_specs(args, specs, [_estimate(store, s, measured) for s in specs])
         print(f"launcher: {time_line}", file=sys.stderr)
-    dries = [backend.dryrun_array(specs)] if hasattr(backend, "dryrun_array") else [backend.dryrun(s) for s in specs]
+    array = isinstance(backend, ArrayBackend)
+    dries = [backend.dryrun_array(specs)] if isinstance(backend, ArrayBackend) else [backend.dryrun(s) for s in specs]
     if args.dry_run:
         if args.json:
             _print_json([d.to_json() for d in dries])
@@ -287,12 +289,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print("\n\n".join(d.render() for d in dries))
         if shown < size:
             print(f"launcher: the first {shown} of {size:,} experiments are shown"
-                  + (f" (an array job of {size:,} tasks on submit)" if hasattr(backend, "dryrun_array") else "")
+                  + (f" (an array job of {size:,} tasks on submit)" if array else "")
                   + (f"; submitting more than {SWEEP_LIMIT} needs --yes" if refusal else ""), file=sys.stderr)
         return 0
     grids = [dict(item.lstrip("+").split("=", 1) for item in combo) for combo in combos]
     submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids,
-                             dries=None if hasattr(backend, "submit_array") else dries)
+                             dries=None if array else dries)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
           + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
     if args.json and args.detach:

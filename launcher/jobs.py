@@ -27,7 +27,7 @@ from launcher.spec import (JobSpec, JobState, Mode, Resources, SlotPool, new_exp
 from launcher.store import Experiment, ExperimentStore, experiment_from_spec
 
 if TYPE_CHECKING:
-    from launcher.backends.protocol import DryRun
+    from launcher.backends.protocol import Backend, DryRun
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def dist_timeout_min(cfg: dict, source: str) -> float:
     return value
 
 
-def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | None = None,
+def submit_spec(store: ExperimentStore, backend: Backend, spec: JobSpec, sweep: str | None = None,
                 grid: dict[str, str] | None = None, dry: DryRun | None = None) -> Experiment:
     """Claim ``spec``'s work dir, record ``spec`` as a pending experiment and hand it to ``backend`` with the
     dry run the caller computed (``dry``; the backend computes it when None); undo the row and the claim if
@@ -202,13 +202,15 @@ def submit_spec(store: ExperimentStore, backend, spec: JobSpec, sweep: str | Non
     return store.get(spec.id)
 
 
-def submit_specs(store: ExperimentStore, backend, specs: list[JobSpec], sweep: str | None = None,
+def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec], sweep: str | None = None,
                  grids: list[dict[str, str]] | None = None, dries: list[DryRun] | None = None) -> list[Experiment]:
     """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``; ``dries[i]``: its dry run,
     when the caller computed them): through the backend's optional ``submit_array(specs)`` (one array job)
     when it has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
     or the jobs already started are cancelled (one by one), and the error is raised."""
-    if hasattr(backend, "submit_array"):
+    from launcher.backends.protocol import ArrayBackend
+
+    if isinstance(backend, ArrayBackend):
         from launcher.work_dirs import claimed
 
         with claimed(store, specs):

@@ -1,6 +1,6 @@
 """The one interface every backend implements, and the pieces they share.
 
-A backend is a small object with five methods (TorchX's scheduler API is the model):
+A backend is a :class:`Backend`: five methods (TorchX's scheduler API is the model):
 
 ``dryrun(spec) -> DryRun``
     Pure: render exactly what would run (command lines, environment, files such as an sbatch
@@ -21,14 +21,17 @@ A backend is a small object with five methods (TorchX's scheduler API is the mod
 ``cancel(handle) -> None``
     Idempotent; stops every process of the job and frees what it held.
 
-Optional, for sweeps: ``dryrun_array(specs) -> DryRun`` and ``submit_array(specs) ->
-list[JobHandle]`` (one handle per spec, in order) submit a whole sweep as one array job;
-without them ``launcher sweep`` submits the specs one by one.
+An :class:`ArrayBackend` (Slurm) also has ``dryrun_array(specs) -> DryRun`` and
+``submit_array(specs) -> list[JobHandle]`` (one handle per spec, in order): a whole sweep as one
+array job; ``launcher sweep`` submits the specs of any other backend one by one. The local and
+Ray backends are :class:`~launcher.runtime.detached.DetachedBackend`\ s: a monitor process on the
+submitting side, one job folder per experiment.
 
 A backend *package* (``launcher/backends/<name>/``) exposes, besides its backend class:
 
 ``Options``
-    A frozen dataclass of its own options (or None), stored in ``JobSpec.backend_options``.
+    Its options class (``LocalOptions``, ``SlurmOptions``, ``RayOptions``: a frozen dataclass, or None),
+    stored in ``JobSpec.backend_options``.
 ``add_arguments(group: argparse._ArgumentGroup) -> None``
     Its ``submit``/``sweep`` options, each prefixed with the backend's name
     (``--slurm-partition``) or otherwise unique. Keep module-level imports light: the CLI
@@ -48,9 +51,10 @@ imports another.
 """
 from __future__ import annotations
 
+import abc
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Sequence
 
 from launcher.printable import printable
 from launcher.scaling import ScaledSchedule
@@ -107,16 +111,32 @@ def _resources_text(r: Resources) -> str:
     return " ".join(f"{k}={v}" for k, v in _resources_dict(r).items() if v is not None)
 
 
-@runtime_checkable
-class Backend(Protocol):
+class Backend(abc.ABC):
+    """Where jobs run (see the module docstring for what each method promises)."""
+
     name: str
 
+    @abc.abstractmethod
     def dryrun(self, spec: JobSpec) -> DryRun: ...
 
+    @abc.abstractmethod
     def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle: ...
 
+    @abc.abstractmethod
     def status(self, handle: JobHandle) -> JobStatus: ...
 
+    @abc.abstractmethod
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]: ...
 
+    @abc.abstractmethod
     def cancel(self, handle: JobHandle) -> None: ...
+
+
+class ArrayBackend(Backend):
+    """A backend that submits a sweep as one array job (one handle per spec, in order)."""
+
+    @abc.abstractmethod
+    def dryrun_array(self, specs: Sequence[JobSpec]) -> DryRun: ...
+
+    @abc.abstractmethod
+    def submit_array(self, specs: Sequence[JobSpec]) -> list[JobHandle]: ...

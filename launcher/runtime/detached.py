@@ -24,7 +24,9 @@ from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.runtime.scratch import remove_dead_scratch
-from launcher.spec import JobHandle, JobSpec, JobState, JobStatus
+from detcore.contract import rank_log
+from launcher.backends.protocol import Backend
+from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, spec_from_dict
 
 if TYPE_CHECKING:
     from launcher.backends.protocol import DryRun
@@ -45,6 +47,42 @@ def start(cmd: Sequence[str], env: Mapping[str, str], cwd: str, log: Path) -> tu
             break
         time.sleep(0.01)
     raise LauncherError(f"the job's monitor (pid {proc.pid}) exited at once; see {log}")
+
+
+class DetachedBackend(Backend):
+    """A backend whose launch a detached monitor follows from the submitting side (the local supervisor, the
+    Ray driver): one job folder per experiment, ``$LAUNCHER_HOME/<FOLDER>/<id>`` (:class:`JobFolder`), read
+    back by ``status``, ``logs`` and ``cancel`` the same way."""
+
+    FOLDER: str                    # the job folders' parent in $LAUNCHER_HOME
+    START_KEY: str                 # the handle's entry holding the monitor's start tick
+    MONITOR: str                   # the monitor's name in reasons ("the supervisor")
+    OPTIONS: type | None = None    # the backend's options class (in spec.json)
+    home: Path
+
+    def job_dir(self, exp_id: str) -> Path:
+        return self.home / self.FOLDER / exp_id
+
+    def load_spec(self, exp_id: str) -> JobSpec:
+        data = read_json(JobFolder(self.job_dir(exp_id)).spec)
+        if data is None:
+            raise LauncherError(f"experiment {exp_id} has no {self.name} job folder in {self.home / self.FOLDER}")
+        return spec_from_dict(data, self.OPTIONS)
+
+    def status(self, handle: JobHandle) -> JobStatus:
+        return status(self.job_dir(handle.experiment_id), handle, self.START_KEY, self.MONITOR)
+
+    def log_path(self, exp_id: str, rank: int) -> Path:
+        return rank_log(self.load_spec(exp_id).work_dir, rank)
+
+    def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
+        path = self.log_path(handle.experiment_id, rank)
+        yield from logs(path, follow, lambda: self.status(handle).state.is_terminal(),
+                        f"no log for rank {rank} yet ({path}); {self.not_started(handle)}")
+
+    def not_started(self, handle: JobHandle) -> str:
+        """Why a rank has no log yet, and where to look instead (the end of ``logs``' one line)."""
+        return "the job has not started that rank"
 
 
 def monitor_of(handle: JobHandle, start_key: str) -> tuple[int, int | None]:

@@ -31,10 +31,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV as MARKER_ENV
-from detcore.contract import rank_log
 from detcore.net import loopback_env
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
@@ -43,9 +42,8 @@ from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
-from launcher.runtime.files import read_json
 from launcher.runtime.job_folder import JobFolder
-from launcher.spec import JobHandle, JobSpec, JobStatus, spec_from_dict
+from launcher.spec import JobHandle, JobSpec
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 AGENT_MODULE = "launcher.backends.local.agent"  # torchrun with its stores on the rendezvous host only
@@ -55,12 +53,15 @@ CANCEL_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
-class Options:
+class LocalOptions:
     """Local-backend options. ``wait``: queue when GPUs or cores are busy (False: fail at submit);
     ``oversubscribe``: lease no cores, share all of them (threads as if alone)."""
 
     wait: bool = True
     oversubscribe: bool = False
+
+
+Options = LocalOptions  # the name the backend protocol looks up (launcher.backends.protocol)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -70,8 +71,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="local: lease no CPU cores; the job shares every core with the others (no pinning)")
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
-    return Options(wait=not getattr(args, "no_wait", False), oversubscribe=getattr(args, "oversubscribe", False))
+def options_from_args(args: argparse.Namespace) -> LocalOptions:
+    return LocalOptions(wait=not getattr(args, "no_wait", False), oversubscribe=getattr(args, "oversubscribe", False))
 
 
 def create(home: Path) -> LocalBackend:
@@ -110,8 +111,9 @@ def device_env(gpus: int, environ: Mapping[str, str]) -> dict[str, str]:
     return {"CUDA_DEVICE_ORDER": environ.get("CUDA_DEVICE_ORDER") or "PCI_BUS_ID"}
 
 
-class LocalBackend:
+class LocalBackend(detached.DetachedBackend):
     name = "local"
+    FOLDER, START_KEY, MONITOR, OPTIONS = "jobs", "supervisor_start", "the supervisor", LocalOptions
 
     def __init__(self, home: Path, cores: int | None = None, gpus: tuple[str, ...] | None = None,
                  fake_gpus: bool | None = None) -> None:
@@ -133,12 +135,9 @@ class LocalBackend:
             self._gpus = detect_gpus(os.environ)
         return self._gpus
 
-    def job_dir(self, exp_id: str) -> Path:
-        return self.home / "jobs" / exp_id
-
     def cores_wanted(self, spec: JobSpec) -> int:
         """The CPU cores ``spec`` leases (0 with ``--oversubscribe``); LauncherError when never possible."""
-        if (spec.backend_options or Options()).oversubscribe:
+        if (spec.backend_options or LocalOptions()).oversubscribe:
             return 0
         return core_request(spec.resources, self.cores, len(self.gpus))
 
@@ -218,7 +217,7 @@ class LocalBackend:
     def _start_supervisor(self, spec: JobSpec, job_dir: Path) -> tuple[int, int]:
         """With --no-wait, take the GPUs and cores now (or fail); then start the supervisor and hand the
         leases to it."""
-        opts = spec.backend_options or Options()
+        opts = spec.backend_options or LocalOptions()
         book = LeaseBook(self.home)
         me, my_start = os.getpid(), process_start(os.getpid()) or 0
         wants = self.lease_wants(spec)
@@ -236,26 +235,8 @@ class LocalBackend:
         book.transfer(spec.id, pid, start)
         return pid, start
 
-    def status(self, handle: JobHandle) -> JobStatus:
-        return detached.status(self.job_dir(handle.experiment_id), handle, "supervisor_start", "the supervisor")
-
-    # ---- logs -------------------------------------------------------------------------------
-    def log_path(self, exp_id: str, rank: int) -> Path:
-        return rank_log(self.load_spec(exp_id).work_dir, rank)
-
-    def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
-        path = self.log_path(handle.experiment_id, rank)
-        yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
-                                 f"no log for rank {rank} yet ({path}); the job has not started that rank")
-
     # ---- cancel -----------------------------------------------------------------------------
     def cancel(self, handle: JobHandle) -> None:
-        detached.cancel(self.job_dir(handle.experiment_id), handle, "supervisor_start", signal.SIGTERM,
+        detached.cancel(self.job_dir(handle.experiment_id), handle, self.START_KEY, signal.SIGTERM,
                         CANCEL_GRACE_S + 10, 0.0, self.status(handle))
         LeaseBook(self.home).release(handle.experiment_id)
-
-    def load_spec(self, exp_id: str) -> JobSpec:
-        data = read_json(JobFolder(self.job_dir(exp_id)).spec)
-        if data is None:
-            raise LauncherError(f"experiment {exp_id} has no local job folder in {self.home / 'jobs'}")
-        return spec_from_dict(data, Options)

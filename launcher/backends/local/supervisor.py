@@ -35,7 +35,7 @@ from pathlib import Path
 
 from detcore.contract import EXIT_USER_ERROR, WorkDir, describe_exit
 from detcore.errors import WorkDirError
-from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, Options
+from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, LocalOptions
 from launcher.backends.local.cores import describe_cores, pin_to
 from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
 from launcher.procinfo import die_with_parent
@@ -182,7 +182,7 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = monitor_main("python -m launcher.backends.local.supervisor", "jobs", argv, Options)
+    loaded = monitor_main("python -m launcher.backends.local.supervisor", "jobs", argv, LocalOptions)
     return 2 if loaded is None else Supervisor(loaded[0], loaded[1]).run()
 
 

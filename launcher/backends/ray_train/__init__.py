@@ -36,24 +36,25 @@ import sys
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from detcore.contract import rank_log
 from launcher.backends.protocol import DryRun
 from launcher.backends.ray_train.jobs_api import (API_JOBS, API_KEY, RayJobs, job_api_address, stop_env,
                                                   submission_id)
-from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, Options, TrainerPlan, cpu_note,
+from launcher.backends.ray_train.plan import (LOOPBACK_ENV, MARKER_ENV, Address, RayOptions, TrainerPlan, cpu_note,
                                               driver_env, parse_address, render_plan, resolve_address, timeout_note,
                                               trainer_plan)
 from launcher.errors import LauncherError
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, worker_command
-from launcher.runtime.files import read_json
 from launcher.runtime.job_folder import JobFolder
-from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources, spec_from_dict
+from launcher.spec import JobHandle, JobSpec, JobStatus, Mode, Resources
 
-__all__ = ["Options", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
+__all__ = ["Options", "RayOptions", "RayTrainBackend", "add_arguments", "options_from_args", "resources_from_args", "create"]
 
 CANCEL_GRACE_S = 45.0
 LEFTOVER_WAIT_S = 15.0
+
+
+Options = RayOptions  # the name the backend protocol looks up (launcher.backends.protocol)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -74,11 +75,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="ray: Ray Train's storage_path, reachable by every worker (default WORK_DIR/ray)")
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
+def options_from_args(args: argparse.Namespace) -> RayOptions:
     storage = getattr(args, "ray_storage", None)
     if storage and "://" not in storage:
         storage = os.path.abspath(storage)
-    return Options(address=getattr(args, "ray_address", None) or "auto",
+    return RayOptions(address=getattr(args, "ray_address", None) or "auto",
                    gpus_per_worker=getattr(args, "ray_gpus_per_worker", None),
                    max_failures=getattr(args, "ray_max_failures", None), storage=storage)
 
@@ -109,15 +110,13 @@ def create(home: Path) -> RayTrainBackend:
     return RayTrainBackend(home)
 
 
-class RayTrainBackend:
+class RayTrainBackend(detached.DetachedBackend):
     name = "ray"
+    FOLDER, START_KEY, MONITOR, OPTIONS = "ray", "driver_start", "the Ray driver", RayOptions
 
     def __init__(self, home: Path, environ: Mapping[str, str] | None = None) -> None:
         self.home = Path(home)
         self.environ = dict(os.environ if environ is None else environ)
-
-    def job_dir(self, exp_id: str) -> Path:
-        return self.home / "ray" / exp_id
 
     # ---- seams -------------------------------------------------------------------------------
     def _check_address(self, plan: TrainerPlan) -> Address:
@@ -213,30 +212,20 @@ class RayTrainBackend:
         if handle.get(API_KEY) == API_JOBS:
             return self._jobs(handle.get("address")).status(handle.job_id, self.job_dir(handle.experiment_id),
                                                             handle.get("run_dir"))
-        return detached.status(self.job_dir(handle.experiment_id), handle, "driver_start", "the Ray driver")
+        return super().status(handle)
 
     # ---- logs ---------------------------------------------------------------------------------
-    def load_spec(self, exp_id: str) -> JobSpec:
-        data = read_json(JobFolder(self.job_dir(exp_id)).spec)
-        if data is None:
-            raise LauncherError(f"experiment {exp_id} has no Ray job folder in {self.home / 'ray'}")
-        return spec_from_dict(data, Options)
-
-    def log_path(self, exp_id: str, rank: int) -> Path:
-        return rank_log(self.load_spec(exp_id).work_dir, rank)
-
     def logs(self, handle: JobHandle, rank: int = 0, follow: bool = False) -> Iterator[str]:
-        path = self.log_path(handle.experiment_id, rank)
-        if handle.get(API_KEY) == API_JOBS:
-            where = f"`ray job logs {handle.job_id} --address {handle.get('address')}`"
-            if rank == 0 and not follow and not path.exists():  # no worker yet: the driver's output, from Ray
-                yield from self._jobs(handle.get("address")).logs(handle.job_id).splitlines()
-                return
-        else:
-            where = str(JobFolder(self.job_dir(handle.experiment_id)).driver_log)
-        yield from detached.logs(path, follow, lambda: self.status(handle).state.is_terminal(),
-                                 f"no log for rank {rank} yet ({path}); Ray has not started that worker (the driver's "
-                                 f"log is {where})")
+        if handle.get(API_KEY) == API_JOBS and rank == 0 and not follow and \
+                not self.log_path(handle.experiment_id, rank).exists():  # no worker yet: the driver's output
+            yield from self._jobs(handle.get("address")).logs(handle.job_id).splitlines()
+            return
+        yield from super().logs(handle, rank, follow)
+
+    def not_started(self, handle: JobHandle) -> str:
+        where = (f"`ray job logs {handle.job_id} --address {handle.get('address')}`" if handle.get(API_KEY) == API_JOBS
+                 else str(JobFolder(self.job_dir(handle.experiment_id)).driver_log))
+        return f"Ray has not started that worker (the driver's log is {where})"
 
     def cancel(self, handle: JobHandle) -> None:
         """SIGINT is Ray Train's graceful abort (workers and placement group go); Ray ends a finished driver's
@@ -249,5 +238,5 @@ class RayTrainBackend:
                 self._jobs(handle.get("address")).stop(handle.job_id, CANCEL_GRACE_S + LEFTOVER_WAIT_S)
                 detached.kill_marked(handle.experiment_id)  # what Ray left of the job on this node, if any
             return
-        detached.cancel(self.job_dir(handle.experiment_id), handle, "driver_start", signal.SIGINT, CANCEL_GRACE_S,
+        detached.cancel(self.job_dir(handle.experiment_id), handle, self.START_KEY, signal.SIGINT, CANCEL_GRACE_S,
                         LEFTOVER_WAIT_S, self.status(handle))

@@ -41,7 +41,7 @@ from typing import Mapping
 
 from detcore import contract
 from detcore.errors import WorkDirError
-from launcher.backends.ray_train.plan import (Address, Options, TrainerPlan, address_file_problem, parse_address,
+from launcher.backends.ray_train.plan import (Address, RayOptions, TrainerPlan, address_file_problem, parse_address,
                                               ray_address_file, resolve_address)
 from launcher.backends.ray_train.reports import NODE_VERDICT_WAIT_S, awaiting_node_verdict, node_losses
 from launcher.errors import LauncherError
@@ -278,7 +278,7 @@ def ray_configs(plan: TrainerPlan) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    loaded = monitor_main("python -m launcher.backends.ray_train.driver", "ray", argv, Options)
+    loaded = monitor_main("python -m launcher.backends.ray_train.driver", "ray", argv, RayOptions)
     return 2 if loaded is None else Driver(*loaded).run()
 
 

@@ -37,7 +37,7 @@ REPORT_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
-class Options:
+class RayOptions:
     """Ray-backend options (``--address --gpus-per-worker --max-failures --storage``).
 
     ``address``: ``auto`` (``RAY_ADDRESS``, else the cluster last started on this machine),
@@ -222,9 +222,9 @@ def _number(x: float) -> float | int:
     return int(x) if float(x).is_integer() else x
 
 
-def trainer_plan(spec: JobSpec, options: Options | None, environ: Mapping[str, str]) -> TrainerPlan:
+def trainer_plan(spec: JobSpec, options: RayOptions | None, environ: Mapping[str, str]) -> TrainerPlan:
     """The Ray Train set-up for ``spec`` (pure: ``environ`` only feeds the workers' ``PYTHONPATH``)."""
-    opts = options or Options()
+    opts = options or RayOptions()
     r = spec.resources
     if spec.slots:
         raise LauncherError(f"--max-parallel {spec.slots.size}: the ray backend does not limit a sweep's parallel "

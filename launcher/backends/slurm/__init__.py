@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from detcore.contract import STOP_SIGNALS_ENV, rank_log, read_events
-from launcher.backends.protocol import DryRun
+from launcher.backends.protocol import ArrayBackend, DryRun
 from launcher.backends.slurm.gpus import GRES, Gres, GpuForm, choose_gpu_form, parse_gres, parse_scontrol_config
 from launcher.backends.slurm.mmdet_env import mmdet_env_line
-from launcher.backends.slurm.script import (MANAGED_OPTIONS, Options, SlurmDefaults, SlurmRequest, array_name,
+from launcher.backends.slurm.script import (MANAGED_OPTIONS, SlurmOptions, SlurmDefaults, SlurmRequest, array_name,
                                             defaults_paths, load_defaults, parse_slurm_option, render_sbatch,
                                             resolve, resource_notes)
 from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, requeue_recorded,
@@ -50,7 +50,7 @@ from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.job_folder import JobFolder
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Mode, Resources, spec_to_dict
 
-__all__ = ["Options", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
+__all__ = ["Options", "SlurmOptions", "SlurmBackend", "add_arguments", "options_from_args", "resources_from_args", "create",
            "MANAGED_OPTIONS", "SlurmNotConfigured", "no_cluster_line"]
 
 COMMAND_TIMEOUT_S = 120.0  # sbatch: a busy controller may take a while to accept a job
@@ -68,6 +68,9 @@ UNREACHABLE_TEXT = ("unable to contact slurm controller", "socket timed out", "c
 STATUS_TTL_S = 2.0
 CANCEL_WAIT_S = 30.0
 SCRIPT_NAME = "submission.sh"
+
+
+Options = SlurmOptions  # the name the backend protocol looks up (launcher.backends.protocol)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -99,12 +102,12 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="slurm: any other sbatch option, e.g. mail-user=me@example.org, or a flag: exclusive")
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
+def options_from_args(args: argparse.Namespace) -> SlurmOptions:
     gres = parse_gres(args.slurm_gres) if getattr(args, "slurm_gres", None) else Gres()
     line = mmdet_env_line(os.environ, _given(args))
     if line:
         print(line, file=sys.stderr)
-    return Options(gpu_type=gres.gpu_type, gres_other=gres.other,
+    return SlurmOptions(gpu_type=gres.gpu_type, gres_other=gres.other,
                    partition=getattr(args, "slurm_partition", None), account=getattr(args, "slurm_account", None),
                    qos=getattr(args, "slurm_qos", None), constraint=getattr(args, "slurm_constraint", None),
                    exclude=getattr(args, "slurm_exclude", None),
@@ -168,7 +171,7 @@ def no_cluster_line(why: str) -> str:
             f"`source /tmp/detlaunch-slurm/env.sh`")
 
 
-class SlurmBackend:
+class SlurmBackend(ArrayBackend):
     name = "slurm"
 
     def __init__(self, home: Path, defaults: SlurmDefaults | None = None, python: str | None = None,
@@ -240,7 +243,7 @@ class SlurmBackend:
         return requests[0]
 
     def _array_parallelism(self, specs: Sequence[JobSpec]) -> int | None:
-        opts = specs[0].backend_options if isinstance(specs[0].backend_options, Options) else Options()
+        opts = specs[0].backend_options if isinstance(specs[0].backend_options, SlurmOptions) else SlurmOptions()
         if opts.array_parallelism is not None:
             return opts.array_parallelism
         return specs[0].slots.size if specs[0].slots else None

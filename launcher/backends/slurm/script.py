@@ -75,7 +75,7 @@ def _check_min(what: str, value: Any, minimum: int) -> None:
 
 
 @dataclass(frozen=True)
-class Options:
+class SlurmOptions:
     """What ``launcher submit --backend slurm`` was told on the command line (None: use the defaults)."""
 
     partition: str | None = None
@@ -229,7 +229,7 @@ def resolve(spec: JobSpec, defaults: SlurmDefaults, gpu_form: GpuForm | None = N
     ``gpu_form``: how this cluster takes a GPU count (:func:`~launcher.backends.slurm.gpus.choose_gpu_form`);
     ``gres`` when not given, which every select plugin accepts.
     """
-    opts = spec.backend_options if isinstance(spec.backend_options, Options) else Options()
+    opts = spec.backend_options if isinstance(spec.backend_options, SlurmOptions) else SlurmOptions()
     r = spec.resources
 
     def pick(name: str) -> Any:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from launcher.backends.local import LocalBackend, Options
+from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.backends.local.cores import core_request, cores_per_worker, describe_cores
 from launcher.errors import LauncherError
 from launcher.leases import CPU_POOL, GPU_POOL, Lease, LeaseBook, choose_units
@@ -79,6 +79,6 @@ def test_dry_run_shows_the_core_lease_and_threads_match_it(tmp_path):
     assert any("CPU cores: 4 of the 16" in n and "0-15" in n for n in dry.notes)
     dry = backend.dryrun(_spec(resources=Resources(nproc=2, cpus_per_task=3)))
     assert dict(dry.env)["OMP_NUM_THREADS"] == "3" and "CPU cores: 6 of the 16" in dry.render()
-    over = backend.dryrun(_spec(resources=Resources(nproc=2), backend_options=Options(oversubscribe=True)))
+    over = backend.dryrun(_spec(resources=Resources(nproc=2), backend_options=LocalOptions(oversubscribe=True)))
     assert dict(over.env)["OMP_NUM_THREADS"] == "8" and "none leased (--oversubscribe)" in over.render()
-    assert backend.lease_wants(_spec(backend_options=Options(oversubscribe=True))) == []
+    assert backend.lease_wants(_spec(backend_options=LocalOptions(oversubscribe=True))) == []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.backends.local import LocalBackend, Options
-from launcher.backends.ray_train.plan import Options as RayOptions
+from launcher.backends.local import LocalBackend, LocalOptions
+from launcher.backends.ray_train.plan import RayOptions
 from launcher.backends.ray_train.plan import trainer_plan
 from launcher.backends.slurm import SlurmBackend
 from launcher.backends.slurm.script import SlurmDefaults, resolve
@@ -34,7 +34,7 @@ def _device(command: tuple[str, ...]) -> str:
 # ---- 5. CPU jobs never land on a GPU; GPU jobs never fall back to the CPU ---------------------------
 def test_local_cpu_job_on_a_gpu_machine_sees_no_gpu(tmp_path: Path) -> None:
     dry = LocalBackend(tmp_path, cores=8, gpus=("0", "1"), fake_gpus=False).dryrun(
-        spec_for(resources=Resources(nproc=2), backend_options=Options()))
+        spec_for(resources=Resources(nproc=2), backend_options=LocalOptions()))
     env = dict(dry.env)
     assert _device(dry.commands[0]) == "cpu"
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # torch in the workers finds no GPU at all
@@ -43,7 +43,7 @@ def test_local_cpu_job_on_a_gpu_machine_sees_no_gpu(tmp_path: Path) -> None:
 
 def test_local_gpu_job_asks_for_cuda_in_pci_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    spec = spec_for(resources=Resources(nproc=2, gpus=2), backend_options=Options())
+    spec = spec_for(resources=Resources(nproc=2, gpus=2), backend_options=LocalOptions())
     fake = LocalBackend(tmp_path, cores=16, gpus=("0", "1"), fake_gpus=True).dryrun(spec)
     assert _device(fake.commands[0]) == "cpu"  # LAUNCHER_FAKE_GPUS tests the leases, on the CPU
     dry = LocalBackend(tmp_path, cores=16, gpus=("0", "1", "2", "3"), fake_gpus=False).dryrun(spec)

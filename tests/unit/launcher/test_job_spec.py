@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.backends.local import Options
+from launcher.backends.local import LocalOptions
 from launcher.errors import LauncherError
 from launcher.scaling import scale_for_world
 from launcher.spec import JobSpec, JobState, Mode, Resources, SlotPool, spec_from_dict, spec_to_dict
@@ -58,8 +58,8 @@ def test_spec_rejects(kw, match):
 def test_spec_round_trip():
     cfg = {"optimizer": {"lr": 0.02}, "runner": {"type": "IterBasedRunner", "max_iters": 10},
            "auto_scale_lr": {"enable": True, "base_batch_size": 4, "scale_schedule": True}}
-    spec = make(overrides=("a.b=1",), resources=Resources(nproc=2), backend_options=Options(wait=False),
+    spec = make(overrides=("a.b=1",), resources=Resources(nproc=2), backend_options=LocalOptions(wait=False),
                 scaling=scale_for_world(cfg, 2, 4), slots=SlotPool("feedbeef", 2), seed=3, resume="/ck.pth")
-    assert spec_from_dict(spec_to_dict(spec), Options) == spec
+    assert spec_from_dict(spec_to_dict(spec), LocalOptions) == spec
     test = make(mode=Mode.TEST, checkpoint="/c.pth", eval_metrics=("bbox", "segm"))
-    assert spec_from_dict(spec_to_dict(test), Options) == test
+    assert spec_from_dict(spec_to_dict(test), LocalOptions) == test

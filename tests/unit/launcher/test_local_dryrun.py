@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from launcher.runtime.command import worker_args
-from launcher.backends.local import LocalBackend, Options
+from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec, request_from_spec
 from launcher.spec import Resources
@@ -24,7 +24,7 @@ def spec_for(**kw):
 
 def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
     spec = spec_for(resources=Resources(nproc=2), overrides=("runner.max_iters=8",), max_restarts=1,
-                    backend_options=Options())
+                    backend_options=LocalOptions())
     dry = LocalBackend(tmp_path, cores=8, gpus=()).dryrun(spec)
     work = str(ROOT / "work_dirs" / "faster_rcnn_tiny_shapes-0123abcd")
     assert dry.commands == ((
@@ -63,7 +63,7 @@ def test_threads_never_below_one_and_gpu_note(tmp_path):
     assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
     assert any("CUDA_VISIBLE_DEVICES" in n for n in dry.notes)
     dry = LocalBackend(tmp_path, cores=2, gpus=()).dryrun(spec_for(resources=Resources(nproc=8),
-                                                                   backend_options=Options(oversubscribe=True)))
+                                                                   backend_options=LocalOptions(oversubscribe=True)))
     assert dict(dry.env)["OMP_NUM_THREADS"] == "1"
 
 

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV, logger_settings_env
-from launcher.backends.local import LocalBackend, Options as LocalOptions
+from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.backends.ray_train import RayTrainBackend
-from launcher.backends.ray_train.plan import Options as RayOptions, trainer_plan
+from launcher.backends.ray_train.plan import RayOptions, trainer_plan
 from launcher.backends.slurm.task import SlurmTask
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import Resources

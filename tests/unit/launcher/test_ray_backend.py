@@ -14,7 +14,7 @@ import pytest
 
 from launcher.backends import backend_module
 from launcher.runtime.command import worker_command
-from launcher.backends.ray_train.plan import (Options, driver_env, parse_address, render_plan, resolve_address,
+from launcher.backends.ray_train.plan import (RayOptions, driver_env, parse_address, render_plan, resolve_address,
                                         trainer_plan)
 from launcher.backends.ray_train import RayTrainBackend, options_from_args, resources_from_args
 from launcher.backends.ray_train.worker import CheckpointView, checkpoint_iteration
@@ -37,7 +37,7 @@ def spec_for(options=None, **kw):
 # ---- the dry run ------------------------------------------------------------------------------
 
 def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
-    spec = spec_for(Options(address="127.0.0.1:6390", max_failures=3), overrides=("data.samples_per_gpu=2",))
+    spec = spec_for(RayOptions(address="127.0.0.1:6390", max_failures=3), overrides=("data.samples_per_gpu=2",))
     dry = RayTrainBackend(tmp_path, environ=ENV).dryrun(spec)
     work = str(ROOT / "work_dirs" / "faster_rcnn_tiny_shapes-0123abcd")
     assert dry.backend == "ray" and dry.world_size == 2
@@ -66,19 +66,19 @@ def test_dry_run_renders_trainer_configs_and_the_worker_command(tmp_path):
 
 def test_dry_run_is_pure_and_repeatable(tmp_path):
     backend = RayTrainBackend(tmp_path / "home", environ=ENV)
-    spec = spec_for(Options(address="10.0.0.5:6379"))
+    spec = spec_for(RayOptions(address="10.0.0.5:6379"))
     assert backend.dryrun(spec) == backend.dryrun(spec)
     assert not (tmp_path / "home").exists()  # nothing written, no cluster asked
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in dict(backend.dryrun(spec).env)  # only for loopback heads
 
 
 def test_gpu_workers_and_defaults():
-    spec = spec_for(Options(address="auto"), resources=Resources(nproc=4, gpus=4, cpus_per_task=8, mem_gb=64))
+    spec = spec_for(RayOptions(address="auto"), resources=Resources(nproc=4, gpus=4, cpus_per_task=8, mem_gb=64))
     plan = trainer_plan(spec, spec.backend_options, ENV)
     assert (plan.num_workers, plan.use_gpu, plan.torch_backend) == (4, True, "nccl")
     assert dict(plan.resources_per_worker) == {"CPU": 8, "GPU": 1, "memory": 16 * 2 ** 30}
     assert plan.max_failures == spec.max_restarts  # --max-failures defaults to --max-restarts
-    half = trainer_plan(spec, Options(gpus_per_worker=0.5), ENV)
+    half = trainer_plan(spec, RayOptions(gpus_per_worker=0.5), ENV)
     assert dict(half.resources_per_worker)["GPU"] == 0.5
     two_nodes = trainer_plan(spec_for(None, resources=Resources(nproc=2, nodes=2)), None, ENV)
     assert (two_nodes.num_workers, two_nodes.placement_strategy) == (4, "SPREAD")
@@ -101,7 +101,7 @@ def test_a_test_job_runs_detcore_test_on_every_worker(tmp_path):
 def test_ray_config_objects_match_the_plan_without_deprecation_warnings():
     from launcher.backends.ray_train.driver import ray_configs
 
-    spec = spec_for(Options(max_failures=2, storage="/shared/ray"))
+    spec = spec_for(RayOptions(max_failures=2, storage="/shared/ray"))
     plan = trainer_plan(spec, spec.backend_options, ENV)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a deprecated Ray Train call would raise here
@@ -176,7 +176,7 @@ def test_addresses(text, host, port, client):
 @pytest.mark.parametrize("bad", ["127.0.0.1", "ftp://x:1", "http://x:0", "x:0", "x:99999", "ray://", ""])
 def test_bad_addresses_name_the_forms(bad):
     with pytest.raises(LauncherError, match="expected auto, HOST:PORT"):
-        Options(address=bad)
+        RayOptions(address=bad)
 
 
 def test_auto_address_and_loopback_rule():
@@ -199,7 +199,7 @@ def test_auto_address_and_loopback_rule():
 ])
 def test_option_errors(kw, message):
     with pytest.raises(LauncherError, match=message):
-        Options(**kw)
+        RayOptions(**kw)
 
 
 def _args(**kw):
@@ -264,7 +264,7 @@ class FakeDriverBackend(RayTrainBackend):
 
 def test_submit_hands_the_spec_to_a_detached_driver(tmp_path):
     backend = FakeDriverBackend(tmp_path / "home")
-    spec = spec_for(Options(address="127.0.0.1:6390"))
+    spec = spec_for(RayOptions(address="127.0.0.1:6390"))
     handle = backend.submit(spec)
     (cmd, env, cwd, log), = backend.started
     assert cmd == (sys.executable, "-m", "launcher.backends.ray_train.driver", "--home", str(tmp_path / "home"), spec.id)
@@ -286,7 +286,7 @@ def test_the_driver_executes_the_plan_submit_computed_not_its_own_environment(tm
 
     backend = FakeDriverBackend(tmp_path / "home")
     backend.environ = {**ENV, "MLFLOW_TRACKING_URI": "http://mlflow.lab:5000"}  # the submitter's logger settings
-    spec = spec_for(Options(address="127.0.0.1:6390"))
+    spec = spec_for(RayOptions(address="127.0.0.1:6390"))
     dry = backend.dryrun(spec)
     backend.submit(spec, dry)
     job_dir = tmp_path / "home" / "ray" / spec.id
@@ -305,7 +305,7 @@ def test_the_driver_executes_the_plan_submit_computed_not_its_own_environment(tm
 def test_unreachable_address_fails_at_submit_and_leaves_nothing(tmp_path):
     backend = FakeDriverBackend(tmp_path / "home", reachable=False)
     with pytest.raises(LauncherError, match="cannot reach"):
-        backend.submit(spec_for(Options(address="127.0.0.1:1")))
+        backend.submit(spec_for(RayOptions(address="127.0.0.1:1")))
     assert not backend.started and not (tmp_path / "home" / "ray").exists()
 
 
@@ -318,7 +318,7 @@ def test_real_address_check_is_bounded(tmp_path):
     backend = RayTrainBackend(tmp_path, environ=ENV)
     t0 = time.monotonic()
     with pytest.raises(LauncherError, match=f"cannot reach a Ray head \\(GCS\\) at 127.0.0.1:{port}"):
-        backend._check_address(trainer_plan(spec_for(None), Options(address=f"127.0.0.1:{port}"), ENV))
+        backend._check_address(trainer_plan(spec_for(None), RayOptions(address=f"127.0.0.1:{port}"), ENV))
     assert time.monotonic() - t0 < 10
 
 

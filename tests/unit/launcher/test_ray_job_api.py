@@ -13,7 +13,7 @@ import pytest
 from launcher.backends.ray_train import RayTrainBackend
 from launcher.backends.ray_train.driver import job_cluster
 from launcher.backends.ray_train.jobs_api import RayJobs, job_api_address, observed_job_status
-from launcher.backends.ray_train.plan import Options, parse_address
+from launcher.backends.ray_train.plan import RayOptions, parse_address
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobState, Resources
@@ -24,7 +24,7 @@ API = "http://127.0.0.1:8265"
 
 
 def spec_for(address: str = API):
-    req = SubmitRequest(config=SHAPES, backend="ray", backend_options=Options(address=address),
+    req = SubmitRequest(config=SHAPES, backend="ray", backend_options=RayOptions(address=address),
                         resources=Resources(nproc=2))
     return build_spec(req, cwd=str(ROOT), exp_id="0123abcd")
 

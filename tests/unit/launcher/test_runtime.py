@@ -165,11 +165,11 @@ def test_resume_on_the_same_backend_changes_only_the_options_given():
     import argparse
 
     from launcher.backends.slurm import options_from_args
-    from launcher.backends.slurm.script import Options
+    from launcher.backends.slurm.script import SlurmOptions
     from launcher.commands import _resume_options
     import launcher.backends.slurm as slurm_module
 
-    old = Options(partition="gpu", account="p", exclude="n2")
+    old = SlurmOptions(partition="gpu", account="p", exclude="n2")
     flags = {k: None for k in ("slurm_partition", "slurm_account", "slurm_qos", "slurm_constraint", "slurm_exclude",
                                "slurm_signal_delay", "slurm_max_timeouts", "slurm_array_parallelism")}
     args = argparse.Namespace(**{**flags, "slurm_exclude": "n3", "slurm_options": []})
@@ -182,7 +182,7 @@ def test_resume_on_the_same_backend_changes_only_the_options_given():
 
 def test_a_two_node_slurm_experiment_resumed_locally_is_told_to_pass_nodes_1(tmp_path):
     """Every node ran --nproc workers: on one machine the user chooses how many; the advice names --nodes 1."""
-    from launcher.backends.slurm.script import Options
+    from launcher.backends.slurm.script import SlurmOptions
     from launcher.spec import JobSpec, JobStatus, Resources
     from launcher.store import ExperimentStore, experiment_from_spec
 
@@ -190,7 +190,7 @@ def test_a_two_node_slurm_experiment_resumed_locally_is_told_to_pass_nodes_1(tmp
     store = ExperimentStore(home)
     shapes = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
     spec = JobSpec(id="0123abcd", name="two", config=shapes, work_dir=str(tmp_path / "w"), cwd=str(tmp_path),
-                   backend="slurm", backend_options=Options(), resources=Resources(nproc=2, nodes=2))
+                   backend="slurm", backend_options=SlurmOptions(), resources=Resources(nproc=2, nodes=2))
     store.insert(experiment_from_spec(spec, JobState.PENDING))
     store.set_backend_job(spec.id, "5", {"folder": "/nowhere"})
     store.record_status(spec.id, JobStatus(JobState.FAILED, exit_code=1))

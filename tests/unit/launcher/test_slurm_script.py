@@ -15,7 +15,7 @@ import pytest
 
 from launcher.backends import slurm
 from launcher.backends.slurm import SlurmBackend
-from launcher.backends.slurm.script import Options, SlurmDefaults, defaults_paths, load_defaults
+from launcher.backends.slurm.script import SlurmOptions, SlurmDefaults, defaults_paths, load_defaults
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, Mode, Resources, SlotPool
 
@@ -29,7 +29,7 @@ def backend(home: Path = HOME, **defaults) -> SlurmBackend:
 
 
 def spec(exp_id: str = "0123abcd", name: str = "frcnn", resources: Resources = Resources(nproc=2),
-         options: Options | None = None, cwd: str = "/home/alice/proj", work_dir: str | None = None,
+         options: SlurmOptions | None = None, cwd: str = "/home/alice/proj", work_dir: str | None = None,
          **kw) -> JobSpec:
     return JobSpec(id=exp_id, name=name, config=f"{cwd}/configs/frcnn.yaml",
                    work_dir=work_dir or f"{cwd}/work_dirs/{name}-{exp_id}", cwd=cwd, resources=resources,
@@ -78,7 +78,7 @@ def test_one_node_cpu_job_with_cluster_defaults():
 
 
 def test_two_node_gpu_job_command_line_over_defaults():
-    opts = Options(partition="gpu", qos="high", exclude="gpu[01-02]", signal_delay_s=300, max_timeouts=5)
+    opts = SlurmOptions(partition="gpu", qos="high", exclude="gpu[01-02]", signal_delay_s=300, max_timeouts=5)
     b = backend(partition="debug", account="vision", time_min=60, cpus_per_task=4, mem_gb=200,
                 gpu_request="gpus-per-node")
     s = spec(exp_id="89abcdef", name="frcnn-r50", options=opts,
@@ -107,7 +107,7 @@ def test_array_sweep_is_one_script_with_parallelism():
     assert v["comment"] == "detlaunch:array-00000001"
     dry = backend().dryrun_array(specs)
     assert [c[c.index("--work-dir") + 1] for c in dry.commands] == [s.work_dir for s in specs]
-    opts = Options(array_parallelism=3)
+    opts = SlurmOptions(array_parallelism=3)
     wide = [spec(exp_id=s.id, name=s.name, resources=s.resources, options=opts, slots=s.slots) for s in specs]
     assert sbatch_values(script_of(backend(), wide))["array"] == "0-2%3"
 
@@ -116,7 +116,7 @@ def test_shell_metacharacters_are_quoted():
     home = Path("/tmp/it's a $HOME")
     cwd = "/tmp/my proj;rm -rf ~"
     work = "/tmp/out dir/$(touch x)/`id`/it's"
-    opts = Options(constraint="[a100|h100]&ib", account="a b",
+    opts = SlurmOptions(constraint="[a100|h100]&ib", account="a b",
                    extra=(("mail-user", "me@x.org; echo pwned"), ("exclusive", "")))
     s = spec(exp_id="0badc0de", name="x=1+y.2", options=opts, cwd=cwd, work_dir=work)
     b = backend(home=home)
@@ -140,9 +140,9 @@ def test_shell_metacharacters_are_quoted():
 @pytest.mark.parametrize("make, message", [
     (lambda: spec(work_dir="/tmp/a\nb"), "line break"),
     (lambda: spec(cwd="/tmp/a\nrm -rf /"), "line break"),
-    (lambda: spec(options=Options(extra=(("time", "10"),))), "use --time"),
-    (lambda: spec(options=Options(extra=(("array", "0-3"),))), "launcher sweep"),
-    (lambda: spec(options=Options(partition="a\nb")), "line break"),
+    (lambda: spec(options=SlurmOptions(extra=(("time", "10"),))), "use --time"),
+    (lambda: spec(options=SlurmOptions(extra=(("array", "0-3"),))), "launcher sweep"),
+    (lambda: spec(options=SlurmOptions(partition="a\nb")), "line break"),
     (lambda: spec(resources=Resources(nproc=1, time_min=2)), "lower --signal-delay"),
 ])
 def test_requests_an_sbatch_script_cannot_carry_are_refused(make, message):
@@ -171,7 +171,7 @@ def test_options_from_the_command_line(tmp_path):
                               "--slurm-option", "mail-type=END", "--slurm-option=--exclusive",
                               "--signal-delay", "200", "--array-parallelism", "3"])
     opts = slurm.options_from_args(args)
-    assert opts == Options(partition="gpu", qos="high", signal_delay_s=200, array_parallelism=3,
+    assert opts == SlurmOptions(partition="gpu", qos="high", signal_delay_s=200, array_parallelism=3,
                            extra=(("mail-type", "END"), ("exclusive", "")))
     assert slurm.resources_from_args(args, Resources()) == Resources(nproc=4, gpus=4)
     args = parser.parse_args(["--tasks-per-node", "3"])
@@ -183,7 +183,7 @@ def test_options_from_the_command_line(tmp_path):
     with pytest.raises(LauncherError, match="KEY=VALUE"):
         slurm.options_from_args(parser.parse_args(["--slurm-option", "=x"]))
     # the options survive the store's JSON round trip (tuples come back as lists)
-    assert Options(**{"extra": [["mail-type", "END"]]}) == Options(extra=(("mail-type", "END"),))
+    assert SlurmOptions(**{"extra": [["mail-type", "END"]]}) == SlurmOptions(extra=(("mail-type", "END"),))
 
 
 def test_defaults_file(tmp_path):
