@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detcore.atomic import replacing
-from detcore.checkpoint import periodic_checkpoints_to_remove
+from detcore.checkpoint_dir import CheckpointDir
 from detcore.engine.progress import estimate_eta, iteration_line
 from detcore.registry import HOOKS
 
@@ -190,18 +188,13 @@ class CheckpointHook(HookBase):
             return
         name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
         path = t.save(name)  # on every rank: each hands its random state to rank 0, which writes the file
-        if t.dist.is_main:
-            for old in periodic_checkpoints_to_remove(t.work_dir, self.max_keep, protect={name}):
-                try:
-                    old.unlink()
-                except FileNotFoundError:
-                    pass
+        if t.dist.is_main and path is not None:
+            checkpoints = CheckpointDir(t.work_dir)
+            checkpoints.prune(self.max_keep, protect={name})
             value = t.last_metrics.get(self.save_best) if self.save_best else None
-            if value is not None and value > self.best:
+            if self.save_best and value is not None and value > self.best:
                 self.best, self.best_iter = float(value), t.iter
-                best = Path(t.work_dir, f"best_{self.save_best}.pth")
-                with replacing(best) as tmp:
-                    os.link(path, tmp)
+                checkpoints.keep_best(path, self.save_best)
                 logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
 
     def state_dict(self) -> dict:

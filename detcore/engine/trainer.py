@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from detcore.checkpoint import (load_checkpoint, load_weights, make_meta, point_latest, remove_stale_temp_files,
-                                save_checkpoint, unwrap)
+from detcore.checkpoint import load_checkpoint, load_weights, make_meta, unwrap
+from detcore.checkpoint_dir import CheckpointDir
 from detcore.config import dump_config
 from detcore.config_check import ConfigProblems, training_problems
 from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV, WorkDir
@@ -95,7 +95,7 @@ class Trainer:
         seed_everything(seed, deterministic, rank=self.dist.rank)
         if self.dist.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            for path in remove_stale_temp_files(self.work_dir):
+            for path in CheckpointDir(self.work_dir).remove_stale_temp_files():
                 logger.info("removed %s, left by a save that was killed mid-write", path.name)
             WorkDir(self.work_dir).config.write_text(dump_config(self.cfg))
         barrier()
@@ -317,13 +317,11 @@ class Trainer:
                          total_batch=total_batch or split_batch_size(self.cfg, "train") * self.dist.world_size,
                          seed=self.seed, scaling=self.cfg.get(SCALING_KEY), weights=self.weights_used)
         with beating(self._keepalive()):  # a slow file system is not a hang
-            path = save_checkpoint(self.work_dir / name, self.model, meta, optimizer=self.optimizer.state_dict(),
-                                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                                   rng=states[0], rng_per_rank=states,
-                                   loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
-                                   hooks=[h.state_dict() for h in self.hooks])
-        WorkDir(self.work_dir).point_to(name)
-        point_latest(self.work_dir, name)
+            path = CheckpointDir(self.work_dir).save(
+                name, self.model, meta, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(), rng=states[0], rng_per_rank=states,
+                loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
+                hooks=[h.state_dict() for h in self.hooks])
         if self.heartbeat is not None:
             self.heartbeat.beat(self.iter, force=True)
         logger.info("saved checkpoint %s", path)
@@ -399,19 +397,8 @@ class Trainer:
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
-    """The file named by ``work_dir/last_checkpoint`` if it exists and loads, else the newest good one."""
-    work_dir = Path(work_dir)
-    newest = WorkDir(work_dir).newest_checkpoint()
-    candidates = [newest] if newest is not None else []
-    candidates += sorted((p for p in work_dir.glob("*.pth") if p.name.startswith(("iter_", "epoch_"))),
-                         key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in candidates:
-        try:
-            if path.is_file() and "loop" in load_checkpoint(path):
-                return path
-        except CheckpointError as exc:
-            logger.warning("skipping unreadable checkpoint: %s", exc)
-    return None
+    """The checkpoint ``--resume auto`` continues from (:meth:`CheckpointDir.latest`)."""
+    return CheckpointDir(work_dir).latest()
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> bool:
