@@ -92,8 +92,8 @@ def python_start(repeats: int) -> list[float]:
 def _client(i: int, home: str, inventory: tuple, barrier, results, release) -> None:
     import socket
 
-    from launcher.leases import GPU_POOL, LeaseBook
-    from launcher.procinfo import current_process
+    from launcher.resources.leases import GPU_POOL, LeaseBook
+    from launcher.resources.procinfo import current_process
 
     pid, start = current_process()
     barrier.wait()
@@ -113,11 +113,11 @@ def _client(i: int, home: str, inventory: tuple, barrier, results, release) -> N
 def allocate(clients: int, home: str) -> dict:
     import multiprocessing as mp
 
-    import launcher.procinfo  # noqa: F401  (what the clients use is imported once, before forking:
+    import launcher.resources.procinfo  # noqa: F401  (what the clients use is imported once, before forking:
     import launcher.errors  # noqa: F401  the figure is the allocation, not Python imports)
 
     from launcher.backends.local import FAKE_GPUS_ENV, detect_gpus
-    from launcher.leases import GPU_POOL, LeaseBook
+    from launcher.resources.leases import GPU_POOL, LeaseBook
 
     inventory = detect_gpus({FAKE_GPUS_ENV: str(clients)})
     ctx = mp.get_context("fork")
@@ -157,7 +157,7 @@ def time_allocations(ctx: Context, clients: int) -> dict:
 
 def run(ctx: Context) -> Result:
     try:
-        import launcher.leases  # noqa: F401
+        import launcher.resources.leases  # noqa: F401
         import launcher.store  # noqa: F401
     except ImportError as exc:
         raise NotAvailable(f"the launcher package is not importable ({exc})") from None
@@ -212,8 +212,8 @@ def run(ctx: Context) -> Result:
 
 
 def sequential_leases(ctx: Context, n: int) -> float:
-    from launcher.leases import GPU_POOL, LeaseBook
-    from launcher.procinfo import current_process
+    from launcher.resources.leases import GPU_POOL, LeaseBook
+    from launcher.resources.procinfo import current_process
 
     book = LeaseBook(ctx.workdir("sequential_leases"))
     inventory = tuple(str(i) for i in range(n))

@@ -239,7 +239,7 @@ def step_cpu_checkpoint_amp_resume(ctx: Context, gpus: int, smoke: bool, env: di
 def leases_of(home: Path, holders: Sequence[str]) -> dict[str, dict[str, tuple[str, ...]]]:
     """This host's leases held by ``holders`` (holder -> pool -> units), as written in ``leases.json``:
     every keeper counted alive, so a lease shows until its holder releases it."""
-    from launcher.leases import LeaseBook
+    from launcher.resources.leases import LeaseBook
 
     book = LeaseBook(home, alive=lambda lease: True)
     return {h: held for h in holders if (held := book.held_by(h))}

@@ -292,7 +292,7 @@ def role_of(proc) -> str | None:
     if {"torch.distributed.run", "launcher.backends.local.agent"} & set(argv) or \
             any(Path(a).name == "torchrun" for a in argv[:2]):
         return "torchrun agent"
-    if "launcher.worker" in argv:
+    if "launcher.runtime.shim" in argv:
         return "worker shim"  # the launcher's parent of a rank; the rank is its detcore.tools.cli child
     if "detcore.tools.cli" in argv:
         return "worker"

@@ -7,7 +7,7 @@ train``. A thread polls (psutil, every ``interval`` s) every process under the c
 started and keeps each one's peak RSS, naming it by its command line and parent:
 
 * ``worker``: a training rank (``detcore.tools.cli``);
-* ``worker shim``: the launcher's small parent of each rank (``launcher.worker``, no torch);
+* ``worker shim``: the launcher's small parent of each rank (``launcher.runtime.shim``, no torch);
 * ``loader worker``: a DataLoader process forked by a rank;
 * ``torchrun agent``: PyTorch's elastic agent (both sides run one);
 * ``launcher supervisor``, ``launcher cli`` and the shims: what the launcher adds.

@@ -189,7 +189,7 @@ def submit_spec(store: ExperimentStore, backend: Backend, spec: JobSpec, sweep: 
     """Claim ``spec``'s work dir, record ``spec`` as a pending experiment and hand it to ``backend`` with the
     dry run the caller computed (``dry``; the backend computes it when None); undo the row and the claim if
     that fails."""
-    from launcher.work_dirs import claimed
+    from launcher.resources.work_dirs import claimed
 
     with claimed(store, [spec]):
         store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
@@ -211,7 +211,7 @@ def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec],
     from launcher.backends.protocol import ArrayBackend
 
     if isinstance(backend, ArrayBackend):
-        from launcher.work_dirs import claimed
+        from launcher.resources.work_dirs import claimed
 
         with claimed(store, specs):
             for spec, grid in zip(specs, grids or [None] * len(specs)):
@@ -230,7 +230,7 @@ def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec],
         for spec, grid, dry in zip(specs, grids or [None] * len(specs), dries or [None] * len(specs)):
             done.append(submit_spec(store, backend, spec, sweep=sweep, grid=grid, dry=dry))
     except BaseException:
-        from launcher.reconcile import handle_of, refresh
+        from launcher.store.reconcile import handle_of, refresh
 
         for exp in done:
             backend.cancel(handle_of(exp))

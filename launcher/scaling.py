@@ -3,7 +3,7 @@
 The rule lives in :mod:`detcore.engine.scaling` and the detcore worker applies it once, at the
 world size it actually runs at (so ``torchrun`` by hand and ``launcher submit`` train with the
 same LR). The launcher computes the same function for ``--dry-run``, the submit line and the
-row's first values; the worker's ``scaling`` fact then replaces them (``launcher.reconcile``).
+row's first values; the worker's ``scaling`` fact then replaces them (``launcher.store.reconcile``).
 """
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ def main() -> int:
     parser.add_argument("--address", required=True, help="the head's GCS address, 127.0.0.1:PORT")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=120.0)
-    parser.add_argument("--min-worker-port", type=int, help="default: the start of launcher/ports.py's Ray range")
-    parser.add_argument("--max-worker-port", type=int, help="default: the end of launcher/ports.py's Ray range (give "
+    parser.add_argument("--min-worker-port", type=int, help="default: the start of launcher/resources/ports.py's Ray range")
+    parser.add_argument("--max-worker-port", type=int, help="default: the end of launcher/resources/ports.py's Ray range (give "
                         "each node on one machine its own part of it)")
     args = parser.parse_args()
     if not args.address.startswith(("127.", "localhost:")):
@@ -40,7 +40,7 @@ def main() -> int:
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
-    from launcher.ports import RAY_WORKER_PORTS
+    from launcher.resources.ports import RAY_WORKER_PORTS
 
     params = RayParams(gcs_address=args.address, node_ip_address="127.0.0.1", num_cpus=args.num_cpus, num_gpus=0,
                        min_worker_port=args.min_worker_port or RAY_WORKER_PORTS.first,

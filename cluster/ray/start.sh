@@ -30,8 +30,8 @@
 # Consequence: this head cannot accept other nodes (use cluster.yaml for that).
 #
 # Ports: GCS on P; Ray Client server (ray://127.0.0.1:10001) on DETLAUNCH_RAY_CLIENT_PORT;
-# the rest are picked free by Ray. Worker ports come from launcher/ports.py (`python3 -m
-# launcher.ports ray-workers`: 10002-15999, clear of the Slurm backend's MASTER_PORT range
+# the rest are picked free by Ray. Worker ports come from launcher/resources/ports.py (`python3 -m
+# launcher.resources.ports ray-workers`: 10002-15999, clear of the Slurm backend's MASTER_PORT range
 # 20000-31999, of the local Slurm cluster's daemons 16306-17002 and of Linux's ephemeral ports);
 # DETLAUNCH_RAY_MIN_WORKER_PORT / DETLAUNCH_RAY_MAX_WORKER_PORT override them.
 # --dry-run prints the `ray start` command line on stdout and starts nothing.
@@ -55,7 +55,7 @@ TIMEOUT=120
 DRY_RUN=0
 DASHBOARD_PORT="${DETLAUNCH_RAY_DASHBOARD_PORT:-8265}"
 REPO="$(cd "$HERE/../.." && pwd)"
-RAY_PORTS="$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m launcher.ports ray-workers)" \
+RAY_PORTS="$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m launcher.resources.ports ray-workers)" \
     || { echo "start.sh: cannot read the Ray worker ports from $REPO/launcher/ports.py" >&2; exit 1; }
 read -r RAY_MIN_PORT RAY_MAX_PORT <<<"$RAY_PORTS"
 MIN_WORKER_PORT="${DETLAUNCH_RAY_MIN_WORKER_PORT:-$RAY_MIN_PORT}"

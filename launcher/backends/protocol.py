@@ -15,7 +15,7 @@ A backend is a :class:`Backend`: five methods (TorchX's scheduler API is the mod
     experiment row and the work dir it created).
 ``status(handle) -> JobStatus``
     The backend's view right now (squeue/sacct, Ray job status, local pid and status files).
-    Called by :mod:`launcher.reconcile` whenever a non-terminal row is read.
+    Called by :mod:`launcher.store.reconcile` whenever a non-terminal row is read.
 ``logs(handle, rank=0, follow=False) -> Iterator[str]``
     Lines of one rank's stdout/stderr; with ``follow``, keeps yielding until the job ends.
 ``cancel(handle) -> None``
@@ -44,9 +44,9 @@ A backend *package* (``launcher/backends/<name>/``) exposes, besides its backend
 
 What every backend shares lives outside the backends: the worker command line and its
 environment (:mod:`launcher.runtime.command`), the worker shim and its facts
-(:mod:`launcher.worker`, :mod:`launcher.runtime.facts`), the run monitor
+(:mod:`launcher.runtime.shim`, :mod:`launcher.runtime.facts`), the run monitor
 (:mod:`launcher.runtime.monitor`). A backend never writes the experiment store: the store is
-derived from ``status`` by :func:`launcher.reconcile.refresh`, its one writer. No backend
+derived from ``status`` by :func:`launcher.store.reconcile.refresh`, its one writer. No backend
 imports another.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
-from launcher.printable import printable
+from launcher.views.printable import printable
 from launcher.scaling import ScaledSchedule
 from launcher.spec import JobHandle, JobSpec, JobStatus, Resources
 

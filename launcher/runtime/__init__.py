@@ -1,8 +1,8 @@
 """The one job runtime every backend uses.
 
 A job is a set of ranks. On the local and Slurm backends every rank runs the worker shim
-(:mod:`launcher.worker`); on Ray the rank's Ray Train worker runs detcore in-process with the
-shim's pieces (:mod:`launcher.backends.ray_train.worker`). Either appends facts to the launch's
+(:mod:`launcher.runtime.shim`); on Ray the rank's Ray Train worker runs detcore in-process with the
+shim's pieces (:mod:`launcher.backends.ray_train.train_loop`). Either appends facts to the launch's
 run directory in the work dir (``WORK_DIR/runs/<run id>/``, layout in :mod:`detcore.contract`):
 an attempt started (rank, attempt, pid, host, port), an attempt ended (exit code, one-line
 detail). Besides them only the hang watchdog, rank 0 of a Slurm job (why it requeues), rank 0 of
@@ -24,5 +24,5 @@ monitor writes its final ``outcome.json``.
   :mod:`launcher.runtime.scratch` gives each rank its own ``TMPDIR``.
 
 The store is derived from what the monitors and backends report, by one writer:
-:func:`launcher.reconcile.refresh`.
+:func:`launcher.store.reconcile.refresh`.
 """

@@ -64,13 +64,13 @@ def run_dir(spec: JobSpec) -> str:
 
 
 def shim_command(spec: JobSpec, python: str | None = None, device: str | None = None) -> tuple[str, ...]:
-    """The worker behind :mod:`launcher.worker` (rank log, start/end facts, hang watchdog, resume on restart).
+    """The worker behind :mod:`launcher.runtime.shim` (rank log, start/end facts, hang watchdog, resume on restart).
 
     With ``python=None`` the result starts at ``-m`` (for ``torchrun -m`` style launchers that add
     the interpreter themselves, drop the leading ``-m`` too).
     """
     head: list[str] = [python] if python else []
-    head += ["-m", "launcher.worker", "--log-dir", log_dir(spec), "--run-dir", run_dir(spec)]
+    head += ["-m", "launcher.runtime.shim", "--log-dir", log_dir(spec), "--run-dir", run_dir(spec)]
     if spec.hang_timeout_s:
         head += ["--hang-timeout", f"{spec.hang_timeout_s:g}"]
     return (*head, "--", spec.worker_module, *worker_args(spec, device))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
-from launcher.procinfo import is_alive, process_start
+from launcher.resources.procinfo import is_alive, process_start
 from launcher.runtime.files import follow_file, read_json, write_json_atomic
 from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files

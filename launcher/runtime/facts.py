@@ -23,7 +23,7 @@ The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see :mo
     written by the Ray controller's callback when it places and starts a worker group;
 ``{"event": "scaling", "rank": 0, "scaling"}`` and ``{"event": "weights", "rank": 0, "weights"}``
     written by rank 0 of ``detcore train`` (the schedule it scaled, the weights it loaded) for the
-    experiment store (:mod:`launcher.reconcile`); they say nothing about how a launch ends.
+    experiment store (:mod:`launcher.store.reconcile`); they say nothing about how a launch ends.
 
 Which rank failed first (:func:`first_failure`) is decided here once, for every backend.
 """

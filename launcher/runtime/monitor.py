@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from detcore import contract
-from launcher.procinfo import current_process, process_start
+from launcher.resources.procinfo import current_process, process_start
 from launcher.runtime.facts import RunFacts, summarize
 from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.phase import running_reason, stage_line
 from launcher.runtime.files import read_json, write_json_atomic
 from launcher.state import JobState
-from launcher.worker import heartbeat_dir
+from launcher.runtime.shim import heartbeat_dir
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus

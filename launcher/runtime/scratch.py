@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from launcher.procinfo import current_process, process_start
+from launcher.resources.procinfo import current_process, process_start
 
 PREFIX = "detlaunch-"
 OWNER_FILE = ".owner"

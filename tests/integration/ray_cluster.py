@@ -29,7 +29,7 @@ STOP = ROOT / "cluster" / "ray" / "stop.sh"
 PORT = int(os.environ.get("DETLAUNCH_TEST_RAY_PORT", "6391"))
 TEMP_DIR = os.environ.get("DETLAUNCH_TEST_RAY_TEMP_DIR", "/tmp/detl-ray-test")  # short: Ray's socket paths
 HEAD_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": os.environ.get("DETLAUNCH_TEST_RAY_CLIENT_PORT", "10093"),
-            "DETLAUNCH_RAY_MIN_WORKER_PORT": "14000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "15999"}  # launcher/ports.py
+            "DETLAUNCH_RAY_MIN_WORKER_PORT": "14000", "DETLAUNCH_RAY_MAX_WORKER_PORT": "15999"}  # launcher/resources/ports.py
 JOBS_PORT, JOBS_TEMP_DIR = 6393, "/tmp/detl-ray-jobs"  # the head with a dashboard (ray_jobs_head)
 JOBS_ENV = {"DETLAUNCH_RAY_CLIENT_PORT": "10095", "DETLAUNCH_RAY_DASHBOARD_PORT": "8266",
             "DETLAUNCH_RAY_MIN_WORKER_PORT": "12500", "DETLAUNCH_RAY_MAX_WORKER_PORT": "13499"}

@@ -102,7 +102,7 @@ def test_no_temporary_folder_is_left_after_a_kill_a_restart_and_a_cancel(home):
         wait_until(home, exp_id, lambda r: (r["last_iter"] or 0) >= 2)
         assert any(tmp.glob("detlaunch-*/pymp-*")), sorted(tmp.rglob("*"))  # the loaders' folders, in the ranks'
         workers = [p for p in job_processes([exp_id]) if "detcore.tools.cli" in " ".join(p.cmdline())
-                   and "launcher.worker" not in " ".join(p.cmdline())]
+                   and "launcher.runtime.shim" not in " ".join(p.cmdline())]
         victims = [p for p in workers if p.children()]  # a trainer with its loaders
         assert victims, [p.cmdline() for p in workers]
         for proc in victims[0].children() + [victims[0]]:

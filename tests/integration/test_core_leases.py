@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from launcher.leases import LeaseBook
+from launcher.resources.leases import LeaseBook
 from tests.integration.launcher_cli import SHAPES, done, job_processes, launcher, record, tiny, wait_until
 
 LONG = tiny(10_000, 1000)  # runs until cancelled: the test ends it, never a clock

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from launcher.leases import LeaseBook
+from launcher.resources.leases import LeaseBook
 from tests.integration.helpers import detcore, tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
                                           record, tiny, train_iters, wait_until)

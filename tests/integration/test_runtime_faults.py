@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.metrics import schedule_length
+from launcher.views.metrics import schedule_length
 from tests.integration.helpers import tmpfs
 from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, launcher, record, tiny,
                                             train_iters, user_error_neck, wait_until)

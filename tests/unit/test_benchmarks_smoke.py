@@ -165,7 +165,7 @@ def test_gpu_check_waits_for_the_lease_release(tmp_path: Path) -> None:
     import threading
 
     from benchmarks.gpu_check import leases_of, wait_for_release
-    from launcher.leases import GPU_POOL, LeaseBook
+    from launcher.resources.leases import GPU_POOL, LeaseBook
 
     book = LeaseBook(tmp_path)
     assert book.acquire(GPU_POOL, ("0", "1"), 1, "exp-a", os.getpid(), 0) == ("0",)

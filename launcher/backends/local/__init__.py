@@ -7,7 +7,7 @@ and the submitting process). The supervisor waits for its GPU and CPU-core lease
 
     python -m launcher.backends.local.agent --nproc-per-node N --rdzv-backend detlaunch-c10d
         --rdzv-endpoint 127.0.0.1:0 --local-addr 127.0.0.1 --max-restarts K ...
-        -m launcher.worker ... -- detcore.tools.cli train ...
+        -m launcher.runtime.shim ... -- detcore.tools.cli train ...
 
 (torchrun itself, with its c10d rendezvous's two stores listening on 127.0.0.1 only, see
 :mod:`launcher.backends.local.agent`) and keeps ``jobs/<id>/status.json`` (written atomically)
@@ -38,8 +38,8 @@ from detcore.net import loopback_env
 from launcher.backends.protocol import DryRun
 from launcher.errors import LauncherError
 from launcher.backends.local.cores import core_request, describe_cores
-from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
-from launcher.procinfo import process_start
+from launcher.resources.leases import CPU_POOL, GPU_POOL, LeaseBook
+from launcher.resources.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
 from launcher.runtime.job_folder import JobFolder

@@ -3,7 +3,7 @@
 Started detached by :meth:`LocalBackend.submit` (new session, stdin closed, output to
 ``jobs/<id>/supervisor.log``). It
 
-1. takes over the experiment's claim on its work dir (:mod:`launcher.work_dirs`) and keeps it
+1. takes over the experiment's claim on its work dir (:mod:`launcher.resources.work_dirs`) and keeps it
    fresh until the end (another run holding it: the job fails with that one line);
 2. waits (state ``queued``) for its sweep slot, then its GPU and CPU-core leases (both at once),
    kept in its own name;
@@ -19,7 +19,7 @@ Started detached by :meth:`LocalBackend.submit` (new session, stdin closed, outp
 6. records the ending (``status.json`` and the run's ``outcome.json``), then frees its leases and
    the work dir.
 
-It never writes the experiment store (see :mod:`launcher.reconcile`), and no write it makes
+It never writes the experiment store (see :mod:`launcher.store.reconcile`), and no write it makes
 can stop the job: a full ``$LAUNCHER_HOME`` costs a status update, not the run.
 """
 from __future__ import annotations
@@ -37,15 +37,15 @@ from detcore.contract import EXIT_USER_ERROR, WorkDir, describe_exit
 from detcore.errors import WorkDirError
 from launcher.backends.local import CANCEL_GRACE_S, LocalBackend, LocalOptions
 from launcher.backends.local.cores import describe_cores, pin_to
-from launcher.leases import CPU_POOL, GPU_POOL, LeaseBook
-from launcher.procinfo import die_with_parent
+from launcher.resources.leases import CPU_POOL, GPU_POOL, LeaseBook
+from launcher.resources.procinfo import die_with_parent
 from launcher.runtime.command import run_dir
 from launcher.runtime.detached import kill_marked, kill_tree, read_plan
 from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.runtime.scratch import remove_dead_scratch
 from launcher.spec import JobSpec, JobState
-from launcher.work_dirs import adopt
+from launcher.resources.work_dirs import adopt
 
 logger = logging.getLogger("launcher.supervisor")
 POLL_S = 0.5

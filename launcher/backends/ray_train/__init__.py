@@ -2,7 +2,7 @@
 
 Ray places the workers and sets up their process group (gloo, or NCCL on GPUs); every worker
 runs detcore's trainer in-process on that group and reports detcore's checkpoints to Ray
-(:mod:`launcher.backends.ray_train.worker`), so Ray Train's ``FailureConfig(max_failures=K)``
+(:mod:`launcher.backends.ray_train.train_loop`), so Ray Train's ``FailureConfig(max_failures=K)``
 restarts a crashed worker group from the newest one (``--resume auto``).
 
 ``dryrun`` is the pure :func:`~launcher.backends.ray_train.plan.trainer_plan` rendered: the

@@ -23,7 +23,7 @@ submitting process, like the local backend's supervisor. It
    controller stops the worker group and frees the placement group);
 5. records the ending (``status.json`` and the launch's ``outcome.json``).
 
-It never writes the experiment store (see :mod:`launcher.reconcile`).
+It never writes the experiment store (see :mod:`launcher.store.reconcile`).
 The loopback rule (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before ``import ray`` for a head on
 127.0.0.1) is in this process's environment, set by ``submit`` from :func:`driver_env`.
 """
@@ -49,7 +49,7 @@ from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.detached import read_plan
 from launcher.runtime.monitor import RunMonitor, monitor_main
 from launcher.spec import JobSpec, JobState
-from launcher.work_dirs import adopt
+from launcher.resources.work_dirs import adopt
 
 logger = logging.getLogger("launcher.ray_driver")
 CONNECT_CHECK_S = 5.0
@@ -205,7 +205,7 @@ class Driver:
         from ray.train import TrainingFailedError
         from ray.train.torch import TorchTrainer
 
-        from launcher.backends.ray_train.worker import train_loop_per_worker
+        from launcher.backends.ray_train.train_loop import train_loop_per_worker
 
         self.connect(address)
         logger.info("connected to Ray at %s; starting %d Ray Train workers", address.text, self.plan.num_workers)

@@ -161,7 +161,7 @@ def driver_env(address: Address) -> dict[str, str]:
 class WorkerPlan:
     """What every Ray Train worker runs, in its own process: ``MODULE.main(ARGS)`` (detcore's CLI)
     with ``cwd``, its output appended to ``LOG_DIR/rank{R}.log``, its start and end facts in
-    ``run_dir``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_train.worker`)."""
+    ``run_dir``, and ``--resume auto`` on a restart (see :mod:`launcher.backends.ray_train.train_loop`)."""
 
     module: str
     args: tuple[str, ...]
@@ -294,7 +294,7 @@ def render_plan(plan: TrainerPlan) -> str:
     return "\n".join([
         f"ray.init(address={plan.address!r}, runtime_env={{'env_vars': {env}}})",
         "TorchTrainer(",
-        "    train_loop_per_worker=launcher.backends.ray_train.worker.train_loop_per_worker,",
+        "    train_loop_per_worker=launcher.backends.ray_train.train_loop.train_loop_per_worker,",
         f"    train_loop_config={{'module': {w.module!r}, 'cwd': {w.cwd!r}, 'work_dir': {w.work_dir!r}, "
         f"'log_dir': {w.log_dir!r}, "
         f"'run_dir': {w.run_dir!r}, 'hang_timeout_s': {w.hang_timeout_s!r}, 'report_poll_s': {w.report_poll_s!r}, "

@@ -353,7 +353,7 @@ class SlurmBackend(ArrayBackend):
                 path = folder / f".{uuid.uuid4().hex}.pkl"
                 delayed.dump(path)
                 pickles.append(path)
-            # the specs too: a rebuilt experiment store reads them back (launcher.store_repair)
+            # the specs too: a rebuilt experiment store reads them back (launcher.store.repair)
             write_json_atomic(JobFolder(folder).manifest, {"experiments": [s.id for s in specs], "array": array,
                                                          "work_dirs": [s.work_dir for s in specs],
                                                          "specs": [spec_to_dict(s) for s in specs]})

@@ -8,7 +8,7 @@ which unpickles a :class:`SlurmTask` and calls it. The task
    ``MASTER_ADDR`` = the first node of ``SLURM_JOB_NODELIST`` (127.0.0.1 when the job's nodes are
    all this machine), ``MASTER_PORT`` =
    :func:`master_port` of the numeric ``SLURM_JOB_ID``, one GPU per task);
-2. runs the worker shim as a *child process* (``python -m launcher.worker --run-dir R --
+2. runs the worker shim as a *child process* (``python -m launcher.runtime.shim --run-dir R --
    detcore.tools.cli train ... --resume auto``, output appended to ``WORK_DIR/logs/rank{R}.log``,
    start and end facts in the launch's run directory) with ``DETCORE_STOP_SIGNALS=USR2`` and
    waits for it.
@@ -60,7 +60,7 @@ from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_E
 from launcher.backends.slurm.state import end_time_command, parse_end_time
 from launcher.runtime.facts import Ending, summarize
 
-from launcher.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
+from launcher.resources.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
 REQUEUE_WAIT_S = 120.0
 
 
@@ -68,7 +68,7 @@ def master_port(job_id: int) -> int:
     """The rendezvous port of the Slurm job whose numeric ``SLURM_JOB_ID`` is ``job_id``.
 
     ``20000 + job_id % 12000``: ports 20000-31999, below Linux's ephemeral range (32768+)
-    and above Ray's worker ports (all ranges: launcher/ports.py). Slurm numbers jobs in submission order and
+    and above Ray's worker ports (all ranges: launcher/resources/ports.py). Slurm numbers jobs in submission order and
     gives each array task its own job id, so two jobs share a port only when their ids differ
     by a multiple of 12,000, that is when one of them is still running after 12,000 more jobs
     were submitted to the cluster (and then only if both have the same first node). A

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from launcher.compare import comparison, comparison_lines, export_rows, flatten
+from launcher.views.compare import comparison, comparison_lines, export_rows, flatten
 from launcher.spec import JobSpec, JobState, Resources
 from launcher.store import Experiment, experiment_from_spec
 

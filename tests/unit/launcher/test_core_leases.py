@@ -9,8 +9,8 @@ import pytest
 from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.backends.local.cores import core_request, cores_per_worker, describe_cores
 from launcher.errors import LauncherError
-from launcher.leases import CPU_POOL, GPU_POOL, Lease, LeaseBook, choose_units
-from launcher.procinfo import current_process, process_start
+from launcher.resources.leases import CPU_POOL, GPU_POOL, Lease, LeaseBook, choose_units
+from launcher.resources.procinfo import current_process, process_start
 from launcher.spec import JobSpec, Resources
 
 CORES = ("0", "1")

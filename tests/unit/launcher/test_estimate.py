@@ -11,8 +11,8 @@ import yaml
 
 from detcore.config import load_config
 from launcher.cli import main
-from launcher.estimate import PastRun, count_evaluations, estimate, measure, run_shape, scaled_config
-from launcher.estimate_runs import estimate_for_spec
+from launcher.views.estimate import PastRun, count_evaluations, estimate, measure, run_shape, scaled_config
+from launcher.views.estimate_runs import estimate_for_spec
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobState, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
@@ -189,8 +189,8 @@ def running_row(store: ExperimentStore, exp_id: str, eta_s, last_iter: int = 120
 
 
 def test_list_and_status_show_a_running_jobs_eta_in_its_progress_within_80_columns(tmp_path):
-    from launcher.listing import list_table
-    from launcher.status_text import status_lines
+    from launcher.views.listing import list_table
+    from launcher.views.status_text import status_lines
 
     store = ExperimentStore(tmp_path / "home")
     finished_run(store, tmp_path, "abcd0001")
@@ -209,9 +209,9 @@ def test_list_and_status_show_a_running_jobs_eta_in_its_progress_within_80_colum
 
 
 def test_time_auto_is_the_estimate_x1_5_plus_10_minutes_rounded_up():
-    from launcher.estimate import Estimate
+    from launcher.views.estimate import Estimate
     from launcher.errors import LauncherError
-    from launcher.time_auto import auto_minutes, auto_time
+    from launcher.views.time_auto import auto_minutes, auto_time
 
     assert [auto_minutes(s) for s in (0, 40, 3600, 3601)] == [10, 11, 100, 101]
     minutes, line = auto_time([Estimate(100.0, ("a",), "x"), Estimate(3600.0, ("b",), "y")])
@@ -243,8 +243,8 @@ def test_slurm_time_auto_asks_the_estimate_with_its_margin_or_one_line_for_an_ex
 
 
 def test_status_of_a_run_still_estimating_its_eta_shows_what_is_left_of_the_estimate(tmp_path, monkeypatch, capsys):
-    from launcher.estimate_runs import estimate_started
-    from launcher.status_text import status_lines
+    from launcher.views.estimate_runs import estimate_started
+    from launcher.views.status_text import status_lines
 
     monkeypatch.setenv("LAUNCHER_HOME", str(tmp_path / "home"))
     store = ExperimentStore(tmp_path / "home")
@@ -262,8 +262,8 @@ def test_status_of_a_run_still_estimating_its_eta_shows_what_is_left_of_the_esti
 
 
 def test_a_run_whose_trainer_has_not_started_is_estimated_from_its_config_and_scaling(tmp_path):
-    from launcher.estimate_runs import estimate_started
-    from launcher.listing import list_table
+    from launcher.views.estimate_runs import estimate_started
+    from launcher.views.listing import list_table
 
     store = ExperimentStore(tmp_path / "home")
     finished_run(store, tmp_path, "abcd0021")

@@ -10,16 +10,16 @@ import pytest
 from PIL import Image
 
 import launcher.store as store_module
-import launcher.store_schema as store_schema
+import launcher.store.schema as store_schema
 from launcher import cli
-from launcher.compare import comparison, comparison_lines, differing_keys, export_rows, flatten
+from launcher.views.compare import comparison, comparison_lines, differing_keys, export_rows, flatten
 from launcher.errors import LauncherError
-from launcher.listing import duration_text, layout, lr_text, order_sql, table_lines
-from launcher.metrics import best_evaluation
-from launcher.plot import available_metrics, curve, plot_curves
-from launcher.reconcile import observed_metrics
+from launcher.views.listing import duration_text, layout, lr_text, order_sql, table_lines
+from launcher.views.metrics import best_evaluation
+from launcher.views.plot import available_metrics, curve, plot_curves
+from launcher.store.reconcile import observed_metrics
 from launcher.spec import JobSpec, JobState, JobStatus, Mode, Resources
-from launcher.status_text import status_lines
+from launcher.views.status_text import status_lines
 from launcher.store import ExperimentStore, experiment_from_spec
 
 NOW = 1_800_000_000.0

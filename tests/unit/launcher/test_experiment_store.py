@@ -13,7 +13,7 @@ import pytest
 
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, JobStatus, Resources
-import launcher.store_schema as store_schema
+import launcher.store.schema as store_schema
 from launcher.store import ExperimentStore, experiment_from_spec
 
 ROOT = Path(__file__).resolve().parents[3]

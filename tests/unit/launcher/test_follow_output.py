@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from launcher import commands
-from launcher.follow import follow_experiment
+from launcher.cli import commands
+from launcher.views.follow import follow_experiment
 from launcher.runtime.files import line_count
 from launcher.spec import JobSpec, JobState, Resources
-from launcher.status_text import ended_line
+from launcher.views.status_text import ended_line
 from launcher.store import ExperimentStore, experiment_from_spec
 
 NOW = 1_800_000_000.0

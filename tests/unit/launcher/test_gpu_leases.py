@@ -14,9 +14,9 @@ import pytest
 
 from launcher.backends.local import LocalBackend, detect_gpus
 from launcher.errors import LauncherError
-from launcher.leases import GPU_POOL, Lease, LeaseBook, choose_units, marked_experiments
-from launcher.locking import blocking_flock
-from launcher.procinfo import current_process, process_start
+from launcher.resources.leases import GPU_POOL, Lease, LeaseBook, choose_units, marked_experiments
+from launcher.resources.locking import blocking_flock
+from launcher.resources.procinfo import current_process, process_start
 
 INV = ("0", "1", "2", "3")
 

@@ -9,10 +9,10 @@ import pytest
 
 from launcher import cli
 from launcher.errors import LauncherError
-from launcher.listing import list_table, table_lines
+from launcher.views.listing import list_table, table_lines
 from launcher.spec import JobSpec, JobState, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
-from launcher.table_fit import Cap, Drop, fit, shorten
+from launcher.views.table_fit import Cap, Drop, fit, shorten
 
 NOW = 1_800_000_000.0
 LONG = "faster_rcnn_r50_fpn_1x_coco_with_a_very_long_experiment_name"

@@ -11,7 +11,7 @@ from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec, request_from_spec
 from launcher.spec import Resources
-from launcher.worker import restart_argv
+from launcher.runtime.shim import restart_argv
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = "configs/shapes/faster_rcnn_tiny_shapes.yaml"
@@ -32,7 +32,7 @@ def test_local_dryrun_renders_torchrun_shim_and_worker(tmp_path):
         "--rdzv-backend", "detlaunch-c10d", "--rdzv-endpoint", "127.0.0.1:0", "--local-addr", "127.0.0.1",
         "--rdzv-id", "0123abcd", "--max-restarts", "1",
         "--log-dir", f"{work}/runs/{spec.run_id}/torchelastic",
-        "-m", "launcher.worker", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
+        "-m", "launcher.runtime.shim", "--log-dir", f"{work}/logs", "--run-dir", f"{work}/runs/{spec.run_id}", "--",
         "detcore.tools.cli", "train", str(ROOT / SHAPES), "--work-dir", work, "--device", "cpu", "--resume", "auto",
         "--cfg-options", "runner.max_iters=8"),)  # never pre-scaled: the worker applies auto_scale_lr itself
     env = dict(dry.env)

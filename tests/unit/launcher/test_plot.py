@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from launcher.plot import curve_styles, draw_figure, plot_curves
+from launcher.views.plot import curve_styles, draw_figure, plot_curves
 
 LABELS = [f"lr={lr}, wd={wd}" for lr in (0.005, 0.01, 0.02, 0.04) for wd in (0.0, 0.0001, 0.0005, 0.001)]
 

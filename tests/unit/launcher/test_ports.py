@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher import ports
+from launcher.resources import ports
 from launcher.backends.slurm.task import PORT_BASE, PORT_SPAN, master_port
-from launcher.ports import EPHEMERAL_PORTS, RAY_WORKER_PORTS, SLURM_MASTER_PORTS, PortRange, overlaps
+from launcher.resources.ports import EPHEMERAL_PORTS, RAY_WORKER_PORTS, SLURM_MASTER_PORTS, PortRange, overlaps
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -19,7 +19,7 @@ def test_ranges_are_disjoint_and_below_the_ephemeral_range() -> None:
     assert RAY_WORKER_PORTS.last < SLURM_MASTER_PORTS.first and SLURM_MASTER_PORTS.last < EPHEMERAL_PORTS.first == 32768
     assert (RAY_WORKER_PORTS.first, SLURM_MASTER_PORTS.first, SLURM_MASTER_PORTS.last) == (10002, 20000, 31999)
     assert overlaps({"a": PortRange(10, 20), "b": PortRange(20, 30), "c": PortRange(31, 40)}) == [("a", "b")]
-    assert subprocess.run([sys.executable, "-m", "launcher.ports"], cwd=ROOT, capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-m", "launcher.resources.ports"], cwd=ROOT, capture_output=True).returncode == 0
 
 
 def test_slurm_master_port_uses_the_plan() -> None:
@@ -44,7 +44,7 @@ def test_ray_start_takes_its_worker_ports_from_the_plan() -> None:
 
 
 def test_test_cluster_ports_match_their_start_scripts() -> None:
-    """The fixed ports in launcher/ports.py are the start scripts' defaults (so the overlap check is about them)."""
+    """The fixed ports in launcher/resources/ports.py are the start scripts' defaults (so the overlap check is about them)."""
     defaults = {}
     for script in ("cluster/slurm/start.sh", "cluster/ray/start.sh"):
         text = (ROOT / script).read_text()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launcher.printable import printable, printable_cells
+from launcher.views.printable import printable, printable_cells
 from launcher.spec import JobSpec, JobState, JobStatus, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
 

@@ -17,11 +17,11 @@ from launcher.runtime.command import worker_command
 from launcher.backends.ray_train.plan import (RayOptions, driver_env, parse_address, render_plan, resolve_address,
                                         trainer_plan)
 from launcher.backends.ray_train import RayTrainBackend, options_from_args, resources_from_args
-from launcher.backends.ray_train.worker import CheckpointView, checkpoint_iteration
+from launcher.backends.ray_train.train_loop import CheckpointView, checkpoint_iteration
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobHandle, JobState, Resources
-from launcher.worker import restart_argv
+from launcher.runtime.shim import restart_argv
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = "configs/shapes/faster_rcnn_tiny_shapes.yaml"

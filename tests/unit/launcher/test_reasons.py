@@ -1,7 +1,7 @@
 """Reasons from the facts, the same on every backend: the rank that failed first, what Ray reported, the stage.
 
 The facts are recorded the way the shims, the Ray workers and Ray Train's controller write them
-(``launcher/worker.py``, ``launcher/backends/ray_train/{worker,callbacks}.py``); the Slurm
+(``launcher/runtime/shim.py``, ``launcher/backends/ray_train/{worker,callbacks}.py``); the Slurm
 side, with recorded ``squeue``/``sacct`` output, is in ``test_slurm_state.py``.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from launcher.runtime.facts import summarize
 from launcher.runtime.monitor import RunMonitor
 from launcher.runtime.phase import running_reason
 from launcher.state import JobState
-from launcher.worker import heartbeat_dir
+from launcher.runtime.shim import heartbeat_dir
 
 HEAD, NODE2 = "3fa9cef83c088b7aca2c223de38b5e15e9e36d0498315ddd16c46f0d", \
     "7deee693a873fe03b774428291fc0992d044225e0178927701059689"

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from launcher.runtime.files import write_json_atomic
-from launcher.procinfo import current_process, process_start
-from launcher.reconcile import refresh
+from launcher.resources.procinfo import current_process, process_start
+from launcher.store.reconcile import refresh
 from launcher.spec import JobSpec, JobState
 from launcher.store import ExperimentStore, experiment_from_spec
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from launcher.metrics import TAIL_BYTES, read_last_metrics
+from launcher.views.metrics import TAIL_BYTES, read_last_metrics
 
 
 def test_last_train_and_val_records(tmp_path):

@@ -16,8 +16,8 @@ from launcher.runtime.facts import summarize
 from detcore.contract import OUTCOME_FILE
 from launcher.runtime.monitor import RunMonitor, observed_status
 from launcher.state import JobState
-from launcher.procinfo import process_state
-from launcher.worker import hang_verdict
+from launcher.resources.procinfo import process_state
+from launcher.runtime.shim import hang_verdict
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -133,7 +133,7 @@ def test_the_shim_records_its_workers_exit_and_exits_the_same_way(tmp_path):
     script = tmp_path / "victim.py"
     script.write_text("import os, signal\nprint('hello', flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "RANK": "1", "WORLD_SIZE": "2"}
-    proc = subprocess.run([sys.executable, "-m", "launcher.worker", "--log-dir", str(logs), "--run-dir", str(run),
+    proc = subprocess.run([sys.executable, "-m", "launcher.runtime.shim", "--log-dir", str(logs), "--run-dir", str(run),
                            "--", "victim"], env=env, timeout=60)
     assert proc.returncode == -signal.SIGKILL
     kinds = [(e["event"], e["rank"], e.get("exit_code")) for e in contract.read_events(run)]
@@ -147,7 +147,7 @@ def test_the_shim_passes_exit_codes_through(tmp_path, code):
     script = tmp_path / "ender.py"
     script.write_text(f"import sys\nprint('last words', file=sys.stderr)\nsys.exit({code})\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}"}
-    proc = subprocess.run([sys.executable, "-m", "launcher.worker", "--log-dir", str(tmp_path / "logs"), "--run-dir",
+    proc = subprocess.run([sys.executable, "-m", "launcher.runtime.shim", "--log-dir", str(tmp_path / "logs"), "--run-dir",
                            str(tmp_path / "run"), "--", "ender"], env=env, timeout=60)
     assert proc.returncode == code
     (rec,) = [e for e in contract.read_events(tmp_path / "run") if e["event"] == "end"]
@@ -166,7 +166,7 @@ def test_resume_on_the_same_backend_changes_only_the_options_given():
 
     from launcher.backends.slurm import options_from_args
     from launcher.backends.slurm.script import SlurmOptions
-    from launcher.commands import _resume_options
+    from launcher.cli.commands import _resume_options
     import launcher.backends.slurm as slurm_module
 
     old = SlurmOptions(partition="gpu", account="p", exclude="n2")

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher.procinfo import process_start
+from launcher.resources.procinfo import process_start
 from launcher.runtime.scratch import PREFIX, make_scratch, remove_dead_scratch, scratch_base
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -54,7 +54,7 @@ def test_a_killed_worker_leaves_no_temporary_files_and_no_processes(tmp_path, sh
     (tmp_path / "victim.py").write_text(VICTIM)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{tmp_path}", "TMPDIR": str(base),
            "DETLAUNCH_EXPERIMENT_ID": "0123abcd"}
-    proc = subprocess.run([sys.executable, "-m", "launcher.worker", "--log-dir", str(tmp_path / "logs"), "--",
+    proc = subprocess.run([sys.executable, "-m", "launcher.runtime.shim", "--log-dir", str(tmp_path / "logs"), "--",
                            "victim"], env=env, timeout=120)
     assert proc.returncode == -9
     log = (tmp_path / "logs" / "rank0.log").read_text()

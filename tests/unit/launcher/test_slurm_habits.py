@@ -254,7 +254,7 @@ def test_a_dry_run_without_a_cluster_says_it_assumed_gres(monkeypatch, capsys, t
 def test_resume_takes_slurm_time_formats_and_gres():
     import argparse
 
-    from launcher import commands
+    from launcher.cli import commands
     from launcher.backends import slurm
     from launcher.spec import Resources
 

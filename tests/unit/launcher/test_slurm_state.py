@@ -162,7 +162,7 @@ def test_status_asks_squeue_then_sacct_and_explains_failures(tmp_path):
 def test_running_status_and_progress_reach_the_store_through_reconcile(tmp_path, monkeypatch):
     """The backend only reports; reconcile (the store's one writer) records state and the newest metrics."""
     import launcher.backends as backends
-    from launcher.reconcile import refresh
+    from launcher.store.reconcile import refresh
     from launcher.store import ExperimentStore, experiment_from_spec
 
     work = tmp_path / "w"

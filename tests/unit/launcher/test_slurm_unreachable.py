@@ -80,7 +80,7 @@ def test_a_hanging_query_is_cut_off(tmp_path, backend, monkeypatch):
 
 
 def test_refresh_keeps_the_last_known_state_marked_stale(tmp_path, monkeypatch):
-    from launcher.reconcile import refresh
+    from launcher.store.reconcile import refresh
 
     env = fake_slurm(tmp_path / "bin", f"echo '{DOWN}' >&2; exit 1", f"echo '{DBD_DOWN}' >&2; exit 1")
     monkeypatch.setenv("PATH", env["PATH"])

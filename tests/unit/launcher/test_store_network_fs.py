@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import launcher.store_fs as store_fs
+import launcher.store.fs as store_fs
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState, Resources
 from launcher.store import ExperimentStore, experiment_from_spec
-from launcher.store_fs import (StoreFilesystem, is_network_type, local_locks, mount_of, parse_mountinfo,
+from launcher.store.fs import (StoreFilesystem, is_network_type, local_locks, mount_of, parse_mountinfo,
                                parse_mounts, store_filesystem)
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -141,7 +141,7 @@ def test_a_wal_store_moves_to_a_rollback_journal_with_every_row(tmp_path, monkey
     assert journal_mode(home / "experiments.db") == "wal"
 
     monkeypatch.setenv(store_fs.STORE_FS_ENV, "network")
-    caplog.set_level(logging.INFO, logger="launcher.store_fs")
+    caplog.set_level(logging.INFO, logger="launcher.store.fs")
     held = ExperimentStore(home)  # the local one still holds it open in WAL: it cannot switch yet
     assert len(held.list()) == 40
     assert "stays in WAL mode" in caplog.text
@@ -160,7 +160,7 @@ def test_a_wal_store_moves_to_a_rollback_journal_with_every_row(tmp_path, monkey
 WRITER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    import launcher.store_fs as store_fs
+    import launcher.store.fs as store_fs
     from launcher.spec import JobSpec, JobState, JobStatus, Resources
     from launcher.store import ExperimentStore, experiment_from_spec
 

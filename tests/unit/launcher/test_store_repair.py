@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import launcher.store as store_module
-from launcher import records, store_repair
+from launcher.store import records, repair as store_repair
 from launcher.spec import JobSpec, JobState, JobStatus, Resources, spec_to_dict
 from launcher.store import ExperimentStore, StoreReadOnly, experiment_from_spec
 
@@ -250,7 +250,7 @@ def test_damage_met_in_the_middle_of_a_command_is_one_line_and_repaired(tmp_path
     def broken(args):
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr("launcher.commands.cmd_list", broken)
+    monkeypatch.setattr("launcher.cli.commands.cmd_list", broken)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("launcher list: error: the experiment store was found damaged")

@@ -75,6 +75,6 @@ def test_the_dry_run_of_a_big_grid_states_its_size_and_renders_the_first_points(
     assert proc.stderr.splitlines()[0] == "launcher: sweep of 10,000 experiment(s) (100 optimizer.lr x 100 " \
                                           "runner.max_iters)"
     assert "the first 3 of 10,000 experiments are shown; submitting more than 256 needs --yes" in proc.stderr
-    commands = [line for line in proc.stdout.splitlines() if line.startswith("  ") and "launcher.worker" in line]
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("  ") and "launcher.runtime.shim" in line]
     assert len(commands) == 3 and "optimizer.lr=0.001 runner.max_iters=3" in commands[2]
     assert not (tmp_path / "work_dirs").exists() and not (tmp_path / "home" / "jobs").exists()

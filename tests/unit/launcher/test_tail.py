@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from launcher.tail import last_line, tail_lines
+from launcher.views.tail import last_line, tail_lines
 
 
 def test_a_read_that_starts_mid_line_drops_that_line(tmp_path: Path) -> None:

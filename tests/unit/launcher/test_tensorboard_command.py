@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from launcher.manage import select_experiments
+from launcher.cli.manage import select_experiments
 from launcher.errors import LauncherError
 from launcher.spec import JobSpec, JobState
 from launcher.store import ExperimentStore, experiment_from_spec
-from launcher.tensorboard import choose_port, port_is_free, run_links, sync_links, tensorboard_command, url
+from launcher.views.tensorboard import choose_port, port_is_free, run_links, sync_links, tensorboard_command, url
 
 
 def _add(store: ExperimentStore, exp_id: str, name: str, work: str, state: JobState = JobState.SUCCEEDED,
@@ -148,7 +148,7 @@ def test_serve_retries_a_port_taken_in_the_race_and_refreshes_until_stopped(tmp_
 
     import psutil
 
-    from launcher import tensorboard
+    from launcher.views import tensorboard
 
     started, taken_after_test = [], {6006}
     monkeypatch.setattr(tensorboard, "port_is_free", lambda host, port: port not in taken_after_test or not started)

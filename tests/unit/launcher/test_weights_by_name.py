@@ -10,10 +10,10 @@ import pytest
 from detcore.config_check import ConfigProblems
 from detcore.contract import append_event, run_dir
 from launcher.jobs import SubmitRequest, build_spec
-from launcher.reconcile import weights_fact
+from launcher.store.reconcile import weights_fact
 from launcher.runtime.command import worker_args
 from launcher.spec import JobSpec, JobState, Resources
-from launcher.status_text import status_lines
+from launcher.views.status_text import status_lines
 from launcher.store import ExperimentStore, experiment_from_spec
 
 ROOT = Path(__file__).resolve().parents[3]

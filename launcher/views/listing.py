@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from launcher.errors import LauncherError
-from launcher.printable import printable_cells
+from launcher.views.printable import printable_cells
 from launcher.state import JobState
 from launcher.store import Experiment, ExperimentStore
-from launcher.table_fit import Cap, Drop, cut_table, fit
+from launcher.views.table_fit import Cap, Drop, cut_table, fit
 
 # the configured LR: the number after ``"base_lr":`` in ``scaling``, read by CAST (which stops at the comma;
 # null reads as 0: none)
@@ -259,7 +259,7 @@ def _quote(text: str) -> str:
 def best_checkpoint(exp: Experiment) -> str | None:
     """The checkpoint of the run's best evaluation: its ``best_<metric>.pth`` (``save_best``), else the periodic
     checkpoint saved at that evaluation's iteration or epoch while it is still on disk; None when neither is."""
-    from launcher.metrics import AP_KEYS
+    from launcher.views.metrics import AP_KEYS
 
     work = Path(exp.work_dir)
     for key in AP_KEYS:

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from detcore.contract import read_events, run_dir
 from launcher.errors import LauncherError
-from launcher.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
+from launcher.views.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
     schedule_length
 from launcher.spec import JobHandle, JobState, JobStatus
 from launcher.store import Experiment, ExperimentStore, StoreReadOnly

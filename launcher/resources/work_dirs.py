@@ -31,7 +31,7 @@ def experiment_holder(spec: JobSpec, process: str) -> Holder:
 
 def check_store(store: ExperimentStore, spec: JobSpec) -> None:
     """A LauncherError when another experiment of ``store`` that has not ended uses ``spec.work_dir``."""
-    from launcher.reconcile import refresh
+    from launcher.store.reconcile import refresh
 
     same = [e for e in store.list(active=True)
             if e.id != spec.id and os.path.normpath(e.work_dir) == os.path.normpath(spec.work_dir)]

@@ -30,8 +30,8 @@ from typing import Callable, Mapping, Sequence
 
 from detcore.atomic import write_text_atomic
 from detcore.contract import EXPERIMENT_ENV
-from launcher.locking import blocking_flock
-from launcher.procinfo import is_alive
+from launcher.resources.locking import blocking_flock
+from launcher.resources.procinfo import is_alive
 
 GPU_POOL = "gpu"
 CPU_POOL = "cpu"

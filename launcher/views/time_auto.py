@@ -1,6 +1,6 @@
 """``--time auto``: a wall-time limit from the run's estimate plus a stated margin (pure).
 
-The limit is the estimate (:mod:`launcher.estimate`) times :data:`MARGIN_FACTOR` plus
+The limit is the estimate (:mod:`launcher.views.estimate`) times :data:`MARGIN_FACTOR` plus
 :data:`MARGIN_MIN` minutes, rounded up to whole minutes. A run that still reaches it is not lost:
 on Slurm it checkpoints before the limit and requeues (``--signal-delay``, ``--max-timeouts``).
 Without a finished run that resembles the new one there is no estimate, and the user is asked
@@ -12,7 +12,7 @@ import math
 from typing import Sequence
 
 from launcher.errors import LauncherError
-from launcher.estimate import Estimate, duration_text
+from launcher.views.estimate import Estimate, duration_text
 
 AUTO = "auto"
 MARGIN_FACTOR = 1.5

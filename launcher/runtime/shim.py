@@ -1,4 +1,4 @@
-"""``python -m launcher.worker [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE ARGS...``: the worker shim.
+"""``python -m launcher.runtime.shim [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE ARGS...``: the worker shim.
 
 Every rank of every backend runs through this shim (the local backend under torchrun, each
 Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`record_end` and
@@ -39,10 +39,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from detcore import contract
-from launcher.procinfo import become_subreaper, die_with_parent, process_state
+from launcher.resources.procinfo import become_subreaper, die_with_parent, process_state
 from launcher.runtime.scratch import make_scratch
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -86,7 +86,7 @@ def heartbeat_dir(run_dir: str | os.PathLike, attempt: int) -> Path:
     return contract.RunDir(run_dir).heartbeats(attempt)
 
 
-def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra) -> None:
+def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra: Any) -> None:
     env = os.environ
     contract.append_event(run_dir, {
         "event": "start", "rank": rank, "attempt": attempt, "pid": pid, "shim_pid": os.getpid(),
@@ -97,7 +97,7 @@ def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, 
 
 
 def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:
-    from launcher.tail import last_line
+    from launcher.views.tail import last_line
 
     failed = code > 0 and code not in (contract.EXIT_STOPPED, contract.EXIT_HUNG)  # its own error: its last line
     detail = last_line(log) if (failed and log is not None) else ""
@@ -105,7 +105,7 @@ def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, co
                                     "detail": detail[:500], "time": time.time()})
 
 
-def hang_verdict(beats: Mapping[int, tuple[int, float] | None], started: float, now: float, timeout: float,
+def hang_verdict(beats: Mapping[int, tuple[Any, ...] | None], started: float, now: float, timeout: float,
                  startup_limit: float = STARTUP_LIMIT_S) -> str | None:
     """Why the attempt counts as hung, or None (pure). ``beats``: rank -> (iteration, time) or None."""
     times = [b[1] for b in beats.values() if b is not None]
@@ -123,7 +123,8 @@ def hang_verdict(beats: Mapping[int, tuple[int, float] | None], started: float, 
 class HangWatchdog(threading.Thread):
     """Checks the attempt's heartbeats every few seconds; calls ``on_hang(verdict)`` once when hung."""
 
-    def __init__(self, beat_dir: Path, world_size: int, timeout: float, on_hang, poll_s: float | None = None) -> None:
+    def __init__(self, beat_dir: Path, world_size: int, timeout: float, on_hang: Callable[[str], None],
+                 poll_s: float | None = None) -> None:
         super().__init__(name="hang-watchdog", daemon=True)
         self.beat_dir, self.world_size, self.timeout, self.on_hang = beat_dir, world_size, timeout, on_hang
         self.poll_s = poll_s if poll_s is not None else max(0.5, min(10.0, timeout / 10))
@@ -201,7 +202,7 @@ class Shim:
     def log(self) -> Path | None:
         return contract.rank_log_in(self.log_dir, self.rank) if self.log_dir else None
 
-    def forward(self, signum, frame) -> None:
+    def forward(self, signum: int, frame: object) -> None:
         if self.proc is None:
             self.pending = signum
         elif self.proc.poll() is None:
@@ -271,9 +272,9 @@ class Shim:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv or argv.index("--") == len(argv) - 1:
-        sys.exit("usage: python -m launcher.worker [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE [ARGS...]")
+        sys.exit("usage: python -m launcher.runtime.shim [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE [ARGS...]")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(prog="python -m launcher.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m launcher.runtime.shim", description=__doc__.splitlines()[0])
     parser.add_argument("--log-dir", help="append this rank's stdout/stderr to LOG_DIR/rank{RANK}.log")
     parser.add_argument("--run-dir", help="append this rank's start/end facts to RUN_DIR/events.jsonl")
     parser.add_argument("--hang-timeout", type=float, default=0.0,

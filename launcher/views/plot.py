@@ -1,7 +1,7 @@
 """``launcher plot``: one metric of several experiments on one figure.
 
 The points come from each work dir's ``metrics.jsonl`` (train records every logging interval,
-val records at each evaluation; see :mod:`launcher.metrics`). Curves are x = iteration; each
+val records at each evaluation; see :mod:`launcher.views.metrics`). Curves are x = iteration; each
 experiment has its own colour and line style (:func:`curve_styles`: 10 colours, then the same
 colours dashed, dotted, dash-dotted), the legend sits to the right of the axes, and a run with a
 single point is a marker with its value written next to it. When every experiment has one
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from detcore.atomic import replacing
 from launcher.errors import LauncherError
-from launcher.metrics import read_history
+from launcher.views.metrics import read_history
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detcore.contract import WorkDir, read_jsonl
-from launcher.tail import tail_lines
+from launcher.views.tail import tail_lines
 
 TAIL_BYTES = 64 * 1024
 AP_KEYS = ("bbox_AP", "segm_AP", "mAP", "AP")
-TIMING_KEYS = frozenset({"eval_time"})  # how long an evaluation took: read by :mod:`launcher.estimate`, not a metric
+TIMING_KEYS = frozenset({"eval_time"})  # how long an evaluation took: read by :mod:`launcher.views.estimate`, not a metric
 
 
 @dataclass(frozen=True)

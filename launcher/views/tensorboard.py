@@ -15,7 +15,7 @@ import time
 from typing import Callable, Iterable, Mapping, Sequence
 
 from launcher.errors import LauncherError
-from launcher.procinfo import die_with_parent
+from launcher.resources.procinfo import die_with_parent
 from launcher.store import Experiment
 
 logger = logging.getLogger(__name__)

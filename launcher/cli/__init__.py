@@ -1,5 +1,5 @@
 """The ``launcher`` command: submit, list, status, logs, cancel, resume, sweep, tensorboard, and the experiment
-manager's compare, export, plot, tag, note, rm (:mod:`launcher.manage`).
+manager's compare, export, plot, tag, note, rm (:mod:`launcher.cli.manage`).
 
 Only the chosen subcommand's parser is built in full, and backend modules are imported only
 for ``submit``/``sweep`` (each adds its own option group through ``add_arguments``), so
@@ -34,7 +34,7 @@ COMMANDS = {
     "rm": "remove finished experiments from the store (--purge: and their work dirs)",
     "store": "check the experiment store, or repair it from the experiment records and job folders",
 }
-# subcommands whose code lives in launcher.manage (the rest: launcher.commands)
+# subcommands whose code lives in launcher.cli.manage (the rest: launcher.cli.commands)
 MANAGE = ("compare", "export", "plot", "tag", "note", "rm", "store", "tensorboard")
 
 _GPU_IDS = "use --gpus N: the launcher leases free GPUs itself and sets CUDA_VISIBLE_DEVICES per job"
@@ -202,7 +202,7 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
                            help="seconds between looks for new experiments (default 15)")
             p.add_argument("--dry-run", action="store_true", help="print the TensorBoard command and exit")
         else:
-            from launcher.manage import add_arguments
+            from launcher.cli.manage import add_arguments
 
             add_arguments(name, p)
     return parser
@@ -244,14 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(chosen).parse_args(argv)
     os.umask(os.umask(0) | 0o022)  # nothing the launcher writes is group- or world-writable
     if args.command in MANAGE:
-        from launcher import manage as commands
+        from launcher.cli import manage as commands
     else:
-        from launcher import commands
+        from launcher.cli import commands
 
     try:
         return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except DetcoreError as exc:
-        from launcher.printable import printable
+        from launcher.views.printable import printable
 
         for line in getattr(exc, "problems", None) or [str(exc)]:  # they may quote a path or a value the user gave
             print(f"launcher {args.command}: error: {printable(line)}", file=sys.stderr)
@@ -275,7 +275,7 @@ def _damaged_store(exc: Exception) -> str | None:
     rebuilt now; the line to print. None for any other error."""
     import sqlite3
 
-    from launcher.store_repair import is_damage
+    from launcher.store.repair import is_damage
 
     if not isinstance(exc, sqlite3.DatabaseError) or not is_damage(exc):
         return None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from launcher.errors import LauncherError
-from launcher.locking import blocking_flock
+from launcher.resources.locking import blocking_flock
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def write_lock(home: Path) -> Iterator[None]:
     """The exclusive cross-host lock every write transaction to the store in ``home`` holds on a network
     filesystem (``experiments.db.write-lock``); one error line where the filesystem cannot lock.
 
-    A kernel ``flock`` (:func:`launcher.locking.blocking_flock`), not a lock file created with
+    A kernel ``flock`` (:func:`launcher.resources.locking.blocking_flock`), not a lock file created with
     ``O_EXCL`` (filelock's ``SoftFileLock``). Linux (since 2.6.12) carries ``flock`` over NFS as a
     POSIX lock through lockd (NFSv3) or the server's own locks (NFSv4); GPFS, CephFS and BeeGFS lock
     across nodes, and Lustre does with its ``flock`` mount option. Those are the locks SQLite's

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TextIO
 
-from launcher.reconcile import handle_of, refresh
+from launcher.store.reconcile import handle_of, refresh
 from launcher.store import Experiment, ExperimentStore
 
 _END = object()

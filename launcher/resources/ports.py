@@ -7,8 +7,8 @@
   default), from which the kernel picks the local port of every outgoing connection, and clear
   of the fixed ports of the test clusters (``cluster/ray/start.sh``, ``cluster/slurm/start.sh``).
 
-``python -m launcher.ports ray-workers`` prints ``MIN MAX`` for shell scripts; ``python -m
-launcher.ports`` prints every range and exits non-zero if two overlap.
+``python -m launcher.resources.ports ray-workers`` prints ``MIN MAX`` for shell scripts; ``python -m
+launcher.resources.ports`` prints every range and exits non-zero if two overlap.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ranges = all_ranges()
     if args:
         if len(args) != 1 or args[0] not in ranges:
-            print(f"usage: python -m launcher.ports [{'|'.join(ranges)}]", file=sys.stderr)
+            print(f"usage: python -m launcher.resources.ports [{'|'.join(ranges)}]", file=sys.stderr)
             return 2
         print(ranges[args[0]].first, ranges[args[0]].last)
         return 0
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name} {r}")
     clashes = overlaps(ranges)
     for a, b in clashes:
-        print(f"launcher.ports: error: {a} ({ranges[a]}) overlaps {b} ({ranges[b]})", file=sys.stderr)
+        print(f"launcher.resources.ports: error: {a} ({ranges[a]}) overlaps {b} ({ranges[b]})", file=sys.stderr)
     return 1 if clashes else 0
 
 

@@ -25,7 +25,7 @@ so this function wraps the run instead of hooking into it:
 
 Each worker appends its stdout/stderr (detcore's log included) to ``LOG_DIR/rank{R}.log`` and
 the same start and end facts as the worker shim of the other backends to the launch's run
-directory (:func:`launcher.worker.record_start`, :func:`~launcher.worker.record_end`), and runs
+directory (:func:`launcher.runtime.shim.record_start`, :func:`~launcher.runtime.shim.record_end`), and runs
 the same hang watchdog in-process. A worker whose detcore run fails records its end and raises
 :class:`WorkerExit`, and Ray Train restarts the group. A user error (detcore's exit code 2:
 bad data, bad config value) cannot be fixed by restarting, so that worker does not raise:
@@ -54,7 +54,7 @@ from detcore import contract
 from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
 from launcher.runtime.scratch import make_scratch
-from launcher.worker import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
+from launcher.runtime.shim import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "detcore_checkpoint.json"
@@ -89,7 +89,7 @@ def read_pointer(work_dir: str | os.PathLike) -> str | None:
 
 
 def current_view(work_dir: str, done: bool, stop: str) -> CheckpointView:
-    from launcher.metrics import read_last_metrics
+    from launcher.views.metrics import read_last_metrics
 
     name = read_pointer(work_dir)
     m = read_last_metrics(work_dir)
@@ -244,7 +244,7 @@ def _hung(plan: WorkerPlan, rank: int, attempt: int, verdict: str) -> None:
 
 
 def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
-    from launcher.tail import last_line
+    from launcher.views.tail import last_line
 
     detail = last_line(contract.rank_log_in(plan.log_dir, rank))
     raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))

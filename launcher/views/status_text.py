@@ -6,12 +6,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from launcher.listing import duration_text, lr_text
-from launcher.printable import printable
+from launcher.views.listing import duration_text, lr_text
+from launcher.views.printable import printable
 from launcher.store import Experiment
 
 if TYPE_CHECKING:
-    from launcher.estimate import Estimate
+    from launcher.views.estimate import Estimate
 
 
 def plain(value: Any) -> str:
@@ -99,7 +99,7 @@ def status_lines(exp: Experiment, now: float | None = None, weights: list[dict] 
 def ended_line(exp: Experiment) -> str:
     """The line a sweep prints as one of its jobs ends: ``1a2b3c4d  lr=0.01 seed=1  succeeded  best AP 0.432
     0:01:47`` (a failed job adds its reason)."""
-    from launcher.listing import grid_headers
+    from launcher.views.listing import grid_headers
 
     grid = exp.grid_values
     params = " ".join(f"{h}={v}" for h, v in zip(grid_headers(list(grid)), grid.values())) if grid else exp.name

@@ -1,7 +1,7 @@
 """The experiment store's table: its columns, schema and migrations, and :class:`Experiment`, one row.
 
 Pure data and SQL text, no connection: :mod:`launcher.store` opens and writes the database,
-:mod:`launcher.store_repair` rebuilds one; both build rows and tables from here.
+:mod:`launcher.store.repair` rebuilds one; both build rows and tables from here.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def launcher_home() -> Path:
 @dataclass(frozen=True)
 class Experiment:
     """One stored row. JSON columns stay text until asked for (``list`` stays cheap). ``stale``: set by
-    :func:`launcher.reconcile.refresh` when the state is the last known one."""
+    :func:`launcher.store.reconcile.refresh` when the state is the last known one."""
 
     id: str
     name: str

@@ -1,26 +1,26 @@
 """The experiment store: one SQLite row per experiment under ``$LAUNCHER_HOME``.
 
 WAL mode, a 30 s busy timeout and one short transaction per write, so many CLIs can write at
-once without losing an update. On a network filesystem (NFS, Lustre, GPFS, ...; :mod:`launcher.store_fs`)
+once without losing an update. On a network filesystem (NFS, Lustre, GPFS, ...; :mod:`launcher.store.fs`)
 WAL is unsafe across hosts, so the store keeps a rollback journal there and every write transaction also
-holds a cross-host lock (see :func:`launcher.store_fs.write_lock`). Two kinds of writes, by two kinds of
+holds a cross-host lock (see :func:`launcher.store.fs.write_lock`). Two kinds of writes, by two kinds of
 callers: what the user asked for (``insert``, ``set_backend_job``, ``start_run`` for a resume,
 ``delete``, ``update_tags``, ``set_note``) comes from the commands; what is observed (``record_status``, ``record_metrics``)
-comes only from :func:`launcher.reconcile.refresh`, which derives it from the backends'
+comes only from :func:`launcher.store.reconcile.refresh`, which derives it from the backends'
 reports. Terminal states are sticky: a status write never moves a succeeded/failed/cancelled
 row back; only ``start_run`` begins a new launch (the old one goes into ``history``). A status
 write names the launch (``run_id``) it observed, so a stale reader never writes into a newer
 launch.
 
 Every write of what the user asked for is also kept as a file, the experiment's record
-(:mod:`launcher.records`), in the same transaction. Each open checks the database (its header and
+(:mod:`launcher.store.records`), in the same transaction. Each open checks the database (its header and
 SQLite's ``PRAGMA quick_check``, about 12 ms per 10,000 rows); a damaged store, or an empty or
 missing one while records exist, is kept aside and rebuilt from the records, the job folders and
-the work dirs (:mod:`launcher.store_repair`), said in one line. A home that cannot be written
+the work dirs (:mod:`launcher.store.repair`), said in one line. A home that cannot be written
 (read-only, or full) is read as it is: every read works, every write raises :class:`StoreReadOnly`.
 
 Reading never imports anything heavy; ``launcher list`` over 10,000 rows stays well under
-0.3 s. Reconciling rows with their backend happens in :mod:`launcher.reconcile`.
+0.3 s. Reconciling rows with their backend happens in :mod:`launcher.store.reconcile`.
 """
 from __future__ import annotations
 
@@ -34,18 +34,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from launcher import records, store_fs
+from launcher.store import fs as store_fs, records
 from launcher.errors import LauncherError
-from launcher.locking import blocking_flock
+from launcher.resources.locking import blocking_flock
 from launcher.state import JobState
-from launcher.store_schema import (ALL_COLUMNS, LIST_COLUMNS, MIGRATIONS, SCHEMA_VERSION, TERMINAL, Experiment,
+from launcher.store.schema import (ALL_COLUMNS, LIST_COLUMNS, MIGRATIONS, SCHEMA_VERSION, TERMINAL, Experiment,
                                    create_schema, experiment_from_spec, launcher_home, migrate, row_experiment)
 
 __all__ = ["Experiment", "ExperimentStore", "StoreReadOnly", "experiment_from_spec", "launcher_home"]
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus
-    from launcher.store_repair import Restored
+    from launcher.store.repair import Restored
 
 logger = logging.getLogger(__name__)
 INIT_LOCK_TIMEOUT_S = 60.0
@@ -105,7 +105,7 @@ class ExperimentStore:
     def _connect(self) -> sqlite3.Connection:
         """The store, read-write (the caller holds the init lock): checked, rebuilt when damaged or lost while
         records exist, and migrated to this launcher's schema."""
-        from launcher import store_repair
+        from launcher.store import repair as store_repair
 
         found = store_repair.diagnose(self.path, self.home)
         if found:
@@ -144,7 +144,7 @@ class ExperimentStore:
     def _open_read_only(self, why: str) -> sqlite3.Connection:
         """Read the store without writing anything: in place when SQLite can, else a copy in memory (an older
         schema migrated there; a damaged or lost store rebuilt there from the records and job folders)."""
-        from launcher import store_repair
+        from launcher.store import repair as store_repair
 
         self.read_only = why
         conn = store_repair.read_only_connection(self.path) if self.path.is_file() else None
@@ -206,7 +206,7 @@ class ExperimentStore:
 
     # ---- write transactions ---------------------------------------------------------------------
     def _write_lock(self) -> contextlib.AbstractContextManager:
-        """The cross-host write lock on a network filesystem (:func:`launcher.store_fs.write_lock`); nothing
+        """The cross-host write lock on a network filesystem (:func:`launcher.store.fs.write_lock`); nothing
         on a local one."""
         if not self.on_network:
             return contextlib.nullcontext()
@@ -265,7 +265,7 @@ class ExperimentStore:
     def rebuild(self, problem: str) -> str:
         """Keep the store aside and rebuild it, whatever a check says (an error SQLite raised mid-command that
         ``quick_check`` does not see); the line that says so."""
-        from launcher import store_repair
+        from launcher.store import repair as store_repair
 
         self.close()
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -276,7 +276,7 @@ class ExperimentStore:
     def restore_missing(self) -> Restored:
         """Add the rows that records (or job folders) hold and the store lacks, in one transaction (so a
         record being written by another command now is either committed or not yet there); what was added."""
-        from launcher import store_repair
+        from launcher.store import repair as store_repair
 
         with self.transaction() as conn:
             have = {r[0] for r in conn.execute("SELECT id FROM experiments")}
@@ -367,7 +367,7 @@ class ExperimentStore:
 
     def record_status(self, exp_id: str, status: JobStatus, run_id: str | None = None) -> bool:
         """Write a backend's status unless the row is already terminal (or, with ``run_id``, has moved on to
-        another launch); True when a row changed. Only :mod:`launcher.reconcile` calls this. An ending is also
+        another launch); True when a row changed. Only :mod:`launcher.store.reconcile` calls this. An ending is also
         written to the row's record."""
         if status.state.is_terminal():
             with self._recorded(exp_id) as conn:
@@ -396,7 +396,7 @@ class ExperimentStore:
                        best_ap: float | None = None, max_iter: int | None = None,
                        max_epoch: int | None = None) -> None:
         """The newest metrics (and, when given, the best evaluation and the run's length); only
-        :mod:`launcher.reconcile` calls this."""
+        :mod:`launcher.store.reconcile` calls this."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE experiments SET last_iter = ?, last_loss = ?, last_ap = ?, last_metrics = ?, "
@@ -425,7 +425,7 @@ class ExperimentStore:
 
     def record_scaling(self, exp_id: str, scaling: Mapping[str, Any]) -> None:
         """The scaling the worker applied (its ``scaling`` fact): ``total_batch``, ``lr`` and ``scaling``.
-        Only :mod:`launcher.reconcile` calls this."""
+        Only :mod:`launcher.store.reconcile` calls this."""
         with self.transaction() as conn:
             conn.execute("UPDATE experiments SET total_batch = ?, lr = ?, scaling = ?, updated = ? WHERE id = ?",
                          (scaling.get("total_batch"), scaling.get("lr"), json.dumps(dict(scaling)), time.time(),

@@ -12,8 +12,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from detcore.contract import WorkDir
 from launcher.errors import LauncherError
-from launcher.metrics import trained_config
-from launcher.printable import printable_cells
+from launcher.views.metrics import trained_config
+from launcher.views.printable import printable_cells
 from launcher.store import Experiment
 
 MISSING = None  # a key one experiment's config does not have
@@ -101,8 +101,8 @@ def comparison_lines(data: Mapping[str, Any], width: int | None = None) -> list[
     """``compare`` as text: each experiment's id, state and name, then an aligned table with a row per
     differing key or metric and a column per experiment headed by its id, in three sections. ``width``: the
     table's lines are cut to fit it (keys first, then values, each keeping its start and end)."""
-    from launcher.listing import layout_cells
-    from launcher.table_fit import Cap, cut_table, fit, shorten
+    from launcher.views.listing import layout_cells
+    from launcher.views.table_fit import Cap, cut_table, fit, shorten
 
     exps = data["experiments"]
     legend = [f"{e['id']}  {e['state']}  {e['name']}" for e in exps]

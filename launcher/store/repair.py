@@ -10,14 +10,14 @@ is simply new).
 ``-wal``), builds a new store beside it and moves that into place, all under the store's init
 lock. The rows come from (:func:`disk_rows`):
 
-- the experiment records (``records/<id>.json``, :mod:`launcher.records`): every column the
+- the experiment records (``records/<id>.json``, :mod:`launcher.store.records`): every column the
   commands wrote, tags, note, sweep and earlier launches included, and the ending of a row that
   had ended;
 - the job folders, for experiments without a record (submitted before records were kept):
   ``jobs/<id>/`` and ``ray/<id>/`` (``spec.json``, and ``status.json`` for the monitor's pid),
   ``slurm/<id>/`` and ``slurm/array-<id>/`` (``manifest.json``: job id and specs);
 - the work dirs: newest and best metrics, the schedule length and the applied scaling
-  (:mod:`launcher.reconcile`'s readers).
+  (:mod:`launcher.store.reconcile`'s readers).
 
 A row whose ending was not recorded comes back as it was last known and is derived again
 from its backend by the next ``list``/``status``, as every non-terminal row is.
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from launcher import records
+from launcher.store import records
 from launcher.runtime.files import read_json
 from launcher.runtime.job_folder import JobFolder
 from launcher.state import JobState
@@ -161,7 +161,7 @@ class Restored:
 def repair(home: Path, path: Path, found: Diagnosis) -> str:
     """Keep a damaged store aside and put a rebuilt one in its place (the caller holds the init lock);
     the one line that says so."""
-    from launcher.store_schema import create_schema
+    from launcher.store.schema import create_schema
 
     fresh = path.with_name(f".{path.name}.rebuild-{os.getpid()}")
     for leftover in (fresh, _wal(fresh), _shm(fresh)):
@@ -205,7 +205,7 @@ def set_aside(path: Path) -> Path:
 def fill_from_disk(conn: sqlite3.Connection, home: Path, skip: Iterable[str] = ()) -> Restored:
     """Insert every row :func:`disk_rows` finds (except the ids in ``skip``) into ``conn``'s empty or
     healthy store, with their metrics read again from the work dirs."""
-    from launcher.store_schema import ALL_COLUMNS
+    from launcher.store.schema import ALL_COLUMNS
 
     skip = set(skip)
     rows, unreadable = disk_rows(home)
@@ -227,8 +227,8 @@ def fill_from_disk(conn: sqlite3.Connection, home: Path, skip: Iterable[str] = (
 
 def _refresh_metrics(conn: sqlite3.Connection, exp_id: str) -> None:
     """The work dir's metrics, schedule length and applied scaling for the row (what reconcile reads)."""
-    from launcher.reconcile import observed_metrics, scaling_fact
-    from launcher.store_schema import ALL_COLUMNS, row_experiment
+    from launcher.store.reconcile import observed_metrics, scaling_fact
+    from launcher.store.schema import ALL_COLUMNS, row_experiment
 
     cur = conn.execute(f"SELECT {', '.join(ALL_COLUMNS)} FROM experiments WHERE id = ?", (exp_id,))
     cur.row_factory = sqlite3.Row
@@ -290,7 +290,7 @@ def job_folder_rows(home: Path) -> tuple[dict[str, dict[str, Any]], list[tuple[s
     """A pending row (spec and backend handle) per experiment with a job folder, the newest launch when it has
     several (a resume on another backend); and ``(id, folder)`` for folders that cannot be read back."""
     from detcore.contract import run_dir
-    from launcher.store_schema import row_from_spec_dict
+    from launcher.store.schema import row_from_spec_dict
 
     rows: dict[str, dict[str, Any]] = {}
     unreadable: list[tuple[str, str]] = []

@@ -1,4 +1,4 @@
-"""The estimate of a new run's wall time from the experiment store (reads; the policy is :mod:`launcher.estimate`).
+"""The estimate of a new run's wall time from the experiment store (reads; the policy is :mod:`launcher.views.estimate`).
 
 Finished runs are the store's succeeded training rows at the same world size that ran in one
 launch without a restart, newest first; at most :data:`SCAN_LIMIT` of them are opened (each one's
@@ -11,8 +11,8 @@ import json
 import logging
 from typing import Any, Mapping
 
-from launcher.estimate import Estimate, PastRun, estimate, measure, run_shape, scaled_config
-from launcher.metrics import read_history, trained_config
+from launcher.views.estimate import Estimate, PastRun, estimate, measure, run_shape, scaled_config
+from launcher.views.metrics import read_history, trained_config
 from launcher.spec import JobSpec, Mode
 from launcher.store import Experiment, ExperimentStore
 

@@ -3,7 +3,7 @@
 Argument parsing for them lives here too (:func:`add_arguments`, called by :mod:`launcher.cli`
 for the chosen subcommand only; tensorboard's options are :mod:`launcher.cli`'s own). Tags and notes are what the user says about a row, so these
 commands write them; observed state (metrics, state) is refreshed through
-:func:`launcher.reconcile.refresh` first, which stays its only writer.
+:func:`launcher.store.reconcile.refresh` first, which stays its only writer.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from detcore.atomic import replacing
 from launcher.errors import LauncherError
-from launcher.printable import printable
+from launcher.views.printable import printable
 from launcher.state import JobState
 from launcher.store import Experiment, ExperimentStore
 
@@ -62,7 +62,7 @@ def add_arguments(name: str, p: argparse.ArgumentParser) -> None:
 
 def _experiments(store: ExperimentStore, ids: list[str]) -> list[Experiment]:
     """Full rows (with the spec) for ``ids``, each refreshed from its backend first; duplicates dropped."""
-    from launcher.reconcile import refresh
+    from launcher.store.reconcile import refresh
 
     rows = list({e.id: e for e in (store.get(i) for i in ids)}.values())
     return refresh(store, rows)
@@ -81,7 +81,7 @@ def _write_text(text: str, out: str | None) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from launcher.compare import comparison, comparison_lines, resolved_config
+    from launcher.views.compare import comparison, comparison_lines, resolved_config
 
     store = ExperimentStore()
     exps = _experiments(store, args.ids)
@@ -91,14 +91,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, sort_keys=True, default=str))
     else:
-        from launcher.table_fit import terminal_width
+        from launcher.views.table_fit import terminal_width
 
         print("\n".join(comparison_lines(data, terminal_width())))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from launcher.compare import export_rows, resolved_config
+    from launcher.views.compare import export_rows, resolved_config
 
     store = ExperimentStore()
     ids = args.ids or [e.id for e in store.list(sweep=args.sweep, tags=args.tag)]
@@ -120,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def curve_label(exp: Experiment, names: list[str]) -> str:
     """A sweep row by its grid values, another by its name; the id added where two would read the same."""
-    from launcher.listing import grid_headers
+    from launcher.views.listing import grid_headers
 
     grid = exp.grid_values
     label = ", ".join(f"{h}={v}" for h, v in zip(grid_headers(list(grid)), grid.values())) if grid else exp.name
@@ -128,7 +128,7 @@ def curve_label(exp: Experiment, names: list[str]) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from launcher.plot import plot_curves
+    from launcher.views.plot import plot_curves
 
     store = ExperimentStore()
     exps = _experiments(store, args.ids)
@@ -162,7 +162,7 @@ def cmd_note(args: argparse.Namespace) -> int:
 
 def cmd_store(args: argparse.Namespace) -> int:
     """``store check`` (exit 1 when damaged) and ``store repair``."""
-    from launcher.store_repair import integrity_problem
+    from launcher.store.repair import integrity_problem
 
     store = ExperimentStore()
     if args.action == "check":
@@ -242,7 +242,7 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
     import shlex
     import socket
 
-    from launcher.tensorboard import (check_port, choose_port, port_is_free, run_links, serve, sync_links,
+    from launcher.views.tensorboard import (check_port, choose_port, port_is_free, run_links, serve, sync_links,
                                       tensorboard_command, url)
 
     check_port(args.port)
@@ -297,6 +297,6 @@ def select_experiments(store: ExperimentStore, state: JobState | None = None, **
     rows = store.list(**filters)
     if state is None:
         return rows
-    from launcher.reconcile import refresh
+    from launcher.store.reconcile import refresh
 
     return [e for e in refresh(store, rows) if e.state is state]

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from launcher.errors import LauncherError
-from launcher.printable import printable
+from launcher.views.printable import printable
 from launcher.state import JobState
 from launcher.store import Experiment, ExperimentStore
 
@@ -66,8 +66,8 @@ def _print_json(data) -> None:
 
 def _wait(store: ExperimentStore, backend, exp: Experiment, args: argparse.Namespace, skip_lines: int = 0) -> int:
     """Follow ``exp`` (rank 0's log, less its first ``skip_lines``, unless --json) and return its exit status."""
-    from launcher.follow import follow_experiment
-    from launcher.reconcile import refresh
+    from launcher.views.follow import follow_experiment
+    from launcher.store.reconcile import refresh
 
     try:
         if args.json:
@@ -123,27 +123,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _estimate(store: ExperimentStore, spec, measured: dict | None = None):
-    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.estimate`);
+    """The estimate of ``spec``'s wall time from the finished runs in ``store`` (:mod:`launcher.views.estimate`);
     ``measured``: the runs already read, for the next spec of a sweep."""
     from detcore.config import load_config
-    from launcher.estimate_runs import estimate_for_spec
+    from launcher.views.estimate_runs import estimate_for_spec
 
     cfg = load_config(spec.config, spec.overrides, import_custom=False)
     return estimate_for_spec(store, spec, cfg, measured)
 
 
 def _time_auto(args: argparse.Namespace) -> bool:
-    from launcher.time_auto import AUTO
+    from launcher.views.time_auto import AUTO
 
     return str(getattr(args, "time", None) or "").strip().lower() == AUTO
 
 
 def _auto_time_specs(args: argparse.Namespace, specs: list, estimates: list) -> tuple[list, str]:
-    """``specs`` with the ``--time auto`` limit (:mod:`launcher.time_auto`) and the line that says how it was
+    """``specs`` with the ``--time auto`` limit (:mod:`launcher.views.time_auto`) and the line that says how it was
     made; as they are, and no line, without ``--time auto``."""
     if not _time_auto(args):
         return specs, ""
-    from launcher.time_auto import auto_time
+    from launcher.views.time_auto import auto_time
 
     minutes, line = auto_time(estimates)
     return [dataclasses.replace(s, resources=dataclasses.replace(s.resources, time_min=minutes))
@@ -167,8 +167,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """A new launch of a finished experiment, under its lock: two resumes at once start one run."""
     from launcher.backends import backend_module, require_installed
     from launcher.jobs import resume_spec
-    from launcher.locking import experiment_lock
-    from launcher.reconcile import refresh
+    from launcher.resources.locking import experiment_lock
+    from launcher.store.reconcile import refresh
     from launcher.spec import spec_from_dict
 
     store = _store()
@@ -198,7 +198,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         from detcore.contract import rank_log
         from launcher.runtime.files import line_count
-        from launcher.work_dirs import claimed
+        from launcher.resources.work_dirs import claimed
 
         kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
         with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
@@ -312,8 +312,8 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
     one line as each job ends (on stderr with --json, which keeps stdout for the JSON)."""
     from tqdm import tqdm
 
-    from launcher.reconcile import refresh
-    from launcher.status_text import ended_line
+    from launcher.store.reconcile import refresh
+    from launcher.views.status_text import ended_line
 
     bar = tqdm(total=len(ids), desc="sweep", unit="job", file=sys.stderr, disable=not sys.stderr.isatty())
     each = sys.stderr if as_json else sys.stdout
@@ -342,8 +342,8 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
     if as_json:
         _print_json([e.to_json() for e in exps])
     else:
-        from launcher.listing import table_lines
-        from launcher.table_fit import terminal_width
+        from launcher.views.listing import table_lines
+        from launcher.views.table_fit import terminal_width
 
         print("\n".join(table_lines(store, ids=ids, width=terminal_width())))
     return 0 if all(e.state is JobState.SUCCEEDED for e in exps) else 1
@@ -353,8 +353,8 @@ def _wait_sweep(store: ExperimentStore, ids: list[str], as_json: bool) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """The table fits the terminal (``COLUMNS``, else the terminal's width; a pipe gets whole rows)."""
-    from launcher.listing import json_row, list_table, order_sql
-    from launcher.table_fit import terminal_width
+    from launcher.views.listing import json_row, list_table, order_sql
+    from launcher.views.table_fit import terminal_width
 
     store = _store()
     state = JobState.parse(args.state) if args.state else None
@@ -362,7 +362,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     active = store.list(active=True, **filters)
     derived = {}
     if active:
-        from launcher.reconcile import refresh
+        from launcher.store.reconcile import refresh
 
         derived = {e.id: e for e in refresh(store, active)}  # what the jobs report, even if it could not be saved
     if args.json:
@@ -408,8 +408,8 @@ def warn_stale(exps) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from launcher.reconcile import refresh, weights_fact
-    from launcher.status_text import eta_text, status_lines
+    from launcher.store.reconcile import refresh, weights_fact
+    from launcher.views.status_text import eta_text, status_lines
 
     store = _store()
     exp = refresh(store, [store.get(args.id)])[0]  # derived even when the store cannot be written
@@ -419,13 +419,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     estimate = None
     if eta_text(exp) == "estimating":  # not measured yet: what finished runs that resemble it took
-        from launcher.estimate_runs import estimate_started
+        from launcher.views.estimate_runs import estimate_started
 
         estimate = estimate_started(store, exp)
     print("\n".join(status_lines(exp, weights=weights, estimate=estimate)))
     if exp.backend == "local" and not exp.state.is_terminal() and not store.read_only:
         from launcher.backends.local.cores import describe_cores
-        from launcher.leases import CPU_POOL, LeaseBook
+        from launcher.resources.leases import CPU_POOL, LeaseBook
 
         held = LeaseBook(store.home).held_by(exp.id)
         if held:
@@ -436,7 +436,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from launcher.backends import get_backend
-    from launcher.reconcile import handle_of
+    from launcher.store.reconcile import handle_of
 
     store = _store()
     exp = store.get(args.id)
@@ -451,8 +451,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from launcher.backends import get_backend
-    from launcher.locking import experiment_lock
-    from launcher.reconcile import handle_of, refresh
+    from launcher.resources.locking import experiment_lock
+    from launcher.store.reconcile import handle_of, refresh
 
     store = _store()
     for exp_id in args.ids:
