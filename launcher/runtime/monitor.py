@@ -27,7 +27,7 @@ from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.phase import running_reason, stage_line
 from launcher.runtime.files import read_json, write_json_atomic
 from launcher.state import JobState
-from launcher.runtime.shim import heartbeat_dir
+from launcher.runtime.rank import heartbeat_dir
 
 if TYPE_CHECKING:
     from launcher.spec import JobSpec, JobStatus

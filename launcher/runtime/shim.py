@@ -33,20 +33,17 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from detcore import contract
 from launcher.resources.procinfo import become_subreaper, die_with_parent, process_state
+from launcher.runtime.rank import RankAttempt
 from launcher.runtime.scratch import make_scratch
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-STARTUP_LIMIT_S = 600.0   # before the first heartbeat of an attempt, the watchdog waits at least this long
 STACKS_WAIT_S = 2.0
 ORPHAN_WAIT_S = 30.0
 
@@ -68,76 +65,6 @@ def restart_argv(argv: list[str], attempt: int) -> list[str]:
             out[i] = "--resume=auto"
             return out
     return out + ["--resume", "auto"]
-
-
-def redirect_output(log_dir: str, rank: int) -> None:
-    """Append this process's stdout and stderr (fds 1 and 2) to ``log_dir/rank{rank}.log``."""
-    os.makedirs(log_dir, exist_ok=True)
-    fd = os.open(contract.rank_log_in(log_dir, rank), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def heartbeat_dir(run_dir: str | os.PathLike, attempt: int) -> Path:
-    """Heartbeats of one attempt (a fresh folder per attempt, so a restart never reads old ones)."""
-    return contract.RunDir(run_dir).heartbeats(attempt)
-
-
-def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra: Any) -> None:
-    env = os.environ
-    contract.append_event(run_dir, {
-        "event": "start", "rank": rank, "attempt": attempt, "pid": pid, "shim_pid": os.getpid(),
-        "host": socket.gethostname(), "time": time.time(), "master_addr": env.get("MASTER_ADDR"),
-        "master_port": int(env.get("MASTER_PORT") or 0), "world_size": int(env.get("WORLD_SIZE") or 1),
-        "local_rank": int(env.get("LOCAL_RANK") or 0), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        **({"node": env["SLURMD_NODENAME"]} if env.get("SLURMD_NODENAME") else {}), **extra})
-
-
-def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:
-    from launcher.views.tail import last_line
-
-    failed = code > 0 and code not in (contract.EXIT_STOPPED, contract.EXIT_HUNG)  # its own error: its last line
-    detail = last_line(log) if (failed and log is not None) else ""
-    contract.append_event(run_dir, {"event": "end", "rank": rank, "attempt": attempt, "pid": pid, "exit_code": code,
-                                    "detail": detail[:500], "time": time.time()})
-
-
-def hang_verdict(beats: Mapping[int, tuple[Any, ...] | None], started: float, now: float, timeout: float,
-                 startup_limit: float = STARTUP_LIMIT_S) -> str | None:
-    """Why the attempt counts as hung, or None (pure). ``beats``: rank -> (iteration, time) or None."""
-    times = [b[1] for b in beats.values() if b is not None]
-    if not times:
-        limit = max(timeout, startup_limit)
-        if now - started > limit:
-            return f"no rank finished its first iteration within {limit:.0f} s of starting"
-        return None
-    if now - max(times) <= timeout:
-        return None
-    its = ", ".join(f"rank {r}: {'-' if b is None else b[0]}" for r, b in sorted(beats.items()))
-    return f"no rank finished an iteration for {now - max(times):.0f} s (limit {timeout:g} s); last iterations {its}"
-
-
-class HangWatchdog(threading.Thread):
-    """Checks the attempt's heartbeats every few seconds; calls ``on_hang(verdict)`` once when hung."""
-
-    def __init__(self, beat_dir: Path, world_size: int, timeout: float, on_hang: Callable[[str], None],
-                 poll_s: float | None = None) -> None:
-        super().__init__(name="hang-watchdog", daemon=True)
-        self.beat_dir, self.world_size, self.timeout, self.on_hang = beat_dir, world_size, timeout, on_hang
-        self.poll_s = poll_s if poll_s is not None else max(0.5, min(10.0, timeout / 10))
-        self.started = time.time()
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self.poll_s):
-            beats = {r: contract.read_heartbeat(self.beat_dir, r) for r in range(self.world_size)}
-            verdict = hang_verdict(beats, self.started, time.time(), self.timeout)
-            if verdict:
-                self.on_hang(verdict)
-                return
 
 
 def _child_setup(shim: int) -> Callable[[], None]:
@@ -189,18 +116,13 @@ def _exit_like(code: int) -> None:
 
 class Shim:
     def __init__(self, args: argparse.Namespace, module: str, worker_args: list[str]) -> None:
-        self.rank = int(os.environ.get("RANK") or 0)
-        self.world_size = int(os.environ.get("WORLD_SIZE") or 1)
-        self.attempt = attempt_number()
-        self.log_dir, self.run_dir, self.hang_timeout = args.log_dir, args.run_dir, float(args.hang_timeout or 0)
-        self.module, self.argv = module, restart_argv(worker_args, self.attempt)
+        attempt = attempt_number()
+        self.rank = RankAttempt(args.run_dir, args.log_dir, int(os.environ.get("RANK") or 0),
+                                int(os.environ.get("WORLD_SIZE") or 1), attempt, float(args.hang_timeout or 0))
+        self.module, self.argv = module, restart_argv(worker_args, attempt)
         self.proc: subprocess.Popen | None = None
         self.pending: int | None = None  # a signal that came before the worker started
         self.hung = False
-
-    @property
-    def log(self) -> Path | None:
-        return contract.rank_log_in(self.log_dir, self.rank) if self.log_dir else None
 
     def forward(self, signum: int, frame: object) -> None:
         if self.proc is None:
@@ -214,10 +136,7 @@ class Shim:
             return
         state = process_state(proc.pid)
         self.hung = True
-        if self.run_dir:
-            contract.append_event(self.run_dir, {"event": "hang", "attempt": self.attempt, "rank": self.rank,
-                                                  "pid": proc.pid, "state": state, "detail": verdict,
-                                                  "time": time.time()})
+        self.rank.hung(proc.pid, state, verdict)
         os.write(2, f"[detlaunch] hang watchdog: {verdict}; this rank's worker is {state}; "
                     f"dumping its Python stacks and ending the attempt\n".encode())
         if state == "running":
@@ -226,19 +145,13 @@ class Shim:
         proc.kill()
 
     def run(self) -> None:
-        if self.log_dir:
-            redirect_output(self.log_dir, self.rank)
+        self.rank.redirect()
         env = dict(os.environ)
-        beat_dir = None
-        if self.run_dir:
-            beat_dir = heartbeat_dir(self.run_dir, self.attempt)
-            try:
-                beat_dir.mkdir(parents=True, exist_ok=True)
-            except OSError:  # a full work dir: no heartbeats, no watchdog, but the worker still runs
-                beat_dir = None
-            else:
-                env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
-            env[contract.RUN_DIR_ENV] = str(self.run_dir)
+        beat_dir = self.rank.heartbeats()
+        if beat_dir is not None:
+            env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
+        if self.rank.run_dir:
+            env[contract.RUN_DIR_ENV] = str(self.rank.run_dir)
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
         scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))
@@ -249,23 +162,16 @@ class Shim:
                                      preexec_fn=_child_setup(os.getpid()))
         if self.pending is not None:
             self.proc.send_signal(self.pending)
-        if self.run_dir:
-            record_start(self.run_dir, self.rank, self.attempt, self.proc.pid)
-        watchdog = None
-        if beat_dir is not None and self.hang_timeout > 0:
-            watchdog = HangWatchdog(beat_dir, self.world_size, self.hang_timeout, self.on_hang)
-            watchdog.start()
+        self.rank.started(self.proc.pid)
+        self.rank.watch(self.on_hang)
         code = self.proc.wait()
-        if watchdog is not None:
-            watchdog.stopped.set()
         if subreaper:
             end_orphans()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         if self.hung and code == -signal.SIGKILL:  # ended by the watchdog, not on its own meanwhile
             code = contract.EXIT_HUNG
-        if self.run_dir:
-            record_end(self.run_dir, self.rank, self.attempt, self.proc.pid, code, self.log)
+        self.rank.ended(self.proc.pid, code)
         _exit_like(code)
 
 

@@ -25,8 +25,8 @@ so this function wraps the run instead of hooking into it:
 
 Each worker appends its stdout/stderr (detcore's log included) to ``LOG_DIR/rank{R}.log`` and
 the same start and end facts as the worker shim of the other backends to the launch's run
-directory (:func:`launcher.runtime.shim.record_start`, :func:`~launcher.runtime.shim.record_end`), and runs
-the same hang watchdog in-process. A worker whose detcore run fails records its end and raises
+directory, and runs the same hang watchdog in-process, through the same
+:class:`~launcher.runtime.rank.RankAttempt`. A worker whose detcore run fails records its end and raises
 :class:`WorkerExit`, and Ray Train restarts the group. A user error (detcore's exit code 2:
 bad data, bad config value) cannot be fixed by restarting, so that worker does not raise:
 rank 0 sees the end fact (the run directory is in the shared work dir) and tells every rank
@@ -44,7 +44,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,8 @@ from detcore import contract
 from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
 from launcher.runtime.scratch import make_scratch
-from launcher.runtime.shim import HangWatchdog, heartbeat_dir, record_end, record_start, redirect_output, restart_argv
+from launcher.runtime.rank import RankAttempt
+from launcher.runtime.shim import restart_argv
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "detcore_checkpoint.json"
@@ -178,20 +178,15 @@ def _train_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     world_size = ray.train.get_context().get_world_size()
     os.chdir(plan.cwd)  # Ray starts workers in its session folder; relative data paths mean the submit dir
-    redirect_output(plan.log_dir, rank)
-    log = contract.rank_log_in(plan.log_dir, rank)
     restored = restored_pointer(ray.train.get_checkpoint())
     attempt = previous_attempts(plan.run_dir, rank)
-    record_start(plan.run_dir, rank, attempt, os.getpid(), restored=restored,
-                 node_id=ray.get_runtime_context().get_node_id())
-    beats = heartbeat_dir(plan.run_dir, attempt)
-    try:
-        beats.mkdir(parents=True, exist_ok=True)
+    me = RankAttempt(plan.run_dir, plan.log_dir, rank, world_size, attempt, plan.hang_timeout_s)
+    me.redirect()
+    me.started(os.getpid(), restored=restored, node_id=ray.get_runtime_context().get_node_id())
+    beats = me.heartbeats()
+    if beats is not None:
         os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
-    except OSError:  # a full work dir: no heartbeats, no watchdog, but the worker still runs
-        beats = None
-    if plan.hang_timeout_s and beats is not None:
-        HangWatchdog(beats, world_size, plan.hang_timeout_s, lambda verdict: _hung(plan, rank, attempt, verdict)).start()
+    me.watch(lambda verdict: _hung(me, verdict))
     argv = restart_argv(list(plan.args), 1 if (attempt or restored) else 0)
     if restored:
         _say(f"Ray Train restored checkpoint {restored.get('checkpoint')} (iteration {restored.get('iter')}); "
@@ -205,9 +200,9 @@ def _train_loop(config: dict) -> None:
         finished = not detcore.is_alive()
         if finished and detcore.exit_code and not exit_recorded:
             exit_recorded = True
-            record_end(plan.run_dir, rank, attempt, os.getpid(), detcore.exit_code, log)
+            me.ended(os.getpid(), detcore.exit_code)
             if detcore.exit_code != contract.EXIT_USER_ERROR:
-                _fail(plan, rank, detcore.exit_code)
+                raise WorkerExit(me.failure_line(plan.module, detcore.exit_code))
         view = None
         if rank == 0:
             stop = summarize(contract.read_events(plan.run_dir)).user_error
@@ -223,9 +218,9 @@ def _train_loop(config: dict) -> None:
             break
     detcore.join()  # rank 0 has finished, so the others finish their last step now
     if not exit_recorded:
-        record_end(plan.run_dir, rank, attempt, os.getpid(), detcore.exit_code or 0, log)
+        me.ended(os.getpid(), detcore.exit_code or 0)
     if detcore.exit_code:
-        _fail(plan, rank, detcore.exit_code)
+        raise WorkerExit(me.failure_line(plan.module, detcore.exit_code))
 
 
 def _say(text: str) -> None:
@@ -233,18 +228,11 @@ def _say(text: str) -> None:
     os.write(1, f"[detlaunch] {text}\n".encode())
 
 
-def _hung(plan: WorkerPlan, rank: int, attempt: int, verdict: str) -> None:
+def _hung(me: RankAttempt, verdict: str) -> None:
     """The watchdog's action in a Ray worker: record the hang, write this process's stacks, end the worker
     (Ray Train restarts the group within --max-failures)."""
-    contract.append_event(plan.run_dir, {"event": "hang", "attempt": attempt, "rank": rank, "pid": os.getpid(),
-                                          "state": "running", "detail": verdict, "time": time.time()})
+    me.hung(os.getpid(), "running", verdict)
     _say(f"hang watchdog: {verdict}; this worker's Python stacks follow, then it exits")
     faulthandler.dump_traceback(all_threads=True)
     os._exit(contract.EXIT_HUNG)
 
-
-def _fail(plan: WorkerPlan, rank: int, code: int) -> None:
-    from launcher.views.tail import last_line
-
-    detail = last_line(contract.rank_log_in(plan.log_dir, rank))
-    raise WorkerExit(f"rank {rank}: {plan.module} exited with code {code}" + (f": {detail}" if detail else ""))

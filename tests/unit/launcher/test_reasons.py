@@ -17,7 +17,7 @@ from launcher.runtime.facts import summarize
 from launcher.runtime.monitor import RunMonitor
 from launcher.runtime.phase import running_reason
 from launcher.state import JobState
-from launcher.runtime.shim import heartbeat_dir
+from launcher.runtime.rank import heartbeat_dir
 
 HEAD, NODE2 = "3fa9cef83c088b7aca2c223de38b5e15e9e36d0498315ddd16c46f0d", \
     "7deee693a873fe03b774428291fc0992d044225e0178927701059689"

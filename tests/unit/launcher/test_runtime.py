@@ -17,7 +17,7 @@ from detcore.contract import OUTCOME_FILE
 from launcher.runtime.monitor import RunMonitor, observed_status
 from launcher.state import JobState
 from launcher.resources.procinfo import process_state
-from launcher.runtime.shim import hang_verdict
+from launcher.runtime.rank import hang_verdict
 
 ROOT = Path(__file__).resolve().parents[3]
 
