@@ -57,6 +57,7 @@ STOP_SIGNALS_ENV = "DETCORE_STOP_SIGNALS"      # e.g. "USR2": checkpoint, then e
 HEARTBEAT_DIR_ENV = "DETCORE_HEARTBEAT_DIR"    # the trainer writes heartbeat_path(dir, rank) per iteration
 EXPERIMENT_ENV = "DETLAUNCH_EXPERIMENT_ID"     # marks every process of an experiment (for cleanup)
 RUN_DIR_ENV = "DETLAUNCH_RUN_DIR"              # WORK_DIR/runs/<run id> of this launch
+RESTART_ENV = "DETCORE_RESTART"                # N > 0: this rank runs the launch's Nth restart (resume auto)
 BACKEND_ENV = "DETLAUNCH_BACKEND"              # local, slurm or ray: tags the run in MLflow / W&B
 LOGGERS_ENV = "DETCORE_LOGGERS"                # mlflow,wandb: switch experiment loggers on (none: off)
 # Settings of the experiment loggers that a backend hands to workers which do not inherit the submitting
@@ -103,6 +104,18 @@ def run_evidence(work_dir: str | os.PathLike[str]) -> list[str]:
             continue
         found.append((st.st_mtime, entry.name))
     return [name for _, name in sorted(found, reverse=True)]
+
+
+def restart_env(attempt: int) -> dict[str, str]:
+    """What a starter sets for a rank's ``attempt`` of a launch: nothing on the first, ``DETCORE_RESTART=N``
+    on a restart, which makes ``detcore train`` continue from the newest checkpoint (``--resume auto``)."""
+    return {RESTART_ENV: str(attempt)} if attempt > 0 else {}
+
+
+def resume_on_restart(resume: str | None, environ: Mapping[str, str]) -> str | None:
+    """``--resume`` as a train worker must use it: ``auto`` on a restart (:func:`restart_env`), else as given."""
+    value = (environ.get(RESTART_ENV) or "").strip()
+    return "auto" if value.isdigit() and int(value) > 0 else resume
 
 
 def logger_settings_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -106,6 +106,11 @@ def record_weights(records: list[dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
+    restart = contract.resume_on_restart(args.resume, os.environ)
+    if restart != args.resume:
+        logger.info("restart %s of this launch: continuing from the newest checkpoint (--resume auto)",
+                    os.environ.get(contract.RESTART_ENV))
+        args.resume = restart
     cfg = load_config(args.config, args.cfg_options)
     # before any work dir exists
     check_config(cfg, validate=not args.no_validate, load_from=args.load_from, resume=args.resume)

@@ -14,8 +14,8 @@ Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`re
 3. forwards SIGTERM, SIGINT, SIGHUP and SIGUSR1 to the worker. SIGUSR2 (Slurm's
    checkpoint-and-requeue signal) is left as the shim found it: ignored until detcore installs its
    own handler, and delivered by Slurm to every process of the step, so never forwarded twice;
-4. on a restart (attempt > 0) makes the worker continue from the newest checkpoint
-   (``--resume auto``);
+4. on a restart (attempt > 0) sets ``DETCORE_RESTART`` for the worker, so that ``detcore train``
+   continues from the newest checkpoint (``--resume auto``);
 5. runs the worker with ``TMPDIR`` set to a folder of its own (:mod:`launcher.runtime.scratch`) and,
    as the child subreaper of everything the worker starts, ends whatever the worker left running
    when it exits (DataLoader workers orphaned by a killed worker), then removes that folder, so
@@ -50,21 +50,6 @@ ORPHAN_WAIT_S = 30.0
 
 def attempt_number(environ: Mapping[str, str] = os.environ) -> int:
     return int(environ.get("TORCHELASTIC_RESTART_COUNT") or environ.get("SLURM_RESTART_COUNT") or 0)
-
-
-def restart_argv(argv: list[str], attempt: int) -> list[str]:
-    """Worker arguments for ``attempt``: from the second attempt on, resume from the newest checkpoint."""
-    if attempt == 0 or not argv or argv[0] != "train":
-        return list(argv)
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == "--resume" and i + 1 < len(out):
-            out[i + 1] = "auto"
-            return out
-        if arg.startswith("--resume="):
-            out[i] = "--resume=auto"
-            return out
-    return out + ["--resume", "auto"]
 
 
 def _child_setup(shim: int) -> Callable[[], None]:
@@ -119,7 +104,7 @@ class Shim:
         attempt = attempt_number()
         self.rank = RankAttempt(args.run_dir, args.log_dir, int(os.environ.get("RANK") or 0),
                                 int(os.environ.get("WORLD_SIZE") or 1), attempt, float(args.hang_timeout or 0))
-        self.module, self.argv = module, restart_argv(worker_args, attempt)
+        self.module, self.argv = module, list(worker_args)
         self.proc: subprocess.Popen | None = None
         self.pending: int | None = None  # a signal that came before the worker started
         self.hung = False
@@ -146,7 +131,7 @@ class Shim:
 
     def run(self) -> None:
         self.rank.redirect()
-        env = dict(os.environ)
+        env = {**os.environ, **contract.restart_env(self.rank.attempt)}  # a restart resumes (detcore train)
         beat_dir = self.rank.heartbeats()
         if beat_dir is not None:
             env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)

@@ -54,7 +54,6 @@ from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
 from launcher.runtime.scratch import make_scratch
 from launcher.runtime.rank import RankAttempt
-from launcher.runtime.shim import restart_argv
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "detcore_checkpoint.json"
@@ -187,11 +186,11 @@ def _train_loop(config: dict) -> None:
     if beats is not None:
         os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
     me.watch(lambda verdict: _hung(me, verdict))
-    argv = restart_argv(list(plan.args), 1 if (attempt or restored) else 0)
+    os.environ.update(contract.restart_env(max(attempt, 1) if (attempt or restored) else 0))  # resume auto
     if restored:
         _say(f"Ray Train restored checkpoint {restored.get('checkpoint')} (iteration {restored.get('iter')}); "
              f"continuing with --resume auto")
-    detcore = DetcoreRun(plan.module, argv)
+    detcore = DetcoreRun(plan.module, plan.args)
     detcore.start()
     known = restored.get("checkpoint") if restored else None
     exit_recorded = False

@@ -11,7 +11,7 @@ from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec, request_from_spec
 from launcher.spec import Resources
-from launcher.runtime.shim import restart_argv
+from detcore import contract
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = "configs/shapes/faster_rcnn_tiny_shapes.yaml"
@@ -106,14 +106,14 @@ def test_build_spec_user_errors(kw, match):
         build_spec(SubmitRequest(**kw), cwd=str(ROOT), exp_id="0123abcd")
 
 
-def test_shim_resumes_on_restart_only():
-    train = ["train", "c.yaml", "--work-dir", "w", "--resume", "/x.pth", "--cfg-options", "a=1"]
-    assert restart_argv(train, 0) == train
-    assert restart_argv(train, 1)[4:6] == ["--resume", "auto"]
-    fresh = ["train", "c.yaml", "--work-dir", "w"]
-    assert restart_argv(fresh, 2) == fresh + ["--resume", "auto"]
-    test = ["test", "c.yaml", "m.pth", "--work-dir", "w"]
-    assert restart_argv(test, 1) == test
+def test_a_restart_resumes_from_the_newest_checkpoint_and_a_first_attempt_as_asked():
+    """The shim (and Ray's train loop) set DETCORE_RESTART on a restart; detcore train then resumes auto."""
+    assert contract.restart_env(0) == {}
+    assert contract.resume_on_restart("/x.pth", contract.restart_env(0)) == "/x.pth"
+    assert contract.resume_on_restart(None, {}) is None
+    for asked in ("/x.pth", None, "auto"):
+        assert contract.resume_on_restart(asked, contract.restart_env(2)) == "auto"
+    assert contract.resume_on_restart("/x.pth", {contract.RESTART_ENV: "garbage"}) == "/x.pth"
 
 
 def test_load_from_and_no_validate_reach_the_worker_like_detcore_train(tmp_path):

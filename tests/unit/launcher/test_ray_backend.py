@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from detcore import contract
 from launcher.backends import backend_module
 from launcher.runtime.command import worker_command
 from launcher.backends.ray_train.plan import (RayOptions, driver_env, parse_address, render_plan, resolve_address,
@@ -21,7 +22,6 @@ from launcher.backends.ray_train.train_loop import CheckpointView, checkpoint_it
 from launcher.errors import LauncherError
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.spec import JobHandle, JobState, Resources
-from launcher.runtime.shim import restart_argv
 
 ROOT = Path(__file__).resolve().parents[3]
 SHAPES = "configs/shapes/faster_rcnn_tiny_shapes.yaml"
@@ -93,7 +93,7 @@ def test_a_test_job_runs_detcore_test_on_every_worker(tmp_path):
     args = trainer_plan(spec, None, ENV).worker.args
     assert args == ("test", str(ROOT / SHAPES), str(ckpt), "--work-dir", work, "--out", f"{work}/results.json",
                     "--device", "cpu", "--eval", "bbox")
-    assert restart_argv(list(args), 1) == list(args)  # a restarted group evaluates again, no --resume
+    assert "--resume" not in args  # a restarted group evaluates again (detcore test has no resume)
     assert any(n.startswith(f"a test job: the 2 workers evaluate {ckpt}") for n in dry.notes)
     assert not any("--resume auto" in n for n in dry.notes)
 
@@ -237,8 +237,7 @@ def test_registry_and_cli_dry_run(tmp_path, capsys, monkeypatch):
 def test_worker_rules():
     assert checkpoint_iteration("iter_15.pth") == 15 and checkpoint_iteration("epoch_3.pth") == 3
     assert checkpoint_iteration(None) is None and checkpoint_iteration("best_bbox_AP.pth") is None
-    args = ["train", "c.yaml", "--work-dir", "w", "--resume", "never"]
-    assert restart_argv(args, 1)[-2:] == ["--resume", "auto"]  # a restarted worker resumes
+    assert contract.resume_on_restart("never", contract.restart_env(1)) == "auto"  # a restarted worker resumes
     view = CheckpointView("iter_5.pth", 5, (("loss", 1.0),), done=False)
     assert len(__import__("pickle").dumps(view)) < 1000  # fits Ray's broadcast_from_rank_zero limit
 
