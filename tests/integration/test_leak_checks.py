@@ -56,3 +56,14 @@ def test_a_port_is_left_only_when_the_test_or_its_jobs_hold_it() -> None:
         # a process outside the test took the freed port since (a shared machine): not the test's leak
         assert _port_holder(port, {psutil.Process().ppid()}) is None
     assert _port_holder(port, {os.getpid()}) is None
+
+
+def test_a_test_that_keeps_sockets_is_still_checked_for_files(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    fds_before = open_fds()
+    with socket.socket(), open(tmp_path / "log.txt", "w"):
+        left = leftovers(home, fds_before)
+        assert len(left) == 2 and any("socket:" in line for line in left), left
+        kept = leftovers(home, fds_before, keeps_sockets=True)
+        assert len(kept) == 1 and "log.txt" in kept[0], kept
+    assert leftovers(home, fds_before) == []
