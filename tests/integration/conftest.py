@@ -31,8 +31,8 @@ def home(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
         job_tmp(path).mkdir()  # launcher_cli.env_for gives it to the jobs as their TMPDIR
     fds_before = open_fds()
     yield path
-    left = leftovers(path, fds_before, keeps_sockets=request.node.get_closest_marker("keeps_sockets") is not None) \
-        if checked else []
+    left = leftovers(path, fds_before, keeps_sockets=request.node.get_closest_marker("keeps_sockets") is not None,
+                     tmp_allowed=tuple(m.args[0] for m in request.node.iter_markers("leaves_tmp"))) if checked else []
     survivors = []
     for proc in psutil.process_iter(["pid"]):
         try:

@@ -2,8 +2,12 @@
 
 After a test, every job it started through the launcher must have left nothing: no process (supervisor,
 torchrun agent, worker) still running, no GPU/core lease or sweep slot still held, every rendezvous port
-its jobs used free again, nothing left in the jobs' ``TMPDIR`` and no file descriptor left open in the
-test process itself. :func:`leftovers` returns one line per thing left, naming it.
+its jobs used free again, nothing left in the jobs' ``TMPDIR`` (nor a rank's own scratch folder, which
+goes to ``/tmp`` when that path is too long for sockets) and no file descriptor left open in the test
+process itself. :func:`leftovers` returns one line per thing left, naming it.
+
+Limit: a port that a process outside the test and its jobs holds is not counted (on a shared machine the
+kernel may hand a freed port to anyone); a process of the jobs holding it is named as a process anyway.
 """
 from __future__ import annotations
 
@@ -99,9 +103,19 @@ def _scratch_folders(base: Path, exp_ids: set[str]) -> list[Path]:
     return found
 
 
-def leftovers(home: Path, fds_before: dict[int, str], keeps_sockets: bool = False) -> list[str]:
+def _shared_tmp(path: Path) -> bool:
+    """A per-user folder that tools keep in ``TMPDIR`` for every process of the user, not a job's own: torch's
+    compile cache, and TensorBoard's registry of running servers while it lists none."""
+    if path.name == f"torchinductor_{getpass.getuser()}":
+        return True
+    return path.name == ".tensorboard-info" and path.is_dir() and not any(path.iterdir())
+
+
+def leftovers(home: Path, fds_before: dict[int, str], keeps_sockets: bool = False,
+              tmp_allowed: tuple[str, ...] = ()) -> list[str]:
     """One line per thing the test's jobs (or the test itself) left behind; empty when nothing was.
-    ``keeps_sockets``: the test's own client pools connections (sockets open in the test process do not count)."""
+    ``keeps_sockets``: the test's own client pools connections (sockets open in the test process do not count);
+    ``tmp_allowed``: glob patterns of what may stay in the jobs' TMPDIR (what nothing can remove)."""
     from launcher.leases import LeaseBook
 
     exp_ids, ports = _experiments(home)
@@ -118,9 +132,8 @@ def leftovers(home: Path, fds_before: dict[int, str], keeps_sockets: bool = Fals
     found += [line for port in sorted(ports) if (line := _port_holder(port, ours))]
     scratch = job_tmp(home)
     if scratch.is_dir():
-        # torch keeps one per-user compile cache there (shared by every job, not a job's own)
         found += [f"left in the jobs' TMPDIR: {p}" for p in sorted(scratch.iterdir())
-                  if p.name != f"torchinductor_{getpass.getuser()}"]
+                  if not _shared_tmp(p) and not any(p.match(pattern) for pattern in tmp_allowed)]
         # a rank's own TMPDIR goes to /tmp where the jobs' TMPDIR is too long a path for its sockets
         if scratch_base(scratch) != scratch:
             found += [f"a rank's TMPDIR left behind: {p}" for p in _scratch_folders(scratch_base(scratch), exp_ids)]
