@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from launcher.leases import LeaseBook
+from launcher.procinfo import process_start
 from launcher.runtime.scratch import OWNER_FILE, PREFIX, scratch_base
 from tests.integration.launcher_cli import MARKER, job_tmp
 from tests.integration.leaks import _port_holder, leftovers, open_fds
@@ -29,7 +30,8 @@ def test_each_kind_of_leftover_is_named_and_nothing_once_cleaned(tmp_path: Path)
         rank_tmp = scratch_base(job_tmp(home)) / f"{PREFIX}{keeper.pid}"  # a rank's own TMPDIR
         assert rank_tmp.parent != job_tmp(home)  # (a pytest tmp_path is too long for its sockets: /tmp)
         rank_tmp.mkdir()
-        (rank_tmp / OWNER_FILE).write_text("e1 0\n")
+        # its owner's real start tick: other ranks on the machine remove a scratch folder whose owner is gone
+        (rank_tmp / OWNER_FILE).write_text(f"e1 {process_start(keeper.pid)}\n")
         held_open = open(tmp_path / "log.txt", "w")  # noqa: SIM115  (left open on purpose)
         left = leftovers(home, fds_before)
         assert len(left) == 5, left
