@@ -35,9 +35,17 @@ def user_error_neck(folder: Path, broken: bool = True) -> list[str]:
     return ["+custom_imports={imports: [detl_user_neck], allow_failed_imports: false}", "model.neck.type=DetlNeck"]
 
 
+def job_tmp(home: Path) -> Path:
+    """The ``TMPDIR`` that jobs of this ``home`` run with, when it exists (the ``home`` fixture makes it
+    for local-backend tests)."""
+    return home.parent / "job-tmp"
+
+
 def env_for(home: Path, **extra: str) -> dict[str, str]:
     # COLUMNS: `launcher list` fits it; a test that wants a width passes it
     env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_FAKE_GPUS", "COLUMNS")}
+    if job_tmp(home).is_dir():
+        env["TMPDIR"] = str(job_tmp(home))  # what jobs leave there fails the test (tests.integration.leaks)
     env.update(LAUNCHER_HOME=str(home), PYTHONPATH=str(ROOT), **extra)
     return env
 
