@@ -116,7 +116,7 @@ def leftovers(home: Path, fds_before: dict[int, str], keeps_sockets: bool = Fals
     """One line per thing the test's jobs (or the test itself) left behind; empty when nothing was.
     ``keeps_sockets``: the test's own client pools connections (sockets open in the test process do not count);
     ``tmp_allowed``: glob patterns of what may stay in the jobs' TMPDIR (what nothing can remove)."""
-    from launcher.leases import LeaseBook
+    from launcher.resources.leases import LeaseBook
 
     exp_ids, ports = _experiments(home)
     found = []

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import psutil
 
-from launcher.leases import LeaseBook
-from launcher.procinfo import process_start
+from launcher.resources.leases import LeaseBook
+from launcher.resources.procinfo import process_start
 from launcher.runtime.scratch import OWNER_FILE, PREFIX, scratch_base
 from tests.integration.launcher_cli import MARKER, job_tmp
 from tests.integration.leaks import _port_holder, leftovers, open_fds
 
 
 def test_each_kind_of_leftover_is_named_and_nothing_once_cleaned(tmp_path: Path) -> None:
+    tmp_path = tmp_path / ("deep" * 16)  # as pytest's default base: too long for a rank's sockets, so /tmp
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(parents=True)
     job_tmp(home).mkdir()
     fds_before = open_fds()
     assert leftovers(home, fds_before) == []
