@@ -24,7 +24,7 @@ A backend is a :class:`Backend`: five methods (TorchX's scheduler API is the mod
 An :class:`ArrayBackend` (Slurm) also has ``dryrun_array(specs) -> DryRun`` and
 ``submit_array(specs) -> list[JobHandle]`` (one handle per spec, in order): a whole sweep as one
 array job; ``launcher sweep`` submits the specs of any other backend one by one. The local and
-Ray backends are :class:`~launcher.runtime.detached.DetachedBackend`\ s: a monitor process on the
+Ray backends subclass :class:`~launcher.runtime.detached.DetachedBackend`: a monitor process on the
 submitting side, one job folder per experiment.
 
 A backend *package* (``launcher/backends/<name>/``) exposes, besides its backend class:
