@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from detcore.contract import EXPERIMENT_ENV
 from launcher.errors import LauncherError
@@ -25,11 +25,8 @@ from launcher.runtime.job_folder import JobFolder
 from launcher.runtime.monitor import observed_status, read_monitor_files
 from launcher.runtime.scratch import remove_dead_scratch
 from detcore.contract import rank_log
-from launcher.backends.protocol import Backend
+from launcher.backends.protocol import Backend, DryRun
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, spec_from_dict
-
-if TYPE_CHECKING:
-    from launcher.backends.protocol import DryRun
 
 SHARED_RAY_ACTORS = ("ray::_AutoscalingCoordinatorActor",)  # inherit the job's marker but serve every later job
 

@@ -180,9 +180,9 @@ class RayTrainBackend(detached.DetachedBackend):
 
     # ---- submit -------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, dry: DryRun | None = None) -> JobHandle:
-        dry = dry or self.dryrun(spec)
-        plan = TrainerPlan.from_json(dry.plan) if dry.plan is not None else \
-            trainer_plan(spec, spec.backend_options, self.environ)
+        if dry is None or dry.plan is None:  # the plan travels with this backend's dry run
+            dry = self.dryrun(spec)
+        plan = TrainerPlan.from_json(dry.plan or {})
         api = job_api_address(plan.address, self.environ)
         if api:
             return self.submit_job(spec, dry, plan, api)
