@@ -6,6 +6,9 @@ world size and resolves every path. ``submit_spec`` inserts the row, hands the s
 removes the row again if the backend refuses: a user error never leaves a half-made
 experiment. ``resume_spec`` rebuilds a finished experiment's spec for another run in the
 same work dir, recomputing the scaling when the world size changed.
+
+This module holds every user-intent write (submit, a sweep's submits, resume, cancel): the CLI's
+commands parse flags and print, and call these.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
 
 from detcore.contract import DIST_TIMEOUT_MIN, seed_error
 from detcore.pretrained.names import is_weights_name
@@ -270,3 +274,78 @@ def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: 
         note += (f"; world size changed {old.world_size} -> {new.world_size}, scaling recomputed: "
                  f"{new.scaling.describe()}")
     return new, note
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """A resume that started: the experiment's new run, its backend, and the lines of rank 0's log that the
+    launches before it wrote (a follower shows only this launch's)."""
+
+    experiment: Experiment
+    backend: Backend
+    shown_from: int
+
+
+# (the old spec, the new backend's module) -> (the resources asked for now or None: the old ones, the backend options)
+Adjust = Callable[[JobSpec, ModuleType], "tuple[Resources | None, Any]"]
+
+
+def resume(store: ExperimentStore, exp_id: str, backend: str | None = None, adjust: Adjust | None = None,
+           max_restarts: int | None = None, hang_timeout_s: float | None = None,
+           say: Callable[[str], None] = logger.info) -> Resumed:
+    """A new launch of finished experiment ``exp_id`` in its work dir, on ``backend`` (default: its own), under
+    the experiment's lock so that two resumes at once start one run. ``say`` gets the line saying what
+    changed, once the new spec is known to be valid."""
+    from launcher.backends import BACKENDS, backend_module, require_installed
+    from launcher.resources.locking import experiment_lock
+    from launcher.resources.work_dirs import claimed
+    from launcher.runtime.detached import kill_marked
+    from launcher.runtime.files import line_count
+    from launcher.spec import spec_from_dict
+    from launcher.store.reconcile import refresh
+    from detcore.contract import rank_log
+
+    with experiment_lock(store.home, exp_id):
+        exp = refresh(store, [store.get(exp_id)])[0]
+        if not exp.state.is_terminal():
+            raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
+        name = backend or exp.backend
+        module = backend_module(name)
+        require_installed(name)
+        old = spec_from_dict(exp.spec_dict, backend_module(exp.backend).Options)
+        resources, options = adjust(old, module) if adjust else (None, None)
+        nodes = (resources or old.resources).nodes
+        if nodes > 1 and not BACKENDS[name].multi_node:
+            raise LauncherError(f"experiment {exp.id} ran on {nodes} nodes and the {name} backend runs on one: add "
+                                f"--nodes 1 (with --nproc N or --gpus N for this machine's workers; the scaling is "
+                                f"recomputed for the new world size)")
+        spec, note = resume_spec(old, resources=resources, max_restarts=max_restarts, backend=name,
+                                 backend_options=options, hang_timeout_s=hang_timeout_s)
+        runner = module.create(store.home)
+        dry = runner.dryrun(spec)
+        say(note)
+        kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
+        with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
+            shown_from = line_count(rank_log(spec.work_dir, 0))
+            handle = runner.submit(spec, dry)
+            try:
+                store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
+            except BaseException:  # never leave a job running that no row points to
+                runner.cancel(handle)
+                raise
+    return Resumed(store.get(spec.id), runner, shown_from)
+
+
+def cancel(store: ExperimentStore, exp_id: str) -> tuple[Experiment, bool]:
+    """Stop experiment ``exp_id`` under its lock (idempotent): its record afterwards, and whether it had already
+    ended (then nothing was asked of its backend)."""
+    from launcher.backends import get_backend
+    from launcher.resources.locking import experiment_lock
+    from launcher.store.reconcile import handle_of, refresh
+
+    with experiment_lock(store.home, exp_id):
+        exp = refresh(store, [store.get(exp_id)])[0]
+        if exp.state.is_terminal():
+            return exp, True
+        get_backend(exp.backend, store.home).cancel(handle_of(exp))
+        return refresh(store, [exp])[0], False

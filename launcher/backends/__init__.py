@@ -22,10 +22,12 @@ class BackendEntry:
     module: str
     summary: str
     needs: tuple[str, ...] = ()  # top-level packages its jobs import, installed by the extra of the same name
+    multi_node: bool = True      # whether its jobs may span several nodes (``--nodes N``)
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "local": BackendEntry("local", "launcher.backends.local", "this machine, workers under torchrun's elastic agent"),
+    "local": BackendEntry("local", "launcher.backends.local", "this machine, workers under torchrun's elastic agent",
+                          multi_node=False),
     "slurm": BackendEntry("slurm", "launcher.backends.slurm", "a Slurm cluster through submitit", ("submitit",)),
     "ray": BackendEntry("ray", "launcher.backends.ray_train", "a Ray cluster through Ray Train", ("ray",)),
 }

@@ -37,7 +37,7 @@ A backend *package* (``launcher/backends/<name>/``) exposes, besides its backend
     (``--slurm-partition``) or otherwise unique. Keep module-level imports light: the CLI
     imports every backend module to build ``submit --help``.
 ``options_from_args(args: argparse.Namespace) -> Options | None``
-``resources_from_args(args, resources: Resources) -> Resources`` (optional)
+``resources_from_args(args, resources: Resources) -> Resources``
     Adjust the generic resources (``--nproc --gpus --nodes --cpus-per-task --mem-gb --time``,
     which backends must not redefine) from the backend's own options.
 ``create(home: pathlib.Path) -> Backend``

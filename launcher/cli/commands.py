@@ -48,8 +48,7 @@ def _request(args: argparse.Namespace, module):
     from launcher.jobs import SubmitRequest
 
     resources = _resources(args)
-    if hasattr(module, "resources_from_args"):
-        resources = module.resources_from_args(args, resources)
+    resources = module.resources_from_args(args, resources)
     return SubmitRequest(config=args.config, backend=args.backend, overrides=tuple(args.cfg_options),
                          resources=resources, name=args.name, work_dir=args.work_dir,
                          resume=getattr(args, "resume", None), checkpoint=getattr(args, "test", None),
@@ -158,63 +157,30 @@ def _resume_resources(args: argparse.Namespace, old: Resources, module) -> Resou
     nproc = given["gpus"] or given["nproc"] or (old.nproc if given["gpus"] is None else gpus)
     resources = dataclasses.replace(old, nproc=nproc, gpus=gpus, **{k: v for k, v in given.items()
                                                                      if v is not None and k not in ("nproc", "gpus")})
-    if hasattr(module, "resources_from_args"):
-        resources = module.resources_from_args(args, resources)
+    resources = module.resources_from_args(args, resources)
     return None if resources == old else resources
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """A new launch of a finished experiment, under its lock: two resumes at once start one run."""
-    from launcher.backends import backend_module, require_installed
-    from launcher.jobs import resume_spec
-    from launcher.resources.locking import experiment_lock
-    from launcher.store.reconcile import refresh
-    from launcher.spec import spec_from_dict
+    """A new launch of a finished experiment (:func:`launcher.jobs.resume`), then follow it unless --detach."""
+    from launcher.jobs import resume
 
     store = _store()
-    exp_id = store.get(args.id).id
-    with experiment_lock(store.home, exp_id):
-        exp = refresh(store, [store.get(exp_id)])[0]
-        if not exp.state.is_terminal():
-            raise LauncherError(f"experiment {exp.id} is {exp.state.value}; cancel it first or wait for it to end")
-        name = args.backend or exp.backend
-        module = backend_module(name)
-        require_installed(name)
-        old = spec_from_dict(exp.spec_dict, getattr(backend_module(exp.backend), "Options", None))
-        resources = _resume_resources(args, old.resources, module)
-        nodes = (resources or old.resources).nodes
-        if name == "local" and nodes > 1:
-            raise LauncherError(f"experiment {exp.id} ran on {nodes} nodes and the local backend runs on one: add "
-                                f"--nodes 1 (with --nproc N or --gpus N for this machine's workers; the scaling is "
-                                f"recomputed for the new world size)")
-        spec, note = resume_spec(old, resources=resources,
-                                 max_restarts=args.max_restarts, backend=name,
-                                 backend_options=_resume_options(args, module, old.backend_options, name != exp.backend),
-                                 hang_timeout_s=args.hang_timeout)
-        backend = module.create(store.home)
-        dry = backend.dryrun(spec)
-        print(f"launcher: {note}", file=sys.stderr)
-        from launcher.runtime.detached import kill_marked
 
-        from detcore.contract import rank_log
-        from launcher.runtime.files import line_count
-        from launcher.resources.work_dirs import claimed
+    def adjust(old, module):
+        moved = args.backend not in (None, old.backend)
+        return (_resume_resources(args, old.resources, module),
+                _resume_options(args, module, old.backend_options, moved))
 
-        kill_marked(exp.id)  # whatever the previous launch left on this node must not write the work dir too
-        with claimed(store, [spec]):  # the same experiment continues its claim; another run's is refused
-            shown_from = line_count(rank_log(spec.work_dir, 0))  # rank 0's log goes on: follow only this launch
-            handle = backend.submit(spec, dry)
-            try:
-                store.start_run(spec.id, spec, handle.job_id, dict(handle.extra))
-            except BaseException:  # never leave a job running that no row points to
-                backend.cancel(handle)
-                raise
-    exp = store.get(spec.id)
+    done = resume(store, store.get(args.id).id, backend=args.backend, adjust=adjust,
+                  max_restarts=args.max_restarts, hang_timeout_s=args.hang_timeout,
+                  say=lambda line: print(f"launcher: {line}", file=sys.stderr))
+    exp = done.experiment
     if args.json and args.detach:
         _print_json(exp.to_json())
     elif not args.json:
         print(exp.id, flush=True)
-    return 0 if args.detach else _wait(store, backend, exp, args, skip_lines=shown_from)
+    return 0 if args.detach else _wait(store, done.backend, exp, args, skip_lines=done.shown_from)
 
 
 def _resume_options(args: argparse.Namespace, module, old, moved: bool):
@@ -450,19 +416,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from launcher.backends import get_backend
-    from launcher.resources.locking import experiment_lock
-    from launcher.store.reconcile import handle_of, refresh
+    from launcher.jobs import cancel
 
     store = _store()
     for exp_id in args.ids:
-        exp_id = store.get(exp_id).id
-        with experiment_lock(store.home, exp_id):
-            exp = refresh(store, [store.get(exp_id)])[0]
-            if exp.state.is_terminal():
-                print(f"{exp.id}: already {exp.state.value}")
-                continue
-            get_backend(exp.backend, store.home).cancel(handle_of(exp))
-            exp = refresh(store, [exp])[0]
-        print(f"{exp.id}: {exp.state.value}")
+        exp, already = cancel(store, store.get(exp_id).id)
+        print(f"{exp.id}: already {exp.state.value}" if already else f"{exp.id}: {exp.state.value}")
     return 0

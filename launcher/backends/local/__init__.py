@@ -43,7 +43,7 @@ from launcher.resources.procinfo import process_start
 from launcher.runtime import detached
 from launcher.runtime.command import import_path_env, run_dir, shim_command, thread_env
 from launcher.runtime.job_folder import JobFolder
-from launcher.spec import JobHandle, JobSpec
+from launcher.spec import JobHandle, JobSpec, Resources
 
 FAKE_GPUS_ENV = "LAUNCHER_FAKE_GPUS"
 AGENT_MODULE = "launcher.backends.local.agent"  # torchrun with its stores on the rendezvous host only
@@ -73,6 +73,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def options_from_args(args: argparse.Namespace) -> LocalOptions:
     return LocalOptions(wait=not getattr(args, "no_wait", False), oversubscribe=getattr(args, "oversubscribe", False))
+
+
+def resources_from_args(args: argparse.Namespace, resources: Resources) -> Resources:
+    """The generic resources as given: the local backend has no options that change them."""
+    return resources
 
 
 def create(home: Path) -> LocalBackend:
