@@ -363,12 +363,13 @@ MODES = (TRAIN, TEST)
 
 
 def _flag(option: str, help: str, modes: tuple[str, ...] = (TRAIN,), kind: str = "value",
-          submit: Mapping[str, Any] | None = None, **argparse_kwargs: Any) -> dict[str, Any]:
+          submit: Mapping[str, Any] | None = None, last: bool = False, **argparse_kwargs: Any) -> dict[str, Any]:
     """A field's flag: ``option`` (``""``: a positional), its ``help``, the ``modes`` it belongs to, its ``kind``
     (``value``, ``values``, ``switch``: store_true, ``negated``: store_false of a field that defaults to True) and
     argparse's other keywords. ``submit``: ``launcher submit`` offers the flag too, with these keywords replaced
-    (its help speaks of the job, not the process)."""
-    return {"option": option, "help": help, "modes": modes, "kind": kind, "submit": submit,
+    (its help speaks of the job, not the process). ``last``: written after every other flag (it takes every
+    following word)."""
+    return {"option": option, "help": help, "modes": modes, "kind": kind, "submit": submit, "last": last,
             "argparse": argparse_kwargs}
 
 
@@ -379,9 +380,14 @@ _DEVICE_HELP = "cpu, cuda (this rank's GPU) or cuda:N (default: cuda when availa
 @dataclass(frozen=True)
 class WorkerArgs:
     """``detcore train|test`` arguments as one value: ``mode``, then one field per argument, in the order
-    :meth:`to_argv` writes them (``cfg_options`` last: it takes every following word). A field of the other mode is
-    left out of the argv. ``seed`` None means the worker's default (0); ``resume`` None: start fresh unless a
-    restart says otherwise (:func:`resume_on_restart`); ``eval`` None: the config's ``evaluation.metric``."""
+    :meth:`to_argv` writes them (``cfg_options`` always last: it takes every following word). A field of the
+    other mode is left out of the argv. ``seed`` None means the worker's default (0); ``resume`` None: start
+    fresh unless a restart says otherwise (:func:`resume_on_restart`, ``DETCORE_RESTART``: a restart is an
+    environment variable, never an edited argv); ``eval`` None: the config's ``evaluation.metric``.
+
+    A new worker flag is one field here with its :func:`_flag`; give it ``submit={...}`` when ``launcher submit``
+    should offer it too (a field :class:`launcher.spec.JobSpec` carries in ``spec.worker`` and stores with the job).
+    """
 
     mode: str = TRAIN
     config: str = field(default="", metadata=_flag("", _CONFIG_HELP, MODES))
@@ -416,7 +422,7 @@ class WorkerArgs:
         (TEST,), kind="values", nargs="*", metavar="METRIC"))
     cfg_options: tuple[str, ...] = field(default=(), metadata=_flag(
         "--cfg-options", "override config keys, e.g. optimizer.lr=0.01 data.samples_per_gpu=4 (prefix new keys "
-                         "with +)", MODES, kind="values", nargs="+", metavar="KEY=VALUE"))
+                         "with +)", MODES, kind="values", last=True, nargs="+", metavar="KEY=VALUE"))
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -426,11 +432,18 @@ class WorkerArgs:
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
 
-    @staticmethod
-    def flags(mode: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-        """``(field name, flag)`` of every argument (of ``mode``'s only, when given), in argv order."""
-        return [(f.name, dict(f.metadata)) for f in fields(WorkerArgs)
-                if f.metadata and (mode is None or mode in f.metadata["modes"])]
+    @classmethod
+    def flags(cls, mode: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(field name, flag)`` of every argument (of ``mode``'s only, when given), in argv order: the table's,
+        with the ``last`` ones moved to the end."""
+        found = [(f.name, dict(f.metadata)) for f in fields(cls)
+                 if f.metadata and (mode is None or mode in f.metadata["modes"])]
+        return sorted(found, key=lambda item: bool(item[1]["last"]))
+
+    @classmethod
+    def option(cls, name: str) -> str:
+        """The flag of field ``name`` (``load_from`` -> ``--load-from``), for messages that name it."""
+        return str(dict(cls.flags())[name]["option"])
 
     def to_argv(self) -> tuple[str, ...]:
         """What runs after ``python -m detcore.tools.cli``: ``MODE CONFIG [CHECKPOINT] --flag value ...``, a flag

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options)
     evaluation = cfg.get("evaluation") or {}
     metrics = check_metrics(args.eval if args.eval is not None else evaluation.get("metric", ["bbox"]),
-                            "--eval" if args.eval is not None else "evaluation.metric")
+                            WorkerArgs.option("eval") if args.eval is not None else "evaluation.metric")
     voc_method = args.voc_method or evaluation.get("voc_method", "area")
     label_ids = label_ids_of(cfg)
     ckpt = load_checkpoint(args.checkpoint)

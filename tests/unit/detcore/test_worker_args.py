@@ -99,3 +99,18 @@ def test_json_round_trip_and_unknown_keys_of_a_newer_writer():
     assert WorkerArgs.from_dict({"config": "c.yaml", "some_future_flag": True}) == WorkerArgs(config="c.yaml")
     with pytest.raises(ValueError, match="mode"):
         WorkerArgs(mode="eval")
+
+
+def test_a_new_field_in_the_table_reaches_argv_both_parsers_and_the_records():
+    """What adding a worker flag takes: one field with its ``_flag`` (a subclass stands in for the edit)."""
+    extra = dataclasses.make_dataclass("WithSplit", [("split", "str | None", dataclasses.field(
+        default=None, metadata=contract._flag("--split", "the split", submit={})))], bases=(WorkerArgs,), frozen=True)
+    args = extra(config="c.yaml", split="val", cfg_options=("a=1",))
+    assert args.to_argv() == ("train", "c.yaml", "--split", "val", "--cfg-options", "a=1")
+    parser = argparse.ArgumentParser()
+    extra.add_arguments(parser, TRAIN)
+    assert extra.from_namespace(parser.parse_args(list(args.to_argv()[1:])), TRAIN) == args
+    submit = argparse.ArgumentParser()
+    extra.add_submit_arguments(submit)
+    assert "split" in extra.submit_fields() and submit.parse_args(["--split", "val"]).split == "val"
+    assert extra.from_dict(json.loads(json.dumps(args.to_dict()))) == args and extra.option("split") == "--split"
