@@ -466,28 +466,27 @@ class WorkerArgs:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser | Any, mode: str) -> None:
         """Add ``mode``'s arguments to a ``detcore train|test`` parser (:meth:`from_namespace` reads them back)."""
-        defaults = {f.name: f.default for f in fields(cls)}
         for name, flag in cls.flags(mode):
-            kwargs = {"help": flag["help"], **flag["argparse"]}
-            if not flag["option"]:
-                parser.add_argument(name, **kwargs)
-                continue
-            kind = flag["kind"]
-            if kind in ("switch", "negated"):
-                kwargs["action"] = "store_true" if kind == "switch" else "store_false"
-            parser.add_argument(flag["option"], dest=name, default=defaults[name], **kwargs)
+            if flag["option"]:
+                cls._add_flag(parser, name, flag, {})
+            else:
+                parser.add_argument(name, help=flag["help"], **flag["argparse"])
 
     @classmethod
     def add_submit_arguments(cls, parser: argparse.ArgumentParser | Any) -> None:
         """Add the flags ``launcher submit`` passes on to its train workers (those with a ``submit`` entry)."""
-        defaults = {f.name: f.default for f in fields(cls)}
         for name, flag in cls.flags(TRAIN):
-            if flag["submit"] is None:
-                continue
-            kwargs = {"help": flag["help"], **flag["argparse"], **flag["submit"]}
-            if flag["kind"] in ("switch", "negated"):
-                kwargs["action"] = "store_true" if flag["kind"] == "switch" else "store_false"
-            parser.add_argument(flag["option"], dest=name, default=defaults[name], **kwargs)
+            if flag["submit"] is not None:
+                cls._add_flag(parser, name, flag, flag["submit"])
+
+    @classmethod
+    def _add_flag(cls, parser: argparse.ArgumentParser | Any, name: str, flag: Mapping[str, Any],
+                  overrides: Mapping[str, Any]) -> None:
+        kwargs = {"help": flag["help"], **flag["argparse"], **overrides}
+        if flag["kind"] in ("switch", "negated"):
+            kwargs["action"] = "store_true" if flag["kind"] == "switch" else "store_false"
+        default = next(f.default for f in fields(cls) if f.name == name)
+        parser.add_argument(flag["option"], dest=name, default=default, **kwargs)
 
     @classmethod
     def submit_fields(cls) -> tuple[str, ...]:
