@@ -15,6 +15,7 @@ import os
 from typing import Any, Iterator, Mapping, Sequence
 
 from detcore.config import import_custom_modules
+from detcore.contract import WorkerArgs
 from detcore.errors import ConfigError, ConfigProblems, DetcoreError, RegistryError
 
 __all__ = ["ConfigProblems", "check_config", "config_problems", "missing_file_problems", "with_file"]
@@ -158,7 +159,10 @@ def missing_file_problems(cfg: Mapping[str, Any], *, test: bool = False, validat
 def _checkpoints(cfg: Mapping[str, Any], test: bool, load_from: str | None) -> list[tuple[str, Any]]:
     """The checkpoints a run reads, as (key, value). A test run loads the checkpoint it is given
     (MMDetection's tools/test.py ignores load_from too)."""
-    checkpoints = [("--load-from", load_from)] if load_from else [] if test else [("load_from", cfg.get("load_from"))]
+    if load_from:
+        checkpoints = [(WorkerArgs.option("load_from"), load_from)]
+    else:
+        checkpoints = [] if test else [("load_from", cfg.get("load_from"))]
     if not test:
         checkpoints.append(("resume_from", cfg.get("resume_from")))
     return [(key, value) for key, value in checkpoints if value]
@@ -227,7 +231,7 @@ def config_problems(cfg: Mapping[str, Any], *, test: bool = False, validate: boo
     if test or validate:
         asked = eval_metrics if eval_metrics is not None else evaluation.get("metric", ["bbox"])
         asked = [asked] if isinstance(asked, str) else list(asked or [])
-        where = "--eval" if eval_metrics is not None else "evaluation.metric"
+        where = WorkerArgs.option("eval") if eval_metrics is not None else "evaluation.metric"
         split = "test" if test else "val"
         split_cfg = (cfg.get("data") or {}).get(split)
         for metric in asked:
@@ -338,7 +342,7 @@ def weights_notes(cfg: Mapping[str, Any], load_from: str | None = None) -> list[
     model = cfg.get("model")
     backbone = model.get("backbone") if isinstance(model, Mapping) else None
     values = [("model.backbone.weights", backbone.get("weights") if isinstance(backbone, Mapping) else None),
-              ("--load-from", load_from) if load_from else ("load_from", cfg.get("load_from"))]
+              (WorkerArgs.option("load_from"), load_from) if load_from else ("load_from", cfg.get("load_from"))]
     notes = []
     for key, value in values:
         try:

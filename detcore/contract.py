@@ -37,6 +37,7 @@ import json
 import os
 import re
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -349,3 +350,167 @@ def parse_seed(text: str) -> int:
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return seed
+
+
+# ---- the worker's arguments ----------------------------------------------------------------------------------
+# What a starter passes after ``python -m detcore.tools.cli``, as one typed value. Each field of WorkerArgs carries
+# its flag in its metadata (:func:`_flag`): to_argv, the detcore parsers (add_arguments, from_namespace), the job
+# records (to_dict, from_dict) and the launcher's `submit` options all read that one table, so a new worker flag
+# is one field here.
+
+TRAIN, TEST = "train", "test"
+MODES = (TRAIN, TEST)
+
+
+def _flag(option: str, help: str, modes: tuple[str, ...] = (TRAIN,), kind: str = "value",
+          submit: Mapping[str, Any] | None = None, last: bool = False, **argparse_kwargs: Any) -> dict[str, Any]:
+    """A field's flag: ``option`` (``""``: a positional), its ``help``, the ``modes`` it belongs to, its ``kind``
+    (``value``, ``values``, ``switch``: store_true, ``negated``: store_false of a field that defaults to True) and
+    argparse's other keywords. ``submit``: ``launcher submit`` offers the flag too, with these keywords replaced
+    (its help speaks of the job, not the process). ``last``: written after every other flag (it takes every
+    following word)."""
+    return {"option": option, "help": help, "modes": modes, "kind": kind, "submit": submit, "last": last,
+            "argparse": argparse_kwargs}
+
+
+_CONFIG_HELP = "path to a YAML config (or an MMDetection .py config, imported on the fly)"
+_DEVICE_HELP = "cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)"
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """``detcore train|test`` arguments as one value: ``mode``, then one field per argument, in the order
+    :meth:`to_argv` writes them (``cfg_options`` always last: it takes every following word). A field of the
+    other mode is left out of the argv. ``seed`` None means the worker's default (0); ``resume`` None: start
+    fresh unless a restart says otherwise (:func:`resume_on_restart`, ``DETCORE_RESTART``: a restart is an
+    environment variable, never an edited argv); ``eval`` None: the config's ``evaluation.metric``.
+
+    A new worker flag is one field here with its :func:`_flag`; give it ``submit={...}`` when ``launcher submit``
+    should offer it too (a field :class:`launcher.spec.JobSpec` carries in ``spec.worker`` and stores with the job).
+    """
+
+    mode: str = TRAIN
+    config: str = field(default="", metadata=_flag("", _CONFIG_HELP, MODES))
+    checkpoint: str | None = field(default=None, metadata=_flag(
+        "", "checkpoint file (.pth, a detcore checkpoint or a plain state dict), or a torchvision COCO detector by "
+            "name, e.g. torchvision://fasterrcnn_resnet50_fpn (`detcore model list`)", (TEST,)))
+    work_dir: str | None = field(default=None, metadata=_flag(
+        "--work-dir", "where logs, checkpoints and TensorBoard go (default work_dirs/<config name>)", MODES))
+    out: str | None = field(default=None, metadata=_flag("--out", "write the COCO results json here", (TEST,)))
+    device: str | None = field(default=None, metadata=_flag("--device", _DEVICE_HELP, MODES))
+    resume: str | None = field(default=None, metadata=_flag(
+        "--resume", "continue from the newest checkpoint in the work dir (auto) or from PATH",
+        nargs="?", const="auto", metavar="auto|PATH"))
+    seed: int | None = field(default=None, metadata=_flag(
+        "--seed", f"random seed, 0..{SEED_MAX} (default 0)", type=parse_seed,
+        submit={"help": "random seed passed to the trainer", "type": int}))
+    amp: bool = field(default=False, metadata=_flag(
+        "--amp", "mixed precision (CUDA only)", kind="switch",
+        submit={"help": "mixed precision (GPU jobs; a CPU job says it ignores it)"}))
+    deterministic: bool = field(default=False, metadata=_flag(
+        "--deterministic", "deterministic algorithms, cuDNN and cuBLAS (see docs/training.md on CUDA)", kind="switch",
+        submit={"help": "deterministic algorithms, cuDNN and cuBLAS (slower; see docs/training.md on CUDA)"}))
+    load_from: str | None = field(default=None, metadata=_flag(
+        "--load-from", "initialise weights from a checkpoint or a torchvision COCO detector such as "
+                       "torchvision://fasterrcnn_resnet50_fpn (fine-tuning; optimizer state not loaded)",
+        submit={"help": "initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)",
+                "metavar": "CHECKPOINT"}))
+    validate: bool = field(default=True, metadata=_flag(
+        "--no-validate", "skip evaluation during training", kind="negated", submit={}))
+    eval: tuple[str, ...] | None = field(default=None, metadata=_flag(
+        "--eval", "bbox, segm (COCO) and/or mAP (Pascal VOC at IoU 0.5) (default: the config's evaluation.metric)",
+        (TEST,), kind="values", nargs="*", metavar="METRIC"))
+    cfg_options: tuple[str, ...] = field(default=(), metadata=_flag(
+        "--cfg-options", "override config keys, e.g. optimizer.lr=0.01 data.samples_per_gpu=4 (prefix new keys "
+                         "with +)", MODES, kind="values", last=True, nargs="+", metavar="KEY=VALUE"))
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"worker mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("eval", "cfg_options"):  # lists from JSON or argparse: kept as tuples (hashable, frozen)
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def flags(cls, mode: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(field name, flag)`` of every argument (of ``mode``'s only, when given), in argv order: the table's,
+        with the ``last`` ones moved to the end."""
+        found = [(f.name, dict(f.metadata)) for f in fields(cls)
+                 if f.metadata and (mode is None or mode in f.metadata["modes"])]
+        return sorted(found, key=lambda item: bool(item[1]["last"]))
+
+    @classmethod
+    def option(cls, name: str) -> str:
+        """The flag of field ``name`` (``load_from`` -> ``--load-from``), for messages that name it."""
+        return str(dict(cls.flags())[name]["option"])
+
+    def to_argv(self) -> tuple[str, ...]:
+        """What runs after ``python -m detcore.tools.cli``: ``MODE CONFIG [CHECKPOINT] --flag value ...``, a flag
+        only where its value differs from the default (``--device`` whenever set: starters always say)."""
+        argv: list[str] = [self.mode]
+        for name, flag in self.flags(self.mode):
+            value, kind, option = getattr(self, name), flag["kind"], flag["option"]
+            if not option:
+                argv.append(str(value))
+            elif kind == "switch" and value:
+                argv.append(option)
+            elif kind == "negated" and not value:
+                argv.append(option)
+            elif kind == "values" and value is not None and (value or flag["argparse"].get("nargs") != "+"):
+                argv += [option, *map(str, value)]
+            elif kind == "value" and value is not None:
+                argv += [option, str(value)]
+        return tuple(argv)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser | Any, mode: str) -> None:
+        """Add ``mode``'s arguments to a ``detcore train|test`` parser (:meth:`from_namespace` reads them back)."""
+        for name, flag in cls.flags(mode):
+            if flag["option"]:
+                cls._add_flag(parser, name, flag, {})
+            else:
+                parser.add_argument(name, help=flag["help"], **flag["argparse"])
+
+    @classmethod
+    def add_submit_arguments(cls, parser: argparse.ArgumentParser | Any) -> None:
+        """Add the flags ``launcher submit`` passes on to its train workers (those with a ``submit`` entry)."""
+        for name, flag in cls.flags(TRAIN):
+            if flag["submit"] is not None:
+                cls._add_flag(parser, name, flag, flag["submit"])
+
+    @classmethod
+    def _add_flag(cls, parser: argparse.ArgumentParser | Any, name: str, flag: Mapping[str, Any],
+                  overrides: Mapping[str, Any]) -> None:
+        kwargs = {"help": flag["help"], **flag["argparse"], **overrides}
+        if flag["kind"] in ("switch", "negated"):
+            kwargs["action"] = "store_true" if flag["kind"] == "switch" else "store_false"
+        default = next(f.default for f in fields(cls) if f.name == name)
+        parser.add_argument(flag["option"], dest=name, default=default, **kwargs)
+
+    @classmethod
+    def submit_fields(cls) -> tuple[str, ...]:
+        """The fields :meth:`add_submit_arguments` adds (a launcher request carries them on to the worker)."""
+        return tuple(name for name, flag in cls.flags(TRAIN) if flag["submit"] is not None)
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace, mode: str | None = None) -> WorkerArgs:
+        """The value a parser built by :meth:`add_arguments` (or :meth:`add_submit_arguments`) read; ``mode``
+        defaults to the namespace's ``command`` (detcore's subcommand)."""
+        mode = mode or getattr(ns, "command", None) or TRAIN
+        known = {f.name for f in fields(cls)} - {"mode"}
+        return cls(mode=mode, **{k: v for k, v in vars(ns).items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples as lists)."""
+        out = asdict(self)
+        for name in ("eval", "cfg_options"):
+            if out[name] is not None:
+                out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerArgs:
+        """Inverse of :meth:`to_dict`; keys this version does not know (a newer writer's flags) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

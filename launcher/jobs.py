@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
-from detcore.contract import DIST_TIMEOUT_MIN, seed_error
+from detcore.contract import DIST_TIMEOUT_MIN, WorkerArgs, seed_error
 from detcore.pretrained.names import is_weights_name
 from launcher.errors import LauncherError
 from launcher.scaling import predict_scaling
@@ -56,15 +56,11 @@ class SubmitRequest:
     checkpoint: str | None = None
     eval_metrics: tuple[str, ...] = ()
     max_restarts: int = 0
-    seed: int | None = None
     backend_options: Any = None
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
     hang_timeout_s: float | None = None  # None: default_hang_timeout
-    amp: bool = False
-    deterministic: bool = False
-    load_from: str | None = None
-    validate: bool = True
+    worker: WorkerArgs = WorkerArgs()  # the worker flags as typed (--seed, --amp, --load-from, ...; paths relative)
 
 
 def default_hang_timeout(cfg: dict, mode: Mode) -> float:
@@ -104,20 +100,21 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
         if checkpoint != req.checkpoint and not os.path.isfile(checkpoint):
             raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test (or "
                                 f"a torchvision detector such as torchvision://fasterrcnn_resnet50_fpn)")
-    if req.seed is not None and seed_error(req.seed):
-        raise LauncherError(f"--seed: {seed_error(req.seed)}")
+    if req.worker.seed is not None and seed_error(req.worker.seed):
+        raise LauncherError(f"--seed: {seed_error(req.worker.seed)}")
     resume = req.resume or "auto"
     if resume not in ("auto", "never"):
         resume = os.path.join(cwd, resume)
         if not os.path.isfile(resume):
             raise LauncherError(f"--resume {req.resume!r}: expected auto, never or an existing checkpoint file")
     load_from = None
-    if req.load_from and is_weights_name(req.load_from):  # a torchvision name: checked by detcore, fetched by the job
-        load_from = req.load_from
-    elif req.load_from:
-        load_from = os.path.join(cwd, req.load_from)
+    asked_from = req.worker.load_from
+    if asked_from and is_weights_name(asked_from):  # a torchvision name: checked by detcore, fetched by the job
+        load_from = asked_from
+    elif asked_from:
+        load_from = os.path.join(cwd, asked_from)
         if not os.path.isfile(load_from):
-            raise LauncherError(f"--load-from {req.load_from!r}: no such checkpoint file; pass an existing .pth "
+            raise LauncherError(f"--load-from {asked_from!r}: no such checkpoint file; pass an existing .pth "
                                 f"(or a work dir's latest.pth)")
     check_before_start(cfg, req, mode, load_from, cwd)
     name = req.name or default_name(config)
@@ -134,12 +131,13 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
         scaling = predict_scaling(cfg, req.resources.world_size)  # shown and stored; the worker applies it
     return JobSpec(id=exp_id, name=name, config=config, work_dir=os.path.normpath(work_dir), cwd=cwd, mode=mode,
                    overrides=tuple(req.overrides), checkpoint=checkpoint, eval_metrics=tuple(req.eval_metrics),
-                   resources=req.resources, resume=resume, backend=req.backend, backend_options=req.backend_options,
-                   max_restarts=req.max_restarts, seed=req.seed, scaling=scaling, config_hash=config_hash(cfg),
-                   worker_module=req.worker_module, slots=req.slots, amp=req.amp, deterministic=req.deterministic,
+                   resources=req.resources, backend=req.backend, backend_options=req.backend_options,
+                   worker=dataclasses.replace(req.worker, resume=None if resume == "never" else resume,
+                                              load_from=load_from),
+                   max_restarts=req.max_restarts, scaling=scaling, config_hash=config_hash(cfg),
+                   worker_module=req.worker_module, slots=req.slots,
                    loader_workers=loader_workers(cfg, mode), dist_timeout_min=dist_timeout_min(cfg, req.config),
-                   run_id=new_run_id(), load_from=load_from,
-                   validate=req.validate,
+                   run_id=new_run_id(),
                    hang_timeout_s=(default_hang_timeout(cfg, mode) if req.hang_timeout_s is None
                                    else float(req.hang_timeout_s)))
 
@@ -151,7 +149,7 @@ def check_before_start(cfg: dict, req: SubmitRequest, mode: Mode, load_from: str
     """
     from detcore.config_check import ConfigProblems, config_problems, weights_notes
 
-    problems = config_problems(cfg, test=mode is Mode.TEST, validate=req.validate, load_from=load_from,
+    problems = config_problems(cfg, test=mode is Mode.TEST, validate=req.worker.validate, load_from=load_from,
                                eval_metrics=(list(req.eval_metrics) or None) if mode is Mode.TEST else None, cwd=cwd,
                                resume=req.resume)
     if req.backend != "local":
@@ -246,11 +244,10 @@ def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec],
 def request_from_spec(spec: JobSpec) -> SubmitRequest:
     """The request that rebuilds ``spec`` (same name, work dir, overrides)."""
     return SubmitRequest(config=spec.config, backend=spec.backend, overrides=spec.overrides, resources=spec.resources,
-                         name=spec.name, work_dir=spec.work_dir, resume=spec.resume, checkpoint=spec.checkpoint,
-                         eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts, seed=spec.seed,
+                         name=spec.name, work_dir=spec.work_dir, resume=spec.worker.resume or "never",
+                         checkpoint=spec.checkpoint, eval_metrics=spec.eval_metrics, max_restarts=spec.max_restarts,
                          backend_options=spec.backend_options, worker_module=spec.worker_module, slots=None,
-                         hang_timeout_s=spec.hang_timeout_s, amp=spec.amp, deterministic=spec.deterministic,
-                         load_from=spec.load_from, validate=spec.validate)
+                         hang_timeout_s=spec.hang_timeout_s, worker=spec.worker)
 
 
 def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: int | None = None,
@@ -260,7 +257,7 @@ def resume_spec(old: JobSpec, resources: Resources | None = None, max_restarts: 
     and a line saying what changed. The scaling is recomputed for the new world size."""
     req = request_from_spec(old)
     moved = backend is not None and backend != old.backend
-    req = dataclasses.replace(req, resume="auto" if old.mode is Mode.TRAIN else old.resume,
+    req = dataclasses.replace(req, resume="auto" if old.mode is Mode.TRAIN else req.resume,
                               resources=resources or old.resources, backend=backend or old.backend,
                               max_restarts=old.max_restarts if max_restarts is None else max_restarts,
                               backend_options=backend_options if (backend_options is not None or moved)

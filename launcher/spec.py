@@ -6,13 +6,14 @@ and from JSON-ready dicts for the experiment store. No I/O.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
-from detcore.contract import DIST_TIMEOUT_MIN
+from detcore.contract import DIST_TIMEOUT_MIN, WorkerArgs
 from launcher.errors import LauncherError
 from launcher.scaling import ScaledSchedule
 from launcher.state import JobState
@@ -77,11 +78,12 @@ class JobSpec:
     """One experiment, fully resolved: every path absolute, scaling computed, id assigned.
 
     ``backend_options`` is the backend's own frozen dataclass (e.g. ``LocalOptions``) or None.
-    ``resume`` is ``auto`` (continue from the work dir's newest checkpoint, fresh when none),
-    ``never`` or a checkpoint path. ``scaling`` is the launcher's prediction of the linear-scaling
+    ``worker`` is what the worker is started with (:class:`detcore.contract.WorkerArgs`: ``--resume``,
+    ``--seed``, ``--amp``, ...; ``worker.resume`` None: never resume). Its mode, config, checkpoint,
+    work dir, results file, ``--eval`` and ``--cfg-options`` always follow this spec's own fields (set on
+    construction), and its device is left for the backend to choose (:func:`launcher.runtime.command.worker_args`).
+    ``scaling`` is the launcher's prediction of the linear-scaling
     decision for this world size (for display; the worker applies the rule itself).
-    ``amp``/``deterministic``/``load_from``/``validate`` become the worker's ``--amp``,
-    ``--deterministic``, ``--load-from PATH`` and ``--no-validate``;
     ``loader_workers`` is the config's ``data.workers_per_gpu`` (for sizing CPUs and threads).
     ``dist_timeout_min`` is the config's ``dist_params.timeout_min`` (detcore's default when unset), for
     launchers that create the process group themselves (Ray Train).
@@ -97,23 +99,18 @@ class JobSpec:
     checkpoint: str | None = None
     eval_metrics: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
-    resume: str = "auto"
+    worker: WorkerArgs = field(default_factory=lambda: WorkerArgs(resume="auto"))
     backend: str = "local"
     backend_options: Any = None
     max_restarts: int = 0
-    seed: int | None = None
     scaling: ScaledSchedule | None = None
     config_hash: str = ""
     worker_module: str = "detcore.tools.cli"
     slots: SlotPool | None = None
     run_id: str = ""
     hang_timeout_s: float = 0.0
-    amp: bool = False
-    deterministic: bool = False
     loader_workers: int = 2
     dist_timeout_min: float = DIST_TIMEOUT_MIN
-    load_from: str | None = None
-    validate: bool = True
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{8}", self.id):
@@ -127,8 +124,14 @@ class JobSpec:
             raise LauncherError("a test job needs a checkpoint (--test CHECKPOINT)")
         if self.mode is Mode.TRAIN and (self.checkpoint or self.eval_metrics):
             raise LauncherError("--eval and a checkpoint belong to test jobs; pass --test CHECKPOINT")
-        if not self.resume:
-            raise LauncherError("resume must be auto, never or a checkpoint path")
+        if not isinstance(self.worker, WorkerArgs):
+            raise LauncherError(f"worker must be a WorkerArgs, got {type(self.worker).__name__}")
+        test = self.mode is Mode.TEST
+        object.__setattr__(self, "worker", dataclasses.replace(
+            self.worker, mode=self.mode.value, config=self.config, checkpoint=self.checkpoint, work_dir=self.work_dir,
+            out=os.path.join(self.work_dir, "results.json") if test else None,
+            eval=tuple(self.eval_metrics) if test and self.eval_metrics else None,
+            cfg_options=tuple(self.overrides)))  # never pre-scaled: the worker applies auto_scale_lr itself
         _check_int("max_restarts", self.max_restarts, 0)
         _check_int("data.workers_per_gpu", self.loader_workers, 0)
         if timeout_problem(self.dist_timeout_min):
@@ -197,8 +200,13 @@ class JobStatus:
 
 # ---- JSON round trip (the store keeps the spec so `resume` can rebuild it) -----------------
 
+# The worker flags a spec.json held as its own fields before they became ``worker`` (read by spec_from_dict).
+_FLAT_WORKER_FIELDS = ("resume", "seed", "amp", "deterministic", "load_from", "validate")
+
+
 def spec_to_dict(spec: JobSpec) -> dict:
     out = dataclasses.asdict(spec)
+    out["worker"] = spec.worker.to_dict()
     out["mode"] = spec.mode.value
     out["overrides"] = list(spec.overrides)
     out["eval_metrics"] = list(spec.eval_metrics)
@@ -217,4 +225,18 @@ def spec_from_dict(data: Mapping[str, Any], options_type: type | None = None) ->
     d["slots"] = SlotPool(**d["slots"]) if d.get("slots") else None
     opts = d.get("backend_options")
     d["backend_options"] = options_type(**opts) if (opts is not None and options_type is not None) else None
+    d["worker"] = worker_from_dict(d)
+    for name in _FLAT_WORKER_FIELDS:
+        d.pop(name, None)
     return JobSpec(**d)
+
+
+def worker_from_dict(data: Mapping[str, Any]) -> WorkerArgs:
+    """The :class:`WorkerArgs` of a spec as :func:`spec_to_dict` wrote it, or as a spec.json written before the
+    worker's arguments were one value held them (flat ``resume``/``seed``/``amp``/... fields; ``resume: never``)."""
+    if data.get("worker") is not None:
+        return WorkerArgs.from_dict(data["worker"])
+    flat = {k: data[k] for k in _FLAT_WORKER_FIELDS if k in data}
+    resume = flat.get("resume", "auto")
+    flat["resume"] = None if resume == "never" or Mode(data.get("mode") or "train") is Mode.TEST else resume
+    return WorkerArgs.from_dict(flat)

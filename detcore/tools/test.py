@@ -8,31 +8,22 @@ from pathlib import Path
 
 from detcore.atomic import write_text_atomic
 from detcore.config import load_config
-from detcore.contract import WorkDir
+from detcore.contract import TEST, WorkDir, WorkerArgs
 from detcore.tools.old_flags import TEST_HINTS, add_hints
-from detcore.tools.train import add_common, check_work_dir, setup_logging
+from detcore.tools.train import check_work_dir, setup_logging
 
 logger = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("config", help="path to a YAML config (or an MMDetection .py config, imported on the fly)")
-    p.add_argument("checkpoint", help="checkpoint file (.pth, a detcore checkpoint or a plain state dict), or a "
-                                      "torchvision COCO detector by name, e.g. torchvision://fasterrcnn_resnet50_fpn "
-                                      "(`detcore model list`)")
-    add_common(p)
-    p.add_argument("--out", help="write the COCO results json here")
-    p.add_argument("--eval", nargs="*", default=None, metavar="METRIC",
-                   help="bbox, segm (COCO) and/or mAP (Pascal VOC at IoU 0.5) "
-                        "(default: the config's evaluation.metric)")
+    WorkerArgs.add_arguments(p, TEST)
     p.add_argument("--voc-method", choices=("area", "11points"), default=None,
                    help="for mAP: area (VOC2010+) or 11points (VOC2007) (default: evaluation.voc_method, else area)")
     p.add_argument("--show-dir", help="draw predictions of every image into this folder")
     p.add_argument("--score-thr", type=float, default=0.3, help="score threshold for --show-dir (default 0.3)")
     p.add_argument("--split", default="test", help="data split to run on (default test)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
     add_hints(p, TEST_HINTS)
 
 
@@ -52,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options)
     evaluation = cfg.get("evaluation") or {}
     metrics = check_metrics(args.eval if args.eval is not None else evaluation.get("metric", ["bbox"]),
-                            "--eval" if args.eval is not None else "evaluation.metric")
+                            WorkerArgs.option("eval") if args.eval is not None else "evaluation.metric")
     voc_method = args.voc_method or evaluation.get("voc_method", "area")
     label_ids = label_ids_of(cfg)
     ckpt = load_checkpoint(args.checkpoint)

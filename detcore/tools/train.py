@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,28 +19,9 @@ from detcore.tools.old_flags import TRAIN_HINTS, add_hints
 logger = logging.getLogger(__name__)
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. optimizer.lr=0.01 data.samples_per_gpu=4 (prefix new keys with +)")
-    p.add_argument("--work-dir", help="where logs, checkpoints and TensorBoard go (default work_dirs/<config name>)")
-
-
 def add_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("config", help="path to a YAML config (or an MMDetection .py config, imported on the fly)")
-    add_common(p)
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH",
-                   help="continue from the newest checkpoint in the work dir (auto) or from PATH")
-    p.add_argument("--load-from", help="initialise weights from a checkpoint or a torchvision COCO detector such "
-                                       "as torchvision://fasterrcnn_resnet50_fpn (fine-tuning; optimizer state not "
-                                       "loaded)")
-    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--seed", type=contract.parse_seed, default=0,
-                   help=f"random seed, 0..{contract.SEED_MAX} (default 0)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms, cuDNN and cuBLAS (see docs/training.md on CUDA)")
-    p.add_argument("--device", help="cpu, cuda (this rank's GPU) or cuda:N (default: cuda when available)")
+    contract.WorkerArgs.add_arguments(p, contract.TRAIN)
     add_hints(p, TRAIN_HINTS)
 
 
@@ -103,17 +85,18 @@ def record_weights(records: list[dict]) -> None:
         contract.append_event(run_dir, {"event": "weights", "rank": 0, "weights": records})
 
 
-def run(args: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     from detcore.config_check import check_config
 
+    args = contract.WorkerArgs.from_namespace(ns, contract.TRAIN)
     restart = contract.resume_on_restart(args.resume, os.environ)
     if restart != args.resume:
         logger.info("restart %s of this launch: continuing from the newest checkpoint (--resume auto)",
                     os.environ.get(contract.RESTART_ENV))
-        args.resume = restart
-    cfg = load_config(args.config, args.cfg_options)
+        args = dataclasses.replace(args, resume=restart)
+    cfg = load_config(args.config, list(args.cfg_options))
     # before any work dir exists
-    check_config(cfg, validate=not args.no_validate, load_from=args.load_from, resume=args.resume)
+    check_config(cfg, validate=args.validate, load_from=args.load_from, resume=args.resume)
     work_dir = check_work_dir(Path(args.work_dir or cfg.get("work_dir") or default_work_dir(args.config)))
     cfg["work_dir"] = str(work_dir)
     created = not work_dir.exists()
@@ -177,7 +160,7 @@ def resume_choice(work_dir: Path, asked: str | None, claim) -> str | None:
     raise WorkDirError(refusal)
 
 
-def train(args: argparse.Namespace, cfg: dict, work_dir: Path, resume: str | None, created: bool, claim) -> int:
+def train(args: contract.WorkerArgs, cfg: dict, work_dir: Path, resume: str | None, created: bool, claim) -> int:
     from detcore.engine.heartbeat import install_stack_dump_signal
     from detcore.engine.hparams import hparams_from_options
     from detcore.engine.trainer import Trainer, TrainingInterrupted, install_stop_signals
@@ -197,9 +180,9 @@ def train(args: argparse.Namespace, cfg: dict, work_dir: Path, resume: str | Non
     start = time.monotonic()
     try:
         trainer = Trainer(cfg, work_dir, resume=resume, load_from=args.load_from,
-                          validate=not args.no_validate, amp=args.amp, seed=args.seed,
+                          validate=args.validate, amp=args.amp, seed=0 if args.seed is None else args.seed,
                           deterministic=args.deterministic, device=args.device, heartbeat_dir=heartbeat_dir,
-                          hparams=hparams_from_options(cfg, args.cfg_options))
+                          hparams=hparams_from_options(cfg, list(args.cfg_options)))
         record_scaling(trainer.scaling.to_dict())
         record_weights(trainer.weights_used)
         trainer.train()

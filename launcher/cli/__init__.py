@@ -77,6 +77,8 @@ def _add_backend_groups(p: argparse.ArgumentParser) -> None:
 
 
 def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
+    from detcore.contract import WorkerArgs
+
     p.add_argument("config", help="path to a YAML config")
     p.add_argument("--backend", default="local", help="local (default), slurm or ray")
     res = p.add_mutually_exclusive_group()
@@ -96,16 +98,10 @@ def _add_job_arguments(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--max-restarts", type=int, default=2,
                    help="restart the worker group up to K times after a worker dies, resuming from the newest "
                         "checkpoint (default 2; a worker's user error, exit code 2, is never restarted)")
-    p.add_argument("--seed", type=int, help="random seed passed to the trainer")
     p.add_argument("--hang-timeout", type=float, metavar="S",
                    help="end and restart an attempt in which no rank finishes an iteration for S seconds (0: off; "
                         "default 1800 for runs of 5000+ iterations or epoch-based, else off)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (GPU jobs; a CPU job says it ignores it)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic algorithms, cuDNN and cuBLAS (slower; see docs/training.md on CUDA)")
-    p.add_argument("--load-from", metavar="CHECKPOINT",
-                   help="initialise weights from a checkpoint (fine-tuning; optimizer state not loaded)")
-    p.add_argument("--no-validate", action="store_true", help="skip evaluation during training")
+    WorkerArgs.add_submit_arguments(p)  # --seed, --amp, --deterministic, --load-from, --no-validate
     p.add_argument("--detach", action="store_true", help="return at once; the job keeps running")
     p.add_argument("--dry-run", action="store_true", help="print what would run and start nothing")
     p.add_argument("--json", action="store_true", help="print JSON records instead of text")

@@ -45,6 +45,7 @@ def _time_min(args: argparse.Namespace) -> int | None:
 
 
 def _request(args: argparse.Namespace, module):
+    from detcore.contract import WorkerArgs
     from launcher.jobs import SubmitRequest
 
     resources = _resources(args)
@@ -53,10 +54,9 @@ def _request(args: argparse.Namespace, module):
                          resources=resources, name=args.name, work_dir=args.work_dir,
                          resume=getattr(args, "resume", None), checkpoint=getattr(args, "test", None),
                          eval_metrics=tuple(getattr(args, "eval", ())), max_restarts=args.max_restarts,
-                         seed=args.seed, backend_options=module.options_from_args(args),
+                         backend_options=module.options_from_args(args),
                          worker_module=args.worker_module, hang_timeout_s=getattr(args, "hang_timeout", None),
-                         amp=args.amp, deterministic=args.deterministic, load_from=args.load_from,
-                         validate=not args.no_validate)
+                         worker=WorkerArgs(**{name: getattr(args, name) for name in WorkerArgs.submit_fields()}))
 
 
 def _print_json(data) -> None:

@@ -1,52 +1,28 @@
 """The worker command line and its environment, the same for every backend (pure)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Mapping
 
 from detcore import contract
-from launcher.spec import JobSpec, Mode
+from launcher.spec import JobSpec
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def worker_args(spec: JobSpec, device: str | None = None) -> tuple[str, ...]:
-    """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``.
+    """The worker contract's arguments (after ``python -m detcore.tools.cli``) for ``spec``:
+    ``spec.worker.to_argv()`` (:class:`detcore.contract.WorkerArgs`) with the device made explicit.
 
-    ``train CONFIG --work-dir D --device cuda|cpu [--resume auto|PATH] [--seed N] [--amp]
-    [--deterministic] [--load-from PATH] [--no-validate] [--cfg-options USER...]`` or ``test CONFIG CHECKPOINT --work-dir D
-    --out D/results.json --device cuda|cpu [--eval M...] [--cfg-options ...]``. The device is
-    always explicit: ``cuda`` (the rank's leased GPU) for a GPU job, else ``cpu`` (a CPU job never
-    lands on a GPU no lease covers; a GPU job without usable CUDA fails with one line). ``device``
-    overrides the choice (Ray's ``--gpus-per-worker``). ``--cfg-options`` comes last because it
-    takes every following word.
+    The device is always explicit: ``cuda`` (the rank's leased GPU) for a GPU job, else ``cpu`` (a CPU
+    job never lands on a GPU no lease covers; a GPU job without usable CUDA fails with one line).
+    ``device`` overrides the choice (Ray's ``--gpus-per-worker``).
     """
     device = device or ("cuda" if spec.resources.gpus else "cpu")
-    overrides = list(spec.overrides)  # never pre-scaled: the worker applies auto_scale_lr at its own world size
-    if spec.mode is Mode.TEST:
-        args = ["test", spec.config, str(spec.checkpoint), "--work-dir", spec.work_dir,
-                "--out", os.path.join(spec.work_dir, "results.json"), "--device", device]
-        if spec.eval_metrics:
-            args += ["--eval", *spec.eval_metrics]
-    else:
-        args = ["train", spec.config, "--work-dir", spec.work_dir, "--device", device]
-        if spec.resume != "never":
-            args += ["--resume", spec.resume]
-        if spec.seed is not None:
-            args += ["--seed", str(spec.seed)]
-        if spec.amp:
-            args.append("--amp")
-        if spec.deterministic:
-            args.append("--deterministic")
-        if spec.load_from:
-            args += ["--load-from", spec.load_from]
-        if not spec.validate:
-            args.append("--no-validate")
-    if overrides:
-        args += ["--cfg-options", *overrides]
-    return tuple(args)
+    return dataclasses.replace(spec.worker, device=device).to_argv()
 
 
 def worker_command(spec: JobSpec, python: str = sys.executable) -> tuple[str, ...]:

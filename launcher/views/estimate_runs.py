@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from launcher.views.estimate import Estimate, PastRun, estimate, measure, run_shape, scaled_config
 from launcher.views.metrics import read_history, trained_config
-from launcher.spec import JobSpec, Mode
+from launcher.spec import JobSpec, Mode, worker_from_dict
 from launcher.store import Experiment, ExperimentStore
 
 logger = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ def past_runs(store: ExperimentStore, world_size: int) -> list[PastRun]:
         if cfg is None:
             continue
         resources, spec = json.loads(row["resources"] or "{}"), json.loads(row["spec"] or "{}")
-        shape = run_shape(cfg, world_size, int(resources.get("gpus") or 0), bool(spec.get("amp")),
-                          bool(spec.get("validate", True)))
+        worker = worker_from_dict(spec)
+        shape = run_shape(cfg, world_size, int(resources.get("gpus") or 0), worker.amp, worker.validate)
         measured = shape and measure(row["id"], shape, row["ended"] - row["started"], read_history(row["work_dir"]))
         if measured:
             runs.append(measured)
@@ -51,7 +51,8 @@ def estimate_for_spec(store: ExperimentStore, spec: JobSpec, cfg: Mapping[str, A
     if spec.mode is not Mode.TRAIN:
         return Estimate(None, (), "estimates are made for training runs")
     changes = [{"key": c.key, "new": c.new} for c in spec.scaling.changes] if spec.scaling else []
-    shape = run_shape(scaled_config(cfg, changes), spec.world_size, spec.resources.gpus, spec.amp, spec.validate)
+    shape = run_shape(scaled_config(cfg, changes), spec.world_size, spec.resources.gpus, spec.worker.amp,
+                      spec.worker.validate)
     if shape is None:
         return Estimate(None, (), "the config's runner gives no max_iters or max_epochs")
     measured = {} if measured is None else measured
@@ -78,8 +79,9 @@ def estimate_started(store: ExperimentStore, exp: Experiment) -> Estimate | None
         except (DetcoreError, OSError):
             return None
         cfg = scaled_config(cfg, (json.loads(exp.scaling) if exp.scaling else {}).get("changes") or [])
-    shape = run_shape(cfg, exp.world_size, int(json.loads(exp.resources or "{}").get("gpus") or 0),
-                      bool(spec.get("amp")), bool(spec.get("validate", True)))
+    worker = worker_from_dict(spec)
+    shape = run_shape(cfg, exp.world_size, int(json.loads(exp.resources or "{}").get("gpus") or 0), worker.amp,
+                      worker.validate)
     if shape is None:
         return None
     return estimate(shape, [p for p in past_runs(store, exp.world_size) if p.id != exp.id])

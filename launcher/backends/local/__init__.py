@@ -198,7 +198,7 @@ class LocalBackend(detached.DetachedBackend):
             notes.append(f"CPU cores: none leased (--oversubscribe); the job shares all {self.cores} cores")
         if r.gpus and self.fake_gpus:
             notes.append(f"{FAKE_GPUS_ENV}: the GPUs are fake, so the workers train with --device cpu")
-        if spec.amp and not r.gpus:
+        if spec.worker.amp and not r.gpus:
             notes.append("--amp is ignored by CPU workers (they train in full precision and say so in their log)")
         if spec.slots:
             notes.append(f"runs when one of {spec.slots.size} slots of sweep {spec.slots.name} is free")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from detcore.contract import WorkerArgs
 from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.backends.ray_train.plan import RayOptions
 from launcher.backends.ray_train.plan import trainer_plan
@@ -73,9 +74,9 @@ def test_submit_dry_run_passes_amp_and_deterministic_and_says_cpu_ignores_amp(tm
 
 
 def test_resume_keeps_amp_and_determinism() -> None:
-    spec = spec_for(amp=True, deterministic=True)
+    spec = spec_for(worker=WorkerArgs(amp=True, deterministic=True))
     req = request_from_spec(spec)
-    assert req.amp and req.deterministic
+    assert req.worker.amp and req.worker.deterministic
 
 
 # ---- 4. Ray with fractional GPUs ------------------------------------------------------------------------

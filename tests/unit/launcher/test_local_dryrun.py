@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from detcore.contract import WorkerArgs
 from launcher.runtime.command import worker_args
 from launcher.backends.local import LocalBackend, LocalOptions
 from launcher.errors import LauncherError
@@ -76,8 +77,8 @@ def test_test_mode_and_resume_policies(tmp_path):
     assert args[:3] == ("test", str(ROOT / SHAPES), str(ckpt))
     assert args[args.index("--out") + 1] == f"{spec.work_dir}/results.json" and args[-2:] == ("--eval", "bbox")
     assert "--resume" not in worker_args(spec_for(resume="never"))
-    assert worker_args(spec_for(resume=str(ckpt), seed=7))[4:10] == ("--device", "cpu", "--resume", str(ckpt),
-                                                                      "--seed", "7")
+    assert worker_args(spec_for(resume=str(ckpt), worker=WorkerArgs(seed=7)))[4:10] == (
+        "--device", "cpu", "--resume", str(ckpt), "--seed", "7")
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -120,10 +121,10 @@ def test_load_from_and_no_validate_reach_the_worker_like_detcore_train(tmp_path)
     (tmp_path / "iter_4.pth").write_bytes(b"x")
     (tmp_path / "latest.pth").symlink_to("iter_4.pth")
     latest = str(tmp_path / "latest.pth")
-    spec = spec_for(load_from=latest, validate=False, overrides=("runner.max_iters=8",))
+    spec = spec_for(worker=WorkerArgs(load_from=latest, validate=False), overrides=("runner.max_iters=8",))
     args = worker_args(spec)
     assert args[args.index("--load-from") + 1] == latest and "--no-validate" in args
     assert args.index("--no-validate") < args.index("--cfg-options")
     assert "--no-validate" not in worker_args(spec_for()) and "--load-from" not in worker_args(spec_for())
     again = request_from_spec(spec)  # a resume keeps them
-    assert (again.load_from, again.validate) == (latest, False)
+    assert (again.worker.load_from, again.worker.validate) == (latest, False)

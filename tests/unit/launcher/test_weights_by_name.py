@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from detcore.config_check import ConfigProblems
-from detcore.contract import append_event, run_dir
+from detcore.contract import WorkerArgs, append_event, run_dir
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.store.reconcile import weights_fact
 from launcher.runtime.command import worker_args
@@ -25,7 +25,7 @@ def spec_for(**kw):
 
 
 def test_names_reach_the_worker_as_given() -> None:
-    spec = spec_for(load_from="torchvision://fasterrcnn_resnet50_fpn")
+    spec = spec_for(worker=WorkerArgs(load_from="torchvision://fasterrcnn_resnet50_fpn"))
     args = worker_args(spec)
     assert args[args.index("--load-from") + 1] == "torchvision://fasterrcnn_resnet50_fpn"
     test = spec_for(checkpoint="FasterRCNN_ResNet50_FPN_Weights.COCO_V1")
@@ -39,7 +39,7 @@ def test_names_reach_the_worker_as_given() -> None:
 ])
 def test_wrong_names_are_refused_before_anything_exists(load_from: str, words: str) -> None:
     with pytest.raises(ConfigProblems) as err:
-        spec_for(load_from=load_from)
+        spec_for(worker=WorkerArgs(load_from=load_from))
     assert len(err.value.problems) == 1 and words in err.value.problems[0]
 
 
@@ -64,10 +64,11 @@ def test_status_shows_the_weights_fact(tmp_path: Path) -> None:
 
 def test_a_remote_submit_warns_about_names_not_in_this_nodes_cache(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    spec_for(load_from="torchvision://fasterrcnn_resnet50_fpn", backend="slurm")
+    spec_for(worker=WorkerArgs(load_from="torchvision://fasterrcnn_resnet50_fpn"), backend="slurm")
     (warning,) = [r.getMessage() for r in caplog.records if "cache" in r.getMessage()]
     assert ("load_from" in warning or "--load-from" in warning) and "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth" in warning
     assert "detcore model download FasterRCNN_ResNet50_FPN_Weights.COCO_V1" in warning
     caplog.clear()
-    spec_for(load_from="torchvision://fasterrcnn_resnet50_fpn")  # local: the job downloads it with a progress line
+    # local: the job downloads it with a progress line
+    spec_for(worker=WorkerArgs(load_from="torchvision://fasterrcnn_resnet50_fpn"))
     assert not [r for r in caplog.records if "cache" in r.getMessage()]
