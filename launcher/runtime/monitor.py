@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from detcore import contract
+from detcore.facts import Start, read_facts
 from launcher.resources.procinfo import current_process, process_start
 from launcher.runtime.facts import RunFacts, summarize
 from launcher.runtime.job_folder import JobFolder
@@ -36,11 +37,11 @@ logger = logging.getLogger(__name__)
 HOST = socket.gethostname()
 
 
-def local_alive(rec: Mapping) -> bool | None:
+def local_alive(rec: Start) -> bool | None:
     """Whether the rank of a start record still runs (its shim or its worker); None on another host."""
-    if rec.get("host") not in (None, HOST):
+    if rec.host not in ("", HOST):
         return None
-    return any(process_start(int(rec.get(k) or 0)) is not None for k in ("shim_pid", "pid"))
+    return any(process_start(pid) is not None for pid in (rec.shim_pid, rec.pid))
 
 
 class RunMonitor:
@@ -97,7 +98,7 @@ class RunMonitor:
 
     # ---- following the facts ---------------------------------------------------------------------
     def facts(self) -> RunFacts:
-        return summarize(contract.read_events(self.run_dir), local_alive)
+        return summarize(read_facts(self.run_dir), local_alive)
 
     def observe(self) -> RunFacts:
         """State, restarts, ports and the reason (the stage, the newest restart and its cause) from the facts
@@ -110,7 +111,7 @@ class RunMonitor:
                 state = JobState.RUNNING
             if facts.restarts > self.status["restarts"]:
                 fields["restarts"] = facts.restarts
-            world_size = max([int(rec.get("world_size") or 1) for rec in facts.current.values()] or [1])
+            world_size = max([rec.world_size or 1 for rec in facts.current.values()] or [1])
             reason = running_reason(facts, self._beats(facts.attempt, world_size), world_size, self.max_restarts)
             if facts.newest_failed and not facts.user_error:
                 stage = stage_line(facts, {}, world_size) if facts.stage is not None else ""

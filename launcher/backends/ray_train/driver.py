@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from detcore import contract
+from detcore.facts import append_fact, read_facts
 from detcore.errors import WorkDirError
 from launcher.backends.ray_train.plan import (Address, RayOptions, TrainerPlan, address_file_problem, parse_address,
                                               ray_address_file, resolve_address)
@@ -126,11 +126,11 @@ class Driver:
 
         deadline = time.monotonic() + wait_s
         while True:
-            events = contract.read_events(self.monitor.run_dir)
+            events = read_facts(self.monitor.run_dir)
             if not awaiting_node_verdict(events, time.time()):
                 return
             for fact in node_losses(events, ray.nodes(), time.time()):
-                contract.append_event(self.monitor.run_dir, fact)
+                append_fact(self.monitor.run_dir, fact)
                 events.append(fact)
             if time.monotonic() >= deadline or not awaiting_node_verdict(events, time.time(), ("unreachable",)):
                 return
