@@ -35,7 +35,6 @@ class RunFacts:
 
     attempt: int = -1                          # the newest attempt any rank started (-1: none yet)
     ports: tuple[int, ...] = ()
-    master_addrs: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()             # one line per failed attempt, oldest first
     user_error: str = ""                       # the first rank that ended with EXIT_USER_ERROR
     current: Mapping[int, Start] = field(default_factory=dict)     # rank -> start record of the newest attempt
@@ -250,7 +249,6 @@ def summarize(events: Iterable[Fact], alive: Alive | None = None) -> RunFacts:
     lost: dict[int, dict[int | None, Lost]] = {}
     requeues: dict[int, Requeue] = {}
     ports: set[int] = set()
-    addrs: set[str] = set()
     stage: Stage | None = None
     for rec in events:
         if isinstance(rec, Hang):
@@ -266,8 +264,6 @@ def summarize(events: Iterable[Fact], alive: Alive | None = None) -> RunFacts:
             stage = None
             if rec.master_port:
                 ports.add(rec.master_port)
-            if rec.master_addr:
-                addrs.add(rec.master_addr)
         elif isinstance(rec, End):
             ends.setdefault((rec.rank, rec.attempt), rec)
     attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs) | set(lost))
@@ -287,6 +283,6 @@ def summarize(events: Iterable[Fact], alive: Alive | None = None) -> RunFacts:
     newest = attempts[-1] if attempts else -1
     current = {r: rec for (r, a), rec in starts.items() if a == newest}
     ended = {r: rec for (r, a), rec in ends.items() if a == newest}
-    return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended,
+    return RunFacts(newest, tuple(sorted(ports)), tuple(failures), user_error, current, ended,
                     user_error_attempt, endings, requeues, {a: hang_stuck(recs) for a, recs in sorted(hangs.items())},
                     stage)

@@ -45,14 +45,19 @@ def local_alive(rec: Start) -> bool | None:
 
 
 class RunMonitor:
-    """The status of one launch, kept from its facts and written where it can be."""
+    """The status of one launch, kept from its facts and written where it can be.
 
-    def __init__(self, status_path: Path, run_dir: Path, max_restarts: int, **fields: Any) -> None:
+    ``status.json`` holds what its readers use and nothing else: ``state``, ``restarts``, ``ports``,
+    ``reason``, ``exit_code``, ``started``, ``ended`` (:func:`observed_status`, hence ``launcher status``),
+    and ``run_dir``, ``monitor_pid``, ``monitor_start`` (whether the monitor still runs; the store's repair
+    rebuilds a lost row from them)."""
+
+    def __init__(self, status_path: Path, run_dir: Path, max_restarts: int) -> None:
         self.status_path, self.run_dir, self.max_restarts = Path(status_path), Path(run_dir), max_restarts
         pid, start = current_process()
         self.status: dict[str, Any] = {"state": JobState.PENDING.value, "restarts": 0, "ports": [], "reason": "",
                                        "exit_code": None, "started": None, "ended": None, "run_dir": str(run_dir),
-                                       "monitor_pid": pid, "monitor_start": start, **fields}
+                                       "monitor_pid": pid, "monitor_start": start}
         self._lock = threading.Lock()
         self._unwritten = False
 
@@ -104,7 +109,7 @@ class RunMonitor:
         """State, restarts, ports and the reason (the stage, the newest restart and its cause) from the facts
         of this launch and the heartbeats of its newest attempt."""
         facts = self.facts()
-        fields: dict[str, Any] = {"ports": list(facts.ports), "master_addrs": list(facts.master_addrs)}
+        fields: dict[str, Any] = {"ports": list(facts.ports)}
         state = None
         if JobState(self.status["state"]) in (JobState.PENDING, JobState.RESTARTING, JobState.RUNNING):
             if facts.attempt >= 0:

@@ -103,8 +103,7 @@ class Driver:
     def __init__(self, spec: JobSpec, home: Path, job_dir: Path) -> None:
         self.spec, self.home, self.job_dir = spec, home, job_dir
         self.plan = TrainerPlan.from_json(read_plan(job_dir)["plan"])  # what submit computed and --dry-run prints
-        self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures,
-                                  address=None, master_addrs=[])
+        self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures)
         self.cancelled = False
         self.stop_reason = ""
 
@@ -170,7 +169,6 @@ class Driver:
             if address.jobs:  # this driver is a Ray job: Ray's job supervisor names the cluster in RAY_ADDRESS
                 address = job_cluster(address, os.environ)
             check_reachable(address)
-            self.monitor.set(address=address.text)
             return self.fit(address)
         except LauncherError as exc:
             return self.finish(JobState.FAILED, 2, str(exc))

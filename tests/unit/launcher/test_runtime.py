@@ -229,3 +229,17 @@ def test_slurm_hang_requeues_within_the_budget_then_fails(tmp_path, monkeypatch)
     with pytest.raises(slurm_task.WorkerFailed, match="the most allowed by --max-restarts") as failed:
         task._after_hang(0, 1)
     assert "hang: rank 1 is stopped" in str(failed.value) and len(calls) == 1
+
+
+def test_status_json_holds_what_its_readers_use(tmp_path):
+    """``launcher status`` (through observed_status) and the store's repair read these keys; nothing else is
+    written, so no field goes stale unread."""
+    run = tmp_path / "run"
+    mon = RunMonitor(tmp_path / "status.json", run, max_restarts=0)
+    append_fact(run, parse_fact(start(0, 0)))
+    mon.observe()
+    mon.finish(JobState.SUCCEEDED, 0, "")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert set(status) == {"state", "restarts", "ports", "reason", "exit_code", "started", "ended", "run_dir",
+                           "monitor_pid", "monitor_start"}
+    assert status["ports"] == [29500] and observed_status(status, None, False, "the supervisor").exit_code == 0
