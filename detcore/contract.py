@@ -19,7 +19,9 @@ Exit codes of ``python -m detcore.tools.cli``:
 
 The run directory of one launch (a submit or a resume) lives in the work dir:
 ``WORK_DIR/runs/<run id>/`` holds ``events.jsonl`` (one JSON line per fact: an attempt of a
-rank started or ended, a hang seen, a rank lost, a requeue; see ``launcher.runtime.facts``),
+rank started or ended, a hang seen, a rank lost, a requeue, a Ray placement stage, the schedule
+scaled and the weights loaded; the records and their one append/read pair are :mod:`detcore.facts`,
+what they mean together is ``launcher.runtime.facts``),
 ``heartbeat/a{ATTEMPT}/rank{R}`` (the newest finished iteration of rank R, when, and whether it is
 training or evaluating: :func:`write_heartbeat`) and, once the launch has ended, the monitor's
 ``outcome.json`` (local and Ray). Each launch gets a fresh run id, so it never reads an earlier ending.
@@ -39,7 +41,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 from detcore.atomic import write_text_atomic
 
@@ -144,7 +146,7 @@ class RunDir:
 
     @property
     def events(self) -> Path:
-        """One JSON line per fact (:func:`append_event`, :func:`read_events`)."""
+        """One JSON line per fact (:func:`detcore.facts.append_fact`, :func:`detcore.facts.read_facts`)."""
         return self.root / EVENTS_FILE
 
     @property
@@ -235,10 +237,6 @@ def run_dir(work_dir: str | os.PathLike, run_id: str) -> Path:
     return WorkDir(work_dir).run(run_id).root
 
 
-def events_path(run: str | os.PathLike) -> Path:
-    return RunDir(run).events
-
-
 def heartbeat_path(heartbeat_dir: str | os.PathLike, rank: int) -> Path:
     return Path(heartbeat_dir) / f"rank{rank}"
 
@@ -274,23 +272,6 @@ def read_heartbeat(heartbeat_dir: str | os.PathLike, rank: int) -> Beat | None:
         return None
 
 
-def append_event(run: str | os.PathLike, event: Mapping[str, Any]) -> bool:
-    """Append one fact to ``run/events.jsonl`` in a single ``write`` (atomic for lines below PIPE_BUF on a
-    local file system). False when it could not be written (a full disk): facts are best effort, a
-    failure to record one never stops a job."""
-    line = (json.dumps(dict(event), sort_keys=True, default=str) + "\n").encode()
-    try:
-        os.makedirs(run, exist_ok=True)
-        fd = os.open(events_path(run), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-        return True
-    except OSError:
-        return False
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Every JSON object line of ``path`` in order (none when it cannot be read; a half-written or bad line
     is skipped)."""
@@ -307,11 +288,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
-
-
-def read_events(run: str | os.PathLike) -> list[dict]:
-    """Every complete fact of ``run`` in order (a half-written last line is skipped)."""
-    return read_jsonl(events_path(run))
 
 
 def describe_exit(code: int | None) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from detcore import contract
 from detcore.config import load_config
+from detcore.facts import Scaling, Weights, append_fact
 from detcore.errors import ConfigError, DetcoreError, WorkDirError
 from detcore.tools.log_format import FILE_FORMAT
 from detcore.tools.old_flags import TRAIN_HINTS, add_hints
@@ -69,7 +70,7 @@ def record_scaling(scaling: dict) -> None:
     experiment row; nothing without a launcher."""
     run_dir = os.environ.get(contract.RUN_DIR_ENV)
     if run_dir and int(os.environ.get("RANK", 0)) == 0:
-        contract.append_event(run_dir, {"event": "scaling", "rank": 0, "scaling": scaling})
+        append_fact(run_dir, Scaling(rank=0, scaling=scaling))
 
 
 def record_weights(records: list[dict]) -> None:
@@ -82,7 +83,7 @@ def record_weights(records: list[dict]) -> None:
                     record["file"], record["sha256"])
     run_dir = os.environ.get(contract.RUN_DIR_ENV)
     if run_dir:
-        contract.append_event(run_dir, {"event": "weights", "rank": 0, "weights": records})
+        append_fact(run_dir, Weights(rank=0, weights=tuple(records)))
 
 
 def run(ns: argparse.Namespace) -> int:

@@ -1,29 +1,10 @@
 """What the facts of one launch say: restarts, ports, the rank that failed first, requeues (all pure).
 
-The facts are the JSON lines of ``WORK_DIR/runs/<run id>/events.jsonl`` (see :mod:`detcore.contract`):
-
-``{"event": "start", "rank", "attempt", "pid", "host", "node"?, "master_addr", "master_port", "time", ...}``
-    written by the worker shim (a Ray worker: by itself) when a rank's attempt begins;
-``{"event": "end", "rank", "attempt", "pid", "exit_code", "detail", "time"}``
-    written by the shim when its worker returns, raises or is killed. The shim outlives its worker,
-    so a SIGKILLed worker is recorded exactly. A Ray worker has no shim (it runs detcore in-process)
-    and writes its own when detcore returns or raises; a rank whose shim died too (a lost node) or a
-    Ray worker whose process was killed writes none;
-``{"event": "hang", "attempt", "rank", "state", "detail", "time"}``
-    written by each rank's hang watchdog before it ends the attempt;
-``{"event": "lost", "attempt", "rank", "kind", "detail", "node"?, "source", "time"}``
-    the scheduler's word on a rank that ended: written by the Ray controller's callback when Ray
-    Train reports a failed worker (kind ``process``: its process died, ``unreachable``,
-    ``unresponsive``, ``error``), and by the Ray driver once Ray declares that worker's node dead
-    (kind ``node``). The Slurm backend derives one from a ``NODE_FAIL`` in ``sacct`` (kind ``node``,
-    no rank: every rank of the attempt without an ``end``) and passes it in; it never writes one;
-``{"event": "requeue", "attempt", "rank", "signal"?, "time_left_s"?, "signal_delay_s"?, "cause"?, "time"}``
-    written by rank 0 of a Slurm job just before it requeues the job itself (on USR2, or after a hang);
-``{"event": "stage", "stage": "placing" | "starting", "workers", "time"}``
-    written by the Ray controller's callback when it places and starts a worker group;
-``{"event": "scaling", "rank": 0, "scaling"}`` and ``{"event": "weights", "rank": 0, "weights"}``
-    written by rank 0 of ``detcore train`` (the schedule it scaled, the weights it loaded) for the
-    experiment store (:mod:`launcher.store.reconcile`); they say nothing about how a launch ends.
+The facts are the typed records of :mod:`detcore.facts` (``start``, ``end``, ``hang``, ``lost``,
+``requeue``, ``stage``, ``scaling``, ``weights``: who writes each, and their JSON lines in
+``WORK_DIR/runs/<run id>/events.jsonl``, are described there). Here they are read together:
+:func:`summarize` turns a launch's facts into :class:`RunFacts`; ``scaling``, ``weights`` and facts of a
+kind this reader does not know say nothing about how a launch ends and are passed over.
 
 Which rank failed first (:func:`first_failure`) is decided here once, for every backend.
 """
@@ -31,10 +12,11 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping
 
 from detcore.contract import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, describe_exit
+from detcore.facts import End, Fact, Hang, Lost, Requeue, Stage, Start
 
 GROUP_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # how torchrun, srun and Ray stop the rest of a group
 
@@ -53,16 +35,15 @@ class RunFacts:
 
     attempt: int = -1                          # the newest attempt any rank started (-1: none yet)
     ports: tuple[int, ...] = ()
-    master_addrs: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()             # one line per failed attempt, oldest first
     user_error: str = ""                       # the first rank that ended with EXIT_USER_ERROR
-    current: Mapping[int, Mapping] = field(default_factory=dict)   # rank -> start record of the newest attempt
-    ended: Mapping[int, Mapping] = field(default_factory=dict)     # rank -> end record of the newest attempt
+    current: Mapping[int, Start] = field(default_factory=dict)     # rank -> start record of the newest attempt
+    ended: Mapping[int, End] = field(default_factory=dict)         # rank -> end record of the newest attempt
     user_error_attempt: int = -1               # the attempt in which that user error happened
     endings: Mapping[int, Ending] = field(default_factory=dict)    # attempt -> the failure that ended it
-    requeues: Mapping[int, Mapping] = field(default_factory=dict)  # attempt -> the requeue fact rank 0 wrote
+    requeues: Mapping[int, Requeue] = field(default_factory=dict)  # attempt -> the requeue fact rank 0 wrote
     hangs: Mapping[int, str] = field(default_factory=dict)         # attempt -> which ranks a hang found stuck
-    stage: Mapping | None = None               # the newest ``stage`` fact, when no rank has started since
+    stage: Stage | None = None                 # the newest ``stage`` fact, when no rank has started since
 
     @property
     def restarts(self) -> int:
@@ -74,7 +55,7 @@ class RunFacts:
     def all_succeeded(self, world_size: int) -> bool:
         """Every rank of the newest attempt ended with exit code 0."""
         return (len(self.ended) >= world_size
-                and all(int(self.ended.get(r, {}).get("exit_code", 1)) == EXIT_OK for r in range(world_size)))
+                and all(r in self.ended and self.ended[r].exit_code == EXIT_OK for r in range(world_size)))
 
     @property
     def last_failure(self) -> str:
@@ -115,47 +96,46 @@ class RunFacts:
         return self.endings[max(earlier)].text if earlier else ""
 
 
-def end_line(rec: Mapping) -> str:
+def end_line(rec: End) -> str:
     """``rank 1 killed by SIGKILL`` or ``rank 1: exit code 2 (user error): <detail>`` for an end record."""
-    code = int(rec.get("exit_code", 0) or 0)
+    code = rec.exit_code
     if code < 0:
-        return f"rank {rec.get('rank')} killed by {describe_exit(code).removeprefix('signal ')}"
-    text = f"rank {rec.get('rank')}: {describe_exit(code)}"
-    return text + (f": {rec['detail']}" if rec.get("detail") else "")
+        return f"rank {rec.rank} killed by {describe_exit(code).removeprefix('signal ')}"
+    text = f"rank {rec.rank}: {describe_exit(code)}"
+    return text + (f": {rec.detail}" if rec.detail else "")
 
 
-def hang_stuck(records: list[Mapping]) -> str:
+def hang_stuck(records: list[Hang]) -> str:
     """Which ranks a hang found stuck: ``rank 1 is stopped``, or that every rank was running."""
-    stuck = sorted({(int(r.get("rank", 0) or 0), r.get("state")) for r in records
-                    if r.get("state") not in (None, "running")})
+    stuck = sorted({(r.rank, r.state) for r in records if r.state is not None and r.state != "running"})
     if stuck:
         return ", ".join(f"rank {r} is {state}" for r, state in stuck)
     return "every rank that reported is running (waiting in a collective?)"
 
 
-def hang_line(records: list[Mapping]) -> str:
+def hang_line(records: list[Hang]) -> str:
     """One line from the watchdog's hang facts of an attempt: the verdict and which ranks are stuck."""
-    verdict = str(records[0].get("detail") or "no rank finished an iteration in time")
+    verdict = records[0].detail or "no rank finished an iteration in time"
     return f"hang: {hang_stuck(records)}; {verdict}; Python stacks are in the rank logs"
 
 
-def _worker(start: Mapping | None) -> str:
-    if not start:
+def _worker(start: Start | None) -> str:
+    if start is None:
         return "its worker"
-    return f"its worker (pid {start.get('pid')} on {start.get('node') or start.get('host', '?')})"
+    return f"its worker (pid {start.pid} on {start.node or start.host or '?'})"
 
 
-def vanished_line(rank: int, start: Mapping) -> str:
+def vanished_line(rank: int, start: Start) -> str:
     """A rank known dead that left no end record and that no scheduler reported."""
-    return (f"rank {rank}: the worker (pid {start.get('pid')} on {start.get('host', '?')}) died without recording "
+    return (f"rank {rank}: the worker (pid {start.pid} on {start.host or '?'}) died without recording "
             f"an exit: killed by a signal (SIGKILL, the OOM killer or a node failure)")
 
 
-def lost_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
+def lost_line(rank: int, lost: Lost, start: Start | None) -> str:
     """A rank the scheduler reported lost (a ``lost`` fact), in one line."""
-    kind, detail = lost.get("kind"), str(lost.get("detail") or "").strip()
+    kind, detail = lost.kind, lost.detail.strip()
     if kind == "node":
-        node = lost.get("node") or (start or {}).get("node") or (start or {}).get("host") or "?"
+        node = lost.node or (start.node or start.host if start is not None else "") or "?"
         return f"rank {rank} lost with its node {node}" + (f" ({detail})" if detail else "")
     if kind == "process":
         return (f"rank {rank}: {_worker(start)} died without recording an exit; Ray reports its process died "
@@ -167,10 +147,10 @@ def lost_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
     return f"rank {rank}: {detail or 'failed'}"
 
 
-def late_loss_line(rank: int, lost: Mapping, start: Mapping | None) -> str:
+def late_loss_line(rank: int, lost: Lost, start: Start | None) -> str:
     """A rank whose training had ended (its end fact says so) when the scheduler reported it lost."""
-    how = {"node": f"with its node {lost.get('node') or '?'}", "process": "its process died",
-           "unreachable": "it stopped answering Ray"}.get(str(lost.get("kind")), "lost")
+    how = {"node": f"with its node {lost.node or '?'}", "process": "its process died",
+           "unreachable": "it stopped answering Ray"}.get(lost.kind, "lost")
     return f"rank {rank}: {_worker(start)} was lost after its training had ended ({how})"
 
 
@@ -188,18 +168,21 @@ class _Candidate:
         return (self.tier, self.when, self.rank)
 
 
-def _when(rec: Mapping) -> float:
-    t = rec.get("time")
-    return float(t) if isinstance(t, (int, float)) and math.isfinite(t) else math.inf
+def _when(rec: End | Lost) -> float:
+    t = rec.time
+    return t if t is not None and math.isfinite(t) else math.inf
 
 
-def _tier_of_loss(report: Mapping) -> int:
-    kind = report.get("kind")
+def _tier_of_loss(report: Lost) -> int:
+    kind = report.kind
     return 0 if kind in EXTERNAL_LOSSES else 1 if kind == "unresponsive" else 2
 
 
-def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], hangs: list[Mapping],
-                  lost: Mapping[int | None, Mapping], alive: Callable[[Mapping], bool | None] | None) -> Ending | None:
+Alive = Callable[[Start], bool | None]
+
+
+def first_failure(starts: Mapping[int, Start], ends: Mapping[int, End], hangs: list[Hang],
+                  lost: Mapping[int | None, Lost], alive: Alive | None) -> Ending | None:
     """The failure that ended one attempt (None: nothing failed), from that attempt's facts.
 
     1. A hang: the watchdog recorded it before it ended any worker.
@@ -219,10 +202,10 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
         return Ending(None, hang_line(hangs))
     found: list[_Candidate] = []
     for rank, rec in ends.items():
-        code = int(rec.get("exit_code", 0) or 0)
+        code = rec.exit_code
         if code in (EXIT_OK, EXIT_STOPPED):
             report = lost.get(rank)
-            if report is not None and report.get("kind") in EXTERNAL_LOSSES:  # killed between its end and Ray's
+            if report is not None and report.kind in EXTERNAL_LOSSES:  # killed between its end and Ray's
                 found.append(_Candidate(rank, late_loss_line(rank, report, starts.get(rank)), _tier_of_loss(report),
                                         _when(report)))
             continue
@@ -244,52 +227,45 @@ def first_failure(starts: Mapping[int, Mapping], ends: Mapping[int, Mapping], ha
     return Ending(first.rank, first.text)
 
 
-def _merge_lost(into: dict, rec: Mapping) -> None:
+def _merge_lost(into: dict[int | None, Lost], rec: Lost) -> None:
     """Keep the first report of a rank's loss (its time orders it); a later ``node`` verdict names the cause."""
-    key = rec.get("rank")
-    key = None if key is None else int(key)
-    old = into.get(key)
+    old = into.get(rec.rank)
     if old is None:
-        into[key] = dict(rec)
-    elif rec.get("kind") == "node" and old.get("kind") != "node":
-        into[key] = {**old, "kind": "node", "node": rec.get("node") or old.get("node"), "detail": rec.get("detail")}
+        into[rec.rank] = rec
+    elif rec.kind == "node" and old.kind != "node":
+        into[rec.rank] = replace(old, kind="node", node=rec.node or old.node, detail=rec.detail)
 
 
-def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None] | None = None) -> RunFacts:
+def summarize(events: Iterable[Fact], alive: Alive | None = None) -> RunFacts:
     """The :class:`RunFacts` of a launch's events.
 
     ``alive(start_record)`` says whether that rank's process still runs (None: cannot tell, e.g. on
     another host). A rank whose attempt has a start record, no end record and a dead pid died
     without recording an exit (SIGKILL of its shim, the OOM killer, a node failure).
     """
-    starts: dict[tuple[int, int], Mapping] = {}
-    ends: dict[tuple[int, int], Mapping] = {}
-    hangs: dict[int, list[Mapping]] = {}
-    lost: dict[int, dict] = {}
-    requeues: dict[int, Mapping] = {}
-    ports, addrs = set(), set()
-    stage = None
+    starts: dict[tuple[int, int], Start] = {}
+    ends: dict[tuple[int, int], End] = {}
+    hangs: dict[int, list[Hang]] = {}
+    lost: dict[int, dict[int | None, Lost]] = {}
+    requeues: dict[int, Requeue] = {}
+    ports: set[int] = set()
+    stage: Stage | None = None
     for rec in events:
-        kind, attempt = rec.get("event"), int(rec.get("attempt", 0) or 0)
-        if kind == "hang":
-            hangs.setdefault(attempt, []).append(rec)
-        elif kind == "lost":
-            _merge_lost(lost.setdefault(attempt, {}), rec)
-        elif kind == "requeue":
-            requeues.setdefault(attempt, rec)
-        elif kind == "stage":
+        if isinstance(rec, Hang):
+            hangs.setdefault(rec.attempt, []).append(rec)
+        elif isinstance(rec, Lost):
+            _merge_lost(lost.setdefault(rec.attempt, {}), rec)
+        elif isinstance(rec, Requeue):
+            requeues.setdefault(rec.attempt, rec)
+        elif isinstance(rec, Stage):
             stage = rec
-        elif kind in ("start", "end"):
-            key = (int(rec.get("rank", 0) or 0), attempt)
-            if kind == "start":
-                starts[key] = rec
-                stage = None
-                if rec.get("master_port"):
-                    ports.add(int(rec["master_port"]))
-                if rec.get("master_addr"):
-                    addrs.add(str(rec["master_addr"]))
-            else:
-                ends.setdefault(key, rec)
+        elif isinstance(rec, Start):
+            starts[(rec.rank, rec.attempt)] = rec
+            stage = None
+            if rec.master_port:
+                ports.add(rec.master_port)
+        elif isinstance(rec, End):
+            ends.setdefault((rec.rank, rec.attempt), rec)
     attempts = sorted({a for _, a in starts} | {a for _, a in ends} | set(hangs) | set(lost))
     failures: list[str] = []
     endings: dict[int, Ending] = {}
@@ -302,11 +278,11 @@ def summarize(events: Iterable[Mapping], alive: Callable[[Mapping], bool | None]
             endings[attempt] = ending
             failures.append(ending.text)
         for (_rank, a), rec in sorted(ends.items()):
-            if a == attempt and int(rec.get("exit_code", 0) or 0) == EXIT_USER_ERROR and not user_error:
+            if a == attempt and rec.exit_code == EXIT_USER_ERROR and not user_error:
                 user_error, user_error_attempt = end_line(rec), attempt
     newest = attempts[-1] if attempts else -1
     current = {r: rec for (r, a), rec in starts.items() if a == newest}
     ended = {r: rec for (r, a), rec in ends.items() if a == newest}
-    return RunFacts(newest, tuple(sorted(ports)), tuple(sorted(addrs)), tuple(failures), user_error, current, ended,
+    return RunFacts(newest, tuple(sorted(ports)), tuple(failures), user_error, current, ended,
                     user_error_attempt, endings, requeues, {a: hang_stuck(recs) for a, recs in sorted(hangs.items())},
                     stage)

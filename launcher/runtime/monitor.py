@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from detcore import contract
+from detcore.facts import Start, read_facts
 from launcher.resources.procinfo import current_process, process_start
 from launcher.runtime.facts import RunFacts, summarize
 from launcher.runtime.job_folder import JobFolder
@@ -36,22 +37,27 @@ logger = logging.getLogger(__name__)
 HOST = socket.gethostname()
 
 
-def local_alive(rec: Mapping) -> bool | None:
+def local_alive(rec: Start) -> bool | None:
     """Whether the rank of a start record still runs (its shim or its worker); None on another host."""
-    if rec.get("host") not in (None, HOST):
+    if rec.host not in ("", HOST):
         return None
-    return any(process_start(int(rec.get(k) or 0)) is not None for k in ("shim_pid", "pid"))
+    return any(process_start(pid) is not None for pid in (rec.shim_pid, rec.pid))
 
 
 class RunMonitor:
-    """The status of one launch, kept from its facts and written where it can be."""
+    """The status of one launch, kept from its facts and written where it can be.
 
-    def __init__(self, status_path: Path, run_dir: Path, max_restarts: int, **fields: Any) -> None:
+    ``status.json`` holds what its readers use and nothing else: ``state``, ``restarts``, ``ports``,
+    ``reason``, ``exit_code``, ``started``, ``ended`` (:func:`observed_status`, hence ``launcher status``),
+    and ``run_dir``, ``monitor_pid``, ``monitor_start`` (whether the monitor still runs; the store's repair
+    rebuilds a lost row from them)."""
+
+    def __init__(self, status_path: Path, run_dir: Path, max_restarts: int) -> None:
         self.status_path, self.run_dir, self.max_restarts = Path(status_path), Path(run_dir), max_restarts
         pid, start = current_process()
         self.status: dict[str, Any] = {"state": JobState.PENDING.value, "restarts": 0, "ports": [], "reason": "",
                                        "exit_code": None, "started": None, "ended": None, "run_dir": str(run_dir),
-                                       "monitor_pid": pid, "monitor_start": start, **fields}
+                                       "monitor_pid": pid, "monitor_start": start}
         self._lock = threading.Lock()
         self._unwritten = False
 
@@ -97,20 +103,20 @@ class RunMonitor:
 
     # ---- following the facts ---------------------------------------------------------------------
     def facts(self) -> RunFacts:
-        return summarize(contract.read_events(self.run_dir), local_alive)
+        return summarize(read_facts(self.run_dir), local_alive)
 
     def observe(self) -> RunFacts:
         """State, restarts, ports and the reason (the stage, the newest restart and its cause) from the facts
         of this launch and the heartbeats of its newest attempt."""
         facts = self.facts()
-        fields: dict[str, Any] = {"ports": list(facts.ports), "master_addrs": list(facts.master_addrs)}
+        fields: dict[str, Any] = {"ports": list(facts.ports)}
         state = None
         if JobState(self.status["state"]) in (JobState.PENDING, JobState.RESTARTING, JobState.RUNNING):
             if facts.attempt >= 0:
                 state = JobState.RUNNING
             if facts.restarts > self.status["restarts"]:
                 fields["restarts"] = facts.restarts
-            world_size = max([int(rec.get("world_size") or 1) for rec in facts.current.values()] or [1])
+            world_size = max([rec.world_size or 1 for rec in facts.current.values()] or [1])
             reason = running_reason(facts, self._beats(facts.attempt, world_size), world_size, self.max_restarts)
             if facts.newest_failed and not facts.user_error:
                 stage = stage_line(facts, {}, world_size) if facts.stage is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from detcore.contract import Beat
+from detcore.facts import Stage
 from launcher.runtime.facts import RunFacts
 
 
@@ -20,8 +21,8 @@ def restart_note(restarts: int, limit: int, failure: str) -> str:
     return f"restart {restarts}{bound}, after {failure or 'a worker failure'}"
 
 
-def _resources(stage: Mapping) -> str:
-    each = stage.get("resources") or {}
+def _resources(stage: Stage) -> str:
+    each = stage.resources or {}
     parts = [f"{v:g} {k}" for k, v in sorted(each.items()) if isinstance(v, (int, float)) and v]
     return f" ({', '.join(parts)} each)" if parts else ""
 
@@ -29,8 +30,8 @@ def _resources(stage: Mapping) -> str:
 def stage_line(facts: RunFacts, beats: Mapping[int, Beat | None], world_size: int) -> str:
     """The stage of the newest attempt (``""`` before any fact of one)."""
     if facts.stage is not None:
-        n = facts.stage.get("workers") or world_size
-        if facts.stage.get("stage") == "placing":
+        n = facts.stage.workers or world_size
+        if facts.stage.stage == "placing":
             return f"waiting for Ray to place {n} worker(s){_resources(facts.stage)}"
         return f"starting {n} worker(s)"
     if facts.attempt < 0:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from detcore import contract
+from detcore.facts import End, Hang, Start, append_fact
 
 STARTUP_LIMIT_S = 600.0   # before the first heartbeat of an attempt, the watchdog waits at least this long
 
@@ -27,14 +28,15 @@ def heartbeat_dir(run_dir: str | os.PathLike, attempt: int) -> Path:
     return contract.RunDir(run_dir).heartbeats(attempt)
 
 
-def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, **extra: Any) -> None:
+def record_start(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, node_id: str | None = None,
+                 restored: Mapping[str, Any] | None = None) -> None:
     env = os.environ
-    contract.append_event(run_dir, {
-        "event": "start", "rank": rank, "attempt": attempt, "pid": pid, "shim_pid": os.getpid(),
-        "host": socket.gethostname(), "time": time.time(), "master_addr": env.get("MASTER_ADDR"),
-        "master_port": int(env.get("MASTER_PORT") or 0), "world_size": int(env.get("WORLD_SIZE") or 1),
-        "local_rank": int(env.get("LOCAL_RANK") or 0), "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-        **({"node": env["SLURMD_NODENAME"]} if env.get("SLURMD_NODENAME") else {}), **extra})
+    append_fact(run_dir, Start(
+        rank=rank, attempt=attempt, pid=pid, shim_pid=os.getpid(), host=socket.gethostname(), time=time.time(),
+        master_addr=env.get("MASTER_ADDR"), master_port=int(env.get("MASTER_PORT") or 0),
+        world_size=int(env.get("WORLD_SIZE") or 1), local_rank=int(env.get("LOCAL_RANK") or 0),
+        cuda_visible_devices=env.get("CUDA_VISIBLE_DEVICES"), node=env.get("SLURMD_NODENAME") or None,
+        node_id=node_id, restored=restored))
 
 
 def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, code: int, log: Path | None) -> None:
@@ -42,8 +44,8 @@ def record_end(run_dir: str | os.PathLike, rank: int, attempt: int, pid: int, co
 
     failed = code > 0 and code not in (contract.EXIT_STOPPED, contract.EXIT_HUNG)  # its own error: its last line
     detail = last_line(log) if (failed and log is not None) else ""
-    contract.append_event(run_dir, {"event": "end", "rank": rank, "attempt": attempt, "pid": pid, "exit_code": code,
-                                    "detail": detail[:500], "time": time.time()})
+    append_fact(run_dir, End(rank=rank, attempt=attempt, pid=pid, exit_code=code, detail=detail[:500],
+                             time=time.time()))
 
 
 def hang_verdict(beats: Mapping[int, tuple[Any, ...] | None], started: float, now: float, timeout: float,
@@ -128,10 +130,11 @@ class RankAttempt:
         self.beats = beats
         return beats
 
-    def started(self, pid: int, **extra: Any) -> None:
-        """The ``start`` fact of the process ``pid`` that runs detcore for this rank."""
+    def started(self, pid: int, node_id: str | None = None, restored: Mapping[str, Any] | None = None) -> None:
+        """The ``start`` fact of the process ``pid`` that runs detcore for this rank (under Ray: its node id and
+        the checkpoint pointer it was handed)."""
         if self.run_dir:
-            record_start(self.run_dir, self.rank, self.attempt, pid, **extra)
+            record_start(self.run_dir, self.rank, self.attempt, pid, node_id, restored)
 
     def watch(self, on_hang: Callable[[str], None]) -> None:
         """Start the hang watchdog (with ``--hang-timeout`` and a heartbeat folder): ``on_hang(verdict)`` once
@@ -144,8 +147,8 @@ class RankAttempt:
         """The ``hang`` fact: the watchdog's verdict and the state of this rank's process (``running``,
         ``stopped``...), written before the worker is ended so the reason names the hang, not the kill."""
         if self.run_dir:
-            contract.append_event(self.run_dir, {"event": "hang", "attempt": self.attempt, "rank": self.rank,
-                                                  "pid": pid, "state": state, "detail": verdict, "time": time.time()})
+            append_fact(self.run_dir, Hang(attempt=self.attempt, rank=self.rank, pid=pid, state=state, detail=verdict,
+                                           time=time.time()))
 
     def ended(self, pid: int, code: int) -> None:
         """Stop watching and write the ``end`` fact (with the log's last line for a failure of its own)."""

@@ -1,12 +1,12 @@
 """``python -m launcher.runtime.shim [--log-dir D] [--run-dir R] [--hang-timeout S] -- MODULE ARGS...``: the worker shim.
 
 Every rank of every backend runs through this shim (the local backend under torchrun, each
-Slurm task under submitit; Ray Train workers call :func:`record_start`/:func:`record_end` and
-:class:`HangWatchdog` in-process). The shim is a small parent process (no torch) that:
+Slurm task under submitit; Ray's train loop runs the same rank code in-process:
+:class:`launcher.runtime.rank.RankAttempt`). The shim is a small parent process (no torch) that:
 
 1. appends its worker's stdout and stderr to ``D/rank{RANK}.log``;
-2. appends a ``start`` fact to ``R/events.jsonl`` (rank, attempt, pid, host, port; layout in
-   :mod:`detcore.contract`), then runs ``python -m MODULE ARGS`` as its child, and appends an
+2. appends a ``start`` fact to ``R/events.jsonl`` (rank, attempt, pid, host, port; the records are
+   :mod:`detcore.facts`), then runs ``python -m MODULE ARGS`` as its child, and appends an
    ``end`` fact with the child's exit status (``-N`` for signal N) and the last line of its log;
    it then exits the same way (re-raising the signal), so torchrun or srun see the worker's own
    ending. Because the shim outlives its worker, a rank killed by SIGKILL or the OOM killer is

@@ -19,7 +19,8 @@ import sqlite3
 import time
 from typing import Iterable
 
-from detcore.contract import read_events, run_dir
+from detcore.contract import run_dir
+from detcore.facts import Scaling, Weights, read_facts
 from launcher.errors import LauncherError
 from launcher.views.metrics import LastMetrics, ap_of, best_evaluation, read_history, read_last_metrics, read_test_metrics, \
     schedule_length
@@ -71,17 +72,17 @@ def observed_metrics(exp: Experiment, schedule_written: bool = True) -> dict | N
 
 def weights_fact(exp: Experiment) -> list[dict] | None:
     """The weights the worker started from (its ``weights`` fact: name, file, sha256 each), or None."""
-    for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):
-        if rec.get("event") == "weights" and isinstance(rec.get("weights"), list):
-            return rec["weights"]
+    for rec in reversed(read_facts(run_dir(exp.work_dir, exp.run_id or "default"))):
+        if isinstance(rec, Weights) and rec.weights is not None:
+            return [dict(w) for w in rec.weights]
     return None
 
 
 def scaling_fact(exp: Experiment) -> dict | None:
     """The newest ``scaling`` fact of the row's current launch (written by rank 0 of the worker), or None."""
-    for rec in reversed(read_events(run_dir(exp.work_dir, exp.run_id or "default"))):
-        if rec.get("event") == "scaling" and isinstance(rec.get("scaling"), dict):
-            return rec["scaling"]
+    for rec in reversed(read_facts(run_dir(exp.work_dir, exp.run_id or "default"))):
+        if isinstance(rec, Scaling) and rec.scaling is not None:
+            return dict(rec.scaling)
     return None
 
 

@@ -103,7 +103,8 @@ def train_iters(work_dir: str) -> list[int]:
 
 def attempts(home: Path, exp_id: str) -> list[dict]:
     """The start facts of the experiment's current launch (one per rank and attempt), from its run directory."""
-    from detcore.contract import read_events, run_dir
+    from detcore.contract import run_dir
+    from detcore.facts import read_facts
 
     rec = record(home, exp_id)
-    return [e for e in read_events(run_dir(rec["work_dir"], rec["run_id"])) if e.get("event") == "start"]
+    return [e for e in [f.to_json() for f in read_facts(run_dir(rec["work_dir"], rec["run_id"]))] if e.get("event") == "start"]

@@ -46,9 +46,9 @@ def ray_args(head, *extra: str) -> list[str]:
 
 def attempts(work_dir: str) -> list[dict]:
     """Every fact of every launch in the work dir, oldest launch first."""
-    from detcore.contract import read_events
+    from detcore.facts import read_facts
 
-    return [{**e, "run": run.name} for run in sorted((Path(work_dir) / "runs").glob("*")) for e in read_events(run)]
+    return [{**e, "run": run.name} for run in sorted((Path(work_dir) / "runs").glob("*")) for e in [f.to_json() for f in read_facts(run)]]
 
 
 def starts(work_dir: str) -> list[dict]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from detcore.contract import read_events, run_dir
+from detcore.contract import run_dir
+from detcore.facts import read_facts
 from launcher.runtime.detached import marked_processes
 from tests.integration.launcher_cli import DATA, SHAPES, launcher, record
 from tests.integration.ray_cluster import ray_head  # noqa: F401  (a fixture)
@@ -24,7 +25,7 @@ def test_a_ray_job_on_a_loopback_head_listens_on_loopback_only(home: Path, ray_h
                  lambda: time.monotonic() < deadline and record(home, exp)["state"] in ("pending", "running"))
     rec = record(home, exp)
     assert rec["state"] == "succeeded", rec["reason"]
-    starts = [e for e in read_events(run_dir(rec["work_dir"], rec["run_id"])) if e.get("event") == "start"]
+    starts = [e for e in [f.to_json() for f in read_facts(run_dir(rec["work_dir"], rec["run_id"]))] if e.get("event") == "start"]
     master = {f"{e['master_addr']}:{e['master_port']}" for e in starts}
     assert master == {f"127.0.0.1:{rec['ports'][0]}"}, starts
     listened = {a for addrs in seen.values() for a in addrs}

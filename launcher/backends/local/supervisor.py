@@ -70,8 +70,7 @@ class Supervisor:
         self.backend = LocalBackend(home)
         self.job_dir = self.backend.job_dir(spec.id)
         self.book = LeaseBook(home)
-        self.monitor = RunMonitor(JobFolder(self.job_dir).status, Path(run_dir(spec)), spec.max_restarts,
-                                  torchrun_pid=None, devices=[], cores=[])
+        self.monitor = RunMonitor(JobFolder(self.job_dir).status, Path(run_dir(spec)), spec.max_restarts)
         self.pid, self.start = self.monitor.status["monitor_pid"], self.monitor.status["monitor_start"]
         self.cancelled = False
 
@@ -151,8 +150,7 @@ class Supervisor:
                                     stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_preexec(cores))
         logger.info("started torchrun pid %d for %s (devices %s, cores %s)", proc.pid, self.spec.id,
                     devices or "cpu", describe_cores(cores) if cores else "all (--oversubscribe)")
-        self.monitor.set(JobState.PENDING, torchrun_pid=proc.pid, devices=devices, cores=cores, reason="",
-                         started=time.time())
+        self.monitor.set(JobState.PENDING, reason="", started=time.time())
         term_sent, stop_reason = None, ""
         facts = self.monitor.observe()
         while proc.poll() is None:

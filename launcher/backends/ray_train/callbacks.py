@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from ray.train import UserCallback
 
-from detcore import contract
+from detcore.facts import Stage, append_fact, read_facts
 from launcher.backends.ray_train.reports import failure_facts
 
 
@@ -20,8 +20,8 @@ class RecordFailures(UserCallback):
         self.run_dir = run_dir
 
     def after_exception(self, run_context: Any, worker_exceptions: Mapping[int, BaseException]) -> None:
-        for fact in failure_facts(worker_exceptions, contract.read_events(self.run_dir), time.time()):
-            contract.append_event(self.run_dir, fact)
+        for fact in failure_facts(worker_exceptions, read_facts(self.run_dir), time.time()):
+            append_fact(self.run_dir, fact)
 
 
 try:  # Ray Train's developer interface for worker-group events
@@ -37,15 +37,13 @@ if WorkerGroupCallback is not None:
             self.run_dir = run_dir
 
         def before_worker_group_start(self, worker_group_context: Any) -> None:
-            contract.append_event(self.run_dir, {
-                "event": "stage", "stage": "placing", "workers": getattr(worker_group_context, "num_workers", None),
-                "resources": dict(getattr(worker_group_context, "resources_per_worker", None) or {}),
-                "time": time.time()})
+            append_fact(self.run_dir, Stage(
+                stage="placing", workers=getattr(worker_group_context, "num_workers", None),
+                resources=dict(getattr(worker_group_context, "resources_per_worker", None) or {}), time=time.time()))
 
         def after_worker_group_start(self, worker_group: Any) -> None:
             workers = getattr(worker_group, "get_workers", lambda: [])()
-            contract.append_event(self.run_dir, {"event": "stage", "stage": "starting",
-                                                 "workers": len(workers) or None, "time": time.time()})
+            append_fact(self.run_dir, Stage(stage="starting", workers=len(workers) or None, time=time.time()))
 
 
 def train_callbacks(run_dir: str) -> list:

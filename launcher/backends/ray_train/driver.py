@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from detcore import contract
+from detcore.facts import append_fact, read_facts
 from detcore.errors import WorkDirError
 from launcher.backends.ray_train.plan import (Address, RayOptions, TrainerPlan, address_file_problem, parse_address,
                                               ray_address_file, resolve_address)
@@ -103,8 +103,7 @@ class Driver:
     def __init__(self, spec: JobSpec, home: Path, job_dir: Path) -> None:
         self.spec, self.home, self.job_dir = spec, home, job_dir
         self.plan = TrainerPlan.from_json(read_plan(job_dir)["plan"])  # what submit computed and --dry-run prints
-        self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures,
-                                  address=None, master_addrs=[])
+        self.monitor = RunMonitor(JobFolder(job_dir).status, Path(self.plan.worker.run_dir), self.plan.max_failures)
         self.cancelled = False
         self.stop_reason = ""
 
@@ -126,11 +125,11 @@ class Driver:
 
         deadline = time.monotonic() + wait_s
         while True:
-            events = contract.read_events(self.monitor.run_dir)
+            events = read_facts(self.monitor.run_dir)
             if not awaiting_node_verdict(events, time.time()):
                 return
             for fact in node_losses(events, ray.nodes(), time.time()):
-                contract.append_event(self.monitor.run_dir, fact)
+                append_fact(self.monitor.run_dir, fact)
                 events.append(fact)
             if time.monotonic() >= deadline or not awaiting_node_verdict(events, time.time(), ("unreachable",)):
                 return
@@ -170,7 +169,6 @@ class Driver:
             if address.jobs:  # this driver is a Ray job: Ray's job supervisor names the cluster in RAY_ADDRESS
                 address = job_cluster(address, os.environ)
             check_reachable(address)
-            self.monitor.set(address=address.text)
             return self.fit(address)
         except LauncherError as exc:
             return self.finish(JobState.FAILED, 2, str(exc))

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from detcore.facts import Fact, Lost, Stage, Start
+
 NODE_VERDICT_WAIT_S = 60.0  # how long after a worker was reported unreachable its node is watched
 
 
@@ -45,55 +47,56 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(inner).__name__)[:300]
 
 
-def current_attempt(events: Sequence[Mapping]) -> int:
+def current_attempt(events: Sequence[Fact]) -> int:
     """The attempt the worker group Ray Train runs now belongs to: the newest any rank started, or the next
     one when the controller placed a new group since (its workers have not recorded their start yet)."""
     newest, new_group = -1, False
     for e in events:
-        if e.get("event") == "start":
-            newest, new_group = max(newest, int(e.get("attempt", 0) or 0)), False
-        elif e.get("event") == "stage":
+        if isinstance(e, Start):
+            newest, new_group = max(newest, e.attempt), False
+        elif isinstance(e, Stage):
             new_group = True
     return 0 if newest < 0 else newest + new_group
 
 
-def failure_facts(worker_exceptions: Mapping[int, BaseException], events: Sequence[Mapping],
-                  now: float) -> list[dict]:
+def failure_facts(worker_exceptions: Mapping[int, BaseException], events: Sequence[Fact],
+                  now: float) -> list[Lost]:
     """One ``lost`` fact per rank Ray Train reported failed in this poll (pure)."""
     attempt = current_attempt(events)
-    return [{"event": "lost", "attempt": attempt, "rank": int(rank), "kind": loss_kind(error),
-             "detail": _first_line(error), "source": "ray", "time": now}
+    return [Lost(attempt=attempt, rank=int(rank), kind=loss_kind(error), detail=_first_line(error), source="ray",
+                 time=now)
             for rank, error in sorted(worker_exceptions.items())]
 
 
-def node_losses(events: Sequence[Mapping], nodes: Sequence[Mapping], now: float) -> list[dict]:
+def _node_verdicts(events: Sequence[Fact]) -> set[tuple[int | None, int]]:
+    return {(e.rank, e.attempt) for e in events if isinstance(e, Lost) and e.kind == "node"}
+
+
+def node_losses(events: Sequence[Fact], nodes: Sequence[Mapping], now: float) -> list[Lost]:
     """``lost`` facts of kind ``node`` for reported ranks whose Ray node ``ray.nodes()`` now lists as dead
     and that have no node verdict yet (pure)."""
-    starts = {(int(e.get("rank", 0) or 0), int(e.get("attempt", 0) or 0)): e
-              for e in events if e.get("event") == "start"}
+    starts = {(e.rank, e.attempt): e for e in events if isinstance(e, Start)}
     dead = {n.get("NodeID"): n for n in nodes if not n.get("Alive", True)}
-    judged = {(e.get("rank"), e.get("attempt")) for e in events if e.get("event") == "lost" and e.get("kind") == "node"}
+    judged = _node_verdicts(events)
     out = []
     for e in events:
-        key = (e.get("rank"), e.get("attempt"))
-        if e.get("event") != "lost" or e.get("source") != "ray" or key in judged:
+        if not isinstance(e, Lost) or e.source != "ray" or (e.rank, e.attempt) in judged:
             continue
-        node = dead.get(starts.get((int(e.get("rank") or 0), int(e.get("attempt") or 0)), {}).get("node_id"))
+        start = starts.get((e.rank or 0, e.attempt))
+        node = dead.get(start.node_id if start is not None else None)
         if node is None:
             continue
-        judged.add(key)
-        out.append({"event": "lost", "attempt": e.get("attempt"), "rank": e.get("rank"), "kind": "node",
-                    "node": f"{str(node.get('NodeID'))[:12]} ({node.get('NodeManagerAddress', '?')})",
-                    "detail": f"Ray: {node.get('DeathReasonMessage') or 'the node died'}", "source": "ray",
-                    "time": now})
+        judged.add((e.rank, e.attempt))
+        out.append(Lost(attempt=e.attempt, rank=e.rank, kind="node",
+                        node=f"{str(node.get('NodeID'))[:12]} ({node.get('NodeManagerAddress', '?')})",
+                        detail=f"Ray: {node.get('DeathReasonMessage') or 'the node died'}", source="ray", time=now))
     return out
 
 
-def awaiting_node_verdict(events: Sequence[Mapping], now: float,
+def awaiting_node_verdict(events: Sequence[Fact], now: float,
                           kinds: tuple[str, ...] = ("process", "unreachable", "unresponsive")) -> bool:
     """A rank was reported failed (one of ``kinds``) within ``NODE_VERDICT_WAIT_S`` and has no node verdict
     yet (pure). Only an ``unreachable`` worker is worth waiting for: Ray says a dead process at once."""
-    judged = {(e.get("rank"), e.get("attempt")) for e in events if e.get("event") == "lost" and e.get("kind") == "node"}
-    return any(e.get("event") == "lost" and e.get("source") == "ray" and e.get("kind") in kinds
-               and (e.get("rank"), e.get("attempt")) not in judged
-               and now - float(e.get("time") or 0) < NODE_VERDICT_WAIT_S for e in events)
+    judged = _node_verdicts(events)
+    return any(isinstance(e, Lost) and e.source == "ray" and e.kind in kinds and (e.rank, e.attempt) not in judged
+               and now - (e.time or 0) < NODE_VERDICT_WAIT_S for e in events)

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from detcore import contract
+from detcore.facts import Start, read_facts
 from launcher.backends.ray_train.plan import WorkerPlan
 from launcher.runtime.facts import summarize
 from launcher.runtime.scratch import make_scratch
@@ -107,7 +108,7 @@ def restored_pointer(checkpoint: Any) -> dict | None:
 
 def previous_attempts(run_dir: str, rank: int) -> int:
     """How many times ``rank`` already started in this launch (this start's attempt number)."""
-    return sum(1 for r in contract.read_events(run_dir) if r.get("event") == "start" and r.get("rank") == rank)
+    return sum(1 for r in read_facts(run_dir) if isinstance(r, Start) and r.rank == rank)
 
 
 class DetcoreRun(threading.Thread):
@@ -204,7 +205,7 @@ def _train_loop(config: dict) -> None:
                 raise WorkerExit(me.failure_line(plan.module, detcore.exit_code))
         view = None
         if rank == 0:
-            stop = summarize(contract.read_events(plan.run_dir)).user_error
+            stop = summarize(read_facts(plan.run_dir)).user_error
             view = current_view(plan.work_dir, done=finished and detcore.exit_code == 0, stop=stop)
         view = broadcast_from_rank_zero(view)
         if view.checkpoint and view.checkpoint != known:

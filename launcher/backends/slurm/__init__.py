@@ -34,7 +34,8 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from detcore.contract import STOP_SIGNALS_ENV, rank_log, read_events
+from detcore.contract import STOP_SIGNALS_ENV, rank_log
+from detcore.facts import read_facts
 from launcher.backends.protocol import ArrayBackend, DryRun
 from launcher.backends.slurm.gpus import GRES, Gres, GpuForm, choose_gpu_form, parse_gres, parse_scontrol_config
 from launcher.backends.slurm.mmdet_env import mmdet_env_line
@@ -409,7 +410,7 @@ class SlurmBackend(ArrayBackend):
             if "invalid job id" not in str(exc).lower():
                 raise
             queue = []
-        events = read_events(handle.get("run_dir")) if handle.get("run_dir") else []
+        events = read_facts(handle.get("run_dir")) if handle.get("run_dir") else []
         records = []
         # sacct: the final state, and why a requeued job was requeued when rank 0 did not record it (NODE_FAIL,
         # or someone's scontrol requeue); a running job that was never requeued costs one squeue only

@@ -18,8 +18,9 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
+from detcore.facts import Fact, Lost, Requeue
 from launcher.errors import LauncherError
 from launcher.runtime.facts import Ending, RunFacts, summarize
 from launcher.spec import JobState, JobStatus
@@ -131,7 +132,7 @@ def _ports(raw_id: str, port_of) -> tuple[int, ...]:
     return (port_of(int(raw_id)),) if raw_id.isdigit() else ()
 
 
-def requeue_cause(acct_state: str | None, fact: Mapping | None, facts: RunFacts, attempt: int) -> str:
+def requeue_cause(acct_state: str | None, fact: Requeue | None, facts: RunFacts, attempt: int) -> str:
     """Why ``attempt`` was requeued, as words after "requeued after" (pure).
 
     From the ``requeue`` fact rank 0 wrote (a hang; a USR2 with little time left: the time limit;
@@ -139,10 +140,10 @@ def requeue_cause(acct_state: str | None, fact: Mapping | None, facts: RunFacts,
     ``REQUEUED`` without a fact: someone ran ``scontrol requeue``).
     """
     if fact is not None:
-        if fact.get("cause") == "hang":
+        if fact.cause == "hang":
             stuck = facts.hangs.get(attempt)
             return f"a hang ({stuck})" if stuck else "a hang"
-        left, delay = fact.get("time_left_s"), fact.get("signal_delay_s") or 0
+        left, delay = fact.time_left_s, fact.signal_delay_s or 0
         if not isinstance(left, (int, float)):
             return "a USR2 signal (a preemption or the time limit)"
         if left <= delay + TIME_LIMIT_MARGIN_S:
@@ -160,21 +161,21 @@ def requeue_cause(acct_state: str | None, fact: Mapping | None, facts: RunFacts,
     return "a requeue (Slurm does not say why)"
 
 
-def requeue_recorded(events: Sequence[Mapping], attempt: int) -> bool:
+def requeue_recorded(events: Sequence[Fact], attempt: int) -> bool:
     """Rank 0 recorded why it requeued ``attempt`` (then sacct need not be asked)."""
-    return any(e.get("event") == "requeue" and int(e.get("attempt") or 0) == attempt for e in events)
+    return any(isinstance(e, Requeue) and e.attempt == attempt for e in events)
 
 
-def _facts(events: Sequence[Mapping], mine: Sequence[AcctRecord], over_before: int) -> RunFacts:
+def _facts(events: Sequence[Fact], mine: Sequence[AcctRecord], over_before: int) -> RunFacts:
     """The launch's facts with Slurm's word added: a ``NODE_FAIL`` attempt lost the ranks that left no end
     record. Every attempt before ``over_before`` has ended, so a rank of it without an end record is dead."""
-    lost = [{"event": "lost", "attempt": a, "rank": None, "kind": "node", "source": "slurm", "detail": ""}
+    lost = [Lost(attempt=a, rank=None, kind="node", source="slurm", detail="")
             for a, rec in enumerate(mine) if rec.state == "NODE_FAIL"]
-    return summarize([*events, *lost], alive=lambda rec: False if int(rec.get("attempt") or 0) < over_before else None)
+    return summarize([*events, *lost], alive=lambda rec: False if rec.attempt < over_before else None)
 
 
 def job_status(job_id: str, queue: Sequence[QueueRow], records: Sequence[AcctRecord], port_of,
-               events: Sequence[Mapping] = (), failure_detail: Callable[[], str] | None = None) -> JobStatus:
+               events: Sequence[Fact] = (), failure_detail: Callable[[], str] | None = None) -> JobStatus:
     """The launcher's view of Slurm job ``job_id`` from its squeue row (if any), sacct records and the
     launch's facts (``events``).
 

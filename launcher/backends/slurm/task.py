@@ -56,7 +56,8 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from detcore import net
 from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV,
-                              append_event, describe_exit, rank_log_in, read_events)
+                              describe_exit, rank_log_in)
+from detcore.facts import Hang, Requeue, Start, append_fact, read_facts
 from launcher.backends.slurm.state import end_time_command, parse_end_time
 from launcher.runtime.facts import Ending, summarize
 
@@ -268,17 +269,17 @@ class SlurmTask(Checkpointable):
         written when its worker exits, before srun ends the other tasks of the step), never from a log."""
         if not self.run_dir:
             return None
-        return summarize(read_events(self.run_dir)).endings.get(attempt)
+        return summarize(read_facts(self.run_dir)).endings.get(attempt)
 
     def _attempt_hung(self, attempt: int) -> bool:
         """A rank's watchdog recorded a hang in this attempt (its fact is written before it ends its worker)."""
-        return bool(self.run_dir) and any(e.get("event") == "hang" and int(e.get("attempt", 0) or 0) == attempt
-                                          for e in read_events(self.run_dir))
+        return bool(self.run_dir) and any(isinstance(e, Hang) and e.attempt == attempt
+                                          for e in read_facts(self.run_dir))
 
     def _after_hang(self, rank: int, attempt: int) -> None:
         """The hang watchdog ended this rank's attempt. Rank 0 requeues the job (it resumes from the newest
         checkpoint) while the budget lasts; the other ranks wait for that. Raises WorkerFailed otherwise."""
-        facts = summarize(read_events(self.run_dir)) if self.run_dir else None
+        facts = summarize(read_facts(self.run_dir)) if self.run_dir else None
         ending = facts.endings.get(attempt) if facts else None
         reason = ending.text if ending is not None and ending.rank is None else "hang watchdog"
         hangs = len(facts.hangs) if facts else 1
@@ -311,14 +312,14 @@ class SlurmTask(Checkpointable):
 
     def _worker_spawned(self, shim_pid: int) -> bool:
         """The shim ``shim_pid`` has started its worker (its ``start`` fact names it)."""
-        return bool(self.run_dir) and any(e.get("event") == "start" and e.get("shim_pid") == shim_pid
-                                          for e in read_events(self.run_dir))
+        return bool(self.run_dir) and any(isinstance(e, Start) and e.shim_pid == shim_pid
+                                          for e in read_facts(self.run_dir))
 
     def _record_requeue(self, attempt: int, **why) -> None:
-        """The ``requeue`` fact of ``attempt``, written by rank 0 just before it requeues the job."""
+        """The ``requeue`` fact of ``attempt`` (``why``: its signal and time left, or its cause), written by
+        rank 0 just before it requeues the job."""
         if self.run_dir:
-            append_event(self.run_dir, {"event": "requeue", "attempt": attempt, "rank": 0, "time": time.time(),
-                                        **why})
+            append_fact(self.run_dir, Requeue(attempt=attempt, rank=0, time=time.time(), **why))
 
     def _stop_worker(self, proc: subprocess.Popen) -> int:
         """Make the worker checkpoint and exit (or terminate a test run); its exit status.

@@ -12,8 +12,10 @@ import signal
 import pytest
 
 from detcore import contract
-from launcher.backends.ray_train.reports import awaiting_node_verdict, failure_facts, loss_kind, node_losses
-from launcher.runtime.facts import summarize
+from detcore.facts import append_fact, parse_fact, read_facts
+from launcher.backends.ray_train import reports
+from launcher.backends.ray_train.reports import loss_kind
+from launcher.runtime import facts as run_facts
 from launcher.runtime.monitor import RunMonitor
 from launcher.runtime.phase import running_reason
 from launcher.state import JobState
@@ -32,6 +34,27 @@ def start(rank, attempt=0, t=100.0, pid=None, **extra):
 def end(rank, code, t, attempt=0, detail=""):
     return {"event": "end", "rank": rank, "attempt": attempt, "pid": 4100 + rank, "exit_code": code,
             "detail": detail, "time": t}
+
+
+def typed(events):
+    """The records of facts written here as their JSON objects (how the writers put them on disk)."""
+    return [parse_fact(e) for e in events]
+
+
+def summarize(events, alive=None):
+    return run_facts.summarize(typed(events), alive)
+
+
+def failure_facts(exceptions, events, now):
+    return [f.to_json() for f in reports.failure_facts(exceptions, typed(events), now)]
+
+
+def node_losses(events, nodes, now):
+    return [f.to_json() for f in reports.node_losses(typed(events), nodes, now)]
+
+
+def awaiting_node_verdict(events, now, *kinds):
+    return reports.awaiting_node_verdict(typed(events), now, *kinds)
 
 
 def failure(events, alive=lambda rec: False):
@@ -69,7 +92,7 @@ def test_a_hang_is_named_before_the_kills_it_caused():
 def test_a_rank_that_died_without_a_record_is_named_only_when_its_process_is_gone():
     events = [start(0), start(1, pid=4242)]
     assert summarize(events, alive=lambda rec: None).failures == ()  # another host: cannot tell
-    assert failure(events, alive=lambda rec: rec["pid"] != 4242) == (
+    assert failure(events, alive=lambda rec: rec.pid != 4242) == (
         "rank 1: the worker (pid 4242 on gpu7) died without recording an exit: killed by a signal (SIGKILL, the "
         "OOM killer or a node failure)")
 
@@ -81,7 +104,7 @@ def test_ray_a_killed_rank_1_is_named_from_ray_trains_report():
               {"event": "lost", "attempt": 0, "rank": 1, "kind": "process", "source": "ray", "time": 152.3,
                "detail": "The actor died unexpectedly before finishing this task."},
               start(0, attempt=1, t=190.0, node_id=HEAD), start(1, attempt=1, t=190.0, node_id=HEAD)]
-    facts = summarize(events, alive=lambda rec: rec["attempt"] == 1)
+    facts = summarize(events, alive=lambda rec: rec.attempt == 1)
     assert facts.restarts == 1 and facts.failures == (
         "rank 1: its worker (pid 4101 on gpu7) died without recording an exit; Ray reports its process died (a "
         "signal such as SIGKILL, the OOM killer or a crash)",)
@@ -206,7 +229,7 @@ def test_ray_trainer_gets_the_callbacks_that_record_failures_and_stages(tmp_path
 
     callbacks[1].before_worker_group_start(Context())
     callbacks[0].after_exception(None, {1: KeyError("boxes")})
-    placing, lost = contract.read_events(run)
+    placing, lost = (f.to_json() for f in read_facts(run))
     assert (placing["event"], placing["stage"], placing["workers"], placing["resources"]) == \
         ("stage", "placing", 2, {"CPU": 1})
     assert (lost["event"], lost["rank"], lost["kind"], lost["detail"]) == ("lost", 1, "error", "'boxes'")
@@ -242,7 +265,7 @@ def test_the_ray_monitor_follows_placement_training_evaluation_and_a_restart(tmp
 
     def step(*facts, beats=None, attempt=0) -> tuple[str, str]:
         for fact in facts:
-            contract.append_event(run, fact)
+            append_fact(run, parse_fact(fact))
         heartbeat_dir(run, attempt).mkdir(parents=True, exist_ok=True)  # as the shim makes it
         for rank, (it, phase) in (beats or {}).items():
             contract.write_heartbeat(heartbeat_dir(run, attempt), rank, it, phase)

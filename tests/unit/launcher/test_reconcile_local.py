@@ -45,7 +45,8 @@ def test_dead_supervisor_is_failed_and_finished_one_is_read_from_its_file(tmp_pa
 
 def test_the_workers_scaling_fact_replaces_the_launchers_prediction_in_the_row(tmp_path):
     """The row's lr/total_batch/scaling come from what the worker applied, not from what the launcher predicted."""
-    from detcore.contract import append_event, run_dir
+    from detcore.contract import run_dir
+    from detcore.facts import append_fact, parse_fact
     from detcore.engine.scaling import scale_for_world
 
     store = ExperimentStore(tmp_path / "home")
@@ -60,8 +61,8 @@ def test_the_workers_scaling_fact_replaces_the_launchers_prediction_in_the_row(t
     write_json_atomic(tmp_path / "home" / "jobs" / spec.id / "status.json", {"state": "running"})
     assert store.get(spec.id).lr == 0.01  # the prediction, until the worker says
     applied = scale_for_world(cfg, 4, 2).to_dict()
-    append_event(run_dir(spec.work_dir, "r1"), {"event": "start", "rank": 0, "attempt": 0, "pid": me})
-    append_event(run_dir(spec.work_dir, "r1"), {"event": "scaling", "rank": 0, "scaling": applied})
+    append_fact(run_dir(spec.work_dir, "r1"), parse_fact({"event": "start", "rank": 0, "attempt": 0, "pid": me}))
+    append_fact(run_dir(spec.work_dir, "r1"), parse_fact({"event": "scaling", "rank": 0, "scaling": applied}))
     row = refresh(store, [store.get(spec.id)])[0]
     assert (row.lr, row.total_batch) == (0.04, 8)
     assert row.to_json()["scaling"]["base_lr"] == 0.02 and row.to_json()["scaling"]["world_size"] == 4
@@ -71,7 +72,8 @@ def test_progress_is_out_of_the_schedule_this_launch_runs(tmp_path):
     """After a resume at another world size the work dir's config.yaml is the earlier launch's (its schedule
     scaled for the old world size) until this launch's trainer writes its own; the row's schedule is read only
     then, so progress never reads "24 of 12"."""
-    from detcore.contract import append_event, run_dir
+    from detcore.contract import run_dir
+    from detcore.facts import append_fact, parse_fact
 
     store = ExperimentStore(tmp_path / "home")
     me, my_start = current_process()
@@ -84,7 +86,7 @@ def test_progress_is_out_of_the_schedule_this_launch_runs(tmp_path):
     job.mkdir(parents=True)
     write_json_atomic(job / "status.json", {"state": "running"})
     (work / "config.yaml").write_text("runner: {type: IterBasedRunner, max_iters: 12}\n")  # world size 2
-    append_event(run_dir(str(work), "r1"), {"event": "scaling", "rank": 0, "scaling": {"world_size": 2}})
+    append_fact(run_dir(str(work), "r1"), parse_fact({"event": "scaling", "rank": 0, "scaling": {"world_size": 2}}))
     (work / "metrics.jsonl").write_text('{"mode": "train", "iter": 12, "loss": 0.5}\n')
     assert refresh(store, [store.get(first.id)])[0].max_iter == 12
     write_json_atomic(job / "status.json", {"state": "succeeded", "exit_code": 0})
@@ -96,7 +98,7 @@ def test_progress_is_out_of_the_schedule_this_launch_runs(tmp_path):
     exp = refresh(store, [store.get(first.id)])[0]
     assert exp.max_iter is None  # config.yaml is still the first launch's
     (work / "config.yaml").write_text("runner: {type: IterBasedRunner, max_iters: 24}\n")
-    append_event(run_dir(str(work), "r2"), {"event": "scaling", "rank": 0, "scaling": {"world_size": 1}})
+    append_fact(run_dir(str(work), "r2"), parse_fact({"event": "scaling", "rank": 0, "scaling": {"world_size": 1}}))
     with open(work / "metrics.jsonl", "a") as f:
         f.write('{"mode": "train", "iter": 24, "loss": 0.4}\n')
     exp = refresh(store, [store.get(first.id)])[0]

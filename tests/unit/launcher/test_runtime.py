@@ -12,14 +12,20 @@ from pathlib import Path
 import pytest
 
 from detcore import contract
-from launcher.runtime.facts import summarize
+from launcher.runtime import facts as run_facts
 from detcore.contract import OUTCOME_FILE
+from detcore.facts import append_fact, parse_fact, read_facts
 from launcher.runtime.monitor import RunMonitor, observed_status
 from launcher.state import JobState
 from launcher.resources.procinfo import process_state
 from launcher.runtime.rank import hang_verdict
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def summarize(events, alive=None):
+    """The summary of facts written here as their JSON objects (how the writers put them on disk)."""
+    return run_facts.summarize([parse_fact(e) for e in events], alive)
 
 
 def start(rank, attempt, port=29500, pid=None):
@@ -62,7 +68,7 @@ def test_a_rank_that_died_without_an_end_record_is_reported_killed_only_when_its
     events = [start(0, 0), start(1, 0, pid=4242)]
     assert summarize(events, alive=lambda rec: True).failures == ()
     assert summarize(events, alive=lambda rec: None).failures == ()  # another host: cannot tell
-    gone = summarize(events, alive=lambda rec: rec["pid"] != 4242)
+    gone = summarize(events, alive=lambda rec: rec.pid != 4242)
     assert gone.failures[0].startswith("rank 1: the worker (pid 4242 on h) died without recording an exit")
 
 
@@ -136,7 +142,7 @@ def test_the_shim_records_its_workers_exit_and_exits_the_same_way(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "launcher.runtime.shim", "--log-dir", str(logs), "--run-dir", str(run),
                            "--", "victim"], env=env, timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    kinds = [(e["event"], e["rank"], e.get("exit_code")) for e in contract.read_events(run)]
+    kinds = [(e["event"], e["rank"], e.get("exit_code")) for e in [f.to_json() for f in read_facts(run)]]
     assert kinds == [("start", 1, None), ("end", 1, -signal.SIGKILL)]
     assert "hello" in (logs / "rank1.log").read_text()
     assert (run / "heartbeat" / "a0").is_dir()
@@ -150,7 +156,7 @@ def test_the_shim_passes_exit_codes_through(tmp_path, code):
     proc = subprocess.run([sys.executable, "-m", "launcher.runtime.shim", "--log-dir", str(tmp_path / "logs"), "--run-dir",
                            str(tmp_path / "run"), "--", "ender"], env=env, timeout=60)
     assert proc.returncode == code
-    (rec,) = [e for e in contract.read_events(tmp_path / "run") if e["event"] == "end"]
+    (rec,) = [e for e in [f.to_json() for f in read_facts(tmp_path / "run")] if e["event"] == "end"]
     assert rec["exit_code"] == code and rec["detail"] == ("last words" if code else "")
 
 
@@ -215,11 +221,25 @@ def test_slurm_hang_requeues_within_the_budget_then_fails(tmp_path, monkeypatch)
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     task = slurm_task.SlurmTask("0123abcd", (), str(tmp_path), {}, str(tmp_path / "logs"), run_dir=str(run),
                                 hang_requeues=1)
-    contract.append_event(run, {"event": "hang", "attempt": 0, "rank": 1, "state": "stopped", "detail": "no rank"})
+    append_fact(run, parse_fact({"event": "hang", "attempt": 0, "rank": 1, "state": "stopped", "detail": "no rank"}))
     with pytest.raises(slurm_task.WorkerFailed, match="not requeued within"):
         task._after_hang(0, 0)
     assert calls == [["scontrol", "requeue", "77"]]
-    contract.append_event(run, {"event": "hang", "attempt": 1, "rank": 1, "state": "stopped", "detail": "no rank"})
+    append_fact(run, parse_fact({"event": "hang", "attempt": 1, "rank": 1, "state": "stopped", "detail": "no rank"}))
     with pytest.raises(slurm_task.WorkerFailed, match="the most allowed by --max-restarts") as failed:
         task._after_hang(0, 1)
     assert "hang: rank 1 is stopped" in str(failed.value) and len(calls) == 1
+
+
+def test_status_json_holds_what_its_readers_use(tmp_path):
+    """``launcher status`` (through observed_status) and the store's repair read these keys; nothing else is
+    written, so no field goes stale unread."""
+    run = tmp_path / "run"
+    mon = RunMonitor(tmp_path / "status.json", run, max_restarts=0)
+    append_fact(run, parse_fact(start(0, 0)))
+    mon.observe()
+    mon.finish(JobState.SUCCEEDED, 0, "")
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert set(status) == {"state", "restarts", "ports", "reason", "exit_code", "started", "ended", "run_dir",
+                           "monitor_pid", "monitor_start"}
+    assert status["ports"] == [29500] and observed_status(status, None, False, "the supervisor").exit_code == 0

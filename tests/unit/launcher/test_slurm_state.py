@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from detcore.facts import parse_fact
 from launcher.backends.slurm import SlurmBackend, SlurmError
 from launcher.backends.slurm.script import SlurmDefaults
 from launcher.backends.slurm.state import (job_status, parse_sacct, parse_sbatch, parse_squeue, sbatch_error_line)
@@ -251,8 +252,13 @@ def usr2_requeue(attempt, left):
             "signal_delay_s": 120, "time": 1500.0}
 
 
+def typed(events):
+    """The records of facts written here as their JSON objects (how the writers put them on disk)."""
+    return [parse_fact(e) for e in events]
+
+
 def with_facts(job_id, squeue="", sacct="", events=()):
-    return job_status(job_id, parse_squeue(squeue), parse_sacct(sacct), master_port, list(events))
+    return job_status(job_id, parse_squeue(squeue), parse_sacct(sacct), master_port, typed(events))
 
 
 @pytest.mark.parametrize("events, cause", [
@@ -292,10 +298,10 @@ def test_a_failed_job_names_the_rank_that_failed_first_not_rank_0():
              {"event": "end", "rank": 1, "attempt": 0, "exit_code": -9, "detail": "", "time": 1030.02},
              {"event": "end", "rank": 0, "attempt": 0, "exit_code": 1, "time": 1030.4,
               "detail": "RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer"}]
-    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, facts, lambda: "WorkerFailed: rank 0: ...")
+    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, typed(facts), lambda: "WorkerFailed: rank 0: ...")
     assert st.reason == "Slurm job 16 failed (exit 15): rank 1 killed by SIGKILL"
     # out of memory: Slurm's word and the rank the OOM killer took
-    oom = job_status("22", [], parse_sacct(SA_OOM), master_port, facts[:3])
+    oom = job_status("22", [], parse_sacct(SA_OOM), master_port, typed(facts[:3]))
     assert oom.reason == ("Slurm job 22 ran out of memory (raise --mem-gb) (exit 0, signal 125): rank 1 killed by "
                           "SIGKILL")
     # a time limit or a cancel is Slurm's own doing: the ranks' SIGTERMs are not the reason
@@ -311,11 +317,11 @@ def test_the_time_left_at_a_usr2_comes_from_squeues_end_time():
 
 
 def test_status_reads_the_facts_and_asks_sacct_only_when_they_cannot_say(tmp_path):
-    from detcore.contract import append_event
+    from detcore.facts import append_fact
 
     run = tmp_path / "w" / "runs" / "r1"
     for fact in (shim_start(0), shim_start(1), usr2_requeue(0, 100.0)):
-        append_event(run, fact)
+        append_fact(run, parse_fact(fact))
     h = JobHandle("0123abcd", "slurm", "13", (("folder", str(tmp_path)), ("work_dir", str(tmp_path / "w")),
                                              ("run_dir", str(run))))
     b = RecordedSlurm(tmp_path, {"squeue": SQ_RUNNING_AGAIN, "sacct": SA_REQUEUED_RUNNING})

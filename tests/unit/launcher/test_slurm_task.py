@@ -119,7 +119,7 @@ def test_worker_checkpoints_and_stops_then_the_job_requeues(tmp_path):
 
 def test_rank_0_records_how_long_the_job_had_left_when_usr2_came(tmp_path, monkeypatch):
     """The requeue fact, written before submitit requeues: what tells a time limit from a preemption."""
-    from detcore.contract import read_events
+    from detcore.facts import read_facts
 
     asked = []
     monkeypatch.setattr(slurm_task, "job_time_left", lambda job: asked.append(job) or 95.0)
@@ -129,7 +129,7 @@ def test_rank_0_records_how_long_the_job_had_left_when_usr2_came(tmp_path, monke
     task.log_dir, task.run_dir, task.signal_delay_s = str(tmp_path), str(tmp_path / "run"), 120
     assert proc.stdout.readline() == "handler installed\n"
     task.checkpoint()
-    (fact,) = read_events(tmp_path / "run")
+    (fact,) = [f.to_json() for f in read_facts(tmp_path / "run")]
     assert asked == ["77"] and proc.wait() == 3
     assert {k: fact[k] for k in ("event", "attempt", "rank", "signal", "time_left_s", "signal_delay_s")} == \
         {"event": "requeue", "attempt": 2, "rank": 0, "signal": "USR2", "time_left_s": 95.0, "signal_delay_s": 120}
@@ -151,14 +151,14 @@ def test_a_worker_that_took_usr2_first_and_exited_is_waited_for_not_killed(tmp_p
     """USR2 reaches the worker and its shim at once; on a loaded node the worker may checkpoint and exit
     before the shim's handler runs. The shim (no child any more, ignoring USR2) is then finishing up:
     its exit code is the worker's, and the job requeues as stopped after a checkpoint."""
-    from detcore.contract import append_event
+    from detcore.facts import append_fact, parse_fact
 
     task = SlurmTask("0123abcd", (), "/", {}, str(tmp_path), stop_timeout_s=20, run_dir=str(tmp_path / "run"))
     shim = "import sys, time; print(1, flush=True); time.sleep(1.5); sys.exit(3)"  # records the worker's end, exits
     task._proc = subprocess.Popen([sys.executable, "-c", shim], stdout=subprocess.PIPE,
                                   preexec_fn=slurm_task._ignore_usr2)
     task._proc.stdout.readline()
-    append_event(tmp_path / "run", {"event": "start", "rank": 0, "attempt": 0, "pid": 1, "shim_pid": task._proc.pid})
+    append_fact(tmp_path / "run", parse_fact({"event": "start", "rank": 0, "attempt": 0, "pid": 1, "shim_pid": task._proc.pid}))
     task.checkpoint()
     assert task._proc.wait() == 3
     assert "worker stopped with exit code 3 (stopped after a checkpoint); requeueing" in \
@@ -194,12 +194,12 @@ def test_task_pickles_without_its_process():
 
 def _rank0_task(tmp_path, monkeypatch, events, attempt, worker_code):
     """Rank 0's task after ``events`` were recorded, its worker ending with ``worker_code`` (-N: signal N)."""
-    from detcore.contract import append_event
+    from detcore.facts import append_fact, parse_fact
 
     log_dir, run_dir = tmp_path / "logs", tmp_path / "runs" / "r1"
     log_dir.mkdir(parents=True)
     for rec in events:
-        append_event(run_dir, {"event": "end", **rec})
+        append_fact(run_dir, parse_fact({"event": "end", **rec}))
     for key, value in {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0",
                        "SLURM_JOB_NODELIST": "n1", "SLURM_RESTART_COUNT": str(attempt)}.items():
         monkeypatch.setenv(key, value)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from detcore.config_check import ConfigProblems
-from detcore.contract import WorkerArgs, append_event, run_dir
+from detcore.contract import WorkerArgs, run_dir
+from detcore.facts import append_fact, parse_fact
 from launcher.jobs import SubmitRequest, build_spec
 from launcher.store.reconcile import weights_fact
 from launcher.runtime.command import worker_args
@@ -53,7 +54,7 @@ def test_status_shows_the_weights_fact(tmp_path: Path) -> None:
     record = {"key": "model.backbone.weights", "given": "torchvision://resnet50",
               "weights": "ResNet50_Weights.IMAGENET1K_V1", "file": "/cache/resnet50-0676ba61.pth", "sha256": "ab" * 32,
               "url": "https://download.pytorch.org/models/resnet50-0676ba61.pth"}
-    append_event(run_dir(tmp_path, "r1"), {"event": "weights", "rank": 0, "weights": [record]})
+    append_fact(run_dir(tmp_path, "r1"), parse_fact({"event": "weights", "rank": 0, "weights": [record]}))
     assert weights_fact(exp) == [record]
     lines = status_lines(exp, weights=weights_fact(exp))
     assert ("weights: model.backbone.weights: ResNet50_Weights.IMAGENET1K_V1 (/cache/resnet50-0676ba61.pth, "
