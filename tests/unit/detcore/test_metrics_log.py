@@ -9,7 +9,11 @@ from typing import Any, Mapping
 import pytest
 
 from detcore.contract import WorkDir
+from detcore.engine.hooks import HookBase
 from detcore.engine.metrics_log import MetricsLog
+from detcore.registry import HOOKS
+
+SHAPES = Path(__file__).resolve().parents[3] / "configs/shapes/faster_rcnn_tiny_shapes.yaml"
 
 
 def lines(work: Path) -> list[dict[str, Any]]:
@@ -94,3 +98,29 @@ def test_a_resumed_run_hides_the_steps_it_logs_again(tmp_path: Path) -> None:
     resumed.close(None, 3)
     assert scalars(tmp_path)["train/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
     assert [r["loss"] for r in lines(tmp_path)] == [1.0, 2.0, 3.0, 30.0]  # the file keeps every record
+
+
+@HOOKS.register()
+class WeightNormHook(HookBase):
+    """docs/training.md's example of a user's hook that logs a value."""
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.iter % 2 == 0:
+            norm = sum(float(p.detach().norm()) ** 2 for p in t.model.parameters()) ** 0.5
+            t.metrics.write({"mode": "weights", "iter": t.iter, "norm": norm}, "weights", t.iter)
+
+
+def test_a_users_hook_logs_through_the_metrics_log_of_a_real_run(tmp_path: Path) -> None:
+    from detcore.config import load_config
+    from detcore.engine.trainer import Trainer
+
+    cfg = load_config(SHAPES, ["runner.max_iters=4", "data.samples_per_gpu=2", "auto_scale_lr.enable=false",
+                               "data.workers_per_gpu=0", "log_config.interval=2", "data.train.num_train=8",
+                               "custom_hooks=[{type: WeightNormHook}]"])
+    Trainer(cfg, tmp_path, validate=False).train()
+    records = lines(tmp_path)
+    assert [(r["mode"], r["iter"]) for r in records] == [("train", 2), ("weights", 2), ("train", 4), ("weights", 4)]
+    assert all(r["norm"] > 0 for r in records if r["mode"] == "weights")
+    plotted = scalars(tmp_path)
+    assert [step for step, _ in plotted["weights/norm"]] == [2, 4] and [s for s, _ in plotted["train/loss"]] == [2, 4]
