@@ -36,8 +36,8 @@ def scalar_values(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     constant -1 series; ``metrics.jsonl`` keeps every value.
     """
     return {f"{prefix}/{k}": float(v) for k, v in record.items()
-            if k not in RECORD_COORDINATES and k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not (prefix == "val" and v == UNMEASURED)}
+            if k not in RECORD_COORDINATES and k not in NOT_SCALARS
+            and isinstance(v, (int, float)) and not isinstance(v, bool) and not (prefix == "val" and v == UNMEASURED)}
 
 
 class MetricsLog:

@@ -10,8 +10,6 @@ import logging
 import math
 import os
 import resource
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,54 +21,25 @@ from detcore.checkpoint import load_checkpoint, load_weights, make_meta, unwrap
 from detcore.checkpoint_dir import CheckpointDir
 from detcore.config import dump_config
 from detcore.config_check import ConfigProblems, training_problems
-from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV, WorkDir
+from detcore.contract import EXIT_STOPPED, WorkDir
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.malloc import keep_freed_memory
 from detcore.engine.metrics_log import MetricsLog
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
+from detcore.engine.resume import keep_base_lrs, restore_scaler
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
 from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
 from detcore.engine.scaling import SCALING_KEY, scale_config, split_batch_size
 from detcore.engine.setup import build_loaders, seed_everything
+from detcore.engine.stop import TrainingInterrupted, install_stop_signals, request_stop, stop_is_requested
 from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.loggers.hook import experiment_logger_hook
 from detcore.models import build_detector
 from detcore.registry import HOOKS
 
 logger = logging.getLogger(__name__)
-_STOP = threading.Event()
-
-
-def request_stop(*_: Any) -> None:
-    """Ask the running trainer to checkpoint after the current iteration and stop (preemption).
-
-    Safe to call from a signal handler. In a distributed run the request is shared through the
-    per-iteration all-reduce, so every rank stops after the same iteration.
-    """
-    _STOP.set()
-
-
-def install_stop_signals(names: str) -> list[str]:
-    """Make each signal in ``names`` (e.g. ``"USR2,TERM"``) call :func:`request_stop`.
-
-    Backends set ``DETCORE_STOP_SIGNALS`` (``contract.STOP_SIGNALS_ENV``) so a preempted worker
-    checkpoints and exits with ``contract.EXIT_STOPPED`` instead of losing the iterations since
-    its last checkpoint.
-    """
-    installed = []
-    for name in filter(None, (n.strip().upper() for n in names.split(","))):
-        sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
-        if sig is None:
-            raise ConfigError(f"{STOP_SIGNALS_ENV}: unknown signal {name!r}; use names like USR2,TERM")
-        signal.signal(sig, request_stop)
-        installed.append(sig.name)
-    return installed
-
-
-class TrainingInterrupted(Exception):
-    """Raised after the checkpoint that follows :func:`request_stop`."""
 
 
 class Trainer:
@@ -218,7 +187,7 @@ class Trainer:
             losses = self.model(images, targets)
         loss = sum(losses.values())
         values: dict = {k: v.detach() for k, v in losses.items()}  # read once, after backward is queued
-        values["stop_request"] = 1.0 if _STOP.is_set() else 0.0
+        values["stop_request"] = 1.0 if stop_is_requested() else 0.0
         pending = all_reduce_mean_async(values, self.dist.device)  # overlaps backward: one meeting per step
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -342,7 +311,11 @@ class Trainer:
         base_lrs = list(self.scheduler.base_lrs)  # this run's (scaled for this world size)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self._keep_base_lrs(base_lrs, path, ckpt.get("meta") or {})
+        saved_lrs = keep_base_lrs(self.optimizer, self.scheduler, base_lrs)
+        if saved_lrs != base_lrs:
+            logger.info("base lr %s (world size %s in %s) -> %s for world size %d",
+                        ", ".join(f"{x:g}" for x in saved_lrs), (ckpt.get("meta") or {}).get("world_size", "?"),
+                        path.name, ", ".join(f"{x:g}" for x in base_lrs), self.dist.world_size)
         if not restore_scaler(self.scaler, ckpt.get("scaler")) and self.amp:
             logger.info("%s holds no AMP loss-scaler state (saved without --amp); starting with a fresh scale", path)
         self.iter = int(ckpt["loop"]["iter"])
@@ -359,39 +332,9 @@ class Trainer:
         logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
 
 
-    def _keep_base_lrs(self, base_lrs: list[float], path: Path, meta: Mapping[str, Any]) -> None:
-        """After loading optimizer and scheduler state: train on at this run's base LR, not the saved one.
-
-        The saved base LR was scaled for the world size that wrote ``path``; this run's was scaled
-        from the original config for its own world size, so it replaces the saved one (the schedule's
-        position is kept). Nothing changes when the two agree.
-        """
-        saved = list(self.scheduler.base_lrs)
-        if saved == base_lrs:
-            return
-        self.scheduler.base_lrs = base_lrs
-        for group, base, fn in zip(self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas):
-            group["initial_lr"] = base
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        logger.info("base lr %s (world size %s in %s) -> %s for world size %d", ", ".join(f"{x:g}" for x in saved),
-                    meta.get("world_size", "?"), path.name, ", ".join(f"{x:g}" for x in base_lrs),
-                    self.dist.world_size)
-
-
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     """The checkpoint ``--resume auto`` continues from (:meth:`CheckpointDir.latest`)."""
     return CheckpointDir(work_dir).latest()
-
-
-def restore_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> bool:
-    """Load a saved loss-scaler state into an enabled ``scaler``; False (scaler untouched) when it
-    is disabled or the checkpoint was saved without AMP (its state is empty: a CPU checkpoint
-    resumed with ``--amp`` starts with a fresh scale instead of failing)."""
-    if not scaler.is_enabled() or not state:
-        return False
-    scaler.load_state_dict(dict(state))
-    return True
 
 
 def has_running_stats(model: torch.nn.Module) -> bool:
