@@ -114,8 +114,7 @@ def detcore_side(size: int, workers: int, warmup: int, steps: int, work: Path) -
         hook.before_train()
     trainer.model.train()
     result = _profile(lambda: trainer._step(data), probe, warmup, steps)
-    if trainer.tb is not None:
-        trainer.tb.close()
+    trainer.metrics.close(None, trainer.iter)
     return result
 
 

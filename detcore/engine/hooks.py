@@ -1,50 +1,77 @@
 """Trainer hooks: LR schedule, logging, evaluation and checkpointing are each a small class.
 
-A hook sees the trainer through ``self.trainer`` and may implement any of the five lifecycle
-methods; ``state_dict``/``load_state_dict`` carry its state through a resume. Users add
+A hook sees the trainer through ``self.trainer``, typed as :class:`TrainerView` (the counters,
+model, optimizer, the checkpoints and the metrics log), and may implement any of the five
+lifecycle methods; ``state_dict``/``load_state_dict`` carry its state through a resume. Users add
 their own with ``custom_hooks: [{type: MyHook, ...}]`` (registered in HOOKS).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from array import array
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from detcore.checkpoint_dir import CheckpointDir
 from detcore.engine.progress import estimate_eta, iteration_line
 from detcore.registry import HOOKS
 
 if TYPE_CHECKING:
-    from detcore.engine.trainer import Trainer
+    import torch
+
+    from detcore.checkpoint_dir import CheckpointDir
+    from detcore.engine.dist import DistInfo
+    from detcore.engine.metrics_log import MetricsLog
 
 logger = logging.getLogger(__name__)
 
 
-UNMEASURED = -1.0  # pycocotools' value for a metric with nothing to measure (APl of a set without large objects)
-RECORD_COORDINATES = ("iter", "epoch", "mode")  # where a record was logged, not values
-NOT_SCALARS = ("eta_s",)  # in metrics.jsonl for the launcher (a running job's ETA), not a series to plot
+class TrainerView(Protocol):
+    """What a hook uses of the trainer running it (:class:`detcore.engine.trainer.Trainer` is one).
 
-
-def scalar_values(record: dict[str, Any], prefix: str) -> dict[str, float]:
-    """``record``'s values as scalars named ``prefix/key``, for TensorBoard and the experiment loggers (pure).
-
-    Leaves out the record's coordinates, non-numbers, booleans, and, in evaluation records
-    (``prefix`` ``val``), pycocotools' -1 for "nothing to measure", which would plot as a
-    constant -1 series; ``metrics.jsonl`` keeps every value.
+    Counters: ``iter`` (finished steps), ``max_iters``, ``epoch``, ``iters_per_epoch``, ``by_epoch``,
+    ``resumed``; ``step_stats`` is the newest step's losses and times. Metrics are logged through
+    ``metrics`` (:class:`~detcore.engine.metrics_log.MetricsLog`), checkpoint files handled through
+    ``checkpoints`` (:class:`~detcore.checkpoint_dir.CheckpointDir`); hooks assign no trainer attribute.
     """
-    return {f"{prefix}/{k}": float(v) for k, v in record.items()
-            if k not in RECORD_COORDINATES and k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)
-            and not (prefix == "val" and v == UNMEASURED)}
+
+    cfg: dict[str, Any]
+    work_dir: Path
+    dist: DistInfo
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    val_loader: Any
+    hooks: list[HookBase]
+    checkpoints: CheckpointDir
+    metrics: MetricsLog
+    iter: int
+    max_iters: int
+    iters_per_epoch: int
+    by_epoch: bool
+    resumed: bool
+    step_stats: dict[str, float]
+
+    @property
+    def epoch(self) -> int: ...
+
+    def at_boundary(self, interval: int) -> bool: ...
+
+    def stop_requested(self) -> bool: ...
+
+    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = "pycocotools",
+                 voc_method: str = "area") -> dict: ...
+
+    def save(self, name: str) -> Path | None: ...
+
+    def memory_mb(self) -> float: ...
 
 
 class HookBase:
     """Lifecycle: before_train, (before_step, after_step)*, after_train. ``trainer.iter`` counts done steps."""
 
-    trainer: Trainer
+    trainer: TrainerView
 
     def before_train(self) -> None: ...
 
@@ -100,8 +127,8 @@ class LoggerHook(HookBase):
         eta = estimate_eta(self._ends, t.max_iters - t.iter, pending,
                            evaluation.last_seconds if evaluation is not None else None)
         # eta_s: the line's ETA (None while estimating), what `launcher list/status` show for a running job
-        t.log_metrics({"mode": "train", "epoch": t.epoch, "iter": t.iter, **mean,
-                       "eta_s": None if eta.seconds is None else round(eta.seconds, 1)}, prefix="train")
+        t.metrics.log_training({**mean, "eta_s": None if eta.seconds is None else round(eta.seconds, 1)},
+                               epoch=t.epoch, step=t.iter)
         terms = {k: v for k, v in mean.items() if k not in self.NOT_TERMS}
         logger.info("%s", iteration_line(t.iter, t.max_iters, t.epoch, mean["lr"], mean.get("loss", 0.0), terms,
                                          mean.get("iter_time", 0.0), mean.get("data_time", 0.0), mean["memory_mb"],
@@ -155,12 +182,10 @@ class EvalHook(HookBase):
                              voc_method=self.voc_method)
         self.last_seconds, self._done_at = time.perf_counter() - start, t.iter
         self.total_seconds += self.last_seconds
-        if t.dist.is_main and results:
+        if results:
             flat = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             # eval_time: this evaluation's wall time, what the launcher's estimates of later runs are made of
-            t.log_metrics({"mode": "val", "epoch": t.epoch, "iter": t.iter, **flat, "eval_time": self.last_seconds},
-                          prefix="val")
-            t.last_metrics = flat
+            t.metrics.log_validation(flat, epoch=t.epoch, step=t.iter, extra={"eval_time": self.last_seconds})
 
 
 @HOOKS.register()
@@ -188,23 +213,18 @@ class CheckpointHook(HookBase):
             return
         name = f"epoch_{t.epoch}.pth" if t.by_epoch and t.iter % t.iters_per_epoch == 0 else f"iter_{t.iter}.pth"
         path = t.save(name)  # on every rank: each hands its random state to rank 0, which writes the file
-        if t.dist.is_main and path is not None:
-            checkpoints = CheckpointDir(t.work_dir)
-            checkpoints.prune(self.max_keep, protect={name})
-            value = t.last_metrics.get(self.save_best) if self.save_best else None
+        if path is not None:  # rank 0
+            t.checkpoints.prune(self.max_keep, protect={name})
+            value = t.metrics.latest(self.save_best) if self.save_best else None
             if self.save_best and value is not None and value > self.best:
                 self.best, self.best_iter = float(value), t.iter
-                checkpoints.keep_best(path, self.save_best)
+                t.checkpoints.keep_best(path, self.save_best)
                 logger.info("new best %s = %.4f at iter %d", self.save_best, value, t.iter)
 
     def state_dict(self) -> dict:
         return {"best": self.best if math.isfinite(self.best) else None, "best_iter": self.best_iter}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best = state.get("best") if state.get("best") is not None else -math.inf
+        self.best = float(state["best"]) if state.get("best") is not None else -math.inf
         self.best_iter = state.get("best_iter")
 
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")

@@ -34,7 +34,7 @@ def hparams_from_options(cfg: Mapping[str, Any], cfg_options: Sequence[str]) -> 
 def metric_tags(last_val: Mapping[str, float]) -> list[str]:
     """The scalar tags the HParams tab shows: the training loss and the overall validation metrics that
     were written as scalars (not pycocotools' -1 for "nothing to measure")."""
-    from detcore.engine.hooks import scalar_values
+    from detcore.engine.metrics_log import scalar_values
 
     return ["train/loss", *(tag for tag in scalar_values(dict(last_val), "val") if "_AP_" not in tag)]
 

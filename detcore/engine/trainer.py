@@ -10,11 +10,9 @@ import logging
 import math
 import os
 import resource
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -23,53 +21,25 @@ from detcore.checkpoint import load_checkpoint, load_weights, make_meta, unwrap
 from detcore.checkpoint_dir import CheckpointDir
 from detcore.config import dump_config
 from detcore.config_check import ConfigProblems, training_problems
-from detcore.contract import EXIT_STOPPED, STOP_SIGNALS_ENV, WorkDir
+from detcore.contract import EXIT_STOPPED, WorkDir
 from detcore.engine import hooks as H
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.malloc import keep_freed_memory
+from detcore.engine.metrics_log import MetricsLog
 from detcore.engine.optim import build_optimizer, build_scheduler, lr_factor_fn
+from detcore.engine.resume import keep_base_lrs, restore_scaler
 from detcore.engine.rng import configure_determinism, gather_rng_states, restore_rank_state
 from detcore.engine.rng import rng_state, set_rng_state  # noqa: F401 - their former home
 from detcore.engine.scaling import SCALING_KEY, scale_config, split_batch_size
 from detcore.engine.setup import build_loaders, seed_everything
+from detcore.engine.stop import TrainingInterrupted, install_stop_signals, request_stop, stop_is_requested
 from detcore.errors import CheckpointError, ConfigError, TrainingError
 from detcore.loggers.hook import experiment_logger_hook
 from detcore.models import build_detector
 from detcore.registry import HOOKS
 
 logger = logging.getLogger(__name__)
-_STOP = threading.Event()
-
-
-def request_stop(*_: Any) -> None:
-    """Ask the running trainer to checkpoint after the current iteration and stop (preemption).
-
-    Safe to call from a signal handler. In a distributed run the request is shared through the
-    per-iteration all-reduce, so every rank stops after the same iteration.
-    """
-    _STOP.set()
-
-
-def install_stop_signals(names: str) -> list[str]:
-    """Make each signal in ``names`` (e.g. ``"USR2,TERM"``) call :func:`request_stop`.
-
-    Backends set ``DETCORE_STOP_SIGNALS`` (``contract.STOP_SIGNALS_ENV``) so a preempted worker
-    checkpoints and exits with ``contract.EXIT_STOPPED`` instead of losing the iterations since
-    its last checkpoint.
-    """
-    installed = []
-    for name in filter(None, (n.strip().upper() for n in names.split(","))):
-        sig = getattr(signal, name if name.startswith("SIG") else f"SIG{name}", None)
-        if sig is None:
-            raise ConfigError(f"{STOP_SIGNALS_ENV}: unknown signal {name!r}; use names like USR2,TERM")
-        signal.signal(sig, request_stop)
-        installed.append(sig.name)
-    return installed
-
-
-class TrainingInterrupted(Exception):
-    """Raised after the checkpoint that follows :func:`request_stop`."""
 
 
 class Trainer:
@@ -93,9 +63,10 @@ class Trainer:
         self.seed, self.deterministic = seed, deterministic
         self.heartbeat = Heartbeat(heartbeat_dir, self.dist.rank) if heartbeat_dir else None
         seed_everything(seed, deterministic, rank=self.dist.rank)
+        self.checkpoints = CheckpointDir(self.work_dir)
         if self.dist.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            for path in CheckpointDir(self.work_dir).remove_stale_temp_files():
+            for path in self.checkpoints.remove_stale_temp_files():
                 logger.info("removed %s, left by a save that was killed mid-write", path.name)
             WorkDir(self.work_dir).config.write_text(dump_config(self.cfg))
         barrier()
@@ -137,13 +108,15 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
                 broadcast_buffers=has_running_stats(self.model), **ddp_kwargs)
-        self.iter, self.last_metrics, self.step_stats, self._stop_now = 0, {}, {}, False
-        self.metric_sinks: list[Callable[[dict, str], None]] = []  # each gets every record log_metrics writes
+        self.iter, self._stop_now = 0, False
+        self.step_stats: dict[str, float] = {}  # the newest step's mean losses and times (LoggerHook reads them)
+        self.metrics = MetricsLog(self.work_dir, writes=self.dist.is_main)  # metrics.jsonl, TensorBoard, loggers
         self.hooks = self._build_hooks(validate)
         self.resumed = False
         if resume_path:
             self.resume(str(resume_path))
-        self.tb = self._tensorboard() if self.dist.is_main else None
+        # a resumed run logs from iter + 1 on: TensorBoard hides the events an earlier run logged from there
+        self.metrics.open_tensorboard(self.iter + 1 if self.resumed else 0, dump_config(self.cfg))
 
     # ---- set-up -----------------------------------------------------------------------
     def _build_hooks(self, validate: bool) -> list[H.HookBase]:
@@ -162,20 +135,6 @@ class Trainer:
         for hook in hooks:
             hook.trainer = self
         return hooks
-
-    def _tensorboard(self):
-        """A writer that hides every event an earlier run logged at a step this run will log again.
-
-        A resumed run logs from ``iter + 1`` on: events at those steps from the run that wrote the
-        checkpoint (and went on past it) are purged (``purge_step``), so each step shows once. A
-        fresh start purges everything (a run killed before its first checkpoint starts over).
-        """
-        from torch.utils.tensorboard import SummaryWriter
-
-        first_step = self.iter + 1 if self.resumed else 0
-        writer = SummaryWriter(str(self.work_dir / "tb"), purge_step=first_step)
-        writer.add_text("config", "```\n" + dump_config(self.cfg) + "\n```", first_step)
-        return writer
 
     # ---- the loop ---------------------------------------------------------------------
     @property
@@ -212,11 +171,7 @@ class Trainer:
                 raise TrainingInterrupted(f"stopped on request at iteration {self.iter}; resume to continue")
         for hook in self.hooks:
             hook.after_train()
-        if self.tb is not None:
-            from detcore.engine.hparams import metric_tags, write_hparams
-
-            write_hparams(self.tb, self.hparams, metric_tags(self.last_metrics), self.iter)
-            self.tb.close()
+        self.metrics.close(self.hparams, self.iter)
         return self.last_metrics
 
     def _step(self, data) -> None:
@@ -232,7 +187,7 @@ class Trainer:
             losses = self.model(images, targets)
         loss = sum(losses.values())
         values: dict = {k: v.detach() for k, v in losses.items()}  # read once, after backward is queued
-        values["stop_request"] = 1.0 if _STOP.is_set() else 0.0
+        values["stop_request"] = 1.0 if stop_is_requested() else 0.0
         pending = all_reduce_mean_async(values, self.dist.device)  # overlaps backward: one meeting per step
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -266,28 +221,25 @@ class Trainer:
             self.heartbeat.enter("evaluating", self.iter)
         try:
             results, drawn = evaluate_loader(unwrap(self.model), self.val_loader, self.dist.device, metrics,
-                                             classes=self.classes, num_images=num_images if self.tb else 0,
+                                             classes=self.classes,
+                                             num_images=num_images if self.metrics.shows_images else 0,
                                              backend=backend, voc_method=voc_method, keepalive=self._keepalive(),
                                              progress=True)
         finally:
             if self.heartbeat is not None:
                 self.heartbeat.enter("training", self.iter)
         self.model.train()
-        if self.tb is not None:
-            for i, img in enumerate(drawn):
-                self.tb.add_image(f"val/prediction_{i}", img, self.iter)
+        self.metrics.add_images("val/prediction", drawn, self.iter)
         return results
 
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The newest evaluation's metrics (rank 0; empty elsewhere and before the first evaluation)."""
+        return self.metrics.latest_validation
+
     def log_metrics(self, record: dict, prefix: str) -> None:
-        if not self.dist.is_main:
-            return
-        H.append_jsonl(WorkDir(self.work_dir).metrics, record)
-        for sink in self.metric_sinks:
-            sink(record, prefix)
-        if self.tb is not None:
-            for name, value in H.scalar_values(record, prefix).items():
-                self.tb.add_scalar(name, value, self.iter)
-            self.tb.flush()
+        """Log ``record`` at the current iteration; hooks call ``trainer.metrics.write(record, prefix, step)``."""
+        self.metrics.write(record, prefix, self.iter)
 
     def _keepalive(self):
         """A callable recording "alive at the current iteration" (rate-limited), or None without heartbeats."""
@@ -317,7 +269,7 @@ class Trainer:
                          total_batch=total_batch or split_batch_size(self.cfg, "train") * self.dist.world_size,
                          seed=self.seed, scaling=self.cfg.get(SCALING_KEY), weights=self.weights_used)
         with beating(self._keepalive()):  # a slow file system is not a hang
-            path = CheckpointDir(self.work_dir).save(
+            path = self.checkpoints.save(
                 name, self.model, meta, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(), rng=states[0], rng_per_rank=states,
                 loop={"iter": self.iter, "iters_per_epoch": self.iters_per_epoch},
@@ -329,7 +281,7 @@ class Trainer:
 
     def _resume_path(self, resume: str) -> Path | None:
         """The checkpoint ``resume`` names (``auto``: the newest in the work dir; None when there is none)."""
-        path = latest_checkpoint(self.work_dir) if resume == "auto" else Path(resume)
+        path = self.checkpoints.latest() if resume == "auto" else Path(resume)
         if path is None:
             logger.info("no checkpoint in %s: starting fresh", self.work_dir)
         return path
@@ -359,7 +311,11 @@ class Trainer:
         base_lrs = list(self.scheduler.base_lrs)  # this run's (scaled for this world size)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self._keep_base_lrs(base_lrs, path, ckpt.get("meta") or {})
+        saved_lrs = keep_base_lrs(self.optimizer, self.scheduler, base_lrs)
+        if saved_lrs != base_lrs:
+            logger.info("base lr %s (world size %s in %s) -> %s for world size %d",
+                        ", ".join(f"{x:g}" for x in saved_lrs), (ckpt.get("meta") or {}).get("world_size", "?"),
+                        path.name, ", ".join(f"{x:g}" for x in base_lrs), self.dist.world_size)
         if not restore_scaler(self.scaler, ckpt.get("scaler")) and self.amp:
             logger.info("%s holds no AMP loss-scaler state (saved without --amp); starting with a fresh scale", path)
         self.iter = int(ckpt["loop"]["iter"])
@@ -376,39 +332,9 @@ class Trainer:
         logger.info("resumed from %s at iteration %d (epoch %d)", path, self.iter, self.epoch)
 
 
-    def _keep_base_lrs(self, base_lrs: list[float], path: Path, meta: Mapping[str, Any]) -> None:
-        """After loading optimizer and scheduler state: train on at this run's base LR, not the saved one.
-
-        The saved base LR was scaled for the world size that wrote ``path``; this run's was scaled
-        from the original config for its own world size, so it replaces the saved one (the schedule's
-        position is kept). Nothing changes when the two agree.
-        """
-        saved = list(self.scheduler.base_lrs)
-        if saved == base_lrs:
-            return
-        self.scheduler.base_lrs = base_lrs
-        for group, base, fn in zip(self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas):
-            group["initial_lr"] = base
-            group["lr"] = base * fn(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-        logger.info("base lr %s (world size %s in %s) -> %s for world size %d", ", ".join(f"{x:g}" for x in saved),
-                    meta.get("world_size", "?"), path.name, ", ".join(f"{x:g}" for x in base_lrs),
-                    self.dist.world_size)
-
-
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
     """The checkpoint ``--resume auto`` continues from (:meth:`CheckpointDir.latest`)."""
     return CheckpointDir(work_dir).latest()
-
-
-def restore_scaler(scaler: torch.amp.GradScaler, state: Mapping[str, Any] | None) -> bool:
-    """Load a saved loss-scaler state into an enabled ``scaler``; False (scaler untouched) when it
-    is disabled or the checkpoint was saved without AMP (its state is empty: a CPU checkpoint
-    resumed with ``--amp`` starts with a fresh scale instead of failing)."""
-    if not scaler.is_enabled() or not state:
-        return False
-    scaler.load_state_dict(dict(state))
-    return True
 
 
 def has_running_stats(model: torch.nn.Module) -> bool:

@@ -2,7 +2,7 @@
 
 At the start it opens each logger's run (:func:`~detcore.loggers.runs.choose_run`: a resume or a
 restart continues the experiment's run) and sends the resolved config; then it sends what the
-trainer logs (``Trainer.log_metrics``: the text log's averages every ``log_config.interval``
+trainer logs (each record of its :class:`~detcore.engine.metrics_log.MetricsLog`: the text log's averages every ``log_config.interval``
 iterations, or every logger ``interval``, and the metrics of each evaluation), keyed by
 iteration, skipping the iterations the run already holds; at the end it uploads the checkpoints
 (``log_model``) and closes the run. A logger that cannot be reached is one warning: training
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from detcore.contract import BACKEND_ENV, EXPERIMENT_ENV, WorkDir
-from detcore.engine.hooks import HookBase, scalar_values
+from detcore.engine.hooks import HookBase
+from detcore.engine.metrics_log import scalar_values
 from detcore.loggers.runs import Ledger, SavedRun, choose_run, read_record
 from detcore.loggers.settings import LoggerSettings, enabled_loggers
 from detcore.loggers.writer import RunContext, RunWriter, one_line
@@ -62,7 +63,7 @@ class ExperimentLoggerHook(HookBase):
         for settings in self.settings:
             self._open(settings)
         if self.open:
-            t.metric_sinks.append(self.send)
+            t.metrics.add_sink(self.send)
 
     def _open(self, settings: LoggerSettings) -> None:
         t = self.trainer
@@ -86,15 +87,14 @@ class ExperimentLoggerHook(HookBase):
         logger.info("%s: %s run %s at %s (%s%s)", cls.label, "continuing" if continued else "new", writer.run_id,
                     writer.address(), why, held)
 
-    def send(self, record: Mapping[str, Any], prefix: str) -> None:
-        """``Trainer.log_metrics``'s record to every open run, unless the run already holds its iteration."""
-        t = self.trainer
-        step = int(record.get("iter", t.iter))
+    def send(self, record: Mapping[str, Any], prefix: str, step: int) -> None:
+        """A record of the metrics log to every open run, unless the run already holds its iteration."""
+        step = int(record.get("iter", step))
         values = scalar_values(record, prefix)
         for run in self.open.values():
             if step <= run.held or not values:
                 continue
-            if prefix == "train" and step % run.settings.interval and step != t.max_iters:
+            if prefix == "train" and step % run.settings.interval and step != self.trainer.max_iters:
                 continue
             run.writer.log_metrics(values, step)
 

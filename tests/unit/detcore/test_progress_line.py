@@ -73,7 +73,7 @@ def test_the_logger_hook_stops_its_clock_while_evaluating(monkeypatch: pytest.Mo
     trainer = SimpleNamespace(iter=0, max_iters=100, epoch=0, by_epoch=False, iters_per_epoch=100,
                               val_loader=object(), hooks=[logger_hook, evaluation], step_stats={},
                               optimizer=SimpleNamespace(param_groups=[{"lr": 0.02}]), memory_mb=lambda: 812.0,
-                              log_metrics=lambda record, prefix: None)
+                              metrics=SimpleNamespace(log_training=lambda values, epoch, step: None))
     logger_hook.trainer = evaluation.trainer = trainer
     with caplog.at_level(logging.INFO, logger="detcore.engine.hooks"):
         for it in range(1, 11):

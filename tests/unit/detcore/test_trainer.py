@@ -110,7 +110,7 @@ def test_amp_from_the_config_is_read_like_the_flag(tmp_path: Path, caplog: pytes
 
 
 def test_scalars_leave_out_coordinates_flags_and_pycocotools_unmeasured() -> None:
-    from detcore.engine.hooks import scalar_values
+    from detcore.engine.metrics_log import scalar_values
 
     val = {"mode": "val", "epoch": 1, "iter": 20, "bbox_AP": 0.5, "bbox_APl": -1.0, "bbox_ARl": -1, "ok": True,
            "name": "x"}
