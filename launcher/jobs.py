@@ -206,9 +206,9 @@ def submit_spec(store: ExperimentStore, backend: Backend, spec: JobSpec, sweep: 
 
 def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec], sweep: str | None = None,
                  grids: list[dict[str, str]] | None = None, dries: list[DryRun] | None = None) -> list[Experiment]:
-    """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``; ``dries[i]``: its dry run,
-    when the caller computed them): through the backend's optional ``submit_array(specs)`` (one array job)
-    when it has one, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
+    """Submit a sweep (``grids[i]``: spec i's grid values, shown by ``launcher list``; ``dries``: the dry runs
+    the caller computed, one per spec, or for an :class:`ArrayBackend` the one ``dryrun_array(specs)``): as one
+    array job (``submit_array``) when the backend can, else one ``submit`` per spec. All or nothing: on an error the rows are removed (array)
     or the jobs already started are cancelled (one by one), and the error is raised."""
     from launcher.backends.protocol import ArrayBackend
 
@@ -219,7 +219,7 @@ def submit_specs(store: ExperimentStore, backend: Backend, specs: list[JobSpec],
             for spec, grid in zip(specs, grids or [None] * len(specs)):
                 store.insert(experiment_from_spec(spec, JobState.PENDING, sweep=sweep, grid=grid))
             try:
-                handles = backend.submit_array(specs)
+                handles = backend.submit_array(specs, dries[0] if dries else None)
             except BaseException:
                 for spec in specs:
                     store.delete(spec.id)

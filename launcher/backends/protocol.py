@@ -10,7 +10,7 @@ A backend is a :class:`Backend`: five methods (TorchX's scheduler API is the mod
     Execute the dry run (``dry``: the one the caller already computed for ``spec``, else computed
     here), so that what ``--dry-run`` printed is what runs: a detached backend stores it in the
     job folder (``plan.json``) and its monitor executes the stored plan instead of deriving it
-    again. Must not return before the job is durably handed over (a supervisor started, an
+    again; the Slurm backend stores it too and hands ``sbatch`` the script it shows. Must not return before the job is durably handed over (a supervisor started, an
     sbatch accepted). May raise LauncherError (nothing is left behind: the caller deletes the
     experiment row and the work dir it created).
 ``status(handle) -> JobStatus``
@@ -22,8 +22,8 @@ A backend is a :class:`Backend`: five methods (TorchX's scheduler API is the mod
     Idempotent; stops every process of the job and frees what it held.
 
 An :class:`ArrayBackend` (Slurm) also has ``dryrun_array(specs) -> DryRun`` and
-``submit_array(specs) -> list[JobHandle]`` (one handle per spec, in order): a whole sweep as one
-array job; ``launcher sweep`` submits the specs of any other backend one by one. The local and
+``submit_array(specs, dry=None) -> list[JobHandle]`` (one handle per spec, in order; ``dry``: their
+``dryrun_array``, executed as ``submit`` executes its dry run): a whole sweep as one array job; ``launcher sweep`` submits the specs of any other backend one by one. The local and
 Ray backends subclass :class:`~launcher.runtime.detached.DetachedBackend`: a monitor process on the
 submitting side, one job folder per experiment.
 
@@ -139,4 +139,4 @@ class ArrayBackend(Backend):
     def dryrun_array(self, specs: Sequence[JobSpec]) -> DryRun: ...
 
     @abc.abstractmethod
-    def submit_array(self, specs: Sequence[JobSpec]) -> list[JobHandle]: ...
+    def submit_array(self, specs: Sequence[JobSpec], dry: DryRun | None = None) -> list[JobHandle]: ...

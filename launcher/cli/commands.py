@@ -259,8 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                   + (f"; submitting more than {SWEEP_LIMIT} needs --yes" if refusal else ""), file=sys.stderr)
         return 0
     grids = [dict(item.lstrip("+").split("=", 1) for item in combo) for combo in combos]
-    submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids,
-                             dries=None if array else dries)
+    submitted = submit_specs(store, backend, specs, sweep=sweep_id, grids=grids, dries=dries)
     print(f"launcher: sweep {sweep_id}: {len(submitted)} experiments"
           + (f", at most {args.max_parallel} at a time" if slots else ""), file=sys.stderr)
     if args.json and args.detach:

@@ -118,7 +118,7 @@ def launch_folder(job_dir: Path, spec: JobSpec, dry: DryRun) -> Iterator[Path]:
     job_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
     try:
         write_json_atomic(JobFolder(job_dir).spec, spec_to_dict(spec))
-        write_json_atomic(JobFolder(job_dir).plan, {"dry_run": dry.to_json(), "plan": dry.plan})
+        write_plan(job_dir, dry)
         yield job_dir
     except BaseException:
         if created:
@@ -126,6 +126,12 @@ def launch_folder(job_dir: Path, spec: JobSpec, dry: DryRun) -> Iterator[Path]:
         else:
             clear_previous_launch(job_dir, spec.id)
         raise
+
+
+def write_plan(job_dir: Path, dry: DryRun) -> None:
+    """``plan.json``: what this launch executes, ``dry`` (``dry_run``, as ``--dry-run --json`` prints it) and the
+    backend's own plan (``plan``). Every backend's submit writes it once (the Slurm backend too)."""
+    write_json_atomic(JobFolder(job_dir).plan, {"dry_run": dry.to_json(), "plan": dry.plan})
 
 
 def read_plan(job_dir: Path) -> dict:

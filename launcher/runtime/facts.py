@@ -65,18 +65,21 @@ class RunFacts:
     def stop_reason(self) -> str:
         """Why the run must end now without a restart: a rank's user error (exit code 2), which no restart can
         mend; '' without one. Every monitor stops the group on it (the local supervisor, the Ray driver and
-        Ray's rank 0; Slurm's task does not requeue)."""
+        Ray's rank 0; Slurm's task neither requeues nor waits for a requeue)."""
         return f"{self.user_error} (a user error: the run was stopped, not restarted)" if self.user_error else ""
 
-    def failure_reason(self, fallback: str, allowed: int, option: str) -> str:
+    def failure_reason(self, fallback: str, allowed: int, option: str, restarts: int | None = None) -> str:
         """The reason of a run that failed: the failure that ended it (``fallback`` when no fact names one)
-        and why it was not restarted again (``allowed`` restarts, set by ``option``; -1: unlimited)."""
+        and why it was not restarted again (``allowed`` restarts, set by ``option``; -1: unlimited).
+        ``restarts``: those that count against ``allowed`` when not all do (a Slurm job's hang requeues, not
+        its preemptions); default :attr:`restarts`."""
         reason = self.last_failure or fallback
+        done = self.restarts if restarts is None else restarts
         if allowed == 0:
             return f"{reason} (not restarted: {option} 0)"
-        if 0 < allowed <= self.restarts:
-            return f"{reason} (after {self.restarts} restart(s), the most allowed by {option})"
-        return f"{reason} (after {self.restarts} restart(s))" if self.restarts else reason
+        if 0 < allowed <= done:
+            return f"{reason} (after {done} restart(s), the most allowed by {option})"
+        return f"{reason} (after {done} restart(s))" if done else reason
 
     def success_note(self) -> str:
         """The reason of a run that succeeded: which failures it recovered from ('' without restarts)."""

@@ -227,7 +227,10 @@ def job_status(job_id: str, queue: Sequence[QueueRow], records: Sequence[AcctRec
     if st.state is JobState.FAILED and last.state in RANK_EXPLAINS:
         facts = _facts(events, mine, restarts + 1)
         ending: Ending | None = facts.endings.get(restarts) or facts.endings.get(facts.attempt)
-        detail = ending.text if ending is not None else (failure_detail() if failure_detail else "")
+        if facts.stop_reason and facts.user_error_attempt == restarts:  # the shared policy's words, as elsewhere
+            detail = facts.stop_reason
+        else:
+            detail = ending.text if ending is not None else (failure_detail() if failure_detail else "")
         return dataclasses.replace(st, reason=f"{st.reason}: {detail}" if detail else st.reason)
     return st
 

@@ -32,6 +32,13 @@ limit, on preemption (``preempt_send_user_signal``) or on ``scancel --signal=USR
   :class:`WorkerFinished`, which ends the wait in ``__call__`` and the job completes normally
   instead of being requeued for nothing.
 
+When the worker ends, the task decides from the launch's facts (:class:`~launcher.runtime.facts.RunFacts`,
+the policy every backend shares): exit 0 finishes; a rank's user error in this attempt fails the
+job in ``stop_reason``'s words and is never requeued; a hang requeues the job (rank 0, at most
+``--max-restarts`` times: preemptions and time limits are not counted) and past that budget fails
+it with ``failure_reason``'s words; any other failure fails the job naming the rank that failed
+first (Slurm requeues only on USR2, a hang or a node failure).
+
 Why a child process rather than calling detcore in this process: the signal handler that
 must wait for the checkpoint runs in this process's main thread, which would otherwise be
 busy inside the training step; a child also keeps torch's state (process groups, CUDA) out
@@ -55,11 +62,11 @@ from typing import Callable, Mapping, Sequence
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from detcore import net
-from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXPERIMENT_ENV as MARKER_ENV, STOP_SIGNALS_ENV,
-                              describe_exit, rank_log_in)
-from detcore.facts import Hang, Requeue, Start, append_fact, read_facts
+from detcore.contract import (BACKEND_ENV, EXIT_HUNG, EXIT_STOPPED, EXIT_USER_ERROR, EXPERIMENT_ENV as MARKER_ENV,
+                              STOP_SIGNALS_ENV, describe_exit, rank_log_in)
+from detcore.facts import Requeue, Start, append_fact, read_facts
 from launcher.backends.slurm.state import end_time_command, parse_end_time
-from launcher.runtime.facts import Ending, summarize
+from launcher.runtime.facts import RunFacts, summarize
 
 from launcher.resources.ports import SLURM_MASTER_PORT_BASE as PORT_BASE, SLURM_MASTER_PORT_SPAN as PORT_SPAN
 REQUEUE_WAIT_S = 120.0
@@ -236,7 +243,13 @@ class SlurmTask(Checkpointable):
         if code == 0:
             self._note(rank, "worker finished")
             return 0
-        if code == EXIT_HUNG or self._attempt_hung(attempt):
+        facts = self._facts()
+        if facts.stop_reason and facts.user_error_attempt == attempt:  # no requeue can mend it: the job fails
+            failed = next((r for r, rec in sorted(facts.ended.items())
+                           if rec.exit_code == EXIT_USER_ERROR), rank)
+            self._note(rank, f"worker ended by {describe_exit(code)}; not requeued: {facts.stop_reason}")
+            raise WorkerFailed(f"{facts.stop_reason}; see {self._log(failed)}")
+        if code == EXIT_HUNG or attempt in facts.hangs:
             # this rank's watchdog ended it, or another's did and this worker then failed in a collective
             self._after_hang(rank, attempt)
         if rank != 0 and code in (EXIT_STOPPED, -signal.SIGTERM, -signal.SIGKILL):
@@ -245,7 +258,7 @@ class SlurmTask(Checkpointable):
             time.sleep(REQUEUE_WAIT_S)
             raise WorkerFailed(f"rank {rank}: worker stopped on a signal but the job was not requeued within "
                                f"{REQUEUE_WAIT_S:.0f} s")
-        first = self._first_failure(attempt)
+        first = facts.endings.get(attempt)
         if first is not None and first.rank is not None and first.rank != rank:
             # this worker failed because another rank did first (a collective lost its peer, or srun ended
             # the step): name that rank, as every backend does
@@ -264,28 +277,24 @@ class SlurmTask(Checkpointable):
     def _log(self, rank: int) -> Path:
         return rank_log_in(self.log_dir, rank)
 
-    def _first_failure(self, attempt: int) -> Ending | None:
-        """The failure that ended ``attempt`` so far, from the facts every rank's shim recorded (each is
-        written when its worker exits, before srun ends the other tasks of the step), never from a log."""
-        if not self.run_dir:
-            return None
-        return summarize(read_facts(self.run_dir)).endings.get(attempt)
-
-    def _attempt_hung(self, attempt: int) -> bool:
-        """A rank's watchdog recorded a hang in this attempt (its fact is written before it ends its worker)."""
-        return bool(self.run_dir) and any(isinstance(e, Hang) and e.attempt == attempt
-                                          for e in read_facts(self.run_dir))
+    def _facts(self) -> RunFacts:
+        """What the facts every rank's shim recorded say so far (each end fact is written when its worker exits,
+        before srun ends the other tasks of the step; a watchdog's hang fact before it ends its worker), never
+        a log."""
+        return summarize(read_facts(self.run_dir)) if self.run_dir else RunFacts()
 
     def _after_hang(self, rank: int, attempt: int) -> None:
         """The hang watchdog ended this rank's attempt. Rank 0 requeues the job (it resumes from the newest
-        checkpoint) while the budget lasts; the other ranks wait for that. Raises WorkerFailed otherwise."""
-        facts = summarize(read_facts(self.run_dir)) if self.run_dir else None
-        ending = facts.endings.get(attempt) if facts else None
+        checkpoint) while the budget lasts (``--max-restarts``: hang requeues only, preemptions are free); the
+        other ranks wait for that. Raises WorkerFailed otherwise (the shared policy's reason)."""
+        facts = self._facts()
+        ending = facts.endings.get(attempt)
         reason = ending.text if ending is not None and ending.rank is None else "hang watchdog"
-        hangs = len(facts.hangs) if facts else 1
+        hangs = len(facts.hangs) or 1
         if hangs > self.hang_requeues:
-            self._note(rank, f"{reason}; not requeued ({self.hang_requeues} requeue(s) after a hang allowed)")
-            raise WorkerFailed(f"{reason} (after {hangs - 1} requeue(s), the most allowed by --max-restarts)")
+            text = facts.failure_reason(reason, self.hang_requeues, "--max-restarts", restarts=hangs - 1)
+            self._note(rank, f"not requeued: {text}")
+            raise WorkerFailed(text)
         if rank == 0:
             job = os.environ["SLURM_JOB_ID"]
             self._note(rank, f"{reason}; requeueing job {job} ({hangs} of at most {self.hang_requeues})")

@@ -229,6 +229,11 @@ def test_slurm_hang_requeues_within_the_budget_then_fails(tmp_path, monkeypatch)
     with pytest.raises(slurm_task.WorkerFailed, match="the most allowed by --max-restarts") as failed:
         task._after_hang(0, 1)
     assert "hang: rank 1 is stopped" in str(failed.value) and len(calls) == 1
+    # no requeue allowed: the same words as a local run with --max-restarts 0
+    none = slurm_task.SlurmTask("0123abcd", (), str(tmp_path), {}, str(tmp_path / "logs"), run_dir=str(run))
+    with pytest.raises(slurm_task.WorkerFailed) as failed:
+        none._after_hang(0, 1)
+    assert str(failed.value).endswith("(not restarted: --max-restarts 0)") and len(calls) == 1
 
 
 def test_status_json_holds_what_its_readers_use(tmp_path):

@@ -308,6 +308,15 @@ def test_a_failed_job_names_the_rank_that_failed_first_not_rank_0():
     assert status("21", sacct=SA_TIMEOUT).reason == "Slurm job 21 reached its time limit and was not requeued (exit 0)"
 
 
+def test_a_user_error_is_the_failure_reason_every_backend_gives():
+    facts = [shim_start(0), shim_start(1),
+             {"event": "end", "rank": 1, "attempt": 0, "exit_code": 2, "detail": "ConfigError: bad key", "time": 1030.0},
+             {"event": "end", "rank": 0, "attempt": 0, "exit_code": -15, "detail": "", "time": 1030.2}]
+    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, facts)
+    assert st.reason == ("Slurm job 16 failed (exit 15): rank 1: exit code 2 (user error): ConfigError: bad key (a "
+                         "user error: the run was stopped, not restarted)")
+
+
 def test_the_time_left_at_a_usr2_comes_from_squeues_end_time():
     from launcher.backends.slurm.state import end_time_command, parse_end_time
 

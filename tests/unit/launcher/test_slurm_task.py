@@ -238,3 +238,17 @@ def test_rank_0_failing_in_a_collective_after_rank_1_was_killed_names_rank_1(tmp
     events[1]["time"] = 9.0
     assert _rank0_task(tmp_path / "b", monkeypatch, events, 0, 1) == \
         "rank 0: exit code 1: RuntimeError: Connection closed by peer; see {log_dir}/rank0.log"
+
+
+def test_a_user_error_fails_the_job_in_the_shared_policys_words_and_is_never_requeued(tmp_path, monkeypatch):
+    """Rank 1 ends with detcore's user error while the attempt also hung: no requeue (no restart can mend a
+    bad config), and the reason is the one every backend gives."""
+    from detcore.facts import append_fact, parse_fact
+
+    monkeypatch.setattr(slurm_task.subprocess, "run", lambda cmd, **kw: pytest.fail(f"requeued: {cmd}"))
+    append_fact(tmp_path / "runs" / "r1", parse_fact({"event": "hang", "attempt": 0, "rank": 1, "state": "stopped",
+                                                      "detail": "no rank finished an iteration"}))
+    events = [{"rank": 1, "attempt": 0, "exit_code": 2, "detail": "ConfigError: model.neck: bad key", "time": 10.0}]
+    assert _rank0_task(tmp_path, monkeypatch, events, 0, -signal.SIGTERM) == (
+        "rank 1: exit code 2 (user error): ConfigError: model.neck: bad key (a user error: the run was stopped, "
+        "not restarted); see {log_dir}/rank1.log")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import launcher.backends.slurm as slurm_module
+import launcher.backends.slurm.queries as slurm_queries
 from launcher.backends.slurm import SlurmBackend, SlurmUnreachable
 from launcher.backends.slurm.script import SlurmDefaults
 from launcher.spec import JobHandle, JobSpec, JobState, JobStatus, Resources
@@ -71,7 +71,7 @@ def test_a_job_that_completed_is_known_from_accounting_while_slurmctld_is_down(t
 def test_a_hanging_query_is_cut_off(tmp_path, backend, monkeypatch):
     env = fake_slurm(tmp_path / "bin", "sleep 60", "sleep 60")
     monkeypatch.setenv("PATH", env["PATH"])
-    monkeypatch.setattr(slurm_module, "QUERY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(slurm_queries, "QUERY_TIMEOUT_S", 0.5)
     with pytest.raises(SlurmUnreachable, match=r"slurmctld unreachable: squeue did not answer within 0.5 s"):
         backend.status(handle("16"))
     with pytest.raises(SlurmUnreachable):  # both daemons are now known not to answer: no second wait
