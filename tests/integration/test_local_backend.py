@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, checkpointed, done, env_for, job_processes,
+from tests.integration.launcher_cli import (PROBE, SHAPES, attempts, checkpointed, done, env_for, job_processes,
                                           launcher, record, tiny, train_iters, user_error_neck, wait_until)
 
 
@@ -64,29 +64,10 @@ def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
     assert not job_processes(set(ids))
 
 
-PROBE = r'''
-"""A light worker: join the gloo group through torchrun's store, all-reduce, record the port."""
-import json, os, sys, time
-import torch, torch.distributed as dist
-dist.init_process_group("gloo")
-t = torch.ones(1)
-dist.all_reduce(t)
-assert t.item() == dist.get_world_size()
-out = sys.argv[sys.argv.index("--work-dir") + 1]
-os.makedirs(out, exist_ok=True)
-with open(os.path.join(out, f"probe{dist.get_rank()}.json"), "w") as f:
-    json.dump({"port": int(os.environ["MASTER_PORT"]), "sum": t.item()}, f)
-dist.barrier()
-dist.destroy_process_group()
-'''
-
-
 def test_sixteen_jobs_started_together_never_share_a_port(home, tmp_path):
-    (tmp_path / "probe_worker.py").write_text(PROBE)
-    extra = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach",
-                              "--oversubscribe", "--max-restarts", "0", "--worker-module", "probe_worker", "--name", f"probe{i}"],
-                             cwd=tmp_path, env={**env_for(home), **extra}, stdout=subprocess.PIPE,
+                              "--oversubscribe", "--max-restarts", "0", "--worker-module", PROBE, "--name", f"probe{i}"],
+                             cwd=tmp_path, env=env_for(home), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(16)]
     ids = []
     for p in subs:
