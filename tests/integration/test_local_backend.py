@@ -47,10 +47,11 @@ def test_two_process_gloo_training_end_to_end(home):
 
 def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
     # --oversubscribe: all eight run at once (with core leases they would take turns on 2 cores);
-    # --no-validate: eight final evaluations would cost more than the training, and ports are the point here
+    # the probe worker (PROBE): ports and the record are the point here, training is proven elsewhere
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach", "--json",
-                              "--oversubscribe", "--no-validate", "--name", f"many{i}", *tiny(2)], cwd=home.parent, env=env_for(home),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+                              "--oversubscribe", "--worker-module", PROBE, "--name", f"many{i}", *tiny(2)],
+                             cwd=home.parent, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(8)]
     ids = []
     for p in subs:
         out, err = p.communicate(timeout=120)
@@ -61,6 +62,9 @@ def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
     assert all(r["last_iter"] == 2 and r["restarts"] == 0 for r in recs)
     ports = [r["ports"] for r in recs]
     assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 8, ports
+    for r in recs:  # both ranks of each job met on that job's own port
+        probes = [json.loads((Path(r["work_dir"]) / f"probe{k}.json").read_text()) for k in (0, 1)]
+        assert [p["port"] for p in probes] == r["ports"] * 2 and all(p["sum"] == 2 for p in probes)
     assert not job_processes(set(ids))
 
 
