@@ -18,7 +18,7 @@ import torch
 
 from launcher.resources.leases import LeaseBook
 from tests.integration.helpers import detcore, tmpfs
-from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
+from tests.integration.launcher_cli import (PROBE, SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
                                           record, tiny, train_iters, wait_until)
 
 pytestmark = pytest.mark.slow
@@ -102,10 +102,11 @@ def test_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(
 
 def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
     """32 separate `launcher submit` processes at the same moment, competing for 2 (fake) GPUs: every
-    job is recorded once; 8 run to success one GPU at a time, the 24 still queued are cancelled."""
+    job is recorded once; 8 run to success one GPU at a time, the 24 still queued are cancelled. The jobs
+    run the probe worker (PROBE): the submits, leases, queue and records are the point, not training."""
     gpus = {"LAUNCHER_FAKE_GPUS": "2"}
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--gpus", "1", "--detach", "--json",
-                              "--name", f"burst{i}", *tiny(1, 1), "evaluation.interval=0"], cwd=home.parent,
+                              "--worker-module", PROBE, "--name", f"burst{i}", *tiny(1, 1)], cwd=home.parent,
                              env=env_for(home, **gpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(32)]
     ids = []
