@@ -139,10 +139,11 @@ def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
 def test_a_sweep_of_many_short_jobs_runs_them_all_through_few_slots(home: Path) -> None:
     """Nine one-iteration jobs through three sweep slots: each slot is taken and given back three times.
     That every job left nothing behind (processes, leases and sweep slots, ports, temp dirs, open files in
-    this process) the ``home`` fixture checks after this test, as after every local test."""
+    this process) the ``home`` fixture checks after this test, as after every local test. The jobs run the
+    probe worker (PROBE): the slots are the point; what a training job leaves, the training tests check."""
     values = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(9))
     proc = launcher(home, "sweep", SHAPES, "--nproc", "1", "--max-parallel", "3", "--grid", f"optimizer.lr={values}",
-                    "--json", *tiny(1, 1), "evaluation.interval=0", "--detach", timeout=600)
+                    "--json", "--worker-module", PROBE, *tiny(1, 1), "--detach", timeout=600)
     ids = [r["id"] for r in json.loads(proc.stdout)]
     assert len(ids) == 9
     for exp_id in ids:
