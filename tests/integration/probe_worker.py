@@ -5,17 +5,21 @@ It speaks the worker contract as the detcore trainer does, through the same shim
 the trainer's arguments (``train CONFIG --work-dir D ... [--cfg-options runner.max_iters=N ...]``), joins
 the gloo group from ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``, all-reduces a tensor, and
 writes ``probe<rank>.json`` (the port it met on, the all-reduced sum, the world size). Rank 0 appends one
-``mode: train`` record per asked iteration to ``metrics.jsonl``, the way the trainer does, so the store
-records ``last_iter`` from it. It builds no model and reads no data: it costs one torch import per rank.
+``mode: train`` record per asked iteration (``ITER_S`` apart) to ``metrics.jsonl``, the way the trainer
+does, so the store records ``last_iter`` from it; a long run (``runner.max_iters=10000``) sleeps until the
+test cancels it. It builds no model and reads no data: it costs one torch import per rank.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
+
+ITER_S = 0.1  # one "iteration": a run of 10_000 lasts until a test ends it, yet costs no CPU
 
 
 def _option(argv: list[str], flag: str) -> str:
@@ -43,10 +47,11 @@ def main(argv: list[str]) -> int:
         raise RuntimeError(f"all-reduce of ones over {world} ranks gave {total.item()}")
     with open(os.path.join(work_dir, f"probe{rank}.json"), "w") as f:
         json.dump({"port": int(os.environ["MASTER_PORT"]), "sum": total.item(), "world_size": world}, f)
-    if rank == 0:
-        with open(os.path.join(work_dir, "metrics.jsonl"), "a") as f:
-            for it in range(1, _max_iters(argv) + 1):
-                f.write(json.dumps({"mode": "train", "epoch": 0, "iter": it, "loss": 1.0 / it}) + "\n")
+    with open(os.path.join(work_dir, "metrics.jsonl"), "a") if rank == 0 else open(os.devnull, "w") as metrics:
+        for it in range(1, _max_iters(argv) + 1):
+            time.sleep(ITER_S)
+            metrics.write(json.dumps({"mode": "train", "epoch": 0, "iter": it, "loss": 1.0 / it}) + "\n")
+            metrics.flush()
     dist.barrier()
     dist.destroy_process_group()
     return 0
