@@ -106,7 +106,10 @@ def test_sigkill_of_a_worker_restarts_and_finishes_the_full_run(home):
 
 
 def test_cancel_leaves_no_process_behind_and_is_idempotent(home):
-    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", *tiny(10_000, 1000)).stdout.strip()
+    # the probe worker, long (it runs until cancelled): the processes are the point; a training run's cancel
+    # is in test_resume_at_another_world_size_recomputes_scaling
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--worker-module", PROBE,
+                      *tiny(10_000, 1000)).stdout.strip()
     wait_until(home, exp_id, lambda r: len(attempts(home, exp_id)) == 2 and r["state"] == "running", poll=0.5)
     assert len(job_processes({exp_id})) >= 4  # supervisor, torchrun, 2 workers
     t0 = time.monotonic()
