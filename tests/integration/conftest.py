@@ -7,7 +7,8 @@ from typing import Iterator
 import psutil
 import pytest
 
-from tests.integration.launcher_cli import job_tmp
+from tests.integration.helpers import detcore
+from tests.integration.launcher_cli import DATA, SHAPES, job_tmp
 from tests.integration.leaks import leftovers, open_fds
 
 # tests against the real Slurm or Ray cluster: their jobs' processes, ports and temporary files live in the
@@ -48,3 +49,16 @@ def home(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     psutil.wait_procs(survivors, timeout=10)
     if left:
         pytest.fail(f"{request.node.nodeid} left {len(left)} thing(s) behind:\n  " + "\n  ".join(left), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def shapes_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One checkpoint of the tiny shapes config for the tests that only need a checkpoint (test jobs on a
+    backend, evaluation, fine-tuning): trained once per session by ``detcore train`` itself (2 iterations,
+    one process, no launcher). The file is read-only; a test that would change it copies it first."""
+    work = tmp_path_factory.mktemp("shapes-checkpoint")
+    detcore("train", SHAPES, "--work-dir", str(work), "--no-validate", "--cfg-options", *DATA, "runner.max_iters=2",
+            "checkpoint_config.interval=2", "auto_scale_lr.enable=false", timeout=600)
+    ckpt = work / (work / "last_checkpoint").read_text().strip()
+    ckpt.chmod(0o444)
+    return ckpt

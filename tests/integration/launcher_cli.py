@@ -13,6 +13,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = str(ROOT / "configs/shapes/faster_rcnn_tiny_shapes.yaml")
 MARKER = "DETLAUNCH_EXPERIMENT_ID"
+# `launcher submit ... --worker-module PROBE`: the cheap worker (tests/integration/probe_worker.py) for tests
+# whose point is the launcher (ports, leases, slots, bursts, recording), not training
+PROBE = "tests.integration.probe_worker"
 # Tiny runs: 2 images per worker, so 2 workers make the config's base batch of 4 (no schedule scaling).
 DATA = ["data.samples_per_gpu=2", "data.workers_per_gpu=0", "data.train.num_train=40", "data.train.num_val=8",
         "data.val.num_train=40", "data.val.num_val=8", "log_config.interval=1", "evaluation.interval=1000"]

@@ -10,9 +10,11 @@ from pathlib import Path
 import psutil
 
 from launcher.resources.leases import LeaseBook
-from tests.integration.launcher_cli import SHAPES, done, job_processes, launcher, record, tiny, wait_until
+from tests.integration.launcher_cli import PROBE, SHAPES, done, job_processes, launcher, record, tiny, wait_until
 
-LONG = tiny(10_000, 1000)  # runs until cancelled: the test ends it, never a clock
+# the probe worker, long: it runs until cancelled (the test ends it, never a clock) and, unlike a training run,
+# leaves the two cores to the test's own commands; the cores are the point here, not training
+LONG = ["--worker-module", PROBE, *tiny(10_000, 1000)]
 
 
 def cpus_allowed(pid: int) -> set[int]:
@@ -28,8 +30,8 @@ def cpus_allowed(pid: int) -> set[int]:
 
 
 def rank_processes(exp_id: str) -> list[psutil.Process]:
-    """The job's detcore worker processes (its ranks; not the supervisor, torchrun or the shims)."""
-    return [p for p in job_processes({exp_id}) if p.cmdline()[1:3] == ["-m", "detcore.tools.cli"]]
+    """The job's worker processes (its ranks; not the supervisor, torchrun or the shims)."""
+    return [p for p in job_processes({exp_id}) if p.cmdline()[1:3] == ["-m", PROBE]]
 
 
 def running_ranks(home: Path, exp_id: str) -> dict:

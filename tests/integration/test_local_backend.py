@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from tests.integration.launcher_cli import (ROOT, SHAPES, attempts, checkpointed, done, env_for, job_processes,
+from tests.integration.launcher_cli import (PROBE, SHAPES, attempts, checkpointed, done, env_for, job_processes,
                                           launcher, record, tiny, train_iters, user_error_neck, wait_until)
 
 
@@ -47,10 +47,11 @@ def test_two_process_gloo_training_end_to_end(home):
 
 def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
     # --oversubscribe: all eight run at once (with core leases they would take turns on 2 cores);
-    # --no-validate: eight final evaluations would cost more than the training, and ports are the point here
+    # the probe worker (PROBE): ports and the record are the point here, training is proven elsewhere
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach", "--json",
-                              "--oversubscribe", "--no-validate", "--name", f"many{i}", *tiny(2)], cwd=home.parent, env=env_for(home),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(8)]
+                              "--oversubscribe", "--worker-module", PROBE, "--name", f"many{i}", *tiny(2)],
+                             cwd=home.parent, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(8)]
     ids = []
     for p in subs:
         out, err = p.communicate(timeout=120)
@@ -61,32 +62,16 @@ def test_eight_jobs_at_once_all_succeed_on_distinct_ports(home):
     assert all(r["last_iter"] == 2 and r["restarts"] == 0 for r in recs)
     ports = [r["ports"] for r in recs]
     assert all(len(p) == 1 for p in ports) and len({p[0] for p in ports}) == 8, ports
+    for r in recs:  # both ranks of each job met on that job's own port
+        probes = [json.loads((Path(r["work_dir"]) / f"probe{k}.json").read_text()) for k in (0, 1)]
+        assert [p["port"] for p in probes] == r["ports"] * 2 and all(p["sum"] == 2 for p in probes)
     assert not job_processes(set(ids))
 
 
-PROBE = r'''
-"""A light worker: join the gloo group through torchrun's store, all-reduce, record the port."""
-import json, os, sys, time
-import torch, torch.distributed as dist
-dist.init_process_group("gloo")
-t = torch.ones(1)
-dist.all_reduce(t)
-assert t.item() == dist.get_world_size()
-out = sys.argv[sys.argv.index("--work-dir") + 1]
-os.makedirs(out, exist_ok=True)
-with open(os.path.join(out, f"probe{dist.get_rank()}.json"), "w") as f:
-    json.dump({"port": int(os.environ["MASTER_PORT"]), "sum": t.item()}, f)
-dist.barrier()
-dist.destroy_process_group()
-'''
-
-
 def test_sixteen_jobs_started_together_never_share_a_port(home, tmp_path):
-    (tmp_path / "probe_worker.py").write_text(PROBE)
-    extra = {"PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--nproc", "2", "--detach",
-                              "--oversubscribe", "--max-restarts", "0", "--worker-module", "probe_worker", "--name", f"probe{i}"],
-                             cwd=tmp_path, env={**env_for(home), **extra}, stdout=subprocess.PIPE,
+                              "--oversubscribe", "--max-restarts", "0", "--worker-module", PROBE, "--name", f"probe{i}"],
+                             cwd=tmp_path, env=env_for(home), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(16)]
     ids = []
     for p in subs:
@@ -121,7 +106,10 @@ def test_sigkill_of_a_worker_restarts_and_finishes_the_full_run(home):
 
 
 def test_cancel_leaves_no_process_behind_and_is_idempotent(home):
-    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", *tiny(10_000, 1000)).stdout.strip()
+    # the probe worker, long (it runs until cancelled): the processes are the point; a training run's cancel
+    # is in test_resume_at_another_world_size_recomputes_scaling
+    exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--worker-module", PROBE,
+                      *tiny(10_000, 1000)).stdout.strip()
     wait_until(home, exp_id, lambda r: len(attempts(home, exp_id)) == 2 and r["state"] == "running", poll=0.5)
     assert len(job_processes({exp_id})) >= 4  # supervisor, torchrun, 2 workers
     t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """Test jobs, sweeps and Ray Client on a real local Ray head (``tests/integration/ray_cluster.py``), through the
 real CLI.
 
-A checkpoint of the shapes config is trained locally in a few iterations; ``launcher submit --test CKPT
+The session's checkpoint of the shapes config (conftest's ``shapes_checkpoint``); ``launcher submit --test CKPT
 --backend ray`` evaluates it with two Ray Train workers (each its share of the test split) and the
 experiment records the checkpoint's AP, as a local test job does. A 2-point sweep runs both experiments
 on Ray to the end, and a job submitted with ``--address ray://...`` goes through the head's Ray Client server.
@@ -22,19 +22,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TEST_DATA = ["data.test.num_train=40", "data.test.num_val=8"]
 
 
-def local_checkpoint(home: Path) -> Path:
-    """A 2-iteration local run of the shapes config; its last checkpoint."""
-    exp_id = launcher(home, "submit", SHAPES, "--nproc", "1", "--name", "ckpt", "--cfg-options", *DATA,
-                      "runner.max_iters=2", "checkpoint_config.interval=2", timeout=300).stdout.splitlines()[0].strip()
-    rec = record(home, exp_id)
-    assert rec["state"] == "succeeded", rec["reason"]
-    work = Path(rec["work_dir"])
-    return work / (work / "last_checkpoint").read_text().strip()
-
-
-def test_a_test_job_on_ray_prints_and_records_the_checkpoints_ap(home, ray_head):
-    ckpt = local_checkpoint(home)
-    proc = launcher(home, "submit", SHAPES, "--test", str(ckpt), "--eval", "bbox", *ray_args(ray_head),
+def test_a_test_job_on_ray_prints_and_records_the_checkpoints_ap(home, ray_head, shapes_checkpoint):
+    proc = launcher(home, "submit", SHAPES, "--test", str(shapes_checkpoint), "--eval", "bbox", *ray_args(ray_head),
                     "--name", "ray-test", "--cfg-options", *DATA, *TEST_DATA, timeout=600)
     exp_id = proc.stdout.splitlines()[0].strip()
     rec = record(home, exp_id)

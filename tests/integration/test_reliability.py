@@ -18,7 +18,7 @@ import torch
 
 from launcher.resources.leases import LeaseBook
 from tests.integration.helpers import detcore, tmpfs
-from tests.integration.launcher_cli import (SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
+from tests.integration.launcher_cli import (PROBE, SHAPES, attempts, checkpointed, done, env_for, job_processes, launcher,
                                           record, tiny, train_iters, wait_until)
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,15 @@ def _kill_mid_checkpoint(work: Path, pid: int, timeout: float = 300) -> bool:
     return False
 
 
-KILL_RUN_ITERS = 90
+# the kills land within a few seconds of the first checkpoint (iteration 3), about iteration 3-15 with three jobs
+# sharing 2 cores: 45 leaves three times that before the end (a multiple of the checkpoint interval, 3)
+KILL_RUN_ITERS = 45
 
 
 def test_sigkill_at_random_points_and_mid_checkpoint_loses_nothing(home: Path) -> None:
     """Three jobs at once: two killed at seeded random times, one while rank 0 writes a checkpoint."""
-    # KILL_RUN_ITERS: the kills land within a few seconds of the first checkpoint (about iteration 3-15 with
-    # three jobs sharing 2 cores); a job that ended before its kill fails the test (`not done`, a dead pid,
-    # `restarts >= 1`), it never passes unkilled
+    # a job that ended before its kill fails the test (`not done`, a dead pid, `restarts >= 1`), it never
+    # passes unkilled
     jobs = []
     for seed in (1, 2, 3):
         exp_id = launcher(home, "submit", SHAPES, "--nproc", "2", "--detach", "--max-restarts", "2",
@@ -102,10 +103,11 @@ def test_full_disk_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(
 
 def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
     """32 separate `launcher submit` processes at the same moment, competing for 2 (fake) GPUs: every
-    job is recorded once; 8 run to success one GPU at a time, the 24 still queued are cancelled."""
+    job is recorded once; 8 run to success one GPU at a time, the 24 still queued are cancelled. The jobs
+    run the probe worker (PROBE): the submits, leases, queue and records are the point, not training."""
     gpus = {"LAUNCHER_FAKE_GPUS": "2"}
     subs = [subprocess.Popen([sys.executable, "-m", "launcher", "submit", SHAPES, "--gpus", "1", "--detach", "--json",
-                              "--name", f"burst{i}", *tiny(1, 1), "evaluation.interval=0"], cwd=home.parent,
+                              "--worker-module", PROBE, "--name", f"burst{i}", *tiny(1, 1)], cwd=home.parent,
                              env=env_for(home, **gpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(32)]
     ids = []
@@ -138,10 +140,11 @@ def test_32_jobs_submitted_at_once_are_each_recorded_once(home: Path) -> None:
 def test_a_sweep_of_many_short_jobs_runs_them_all_through_few_slots(home: Path) -> None:
     """Nine one-iteration jobs through three sweep slots: each slot is taken and given back three times.
     That every job left nothing behind (processes, leases and sweep slots, ports, temp dirs, open files in
-    this process) the ``home`` fixture checks after this test, as after every local test."""
+    this process) the ``home`` fixture checks after this test, as after every local test. The jobs run the
+    probe worker (PROBE): the slots are the point; what a training job leaves, the training tests check."""
     values = ",".join(f"{0.001 * (i + 1):.3f}" for i in range(9))
     proc = launcher(home, "sweep", SHAPES, "--nproc", "1", "--max-parallel", "3", "--grid", f"optimizer.lr={values}",
-                    "--json", *tiny(1, 1), "evaluation.interval=0", "--detach", timeout=600)
+                    "--json", "--worker-module", PROBE, *tiny(1, 1), "--detach", timeout=600)
     ids = [r["id"] for r in json.loads(proc.stdout)]
     assert len(ids) == 9
     for exp_id in ids:

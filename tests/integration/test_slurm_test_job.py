@@ -10,22 +10,17 @@ import sys
 import pytest
 
 from tests.integration.slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
-from tests.integration.test_slurm import DATA, ROOT, SHAPES, done, home, launcher, record, submit, tiny, wait_for  # noqa: F401
+from tests.integration.test_slurm import DATA, ROOT, SHAPES, home, launcher, record  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def test_a_test_job_on_slurm_prints_the_checkpoints_ap(slurm_cluster, home, tmp_path):
-    work = tmp_path / "trained"
-    exp = submit(slurm_cluster, home, "--nproc", "1", "-t", "0:15:00", "-p", "debug", "--work-dir", str(work),
-                 *tiny(4, 4))
-    rec = wait_for(slurm_cluster, home, exp, done, what="the training run's end")
-    assert rec["state"] == "succeeded", rec["reason"]
-    ckpt = work / (work / "last_checkpoint").read_text().strip()
-    assert ckpt.is_file()
+def test_a_test_job_on_slurm_prints_the_checkpoints_ap(slurm_cluster, home, tmp_path, shapes_checkpoint):
+    """The session's checkpoint (conftest's ``shapes_checkpoint``) evaluated by a Slurm job asked for with
+    Slurm's own ``-t H:MM:SS`` and ``-p PARTITION`` spellings."""
     # not detached: the submitting command follows the test job to its end and prints what it printed
-    proc = launcher(slurm_cluster, home, "submit", SHAPES, "--backend", "slurm", "--test",
-                    str(ckpt), "--eval", "bbox", "--nproc", "1", "--time", "10", "--work-dir", str(tmp_path / "test"),
+    proc = launcher(slurm_cluster, home, "submit", SHAPES, "--backend", "slurm", "--test", str(shapes_checkpoint),
+                    "--eval", "bbox", "--nproc", "1", "-t", "0:15:00", "-p", "debug", "--work-dir", str(tmp_path / "test"),
                     "--cfg-options", *DATA)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert re.search(r"^metric\s+AP\s+AP50\s", proc.stdout, re.M), proc.stdout[-3000:]
