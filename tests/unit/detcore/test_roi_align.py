@@ -20,21 +20,47 @@ def _rois(n: int, count: int, extent: float, seed: int) -> torch.Tensor:
     return torch.cat([torch.randint(0, n, (count, 1), generator=g).float(), xy, xy + wh], 1)
 
 
-@pytest.mark.parametrize("sampling_ratio,aligned,dtype", [(2, False, torch.float32), (2, True, torch.float32),
-                                                          (1, False, torch.float32), (3, True, torch.float64)])
+def _edge_rois(n: int, height: float, width: float) -> torch.Tensor:
+    """Boxes on and past the image's borders (input pixels): the whole image, touching each side,
+    straddling each side, wholly outside, a point, and one past the far corner."""
+    h, w = height, width
+    return torch.tensor([
+        [0, 0, 0, w, h], [n - 1, 0, 0, w - 1, h - 1], [0, w - 8, h - 8, w, h], [0, -8, -8, 8, 8],
+        [n - 1, w - 4, 2, w + 12, 10], [0, 3, h - 5, 15, h + 9], [0, -40, -40, -20, -20], [n - 1, w + 5, h + 5, w + 40, h + 40],
+        [0, w / 2, h / 2, w / 2, h / 2], [n - 1, -1, -1, w + 1, h + 1], [0, w - 0.5, 0, w + 0.5, h],
+    ])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3, 4])
 def test_gradient_equals_torchvision(sampling_ratio: int, aligned: bool, dtype: torch.dtype) -> None:
+    """Random features and boxes (inside, at and past the borders, sub-pixel): the sparse backward's
+    input gradient is torchvision's own backward's, to the dtype's rounding (the sums run in another order)."""
     x = torch.randn(3, 8, 13, 19, dtype=dtype, generator=torch.Generator().manual_seed(0))
-    rois = _rois(3, 200, 19 * 8, seed=1).to(dtype)
-    grad = torch.randn(200, 8, 7, 7, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    rois = torch.cat([_rois(3, 200, 19 * 8, seed=1), _edge_rois(3, 13 * 8, 19 * 8)]).to(dtype)
+    grad = torch.randn(len(rois), 8, 7, 5, dtype=dtype, generator=torch.Generator().manual_seed(2))
     ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = roi_align(ours, rois, 7, 1 / 8, sampling_ratio, aligned)
-    ref = tv_roi_align(theirs, rois, 7, 1 / 8, sampling_ratio, aligned)
+    out = roi_align(ours, rois, (7, 5), 1 / 8, sampling_ratio, aligned)
+    ref = tv_roi_align(theirs, rois, (7, 5), 1 / 8, sampling_ratio, aligned)
+    assert out.grad_fn.name() == "_RoIAlignSparseBackwardBackward"
     assert torch.equal(out, ref)  # the forward is torchvision's op
     out.backward(grad)
     ref.backward(grad)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=tol, atol=tol)
     assert theirs.grad.abs().sum() > 0
+    assert ours.grad.dtype == dtype and ours.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+def test_gradcheck(sampling_ratio: int, aligned: bool) -> None:
+    """torch.autograd.gradcheck (finite differences, float64) on a small case with border boxes."""
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    rois = torch.cat([_rois(2, 6, 14, seed=4), _edge_rois(2, 12, 14)]).double()
+    assert roi_align(x, rois, 3, 0.5, sampling_ratio, aligned).grad_fn.name() == "_RoIAlignSparseBackwardBackward"
+    assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 3, 0.5, sampling_ratio, aligned), (x,))
 
 
 def test_torchvision_runs_where_the_sparse_backward_does_not_apply() -> None:
