@@ -30,6 +30,7 @@ from benchmarks.train_throughput import CASE_KEYS
 BENCHMARKS = {
     "train_throughput": "benchmarks.train_throughput",
     "data_pipeline": "benchmarks.data_pipeline",
+    "real_data": "benchmarks.real_data",
     "startup": "benchmarks.startup",
     "scaling": "benchmarks.scaling",
     "concurrent_jobs": "benchmarks.concurrent_jobs",
