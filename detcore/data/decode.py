@@ -17,13 +17,13 @@ import os
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from detcore.config_values import DECODERS
 from detcore.data.image_file import read_header, read_rgb
 from detcore.errors import ConfigError
 
-DECODERS = ("torchvision", "pillow")
-
 
 def check_decoder(decoder: str, where: str = "decoder") -> str:
+    """``decoder`` if it is one of :data:`DECODERS`; else ConfigError naming ``where``."""
     if decoder not in DECODERS:
         raise ConfigError(f"{where} must be one of {', '.join(DECODERS)}; got {decoder!r}")
     return decoder

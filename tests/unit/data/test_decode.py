@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 
+from detcore.config_values import value_problems
 from detcore.data import CocoDataset, build_pipeline
 from detcore.data.decode import decode_rgb
 from detcore.data.transforms import to_float_image
@@ -82,6 +83,10 @@ def test_bad_files_and_names(dataset_dir: Path, tmp_path: Path) -> None:
         decode_rgb(broken, decoder="torchvision")
     with pytest.raises(ConfigError, match="decoder .dataset. must be one of torchvision, pillow; got 'cv2'"):
         CocoDataset(dataset_dir / "ann.json", dataset_dir / "img", decoder="cv2")
+    # checked with the config's other values, before anything is built (and by `launcher submit`, torch-free)
+    cfg = {"data": {"train": {"type": "CocoDataset", "decoder": "cv2"}, "val": {"type": "CocoDataset",
+                                                                                "decoder": "pillow"}}}
+    assert value_problems(cfg) == ["data.train.decoder must be one of torchvision, pillow, got 'cv2'"]
 
 
 @pytest.mark.parametrize("steps", [
