@@ -272,7 +272,5 @@ def build_cascade_rcnn(num_classes: int, backbone: dict, neck: dict, **cfg: Any)
         float(s.get("positive_fraction", 0.25)), s["bbox_reg_weights"], float(roi.get("score_thresh", 0.05)),
         float(roi.get("nms_thresh", 0.5)), int(roi.get("detections_per_img", 100))) for s in settings]
     mask_cfg = {k: roi[k] for k in MASK_KEYS if k in roi}
-    if mask_cfg:
-        mask_cfg["roi_align_backward"] = backward
-    heads = CascadeRoIHeads(stages, loss_weights, **(mask_parts(mask_cfg, body, n_out) if mask_cfg else {}))
+    heads = CascadeRoIHeads(stages, loss_weights, **(mask_parts(mask_cfg, body, n_out, backward) if mask_cfg else {}))
     return CascadeRCNN(body, heads, **rpn, **_transform_kwargs(cfg))

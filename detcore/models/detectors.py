@@ -132,8 +132,6 @@ def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: 
     box_predictor_cfg = roi.pop("box_predictor", {"type": "FastRCNNPredictor"})
     mask_cfg = {k: roi.pop(k) for k in MASK_KEYS if k in roi}
     backward = roi.pop("roi_align_backward", "sparse")
-    if mask_cfg:
-        mask_cfg["roi_align_backward"] = backward
     parts = {
         **rpn_parts(cfg, backbone),
         "box_roi_pool": roi_pool(backbone, resolution, backward),
@@ -144,15 +142,15 @@ def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: 
     return parts, mask_cfg
 
 
-def mask_parts(mask_cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> dict:
-    """MaskRCNN's ``mask_*`` keyword arguments from the ``roi_head.mask_*`` options in ``mask_cfg`` (and its
-    ``roi_align_backward``)."""
+def mask_parts(mask_cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, backward: str = "sparse") -> dict:
+    """MaskRCNN's ``mask_*`` keyword arguments from the ``roi_head.mask_*`` options in ``mask_cfg``;
+    ``backward`` is ``roi_head.roi_align_backward``."""
     layers = tuple(mask_cfg.get("mask_layers", (256, 256, 256, 256)))
     mask_head = HEADS.build(mask_cfg.get("mask_head", {"type": "MaskRCNNHeads"}),
                             in_channels=backbone.out_channels, layers=layers, dilation=1)
     mask_predictor = HEADS.build(mask_cfg.get("mask_predictor", {"type": "MaskRCNNPredictor"}),
                                  in_channels=layers[-1], dim_reduced=layers[-1], num_classes=n_out)
-    pool = roi_pool(backbone, int(mask_cfg.get("mask_roi_size", 14)), mask_cfg.get("roi_align_backward", "sparse"))
+    pool = roi_pool(backbone, int(mask_cfg.get("mask_roi_size", 14)), backward)
     return {"mask_roi_pool": pool, "mask_head": mask_head,
             "mask_predictor": mask_predictor}
 
@@ -186,7 +184,9 @@ def MaskRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvMask
     body = _backbone({"backbone": backbone, "neck": neck})
     parts, mask_cfg = _two_stage_parts(cfg, body, n_out)
     _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "MaskRCNN")
-    return TvMaskRCNN(body, num_classes=None, **mask_parts(mask_cfg, body, n_out), **parts, **_transform_kwargs(cfg))
+    backward = (cfg.get("roi_head") or {}).get("roi_align_backward", "sparse")
+    return TvMaskRCNN(body, num_classes=None, **mask_parts(mask_cfg, body, n_out, backward), **parts,
+                      **_transform_kwargs(cfg))
 
 
 def _single_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, default_anchors: dict,

@@ -105,3 +105,18 @@ def test_models_train_with_the_same_gradients_as_torchvision_pooling() -> None:
         torch.testing.assert_close(grads["sparse"][k], grads["torchvision"][k], rtol=1e-4, atol=1e-6, msg=k)
     with pytest.raises(ConfigError, match="roi_align_backward must be one of sparse, torchvision"):
         build_detector({**cfg, "roi_head": {"roi_align_backward": "fast"}})
+
+
+@pytest.mark.parametrize("backward", ["sparse", "torchvision"])
+@pytest.mark.parametrize("model_type,mask_options", [("FasterRCNN", {}), ("MaskRCNN", {}),
+                                                     ("MaskRCNN", {"mask_roi_size": 14}), ("CascadeRCNN", {}),
+                                                     ("CascadeRCNN", {"mask_layers": [8]})])
+def test_the_switch_reaches_every_roi_pool(model_type: str, mask_options: dict, backward: str) -> None:
+    cfg = {"type": model_type, "num_classes": 2, "min_size": 64, "max_size": 64,
+           "backbone": {"type": "TinyNet", "channels": [8, 16, 32], "returned_layers": [1, 2]},
+           "neck": {"type": "FPN", "out_channels": 16}, "anchor_generator": {"sizes": [[16], [32], [64]]},
+           "roi_head": {"representation_size": 16, "roi_align_backward": backward, **mask_options}}
+    pools = [m for m in build_detector(cfg).modules() if isinstance(m, TvMultiScaleRoIAlign)]
+    expected = {"FasterRCNN": 1, "MaskRCNN": 2, "CascadeRCNN": 3 + bool(mask_options)}[model_type]
+    assert len(pools) == expected
+    assert all(type(p) is (MultiScaleRoIAlign if backward == "sparse" else TvMultiScaleRoIAlign) for p in pools)
