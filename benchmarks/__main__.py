@@ -24,11 +24,13 @@ from pathlib import Path
 
 from benchmarks.harness import (REPO_ROOT, Context, NotAvailable, Result, Row, format_table, log,
                                 machine_description, write_result)
+from benchmarks.train_throughput import CASE_KEYS
 
 # name -> module, in the order they run (train_throughput first: data_pipeline reuses its step rate)
 BENCHMARKS = {
     "train_throughput": "benchmarks.train_throughput",
     "data_pipeline": "benchmarks.data_pipeline",
+    "real_data": "benchmarks.real_data",
     "startup": "benchmarks.startup",
     "scaling": "benchmarks.scaling",
     "concurrent_jobs": "benchmarks.concurrent_jobs",
@@ -55,8 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--note", default="", help="a remark kept with the results, e.g. 'noisy: shared machine'")
     p.add_argument("--pairs", type=int, metavar="N",
                    help="interleaved pairs (repeats) for train_throughput and scaling (default: 5, --quick: 1)")
-    p.add_argument("--case", nargs="+", metavar="KEY", choices=["shapes", "mobilenet"],
-                   help="train_throughput: only these cases (shapes, mobilenet)")
+    p.add_argument("--case", nargs="+", metavar="KEY", choices=CASE_KEYS,
+                   help=f"train_throughput: only these cases ({', '.join(CASE_KEYS)}; the last two, detcore with "
+                        f"torchvision's RoIAlign backward, only when named)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py, docs/gpu_check.md) "
                                                       "instead, on a GPU node: 5-8 minutes on one")

@@ -6,9 +6,13 @@ Written after torchvision's ``references/detection`` (``train.py`` + ``engine.tr
 warm-up, and per iteration ``model(images, targets)`` -> summed loss -> ``item()`` ->
 ``zero_grad`` / ``backward`` / ``step``. The only addition is gradient clipping when the config
 asks for it, so both sides do the same arithmetic. It reads the detcore config only as data:
-which images, which batch size, which optimizer settings.
+which images (with masks when the split has ``with_mask``), which batch size, which optimizer
+settings, and with ``--model config`` which network: ``detcore.models.build_detector`` returns
+torchvision's own detector classes (``FasterRCNN``, ``MaskRCNN``, ``RetinaNet``, ``FCOS``; detcore's
+``CascadeRCNN`` is built on torchvision's R-CNN parts), and this loop builds it with torchvision's
+own RoI pooling (``roi_head.roi_align_backward: torchvision``), so the network is the plain one.
 
-    python -m benchmarks.plain_train --model shapes|mobilenet --config CFG --iters N --out OUT.json
+    python -m benchmarks.plain_train --model config|mobilenet --config CFG --iters N --out OUT.json
 
 writes per-iteration end times (``time.perf_counter``) and data/step times to OUT.json.
 """
@@ -21,10 +25,16 @@ import time
 from pathlib import Path
 
 
-def build_model(kind: str, model_cfg: dict):
-    if kind == "shapes":
-        from detcore.models import build_detector  # returns torchvision's own FasterRCNN class
+MODELS = ("config", "mobilenet")
 
+
+def build_model(kind: str, model_cfg: dict):
+    if kind == "config":
+        from detcore.models import build_detector  # returns torchvision's own detector classes
+
+        if model_cfg["type"] in ("FasterRCNN", "MaskRCNN", "CascadeRCNN"):  # torchvision's MultiScaleRoIAlign
+            model_cfg = {**model_cfg, "roi_head": {**(model_cfg.get("roi_head") or {}),
+                                                   "roi_align_backward": "torchvision"}}
         return build_detector(model_cfg)
     if kind == "mobilenet":
         from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
@@ -32,7 +42,7 @@ def build_model(kind: str, model_cfg: dict):
         return fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None,
                                                      num_classes=int(model_cfg["num_classes"]) + 1,
                                                      min_size=model_cfg["min_size"], max_size=model_cfg["max_size"])
-    raise SystemExit(f"plain_train: unknown --model {kind!r}; choose shapes or mobilenet")
+    raise SystemExit(f"plain_train: unknown --model {kind!r}; choose {' or '.join(MODELS)}")
 
 
 def build_loader(train_cfg: dict, batch: int, workers: int, seed: int):
@@ -48,7 +58,8 @@ def build_loader(train_cfg: dict, batch: int, workers: int, seed: int):
                             T.SanitizeBoundingBoxes(), T.ToPureTensor()])
     dataset = CocoDetection(str(root / "images" / "train"), str(root / "annotations" / "instances_train.json"),
                             transforms=transforms)
-    dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=("boxes", "labels", "image_id"))
+    keys = ("boxes", "labels", "masks", "image_id") if train_cfg.get("with_mask") else ("boxes", "labels", "image_id")
+    dataset = wrap_dataset_for_transforms_v2(dataset, target_keys=keys)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     batches = torch.utils.data.BatchSampler(sampler, batch, drop_last=True)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
@@ -123,7 +134,7 @@ def throughput(result: dict, warmup: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plain_train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, choices=["shapes", "mobilenet"])
+    p.add_argument("--model", required=True, choices=MODELS)
     p.add_argument("--config", required=True)
     p.add_argument("--cfg-options", nargs="*", default=[])
     p.add_argument("--iters", type=int, required=True)

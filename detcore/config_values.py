@@ -124,6 +124,12 @@ def per_level(flat: Rule, what: str) -> Rule:
     return rule
 
 
+def one_of(*choices: str) -> Rule:
+    def rule(key: str, value: Any) -> str | None:
+        return None if value in choices else f"{key} must be one of {', '.join(choices)}, got {value!r:.100}"
+    return rule
+
+
 def boolean(key: str, value: Any) -> str | None:
     return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r:.100}"
 
@@ -158,6 +164,7 @@ class Check:
 
 RESIZE = ("Resize",)
 DATASETS = ("CocoDataset", "ShapesDataset")  # a dataset of custom_imports may give these keys other meanings
+DECODERS = ("torchvision", "pillow")  # CocoDataset's decoder (detcore.data.decode)
 
 
 CHECKS: tuple[Check, ...] = (
@@ -171,6 +178,7 @@ CHECKS: tuple[Check, ...] = (
     Check("data.*.max_boxes_per_image", integer(1), DATASETS),
     *(Check(f"data.*.{k}", boolean, DATASETS) for k in ("skip_degenerate_boxes", "with_mask", "test_mode",
                                                         "filter_empty_gt")),
+    Check("data.*.decoder", one_of(*DECODERS), ("CocoDataset",)),
     Check("data.*.pipeline.*.scale", SCALE, of_type=RESIZE),
     Check("data.*.pipeline.*.size", SIDE, of_type=RESIZE),
     Check("data.*.pipeline.*.max_size", SIDE, of_type=RESIZE),

@@ -26,11 +26,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
 from detcore.data.coco_json import coco_from_dict, load_coco_json, validate_coco
-from detcore.data.image_file import read_rgb
-from detcore.data.transforms import Pipeline, build_pipeline
+from detcore.data.decode import check_decoder, decode_rgb
+from detcore.data.transforms import Pipeline, build_pipeline, to_float_image
 from detcore.errors import DataError
 from detcore.registry import DATASETS
 
@@ -57,14 +56,17 @@ class CocoDataset(torch.utils.data.Dataset):
     0 is background. ``self.cat_ids[k - 1]`` is the COCO category id of label ``k``.
     Crowd annotations never enter ``target``; they stay in ``self.coco`` for evaluation.
     ``pipeline`` is a list of transform configs (``build_pipeline``) or a ready callable
-    ``(image, target) -> (image, target)``.
+    ``(image, target) -> (image, target)``. ``decoder``: ``torchvision`` (RGB JPEGs by
+    ``torchvision.io.decode_jpeg``, the rest by Pillow) or ``pillow`` (:mod:`detcore.data.decode`).
     """
 
     def __init__(self, ann_file: str | Path, img_prefix: str | Path, classes: Sequence[str] | None = None,
                  pipeline: Sequence[Mapping[str, Any]] | Callable = (), filter_empty_gt: bool = True,
                  test_mode: bool = False, with_mask: bool = False,
-                 max_boxes_per_image: int = MAX_BOXES_PER_IMAGE, skip_degenerate_boxes: bool = False) -> None:
+                 max_boxes_per_image: int = MAX_BOXES_PER_IMAGE, skip_degenerate_boxes: bool = False,
+                 decoder: str = "torchvision") -> None:
         self.ann_file = Path(ann_file)
+        self.decoder = check_decoder(decoder, "decoder (dataset)")
         self.img_prefix = Path(img_prefix)
         self.test_mode = test_mode
         self.with_mask = with_mask
@@ -182,19 +184,23 @@ class CocoDataset(torch.utils.data.Dataset):
         h, w = info["height"], info["width"]
         return ImageInfo(image_id, info["file_name"], (h, w), self.pipeline.output_size(h, w))
 
-    def load_image(self, image_id: int) -> tv_tensors.Image:
-        """Decode an image as float32 RGB in 0..1; DataError names a missing or corrupt file."""
+    def load_pixels(self, image_id: int) -> tv_tensors.Image:
+        """Decode an image as uint8 RGB ``[3, H, W]``; DataError names a missing or corrupt file."""
         info = self.coco.imgs[image_id]
         path = self.img_prefix / info["file_name"]
         if not path.is_file():
             raise DataError(f"image file {path} (image id {image_id} in {self.ann_file}) does not exist; "
                             f"check img_prefix")
-        rgb = read_rgb(path, f" (image id {image_id} in {self.ann_file})")
-        if rgb.size != (info["width"], info["height"]):
-            raise DataError(f"image file {path} is {rgb.size[0]}x{rgb.size[1]} but {self.ann_file} says "
+        rgb = decode_rgb(path, f" (image id {image_id} in {self.ann_file})", self.decoder)
+        h, w = rgb.shape[-2:]
+        if (w, h) != (info["width"], info["height"]):
+            raise DataError(f"image file {path} is {w}x{h} but {self.ann_file} says "
                             f"{info['width']}x{info['height']} (image id {image_id}); fix the json or the file")
-        # x / 255, bit for bit what torchvision's weights.transforms() (convert_image_dtype) gives its detectors
-        return tv_tensors.Image(F.pil_to_tensor(rgb).to(torch.float32) / 255)
+        return tv_tensors.Image(rgb)
+
+    def load_image(self, image_id: int) -> tv_tensors.Image:
+        """Decode an image as float32 RGB in 0..1; DataError names a missing or corrupt file."""
+        return to_float_image(self.load_pixels(image_id))
 
     def load_masks(self, image_id: int, ann_ids: list[int]) -> np.ndarray:
         """uint8 masks [N, H, W] of the given annotations (polygons, RLE or uncompressed RLE)."""
@@ -215,7 +221,7 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image_id = self.img_ids[i]
-        image = self.load_image(image_id)
+        image = self.load_pixels(image_id)  # the pipeline makes it float 0..1 (after steps exact on uint8)
         h, w = image.shape[-2:]
         boxes, labels, ann_ids = self._targets[image_id]
         target: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from PIL import Image
 
@@ -67,8 +67,17 @@ def _too_large(path: Path, width: int, height: int, limit: int, context: str) ->
                      f"{limit} pixels; downscale it, or raise the limit with {MAX_PIXELS_ENV}={width * height}")
 
 
-def _open(path: Path, context: str, limit: int, decode: bool) -> Image.Image | tuple[int, int]:
-    """The decoded RGB image (``decode``) or ``(width, height)`` from the header alone."""
+class ImageHeader(NamedTuple):
+    """What an image file's header says: its size, Pillow's format name (``JPEG``, ``PNG``, ...) and mode."""
+
+    width: int
+    height: int
+    format: str | None
+    mode: str
+
+
+def _open(path: Path, context: str, limit: int, decode: bool) -> Image.Image | ImageHeader:
+    """The decoded RGB image (``decode``) or the header alone."""
     if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = limit  # the user raised our limit: Pillow's must not refuse first
     if not path.is_file():
@@ -79,7 +88,7 @@ def _open(path: Path, context: str, limit: int, decode: bool) -> Image.Image | t
             if width * height > limit:
                 raise _too_large(path, width, height, limit, context)
             if not decode:
-                return width, height
+                return ImageHeader(width, height, im.format, im.mode)
             im.load()
             return im.convert("RGB")
     except Image.DecompressionBombError:
@@ -93,7 +102,13 @@ def _open(path: Path, context: str, limit: int, decode: bool) -> Image.Image | t
 def check_image_file(path: str | os.PathLike, context: str = "") -> tuple[int, int]:
     """``(width, height)`` from the header of ``path`` alone; DataError if it is missing, not an
     image or over the limit."""
-    return cast(tuple[int, int], _open(Path(path), context, max_image_pixels(), decode=False))
+    header = read_header(path, context)
+    return header.width, header.height
+
+
+def read_header(path: str | os.PathLike, context: str = "") -> ImageHeader:
+    """The header of ``path`` (nothing decoded); DataError if it is missing, not an image or over the limit."""
+    return cast(ImageHeader, _open(Path(path), context, max_image_pixels(), decode=False))
 
 
 def read_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:

@@ -9,6 +9,12 @@ MMDetection's augmentations by their own names and parameters live in :mod:`detc
 ``build_pipeline`` always ends with ``SanitizeBoxes`` (clip to the image, drop boxes under
 one pixel together with their labels and masks) unless the list already ends with one.
 
+Image dtype: a dataset may hand the pipeline its decoded uint8 image. :class:`Pipeline` runs the
+leading steps that give the same result on uint8 as on float (``uint8_exact``: flips, box checks,
+a resize to the same size) on the uint8 pixels, then makes the image float32 in 0..1
+(:func:`to_float_image`) before any other step and at the end. The output is bit for bit that of
+the whole pipeline on the float image; a flip moves a quarter of the bytes.
+
 Normalisation: torchvision detectors normalise inside the model (``model.image_mean`` /
 ``model.image_std``, ImageNet statistics by default). A pipeline ``Normalize`` therefore
 normalises twice unless the model is built with ``image_mean=[0, 0, 0]`` and
@@ -21,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 from detcore.errors import ConfigError
 from detcore.registry import TRANSFORMS
@@ -28,8 +35,23 @@ from detcore.registry import TRANSFORMS
 Sample = tuple[Any, dict[str, Any]]
 
 
+def to_float_image(image: Any) -> Any:
+    """A uint8 image as float32 in 0..1 (``x / 255``, bit for bit what torchvision's
+    ``weights.transforms()`` (``convert_image_dtype``) gives its detectors); other images as they are."""
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        scaled = image.as_subclass(torch.Tensor).to(torch.float32) / 255
+        return tv_tensors.Image(scaled) if isinstance(image, tv_tensors.Image) else scaled
+    return image
+
+
 class DetTransform:
-    """Base of pipeline steps: ``__call__(image, target)`` and ``output_size(h, w)``."""
+    """Base of pipeline steps: ``__call__(image, target)`` and ``output_size(h, w)``.
+
+    ``uint8_exact``: the step gives the same result on a uint8 image as on its float 0..1 version
+    (it moves pixels or leaves them alone), so :class:`Pipeline` may run it before converting.
+    """
+
+    uint8_exact = False
 
     def __call__(self, image: Any, target: dict[str, Any]) -> Sample:
         raise NotImplementedError
@@ -114,12 +136,14 @@ class Resize(DetTransform):
             return self.scales[0]
         return self.scales[int(torch.randint(len(self.scales), ()).item())]
 
+    uint8_exact = True  # it converts a uint8 image itself before interpolating
+
     def __call__(self, image: Any, target: dict[str, Any]) -> Sample:
         h, w = image.shape[-2:]
         size = _scaled_size(h, w, self._pick(), self.max_size)
         if size == (h, w):
             return image, target
-        return T.Resize(list(size), interpolation=self.interpolation, antialias=True)(image, target)
+        return T.Resize(list(size), interpolation=self.interpolation, antialias=True)(to_float_image(image), target)
 
     def output_size(self, h: int, w: int) -> tuple[int, int] | None:
         return _scaled_size(h, w, self.scales[0], self.max_size) if len(self.scales) == 1 else None
@@ -128,6 +152,8 @@ class Resize(DetTransform):
 @TRANSFORMS.register()
 class RandomFlip(_V2Wrapper):
     """Flip with probability ``prob``; ``direction`` is ``horizontal`` or ``vertical``."""
+
+    uint8_exact = True
 
     def __init__(self, prob: float = 0.5, direction: str = "horizontal") -> None:
         self.prob = check_prob(prob, "RandomFlip")
@@ -214,6 +240,8 @@ class SanitizeBoxes(DetTransform):
     """Clip boxes to the image, then drop boxes narrower or shorter than ``min_size`` pixels
     together with their labels and masks."""
 
+    uint8_exact = True
+
     def __init__(self, min_size: float = 1.0) -> None:
         if not isinstance(min_size, (int, float)) or min_size < 1:
             raise ConfigError(f"SanitizeBoxes: min_size must be a number >= 1, got {min_size!r}")
@@ -224,7 +252,11 @@ class SanitizeBoxes(DetTransform):
     def __call__(self, image: Any, target: dict[str, Any]) -> Sample:
         if "boxes" not in target:
             return image, target
-        return self._sanitize(*self._clamp(image, target))
+        image, target = self._clamp(image, target)
+        _, valid = F.sanitize_bounding_boxes(target["boxes"], min_size=self.min_size)
+        if bool(valid.all()):  # nothing to drop: no copy of the masks (N x H x W) just to keep them all
+            return image, target
+        return self._sanitize(image, target)
 
 
 def _labels_of(inputs: Any) -> Any:
@@ -233,15 +265,18 @@ def _labels_of(inputs: Any) -> Any:
 
 
 class Pipeline:
-    """An ordered list of transforms; ``output_size`` composes the steps' sizes."""
+    """An ordered list of transforms; ``output_size`` composes the steps' sizes. A uint8 image
+    leaves as float32 in 0..1, converted after the leading ``uint8_exact`` steps."""
 
     def __init__(self, transforms: Sequence[Callable]) -> None:
         self.transforms = list(transforms)
 
     def __call__(self, image: Any, target: dict[str, Any]) -> Sample:
         for t in self.transforms:
+            if not getattr(t, "uint8_exact", False):
+                image = to_float_image(image)
             image, target = t(image, target)
-        return image, target
+        return to_float_image(image), target
 
     def output_size(self, h: int, w: int) -> tuple[int, int] | None:
         """Output (h, w) for an input (h, w), or None when some step's size is random or unknown."""

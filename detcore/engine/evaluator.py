@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from detcore.engine.dist import get_rank
 from detcore.engine.heartbeat import beating
+from detcore.evaluation.coco_eval import DEFAULT_BACKEND
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def gather_coco_results(outputs: list[tuple[int, Any]], dataset: Any, converted:
 
 def evaluate_loader(model: nn.Module, loader: DataLoader, device: torch.device, metrics: Sequence[str], *,
                     classes: Sequence[str], num_images: int = 0, progress: bool = False,
-                    backend: str = "pycocotools", voc_method: str = "area",
+                    backend: str = DEFAULT_BACKEND, voc_method: str = "area",
                     keepalive: Callable[[], object] | None = None,
                     ) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Evaluate ``model`` on ``loader``'s dataset; flat metrics on rank 0 (``{}`` elsewhere) and drawings.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from detcore.engine.progress import estimate_eta, iteration_line
+from detcore.evaluation.coco_eval import DEFAULT_BACKEND
 from detcore.registry import HOOKS
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class EvalHook(HookBase):
     """
 
     def __init__(self, interval: int = 1, metric: list[str] | str = "bbox", num_images: int = 4,
-                 backend: str = "pycocotools", voc_method: str = "area") -> None:
+                 backend: str = DEFAULT_BACKEND, voc_method: str = "area") -> None:
         self.interval = int(interval)
         self.metrics = [metric] if isinstance(metric, str) else list(metric)
         self.num_images = num_images

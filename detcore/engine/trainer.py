@@ -35,6 +35,7 @@ from detcore.engine.scaling import SCALING_KEY, scale_config, split_batch_size
 from detcore.engine.setup import build_loaders, seed_everything
 from detcore.engine.stop import TrainingInterrupted, install_stop_signals, request_stop, stop_is_requested
 from detcore.errors import CheckpointError, ConfigError, TrainingError
+from detcore.evaluation.coco_eval import DEFAULT_BACKEND
 from detcore.loggers.hook import experiment_logger_hook
 from detcore.models import build_detector
 from detcore.registry import HOOKS
@@ -213,7 +214,7 @@ class Trainer:
             hook.after_step()
 
     # ---- evaluation, logging ----------------------------------------------------------
-    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = "pycocotools",
+    def evaluate(self, metrics: list[str], num_images: int = 0, backend: str = DEFAULT_BACKEND,
                  voc_method: str = "area") -> dict:
         from detcore.engine.evaluator import evaluate_loader
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from pycocotools.coco import COCO
 
 from detcore.errors import ConfigError
+from detcore.evaluation.coco_eval import DEFAULT_BACKEND
 
 COCO_METRICS = ("bbox", "segm")
 METRICS = (*COCO_METRICS, "mAP")
@@ -68,7 +69,7 @@ def metric_problem(metric: str, model_cfg: Mapping[str, Any] | None, split_cfg: 
 def evaluate_detections(gt: COCO | str | Path, results: Sequence[dict] | str | Path,
                         metrics: Sequence[str] = ("bbox",), *,
                         classwise: bool = True, class_names: Sequence[str] | None = None,
-                        backend: str = "pycocotools", voc_method: str = "area",
+                        backend: str = DEFAULT_BACKEND, voc_method: str = "area",
                         table_level: int = logging.INFO) -> dict[str, dict]:
     """``evaluate_coco``'s dict for the COCO metrics, plus for ``mAP``: ``{"mAP": {"mAP": value},
     "mAP_per_class": {name: AP}}`` (classes with no non-difficult box are left out)."""

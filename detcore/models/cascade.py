@@ -42,7 +42,7 @@ STAGE_KEYS = ("fg_iou_thresh", "bg_iou_thresh", "bbox_reg_weights", "batch_size_
               "box_head", "box_predictor")
 CASCADE_ROI_KEYS = ("roi_size", "representation_size", "score_thresh", "nms_thresh", "detections_per_img",
             "batch_size_per_image", "positive_fraction", "box_head", "box_predictor", "stages", "stage_loss_weights",
-            *MASK_KEYS)
+            "roi_align_backward", *MASK_KEYS)
 
 
 @HEADS.register()
@@ -262,8 +262,9 @@ def build_cascade_rcnn(num_classes: int, backbone: dict, neck: dict, **cfg: Any)
     rpn = rpn_parts(cfg, body)
     size, width = int(roi.get("roi_size", 7)), int(roi.get("representation_size", 1024))
     settings, loss_weights = _stage_settings(roi)
+    backward = roi.get("roi_align_backward", "sparse")
     stages = [RoIHeads(
-        roi_pool(body, size),
+        roi_pool(body, size, backward),
         HEADS.build(s.get("box_head", {"type": "TwoMLPHead"}),
                     **_box_head_inputs(s.get("box_head", {"type": "TwoMLPHead"}), body.out_channels, size, width)),
         HEADS.build(s.get("box_predictor", {"type": "ClassAgnosticPredictor"}), in_channels=width, num_classes=n_out),
@@ -271,5 +272,5 @@ def build_cascade_rcnn(num_classes: int, backbone: dict, neck: dict, **cfg: Any)
         float(s.get("positive_fraction", 0.25)), s["bbox_reg_weights"], float(roi.get("score_thresh", 0.05)),
         float(roi.get("nms_thresh", 0.5)), int(roi.get("detections_per_img", 100))) for s in settings]
     mask_cfg = {k: roi[k] for k in MASK_KEYS if k in roi}
-    heads = CascadeRoIHeads(stages, loss_weights, **(mask_parts(mask_cfg, body, n_out) if mask_cfg else {}))
+    heads = CascadeRoIHeads(stages, loss_weights, **(mask_parts(mask_cfg, body, n_out, backward) if mask_cfg else {}))
     return CascadeRCNN(body, heads, **rpn, **_transform_kwargs(cfg))

@@ -20,13 +20,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from detcore.errors import ConfigError
 from detcore.evaluation.metrics import MASK_OPTIONS
 from detcore.registry import BACKBONES, DETECTORS, HEADS
 from detcore.models import heads as _heads  # noqa: F401  (registers the heads with a norm by name)
 from detcore.models.necks import BackboneWithNeck, attach_neck
+from detcore.models.roi_align import build_roi_pool
 
 for _head in (RPNHead, FCOSHead, TwoMLPHead, FastRCNNPredictor, MaskRCNNPredictor):
     HEADS.add(_head)  # RetinaNetHead, MaskRCNNHeads and FastRCNNConvFCHead: detcore.models.heads (norm by name)
@@ -116,9 +116,11 @@ def rpn_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck) -> dict:
             **_section({"rpn": rpn}, "rpn", RPN_KEYS, "rpn_")}
 
 
-def roi_pool(backbone: BackboneWithNeck, size: int) -> MultiScaleRoIAlign:
-    """RoIAlign over the body's levels (not the neck's extra ones), as torchvision's R-CNNs pool."""
-    return MultiScaleRoIAlign([str(i) for i in range(len(backbone.body.out_channels_list))], size, sampling_ratio=2)
+def roi_pool(backbone: BackboneWithNeck, size: int, backward: str = "sparse") -> nn.Module:
+    """RoIAlign over the body's levels (not the neck's extra ones), as torchvision's R-CNNs pool;
+    ``backward`` is ``roi_head.roi_align_backward`` (:mod:`detcore.models.roi_align`)."""
+    return build_roi_pool([str(i) for i in range(len(backbone.body.out_channels_list))], size, sampling_ratio=2,
+                          backward=backward)
 
 
 def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> tuple[dict, dict]:
@@ -129,9 +131,10 @@ def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: 
     box_head_cfg = roi.pop("box_head", {"type": "TwoMLPHead"})
     box_predictor_cfg = roi.pop("box_predictor", {"type": "FastRCNNPredictor"})
     mask_cfg = {k: roi.pop(k) for k in MASK_KEYS if k in roi}
+    backward = roi.pop("roi_align_backward", "sparse")
     parts = {
         **rpn_parts(cfg, backbone),
-        "box_roi_pool": roi_pool(backbone, resolution),
+        "box_roi_pool": roi_pool(backbone, resolution, backward),
         "box_head": HEADS.build(box_head_cfg, **_box_head_inputs(box_head_cfg, channels, resolution, representation)),
         "box_predictor": HEADS.build(box_predictor_cfg, in_channels=representation, num_classes=n_out),
         **_section({"roi_head": roi}, "roi_head", ROI_KEYS, "box_"),
@@ -139,14 +142,16 @@ def _two_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: 
     return parts, mask_cfg
 
 
-def mask_parts(mask_cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int) -> dict:
-    """MaskRCNN's ``mask_*`` keyword arguments from the ``roi_head.mask_*`` options in ``mask_cfg``."""
+def mask_parts(mask_cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, backward: str = "sparse") -> dict:
+    """MaskRCNN's ``mask_*`` keyword arguments from the ``roi_head.mask_*`` options in ``mask_cfg``;
+    ``backward`` is ``roi_head.roi_align_backward``."""
     layers = tuple(mask_cfg.get("mask_layers", (256, 256, 256, 256)))
     mask_head = HEADS.build(mask_cfg.get("mask_head", {"type": "MaskRCNNHeads"}),
                             in_channels=backbone.out_channels, layers=layers, dilation=1)
     mask_predictor = HEADS.build(mask_cfg.get("mask_predictor", {"type": "MaskRCNNPredictor"}),
                                  in_channels=layers[-1], dim_reduced=layers[-1], num_classes=n_out)
-    return {"mask_roi_pool": roi_pool(backbone, int(mask_cfg.get("mask_roi_size", 14))), "mask_head": mask_head,
+    pool = roi_pool(backbone, int(mask_cfg.get("mask_roi_size", 14)), backward)
+    return {"mask_roi_pool": pool, "mask_head": mask_head,
             "mask_predictor": mask_predictor}
 
 
@@ -179,7 +184,9 @@ def MaskRCNN(num_classes: int, backbone: dict, neck: dict, **cfg: Any) -> TvMask
     body = _backbone({"backbone": backbone, "neck": neck})
     parts, mask_cfg = _two_stage_parts(cfg, body, n_out)
     _reject_unknown(cfg, ("anchor_generator", "rpn", "roi_head", *TRANSFORM_KEYS), "MaskRCNN")
-    return TvMaskRCNN(body, num_classes=None, **mask_parts(mask_cfg, body, n_out), **parts, **_transform_kwargs(cfg))
+    backward = (cfg.get("roi_head") or {}).get("roi_align_backward", "sparse")
+    return TvMaskRCNN(body, num_classes=None, **mask_parts(mask_cfg, body, n_out, backward), **parts,
+                      **_transform_kwargs(cfg))
 
 
 def _single_stage_parts(cfg: Mapping[str, Any], backbone: BackboneWithNeck, n_out: int, default_anchors: dict,

@@ -22,7 +22,7 @@ COMMANDS = {
     "train": ("detcore.tools.train", "train a detector (single process or under torchrun)"),
     "test": ("detcore.tools.test", "run a checkpoint over the test split and evaluate"),
     "infer": ("detcore.tools.infer", "run a checkpoint over image files or a folder"),
-    "eval": ("detcore.tools.eval_tool", "evaluate a COCO results file with pycocotools"),
+    "eval": ("detcore.tools.eval_tool", "evaluate a COCO results file (COCOeval: faster-coco-eval or pycocotools)"),
     "shapes": ("detcore.tools.shapes", "write the embedded synthetic shapes dataset"),
     "convert": ("detcore.tools.convert", "convert VOC, Cityscapes or VIA annotations to COCO json"),
     "demo": ("detcore.tools.demo", "annotate a video file or a webcam stream"),

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from detcore.engine.evaluator import coco_converter, flatten_metrics, gather_coco_results, run_inference
     from detcore.engine.setup import build_split_loader
     from detcore.evaluation.label_ids import check_checkpoint_labels, check_coco_categories, label_ids_of, label_names
+    from detcore.evaluation.coco_eval import DEFAULT_BACKEND
     from detcore.evaluation.metrics import check_metrics, evaluate_detections
     from detcore.tools.eval_tool import render
     from detcore.models import build_detector
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if metrics:
         names = list(dataset.CLASSES if label_ids == "coco" else ckpt["meta"].get("classes") or dataset.CLASSES)
         evaluated = evaluate_detections(dataset.coco, results, metrics=tuple(metrics), classwise=True,
-                                        class_names=names, backend=evaluation.get("backend", "pycocotools"),
+                                        class_names=names, backend=evaluation.get("backend", DEFAULT_BACKEND),
                                         voc_method=voc_method)
         flat = flatten_metrics(evaluated)
         if work_dir is not None:

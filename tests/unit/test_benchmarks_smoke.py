@@ -287,3 +287,21 @@ def test_gpu_ddp_step_on_a_gpu_asks_for_nccl_and_reports_its_failure(tmp_path: P
     assert row.name == "nccl + ddp (1 rank) (nccl, cuda:0)" and row.met and "second one aborted; NCCL 2.27.7" in row.note
     with pytest.raises(RuntimeError, match="^gpu_ddp: FAILED: DistBackendError: NCCL error"):
         gpu_check.step_ddp(ctx, gpus=1, smoke=False, env={})
+
+
+def test_real_data_sides_load_the_same_samples_and_run(tmp_path: Path) -> None:
+    """The real-size data benchmark's two sides, on 3 generated 800x1333 JPEGs: without flips
+    detcore's loader and torchvision's reference pipeline give the same boxes, labels and masks and
+    pixels within a level; each side runs through a one-worker loader (the rate is not checked)."""
+    from benchmarks import real_data
+
+    root = real_data.generate(tmp_path / "jpeg", 3)
+    assert real_data.generate(tmp_path / "again", 3).joinpath("ann.json").read_text() == \
+        (root / "ann.json").read_text()
+    check = real_data.same_samples(root, 3)
+    assert check["boxes_labels_masks_equal"] and check["max_pixel_difference"] <= 1.0
+    order = real_data.kept_images(root) * 4  # enough batches that some are loaded after the first one
+    for parts in (real_data.detcore_loader(root, order), real_data.plain_loader(root, order)):
+        per_cpu_s, per_wall_s = real_data.rate(parts)
+        assert per_cpu_s > 0 and per_wall_s > 0
+    assert real_data.workers_needed(per_worker=9.6) == 2

@@ -1,6 +1,7 @@
 """COCO evaluation: same numbers as pycocotools, -1 and empty results, outputs -> results."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -93,17 +94,49 @@ def test_in_memory_results_are_left_as_given(gt_file, results_file):
         assert list(metrics[iou_type].values()) == _pycocotools(gt_file, results_file, iou_type)
 
 
-def test_faster_backend_gives_pycocotools_numbers(gt_file, results_file, capsys, monkeypatch):
-    assert _cli(monkeypatch, "--ann", str(gt_file), "--results", str(results_file), "--metric", "bbox", "segm",
-                "--json", "--backend", "faster-coco-eval") == 0
-    printed = json.loads(capsys.readouterr().out)
+def test_both_backends_give_pycocotools_numbers(gt_file, results_file, capsys, monkeypatch):
+    """The parity that makes faster-coco-eval the default: bbox and segm, summary and per class,
+    equal to pycocotools run directly and to detcore's pycocotools backend, to the last bit."""
+    for backend in ("faster-coco-eval", "pycocotools"):
+        assert _cli(monkeypatch, "--ann", str(gt_file), "--results", str(results_file), "--metric", "bbox", "segm",
+                    "--json", "--backend", backend) == 0
+        printed = json.loads(capsys.readouterr().out)
+        for iou_type in ("bbox", "segm"):
+            assert list(printed[iou_type].values()) == _pycocotools(gt_file, results_file, iou_type)
     for iou_type in ("bbox", "segm"):
-        assert list(printed[iou_type].values()) == _pycocotools(gt_file, results_file, iou_type)
-    ours = evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
-    fast = evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"], backend="faster-coco-eval")
-    assert fast["bbox_per_class"] == ours["bbox_per_class"]  # incl. -1 for the class without ground truth
+        ref = evaluate_coco(str(gt_file), str(results_file), metrics=[iou_type], backend="pycocotools")
+        fast = evaluate_coco(str(gt_file), str(results_file), metrics=[iou_type], backend="faster-coco-eval")
+        assert fast == ref  # per class too, incl. -1 for the class without ground truth
+        subset = {"img_ids": [1, 3, 5], "class_names": ["triangle", "rectangle"]}
+        assert evaluate_coco(str(gt_file), str(results_file), metrics=[iou_type], backend="faster-coco-eval",
+                             **subset) == evaluate_coco(str(gt_file), str(results_file), metrics=[iou_type],
+                                                        backend="pycocotools", **subset)
     empty = evaluate_coco(str(gt_file), [], metrics=["bbox"], classwise=False, backend="faster-coco-eval")
-    assert empty["bbox"] == evaluate_coco(str(gt_file), [], metrics=["bbox"], classwise=False)["bbox"]
+    assert empty["bbox"] == evaluate_coco(str(gt_file), [], metrics=["bbox"], classwise=False,
+                                          backend="pycocotools")["bbox"]
+
+
+def test_faster_coco_eval_is_the_default_and_pycocotools_selectable(gt_file, results_file, caplog, monkeypatch):
+    import logging
+
+    from detcore.errors import ConfigError
+    from detcore.evaluation.coco_eval import DEFAULT_BACKEND, check_backend
+    from detcore.tools.eval_tool import add_parser
+
+    assert DEFAULT_BACKEND == "faster-coco-eval"
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(), "eval", "")
+    assert parser.parse_args(["eval", "--ann", "a", "--results", "b"]).backend == "faster-coco-eval"
+    with caplog.at_level(logging.INFO, logger="detcore.evaluation.coco_eval"):
+        evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
+        evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"], backend="pycocotools")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "COCO bbox metrics (faster-coco-eval)", "COCO bbox metrics (pycocotools)"]
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="pip install faster-coco-eval.*or choose pycocotools"):
+        evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
+    check_backend("pycocotools")
+    assert evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"], backend="pycocotools")["bbox"]["AP"] > 0
 
 
 def test_per_class_and_minus_one(gt_file, results_file, capsys, monkeypatch):
