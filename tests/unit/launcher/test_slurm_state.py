@@ -312,7 +312,7 @@ def test_a_user_error_is_the_failure_reason_every_backend_gives():
     facts = [shim_start(0), shim_start(1),
              {"event": "end", "rank": 1, "attempt": 0, "exit_code": 2, "detail": "ConfigError: bad key", "time": 1030.0},
              {"event": "end", "rank": 0, "attempt": 0, "exit_code": -15, "detail": "", "time": 1030.2}]
-    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, facts)
+    st = job_status("16", [], parse_sacct(SA_FAILED), master_port, typed(facts))
     assert st.reason == ("Slurm job 16 failed (exit 15): rank 1: exit code 2 (user error): ConfigError: bad key (a "
                          "user error: the run was stopped, not restarted)")
 
