@@ -130,6 +130,18 @@ class RankAttempt:
         self.beats = beats
         return beats
 
+    def worker_env(self, restart: int) -> dict[str, str]:
+        """The environment detcore runs this rank with (a child's, or this process's under Ray): its heartbeat
+        folder (created here), the launch's run directory (rank 0 appends the scaling and weights facts there)
+        and ``restart`` (>0: resume from the newest checkpoint; see ``contract.restart_env``)."""
+        env = dict(contract.restart_env(restart))
+        beats = self.heartbeats()
+        if beats is not None:
+            env[contract.HEARTBEAT_DIR_ENV] = str(beats)
+        if self.run_dir:
+            env[contract.RUN_DIR_ENV] = str(self.run_dir)
+        return env
+
     def started(self, pid: int, node_id: str | None = None, restored: Mapping[str, Any] | None = None) -> None:
         """The ``start`` fact of the process ``pid`` that runs detcore for this rank (under Ray: its node id and
         the checkpoint pointer it was handed)."""

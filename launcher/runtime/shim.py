@@ -131,12 +131,7 @@ class Shim:
 
     def run(self) -> None:
         self.rank.redirect()
-        env = {**os.environ, **contract.restart_env(self.rank.attempt)}  # a restart resumes (detcore train)
-        beat_dir = self.rank.heartbeats()
-        if beat_dir is not None:
-            env[contract.HEARTBEAT_DIR_ENV] = str(beat_dir)
-        if self.rank.run_dir:
-            env[contract.RUN_DIR_ENV] = str(self.rank.run_dir)
+        env = {**os.environ, **self.rank.worker_env(self.rank.attempt)}  # a restart resumes (detcore train)
         for sig in FORWARDED:
             signal.signal(sig, self.forward)
         scratch = make_scratch(os.environ.get(contract.EXPERIMENT_ENV))

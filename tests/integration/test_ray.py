@@ -114,6 +114,8 @@ def test_two_worker_job_runs_to_the_end_and_is_managed_after_its_submitter_exits
     assert rec["state"] == "succeeded" and rec["exit_code"] == 0 and rec["restarts"] == 0, rec["reason"]
     assert rec["backend"] == "ray" and rec["world_size"] == 2 and rec["last_iter"] == ITERS
     assert rec["last_ap"] is not None and rec["last_loss"] > 0
+    # rank 0 recorded its scaling decision as a fact of the launch (as under the shim): the row knows the schedule
+    assert rec["max_iter"] == ITERS and rec["scaling"]["world_size"] == 2, (rec["max_iter"], rec["scaling"])
     work = rec["work_dir"]
     assert train_iters(work) == list(range(1, ITERS + 1))
     assert (Path(work) / "last_checkpoint").read_text().strip() == f"iter_{ITERS}.pth"

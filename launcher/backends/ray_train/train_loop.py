@@ -183,11 +183,9 @@ def _train_loop(config: dict) -> None:
     me = RankAttempt(plan.run_dir, plan.log_dir, rank, world_size, attempt, plan.hang_timeout_s)
     me.redirect()
     me.started(os.getpid(), restored=restored, node_id=ray.get_runtime_context().get_node_id())
-    beats = me.heartbeats()
-    if beats is not None:
-        os.environ[contract.HEARTBEAT_DIR_ENV] = str(beats)
+    # detcore runs in this process: the same environment the shim gives its child (resume auto on a restart)
+    os.environ.update(me.worker_env(max(attempt, 1) if (attempt or restored) else 0))
     me.watch(lambda verdict: _hung(me, verdict))
-    os.environ.update(contract.restart_env(max(attempt, 1) if (attempt or restored) else 0))  # resume auto
     if restored:
         _say(f"Ray Train restored checkpoint {restored.get('checkpoint')} (iteration {restored.get('iter')}); "
              f"continuing with --resume auto")

@@ -248,3 +248,17 @@ def test_status_json_holds_what_its_readers_use(tmp_path):
     assert set(status) == {"state", "restarts", "ports", "reason", "exit_code", "started", "ended", "run_dir",
                            "monitor_pid", "monitor_start"}
     assert status["ports"] == [29500] and observed_status(status, None, False, "the supervisor").exit_code == 0
+
+
+def test_a_rank_runs_detcore_with_its_run_dir_heartbeats_and_restart_in_either_mode(tmp_path):
+    """The shim's child and Ray's in-process detcore get one environment from the rank runner: without the run
+    dir, rank 0 of a Ray job could not append its scaling and weights facts (the row would miss its schedule)."""
+    from detcore import contract
+    from launcher.runtime.rank import RankAttempt
+
+    run = tmp_path / "runs" / "r1"
+    env = RankAttempt(str(run), None, 0, 2, 1).worker_env(restart=1)
+    assert env[contract.RUN_DIR_ENV] == str(run)
+    assert Path(env[contract.HEARTBEAT_DIR_ENV]).is_dir() and Path(env[contract.HEARTBEAT_DIR_ENV]).parent.parent == run
+    assert {k: env[k] for k in contract.restart_env(1)} == dict(contract.restart_env(1))
+    assert RankAttempt(None, None, 0, 1, 0).worker_env(restart=0) == dict(contract.restart_env(0))
