@@ -50,7 +50,9 @@ class RunMonitor:
     ``status.json`` holds what its readers use and nothing else: ``state``, ``restarts``, ``ports``,
     ``reason``, ``exit_code``, ``started``, ``ended`` (:func:`observed_status`, hence ``launcher status``),
     and ``run_dir``, ``monitor_pid``, ``monitor_start`` (whether the monitor still runs; the store's repair
-    rebuilds a lost row from them)."""
+    rebuilds a lost row from them). The local supervisor adds ``devices`` and ``cores``: the GPUs and cores
+    the job held, still there once its leases are given back (``python -m benchmarks --gpu`` checks that two
+    jobs held different GPUs)."""
 
     def __init__(self, status_path: Path, run_dir: Path, max_restarts: int) -> None:
         self.status_path, self.run_dir, self.max_restarts = Path(status_path), Path(run_dir), max_restarts

@@ -150,7 +150,8 @@ class Supervisor:
                                     stdout=agent_log, stderr=subprocess.STDOUT, preexec_fn=_preexec(cores))
         logger.info("started torchrun pid %d for %s (devices %s, cores %s)", proc.pid, self.spec.id,
                     devices or "cpu", describe_cores(cores) if cores else "all (--oversubscribe)")
-        self.monitor.set(JobState.PENDING, reason="", started=time.time())
+        # what the job held, kept after its leases are given back (the GPU check reads ``devices``)
+        self.monitor.set(JobState.PENDING, reason="", started=time.time(), devices=list(devices), cores=list(cores))
         term_sent, stop_reason = None, ""
         facts = self.monitor.observe()
         while proc.poll() is None:
