@@ -190,6 +190,8 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
             coco_eval.evaluate()
             coco_eval.accumulate()
             summary = io.StringIO()
+            if backend != "pycocotools":  # quiet while it worked; its summary is the table pycocotools prints
+                coco_eval.print_function = print
             with contextlib.redirect_stdout(summary):
                 coco_eval.summarize()
         logger.debug("pycocotools (%s): %s", metric, log.getvalue().strip())

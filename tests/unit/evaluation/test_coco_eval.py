@@ -132,6 +132,10 @@ def test_faster_coco_eval_is_the_default_and_pycocotools_selectable(gt_file, res
         evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"], backend="pycocotools")
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "COCO bbox metrics (faster-coco-eval)", "COCO bbox metrics (pycocotools)"]
+    # either backend logs the summary table MMDetection and pycocotools users read, with the same first 12 lines
+    tables = [r.getMessage().splitlines()[1:13] for r in caplog.records]
+    assert tables[0] == tables[1], tables
+    assert tables[0][0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = ")
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if it were not installed
     with pytest.raises(ConfigError, match="pip install faster-coco-eval.*or choose pycocotools"):
         evaluate_coco(str(gt_file), str(results_file), metrics=["bbox"])
