@@ -40,6 +40,7 @@ BENCHMARKS = {
     "memory": "benchmarks.memory",
     "mask_eval_memory": "benchmarks.mask_eval_memory",
     "cli_startup": "benchmarks.cli_startup",
+    "short_job": "benchmarks.short_job",
 }
 GPU_BENCHMARKS = {"gpu_check": "benchmarks.gpu_check"}  # only with --gpu
 
