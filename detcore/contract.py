@@ -464,6 +464,12 @@ class WorkerArgs:
         default = next(f.default for f in fields(cls) if f.name == name)
         parser.add_argument(flag["option"], dest=name, default=default, **kwargs)
 
+    def set_outside(self, mode: str) -> tuple[str, ...]:
+        """The flags set here (to something other than their default) that ``mode``'s worker does not take, e.g.
+        ``("--amp",)`` for a test job asked for mixed precision: a caller refuses them rather than drop them."""
+        return tuple(flag["option"] for name, flag in self.flags() if flag["option"] and mode not in flag["modes"]
+                     and getattr(self, name) != next(f.default for f in fields(self) if f.name == name))
+
     @classmethod
     def submit_fields(cls) -> tuple[str, ...]:
         """The fields :meth:`add_submit_arguments` adds (a launcher request carries them on to the worker)."""

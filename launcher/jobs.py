@@ -100,6 +100,11 @@ def build_spec(req: SubmitRequest, cwd: str | None = None, exp_id: str | None = 
         if checkpoint != req.checkpoint and not os.path.isfile(checkpoint):
             raise LauncherError(f"checkpoint {req.checkpoint!r} not found; pass an existing .pth file to --test (or "
                                 f"a torchvision detector such as torchvision://fasterrcnn_resnet50_fpn)")
+    unused = req.worker.set_outside(mode.value)
+    if unused:
+        raise LauncherError(f"{', '.join(unused)}: {'applies' if len(unused) == 1 else 'apply'} to training; a --test "
+                            f"job does not use {'it' if len(unused) == 1 else 'them'}: drop "
+                            f"{'it' if len(unused) == 1 else 'them'} (or submit without --test)")
     if req.worker.seed is not None and seed_error(req.worker.seed):
         raise LauncherError(f"--seed: {seed_error(req.worker.seed)}")
     resume = req.resume or "auto"

@@ -73,6 +73,15 @@ def test_submit_dry_run_passes_amp_and_deterministic_and_says_cpu_ignores_amp(tm
     assert any("--amp is ignored by CPU workers" in n for n in out["cpu"]["notes"])
 
 
+def test_a_test_job_refuses_training_flags_instead_of_dropping_them(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(b"")  # the check comes before the checkpoint is read
+    with pytest.raises(LauncherError) as err:
+        spec_for(checkpoint=str(ckpt), worker=WorkerArgs(amp=True, seed=3))
+    assert str(err.value).startswith("--seed, --amp: apply to training; a --test job does not use them")
+    assert spec_for(checkpoint=str(ckpt), worker=WorkerArgs()).worker.to_argv()[:1] == ("test",)
+
+
 def test_resume_keeps_amp_and_determinism() -> None:
     spec = spec_for(worker=WorkerArgs(amp=True, deterministic=True))
     req = request_from_spec(spec)
