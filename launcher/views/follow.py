@@ -16,6 +16,7 @@ from launcher.store.reconcile import handle_of, refresh
 from launcher.store import Experiment, ExperimentStore
 
 _END = object()
+ENDING_POLL_S = 0.2  # once the log has ended, the row is looked at this often until the job is recorded as ended
 
 
 def progress_text(exp: Experiment) -> str:
@@ -54,7 +55,7 @@ def follow_experiment(store: ExperimentStore, backend, exp_id: str, rank: int = 
     try:
         while True:
             try:
-                item = lines.get(timeout=0.5)
+                item = lines.get(timeout=ENDING_POLL_S if log_done else 0.5)
             except queue.Empty:
                 item = None
             if item is _END:
@@ -68,7 +69,7 @@ def follow_experiment(store: ExperimentStore, backend, exp_id: str, rank: int = 
                 if exp.last_iter is not None:
                     bar.n = exp.last_iter
                 bar.set_postfix_str(progress_text(exp))
-                next_check = time.monotonic() + 1.0
+                next_check = time.monotonic() + (ENDING_POLL_S if log_done else 1.0)
             if log_done and exp.state.is_terminal():
                 return exp
     finally:

@@ -154,8 +154,7 @@ class Supervisor:
         self.monitor.set(JobState.PENDING, reason="", started=time.time(), devices=list(devices), cores=list(cores))
         term_sent, stop_reason = None, ""
         facts = self.monitor.observe()
-        while proc.poll() is None:
-            time.sleep(POLL_S)
+        while not _exited(proc, POLL_S):
             facts = self.monitor.observe()
             if facts.stop_reason and not stop_reason:
                 stop_reason = facts.stop_reason
@@ -178,6 +177,16 @@ class Supervisor:
             agent = f"torchrun ended with {describe_exit(rc)} (see {WorkDir(self.spec.work_dir).agent_log})"
             self.monitor.finish(JobState.FAILED, rc, facts.failure_reason(agent, self.spec.max_restarts,
                                                                           "--max-restarts"))
+
+
+def _exited(proc: subprocess.Popen, within_s: float) -> bool:
+    """Whether ``proc`` exits within ``within_s`` seconds: returns as soon as it does (a job's end is recorded
+    without waiting out a poll interval)."""
+    try:
+        proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
