@@ -138,6 +138,10 @@ def optional_boolean(key: str, value: Any) -> str | None:
     return None if value is None or isinstance(value, bool) else f"{key} must be true, false or null, got {value!r:.100}"
 
 
+FOREACH_AND_FUSED = ("optimizer.foreach and optimizer.fused are both true; torch runs one or the other: "
+                     "set one of them to false")
+
+
 def compile_setting(key: str, value: Any) -> str | None:
     """The ``compile:`` section (:func:`detcore.engine.compile_backbone.compile_settings` reads it)."""
     from detcore.engine.compile_backbone import compile_settings
@@ -294,4 +298,7 @@ def value_problems(cfg: Mapping[str, Any]) -> list[str]:
             if problem:
                 problems.append(problem)
     problems += _iou_pair_problems(cfg)
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, Mapping) and optimizer.get("foreach") is True and optimizer.get("fused") is True:
+        problems.append(FOREACH_AND_FUSED)
     return problems

@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from detcore.config_values import FOREACH_AND_FUSED
 from detcore.errors import ConfigError
 from detcore.registry import LR_SCHEDULES, OPTIMIZERS
 
@@ -30,8 +31,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     if not params:
         raise ConfigError("the model has no trainable parameters; check model.backbone.trainable_layers")
     if cfg.get("foreach") and cfg.get("fused"):
-        raise ConfigError("optimizer.foreach and optimizer.fused are both true; torch runs one or the other: "
-                          "set one of them to false")
+        raise ConfigError(FOREACH_AND_FUSED)
     try:
         return OPTIMIZERS.build(cfg, params=params)
     except RuntimeError as exc:  # torch's refusals of fused/foreach for these parameters or this device

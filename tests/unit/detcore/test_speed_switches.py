@@ -95,6 +95,8 @@ def test_foreach_and_fused_together_is_one_config_error() -> None:
     model = build_detector(_model_cfg())
     with pytest.raises(ConfigError, match="optimizer.foreach and optimizer.fused are both true"):
         build_optimizer(model, {"type": "SGD", "lr": 0.01, "foreach": True, "fused": True})
+    with pytest.raises(ConfigError, match="optimizer.foreach and optimizer.fused are both true"):  # when it loads
+        load_config(SHAPES, ["optimizer.foreach=true", "optimizer.fused=true"])
     with pytest.raises(ConfigError, match="optimizer.fused must be true, false or null, got 'sometimes'"):
         load_config(SHAPES, ["optimizer.fused=sometimes"])
 
