@@ -15,7 +15,9 @@ and trains the backbone eagerly.
 from __future__ import annotations
 
 import logging
+import sysconfig
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detcore.errors import ConfigError
@@ -68,7 +70,8 @@ def compiler_unavailable(backend: str, device: torch.device) -> str | None:
     """Why ``torch.compile`` with ``backend`` cannot run on ``device`` here, or None when it can.
 
     Cheap checks only (no compilation): a Python version dynamo does not support; for inductor,
-    a C++ compiler on the CPU and Triton on a GPU. Raises :class:`ConfigError` for a backend name
+    a C++ compiler and Python's headers on the CPU, Triton on a GPU. A compiler that is present
+    but fails on the generated code still fails at the first step, with torch's own error. Raises :class:`ConfigError` for a backend name
     torch does not know.
     """
     import torch
@@ -88,6 +91,9 @@ def compiler_unavailable(backend: str, device: torch.device) -> str | None:
             cpp_builder.get_cpp_compiler()
         except Exception as exc:  # InvalidCxxCompiler, or an OS error running a broken one
             return f"inductor needs a C++ compiler on the CPU ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+        if not headers.is_file():  # its generated C++ modules include it (slim images often lack it)
+            return f"inductor needs Python's C headers on the CPU ({headers} is missing; install python3-dev)"
         return None
     from torch.utils._triton import has_triton
 

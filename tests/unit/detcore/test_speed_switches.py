@@ -164,6 +164,18 @@ def test_compile_without_a_cpp_compiler_says_so_once_and_trains_eagerly(
     assert model.backbone._compiled_call_impl is None
 
 
+def test_compile_without_python_headers_says_so_and_trains_eagerly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import sysconfig
+
+    paths = {**sysconfig.get_paths(), "include": str(tmp_path)}  # an include folder without Python.h
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: paths)
+    model = build_detector(_model_cfg())
+    with caplog.at_level(logging.WARNING):
+        assert compile_backbone(model, {"mode": "max-autotune"}, torch.device("cpu")) is False
+    assert f"inductor needs Python's C headers on the CPU ({tmp_path}/Python.h is missing" in caplog.text
+
+
 def test_trainer_trains_with_every_switch_and_saves_plain_checkpoints(tmp_path: Path) -> None:
     cfg = load_config(SHAPES, ["runner.max_iters=2", *FAST, "model.channels_last=true", "optimizer.foreach=true",
                                "+compile.backend=detcore_test_counter"])
