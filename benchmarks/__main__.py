@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, metavar="N",
                    help="interleaved pairs (repeats) for train_throughput and scaling (default: 5, --quick: 1)")
     p.add_argument("--case", nargs="+", metavar="KEY", choices=CASE_KEYS,
-                   help=f"train_throughput: only these cases ({', '.join(CASE_KEYS)}; the last two, detcore with "
-                        f"torchvision's RoIAlign backward, only when named)")
+                   help=f"train_throughput: only these cases ({', '.join(CASE_KEYS)}; the ablations after "
+                        f"cascade, detcore with one switch turned, only when named)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary work dirs (logs of every run)")
     p.add_argument("--gpu", action="store_true", help="run the GPU check (benchmarks/gpu_check.py, docs/gpu_check.md) "
                                                       "instead, on a GPU node: 5-8 minutes on one")

@@ -19,16 +19,25 @@ weights_backbone=None, num_classes=4)`` against ``benchmarks/configs/faster_rcnn
 (checked here to have the same parameters, name by name and shape by shape).
 
 detcore trains with its defaults, which include what a plain loop does not do (the R-CNNs' sparse
-RoIAlign backward on the CPU, :mod:`detcore.models.roi_align`). The ablation cases
-``shapes_tv_roi_align`` and ``mobilenet_tv_roi_align`` (only when named with ``--case``) train
-detcore with torchvision's RoIAlign backward instead: the trainer alone against the loop.
+RoIAlign backward on the CPU, :mod:`detcore.models.roi_align`). The ablation cases (only when
+named with ``--case``) are the shapes and MobileNet cases with one switch turned (:data:`SWITCHES`),
+each against the same plain loop:
+
+* ``shapes_tv_roi_align``, ``mobilenet_tv_roi_align``: torchvision's RoIAlign backward instead of
+  detcore's sparse one (the trainer alone against the loop);
+* ``*_foreach``, ``*_fused``: the optimizer's multi-tensor or fused update (``optimizer.foreach``,
+  ``optimizer.fused``);
+* ``*_channels_last``: ``model.channels_last: true``;
+* ``*_compile``: ``compile: true`` (backbone and neck through ``torch.compile``; compilation falls
+  in the warm-up iterations, and its cost shows in ``details.<case>.detcore_first_window_s``);
+* ``*_all``: compile, channels-last and the fused optimizer together.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from benchmarks import jobs
@@ -53,8 +62,18 @@ class Case:
     goal: float = 1.0    # detcore images/s over the plain loop's
 
 
-ABLATIONS = ("shapes_tv_roi_align", "mobilenet_tv_roi_align")  # run only when named with --case
-TORCHVISION_ROI_ALIGN = "+model.roi_head.roi_align_backward=torchvision"
+# Ablations: suffix -> (what the label says, detcore-side overrides); each makes shapes_<suffix> and
+# mobilenet_<suffix>, run only when named with --case
+SWITCHES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tv_roi_align": ("torchvision's RoIAlign backward", ("+model.roi_head.roi_align_backward=torchvision",)),
+    "foreach": ("optimizer.foreach", ("optimizer.foreach=true",)),
+    "fused": ("optimizer.fused", ("optimizer.fused=true",)),
+    "channels_last": ("model.channels_last", ("model.channels_last=true",)),
+    "compile": ("compile (backbone + neck)", ("compile=true",)),
+    "all": ("compile + channels_last + fused optimizer", ("compile=true", "model.channels_last=true",
+                                                          "optimizer.fused=true")),
+}
+ABLATIONS = tuple(f"{base}_{suffix}" for suffix in SWITCHES for base in ("shapes", "mobilenet"))
 
 
 def cases(ctx: Context) -> list[Case]:
@@ -69,7 +88,7 @@ def all_cases(ctx: Context) -> list[Case]:
     tiny = {"warmup": ctx.pick(5, 20), "iters": ctx.pick(25, 120), "log_interval": ctx.pick(5, 10)}
     mobile = {"input_size": ctx.pick(128, 320), "warmup": ctx.pick(3, 5), "iters": ctx.pick(9, 30),
               "log_interval": ctx.pick(3, 5)}
-    return [
+    main = [
         Case("shapes", "shapes tiny Faster R-CNN", jobs.SHAPES_CONFIG, "config", batch=4, input_size=None, goal=BEAT,
              **tiny),
         Case("mobilenet", "fasterrcnn_mobilenet_v3_large_320_fpn", jobs.MOBILENET_CONFIG, "mobilenet", batch=2,
@@ -82,11 +101,12 @@ def all_cases(ctx: Context) -> list[Case]:
              batch=4, input_size=None, **family),
         Case("cascade", "shapes tiny Cascade R-CNN", shapes / "cascade_rcnn_tiny_shapes.yaml", "config", batch=4,
              input_size=None, **family),
-        Case("shapes_tv_roi_align", "shapes tiny Faster R-CNN, torchvision's RoIAlign backward", jobs.SHAPES_CONFIG,
-             "config", batch=4, input_size=None, extra=(TORCHVISION_ROI_ALIGN,), **tiny),
-        Case("mobilenet_tv_roi_align", "fasterrcnn_mobilenet_v3_large_320_fpn, torchvision's RoIAlign backward",
-             jobs.MOBILENET_CONFIG, "mobilenet", batch=2, extra=(TORCHVISION_ROI_ALIGN,), **mobile),
     ]
+    # a speed switch aims at the base case's goal; torchvision's RoIAlign (the trainer alone) at matching the loop
+    ablations = [replace(base, key=f"{base.key}_{suffix}", label=f"{base.label}, {what}", extra=extra,
+                         goal=1.0 if suffix == "tv_roi_align" else base.goal)
+                 for suffix, (what, extra) in SWITCHES.items() for base in main[:2]]
+    return main + ablations
 
 
 CASE_KEYS = ("shapes", "mobilenet", "mask", "retinanet", "fcos", "cascade", *ABLATIONS)  # --case choices
@@ -117,11 +137,14 @@ def _overrides(case: Case, workers: int) -> list[str]:
     return out
 
 
-def run_detcore(ctx: Context, case: Case, threads: int, workers: int, timeout: float) -> jobs.Throughput:
+def run_detcore(ctx: Context, case: Case, threads: int, workers: int, timeout: float) -> tuple[jobs.Throughput, float]:
+    """The run's throughput, and the wall time of its first ``log_interval`` iterations (data + step:
+    with ``compile`` on, the compilation)."""
     work = ctx.workdir(f"train_{case.key}_detcore")
     cmd = [sys.executable, *jobs.detcore_train_args(case.config, work / "run", [*_overrides(case, workers), *case.extra])]
     jobs.run(cmd, work / "stdout.log", jobs.bench_env(threads), timeout, f"detcore train ({case.label})")
-    return jobs.detcore_throughput(work / "run", case.warmup, case.iters, case.batch)
+    first = min(jobs.read_metrics(work / "run"), key=lambda r: r["iter"])
+    return jobs.detcore_throughput(work / "run", case.warmup, case.iters, case.batch), first["iter"] * first["iter_time"]
 
 
 def run_plain(ctx: Context, case: Case, threads: int, workers: int, timeout: float) -> tuple[float, float]:
@@ -154,13 +177,14 @@ def run(ctx: Context) -> Result:
     details: dict = {}
     for case in cases(ctx):
         same = same_architecture(case)
-        ours_wall, ours_step, data_share, plain_wall, plain_step = [], [], [], [], []
+        ours_wall, ours_step, data_share, plain_wall, plain_step, first_window = [], [], [], [], [], []
         for r in range(repeats):
             order = ("detcore", "plain") if r % 2 == 0 else ("plain", "detcore")
             for side in order:
                 log(f"train_throughput: {case.label} {side} run {r + 1}/{repeats}")
                 if side == "detcore":
-                    t = run_detcore(ctx, case, threads, workers, timeout)
+                    t, first = run_detcore(ctx, case, threads, workers, timeout)
+                    first_window.append(first)
                     ours_wall.append(t.wall)
                     ours_step.append(t.iter_time)
                     data_share.append(t.data_share)
@@ -177,6 +201,7 @@ def run(ctx: Context) -> Result:
                      note="metrics.jsonl iter_time vs the loop's own data+step time; excludes hooks"),
         ]
         details[case.key] = {"same_architecture_as_torchvision": same, "detcore_data_time_share": data_share,
+                             "detcore_first_window_s": first_window, "switches": list(case.extra),
                              "batch": case.batch, "input_size": case.input_size, "warmup": case.warmup,
                              "iters": case.iters, "log_interval": case.log_interval}
         if case.key == "shapes":

@@ -30,7 +30,8 @@ RESERVED_KEY = "filename"  # set by load_config to the top file's path
 MAX_TREE_FILES = 256  # files one config may load through _base_ (repeats counted)
 # Keys detcore reads when present that a config need not spell out: overrides may set them without
 # a '+', as MMDetection users type them (--cfg-options data.test.samples_per_gpu=2).
-OPTIONAL_KEYS = re.compile(r"data\.(train|val|test)\.(samples_per_gpu|workers_per_gpu)|data\.test_samples_per_gpu|amp")
+OPTIONAL_KEYS = re.compile(r"data\.(train|val|test)\.(samples_per_gpu|workers_per_gpu)|data\.test_samples_per_gpu|amp"
+                           r"|compile|model\.channels_last|optimizer\.(foreach|fused)")
 
 
 @dataclass

@@ -134,6 +134,26 @@ def boolean(key: str, value: Any) -> str | None:
     return None if isinstance(value, bool) else f"{key} must be true or false, got {value!r:.100}"
 
 
+def optional_boolean(key: str, value: Any) -> str | None:
+    return None if value is None or isinstance(value, bool) else f"{key} must be true, false or null, got {value!r:.100}"
+
+
+FOREACH_AND_FUSED = ("optimizer.foreach and optimizer.fused are both true; torch runs one or the other: "
+                     "set one of them to false")
+
+
+def compile_setting(key: str, value: Any) -> str | None:
+    """The ``compile:`` section (:func:`detcore.engine.compile_backbone.compile_settings` reads it)."""
+    from detcore.engine.compile_backbone import compile_settings
+    from detcore.errors import ConfigError
+
+    try:
+        compile_settings(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 THRESHOLD = number(0, 1, what="a number in [0, 1]")
 FRACTION = number(0, 1, above_low=True, what="a number in (0, 1]")
 SIDE = integer(1, MAX_IMAGE_SIDE, "pixels per image side")
@@ -175,6 +195,7 @@ CHECKS: tuple[Check, ...] = (
     Check("data.workers_per_gpu", integer(0, MAX_WORKERS_PER_GPU, "DataLoader processes per GPU")),
     Check("data.*.workers_per_gpu", integer(0, MAX_WORKERS_PER_GPU, "DataLoader processes per GPU")),
     Check("amp", boolean),
+    Check("compile", compile_setting),
     Check("data.*.max_boxes_per_image", integer(1), DATASETS),
     *(Check(f"data.*.{k}", boolean, DATASETS) for k in ("skip_degenerate_boxes", "with_mask", "test_mode",
                                                         "filter_empty_gt")),
@@ -186,6 +207,7 @@ CHECKS: tuple[Check, ...] = (
           of_type=RESIZE),
     # --- model: classes, input size, anchors
     Check("model.num_classes", integer(1, MAX_CLASSES, "foreground classes; LVIS has 1203")),
+    Check("model.channels_last", boolean),
     Check("model.min_size", SIDES),
     Check("model.max_size", SIDE),
     Check("model.image_mean", UNIT_MEAN),
@@ -225,6 +247,7 @@ CHECKS: tuple[Check, ...] = (
     *(Check(k, number(0, optional=True)) for k in ("optimizer.weight_decay", "optimizer.eps", "lr_config.gamma",
                                                     "lr_config.min_lr_ratio")),
     Check("optimizer.momentum", number(0, 1, optional=True)),
+    *(Check(f"optimizer.{k}", optional_boolean) for k in ("foreach", "fused")),
     Check("lr_config.warmup_ratio", number(0, 1, optional=True)),
     Check("optimizer.betas", items(number(0, 1, below_high=True), least=2, most=2,
                                    what="two numbers in [0, 1), e.g. [0.9, 0.999]")),
@@ -275,4 +298,7 @@ def value_problems(cfg: Mapping[str, Any]) -> list[str]:
             if problem:
                 problems.append(problem)
     problems += _iou_pair_problems(cfg)
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, Mapping) and optimizer.get("foreach") is True and optimizer.get("fused") is True:
+        problems.append(FOREACH_AND_FUSED)
     return problems

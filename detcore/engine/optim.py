@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from detcore.config_values import FOREACH_AND_FUSED
 from detcore.errors import ConfigError
 from detcore.registry import LR_SCHEDULES, OPTIMIZERS
 
@@ -20,11 +21,24 @@ OPTIMIZERS.add(torch.optim.Adam, "Adam")
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """``optimizer: {type: SGD, lr: 0.02, momentum: 0.9, weight_decay: 1e-4}``; frozen params are left out."""
+    """``optimizer: {type: SGD, lr: 0.02, momentum: 0.9, weight_decay: 1e-4}``; frozen params are left out.
+
+    Every other key goes to the optimizer's constructor, torch's ``foreach: true`` (one multi-tensor
+    update over all parameters; torch's default only on GPUs) and ``fused: true`` (one fused kernel;
+    SGD, Adam and AdamW, on the CPU and GPUs) among them.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("the model has no trainable parameters; check model.backbone.trainable_layers")
-    return OPTIMIZERS.build(cfg, params=params)
+    if cfg.get("foreach") and cfg.get("fused"):
+        raise ConfigError(FOREACH_AND_FUSED)
+    try:
+        return OPTIMIZERS.build(cfg, params=params)
+    except RuntimeError as exc:  # torch's refusals of fused/foreach for these parameters or this device
+        if not ({"fused", "foreach"} & set(cfg)):
+            raise
+        raise ConfigError(f"optimizer {cfg.get('type')!r} with fused={cfg.get('fused')!r}, "
+                          f"foreach={cfg.get('foreach')!r}: {exc}; remove optimizer.fused/foreach") from exc
 
 
 @LR_SCHEDULES.register("step")

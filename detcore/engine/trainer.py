@@ -23,6 +23,7 @@ from detcore.config import dump_config
 from detcore.config_check import ConfigProblems, training_problems
 from detcore.contract import EXIT_STOPPED, WorkDir
 from detcore.engine import hooks as H
+from detcore.engine.compile_backbone import compile_backbone
 from detcore.engine.dist import DistInfo, all_reduce_max, all_reduce_mean_async, barrier, ddp_options, init_distributed
 from detcore.engine.heartbeat import Heartbeat, beating
 from detcore.engine.malloc import keep_freed_memory
@@ -105,6 +106,9 @@ class Trainer:
                            self.dist.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.grad_clip = (self.cfg.get("optimizer_config") or {}).get("grad_clip")
+        # optimizer.foreach: true clips with torch's multi-tensor norm as well (None: torch's choice per device)
+        self.clip_foreach = True if (self.cfg.get("optimizer") or {}).get("foreach") else None
+        self.compiled = compile_backbone(self.model, self.cfg.get("compile"), self.dist.device)
         if self.dist.distributed:
             self.model = DistributedDataParallel(
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None,
@@ -201,7 +205,7 @@ class Trainer:
                                 f"enable optimizer_config.grad_clip (the last good checkpoint is kept)")
         if self.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), **{"foreach": self.clip_foreach, **self.grad_clip})
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iter += 1

@@ -25,6 +25,7 @@ from detcore.errors import ConfigError
 from detcore.evaluation.metrics import MASK_OPTIONS
 from detcore.registry import BACKBONES, DETECTORS, HEADS
 from detcore.models import heads as _heads  # noqa: F401  (registers the heads with a norm by name)
+from detcore.models.memory_format import to_channels_last
 from detcore.models.necks import BackboneWithNeck, attach_neck
 from detcore.models.roi_align import build_roi_pool
 
@@ -233,12 +234,20 @@ def build_detector(model_cfg: Mapping[str, Any], *, backbone_weights: bool = Tru
 
     ``backbone_weights=False`` leaves ``model.backbone.weights`` unread, for a caller that loads a whole
     checkpoint next (inference, testing, resuming, ``load_from``), as MMDetection's ``init_detector`` does.
+    ``channels_last: true`` in ``model_cfg`` returns the model in channels-last memory format
+    (:mod:`detcore.models.memory_format`), for every detector type.
     """
     if not isinstance(model_cfg, Mapping):
         raise ConfigError(f"model must be a mapping with a type, got {model_cfg!r}")
+    channels_last = model_cfg.get("channels_last", False)
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"model.channels_last must be true or false, got {channels_last!r}")
+    model_cfg = {k: v for k, v in model_cfg.items() if k != "channels_last"}
     if not backbone_weights and isinstance(model_cfg.get("backbone"), Mapping) and "weights" in model_cfg["backbone"]:
         model_cfg = {**model_cfg, "backbone": {**model_cfg["backbone"], "weights": None}}
     model = DETECTORS.build(model_cfg)
+    if channels_last:
+        to_channels_last(model)
     model.arch = model_cfg.get("type")
     model.weights_records = [m.weights_record for m in model.modules() if getattr(m, "weights_record", None)]
     return model
