@@ -269,3 +269,23 @@ def test_results_to_coco_maps_selected_classes_and_needs_img_shape(tmp_path):
 
 def test_gather_predictions_without_distributed_dedupes_and_sorts():
     assert gather_predictions([(3, "c"), (1, "a"), (3, "x"), (2, "b")]) == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_mask_rles_are_each_kept_masks_rle_at_the_original_size():
+    """Masks are encoded a chunk at a time (no copy of every full-size mask): each kept mask's RLE
+    is pycocotools' RLE of that mask, resized to the original size and thresholded at 0.5, across
+    chunk boundaries; masks not kept are not encoded."""
+    from detcore.evaluation.predictions import _encode_masks
+
+    masks = torch.rand(37, 1, 24, 40, generator=torch.Generator().manual_seed(0))
+    keep = [k for k in range(37) if k % 5]
+    for orig in ((24, 40), (30, 52)):
+        expected = []
+        for k in keep:
+            mask = masks[k:k + 1]
+            if orig != (24, 40):
+                mask = torch.nn.functional.interpolate(mask, size=orig, mode="bilinear", align_corners=False)
+            rle = mask_utils.encode(np.asfortranarray((mask[0, 0] >= 0.5).numpy().astype(np.uint8)))
+            expected.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+        assert _encode_masks(masks, keep, orig, chunk_size=8) == expected
+    assert _encode_masks(masks, [], (24, 40)) == []
