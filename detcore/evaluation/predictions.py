@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools import mask as mask_utils
@@ -35,20 +36,25 @@ def _sizes(image_id: int, output: Mapping[str, Any], dataset: Any) -> tuple[tupl
 def _encode_masks(masks: torch.Tensor, keep: list[int], orig: tuple[int, int], chunk_size: int = 16) -> list[dict]:
     """RLEs of ``masks[keep]`` ([N, 1, H, W] probabilities) at the original size (bilinear resize, then >= 0.5).
 
-    ``keep`` is taken ``chunk_size`` masks at a time, so no copy of all N full-size masks is made
-    (100 masks at 800x1333 are 400 MB). Each chunk is thresholded into a transposed uint8 copy,
-    whose numpy view ``[H, W, n]`` is Fortran-ordered: one ``encode`` call per chunk, with no
-    per-mask ``asfortranarray`` copy."""
+    Masks already at the original size (torchvision pastes them there) are thresholded in one
+    pass, and only the kept ones are copied, as bytes, for ``encode``: no float copy of every
+    full-size mask (100 masks at 800x1333 are 400 MB). Masks to resize go ``chunk_size`` at a time."""
+    if tuple(masks.shape[-2:]) == orig:
+        binary = (masks[:, 0] >= 0.5).numpy().view(np.uint8)
+        return [_rle(binary[k]) for k in keep]
     rles = []
     for start in range(0, len(keep), chunk_size):
         chunk = masks[keep[start:start + chunk_size]].float()
-        if tuple(chunk.shape[-2:]) != orig:
-            chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
-        binary = (chunk[:, 0].transpose(1, 2) >= 0.5).to(torch.uint8).contiguous()  # [n, W, H]
-        for rle in mask_utils.encode(binary.numpy().transpose(2, 1, 0)):
-            rle["counts"] = rle["counts"].decode("ascii")
-            rles.append(rle)
+        chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
+        rles += [_rle(m) for m in (chunk[:, 0] >= 0.5).numpy().view(np.uint8)]
     return rles
+
+
+def _rle(binary: np.ndarray) -> dict:
+    """The compressed RLE of one [H, W] uint8 mask, its counts as text (as a results file holds them)."""
+    rle = mask_utils.encode(np.asfortranarray(binary))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any,

@@ -272,9 +272,9 @@ def test_gather_predictions_without_distributed_dedupes_and_sorts():
 
 
 def test_mask_rles_are_each_kept_masks_rle_at_the_original_size():
-    """Masks are encoded a chunk at a time (no copy of every full-size mask): each kept mask's RLE
-    is pycocotools' RLE of that mask, resized to the original size and thresholded at 0.5, across
-    chunk boundaries; masks not kept are not encoded."""
+    """Each kept mask's RLE is pycocotools' RLE of that mask, resized to the original size (in
+    chunks) and thresholded at 0.5, or thresholded as it is when already at that size; masks not
+    kept are not encoded."""
     from detcore.evaluation.predictions import _encode_masks
 
     masks = torch.rand(37, 1, 24, 40, generator=torch.Generator().manual_seed(0))
@@ -288,4 +288,4 @@ def test_mask_rles_are_each_kept_masks_rle_at_the_original_size():
             rle = mask_utils.encode(np.asfortranarray((mask[0, 0] >= 0.5).numpy().astype(np.uint8)))
             expected.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
         assert _encode_masks(masks, keep, orig, chunk_size=8) == expected
-    assert _encode_masks(masks, [], (24, 40)) == []
+    assert _encode_masks(masks, [], (24, 40)) == [] == _encode_masks(masks, [], (30, 52))
