@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,28 +153,48 @@ class ProcessRun:
     cpu_s: float = 0.0
 
 
+# Runs the command as its own child and reports that child's wall time, peak RSS and CPU time. A
+# process spawned straight from the benchmark would report at least the benchmark's own RSS (700 MB
+# with torch imported): Linux carries the pre-exec memory's high-water mark into ru_maxrss across
+# exec, and a (v)forked child starts with its parent's memory. This small process forks it instead.
+_MEASURE = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    json.dump({"seconds": seconds, "peak_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def timed_process(cmd: list[str], timeout: float, what: str, parse: Callable[[str], dict],
                   env: dict | None = None) -> ProcessRun:
-    """Run ``cmd`` from the repository root; its wall time and its own peak RSS (``ru_maxrss`` from
-    ``wait4`` on its pid: that process alone, not the caller's other children). JobFailed on a
-    non-zero exit or after ``timeout`` seconds (the process is killed)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env or jobs.bench_env(), cwd=str(jobs.REPO_ROOT))
-        killer = threading.Timer(timeout, proc.kill)  # after wait4 reaped it, Popen.kill sends nothing
-        killer.start()
+    """Run ``cmd`` (``cmd[0]`` a path) from the repository root as a fresh process; its wall time from
+    spawn to exit, its own peak RSS (``ru_maxrss`` from ``wait4``) and CPU time, and ``parse(stdout)``.
+    JobFailed on a non-zero exit, or after ``timeout`` seconds (its process group is killed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures.json"
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEASURE, str(figures), *cmd], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or jobs.bench_env(),
+                                cwd=str(jobs.REPO_ROOT), start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        elapsed = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        why = f"timed out after {timeout:.0f} s" if elapsed >= timeout else f"exited {proc.returncode}"
-        raise jobs.JobFailed(f"{what} {why}: {stderr.strip()[-800:]}")
-    return ProcessRun(elapsed, usage.ru_maxrss / 1024, parse(stdout), usage.ru_utime + usage.ru_stime)
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise jobs.JobFailed(f"{what} timed out after {timeout:.0f} s") from None
+        if proc.returncode != 0:
+            raise jobs.JobFailed(f"{what} exited {proc.returncode}: {stderr.strip()[-800:]}")
+        got = json.loads(figures.read_text())
+    return ProcessRun(got["seconds"], got["peak_kib"] / 1024, parse(stdout), got["cpu_s"])
 
 
 def _differences(stats: dict, reference: dict) -> dict:

@@ -127,7 +127,7 @@ def write_case(root: Path, images: int) -> tuple[Path, Path]:
 
 
 def end_to_end_part(ctx: Context) -> tuple[list[Row], dict, dict]:
-    images, repeats = ctx.pick((2, 1), (4, 2))
+    images, repeats = ctx.pick((1, 1), (4, 2))
     root = ctx.workdir("mask_eval_e2e")
     log(f"mask eval: {images} generated 800x1333 images, tiny Mask R-CNN, 100 detections each")
     config, checkpoint = write_case(root, images)
