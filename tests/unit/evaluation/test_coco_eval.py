@@ -289,3 +289,13 @@ def test_mask_rles_are_each_kept_masks_rle_at_the_original_size():
             expected.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
         assert _encode_masks(masks, keep, orig, chunk_size=8) == expected
     assert _encode_masks(masks, [], (24, 40)) == [] == _encode_masks(masks, [], (30, 52))
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_metrics_sharing_one_results_set_equal_each_alone(gt_file, results_file, backend):
+    """One loaded results set serves every metric: in either order, each metric's numbers are
+    those of evaluating it alone (segm first turns the ground-truth polygons into RLEs)."""
+    alone = {m: evaluate_coco(str(gt_file), str(results_file), metrics=[m], backend=backend) for m in ("bbox", "segm")}
+    for order in (["segm", "bbox"], ["bbox", "segm"]):
+        together = evaluate_coco(str(gt_file), str(results_file), metrics=order, backend=backend)
+        assert together == {**alone["bbox"], **alone["segm"]}
