@@ -266,20 +266,24 @@ def pycocotools_main(gt: str, dt: str, metrics: Sequence[str] = ("bbox",)) -> in
     import io
 
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
-    out = {}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt)
         coco_dt = coco_gt.loadRes(dt)
-        for metric in metrics:
-            ev = COCOeval(coco_gt, coco_dt, metric)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            out[metric] = {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}
+        out = {metric: cocoeval_stats(coco_gt, coco_dt, metric) for metric in metrics}
     print(json.dumps(out))
     return 0
+
+
+def cocoeval_stats(coco_gt, coco_dt, metric: str) -> dict[str, float]:
+    """pycocotools' ``COCOeval`` of ``metric``: evaluate, accumulate, summarize; the 12 stats by name."""
+    from pycocotools.cocoeval import COCOeval
+
+    ev = COCOeval(coco_gt, coco_dt, metric)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}
 
 
 if __name__ == "__main__":

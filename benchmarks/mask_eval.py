@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks import jobs
-from benchmarks.evaluation import (GOAL, METRIC_KEYS, ProcessRun, _identical_row, faster_available, generate,
-                                   run_detcore, run_pycocotools, timed_process)
+from benchmarks.evaluation import (GOAL, METRIC_KEYS, ProcessRun, _identical_row, cocoeval_stats, faster_available,
+                                   generate, run_detcore, run_pycocotools, timed_process)
 from benchmarks.harness import REPO_ROOT, Context, Result, Row, compared, log, measured, not_available
 from benchmarks.mask_eval_memory import generate as generate_images
 
@@ -147,8 +147,9 @@ def end_to_end_part(ctx: Context) -> tuple[list[Row], dict, dict]:
             compared("  its peak RSS", [r.peak_mib for r in ours], [p.peak_mib for p in plain], "MiB", GOAL,
                      note="ru_maxrss of the process; ratio vs the plain loop"),
             measured("plain torchvision loop (references/detection evaluate)", [p.seconds for p in plain], "s",
-                     note=f"peak RSS {plain[0].peak_mib:.0f} MiB; numbers "
-                          + ("identical to detcore's" if not diffs else f"differ from detcore's: {diffs}"))]
+                     note=f"peak RSS {plain[0].peak_mib:.0f} MiB; segm AP {plain[0].stats['segm']['AP']:.4f} "
+                          f"(untrained), numbers " + ("identical to detcore's" if not diffs
+                                                      else f"differ from detcore's: {diffs}"))]
     settings = {"images": images, "size": [800, 1333], "detections_per_image": 100, "repeats": repeats,
                 "model": MODEL_OPTIONS}
     return rows, settings, {side: [vars(r) for r in rs] for side, rs in runs.items()}
@@ -173,7 +174,6 @@ def plain_main(config: str, checkpoint: str) -> int:
     from PIL import Image
     from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
     from torchvision.transforms.v2 import functional as F
 
     from detcore.config import load_config
@@ -201,14 +201,8 @@ def plain_main(config: str, checkpoint: str) -> int:
                 results["bbox"].append({"image_id": image_id, "category_id": label, "bbox": box, "score": score})
                 results["segm"].append({"image_id": image_id, "category_id": label, "segmentation": rle,
                                         "score": score})
-    out = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        for metric in METRICS:
-            ev = COCOeval(coco, coco.loadRes(results[metric]), metric)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            out[metric] = {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}
+        out = {metric: cocoeval_stats(coco, coco.loadRes(results[metric]), metric) for metric in METRICS}
     print(json.dumps(out))
     return 0
 
