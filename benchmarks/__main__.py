@@ -39,6 +39,7 @@ BENCHMARKS = {
     "bookkeeping": "benchmarks.bookkeeping",
     "memory": "benchmarks.memory",
     "mask_eval_memory": "benchmarks.mask_eval_memory",
+    "mask_eval": "benchmarks.mask_eval",
     "cli_startup": "benchmarks.cli_startup",
     "short_job": "benchmarks.short_job",
 }

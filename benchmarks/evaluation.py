@@ -20,10 +20,15 @@ its cost, which a larger results file amortises.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from benchmarks import jobs
 from benchmarks.harness import Context, Goal, Result, Row, compared, log, measured, not_available
@@ -33,10 +38,32 @@ GOAL = Goal("ratio", "<=", 1.05)
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 NUM_CATEGORIES = 80
 WIDTH, HEIGHT = 640, 480
+CORNER_CUT = 0.25  # the masks of generate(masks=True): octagons in the boxes
 
 
-def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``gt.json`` and ``dt.json``; the same bytes for the same arguments."""
+def octagon(box: Sequence[float], cut: float = CORNER_CUT) -> list[float]:
+    """The polygon ``[x1, y1, x2, y2, ...]`` of box ``[x, y, w, h]`` with its corners cut at ``cut`` of each
+    side (a shape whose mask IoU differs from its box IoU); its area is ``w * h * (1 - 2 * cut ** 2)``."""
+    x, y, w, h = box
+    a, b = cut * w, cut * h
+    return [x + a, y, x + w - a, y, x + w, y + b, x + w, y + h - b, x + w - a, y + h, x + a, y + h, x, y + h - b,
+            x, y + b]
+
+
+def _rles(boxes: Sequence[Sequence[float]]) -> list[dict]:
+    """Compressed RLEs (``counts`` as text, as a results file holds them) of the boxes' octagons."""
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.frPyObjects([octagon(b) for b in boxes], HEIGHT, WIDTH) if len(boxes) else []
+    return [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def generate(out_dir: Path, images: int, dets: int, seed: int = 0, masks: bool = False) -> tuple[Path, Path]:
+    """Write ``gt.json`` and ``dt.json``; the same bytes for the same arguments.
+
+    ``masks``: every object also gets an octagon polygon (``segmentation``, mask ``area``) and every
+    detection the RLE of its box's octagon, as a Mask R-CNN's results file holds them; the boxes
+    are the same as without."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -51,9 +78,13 @@ def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path
         labels = rng.integers(1, NUM_CATEGORIES + 1, size=n)
         for (x, y), (w, h), c in zip(xy, side, labels):
             ann_id += 1
-            anns.append({"id": ann_id, "image_id": image_id, "category_id": int(c), "iscrowd": 0,
-                         "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2), round(float(h), 2)],
-                         "area": round(float(w * h), 2)})
+            box = [round(float(x), 2), round(float(y), 2), round(float(w), 2), round(float(h), 2)]
+            ann = {"id": ann_id, "image_id": image_id, "category_id": int(c), "iscrowd": 0, "bbox": box,
+                   "area": round(float(w * h), 2)}
+            if masks:
+                ann["segmentation"] = [[round(v, 2) for v in octagon(box)]]
+                ann["area"] = round(float(w * h) * (1 - 2 * CORNER_CUT ** 2), 2)
+            anns.append(ann)
         # detections: jittered ground truth (a few per object), the rest random
         k = min(dets, 3 * n)
         src = rng.integers(0, n, size=k)
@@ -67,8 +98,11 @@ def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path
         det_labels = np.concatenate([det_labels, rng.integers(1, NUM_CATEGORIES + 1, size=r)])
         boxes[:, 2:] = np.maximum(boxes[:, 2:], 1.0)
         scores = np.concatenate([rng.uniform(0.3, 1.0, size=k), rng.uniform(0.0, 0.6, size=r)])
-        for b, c, s in zip(boxes.round(2).tolist(), det_labels.tolist(), scores.round(4).tolist()):
-            results.append({"image_id": image_id, "category_id": c, "bbox": b, "score": s})
+        boxes = boxes.round(2).tolist()
+        rles = _rles(boxes) if masks else [None] * len(boxes)
+        for b, c, s, rle in zip(boxes, det_labels.tolist(), scores.round(4).tolist(), rles):
+            results.append({"image_id": image_id, "category_id": c, "bbox": b, "score": s,
+                            **({"segmentation": rle} if rle else {})})
     out_dir.mkdir(parents=True, exist_ok=True)
     gt, dt = out_dir / "gt.json", out_dir / "dt.json"
     gt.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
@@ -76,10 +110,12 @@ def generate(out_dir: Path, images: int, dets: int, seed: int = 0) -> tuple[Path
     return gt, dt
 
 
-def run_detcore(gt: Path, dt: Path, timeout: float, backend: str = "pycocotools") -> tuple[float, dict]:
+def run_detcore(gt: Path, dt: Path, timeout: float, backend: str = "pycocotools",
+                metrics: Sequence[str] = ("bbox",)) -> ProcessRun:
+    """``detcore eval --json`` as a fresh process; ``stats``: ``{metric: {AP, ...}}``."""
     cmd = [sys.executable, "-m", "detcore.tools.cli", "--log-level", "WARNING", "eval", "--ann", str(gt),
-           "--results", str(dt), "--metric", "bbox", "--json", "--backend", backend]
-    return _timed(cmd, timeout, f"detcore eval --backend {backend}", lambda out: json.loads(out)["bbox"])
+           "--results", str(dt), "--metric", *metrics, "--json", "--backend", backend]
+    return timed_process(cmd, timeout, f"detcore eval --backend {backend}", json.loads)
 
 
 def faster_available() -> str | None:
@@ -94,25 +130,71 @@ def faster_available() -> str | None:
     return None
 
 
-def run_pycocotools(gt: Path, dt: Path, timeout: float) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "benchmarks.evaluation", "pycocotools", str(gt), str(dt)]
-    return _timed(cmd, timeout, "pycocotools", json.loads)
+def run_pycocotools(gt: Path, dt: Path, timeout: float, metrics: Sequence[str] = ("bbox",)) -> ProcessRun:
+    """The baseline (:func:`pycocotools_main`) as a fresh process; ``stats``: ``{metric: {AP, ...}}``."""
+    cmd = [sys.executable, "-m", "benchmarks.evaluation", "pycocotools", str(gt), str(dt), *metrics]
+    return timed_process(cmd, timeout, "pycocotools", json.loads)
 
 
 def import_time(timeout: float) -> float:
     """Wall time of a process that only imports what ``detcore eval`` imports (the CLI's fixed cost)."""
     cmd = [sys.executable, "-c", "import detcore.tools.eval_tool"]
-    return _timed(cmd, timeout, "import detcore.tools.eval_tool", lambda out: {})[0]
+    return timed_process(cmd, timeout, "import detcore.tools.eval_tool", lambda out: {}).seconds
 
 
-def _timed(cmd: list[str], timeout: float, what: str, parse) -> tuple[float, dict]:
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=jobs.bench_env(), cwd=str(jobs.REPO_ROOT),
-                         timeout=timeout)
-    elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise jobs.JobFailed(f"{what} exited {out.returncode}: {out.stderr.strip()[-800:]}")
-    return elapsed, parse(out.stdout)
+@dataclass(frozen=True)
+class ProcessRun:
+    """One fresh process: wall seconds from spawn to exit, its peak RSS, its CPU seconds (user +
+    system, less sensitive to other load than the wall time), what its stdout said."""
+
+    seconds: float
+    peak_mib: float
+    stats: dict
+    cpu_s: float = 0.0
+
+
+# Runs the command as its own child and reports that child's wall time, peak RSS and CPU time. A
+# process spawned straight from the benchmark would report at least the benchmark's own RSS (700 MB
+# with torch imported): Linux carries the pre-exec memory's high-water mark into ru_maxrss across
+# exec, and a (v)forked child starts with its parent's memory. This small process forks it instead.
+_MEASURE = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - t0
+with open(sys.argv[1], "w") as f:
+    json.dump({"seconds": seconds, "peak_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}, f)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def timed_process(cmd: list[str], timeout: float, what: str, parse: Callable[[str], dict],
+                  env: dict | None = None) -> ProcessRun:
+    """Run ``cmd`` (``cmd[0]`` a path) from the repository root as a fresh process; its wall time from
+    spawn to exit, its own peak RSS (``ru_maxrss`` from ``wait4``) and CPU time, and ``parse(stdout)``.
+    JobFailed on a non-zero exit, or after ``timeout`` seconds (its process group is killed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = Path(tmp) / "figures.json"
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _MEASURE, str(figures), *cmd], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or jobs.bench_env(),
+                                cwd=str(jobs.REPO_ROOT), start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise jobs.JobFailed(f"{what} timed out after {timeout:.0f} s") from None
+        if proc.returncode != 0:
+            raise jobs.JobFailed(f"{what} exited {proc.returncode}: {stderr.strip()[-800:]}")
+        got = json.loads(figures.read_text())
+    return ProcessRun(got["seconds"], got["peak_kib"] / 1024, parse(stdout), got["cpu_s"])
 
 
 def _differences(stats: dict, reference: dict) -> dict:
@@ -136,10 +218,11 @@ def run(ctx: Context) -> Result:
         for side in sides[r % len(sides):] + sides[:r % len(sides)]:  # rotate the order between repeats
             log(f"evaluation: {side} run {r + 1}/{repeats}")
             if side == "pycocotools":
-                t, stats[side] = run_pycocotools(gt, dt, timeout)
+                got = run_pycocotools(gt, dt, timeout)
             else:
-                t, stats[side] = run_detcore(gt, dt, timeout, "faster-coco-eval" if side == "faster" else "pycocotools")
-            times[side].append(t)
+                got = run_detcore(gt, dt, timeout, "faster-coco-eval" if side == "faster" else "pycocotools")
+            times[side].append(got.seconds)
+            stats[side] = got.stats["bbox"]
         imports.append(import_time(timeout))
         for side in mismatches:
             diff = _differences(stats[side], stats["pycocotools"]) if side in stats else {}
@@ -176,27 +259,35 @@ def _identical_row(label: str, mismatches: list[dict], reference: dict) -> Row:
                else f"differ: {mismatches[0]}")
 
 
-def pycocotools_main(gt: str, dt: str) -> int:
-    """The baseline: pycocotools as its README shows it; prints the 12 stats as JSON."""
+def pycocotools_main(gt: str, dt: str, metrics: Sequence[str] = ("bbox",)) -> int:
+    """The baseline: pycocotools as its README shows it, one ``loadRes`` and a ``COCOeval`` per IoU
+    type; prints ``{metric: {the 12 stats}}`` as JSON."""
     import contextlib
     import io
 
     from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt)
         coco_dt = coco_gt.loadRes(dt)
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    print(json.dumps({k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}))
+        out = {metric: cocoeval_stats(coco_gt, coco_dt, metric) for metric in metrics}
+    print(json.dumps(out))
     return 0
 
 
+def cocoeval_stats(coco_gt, coco_dt, metric: str) -> dict[str, float]:
+    """pycocotools' ``COCOeval`` of ``metric``: evaluate, accumulate, summarize; the 12 stats by name."""
+    from pycocotools.cocoeval import COCOeval
+
+    ev = COCOeval(coco_gt, coco_dt, metric)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {k: float(v) for k, v in zip(METRIC_KEYS, ev.stats)}
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "pycocotools":
-        print("usage: python -m benchmarks.evaluation pycocotools GT.json DT.json", file=sys.stderr)
+    if len(sys.argv) < 4 or sys.argv[1] != "pycocotools" or not set(sys.argv[4:]) <= {"bbox", "segm"}:
+        print("usage: python -m benchmarks.evaluation pycocotools GT.json DT.json [bbox] [segm]", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(pycocotools_main(sys.argv[2], sys.argv[3]))
+    raise SystemExit(pycocotools_main(sys.argv[2], sys.argv[3], sys.argv[4:] or ["bbox"]))

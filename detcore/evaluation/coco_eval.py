@@ -133,17 +133,19 @@ def _categories(coco_gt: COCO, cat_ids: Sequence[int] | None, class_names: Seque
     return chosen
 
 
-def _coco_eval(coco_gt: COCO, results: list[dict], metric: str, backend: str) -> COCOeval:
-    """An un-run COCOeval for ``metric`` of ``backend`` over ``coco_gt`` and ``results``."""
+def _eval_sets(coco_gt: COCO, results: list[dict], backend: str) -> tuple[Any, Any, Any]:
+    """``(gt, results, COCOeval class)`` of ``backend``, built once and shared by every metric, as a
+    user does with one ``loadRes`` (COCOeval changes neither set in a way another metric sees: it
+    turns ground-truth polygons into RLEs and sets ``ignore`` flags)."""
     if backend == "pycocotools":
-        return COCOeval(coco_gt, _results_coco(coco_gt, results), iouType=metric)
+        return coco_gt, _results_coco(coco_gt, results), COCOeval
     from faster_coco_eval import COCO as FasterCOCO
     from faster_coco_eval import COCOeval_faster
 
     quiet = lambda *args, **kwargs: None  # noqa: E731  (its progress prints; the summary is logged below)
     fast_gt = FasterCOCO(coco_gt.dataset, print_function=quiet)
     fast_dt = fast_gt.loadRes(results) if results else FasterCOCO(_no_results(coco_gt), print_function=quiet)
-    return COCOeval_faster(fast_gt, fast_dt, iouType=metric, print_function=quiet)
+    return fast_gt, fast_dt, lambda gt, dt, iouType: COCOeval_faster(gt, dt, iouType=iouType, print_function=quiet)
 
 
 def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, metrics: Sequence[str] = ("bbox",),
@@ -180,8 +182,9 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
     cat_ids = _categories(coco_gt, cat_ids, class_names, gt_name)
     names = list(class_names) if class_names is not None else [coco_gt.cats[c]["name"] for c in cat_ids]
     out: dict[str, dict] = {}
+    eval_gt, eval_dt, coco_eval_of = _eval_sets(coco_gt, res_list, backend)
     for metric in metrics:
-        coco_eval = _coco_eval(coco_gt, res_list, metric, backend)
+        coco_eval = coco_eval_of(eval_gt, eval_dt, iouType=metric)
         coco_eval.params.catIds = cat_ids
         if img_ids is not None:
             coco_eval.params.imgIds = list(img_ids)

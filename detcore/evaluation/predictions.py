@@ -33,18 +33,28 @@ def _sizes(image_id: int, output: Mapping[str, Any], dataset: Any) -> tuple[tupl
     return (int(orig[0]), int(orig[1])), (int(shape[0]), int(shape[1]))
 
 
-def _encode_masks(masks: torch.Tensor, orig: tuple[int, int]) -> list[dict]:
-    """[N, 1, H, W] probabilities -> RLEs at the original size (bilinear resize, then >= 0.5)."""
+def _encode_masks(masks: torch.Tensor, keep: list[int], orig: tuple[int, int], chunk_size: int = 16) -> list[dict]:
+    """RLEs of ``masks[keep]`` ([N, 1, H, W] probabilities) at the original size (bilinear resize, then >= 0.5).
+
+    Masks already at the original size (torchvision pastes them there) are thresholded in one
+    pass, and only the kept ones are copied, as bytes, for ``encode``: no float copy of every
+    full-size mask (100 masks at 800x1333 are 400 MB). Masks to resize go ``chunk_size`` at a time."""
+    if tuple(masks.shape[-2:]) == orig:
+        binary = (masks[:, 0] >= 0.5).numpy().view(np.uint8)
+        return [_rle(binary[k]) for k in keep]
     rles = []
-    for chunk in masks.float().split(16):
-        if tuple(chunk.shape[-2:]) != orig:
-            chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
-        binary = (chunk[:, 0] >= 0.5).to(torch.uint8).numpy()
-        for m in binary:
-            rle = mask_utils.encode(np.asfortranarray(m))
-            rle["counts"] = rle["counts"].decode("ascii")
-            rles.append(rle)
+    for start in range(0, len(keep), chunk_size):
+        chunk = masks[keep[start:start + chunk_size]].float()
+        chunk = torch.nn.functional.interpolate(chunk, size=orig, mode="bilinear", align_corners=False)
+        rles += [_rle(m) for m in (chunk[:, 0] >= 0.5).numpy().view(np.uint8)]
     return rles
+
+
+def _rle(binary: np.ndarray) -> dict:
+    """The compressed RLE of one [H, W] uint8 mask, its counts as text (as a results file holds them)."""
+    rle = mask_utils.encode(np.asfortranarray(binary))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
 
 
 def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: Any,
@@ -76,7 +86,7 @@ def results_to_coco(outputs: Iterable[tuple[int, Mapping[str, Any]]], dataset: A
             masks = torch.as_tensor(output["masks"]).detach().cpu()
             masks = masks.reshape(len(labels), 1, *masks.shape[-2:])
             keep = [k for k, cat in enumerate(cats) if cat is not None]
-            encoded = _encode_masks(masks[keep], orig) if keep else []
+            encoded = _encode_masks(masks, keep, orig)
             rles = dict(zip(keep, encoded))
         for k, ((x1, y1, x2, y2), score, cat) in enumerate(zip(boxes.tolist(), scores, cats)):
             if cat is None:

@@ -305,3 +305,59 @@ def test_real_data_sides_load_the_same_samples_and_run(tmp_path: Path) -> None:
         per_cpu_s, per_wall_s = real_data.rate(parts)
         assert per_cpu_s > 0 and per_wall_s > 0
     assert real_data.workers_needed(per_worker=9.6) == 2
+
+
+def test_synthetic_results_with_masks_keep_the_boxes_and_add_octagons(tmp_path: Path) -> None:
+    """The Mask R-CNN-like files: the same boxes as without masks, every object an octagon polygon
+    with its area, every detection the RLE of its box's octagon."""
+    from pycocotools import mask as mask_utils
+
+    from benchmarks.evaluation import CORNER_CUT, octagon
+
+    gt, dt = generate(tmp_path / "boxes", images=3, dets=20)
+    mgt, mdt = generate(tmp_path / "masks", images=3, dets=20, masks=True)
+    assert generate(tmp_path / "again", images=3, dets=20, masks=True)[1].read_bytes() == mdt.read_bytes()
+    plain, with_masks = json.loads(dt.read_text()), json.loads(mdt.read_text())
+    assert [r["bbox"] for r in plain] == [r["bbox"] for r in with_masks]
+    assert all(isinstance(r["segmentation"]["counts"], str) for r in with_masks)
+    first = with_masks[0]
+    assert first["segmentation"] == {**mask_utils.frPyObjects([octagon(first["bbox"])], 480, 640)[0],
+                                     "counts": first["segmentation"]["counts"]}
+    ann = json.loads(mgt.read_text())["annotations"][0]
+    w, h = ann["bbox"][2:]
+    assert len(ann["segmentation"][0]) == 16 and ann["area"] == pytest.approx(w * h * (1 - 2 * CORNER_CUT ** 2),
+                                                                               abs=0.01)
+
+
+def test_timed_process_reports_that_process_peak_memory_and_failures() -> None:
+    import sys
+
+    from benchmarks.evaluation import timed_process
+
+    ballast = bytearray(400 * 2 ** 20)  # this process's own memory must not show in its children's figures
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    grow = "import json; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(json.dumps({'ok': 1}))"
+    run = timed_process([sys.executable, "-c", grow], 120, "grow", json.loads)
+    assert run.stats == {"ok": 1} and run.peak_mib >= 300 and run.seconds > 0 and run.cpu_s > 0
+    small = timed_process([sys.executable, "-c", "print('{}')"], 120, "small", json.loads)
+    assert small.peak_mib < 100  # its own peak: not the largest child's so far, nor this process's
+    del ballast
+    with pytest.raises(jobs.JobFailed, match="bad exited 3: boom"):
+        timed_process([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"], 120, "bad",
+                      json.loads)
+    with pytest.raises(jobs.JobFailed, match="slow timed out after 1 s"):
+        timed_process([sys.executable, "-c", "import time; time.sleep(60)"], 1, "slow", json.loads)
+
+
+def test_mask_eval_compares_every_number_and_rotates_the_order() -> None:
+    from benchmarks.evaluation import METRIC_KEYS, ProcessRun
+    from benchmarks.mask_eval import interleaved, mismatches
+
+    ref = {m: dict.fromkeys(METRIC_KEYS, 0.5) for m in ("bbox", "segm")}
+    ours = {"bbox": dict(ref["bbox"]), "segm": {**ref["segm"], "APm": 0.5000000000000001}}
+    assert mismatches(ref, ref) == {}
+    assert mismatches(ours, ref) == {"segm/APm": (0.5000000000000001, 0.5)}
+    calls: list[str] = []
+    sides = {name: (lambda name=name: calls.append(name) or ProcessRun(1.0, 2.0, {})) for name in "abc"}
+    runs = interleaved(sides, repeats=3, what="test")
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"] and all(len(v) == 3 for v in runs.values())

@@ -269,3 +269,33 @@ def test_results_to_coco_maps_selected_classes_and_needs_img_shape(tmp_path):
 
 def test_gather_predictions_without_distributed_dedupes_and_sorts():
     assert gather_predictions([(3, "c"), (1, "a"), (3, "x"), (2, "b")]) == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_mask_rles_are_each_kept_masks_rle_at_the_original_size():
+    """Each kept mask's RLE is pycocotools' RLE of that mask, resized to the original size (in
+    chunks) and thresholded at 0.5, or thresholded as it is when already at that size; masks not
+    kept are not encoded."""
+    from detcore.evaluation.predictions import _encode_masks
+
+    masks = torch.rand(37, 1, 24, 40, generator=torch.Generator().manual_seed(0))
+    keep = [k for k in range(37) if k % 5]
+    for orig in ((24, 40), (30, 52)):
+        expected = []
+        for k in keep:
+            mask = masks[k:k + 1]
+            if orig != (24, 40):
+                mask = torch.nn.functional.interpolate(mask, size=orig, mode="bilinear", align_corners=False)
+            rle = mask_utils.encode(np.asfortranarray((mask[0, 0] >= 0.5).numpy().astype(np.uint8)))
+            expected.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+        assert _encode_masks(masks, keep, orig, chunk_size=8) == expected
+    assert _encode_masks(masks, [], (24, 40)) == [] == _encode_masks(masks, [], (30, 52))
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_metrics_sharing_one_results_set_equal_each_alone(gt_file, results_file, backend):
+    """One loaded results set serves every metric: in either order, each metric's numbers are
+    those of evaluating it alone (segm first turns the ground-truth polygons into RLEs)."""
+    alone = {m: evaluate_coco(str(gt_file), str(results_file), metrics=[m], backend=backend) for m in ("bbox", "segm")}
+    for order in (["segm", "bbox"], ["bbox", "segm"]):
+        together = evaluate_coco(str(gt_file), str(results_file), metrics=order, backend=backend)
+        assert together == {**alone["bbox"], **alone["segm"]}
