@@ -11,7 +11,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -26,8 +26,9 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"
 IOU_TYPES = ("bbox", "segm")
 # pycocotools is the reference. faster-coco-eval (a dependency) runs COCOeval's per-image matching
 # and accumulate in C++ with the same rules, about 7x faster on large results files; it is the
-# default because its twelve numbers equal pycocotools' to the last bit: the unit tests compare the
-# two on bbox and segm results, benchmarks/evaluation.py on 5,000 images x 100 detections.
+# default because its twelve numbers are pycocotools': bit for bit on boxes, and for masks up to the
+# last bit of a figure (~1e-16, precisions summed in another order). The unit tests compare the two on
+# bbox and segm results, benchmarks/evaluation.py and mask_eval.py on 5,000 and 500 images.
 BACKENDS = ("faster-coco-eval", "pycocotools")
 DEFAULT_BACKEND = "faster-coco-eval"
 
@@ -133,19 +134,29 @@ def _categories(coco_gt: COCO, cat_ids: Sequence[int] | None, class_names: Seque
     return chosen
 
 
-def _eval_sets(coco_gt: COCO, results: list[dict], backend: str) -> tuple[Any, Any, Any]:
-    """``(gt, results, COCOeval class)`` of ``backend``, built once and shared by every metric, as a
-    user does with one ``loadRes`` (COCOeval changes neither set in a way another metric sees: it
-    turns ground-truth polygons into RLEs and sets ``ignore`` flags)."""
+def _metric_results(results: list[dict], metric: str) -> list[dict]:
+    """The results ``metric`` is evaluated on. ``segm``: without their boxes, as MMDetection and detectron2 evaluate
+    masks: ``loadRes`` then takes each detection's area from its mask, so the small/medium/large ranges
+    (APs/APm/APl) compare mask areas on both sides (given a box, it would take the box's area)."""
+    if metric != "segm":
+        return results
+    return [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+
+
+def _eval_sets(coco_gt: COCO, backend: str) -> tuple[Any, Callable[[list[dict]], Any], Any]:
+    """``(gt, load results, COCOeval class)`` of ``backend``; the ground truth is built once and shared by every
+    metric (COCOeval changes nothing in it another metric sees: it turns polygons into RLEs, sets ``ignore``)."""
     if backend == "pycocotools":
-        return coco_gt, _results_coco(coco_gt, results), COCOeval
+        return coco_gt, lambda results: _results_coco(coco_gt, results), COCOeval
     from faster_coco_eval import COCO as FasterCOCO
     from faster_coco_eval import COCOeval_faster
 
     quiet = lambda *args, **kwargs: None  # noqa: E731  (its progress prints; the summary is logged below)
     fast_gt = FasterCOCO(coco_gt.dataset, print_function=quiet)
-    fast_dt = fast_gt.loadRes(results) if results else FasterCOCO(_no_results(coco_gt), print_function=quiet)
-    return fast_gt, fast_dt, lambda gt, dt, iouType: COCOeval_faster(gt, dt, iouType=iouType, print_function=quiet)
+
+    def load(results: list[dict]) -> Any:
+        return fast_gt.loadRes(results) if results else FasterCOCO(_no_results(coco_gt), print_function=quiet)
+    return fast_gt, load, lambda gt, dt, iouType: COCOeval_faster(gt, dt, iouType=iouType, print_function=quiet)
 
 
 def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, metrics: Sequence[str] = ("bbox",),
@@ -182,9 +193,13 @@ def evaluate_coco(gt: COCO | str | Path, results: Sequence[dict] | str | Path, m
     cat_ids = _categories(coco_gt, cat_ids, class_names, gt_name)
     names = list(class_names) if class_names is not None else [coco_gt.cats[c]["name"] for c in cat_ids]
     out: dict[str, dict] = {}
-    eval_gt, eval_dt, coco_eval_of = _eval_sets(coco_gt, res_list, backend)
+    eval_gt, load_results, coco_eval_of = _eval_sets(coco_gt, backend)
+    loaded: dict[bool, Any] = {}  # one loadRes for the boxes' metric, one for the masks'
     for metric in metrics:
-        coco_eval = coco_eval_of(eval_gt, eval_dt, iouType=metric)
+        segm = metric == "segm"
+        if segm not in loaded:
+            loaded[segm] = load_results(_metric_results(res_list, metric))
+        coco_eval = coco_eval_of(eval_gt, loaded[segm], iouType=metric)
         coco_eval.params.catIds = cat_ids
         if img_ids is not None:
             coco_eval.params.imgIds = list(img_ids)

@@ -60,9 +60,13 @@ def results_file(gt_file) -> Path:
 
 
 def _pycocotools(gt_file: Path, results_file: Path, iou_type: str) -> list[float]:
+    """pycocotools as MMDetection and detectron2 call it: segm results without their boxes (areas from the masks)."""
+    results = json.loads(results_file.read_text())
+    if iou_type == "segm":
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_file))
-        coco_eval = COCOeval(gt, gt.loadRes(str(results_file)), iou_type)
+        coco_eval = COCOeval(gt, gt.loadRes(results), iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
@@ -299,3 +303,31 @@ def test_metrics_sharing_one_results_set_equal_each_alone(gt_file, results_file,
     for order in (["segm", "bbox"], ["bbox", "segm"]):
         together = evaluate_coco(str(gt_file), str(results_file), metrics=order, backend=backend)
         assert together == {**alone["bbox"], **alone["segm"]}
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_segm_area_ranges_use_the_mask_area_not_the_box(tmp_path, backend):
+    """APs/APm/APl of masks compare mask areas, as MMDetection and detectron2 report them: a false positive whose
+    mask is small (a thin 40x40 ring, 304 px) but whose box is medium (1600 px) does not count against APm."""
+    square, ring = np.zeros((200, 200), bool), np.zeros((200, 200), bool)
+    square[20:60, 20:60] = True
+    ring[120:160, 120:160] = True
+    ring[122:158, 122:158] = False
+    gt = {"images": [{"id": 1, "width": 200, "height": 200, "file_name": "a.png"}],
+          "categories": [{"id": 1, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 40, 40], "area": 1600,
+                           "iscrowd": 0, "segmentation": _rle(square)}]}
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [20, 20, 40, 40], "segmentation": _rle(square)},
+               {"image_id": 1, "category_id": 1, "score": 0.95, "bbox": [120, 120, 40, 40],
+                "segmentation": _rle(ring)}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    segm = evaluate_coco(str(tmp_path / "gt.json"), str(tmp_path / "res.json"), metrics=["segm"], backend=backend)["segm"]
+    assert segm["APm"] == pytest.approx(1.0)  # the ring's box area (1600) would have made it a medium false positive
+    assert segm["AP"] < 1.0  # over all areas it is a false positive ranked first
+    assert list(segm.values()) == pytest.approx(_pycocotools(tmp_path / "gt.json", tmp_path / "res.json", "segm"))
