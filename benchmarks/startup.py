@@ -171,9 +171,10 @@ def _plain_run(ctx: Context, backend: str, base_env: dict, cpus: int, timeout: f
         first, total, marks = plain_slurm.run_plain(job, run_dir, jobs.bench_env(base=base_env), timeout)
         return first, total, {**marks, "exit": marks["spawn"] + total, **stages.detcore_marks(run_dir)}
     stamps = work / "stamps.jsonl"
+    _, module, *args = jobs.detcore_train_args(jobs.SHAPES_CONFIG, run_dir, OVERRIDES, validate=True)  # -m MODULE ...
     cmd = [sys.executable, "-m", "benchmarks.plain_ray", "--address", RAY_ADDRESS, "--workers", "2",
-           "--cpus-per-worker", str(cpus), "--stamps", str(stamps), "--storage", str(run_dir / "ray"), "--",
-           *jobs.detcore_train_args(jobs.SHAPES_CONFIG, run_dir, OVERRIDES, validate=True)]
+           "--cpus-per-worker", str(cpus), "--stamps", str(stamps), "--storage", str(run_dir / "ray"),
+           "--module", module, "--", *args]
     spawn = time.time()
     first, total = time_to_first_iter(cmd, run_dir, jobs.bench_env(base=base_env), work / "driver.log", timeout,
                                       PLAIN[backend])
