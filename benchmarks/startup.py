@@ -204,9 +204,12 @@ def _cluster_pairs(ctx: Context, backend: str, label: str, base_env: dict, pairs
                 exits[side].append(total)
                 marks[side].append(stages.offsets(m))
     plain = f"{PLAIN[backend]} (same config, nproc 2, {cpus} CPUs per rank)"
+    table = stages.stage_table(marks)
+    where = stages.gap_note(table)
     rows = [
         compared(label, first["launcher"], first["plain"], "s", GOAL,
-                 note=f"command to end of first iteration; ratio vs {PLAIN[backend]} below"),
+                 note=f"command to end of first iteration; ratio vs {PLAIN[backend]} below"
+                      + (f"; {where} (details.{backend}.stages)" if where else "")),
         measured(f"{plain}", first["plain"], "s", note="command to end of first iteration"),
         compared(f"{label}, to exit", exits["launcher"], exits["plain"], "s", GOAL,
                  note="command to exit (final evaluation and checkpoint included)"),
@@ -214,7 +217,7 @@ def _cluster_pairs(ctx: Context, backend: str, label: str, base_env: dict, pairs
                  note="sbatch to the job's end in squeue" if backend == "slurm" else "command to exit"),
     ]
     details = {"command_to_first_iter_s": first, "command_to_exit_s": exits,
-               "stages": stages.stage_table(marks), "stage_runs": marks}
+               "stages": table, "stage_runs": marks}
     return rows, details
 
 

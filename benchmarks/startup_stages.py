@@ -115,3 +115,12 @@ def stage_table(sides: Mapping[str, Iterable[Mapping[str, float]]]) -> dict[str,
             med = median_marks(runs)
             out[side] = {"since_spawn_s": med, "stage_s": {k: round(v, 3) for k, v in durations(med).items()}}
     return out
+
+
+def gap_note(table: Mapping[str, Mapping], marks: Sequence[str] = ("connected", "worker_loop", "detcore_log",
+                                                                    "iter1", "exit")) -> str:
+    """``"launcher/plain s since the command: connected 9.0/7.1, ..."`` for the marks both sides have (pure)."""
+    mine = table.get("launcher", {}).get("since_spawn_s", {})
+    plain = table.get("plain", {}).get("since_spawn_s", {})
+    both = [f"{m} {mine[m]:.1f}/{plain[m]:.1f}" for m in marks if m in mine and m in plain]
+    return f"launcher/plain median s since the command: {', '.join(both)}" if both else ""

@@ -97,6 +97,10 @@ def test_plain_ray_stamps_and_the_median_breakdown(tmp_path: Path) -> None:
     assert table["plain"]["since_spawn_s"]["connected"] == pytest.approx(2.5)
     assert table["plain"]["stage_s"]["connected -> worker_loop"] == pytest.approx(1.5)
     assert sum(table["plain"]["stage_s"].values()) == pytest.approx(table["plain"]["since_spawn_s"]["exit"])
+    both = stages.stage_table({"plain": [first], "launcher": [{**first, "planned": 1.0, "connected": 3.25}]})
+    assert stages.gap_note(both) == ("launcher/plain median s since the command: connected 3.2/2.0, "
+                                     "worker_loop 4.0/4.0, detcore_log 5.0/5.0, iter1 6.0/6.0, exit 10.0/10.0")
+    assert stages.gap_note(table) == ""  # no launcher side
 
 
 def test_a_cluster_that_is_down_is_a_not_available_row(tmp_path: Path) -> None:
