@@ -210,7 +210,7 @@ def _cluster_pairs(ctx: Context, backend: str, label: str, base_env: dict, pairs
         compared(label, first["launcher"], first["plain"], "s", GOAL,
                  note=f"command to end of first iteration; ratio vs {PLAIN[backend]} below"
                       + (f"; {where} (details.{backend}.stages)" if where else "")),
-        measured(f"{plain}", first["plain"], "s", note="command to end of first iteration"),
+        measured(plain, first["plain"], "s", note="command to end of first iteration"),
         compared(f"{label}, to exit", exits["launcher"], exits["plain"], "s", GOAL,
                  note="command to exit (final evaluation and checkpoint included)"),
         measured(f"{plain}, to exit", exits["plain"], "s",
