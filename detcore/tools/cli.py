@@ -111,5 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             sys.modules["detcore.engine.dist"].shutdown_distributed(failed=failed)
 
 
+def console(argv: list[str] | None = None) -> int:
+    """The ``detcore`` program (its console script and ``python -m detcore.tools.cli``): :func:`main`, then the
+    process exits without the interpreter's final cycle collection (:mod:`detcore.shutdown`). :func:`main` itself
+    leaves the process as it was, for callers that go on (a Ray worker, tests)."""
+    code = main(argv)
+    from detcore.shutdown import skip_exit_collection
+
+    skip_exit_collection()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

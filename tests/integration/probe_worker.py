@@ -58,4 +58,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    from detcore.shutdown import skip_exit_collection
+
+    skip_exit_collection()  # as detcore's own program exits (detcore.tools.cli.console)
+    sys.exit(code)

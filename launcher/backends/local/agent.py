@@ -69,8 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
     from torch.distributed.run import main as torchrun_main
 
+    from detcore.shutdown import skip_exit_collection
+
     rendezvous_handler_registry.register(BACKEND, create_handler)
-    torchrun_main(sys.argv[1:] if argv is None else argv)
+    try:
+        torchrun_main(sys.argv[1:] if argv is None else argv)
+    finally:  # the agent exits next, whatever torchrun's outcome
+        skip_exit_collection()
 
 
 if __name__ == "__main__":
