@@ -144,17 +144,21 @@ def test_dry_run_starts_nothing(home, tmp_path):
 
 
 def test_gpu_leases_queue_and_no_wait_with_fake_gpus(home):
+    # the probe worker (PROBE): the leases and the queue are the point, not training. The first job's 40
+    # probe iterations (4 s after its ranks joined, no CPU) hold its GPUs while the refused and the queued submits happen
     fake = {"LAUNCHER_FAKE_GPUS": "2"}
-    first = launcher(home, "submit", SHAPES, "--gpus", "2", "--detach", *tiny(4), **fake).stdout.strip()
-    wait_until(home, first, lambda r: r["state"] == "running", poll=0.5)
+    first = launcher(home, "submit", SHAPES, "--gpus", "2", "--detach", "--worker-module", PROBE, *tiny(40),
+                     **fake).stdout.strip()
+    wait_until(home, first, lambda r: r["state"] == "running", poll=0.2)
     busy = launcher(home, "submit", SHAPES, "--gpus", "2", "--no-wait", *tiny(4), check=False, **fake)
     assert busy.returncode == 2 and "only 0 of 2 are free" in busy.stderr
-    second = launcher(home, "submit", SHAPES, "--gpus", "1", "--detach", *tiny(2), **fake).stdout.strip()
+    second = launcher(home, "submit", SHAPES, "--gpus", "1", "--detach", "--worker-module", PROBE, *tiny(2),
+                      **fake).stdout.strip()
     queued = wait_until(home, second, lambda r: r["state"] in ("queued", "running") or done(r), poll=0.3)
     first_now = record(home, first)
     assert queued["state"] == "queued" or done(first_now), (queued, first_now)
     assert "queued" in launcher(home, "list", "--state", "queued").stdout or done(first_now)
-    a, b = wait_until(home, first, done), wait_until(home, second, done)
+    a, b = wait_until(home, first, done, poll=0.3), wait_until(home, second, done, poll=0.3)
     assert a["state"] == b["state"] == "succeeded", (a["reason"], b["reason"])
     assert b["started"] >= a["ended"] - 1.0
     assert {x["cuda_visible_devices"] for x in attempts(home, first)} == {"0,1"}
