@@ -58,8 +58,9 @@ def off_loopback(seen: dict[str, set[str]]) -> list[str]:
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_a_local_job_listens_on_loopback_only(home: Path, tmp_path: Path, nproc: int) -> None:
+    # 8 iterations: the sockets live from the start to the end of the run; `ss` looks every ~0.3 s
     exp = launcher(home, "submit", SHAPES, "--nproc", str(nproc), "--detach", "--work-dir", str(tmp_path / "w"),
-                   *tiny(30 if nproc == 1 else 60, 10)).stdout.strip()
+                   *tiny(8, 10)).stdout.strip()
     deadline = time.monotonic() + 600
     seen = watch(lambda: (p.pid for p in job_processes({exp})),
                  lambda: time.monotonic() < deadline and record(home, exp)["state"] in ("pending", "running"))
@@ -67,13 +68,15 @@ def test_a_local_job_listens_on_loopback_only(home: Path, tmp_path: Path, nproc:
     assert rec["state"] == "succeeded", rec["reason"]
     agent = [addrs for who, addrs in seen.items() if who.endswith(" launcher.backends.local.agent")]
     assert agent and len(agent[0]) == 2, seen  # torchrun's rendezvous store and the store it shares, both seen
+    if nproc == 2:  # and each rank's gloo listener: the trainer's own sockets were looked at too
+        assert sum(who.endswith(" detcore.tools.cli") for who in seen) == 2, seen
     assert not off_loopback(seen), seen
 
 
 def test_hand_started_ranks_listen_on_loopback_only(tmp_path: Path) -> None:
     """Ranks started without an agent (as Slurm tasks are): rank 0's store and gloo stay on 127.0.0.1."""
     port = free_port()
-    cfg = ["--cfg-options", *tiny(40, 20)[1:]]
+    cfg = ["--cfg-options", *tiny(8, 10)[1:]]
     ranks = [subprocess.Popen([sys.executable, "-m", "detcore.tools.cli", "train", SHAPES, "--work-dir",
                                str(tmp_path / "w"), "--device", "cpu", *cfg],
                               env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
@@ -87,6 +90,7 @@ def test_hand_started_ranks_listen_on_loopback_only(tmp_path: Path) -> None:
                 p.kill()
     assert [p.wait() for p in ranks] == [0, 0], ranks[0].stderr.read()[-2000:]
     assert f"127.0.0.1:{port}" in seen.get(f"{ranks[0].pid} detcore.tools.cli", set()), seen  # rank 0's store
+    assert f"{ranks[1].pid} detcore.tools.cli" in seen, seen  # rank 1's gloo listener was looked at too
     assert not off_loopback(seen), seen
 
 
