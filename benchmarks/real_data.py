@@ -245,12 +245,12 @@ def same_samples(root: Path, count: int) -> dict:
     within float32 rounding (detcore adds width to x in float64, the reference in float32)."""
     import torch
 
-    order = list(range(count))
-    ours, theirs = detcore_loader(root, order, flip=0.0)[0], plain_loader(root, order, flip=0.0)[0]
+    order = kept_images(root)[:count]  # the reference's indices; detcore's split holds only these, in order
+    ours, theirs = detcore_loader(root, list(range(count)), flip=0.0)[0], plain_loader(root, order, flip=0.0)[0]
     cat_ids = ours.dataset.cat_ids
     pixels, same = 0.0, True
-    for k in order:
-        (img, t), (ref, r) = ours[(0, k)], theirs[k]
+    for j, k in enumerate(order):
+        (img, t), (ref, r) = ours[(0, j)], theirs[k]
         pixels = max(pixels, float((img - ref).abs().max()) * 255)
         labels = torch.tensor([cat_ids[int(v) - 1] for v in t["labels"]], dtype=torch.int64)
         same &= (torch.allclose(t["boxes"].as_subclass(torch.Tensor), r["boxes"], rtol=0, atol=1e-3)
@@ -262,12 +262,13 @@ def same_samples(root: Path, count: int) -> dict:
 def measure(root: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
     """Per-worker rates of both sides over ``root``'s kept images, alternating, after a warm-up pass."""
     order = kept_images(root)
-    rate(detcore_loader(root, order[:6]))  # imports, page cache
+    ours = list(range(len(order)))  # detcore's training split holds only the kept images, in the same order
+    rate(detcore_loader(root, ours[:6]))  # imports, page cache
     rate(plain_loader(root, order[:6]))
     got: dict[str, list[tuple[float, float]]] = {"detcore": [], "plain": []}
     for r in range(repeats):
         for side in (("detcore", "plain") if r % 2 == 0 else ("plain", "detcore")):
-            got[side].append(rate(detcore_loader(root, order) if side == "detcore" else plain_loader(root, order)))
+            got[side].append(rate(detcore_loader(root, ours) if side == "detcore" else plain_loader(root, order)))
     return got
 
 
