@@ -63,23 +63,27 @@ def _first_log_time(work_dir: Path) -> float | None:
         return None
 
 
-def _rank0_fact(work_dir: Path, event: str) -> float | None:
-    for events in sorted((work_dir / "runs").glob("*/events.jsonl")):
-        for line in events.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("event") == event and rec.get("rank") == 0:
-                return rec.get("time")
+def _rank0_fact(work_dir: Path, kind: type) -> float | None:
+    """Epoch seconds of rank 0's first fact of ``kind`` (``Start``/``End``) in the run's records."""
+    from detcore.facts import read_facts
+
+    for run in sorted((work_dir / "runs").iterdir()):
+        for fact in read_facts(run):
+            if isinstance(fact, kind) and fact.rank == 0:
+                return fact.time
     return None
 
 
 def stages(work_dir: Path, home: Path, spawned: float, exited: float) -> dict[str, float]:
     """The launcher run's fixed cost split into stages (seconds); see the module docstring."""
+    from detcore.facts import End, Start
+
     status = json.loads(next((home / "jobs").glob("*/status.json")).read_text())
     logged = jobs.log_times(work_dir)
     first_iter = logged[1] - next(r["iter_time"] for r in jobs.read_metrics(work_dir) if r["iter"] == 1)
-    marks = [("submit", status["started"]), ("agent", _rank0_fact(work_dir, "start")),
+    marks = [("submit", status["started"]), ("agent", _rank0_fact(work_dir, Start)),
              ("worker start", _first_log_time(work_dir)), ("build", first_iter), ("train", logged[ITERS]),
-             ("after training", _rank0_fact(work_dir, "end")), ("end", exited)]
+             ("after training", _rank0_fact(work_dir, End)), ("end", exited)]
     out, prev = {}, spawned
     for name, t in marks:
         if t is None:
